@@ -1,0 +1,1 @@
+"""Plain-Python core of the inference graph: config, params, engine, scoring. Never imports bentoml."""

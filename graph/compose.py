@@ -1,0 +1,256 @@
+"""Graph composition: fan a prompt out to generator nodes at once, score all completions in one call."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Optional, Protocol, Sequence
+
+from pydantic import BaseModel
+
+from graph.config import GraphConfig
+from graph.errors import GraphError, InvalidRequest, NodeFailure
+from graph.params import GenerationParams, merge_params
+from graph.schemas import Classification, ScoredCompletion
+
+log = logging.getLogger("graph")
+
+
+class GeneratorClient(Protocol):
+    """What the graph needs from a generator node (a local engine or a BentoML dependency)."""
+
+    async def generate(
+        self, prompts: list[str], params: GenerationParams, request_id: str
+    ) -> list[list[Any]]: ...
+
+    def stream(
+        self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def cancel(self, request_id: str) -> bool: ...
+
+
+class ClassifierClient(Protocol):
+    async def classify(self, texts: list[str]) -> list[Classification]: ...
+
+
+@dataclass
+class Timeline:
+    """Start/end wall-clock times of each node call of one request (evidence of overlap)."""
+
+    spans: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def overlap_s(self, a: str, b: str) -> float:
+        (s1, e1), (s2, e2) = self.spans[a], self.spans[b]
+        return max(0.0, min(e1, e2) - max(s1, s2))
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    return obj.model_dump() if isinstance(obj, BaseModel) else dict(obj)
+
+
+class Graph:
+    """The inference graph over node clients; the entry service is a thin shell around this."""
+
+    def __init__(
+        self,
+        config: GraphConfig,
+        generators: dict[str, GeneratorClient],
+        classifier: ClassifierClient,
+    ) -> None:
+        self.config = config
+        self.generators = generators
+        self.classifier = classifier
+
+    # ---- validation at the edge -------------------------------------------------------------
+    def select(self, model: Optional[str], *, field_name: str = "model") -> list[str]:
+        if model is None:
+            return list(self.generators)
+        if model not in self.generators:
+            raise InvalidRequest(
+                f"{field_name}: unknown model {model!r}; valid models: {sorted(self.generators)}",
+                field=field_name,
+            )
+        return [model]
+
+    def check_prompt(self, text: str, field_name: str) -> str:
+        limit = self.config.prompt.max_chars
+        if len(text) > limit:
+            raise InvalidRequest(
+                f"{field_name}: {len(text)} characters is above the limit of {limit}",
+                field=field_name,
+            )
+        return text
+
+    def params_for(self, node: str, overrides: Optional[BaseModel]) -> GenerationParams:
+        cfg = self.config.generators[node]
+        return merge_params(cfg.defaults, overrides, max_new_tokens_limit=cfg.max_new_tokens_limit)
+
+    def plan(self, nodes: Sequence[str], overrides: Optional[BaseModel]) -> dict[str, GenerationParams]:
+        """Validate every node's params before any work starts (nothing half-done on bad input)."""
+        return {n: self.params_for(n, overrides) for n in nodes}
+
+    # ---- calls -----------------------------------------------------------------------------
+    async def _call(self, node: str, coro: Awaitable[Any], timeline: Timeline | None) -> Any:
+        start = time.time()
+        try:
+            return await coro
+        except GraphError:
+            raise
+        except Exception as exc:  # a node died or answered garbage: say which one
+            log.exception("node %s failed", node)
+            raise NodeFailure(f"node {node!r} failed: {type(exc).__name__}: {exc}", node=node) from exc
+        finally:
+            if timeline is not None:
+                timeline.spans[node] = (start, time.time())
+
+    async def generate(
+        self, prompts: list[str], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
+        timeline: Timeline | None = None,
+    ) -> dict[str, list[list[Any]]]:
+        """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}."""
+        for i, p in enumerate(prompts):
+            self.check_prompt(p, "prompt" if len(prompts) == 1 else f"prompts[{i}]")
+        plan = self.plan(self.select(model), overrides)
+        names = list(plan)
+        outs = await asyncio.gather(
+            *[
+                self._call(n, self.generators[n].generate(prompts, plan[n], request_id), timeline)
+                for n in names
+            ]
+        )
+        return dict(zip(names, outs))
+
+    async def classify(self, texts: list[str]) -> list[Classification]:
+        if not texts:
+            return []
+        out = await self._call("classifier", self.classifier.classify(texts), None)
+        if len(out) != len(texts):
+            raise NodeFailure(
+                f"classifier returned {len(out)} results for {len(texts)} texts", node="classifier"
+            )
+        return [c if isinstance(c, Classification) else Classification.model_validate(as_dict(c)) for c in out]
+
+    async def generate_score(
+        self, sentence: str, overrides: Optional[BaseModel], request_id: str,
+        timeline: Timeline | None = None,
+    ) -> list[ScoredCompletion]:
+        self.check_prompt(sentence, "original_sentence")
+        per_node = await self.generate([sentence], None, overrides, request_id, timeline)
+        flat = [(node, as_dict(r)) for node, rows in per_node.items() for r in rows[0]]
+        # One batched classifier call for every completion of the request.
+        scores = await self.classify([sentence + r["text"] for _, r in flat])
+        return [scored(node, sentence, r, c) for (node, r), c in zip(flat, scores)]
+
+    # ---- streaming -------------------------------------------------------------------------
+    def stream(
+        self, prompt: str, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
+        request_id: str, score: bool,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
+        self.check_prompt(prompt, "prompt")
+        plan = self.plan(self.select(model), overrides)
+        return self._events(prompt, plan, interval_ms, request_id, score)
+
+    async def _events(
+        self, prompt: str, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
+        score: bool,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Interleave every selected node's events tagged by model; score each completion as it ends."""
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        outstanding = len(plan)  # producers (node pumps, scorers) that have not said "done" yet
+        tasks: list[asyncio.Task[None]] = []
+
+        async def pump(node: str) -> None:
+            nonlocal outstanding
+            try:
+                async for raw in self.generators[node].stream(prompt, plan[node], request_id, interval_ms):
+                    ev = as_dict(raw)
+                    await queue.put(("event", stream_event(node, ev)))
+                    if score and ev.get("result") is not None:
+                        outstanding += 1
+                        tasks.append(asyncio.create_task(score_one(node, ev)))
+            except GraphError as exc:
+                await queue.put(("event", {"type": "error", **exc.to_dict()}))
+            except Exception as exc:
+                log.exception("stream from node %s failed", node)
+                err = NodeFailure(f"node {node!r} failed: {type(exc).__name__}: {exc}", node=node)
+                await queue.put(("event", {"type": "error", **err.to_dict()}))
+            finally:
+                await queue.put(("done", None))
+
+        async def score_one(node: str, ev: dict[str, Any]) -> None:
+            try:
+                (c,) = await self.classify([prompt + ev["result"]["text"]])
+                await queue.put(
+                    ("event", {"type": "score", "model": node, "index": ev["index"], **c.model_dump()})
+                )
+            except GraphError as exc:
+                await queue.put(("event", {"type": "error", **exc.to_dict()}))
+            finally:
+                await queue.put(("done", None))
+
+        tasks.extend(asyncio.create_task(pump(n)) for n in plan)
+        completed = False
+        try:
+            while outstanding:
+                kind, item = await queue.get()
+                if kind == "done":
+                    outstanding -= 1
+                else:
+                    yield item
+            completed = True
+        finally:
+            for t in tasks:
+                t.cancel()
+            if not completed:  # the client went away: stop the nodes' work too (BentoML won't)
+                await asyncio.gather(*[self._cancel(n, request_id) for n in plan])
+
+    async def _cancel(self, node: str, request_id: str) -> None:
+        try:
+            await self.generators[node].cancel(request_id)
+        except Exception:  # cancelling is best effort: the node may already be done
+            log.debug("cancel on %s failed", node, exc_info=True)
+
+
+def stream_event(node: str, ev: dict[str, Any]) -> dict[str, Any]:
+    """A node's stream event as the graph sends it: tagged by model, final events carry usage."""
+    result = ev.get("result")
+    if result is None:
+        return {"type": "token", "model": node, "index": ev["index"], "text": ev["text"]}
+    return {
+        "type": "final",
+        "model": node,
+        "index": ev["index"],
+        "text": ev["text"],
+        "finish_reason": result["finish_reason"],
+        "usage": {
+            "prompt_tokens": result["prompt_tokens"],
+            "completion_tokens": result["completion_tokens"],
+        },
+    }
+
+
+def scored(node: str, prompt: str, result: dict[str, Any], c: Classification) -> ScoredCompletion:
+    return ScoredCompletion(
+        model=node,
+        index=result["index"],
+        generated=prompt + result["text"],
+        completion=result["text"],
+        score=c.score,
+        label=c.label,
+        labels=c.labels,
+        finish_reason=result["finish_reason"],
+        prompt_tokens=result["prompt_tokens"],
+        completion_tokens=result["completion_tokens"],
+    )
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    """One server-sent event (`data: ...` and a blank line); BentoML writes chunks raw."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n"
+

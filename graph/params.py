@@ -1,0 +1,147 @@
+"""Generation parameters: one validated model, node defaults merged with request overrides."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from graph.errors import InvalidRequest
+
+MAX_STOP_STRINGS = 8
+
+
+class GenerationParams(BaseModel):
+    """Decoding controls. Each field says its neutral value; bounds are enforced at the edge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens to generate at most.")
+    temperature: float = Field(
+        1.0, ge=0.0, le=5.0, description="Softmax temperature when sampling; 1.0 = no change."
+    )
+    top_k: int = Field(0, ge=0, le=1000, description="Keep the k most likely tokens; 0 = off.")
+    top_p: float = Field(
+        1.0, gt=0.0, le=1.0, description="Nucleus sampling mass to keep; 1.0 = off."
+    )
+    repetition_penalty: float = Field(
+        1.0, gt=0.0, le=10.0, description="Penalty on tokens already present; 1.0 = off."
+    )
+    do_sample: bool = Field(False, description="Sample (true) or take the most likely token (false).")
+    num_return_sequences: int = Field(
+        1, ge=1, le=8, description="Completions per prompt; more than 1 needs do_sample."
+    )
+    seed: Optional[int] = Field(
+        None, ge=0, le=2**32 - 1, description="Seed for sampling; same seed, same text."
+    )
+    stop: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_STOP_STRINGS,
+        description="Generation ends when the completion contains one of these strings.",
+    )
+    max_time_ms: Optional[int] = Field(
+        None, ge=1, le=600_000, description="Wall-clock budget; ends with finish_reason 'time'."
+    )
+    logprobs: bool = Field(False, description="Return the log-probability of each generated token.")
+    top_logprobs: int = Field(
+        0, ge=0, le=20, description="Alternatives per token with their log-probabilities."
+    )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> "GenerationParams":
+        if any(not s for s in self.stop):
+            raise ValueError("stop: stop strings must be non-empty")
+        if any(len(s) > 64 for s in self.stop):
+            raise ValueError("stop: each stop string must be at most 64 characters")
+        if self.do_sample and self.temperature == 0.0:
+            raise ValueError(
+                "temperature: 0 with do_sample=true is undefined; set do_sample=false for greedy"
+            )
+        if self.num_return_sequences > 1 and not self.do_sample:
+            raise ValueError(
+                "num_return_sequences: greedy decoding gives the same text each time; "
+                "set do_sample=true or num_return_sequences=1"
+            )
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs: needs logprobs=true")
+        return self
+
+    def transformers_kwargs(self) -> dict[str, Any]:
+        """The one place our names map to transformers' `GenerationConfig` names."""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "num_return_sequences": self.num_return_sequences,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_k=self.top_k or None, top_p=self.top_p)
+        if self.stop:
+            kwargs["stop_strings"] = list(self.stop)
+        if self.max_time_ms is not None:
+            kwargs["max_time"] = self.max_time_ms / 1000.0
+        if self.logprobs:
+            kwargs.update(output_scores=True, return_dict_in_generate=True)
+        return kwargs
+
+
+def _optional_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for name, info in GenerationParams.model_fields.items():
+        fields[name] = (
+            Optional[info.annotation],  # type: ignore[name-defined]
+            Field(None, description=info.description),
+        )
+    return fields
+
+
+# Same field names as GenerationParams, every one optional: what a request may override.
+# Bounds and cross-field rules are checked once, on the merged GenerationParams.
+GenerationOverrides = create_model(  # type: ignore[call-overload]
+    "GenerationOverrides",
+    __config__=ConfigDict(frozen=True, extra="forbid"),
+    __doc__="Per-request overrides of a node's generation defaults; omitted fields keep the default.",
+    **_optional_fields(),
+)
+
+
+def merge_params(
+    defaults: GenerationParams,
+    overrides: BaseModel | None,
+    *,
+    max_new_tokens_limit: int,
+    field_prefix: str = "params",
+) -> GenerationParams:
+    """Node defaults + request overrides -> validated params, or InvalidRequest naming the field."""
+    data = defaults.model_dump()
+    if overrides is not None:
+        data.update(overrides.model_dump(exclude_none=True))
+    try:
+        params = GenerationParams.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(_describe(exc, field_prefix), field=_first_field(exc, field_prefix)) from None
+    if params.max_new_tokens > max_new_tokens_limit:
+        raise InvalidRequest(
+            f"{field_prefix}.max_new_tokens: {params.max_new_tokens} is above this node's "
+            f"limit of {max_new_tokens_limit}",
+            field=f"{field_prefix}.max_new_tokens",
+        )
+    return params
+
+
+def _first_field(exc: ValidationError, prefix: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if not loc:
+        msg = str(err.get("msg", ""))
+        loc = msg.split(":", 1)[0].removeprefix("Value error, ").strip()
+    return f"{prefix}.{loc}" if loc else prefix
+
+
+def _describe(exc: ValidationError, prefix: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{prefix}.{loc}: {msg}" if loc else f"{prefix}.{msg}")
+    return "; ".join(parts)
