@@ -1,0 +1,158 @@
+"""Model resolution and loading: a ModelRef becomes a directory (or hub id), then a float32 eval model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+from urllib.parse import urlparse
+
+from graph import embedded
+from graph.config import ROOT, ClassifierNode, ModelRef
+from graph.errors import ConfigError
+
+log = logging.getLogger(__name__)
+Lookup = Callable[[str], str]
+T = TypeVar("T")
+DEFAULT_EMBEDDED_CACHE = ROOT / "artifacts" / "embedded"
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def resolve_model_dir(
+    ref: ModelRef,
+    *,
+    store_lookup: Optional[Lookup] = None,
+    embedded_lookup: Optional[Lookup] = None,
+    embedded_cache: str | Path | None = None,
+) -> str:
+    """What to give `from_pretrained`: the hub id as-is, or a local directory that exists.
+
+    store_lookup(tag) -> dir resolves BentoML tags (graph/ never imports bentoml; services pass
+    services.store.store_lookup). Embedded models come from embedded_lookup(name) -> dir when given,
+    else are converted once into embedded_cache (default artifacts/embedded/).
+    """
+    if ref.hub:
+        return ref.hub
+    if ref.path:
+        path = Path(ref.path)
+        path = path if path.is_absolute() else ROOT / path
+        return _checked_dir(path, f"model.path {ref.path!r}", "build or copy the model there first", "model.path")
+    if ref.bentoml:
+        if store_lookup is None:
+            raise ConfigError(
+                f"model.bentoml {ref.bentoml!r}: BentoML tags are resolved by the services layer "
+                "(pass store_lookup=services.store.store_lookup)",
+                field="model.bentoml",
+            )
+        found = Path(store_lookup(ref.bentoml))
+        return _checked_dir(found, f"model.bentoml {ref.bentoml!r}", "re-save it", "model.bentoml")
+    name = str(ref.embedded)
+    embedded.get_embedded(name)  # unknown name -> ConfigError listing the known ones
+    if embedded_lookup is not None:
+        found = Path(embedded_lookup(name))
+    else:
+        found = embedded.prepare_local(name, embedded_cache or DEFAULT_EMBEDDED_CACHE, progress=log.warning)
+    return _checked_dir(found, f"model.embedded {name!r}", "run `make prepare`", "model.embedded")
+
+
+def _checked_dir(path: Path, what: str, fix: str, field: str) -> str:
+    if not path.is_dir():
+        raise ConfigError(f"{what}: directory {path} does not exist; {fix}", field=field)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{what}: {path} has no config.json, so it is not a transformers model folder",
+                          field=field)
+    return str(path)
+
+
+def _hub_error(ref: ModelRef, why: str) -> ConfigError:
+    return ConfigError(
+        f"model.hub {ref.hub!r}: the Hugging Face hub could not be reached ({why}) and the model is "
+        "not in the local cache. Use a model that works offline instead: "
+        "model: {embedded: smollm2-135m-instruct} (see graph/embedded.py) or model: {path: <dir>}",
+        field="model.hub",
+    )
+
+
+def _check_hub(ref: ModelRef) -> None:
+    """Fail in milliseconds, not after a minute of retries, when the hub is unreachable."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(str(ref.hub), "config.json", revision=ref.revision), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise _hub_error(ref, "HF_HUB_OFFLINE is set")
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # behind a proxy a direct probe proves nothing; let transformers try
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise _hub_error(ref, f"{host}:{port}: {exc}") from None
+
+
+def _load(ref: ModelRef, source: str, loader: Callable[..., T], **kwargs: Any) -> T:
+    """Call a from_pretrained-like loader, turning its OSErrors into a ConfigError naming the model."""
+    if ref.hub:
+        _check_hub(ref)
+        if ref.revision:
+            kwargs["revision"] = ref.revision
+    try:
+        return loader(source, **kwargs)
+    except (OSError, ValueError) as exc:  # missing files, unknown architecture, bad config
+        if ref.hub and "couldn't connect" in str(exc):
+            raise _hub_error(ref, str(exc).splitlines()[0]) from None
+        raise ConfigError(f"model {ref.describe()}: could not load from {source}: {exc}", field="model") from None
+
+
+def load_causal_lm(ref: ModelRef, *, quantize: str = "none", **lookups: Any) -> tuple[Any, Any]:
+    """(model, tokenizer): float32, eval mode, left padding, pad token set (eos when it has none).
+
+    quantize="int8": dynamic int8 quantization of the Linear layers (CPU; faster, slightly different
+    logits). lookups: store_lookup, embedded_lookup, embedded_cache as in resolve_model_dir.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model_dir(ref, **lookups)
+    tokenizer = _load(ref, source, AutoTokenizer.from_pretrained)
+    model = _load(ref, source, AutoModelForCausalLM.from_pretrained, dtype=torch.float32).eval()
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"model {ref.describe()}: its tokenizer has neither a pad nor an eos token",
+                              field="model")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if quantize == "int8":
+        import warnings
+
+        with warnings.catch_warnings():  # torch deprecates quantized tensors in favour of torchao
+            warnings.simplefilter("ignore", UserWarning)
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif quantize != "none":
+        raise ConfigError(f"runtime.quantize: {quantize!r} is not one of none, int8", field="runtime.quantize")
+    return model, tokenizer
+
+
+def load_classifier(node: ClassifierNode, **lookups: Any):
+    """The node's classifier (graph.classifier), loaded as its `mode` says."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from graph.classifier import SequenceClassifier, ZeroShotEmbeddingClassifier
+
+    ref = node.model
+    source = resolve_model_dir(ref, **lookups)
+    if node.mode == "sequence_classification":
+        return _load(ref, source, SequenceClassifier.from_pretrained, score_label=node.score_label,
+                     max_batch_size=node.max_batch_size, max_length=node.max_length)
+    tokenizer = _load(ref, source, AutoTokenizer.from_pretrained)
+    model = _load(ref, source, AutoModel.from_pretrained, dtype=torch.float32)
+    return ZeroShotEmbeddingClassifier(
+        model, tokenizer, labels=dict(node.labels), score_label=node.score_label,
+        temperature=node.temperature, max_batch_size=node.max_batch_size, max_length=node.max_length,
+    )

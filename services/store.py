@@ -1,0 +1,69 @@
+"""The BentoML model store for graph/: tag -> directory, embedded model name -> prepared directory."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Optional
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+from graph import embedded
+from graph.errors import ConfigError
+
+log = logging.getLogger("graph")
+
+
+def store_lookup(tag: str) -> str:
+    """Directory of a model in the local BentoML store, or ConfigError naming the tag."""
+    try:
+        return bentoml.models.get(tag).path
+    except NotFound:
+        raise ConfigError(
+            f"model.bentoml {tag!r}: not in the BentoML model store (see `bentoml models list`)",
+            field="model.bentoml",
+        ) from None
+
+
+def find_prepared(name: str) -> Optional[bentoml.Model]:
+    """The newest store entry for an embedded model whose fingerprint matches the installed package."""
+    try:
+        models = bentoml.models.list(name)
+    except NotFound:
+        return None
+    fp = embedded.fingerprint(name)
+    matching = [m for m in models if m.info.labels.get("fingerprint") == fp]
+    return max(matching, key=lambda m: m.creation_time, default=None)
+
+
+def prepare(name: str, *, force: bool = False, progress: Callable[[str], None] = print) -> tuple[str, bool]:
+    """Convert an embedded GGUF model into the store once; returns (directory, converted_now)."""
+    if not embedded.needs_conversion(name):
+        return str(embedded.folder_path(name)), False
+    found = None if force else find_prepared(name)
+    if found is not None:
+        return found.path, False
+    spec = embedded.get_embedded(name)
+    labels = {"fingerprint": embedded.fingerprint(name), "source": "embedded"}
+    metadata = {"package": f"{spec.distribution}=={embedded.package_version(name)}",
+                "description": spec.description}
+    start = time.perf_counter()
+    with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
+        embedded.convert_embedded(name, model.path, progress=progress)
+    progress(f"[{name}] saved to the BentoML store as {model.tag} ({time.perf_counter() - start:.1f} s)")
+    return bentoml.models.get(model.tag).path, True
+
+
+def embedded_lookup(name: str) -> str:
+    """Directory of a prepared embedded model; prepares it now (slow) when the store lacks it."""
+    if not embedded.needs_conversion(name):
+        return str(embedded.folder_path(name))
+    found = find_prepared(name)
+    if found is not None:
+        return found.path
+    log.warning(
+        "embedded model %s is not in the BentoML store yet: converting it now (~30-90 s). "
+        "`make prepare` (run by `make serve`) does this ahead of time.", name,
+    )
+    return prepare(name, progress=log.warning)[0]
