@@ -1,0 +1,231 @@
+"""The generation engine of a generator node: async API over one continuous-batching decode thread.
+
+    engine = GenerationEngine(model, tokenizer, name="smollm2", max_batch_size=32)
+    engine.start()
+    results = await engine.generate("I have an idea!", GenerationParams(max_new_tokens=32))
+    async for event in engine.stream(prompt, params, interval_ms=50): ...
+
+Requests from any asyncio loop are validated here, then queued (FIFO, bounded: a full queue raises
+Overloaded at once). graph/scheduler.py runs the batch, graph/runner.py the model, graph/kvcache.py
+holds the KV cache, graph/sampling.py chooses tokens, graph/detok.py makes text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import AsyncIterator, Optional
+
+import torch
+
+from graph.detok import make_decoder
+from graph.errors import InvalidRequest
+from graph.params import GenerationParams
+from graph.results import GenerationResult, StreamEvent, TokenLogprob, TopLogprob
+from graph.runner import ModelRunner
+from graph.scheduler import Request, Scheduler
+
+__all__ = [
+    "GenerationEngine", "GenerationResult", "StreamEvent", "TokenLogprob", "TopLogprob", "quantize_int8",
+]
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """int8 dynamic quantization of every nn.Linear (`torch.ao.quantization.quantize_dynamic`).
+
+    Faster on CPU, but activations are quantized with one scale per call, i.e. per batch: with it,
+    a row's text depends slightly on the rows it shares a batch with, and quality drops somewhat.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class GenerationEngine:
+    """Continuous-batching text generation over one transformers causal LM on CPU."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str,
+        max_batch_size: int = 32,
+        max_queue: int = 256,
+        max_prompt_tokens: int = 512,
+        threads: int | None = None,
+    ) -> None:
+        """`model`: a causal LM in eval mode; `tokenizer`: its fast tokenizer. `threads` sets torch's
+        (process-wide) thread count. Prompts are tokenized with the tokenizer's special tokens (BOS
+        where it adds one), as `pipeline("text-generation")` does."""
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_prompt_tokens = max_prompt_tokens
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self._runner = ModelRunner(model)
+        eos = _eos_ids(model, tokenizer)
+        pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, *sorted(eos)) if t is not None), 0)
+        self._bos_id = tokenizer.bos_token_id
+        self._decode = make_decoder(tokenizer)
+        self._scheduler = Scheduler(
+            self._runner, tokenizer, name=name, eos_ids=eos, pad_id=pad, max_batch_size=max_batch_size,
+            max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, threads=threads,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the decode thread (idempotent; does nothing after close())."""
+        self._scheduler.start()
+
+    def close(self) -> None:
+        """Stop the decode thread for good; waiting and running requests fail with NodeFailure."""
+        self._scheduler.close()
+
+    def warmup(self, timeout: float = 120.0) -> bool:
+        """Start the decode thread and wait until it has run its warm-up forwards (the first
+        calls pay one-time kernel setup). False if that took longer than `timeout` seconds."""
+        self.start()
+        return self._scheduler.ready.wait(timeout)
+
+    # -- requests ------------------------------------------------------------------------------------
+    async def generate(
+        self, prompt: str, params: GenerationParams, *, request_id: str | None = None
+    ) -> list[GenerationResult]:
+        """All `params.num_return_sequences` completions of `prompt`, in index order."""
+        req = self._submit(prompt, params, request_id, streaming=False)
+        total = params.num_return_sequences
+        results: list[Optional[GenerationResult]] = [None] * total
+        try:
+            while req.results_seen < total:
+                item = await req.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                index, _, result = item
+                if result is not None:
+                    results[index] = result
+                    req.results_seen += 1
+        finally:
+            if req.results_seen < total:  # cancelled task or error: free the rows
+                self._scheduler.cancel(req)
+        return [r for r in results if r is not None]
+
+    async def stream(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        *,
+        request_id: str | None = None,
+        interval_ms: int = 0,
+    ) -> AsyncIterator[StreamEvent]:
+        """Text fragments per sequence index, at most one event per `interval_ms` per sequence;
+        a sequence's final event (carrying its result) is sent at once. Fragments of a sequence
+        concatenate to its final text and never run past a stop string. Closing the iterator
+        early (aclose, or cancelling the consuming task) cancels the request and frees its rows."""
+        req = self._submit(prompt, params, request_id, streaming=True)
+        total = params.num_return_sequences
+        interval = interval_ms / 1000.0
+        pending: dict[int, str] = {}
+        last_flush = float("-inf")
+        try:
+            while req.results_seen < total:
+                items = []
+                if pending and interval > 0:
+                    try:
+                        wait = max(0.0, last_flush + interval - time.monotonic())
+                        items.append(await asyncio.wait_for(req.queue.get(), wait))
+                    except asyncio.TimeoutError:
+                        pass
+                else:
+                    items.append(await req.queue.get())
+                while not req.queue.empty():  # coalesce whatever else has arrived
+                    items.append(req.queue.get_nowait())
+                finals: list[StreamEvent] = []
+                for item in items:
+                    if isinstance(item, BaseException):
+                        raise item
+                    index, text, result = item
+                    if result is None:
+                        pending[index] = pending.get(index, "") + text
+                    else:
+                        finals.append(StreamEvent(index=index, text=pending.pop(index, "") + text, result=result))
+                now = time.monotonic()
+                if pending and now - last_flush >= interval:
+                    last_flush = now
+                    flush, pending = pending, {}
+                    for index, text in flush.items():
+                        if text:
+                            yield StreamEvent(index=index, text=text)
+                for event in finals:
+                    req.results_seen += 1
+                    yield event
+        finally:
+            if req.results_seen < total:
+                self._scheduler.cancel(req)
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel every row of the request(s) with this id; False if none is queued or running.
+
+        Their results come back with finish_reason "cancelled" and the text made so far."""
+        return self._scheduler.cancel_id(request_id)
+
+    def stats(self) -> dict[str, int | float]:
+        """Counters since start: generated_tokens_total, prompt_tokens_total, requests_total
+        (accepted), batch_steps_total (decode forwards), prefill_steps_total, cancelled_total (rows),
+        rejected_total (Overloaded); gauges: active_rows, queued_requests."""
+        s = self._scheduler
+        return {**s.counters, "active_rows": len(s.rows), "queued_requests": s.queued()}
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as a prompt (special tokens included, as in generate)."""
+        return len(self._encode(text))
+
+    # -- submission ----------------------------------------------------------------------------------
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def _submit(self, prompt: str, params: GenerationParams, request_id: Optional[str], *, streaming: bool) -> Request:
+        ids = self._encode(prompt)
+        if not ids:
+            if self._bos_id is None:
+                raise InvalidRequest("prompt: must not be empty (this model has no BOS token)", field="prompt")
+            ids = [self._bos_id]
+        if len(ids) > self.max_prompt_tokens:
+            raise InvalidRequest(
+                f"prompt: {len(ids)} tokens is above this node's limit of {self.max_prompt_tokens} prompt tokens",
+                field="prompt",
+            )
+        limit = self._runner.max_positions
+        if limit and len(ids) + params.max_new_tokens > limit:
+            raise InvalidRequest(
+                f"max_new_tokens: the prompt's {len(ids)} tokens + max_new_tokens {params.max_new_tokens} "
+                f"exceed the model's context of {limit} tokens",
+                field="max_new_tokens",
+            )
+        if params.num_return_sequences > self.max_batch_size:
+            raise InvalidRequest(
+                f"num_return_sequences: {params.num_return_sequences} is above this node's "
+                f"max_batch_size of {self.max_batch_size}",
+                field="num_return_sequences",
+            )
+        req = Request(request_id or uuid.uuid4().hex, ids, params, streaming=streaming, decode=self._decode)
+        self._scheduler.submit(req)
+        return req
+
+
+def _eos_ids(model, tokenizer) -> frozenset[int]:
+    """The tokenizer's eos and the generation config's (an int or a list)."""
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    return frozenset(ids)

@@ -1,0 +1,185 @@
+"""The decode batch's KV cache: preallocated per-layer buffers that rows join and leave in place.
+
+Layout: each layer holds keys/values of shape [row_capacity, kv_heads, capacity, head_dim]. Rows
+[0, rows) are live; columns [start, end) are in use, and every row's tokens are right-aligned so
+that its last token sits at column end - 1 (shorter rows are left-padded). `mask` marks the real
+tokens. Columns left of `start` are spare room for longer prompts that join later; a fresh buffer
+puts `start` at `left_room` so any admissible prompt fits without moving the batch.
+
+Costs, which is the point of this class (transformers' DynamicCache concatenates the whole cache on
+every step, and index_selects all of it whenever a row leaves):
+- a decode step writes one column in place;
+- a joining row copies its own prefill cache (and zeroes its own padding);
+- a leaving row is replaced by the last row (one row copied), and leading columns that are padding
+  for every row are dropped by moving `start`;
+- only reaching the right end of the buffer moves the batch (to a larger buffer).
+Buffers are allocated with `torch.empty`, so untouched columns cost no physical memory.
+
+It plugs into transformers 5 models as a `Cache` whose layers are `DynamicLayer` subclasses:
+models only call `update(key, value, layer_idx)`, because the engine passes explicit position ids
+and a ready 4-D attention mask (so the cache is never asked for mask sizes or offsets).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class _SlabLayer(DynamicLayer):
+    """One layer's keys and values in buffers owned by a `BatchKVCache`."""
+
+    is_sliding = False
+
+    def __init__(self, owner: "BatchKVCache") -> None:
+        super().__init__()
+        self._owner = owner
+        self.kbuf: Optional[torch.Tensor] = None
+        self.vbuf: Optional[torch.Tensor] = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        o = self._owner
+        self.kbuf = key_states.new_empty(o.row_capacity, key_states.shape[1], o.capacity, key_states.shape[-1])
+        self.vbuf = value_states.new_empty(
+            o.row_capacity, value_states.shape[1], o.capacity, value_states.shape[-1]
+        )
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self.kbuf is None:
+            self.lazy_initialization(key_states, value_states)
+        o = self._owner
+        b, end = o.rows, o.end + key_states.shape[-2]
+        self.kbuf[:b, :, o.end : end] = key_states
+        self.vbuf[:b, :, o.end : end] = value_states
+        self.keys = self.kbuf[:b, :, o.start : end]
+        self.values = self.vbuf[:b, :, o.start : end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self._owner.end - self._owner.start
+
+
+class BatchKVCache(Cache):
+    """KV cache of a batch of right-aligned rows; the engine advances `end` after each forward."""
+
+    def __init__(self, num_layers: int, row_capacity: int, capacity: int, left_room: int = 0) -> None:
+        super().__init__(layers=[_SlabLayer(self) for _ in range(num_layers)])
+        self.row_capacity = row_capacity
+        self.capacity = capacity
+        self.left_room = left_room
+        self.rows = 0
+        self.start = self.end = left_room
+        self.mask = torch.zeros(row_capacity, capacity, dtype=torch.bool)
+
+    @property
+    def length(self) -> int:
+        """Columns in use (what attention reads)."""
+        return self.end - self.start
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    @property
+    def allocated(self) -> bool:
+        return self.layers[0].kbuf is not None
+
+    def live_mask(self, extra: int = 0) -> torch.Tensor:
+        """[rows, length + extra] bool view: which columns hold real tokens."""
+        return self.mask[: self.rows, self.start : self.end + extra]
+
+    # -- growing along the sequence ---------------------------------------------------------------
+    def reserve(self, n: int, right_room: int) -> None:
+        """Make sure `n` more columns fit; otherwise move the batch into a larger buffer."""
+        if self.end + n <= self.capacity:
+            return
+        self._relocate(self.left_room + self.length + n + right_room)
+
+    def advance(self, n: int) -> None:
+        """The last forward wrote `n` columns (their mask must already be set)."""
+        self.end += n
+
+    def _relocate(self, capacity: int) -> None:
+        start, end, b = self.start, self.end, self.rows
+        new_start = self.left_room
+        new_end = new_start + (end - start)
+        for layer in self.layers:
+            if layer.kbuf is None:
+                continue
+            k = layer.kbuf.new_empty(self.row_capacity, layer.kbuf.shape[1], capacity, layer.kbuf.shape[-1])
+            v = layer.vbuf.new_empty(self.row_capacity, layer.vbuf.shape[1], capacity, layer.vbuf.shape[-1])
+            k[:b, :, new_start:new_end] = layer.kbuf[:b, :, start:end]
+            v[:b, :, new_start:new_end] = layer.vbuf[:b, :, start:end]
+            layer.kbuf, layer.vbuf = k, v
+        mask = torch.zeros(self.row_capacity, capacity, dtype=torch.bool)
+        mask[:b, new_start:new_end] = self.mask[:b, start:end]
+        self.mask, self.capacity = mask, capacity
+        self.start, self.end = new_start, new_end
+
+    # -- rows joining and leaving -----------------------------------------------------------------
+    def add_rows(self, prefill: "BatchKVCache", src_rows: Sequence[int], right_room: int) -> None:
+        """Append rows `src_rows` of a finished prefill cache (an index may repeat: the samples of
+        one prompt share its prefill) at the bottom of this batch, right-aligned."""
+        n, p = len(src_rows), prefill.length
+        if self.rows + n > self.row_capacity:
+            raise ValueError("batch is full")
+        if self.rows == 0:
+            self.start = self.end = self.left_room
+        if p > self.left_room:  # a prompt longer than planned for: more room on the left
+            self.left_room = p
+        if self.end - p < 0 or self.end + 1 > self.capacity:
+            self._relocate(self.left_room + self.length + 1 + right_room)
+        b, start, end = self.rows, self.start, self.end
+        new_start = min(start, end - p)
+        idx = torch.tensor(list(src_rows), dtype=torch.long)
+        same = list(src_rows) == list(range(prefill.rows))
+        for dst, src in zip(self.layers, prefill.layers):
+            if dst.kbuf is None:
+                dst.kbuf = src.kbuf.new_empty(self.row_capacity, src.kbuf.shape[1], self.capacity, src.kbuf.shape[-1])
+                dst.vbuf = src.vbuf.new_empty(self.row_capacity, src.vbuf.shape[1], self.capacity, src.vbuf.shape[-1])
+                dst.dtype, dst.device, dst.is_initialized = src.dtype, src.device, True
+            ks = src.kbuf[: prefill.rows, :, prefill.start : prefill.end]
+            vs = src.vbuf[: prefill.rows, :, prefill.start : prefill.end]
+            dst.kbuf[b : b + n, :, end - p : end] = ks if same else ks.index_select(0, idx)
+            dst.vbuf[b : b + n, :, end - p : end] = vs if same else vs.index_select(0, idx)
+            # Padding must hold finite numbers: masked columns still meet a zero attention weight.
+            dst.kbuf[b : b + n, :, new_start : end - p] = 0
+            dst.vbuf[b : b + n, :, new_start : end - p] = 0
+            if new_start < start and b:
+                dst.kbuf[:b, :, new_start:start] = 0
+                dst.vbuf[:b, :, new_start:start] = 0
+        pm = prefill.mask[: prefill.rows, prefill.start : prefill.end]
+        self.mask[b : b + n, new_start:end] = False
+        self.mask[b : b + n, end - p : end] = pm if same else pm[idx]
+        if new_start < start and b:
+            self.mask[:b, new_start:start] = False
+        self.rows += n
+        self.start = new_start
+
+    def remove_rows(self, rows: Sequence[int]) -> list[int]:
+        """Drop `rows`; each is replaced by the current last row. Returns, for each remaining
+        position, the old position of the row now there."""
+        order = list(range(self.rows))
+        for i in sorted(set(rows), reverse=True):
+            last = self.rows - 1
+            if i != last:
+                for layer in self.layers:
+                    layer.kbuf[i, :, self.start : self.end] = layer.kbuf[last, :, self.start : self.end]
+                    layer.vbuf[i, :, self.start : self.end] = layer.vbuf[last, :, self.start : self.end]
+                self.mask[i, self.start : self.end] = self.mask[last, self.start : self.end]
+                order[i] = order[last]
+            order.pop()
+            self.rows -= 1
+        self._trim()
+        return order
+
+    def _trim(self) -> None:
+        if self.rows == 0:
+            self.start = self.end = self.left_room
+            return
+        used = self.live_mask().any(dim=0)
+        if bool(used.any()):
+            self.start += int(used.int().argmax())

@@ -1,0 +1,64 @@
+"""What a generator node returns: completions, per-token log-probabilities and stream events."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FinishReason = Literal["stop", "length", "time", "cancelled"]
+
+
+class TopLogprob(BaseModel):
+    """One alternative token at a position and its log-probability."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token: str = Field(description="The token's text.")
+    logprob: float = Field(description="Natural log of its probability under the model (<= 0).")
+
+
+class TokenLogprob(BaseModel):
+    """The generated token at one position, its log-probability and the most likely alternatives."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token: str = Field(description="The token's text.")
+    logprob: float = Field(description="Natural log of its probability under the model (<= 0).")
+    top_logprobs: list[TopLogprob] = Field(
+        default_factory=list, description="The `top_logprobs` most likely tokens at this position."
+    )
+
+
+class GenerationResult(BaseModel):
+    """One finished completion of a prompt."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = Field(description="Which of the request's num_return_sequences this is (0-based).")
+    text: str = Field(description="The completion only, without the prompt.")
+    finish_reason: FinishReason = Field(
+        description="stop: end-of-sequence token or a stop string; length: max_new_tokens reached; "
+        "time: max_time_ms reached; cancelled: the request was cancelled."
+    )
+    prompt_tokens: int = Field(description="Tokens in the prompt.")
+    completion_tokens: int = Field(
+        description="Tokens the model generated for this completion (an end-of-sequence token counts; "
+        "tokens after a stop string count too)."
+    )
+    logprobs: Optional[list[TokenLogprob]] = Field(
+        None, description="One entry per generated token when logprobs=true."
+    )
+    created: float = Field(description="Unix time when the completion finished.")
+
+
+class StreamEvent(BaseModel):
+    """A text fragment of one sequence; the last event of each sequence carries its result."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = Field(description="Sequence index (0-based).")
+    text: str = Field(description="New text since the previous event of this sequence; may be empty.")
+    result: Optional[GenerationResult] = Field(
+        None, description="Set on the final event of this sequence."
+    )

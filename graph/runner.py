@@ -1,0 +1,148 @@
+"""Calls a transformers causal LM over the batch layout of graph/kvcache.py: prefill and decode steps.
+
+The runner passes explicit position ids and ready 4-D attention masks, so transformers' own mask
+construction and cache bookkeeping are skipped (cheaper per step, and exact for rows that joined the
+batch at different times). Sliding-window layers (Gemma 3: five sliding layers per full one, window
+512) get their own windowed mask, so prompts and completions may be longer than the window.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import inspect
+import logging
+from typing import Any, Callable, Optional
+
+import torch
+
+from graph.kvcache import BatchKVCache
+
+Mask = Any  # a 4-D tensor, or a dict of them keyed by layer type
+
+log = logging.getLogger(__name__)
+
+
+def release_openmp_pool() -> bool:
+    """Dismiss the calling thread's OpenMP worker threads (libgomp's omp_pause_resource_all).
+
+    Why: torch on Linux runs its CPU kernels on libgomp, which keeps one worker pool per thread
+    that has used it. Once the process manages more OpenMP threads than it has CPUs, libgomp stops
+    spinning between parallel regions and every region pays a futex wake-up: measured on SmolLM2
+    (2 cores), a decode step goes from 32 ms to 55 ms when the main thread (model loading,
+    quantization, a warm-up) has a pool besides the decode thread's. The engine calls this on the
+    thread that starts it. Returns False where there is no libgomp (other platforms): nothing to do.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            path = next((line.split()[-1] for line in maps if "libgomp" in line), None)
+        if path is None:
+            return False
+        return ctypes.CDLL(path).omp_pause_resource_all(2) == 0  # 2 = omp_pause_hard
+    except (OSError, AttributeError):
+        return False
+
+
+class ModelRunner:
+    """Forward passes of one model; knows its layer count, attention kind and sliding windows."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        cfg = model.config.get_text_config(decoder=True)
+        self.num_layers: int = cfg.num_hidden_layers
+        self.max_positions: Optional[int] = getattr(cfg, "max_position_embeddings", None)
+        if model.config._attn_implementation not in ("sdpa", "eager"):
+            model.set_attn_implementation("sdpa")
+        self._eager = model.config._attn_implementation == "eager"
+        self._windows = _attention_windows(cfg)
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, BatchKVCache]:
+        """Left-padded prompts `ids` [rows, p] with `mask` (True = real token) -> last-position
+        logits [rows, vocab] (float32) and a cache holding exactly these rows."""
+        rows, p = ids.shape
+        positions = (mask.long().cumsum(-1) - 1).clamp_(min=0)
+        cache = BatchKVCache(self.num_layers, rows, p)
+        cache.rows = rows
+        cache.mask[:, :p] = mask
+        logits = self._forward(ids, self._prefill_mask(mask), positions, cache)
+        cache.advance(p)
+        return logits, cache
+
+    def decode(self, ids: torch.Tensor, positions: torch.Tensor, cache: BatchKVCache, right_room: int) -> torch.Tensor:
+        """One token per row (`ids`, `positions`: [rows, 1]) -> logits [rows, vocab] (float32)."""
+        cache.reserve(1, right_room)
+        cache.mask[: cache.rows, cache.end] = True
+        logits = self._forward(ids, self._decode_mask(cache), positions, cache)
+        cache.advance(1)
+        return logits
+
+    def _forward(self, ids, mask: Mask, positions, cache: BatchKVCache) -> torch.Tensor:
+        kwargs: dict[str, Any] = dict(
+            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+        )
+        if self._logits_to_keep:
+            kwargs["logits_to_keep"] = 1
+        return self.model(**kwargs).logits[:, -1, :].float()
+
+    # -- masks -------------------------------------------------------------------------------------
+    def _prefill_mask(self, mask: torch.Tensor) -> Mask:
+        p = mask.shape[1]
+        causal = torch.ones(p, p, dtype=torch.bool).tril_()
+        # A padding query attends to itself only, so padded positions stay finite.
+        keys = mask[:, None, :] | torch.eye(p, dtype=torch.bool)[None]
+        full = (causal[None] & keys)[:, None]
+
+        def windowed(window: Optional[int]) -> torch.Tensor:
+            if window is None or window >= p:
+                return full
+            return full & ~torch.ones(p, p, dtype=torch.bool).tril_(-window)
+
+        return self._for_model(windowed)
+
+    def _decode_mask(self, cache: BatchKVCache) -> Mask:
+        full = cache.live_mask(extra=1)[:, None, None, :]
+
+        def windowed(window: Optional[int]) -> torch.Tensor:
+            # The new token sits at column `end`; with a window it sees columns > end - window
+            # (a row's tokens are contiguous, so column distance is position distance).
+            lo = cache.end - window + 1 - cache.start if window is not None else 0
+            if lo <= 0:
+                return full
+            m = full.clone()
+            m[..., :lo] = False
+            return m
+
+        return self._for_model(windowed)
+
+    def _for_model(self, windowed: Callable[[Optional[int]], torch.Tensor]) -> Mask:
+        if self._windows is None:
+            return self._format(windowed(None))
+        if "" in self._windows:
+            return self._format(windowed(self._windows[""]))
+        return {kind: self._format(windowed(w)) for kind, w in self._windows.items()}
+
+    def _format(self, m: torch.Tensor) -> torch.Tensor:
+        if not self._eager:
+            return m  # sdpa takes a boolean mask (True = attend)
+        return torch.zeros(m.shape, dtype=self.model.dtype).masked_fill_(~m, torch.finfo(self.model.dtype).min)
+
+
+def _attention_windows(cfg) -> Optional[dict[str, Optional[int]]]:
+    """None: one full causal mask for all layers. Else mask kind -> sliding window (None = full).
+
+    Models with per-layer types (Gemma 3) take a dict of masks keyed by layer type; a model whose
+    every layer slides (Mistral-style, no layer_types) takes one windowed mask.
+    """
+    layer_types = getattr(cfg, "layer_types", None)
+    window = getattr(cfg, "sliding_window", None)
+    if layer_types:
+        kinds = set(layer_types)
+        unknown = kinds - {"full_attention", "sliding_attention"}
+        if unknown:
+            raise ValueError(f"unsupported attention layer types {sorted(unknown)}")
+        if "sliding_attention" not in kinds:
+            return None
+        return {k: (window if k == "sliding_attention" else None) for k in kinds}
+    if window and getattr(cfg, "use_sliding_window", True):
+        return {"": window}
+    return None

@@ -1,0 +1,432 @@
+"""The decode loop of a generator node: continuous batching of rows on one background thread.
+
+Each step: drop cancelled or timed-out rows; admit waiting requests in FIFO order while rows are
+free (one batched prefill for all of them; their KV rows then join the running batch in place);
+run one forward for every active row with only its last token; choose a token per row with that
+row's parameters; turn tokens into text; hand finished results and, for streams, text fragments
+to each request's asyncio queue (one thread-safe call per event loop per step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any, Optional
+
+import torch
+
+from graph.detok import IncrementalDetokenizer, StopMatcher
+from graph.errors import NodeFailure, Overloaded
+from graph.kvcache import BatchKVCache
+from graph.params import GenerationParams
+from graph.results import FinishReason, GenerationResult, TokenLogprob, TopLogprob
+from graph.runner import ModelRunner, release_openmp_pool
+from graph.sampling import BatchSampler, RowSampling
+
+log = logging.getLogger(__name__)
+
+# Padded prompt tokens prefilled in one step at most (one request is always admitted): bounds how
+# long running rows wait while newcomers are prefilled.
+PREFILL_TOKEN_BUDGET = 4096
+# Columns a cache buffer keeps free on the right when it is (re)allocated.
+RIGHT_ROOM = 256
+
+
+class Request:
+    """One submitted prompt: its rows, its consumer's event loop and queue, its state.
+
+    The queue receives `(index, text, result_or_None)` tuples, or an exception that ends the request.
+    """
+
+    def __init__(self, rid: str, prompt_ids: list[int], params: GenerationParams, *, streaming: bool, decode) -> None:
+        self.id = rid
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.streaming = streaming
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        now = time.monotonic()
+        # max_time_ms counts from submission: time spent waiting in the queue is part of the budget.
+        self.deadline = now + params.max_time_ms / 1000.0 if params.max_time_ms is not None else None
+        self.cancelled = False
+        self.open_rows = params.num_return_sequences  # rows not finished yet (decode side)
+        self.results_seen = 0  # final results the consumer has taken (consumer side)
+        self.rows = [Row(self, i, decode) for i in range(params.num_return_sequences)]
+
+
+class Row:
+    """One sequence being generated (a request has num_return_sequences of them)."""
+
+    __slots__ = ("req", "index", "generator", "tokens", "detok", "stop", "logprobs", "finished")
+
+    def __init__(self, req: Request, index: int, decode) -> None:
+        p = req.params
+        self.req = req
+        self.index = index
+        self.generator: Optional[torch.Generator] = None
+        if p.do_sample and p.seed is not None:
+            # Seeds seed, seed+1, ... for the samples of one request.
+            self.generator = torch.Generator().manual_seed(p.seed + index)
+        self.tokens: list[int] = []
+        self.detok = IncrementalDetokenizer(decode, req.prompt_ids)
+        self.stop = StopMatcher(p.stop)
+        self.logprobs: Optional[list[TokenLogprob]] = [] if p.logprobs else None
+        self.finished = False
+
+    @property
+    def position(self) -> int:
+        """Position id of the last token (the one the next forward is fed)."""
+        return len(self.req.prompt_ids) + len(self.tokens) - 1
+
+    def sampling(self) -> RowSampling:
+        return RowSampling(self.req.params, self.generator, [*self.req.prompt_ids, *self.tokens])
+
+
+class Outbox:
+    """Messages for consumers, sent with one thread-safe call per event loop."""
+
+    def __init__(self) -> None:
+        self.items: dict[asyncio.AbstractEventLoop, list[tuple[Request, Any]]] = {}
+
+    def put(self, req: Request, item: Any) -> None:
+        self.items.setdefault(req.loop, []).append((req, item))
+
+    def send(self) -> None:
+        for loop, items in self.items.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the consumer's loop is closed: nobody is listening any more
+                for req, _ in items:
+                    req.cancelled = True
+        self.items = {}
+
+
+def _deliver(items: list[tuple[Request, Any]]) -> None:
+    for req, item in items:
+        req.queue.put_nowait(item)
+
+
+class Scheduler:
+    """Owns the model while running: the waiting queue, the batch, the decode thread, counters."""
+
+    def __init__(self, runner: ModelRunner, tokenizer, *, name: str, eos_ids: frozenset[int], pad_id: int,
+                 max_batch_size: int, max_queue: int, max_prompt_tokens: int, threads: Optional[int]) -> None:
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.name = name
+        self.eos_ids = eos_ids
+        self.pad_id = pad_id
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.max_prompt_tokens = max_prompt_tokens
+        self.threads = threads
+        self.lock = threading.RLock()
+        self._wake = threading.Condition(self.lock)
+        self._waiting: deque[Request] = deque()
+        self._by_id: dict[str, list[Request]] = {}
+        self._thread: Optional[threading.Thread] = None
+        self._closing = False
+        self.closed = False
+        self.ready = threading.Event()  # set once the decode thread has warmed up
+        # Owned by the decode thread.
+        self.rows: list[Row] = []
+        self._cache: Optional[BatchKVCache] = None
+        self._sampler: Optional[BatchSampler] = None
+        self._token_texts: dict[int, str] = {}
+        self.counters = dict(
+            generated_tokens_total=0, prompt_tokens_total=0, requests_total=0, batch_steps_total=0,
+            prefill_steps_total=0, cancelled_total=0, rejected_total=0,
+        )
+
+    # -- control (any thread) ----------------------------------------------------------------------
+    def start(self) -> None:
+        with self.lock:
+            if self.closed or (self._thread is not None and self._thread.is_alive()):
+                return
+            # All model work happens on the decode thread: the caller's OpenMP pool would only
+            # slow it down (see release_openmp_pool).
+            release_openmp_pool()
+            self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closing = self.closed = True
+            self._wake.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        with self.lock:
+            waiting, self._waiting = list(self._waiting), deque()
+            self._by_id.clear()
+        out = Outbox()
+        for req in waiting + list({r.req: None for r in self.rows}):
+            out.put(req, NodeFailure(f"{self.name}: the generation engine was closed", node=self.name))
+        self.rows, self._cache, self._sampler = [], None, None
+        out.send()
+
+    def submit(self, req: Request) -> None:
+        """Queue a request, or raise Overloaded at once when the queue is full."""
+        self.start()
+        with self._wake:
+            if self.closed:
+                raise NodeFailure(f"{self.name}: the generation engine is closed", node=self.name)
+            if len(self._waiting) >= self.max_queue:
+                self.counters["rejected_total"] += 1
+                raise Overloaded(
+                    f"{self.name}: {len(self._waiting)} requests are already waiting "
+                    f"(max_queue={self.max_queue}); retry later"
+                )
+            self._waiting.append(req)
+            self._by_id.setdefault(req.id, []).append(req)
+            self.counters["requests_total"] += 1
+            self._wake.notify()
+
+    def cancel_id(self, request_id: str) -> bool:
+        with self.lock:
+            reqs = list(self._by_id.get(request_id, ()))
+        for req in reqs:
+            self.cancel(req)
+        return bool(reqs)
+
+    def cancel(self, req: Request) -> None:
+        """A waiting request finishes here; a running one at the start of the next step."""
+        with self._wake:
+            if req.cancelled or req.open_rows == 0:
+                return
+            req.cancelled = True
+            try:
+                self._waiting.remove(req)
+            except ValueError:
+                self._wake.notify()
+                return
+        out = Outbox()
+        for row in req.rows:
+            self._finish(row, "cancelled", out)
+        out.send()
+
+    def queued(self) -> int:
+        with self.lock:
+            return len(self._waiting)
+
+    def _unregister(self, req: Request) -> None:
+        with self.lock:
+            same = self._by_id.get(req.id)
+            if same is not None and req in same:
+                same.remove(req)
+                if not same:
+                    del self._by_id[req.id]
+
+    # -- the decode thread -------------------------------------------------------------------------
+    def _run(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        with torch.inference_mode():
+            self._warmup()
+            while True:
+                with self._wake:
+                    while not self._closing and not self._waiting and not self.rows:
+                        self._wake.wait()
+                    if self._closing:
+                        return
+                admitted: list[Request] = []
+                try:
+                    self._step(admitted)
+                except Exception as exc:  # a bug or an out-of-memory must not kill the node
+                    log.exception("%s: decode step failed", self.name)
+                    self._fail_all(admitted, exc)
+
+    def _warmup(self, steps: int = 2) -> None:
+        """A short prefill and a few decode steps (the first calls pay one-time kernel setup)."""
+        try:
+            logits, pre = self.runner.prefill(torch.full((1, 4), self.pad_id), torch.ones(1, 4, dtype=torch.bool))
+            cache = BatchKVCache(self.runner.num_layers, 1, 4 + steps, left_room=4)
+            cache.add_rows(pre, [0], steps)
+            for i in range(steps):
+                logits = self.runner.decode(logits.argmax(-1, keepdim=True), torch.tensor([[4 + i]]), cache, steps)
+        except Exception:  # not fatal: the first real request pays the setup instead
+            log.exception("%s: warm-up failed", self.name)
+        finally:
+            self.ready.set()
+
+    def _fail_all(self, admitted: list[Request], exc: Exception) -> None:
+        reqs = {r.req: None for r in self.rows}
+        reqs.update({r: None for r in admitted})
+        out = Outbox()
+        for req in reqs:
+            req.open_rows = 0
+            self._unregister(req)
+            out.put(req, NodeFailure(f"{self.name}: generation failed: {exc}", node=self.name))
+        self.rows, self._cache, self._sampler = [], None, None
+        out.send()
+
+    def _step(self, admitted: list[Request]) -> None:
+        out = Outbox()
+        now = time.monotonic()
+        gone = []
+        for i, row in enumerate(self.rows):
+            if row.req.cancelled:
+                self._finish(row, "cancelled", out)
+                gone.append(i)
+            elif row.req.deadline is not None and now >= row.req.deadline:
+                self._finish(row, "time", out)
+                gone.append(i)
+        self._drop(gone)
+        admitted.extend(self._admit(now, out))
+        if admitted:
+            self._prefill(admitted, out)
+            out.send()  # first tokens go out before the next forward
+        if self.rows:
+            self._decode(out)
+        out.send()
+
+    def _admit(self, now: float, out: Outbox) -> list[Request]:
+        free = self.max_batch_size - len(self.rows)
+        taken: list[Request] = []
+        longest = 0
+        with self.lock:
+            while self._waiting:
+                req = self._waiting[0]
+                if req.deadline is not None and now >= req.deadline:
+                    self._waiting.popleft()
+                    for row in req.rows:
+                        self._finish(row, "time", out)
+                    continue
+                n = req.params.num_return_sequences
+                p = max(longest, len(req.prompt_ids))
+                if n > free or (taken and p * (len(taken) + 1) > PREFILL_TOKEN_BUDGET):
+                    break  # strict FIFO: a request never overtakes an earlier one
+                self._waiting.popleft()
+                taken.append(req)
+                free -= n
+                longest = p
+        return taken
+
+    def _prefill(self, reqs: list[Request], out: Outbox) -> None:
+        b, p = len(reqs), max(len(r.prompt_ids) for r in reqs)
+        ids = torch.full((b, p), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(b, p, dtype=torch.bool)
+        for i, req in enumerate(reqs):
+            n = len(req.prompt_ids)
+            ids[i, p - n :] = torch.tensor(req.prompt_ids, dtype=torch.long)
+            mask[i, p - n :] = True
+        logits, cache = self.runner.prefill(ids, mask)
+        self.counters["prefill_steps_total"] += 1
+        self.counters["prompt_tokens_total"] += sum(len(r.prompt_ids) for r in reqs)
+
+        # The samples of one prompt share its prefill: its logits and KV rows are repeated.
+        rows = [row for req in reqs for row in req.rows]
+        src = [i for i, req in enumerate(reqs) for _ in req.rows]
+        if src != list(range(b)):
+            logits = logits.index_select(0, torch.tensor(src, dtype=torch.long))
+        step = BatchSampler([r.sampling() for r in rows], logits.shape[-1]).step(logits)
+        now = time.monotonic()
+        for j, row in enumerate(rows):
+            self._accept(row, step.tokens[j], step.logprobs.get(j), out, now)
+        keep = [j for j, row in enumerate(rows) if not row.finished]
+        if not keep:
+            return
+        if self._cache is None:
+            self._cache = BatchKVCache(
+                self.runner.num_layers, self.max_batch_size, self.max_prompt_tokens + RIGHT_ROOM,
+                left_room=self.max_prompt_tokens,
+            )
+        self._cache.add_rows(cache, [src[j] for j in keep], RIGHT_ROOM)
+        self.rows.extend(rows[j] for j in keep)
+        self._sampler = None
+
+    def _decode(self, out: Outbox) -> None:
+        assert self._cache is not None
+        ids = torch.tensor([[r.tokens[-1]] for r in self.rows], dtype=torch.long)
+        positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long)
+        logits = self.runner.decode(ids, positions, self._cache, RIGHT_ROOM)
+        self.counters["batch_steps_total"] += 1
+        if self._sampler is None:
+            self._sampler = BatchSampler([r.sampling() for r in self.rows], logits.shape[-1])
+        step = self._sampler.step(logits)
+        now = time.monotonic()
+        gone = []
+        for i, row in enumerate(self.rows):
+            self._accept(row, step.tokens[i], step.logprobs.get(i), out, now)
+            if row.finished:
+                gone.append(i)
+        self._drop(gone)
+
+    def _drop(self, gone: list[int]) -> None:
+        if not gone:
+            return
+        assert self._cache is not None
+        order = self._cache.remove_rows(gone)
+        self.rows = [self.rows[i] for i in order]
+        self._sampler = None
+        if not self.rows:
+            self._cache = None  # idle: give the KV memory back
+
+    # -- per-token bookkeeping -----------------------------------------------------------------
+    def _token_text(self, token_id: int) -> str:
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
+
+    def _accept(self, row: Row, token: int, lp, out: Outbox, now: float) -> None:
+        """Record one generated token; finish the row if a stop condition is met."""
+        row.tokens.append(token)
+        self.counters["generated_tokens_total"] += 1
+        if lp is not None and row.logprobs is not None:
+            chosen, top_ids, top_vals = lp
+            row.logprobs.append(
+                TokenLogprob(
+                    token=self._token_text(token),
+                    logprob=chosen,
+                    top_logprobs=[
+                        TopLogprob(token=self._token_text(t), logprob=v) for t, v in zip(top_ids, top_vals)
+                    ],
+                )
+            )
+        if token in self.eos_ids:
+            self._finish(row, "stop", out)  # the end-of-sequence token adds no text
+            return
+        fragment = row.detok.add(token)
+        if fragment:
+            send, hit = row.stop.add(fragment)
+            if hit:
+                self._finish(row, "stop", out, sent_now=send, stopped=True)
+                return
+            if send and row.req.streaming:
+                out.put(row.req, (row.index, send, None))
+        if len(row.tokens) >= row.req.params.max_new_tokens:
+            self._finish(row, "length", out)
+        elif row.req.deadline is not None and now >= row.req.deadline:
+            self._finish(row, "time", out)
+
+    def _finish(self, row: Row, reason: FinishReason, out: Outbox, *, sent_now: str = "", stopped: bool = False) -> None:
+        if row.finished:
+            return
+        row.finished = True
+        text = sent_now
+        if not stopped:
+            send, hit = row.stop.add(row.detok.flush())
+            text += send
+            if hit:
+                reason = "stop"
+            else:
+                text += row.stop.rest()
+        if reason == "cancelled":
+            self.counters["cancelled_total"] += 1
+        result = GenerationResult(
+            index=row.index,
+            text=row.stop.text,
+            finish_reason=reason,
+            prompt_tokens=len(row.req.prompt_ids),
+            completion_tokens=len(row.tokens),
+            logprobs=row.logprobs,
+            created=time.time(),
+        )
+        out.put(row.req, (row.index, text, result))
+        row.req.open_rows -= 1
+        if row.req.open_rows == 0:
+            self._unregister(row.req)
