@@ -6,6 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from graph.classifier import Classification  # noqa: F401  (part of the API's schema)
 from graph.params import GenerationOverrides
 
 
@@ -82,14 +83,6 @@ class ClassifyRequest(_Request):
     """Score texts with the classifier node."""
 
     texts: list[str] = Field(min_length=1, max_length=256, examples=[["What a lovely day!"]])
-
-
-class Classification(BaseModel):
-    """One text's label, the score of the config's `score_label`, and every label's probability."""
-
-    label: str
-    score: float = Field(ge=0.0, le=1.0)
-    labels: dict[str, float]
 
 
 class ScoredCompletion(BaseModel):

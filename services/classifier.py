@@ -10,6 +10,7 @@ import bentoml
 
 from graph.config import ClassifierNode
 from graph.schemas import Classification
+from services.common import setup_logging
 
 log = logging.getLogger("graph")
 
@@ -20,6 +21,7 @@ class ClassifierBase:
     CONFIG: ClassifierNode
 
     def __init__(self) -> None:
+        setup_logging()
         from graph.loading import load_classifier
         from services.store import embedded_lookup, store_lookup
 
@@ -30,11 +32,7 @@ class ClassifierBase:
         log.info("classifier loaded %s in %.1fs", self.CONFIG.model.describe(), time.time() - start)
 
     def classify(self, texts: list[str]) -> list[Classification]:
-        return [Classification.model_validate(_dump(c)) for c in self.model.classify(texts)]
-
-
-def _dump(obj: Any) -> dict[str, Any]:
-    return obj.model_dump() if hasattr(obj, "model_dump") else dict(vars(obj))
+        return self.model.classify(texts)
 
 
 def make_classifier_service(node: ClassifierNode) -> bentoml.Service[Any]:

@@ -17,6 +17,18 @@ from graph.errors import GraphError, InvalidRequest, NodeFailure, Overloaded
 log = logging.getLogger("graph")
 
 
+def setup_logging() -> None:
+    """Show the `graph` loggers' INFO lines in `bentoml serve` output.
+
+    BentoML's server logging config sets the root to WARNING and disables loggers created before
+    it ran; every service calls this in __init__, which runs after that config."""
+    manager = logging.root.manager
+    for name, logger in list(manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and (name == "graph" or name.startswith("graph.")):
+            logger.disabled = False
+    logging.getLogger("graph").setLevel(logging.INFO)
+
+
 @lru_cache(maxsize=1)
 def graph_config() -> GraphConfig:
     """The graph config given by `bentoml serve --arg-file configs/X.yaml` (default.yaml if none)."""

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from graph.config import GeneratorNode
 from graph.errors import GraphError
 from graph.params import GenerationParams
-from services.common import error_response
+from services.common import error_response, setup_logging
 
 log = logging.getLogger("graph")
 
@@ -25,6 +25,7 @@ class GeneratorBase:
     CONFIG: GeneratorNode
 
     def __init__(self) -> None:
+        setup_logging()
         from graph.engine import GenerationEngine
         from graph.loading import load_causal_lm
         from services.store import embedded_lookup, store_lookup
@@ -43,7 +44,8 @@ class GeneratorBase:
             max_prompt_tokens=self.CONFIG.max_prompt_tokens,
             threads=self.CONFIG.runtime.threads,
         )
-        self.engine.start()
+        if not self.engine.warmup():
+            log.warning("node %s: warm-up did not finish in time", self.NODE)
         log.info("node %s loaded %s in %.1fs", self.NODE, self.CONFIG.model.describe(), time.time() - start)
 
     def __is_ready__(self) -> bool:

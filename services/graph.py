@@ -22,7 +22,7 @@ from graph.schemas import (
     StreamRequest,
 )
 from services.classifier import make_classifier_service
-from services.common import error_response, from_dependency, graph_config, request_id
+from services.common import error_response, from_dependency, graph_config, request_id, setup_logging
 from services.generator import make_generator_service
 
 log = logging.getLogger("graph")
@@ -97,6 +97,7 @@ class InferenceGraph:
     """Fans a prompt out to every generator at once, then scores all completions in one call."""
 
     def __init__(self) -> None:
+        setup_logging()
         self.graph = Graph(
             CONFIG,
             {n: DependencyGenerator(getattr(self, f"gen_{n}"), n) for n in CONFIG.generators},
@@ -114,7 +115,7 @@ class InferenceGraph:
             out = await self.graph.generate_score(req.original_sentence, req.params, rid, timeline)
         except GraphError as err:
             return error_response(err, ctx)  # type: ignore[return-value]
-        log.info("request_id=%s generate_score spans=%s", rid, _spans(timeline))
+        log.info("request_id=%s generate_score spans=%s", rid, json.dumps(_spans(timeline)))
         return out
 
     @bentoml.api(input_spec=GenerateRequest)

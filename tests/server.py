@@ -1,0 +1,92 @@
+"""Starts a real `bentoml serve` in a subprocess for end-to-end tests, and stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+BENTOML = ROOT / ".venv" / "bin" / "bentoml"
+ARTIFACTS = ROOT / "artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`bentoml serve TARGET [--arg-file CONFIG]` on a free port, logs under artifacts/logs/."""
+
+    def __init__(self, target: str = "services.graph:InferenceGraph", config: str | Path | None = None,
+                 name: str = "server", port: int | None = None, ready_path: str = "/readyz") -> None:
+        self.target, self.config, self.name = target, config, name
+        self.port = port or free_port()
+        self.ready_path = ready_path
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = ARTIFACTS / "logs" / f"{name}-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 240) -> "Server":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [str(BENTOML), "serve", self.target, "--port", str(self.port), "--host", "127.0.0.1"]
+        if self.config is not None:
+            cmd += ["--arg-file", str(self.config)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "BENTOML_DO_NOT_TRACK": "true", "TOKENIZERS_PARALLELISM": "false"}
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited early:\n{self.log()[-4000:]}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise TimeoutError(f"server not ready after {timeout_s}s:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def sse_events(response: httpx.Response) -> list[tuple[float, str]]:
+    """(arrival time, data) of each server-sent event, checking the `data: ` framing."""
+    out: list[tuple[float, str]] = []
+    buffer = ""
+    for chunk in response.iter_text():
+        buffer += chunk
+        while "\n\n" in buffer:
+            event, buffer = buffer.split("\n\n", 1)
+            assert event.startswith("data: "), f"not an SSE event: {event!r}"
+            out.append((time.monotonic(), event[len("data: "):]))
+    assert buffer == "", f"trailing bytes after last event: {buffer!r}"
+    return out

@@ -1,0 +1,157 @@
+"""End-to-end through a real `bentoml serve` of configs/tiny.yaml: every endpoint, bad requests too."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+
+from tests.server import Server, sse_events
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir):
+    with Server(config="configs/tiny.yaml", name="tiny") as srv:
+        yield srv
+
+
+def post(server: Server, path: str, body: dict, timeout: float = 60) -> httpx.Response:
+    return httpx.post(server.url + path, json=body, timeout=timeout)
+
+
+def test_generate_score_contract(server: Server) -> None:
+    r = post(server, "/generate_score", {"original_sentence": "I have an idea!"})
+    assert r.status_code == 200, r.text
+    items = r.json()
+    assert {i["model"] for i in items} == {"tiny_a", "tiny_b"}
+    for item in items:
+        assert item["generated"] == "I have an idea!" + item["completion"]
+        assert 0.0 <= item["score"] <= 1.0
+        assert set(item["labels"]) == {"positive", "negative"}
+        assert abs(sum(item["labels"].values()) - 1.0) < 1e-4
+        assert item["label"] in item["labels"]
+        assert item["score"] == pytest.approx(item["labels"]["positive"])
+        assert item["prompt_tokens"] > 0 and 1 <= item["completion_tokens"] <= 8
+        assert item["finish_reason"] in {"stop", "length"}
+    assert r.headers.get("x-request-id")
+
+
+def test_default_sentence_when_omitted(server: Server) -> None:
+    r = post(server, "/generate_score", {})
+    assert r.status_code == 200, r.text
+    assert all(i["generated"].startswith("I have an idea!") for i in r.json())
+
+
+def test_generators_overlap_in_time(server: Server) -> None:
+    r = post(server, "/generate_score", {"original_sentence": "Overlap?", "params": {"max_new_tokens": 64}},
+             timeout=120)
+    assert r.status_code == 200, r.text
+    rid = r.headers["x-request-id"]
+    line = next(l for l in server.log().splitlines() if f"request_id={rid} generate_score spans=" in l)
+    spans, _ = json.JSONDecoder().raw_decode(line.split("spans=", 1)[1])
+    (a0, a1), (b0, b1) = spans["tiny_a"], spans["tiny_b"]
+    assert min(a1, b1) - max(a0, b0) > 0, spans
+
+
+def test_unknown_field_is_named(server: Server) -> None:
+    r = post(server, "/generate_score", {"original_sentence": "hi", "bogus": 1})
+    assert 400 <= r.status_code < 500
+    assert "bogus" in r.text
+
+
+def test_unknown_param_is_named(server: Server) -> None:
+    r = post(server, "/generate_score", {"original_sentence": "hi", "params": {"temprature": 1}})
+    assert r.status_code == 400 and "temprature" in r.text
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [({"temperature": -1}, "temperature"), ({"top_p": 1.5}, "top_p"), ({"max_new_tokens": 65}, "max_new_tokens")],
+)
+def test_invalid_params(server: Server, params: dict, field: str) -> None:
+    r = post(server, "/generate", {"prompt": "hi", "params": params})
+    assert r.status_code == 400, r.text
+    assert field in r.text
+
+
+def test_empty_and_oversized_prompts(server: Server) -> None:
+    for body in ({"original_sentence": ""}, {"original_sentence": "   "}):
+        r = post(server, "/generate_score", body)
+        assert r.status_code == 400 and "original_sentence" in r.text
+    r = post(server, "/generate_score", {"original_sentence": "x" * 5000})
+    assert r.status_code == 400 and "original_sentence" in r.text and "4000" in r.text
+
+
+def test_unknown_model_lists_valid_ones(server: Server) -> None:
+    r = post(server, "/generate", {"prompt": "hi", "model": "gpt5"})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["field"] == "model" and "tiny_a" in body["message"] and "tiny_b" in body["message"]
+
+
+def test_generate_one_model_and_batch(server: Server) -> None:
+    r = post(server, "/generate", {"prompt": "The cat", "model": "tiny_a"})
+    assert r.status_code == 200, r.text
+    (item,) = r.json()
+    assert item["model"] == "tiny_a" and len(item["results"]) == 1
+    r = post(server, "/generate", {"prompts": ["The cat", "Hello world, this is"], "params": {"max_new_tokens": 3}})
+    assert r.status_code == 200, r.text
+    items = r.json()
+    assert len(items) == 4
+    assert all(res["completion_tokens"] <= 3 for i in items for res in i["results"])
+    assert post(server, "/generate", {"prompt": "a", "prompts": ["b"]}).status_code == 400
+
+
+def test_classify(server: Server) -> None:
+    r = post(server, "/classify", {"texts": ["good happy", "bad sad", "the cat"]})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert len(out) == 3 and all(0 <= c["score"] <= 1 and c["label"] in c["labels"] for c in out)
+    assert post(server, "/classify", {"texts": []}).status_code == 400
+
+
+def test_stream_matches_non_streamed(server: Server) -> None:
+    params = {"max_new_tokens": 12, "do_sample": True, "seed": 7, "temperature": 1.0}
+    full = post(server, "/generate", {"prompt": "Once upon", "model": "tiny_a", "params": params}).json()
+    with httpx.stream("POST", server.url + "/generate_stream", json={"prompt": "Once upon", "model": "tiny_a", "params": params}, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    assert events[-1][1] == "[DONE]"
+    data = [json.loads(d) for _, d in events[:-1]]
+    text = "".join(e["text"] for e in data if e["type"] in ("token", "final"))
+    assert text == full[0]["results"][0]["text"]
+    final = [e for e in data if e["type"] == "final"]
+    assert len(final) == 1 and final[0]["finish_reason"] in ("stop", "length")
+    assert final[0]["usage"]["completion_tokens"] == full[0]["results"][0]["completion_tokens"]
+
+
+def test_score_stream_interleaves_and_scores(server: Server) -> None:
+    with httpx.stream("POST", server.url + "/generate_score_stream", json={"prompt": "The dog"}, timeout=60) as r:
+        assert r.status_code == 200
+        data = [json.loads(d) for _, d in sse_events(r)[:-1]]
+    assert {e["model"] for e in data if e["type"] == "final"} == {"tiny_a", "tiny_b"}
+    scores = [e for e in data if e["type"] == "score"]
+    assert {s["model"] for s in scores} == {"tiny_a", "tiny_b"}
+    for s in scores:  # a completion's score comes after its final event
+        final_at = next(i for i, e in enumerate(data) if e["type"] == "final" and e["model"] == s["model"])
+        assert data.index(s) > final_at and 0 <= s["score"] <= 1
+
+
+def test_stream_bad_input_is_4xx_not_broken_stream(server: Server) -> None:
+    r = post(server, "/generate_stream", {"prompt": "hi", "model": "nope"})
+    assert r.status_code == 400 and "nope" in r.text
+    r = post(server, "/generate_stream", {"prompt": "hi", "params": {"top_p": 2}})
+    assert r.status_code == 400 and "top_p" in r.text
+
+
+def test_health_and_docs(server: Server) -> None:
+    assert httpx.get(server.url + "/readyz").status_code == 200
+    spec = httpx.get(server.url + "/docs.json").json()
+    for path in ("/generate_score", "/generate", "/classify", "/generate_stream", "/generate_score_stream"):
+        assert path in spec["paths"]
+    assert re.search(r"request_id=\w+", server.log())
