@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, Optional, Protocol, Sequence
 from pydantic import BaseModel
 
 from graph.config import GraphConfig
-from graph.errors import GraphError, InvalidRequest, NodeFailure
+from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
 from graph.params import GenerationParams, merge_params
 from graph.schemas import Classification, ScoredCompletion
 
@@ -96,10 +96,13 @@ class Graph:
     # ---- calls -----------------------------------------------------------------------------
     async def _call(self, node: str, coro: Awaitable[Any], timeline: Timeline | None) -> Any:
         start = time.time()
+        deadline = self.config.graph_timeout_s
         try:
-            return await coro
+            return await asyncio.wait_for(coro, deadline)
         except GraphError:
             raise
+        except asyncio.TimeoutError:
+            raise NodeTimeout(f"node {node!r} did not answer within graph_timeout_s={deadline}s", node=node) from None
         except Exception as exc:  # a node died or answered garbage: say which one
             log.exception("node %s failed", node)
             raise NodeFailure(f"node {node!r} failed: {type(exc).__name__}: {exc}", node=node) from exc
@@ -115,14 +118,19 @@ class Graph:
         for i, p in enumerate(prompts):
             self.check_prompt(p, "prompt" if len(prompts) == 1 else f"prompts[{i}]")
         plan = self.plan(self.select(model), overrides)
-        names = list(plan)
-        outs = await asyncio.gather(
-            *[
-                self._call(n, self.generators[n].generate(prompts, plan[n], request_id), timeline)
-                for n in names
-            ]
-        )
-        return dict(zip(names, outs))
+        try:
+            async with asyncio.TaskGroup() as group:  # one node failing cancels the others' calls
+                tasks = {
+                    n: group.create_task(
+                        self._call(n, self.generators[n].generate(prompts, plan[n], request_id), timeline)
+                    )
+                    for n in plan
+                }
+        except BaseExceptionGroup as group_err:
+            # the nodes that were cut off may still be working on it: tell them to stop
+            background(asyncio.gather(*[self._cancel(n, request_id) for n in plan]))
+            raise _first_error(group_err) from None
+        return {n: t.result() for n, t in tasks.items()}
 
     async def classify(self, texts: list[str]) -> list[Classification]:
         if not texts:
@@ -206,14 +214,40 @@ class Graph:
         finally:
             for t in tasks:
                 t.cancel()
-            if not completed:  # the client went away: stop the nodes' work too (BentoML won't)
-                await asyncio.gather(*[self._cancel(n, request_id) for n in plan])
+            if not completed:  # the client went away: stop the nodes' work too (BentoML won't).
+                # A task of its own: the server cancels this one's scope, and awaits here would be
+                # cancelled with it before the nodes heard anything.
+                background(asyncio.gather(*[self._cancel(n, request_id) for n in plan]))
 
     async def _cancel(self, node: str, request_id: str) -> None:
         try:
             await self.generators[node].cancel(request_id)
         except Exception:  # cancelling is best effort: the node may already be done
             log.debug("cancel on %s failed", node, exc_info=True)
+
+
+def _first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to report from a failed TaskGroup: a GraphError if there is one."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        err = stack.pop()
+        if isinstance(err, BaseExceptionGroup):
+            stack.extend(reversed(err.exceptions))
+        else:
+            leaves.append(err)
+    return next((e for e in leaves if isinstance(e, GraphError)), leaves[0])
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+
+
+def background(aw: Awaitable[Any]) -> asyncio.Future[Any]:
+    """Run `aw` on its own (not cancelled with the caller), keeping a reference until it ends."""
+    fut = asyncio.ensure_future(aw)
+    _BACKGROUND.add(fut)
+    fut.add_done_callback(_BACKGROUND.discard)
+    return fut
 
 
 def stream_event(node: str, ev: dict[str, Any]) -> dict[str, Any]:

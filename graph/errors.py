@@ -53,6 +53,13 @@ class NodeFailure(GraphError):
         return {**super().to_dict(), "node": self.node}
 
 
+class NodeTimeout(NodeFailure):
+    """A node did not answer within the graph's deadline (graph_timeout_s). 504."""
+
+    status = 504
+    kind = "node_timeout"
+
+
 class ConfigError(GraphError):
     """A graph config file is wrong; raised at startup, names the key."""
 

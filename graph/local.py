@@ -37,3 +37,26 @@ class LocalClassifier:
 
     async def classify(self, texts: list[str]) -> list[Any]:
         return await asyncio.to_thread(self.classifier.classify, texts)
+
+
+def build_local_graph(config: Any, **lookups: Any) -> tuple[Any, dict[str, Any]]:
+    """The whole graph of `config` in this process: (Graph, {node: GenerationEngine}).
+
+    Engines are started; close them when done. `lookups` are passed to the loaders (store_lookup,
+    embedded_lookup) for BentoML-store and embedded model references."""
+    from graph.compose import Graph
+    from graph.engine import GenerationEngine
+    from graph.loading import load_causal_lm, load_classifier
+
+    engines = {}
+    for name, node in config.generators.items():
+        model, tokenizer = load_causal_lm(node.model, quantize=node.runtime.quantize, **lookups)
+        engines[name] = GenerationEngine(
+            model, tokenizer, name=name, max_batch_size=node.scheduler.max_batch_size,
+            max_queue=node.scheduler.max_queue, max_prompt_tokens=node.max_prompt_tokens,
+            threads=node.runtime.threads,
+        )
+        engines[name].warmup()
+    classifier = LocalClassifier(load_classifier(config.classifier, **lookups))
+    graph = Graph(config, {n: LocalGenerator(e) for n, e in engines.items()}, classifier)
+    return graph, engines
