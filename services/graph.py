@@ -10,7 +10,7 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from starlette.responses import StreamingResponse
 
-from graph.compose import Graph, Timeline, sse
+from graph.compose import Graph, Timeline, background, sse
 from graph.errors import GraphError, InvalidRequest, NodeFailure, Overloaded
 from graph.params import GenerationParams
 from graph.schemas import (
@@ -164,9 +164,12 @@ class InferenceGraph:
             return error_response(err, ctx)
 
         async def body() -> AsyncIterator[str]:
-            async for ev in events:
-                yield sse(ev)
-            yield sse("[DONE]")
+            try:
+                async for ev in events:
+                    yield sse(ev)
+                yield sse("[DONE]")
+            finally:  # client gone while we were sending: close the graph stream (cancels the nodes)
+                background(events.aclose())
 
         return StreamingResponse(
             body(), media_type="text/event-stream",
@@ -191,5 +194,5 @@ for _name, _node in CONFIG.generators.items():
 InferenceGraph.classifier_node = _depends(CLASSIFIER, CONFIG.classifier.url)  # type: ignore[attr-defined]
 InferenceGraph = bentoml.service(  # type: ignore[misc]
     name="InferenceGraph",
-    traffic={"timeout": CONFIG.graph_timeout_s},
+    traffic={"timeout": CONFIG.graph_timeout_s + 5},  # the graph answers its own 504 first
 )(InferenceGraph)

@@ -58,6 +58,22 @@ class Server:
         self.stop()
         raise TimeoutError(f"server not ready after {timeout_s}s:\n{self.log()[-4000:]}")
 
+    def worker_pid(self, service: str) -> int:
+        """PID of the worker process serving `service` (e.g. "generator_tiny_b")."""
+        assert self.proc is not None
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.proc.pid and b"--service-name" in args:
+                if args[args.index(b"--service-name") + 1].decode() == service:
+                    return int(entry.name)
+        raise LookupError(f"no worker for service {service!r}")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
+import time
 
 import httpx
 import pytest
@@ -70,7 +73,7 @@ def test_unknown_param_is_named(server: Server) -> None:
 
 @pytest.mark.parametrize(
     "params, field",
-    [({"temperature": -1}, "temperature"), ({"top_p": 1.5}, "top_p"), ({"max_new_tokens": 65}, "max_new_tokens")],
+    [({"temperature": -1}, "temperature"), ({"top_p": 1.5}, "top_p"), ({"max_new_tokens": 901}, "max_new_tokens")],
 )
 def test_invalid_params(server: Server, params: dict, field: str) -> None:
     r = post(server, "/generate", {"prompt": "hi", "params": params})
@@ -155,3 +158,114 @@ def test_health_and_docs(server: Server) -> None:
     for path in ("/generate_score", "/generate", "/classify", "/generate_stream", "/generate_score_stream"):
         assert path in spec["paths"]
     assert re.search(r"request_id=\w+", server.log())
+
+
+LONG = "Hello world, this is"  # the tiny llama (tiny_a) runs it greedily for 1000 tokens without an end-of-sequence
+
+
+def node_tokens(server: Server, node: str) -> float:
+    r = httpx.post(server.url + "/node_stats", json={}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()[node]["generated_tokens_total"]
+
+
+def test_stream_interval_spaces_events(server: Server) -> None:
+    body = {"prompt": LONG, "model": "tiny_a", "intermediate_result_interval_ms": 500,
+            "params": {"max_new_tokens": 900}}
+    with httpx.stream("POST", server.url + "/generate_stream", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        events = sse_events(r)
+    data = [(t, json.loads(d)) for t, d in events[:-1]]
+    final = data[-1][1]
+    assert final["type"] == "final" and final["usage"]["completion_tokens"] == 900
+    stamps = [t for t, e in data if e["type"] == "token"]
+    assert len(stamps) >= 2, "generation too fast to show spacing"
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert min(gaps) >= 0.45, gaps  # ~500 ms apart (network jitter allowed), the final one excepted
+    assert len(data) < 900 / 10  # coalesced, not one event per token
+
+
+def test_dropped_stream_stops_generation(server: Server) -> None:
+    before = node_tokens(server, "tiny_a")
+    body = {"prompt": LONG, "model": "tiny_a", "params": {"max_new_tokens": 900}}
+    with httpx.stream("POST", server.url + "/generate_stream", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for n, _ in enumerate(r.iter_lines()):
+            if n > 20:
+                break  # leave mid-stream: the connection closes here
+    time.sleep(2.0)
+    stopped_at = node_tokens(server, "tiny_a")
+    time.sleep(1.5)
+    assert node_tokens(server, "tiny_a") == stopped_at, "node still generating for a gone client"
+    assert stopped_at - before < 900, "the node ran the request to the end"
+
+
+def test_full_queue_answers_503_with_retry_after(server: Server) -> None:
+    # tiny_a: max_batch_size 8 + max_queue 16; 40 long requests at once overflow it
+    body = {"prompt": LONG, "model": "tiny_a", "params": {"max_new_tokens": 300}}
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await asyncio.gather(*[client.post(server.url + "/generate", json=body) for _ in range(40)])
+
+    responses = asyncio.run(fire())
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) <= {200, 503}, codes
+    rejected = [r for r in responses if r.status_code == 503]
+    assert rejected and len(rejected) < 40, codes
+    for r in rejected:
+        assert int(r.headers["retry-after"]) >= 1
+        assert "overloaded" in r.json()["message"]
+
+
+def test_metrics_per_node(server: Server) -> None:
+    assert post(server, "/generate_score", {"original_sentence": "Metrics?"}).status_code == 200
+    deadline = time.time() + 5
+    while True:  # the node copies its counters into Prometheus every 0.5 s
+        text = httpx.get(server.url + "/metrics", timeout=10).text
+        tokens = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^graph_node_generated_tokens_total\{node="(\w+)"\} ([0-9.e+]+)$', text, re.M)}
+        if set(tokens) >= {"tiny_a", "tiny_b"} or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert tokens.get("tiny_a", 0) > 0 and tokens.get("tiny_b", 0) > 0, tokens
+    for service in ("generator_tiny_a", "generator_tiny_b", "classifier", "InferenceGraph"):
+        assert re.search(rf'bentoml_service_request_total\{{[^}}]*service_name="{service}"', text), service
+        assert re.search(rf'bentoml_service_request_duration_seconds_count\{{[^}}]*service_name="{service}"', text)
+
+
+def test_request_id_follows_the_request(server: Server) -> None:
+    r = httpx.post(server.url + "/generate_score", json={"original_sentence": "Trace me"},
+                   headers={"X-Request-Id": "trace-me-42"}, timeout=60)
+    assert r.status_code == 200 and r.headers["x-request-id"] == "trace-me-42"
+    time.sleep(0.5)
+    lines = [l for l in server.log().splitlines() if "request_id=trace-me-42" in l]
+    services = {m.group(1) for l in lines for m in [re.search(r"\[(?:entry_)?service:(\w+):", l)] if m}
+    assert {"InferenceGraph", "generator_tiny_a", "generator_tiny_b"} <= services, lines
+
+
+def test_hung_node_gives_json_504_not_a_hang(tiny_dir, tmp_path) -> None:
+    import signal
+
+    import yaml
+
+    cfg = yaml.safe_load(open("configs/tiny.yaml"))
+    cfg["graph_timeout_s"] = 3
+    path = tmp_path / "short_timeout.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with Server(config=path, name="hung") as srv:
+        assert post(srv, "/generate_score", {"original_sentence": "warm"}).status_code == 200
+        pid = srv.worker_pid("generator_tiny_b")
+        os.kill(pid, signal.SIGSTOP)  # the node hangs: its process is frozen
+        try:
+            t0 = time.time()
+            r = post(srv, "/generate_score", {"original_sentence": "hi"})
+            elapsed = time.time() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert r.status_code == 504, r.text
+        body = r.json()
+        assert body["error"] == "node_timeout" and body["node"] == "tiny_b" and "tiny_b" in body["message"]
+        assert elapsed < 10
+        r = post(srv, "/generate", {"prompt": "hi", "model": "tiny_a"})  # the healthy node still answers
+        assert r.status_code == 200, r.text
