@@ -20,7 +20,7 @@ from typing import AsyncIterator, Optional
 import torch
 
 from graph.detok import make_decoder
-from graph.errors import InvalidRequest
+from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
 from graph.results import GenerationResult, StreamEvent, TokenLogprob, TopLogprob
 from graph.runner import ModelRunner
@@ -59,15 +59,23 @@ class GenerationEngine:
         max_queue: int = 256,
         max_prompt_tokens: int = 512,
         threads: int | None = None,
+        chat_template: bool = False,
     ) -> None:
         """`model`: a causal LM in eval mode; `tokenizer`: its fast tokenizer. `threads` sets torch's
         (process-wide) thread count. Prompts are tokenized with the tokenizer's special tokens (BOS
-        where it adds one), as `pipeline("text-generation")` does."""
+        where it adds one), as `pipeline("text-generation")` does; with `chat_template`, a prompt is
+        sent as one user message through the tokenizer's chat template (for instruct models)."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_prompt_tokens = max_prompt_tokens
+        if chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(
+                f"generators.{name}.chat_template: true, but this model's tokenizer has no chat template",
+                field=f"generators.{name}.chat_template",
+            )
+        self.chat_template = chat_template
         if threads is not None:
             torch.set_num_threads(threads)
         self._runner = ModelRunner(model)
@@ -189,6 +197,11 @@ class GenerationEngine:
 
     # -- submission ----------------------------------------------------------------------------------
     def _encode(self, text: str) -> list[int]:
+        if self.chat_template:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def _submit(self, prompt: str, params: GenerationParams, request_id: Optional[str], *, streaming: bool) -> Request:

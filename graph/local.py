@@ -55,6 +55,7 @@ def build_local_graph(config: Any, **lookups: Any) -> tuple[Any, dict[str, Any]]
             model, tokenizer, name=name, max_batch_size=node.scheduler.max_batch_size,
             max_queue=node.scheduler.max_queue, max_prompt_tokens=node.max_prompt_tokens,
             threads=node.runtime.threads,
+            chat_template=node.chat_template,
         )
         engines[name].warmup()
     classifier = LocalClassifier(load_classifier(config.classifier, **lookups))

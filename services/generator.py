@@ -73,6 +73,7 @@ class GeneratorBase:
             max_queue=self.CONFIG.scheduler.max_queue,
             max_prompt_tokens=self.CONFIG.max_prompt_tokens,
             threads=self.CONFIG.runtime.threads,
+            chat_template=self.CONFIG.chat_template,
         )
         if not self.engine.warmup():
             log.warning("node %s: warm-up did not finish in time", self.NODE)

@@ -628,3 +628,14 @@ def test_sampler_draws_follow_the_distribution():
         freq = counts[: len(expected)] / n
         assert counts[len(expected) :].sum() == 0, params
         assert torch.allclose(freq, expected, atol=0.03), (params, freq, expected)
+
+
+def test_chat_template_without_one_is_a_config_error(tiny_dir):
+    from graph.errors import ConfigError
+
+    from graph.engine import GenerationEngine
+
+    model, tok = load(tiny_dir / "causal_lm")
+    with pytest.raises(ConfigError) as err:
+        GenerationEngine(model, tok, name="tiny_a", chat_template=True)
+    assert err.value.field == "generators.tiny_a.chat_template"
