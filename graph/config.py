@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -66,7 +67,11 @@ class SchedulerConfig(_Strict):
 class RuntimeConfig(_Strict):
     """CPU runtime knobs of a node."""
 
-    threads: Optional[int] = Field(None, ge=1, le=256, description="torch threads; None = all cores.")
+    threads: Optional[int] = Field(
+        None, ge=1, le=256,
+        description="torch threads; None = this machine's CPUs split evenly over the local generator "
+        "nodes (they decode at the same time: more threads than cores makes OpenMP spin, ~10x slower).",
+    )
     quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantization of Linear layers.")
 
 
@@ -118,6 +123,7 @@ class ClassifierNode(_Strict):
     )
     max_batch_size: int = Field(64, ge=1, le=1024)
     max_length: int = Field(256, ge=8, le=4096, description="Tokens per text given to the classifier.")
+    threads: int = Field(1, ge=1, le=256, description="torch threads (its batches are short; keep the cores for the generators).")
     resources: Resources = Field(default_factory=Resources)
 
     @model_validator(mode="after")
@@ -149,6 +155,15 @@ class GraphConfig(_Strict):
     classifier: ClassifierNode
     prompt: PromptLimits = Field(default_factory=PromptLimits)
     graph_timeout_s: int = Field(300, ge=1, le=3600)
+
+    def generator_threads(self, name: str, cpus: Optional[int] = None) -> int:
+        """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over
+        the generators served here (nodes with a `url` run elsewhere)."""
+        node = self.generators[name]
+        if node.runtime.threads is not None:
+            return node.runtime.threads
+        local = sum(1 for n in self.generators.values() if n.url is None)
+        return max(1, (cpus or os.cpu_count() or 1) // max(1, local))
 
     @model_validator(mode="after")
     def _node_names(self) -> "GraphConfig":

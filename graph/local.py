@@ -54,7 +54,7 @@ def build_local_graph(config: Any, **lookups: Any) -> tuple[Any, dict[str, Any]]
         engines[name] = GenerationEngine(
             model, tokenizer, name=name, max_batch_size=node.scheduler.max_batch_size,
             max_queue=node.scheduler.max_queue, max_prompt_tokens=node.max_prompt_tokens,
-            threads=node.runtime.threads,
+            threads=config.generator_threads(name),
             chat_template=node.chat_template,
         )
         engines[name].warmup()

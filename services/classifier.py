@@ -25,6 +25,9 @@ class ClassifierBase:
         from graph.loading import load_classifier
         from services.store import embedded_lookup, store_lookup
 
+        import torch
+
+        torch.set_num_threads(self.CONFIG.threads)
         start = time.time()
         self.model = load_classifier(
             self.CONFIG, store_lookup=store_lookup, embedded_lookup=embedded_lookup

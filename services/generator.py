@@ -53,6 +53,7 @@ class GeneratorBase:
 
     NODE: str = ""
     CONFIG: GeneratorNode
+    THREADS: int | None = None
 
     def __init__(self) -> None:
         setup_logging()
@@ -72,7 +73,7 @@ class GeneratorBase:
             max_batch_size=self.CONFIG.scheduler.max_batch_size,
             max_queue=self.CONFIG.scheduler.max_queue,
             max_prompt_tokens=self.CONFIG.max_prompt_tokens,
-            threads=self.CONFIG.runtime.threads,
+            threads=self.THREADS,
             chat_template=self.CONFIG.chat_template,
         )
         if not self.engine.warmup():
@@ -81,7 +82,8 @@ class GeneratorBase:
         threading.Thread(
             target=sync_metrics, args=(self.NODE, self.engine, self._stop), name=f"metrics-{self.NODE}", daemon=True
         ).start()
-        log.info("node %s loaded %s in %.1fs", self.NODE, self.CONFIG.model.describe(), time.time() - start)
+        log.info("node %s loaded %s in %.1fs (torch threads: %s)", self.NODE, self.CONFIG.model.describe(),
+                 time.time() - start, self.THREADS or "all cores")
 
     def __is_ready__(self) -> bool:
         return self.engine is not None
@@ -136,12 +138,14 @@ def _dump(obj: Any) -> dict[str, Any]:
     return obj.model_dump() if isinstance(obj, BaseModel) else dict(obj)
 
 
-def make_generator_service(name: str, node: GeneratorNode) -> bentoml.Service[Any]:
-    """A distinct BentoML service (own worker process) for the generator node `name`."""
+def make_generator_service(name: str, node: GeneratorNode, threads: int | None = None) -> bentoml.Service[Any]:
+    """A distinct BentoML service (own worker process) for the generator node `name`; `threads`
+    (torch threads) defaults to node.runtime.threads, else torch's default (all cores)."""
     cls = type(
         f"Generator_{name}",
         (GeneratorBase,),
-        {"NODE": name, "CONFIG": node, "__module__": __name__, "__doc__": f"Generator node {name!r}."},
+        {"NODE": name, "CONFIG": node, "THREADS": threads or node.runtime.threads,
+         "__module__": __name__, "__doc__": f"Generator node {name!r}."},
     )
     return bentoml.service(
         name=f"generator_{name}",

@@ -87,7 +87,7 @@ def _depends(service: Any, url: str | None) -> Any:
 
 
 GENERATORS = {
-    name: (None if node.url else make_generator_service(name, node))
+    name: (None if node.url else make_generator_service(name, node, CONFIG.generator_threads(name)))
     for name, node in CONFIG.generators.items()
 }
 CLASSIFIER = None if CONFIG.classifier.url else make_classifier_service(CONFIG.classifier)

@@ -95,3 +95,13 @@ def test_arguments_default_and_file() -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config("configs/nope.yaml")
+
+
+def test_generator_threads_split_the_cpus_over_local_nodes():
+    cfg = load_config("configs/default.yaml")
+    assert cfg.generator_threads("smollm2", cpus=2) == 1 and cfg.generator_threads("gemma3", cpus=8) == 4
+    data = cfg.model_dump(exclude_none=True)
+    data["generators"]["gemma3"]["url"] = "http://elsewhere:3000"  # served elsewhere: not counted
+    data["generators"]["smollm2"]["runtime"] = {"threads": 3}
+    cfg = parse_config(data)
+    assert cfg.generator_threads("smollm2", cpus=2) == 3 and cfg.generator_threads("gemma3", cpus=2) == 2
