@@ -29,9 +29,9 @@ class InvalidRequest(GraphError):
 
 
 class Overloaded(GraphError):
-    """A node's queue is full. 503 with Retry-After."""
+    """A node's queue is full. 429 with Retry-After (our own errors stay at or below 500: STYLE.md)."""
 
-    status = 503
+    status = 429
     kind = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
@@ -54,9 +54,9 @@ class NodeFailure(GraphError):
 
 
 class NodeTimeout(NodeFailure):
-    """A node did not answer within the graph's deadline (graph_timeout_s). 504."""
+    """A node did not answer within the graph's deadline (graph_timeout_s). 500, kind node_timeout."""
 
-    status = 504
+    status = 500
     kind = "node_timeout"
 
 

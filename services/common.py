@@ -58,7 +58,7 @@ def from_dependency(exc: BentoMLException, node: str) -> GraphError:
             message = str(body.get("message") or body.get("error") or message)
     except ValueError:
         pass
-    if status == 503:
+    if status in (429, 503):  # our full queue, or BentoML's own max_concurrency refusal
         return Overloaded(f"node {node!r} is overloaded: {message}")
     if 400 <= status < 500:
         return InvalidRequest(f"node {node!r} rejected the request: {message}")

@@ -61,7 +61,7 @@ class DependencyGenerator:
         if "error" not in data:
             return data
         err, status = data["error"], int(data.get("status", 500))
-        if status == 503:
+        if status == 429:
             raise Overloaded(err.get("message", "overloaded"))
         if 400 <= status < 500:
             raise InvalidRequest(err.get("message", "invalid request"), field=err.get("field"))
@@ -194,5 +194,5 @@ for _name, _node in CONFIG.generators.items():
 InferenceGraph.classifier_node = _depends(CLASSIFIER, CONFIG.classifier.url)  # type: ignore[attr-defined]
 InferenceGraph = bentoml.service(  # type: ignore[misc]
     name="InferenceGraph",
-    traffic={"timeout": CONFIG.graph_timeout_s + 5},  # the graph answers its own 504 first
+    traffic={"timeout": CONFIG.graph_timeout_s + 5},  # the graph answers its own node_timeout first
 )(InferenceGraph)

@@ -131,7 +131,7 @@ def test_hung_node_times_out(graph, engines):
     t0 = time.time()
     with pytest.raises(NodeTimeout) as err:
         run(g.generate_score("hi", None, "rid-hang"))
-    assert err.value.node == "tiny_b" and err.value.status == 504
+    assert err.value.node == "tiny_b" and err.value.status == 500 and err.value.kind == "node_timeout"
     assert time.time() - t0 < 5
 
 
