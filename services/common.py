@@ -6,6 +6,7 @@ import json
 import logging
 import uuid
 from functools import lru_cache
+from typing import Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException
@@ -70,3 +71,56 @@ def request_id(ctx: bentoml.Context) -> str:
     rid = ctx.request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
     ctx.response.metadata["x-request-id"] = rid
     return rid
+
+
+class ValidationErrors:
+    """ASGI middleware: BentoML's own 400 for a body that fails an API's input schema (unknown or
+    mistyped top-level fields) is rewritten into the graph's error shape, naming field and rule:
+    {"error": "validation", "message": "bogus: Extra inputs are not permitted", "field": "bogus",
+    "detail": [pydantic's errors]}. Other responses pass through untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: dict[str, Any] | None = None
+        chunks: list[bytes] = []
+
+        async def send_rewritten(message: dict[str, Any]) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] == 400:
+                start = message  # hold it until the body is known
+                return
+            if start is not None and message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                body = _rewrite_validation(b"".join(chunks))
+                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+                headers.append((b"content-length", str(len(body)).encode()))
+                await send({**start, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, send_rewritten)
+
+
+def _rewrite_validation(body: bytes) -> bytes:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body
+    detail = data.get("detail") if isinstance(data, dict) else None
+    if not (isinstance(detail, list) and detail and "validation error" in str(data.get("error", ""))):
+        return body
+    parts, fields = [], []
+    for err in detail:
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "body"
+        fields.append(loc)
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    out = {"error": "validation", "message": "; ".join(parts), "field": fields[0], "detail": detail}
+    return json.dumps(out).encode()

@@ -22,7 +22,9 @@ from graph.schemas import (
     StreamRequest,
 )
 from services.classifier import make_classifier_service
-from services.common import error_response, from_dependency, graph_config, request_id, setup_logging
+from services.common import (
+    ValidationErrors, error_response, from_dependency, graph_config, request_id, setup_logging,
+)
 from services.generator import make_generator_service
 
 log = logging.getLogger("graph")
@@ -196,3 +198,4 @@ InferenceGraph = bentoml.service(  # type: ignore[misc]
     name="InferenceGraph",
     traffic={"timeout": CONFIG.graph_timeout_s + 5},  # the graph answers its own node_timeout first
 )(InferenceGraph)
+InferenceGraph.add_asgi_middleware(ValidationErrors)
