@@ -9,8 +9,10 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export BENTOML_DO_NOT_TRACK := true
+CHROMIUM := /usr/bin/chromium
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install prepare serve test tiny-models bench bench-node clean
+.PHONY: install prepare serve test tiny-models bench bench-node clean browser bento bento-gpu containerize
 
 install: $(STAMPS)/install
 
@@ -33,7 +35,7 @@ tiny-models: install
 serve: prepare
 	$(BIN)/bentoml serve services.graph:InferenceGraph --arg-file configs/$(CONFIG).yaml --port $(PORT)
 
-test: install tiny-models
+test: install tiny-models browser
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/python -m pytest -q tests
 
@@ -42,6 +44,26 @@ bench: prepare
 
 bench-node: prepare
 	$(BIN)/python scripts/bench_engine.py
+
+# Debian's chromium for tests/test_browser.py (Playwright never downloads its own); only when missing.
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || \
+	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+# The Bento of configs/default.yaml, CPU image (bentofile.yaml) or CUDA image (bentofile.gpu.yaml).
+bento: install
+	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
+	$(BIN)/bentoml build
+
+bento-gpu: install
+	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
+	$(BIN)/bentoml build -f bentofile.gpu.yaml
+
+# Needs a container engine (docker); see docs/shipping.md.
+containerize: bento
+	$(BIN)/bentoml containerize inference_graph:latest -t inference_graph:latest
 
 clean:
 	rm -rf $(STAMPS) artifacts .pytest_cache
