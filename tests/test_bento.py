@@ -168,6 +168,16 @@ def test_gpu_variant(bento: Any, gpu_bento: Any) -> None:
         assert cpu_file[key] == gpu_file[key], key
 
 
+def test_node_bentofile_builds_the_same_image() -> None:
+    """bentofile.node.yaml (one node alone, for remote use) differs from bentofile.yaml by its service only."""
+    graph_file = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    node_file = yaml.safe_load((ROOT / "bentofile.node.yaml").read_text())
+    assert node_file.pop("service") == "services.node:Node"
+    for key in ["service", "name", "description"]:
+        graph_file.pop(key), node_file.pop(key, None)
+    assert node_file == graph_file
+
+
 # --- BentoCloud deployment config -------------------------------------------------------------------
 
 

@@ -1,9 +1,11 @@
-"""Remote nodes: a generator and the classifier each served alone (services/node.py) on their own ports,
-and the graph on another port reaching them over HTTP through `url:` in its config."""
+"""Remote nodes: a generator Bento and the classifier each served alone (services/node.py) on their own
+ports, and the graph on another port reaching them over HTTP through `url:` in its config."""
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,37 +15,67 @@ import httpx
 import pytest
 import yaml
 
-from tests.server import ROOT, Server, free_port, sse_events
+from tests.server import BENTOML, ROOT, Server, free_port, sse_events
 
 pytestmark = pytest.mark.e2e
 
 
 @dataclass
 class Cluster:
-    config: Path  # the graph's config; the node servers use it plus `node: NAME`
-    node: Server  # tiny_a alone
-    classifier: Server  # the classifier alone
+    config: Path  # the graph's config; each node's arguments are this plus `node: NAME`
+    node: Server  # tiny_a alone, served from a Bento built with bentofile.node.yaml
+    classifier: Server  # the classifier alone, served from source (services.node:Node)
     graph: Server  # InferenceGraph with tiny_b as a local worker
+
+
+def build_node_bento(args: Path, name: str, folder: Path) -> str:
+    """`bentoml build -f bentofile.node.yaml --name NAME --arg-file ARGS`; returns the tag.
+
+    Built from a copy without `models:` (tiny models come by absolute path; packing the default
+    models is tested in test_bento.py), so this test does not need them in the store."""
+    bentofile = yaml.safe_load((ROOT / "bentofile.node.yaml").read_text())
+    assert bentofile["service"] == "services.node:Node"
+    bentofile.pop("models")
+    (folder / "bentofile.node.yaml").write_text(yaml.safe_dump(bentofile))
+    out = subprocess.run(
+        [str(BENTOML), "build", "-f", str(folder / "bentofile.node.yaml"), "--name", name,
+         "--arg-file", str(args), "-o", "tag", str(ROOT)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    found = re.search(r"__tag__:(\S+)", out.stdout)
+    assert found, out.stdout
+    return found.group(1)
 
 
 @pytest.fixture(scope="module")
 def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """configs/tiny.yaml with tiny_a and the classifier remote; tiny_b stays a local worker of the graph."""
+    import bentoml
+
     node_port, classifier_port = free_port(), free_port()
     data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    for node in [*data["generators"].values(), data["classifier"]]:
+        node["model"]["path"] = str(ROOT / node["model"]["path"])  # a Bento's code runs from its own folder
     data["generators"]["tiny_a"]["url"] = f"http://127.0.0.1:{node_port}"
     data["classifier"]["url"] = f"http://127.0.0.1:{classifier_port}"
     folder = tmp_path_factory.mktemp("remote")
     config = folder / "remote.yaml"
     config.write_text(yaml.safe_dump(data))
 
-    def node(name: str, port: int) -> Server:
-        """`bentoml serve services.node:Node` for one node; its arg file is the graph's plus `node:`."""
+    def node_args(name: str) -> Path:
+        """A node ignores its own `url:`, so the graph's config serves on both sides."""
         args = folder / f"node-{name}.yaml"
         args.write_text(yaml.safe_dump({**data, "node": name}))
-        return Server(target="services.node:Node", config=args, name=f"node-{name}", port=port)
+        return args
 
-    servers = [node("tiny_a", node_port), node("classifier", classifier_port), Server(config=config, name="graph-remote")]
+    tag = build_node_bento(node_args("tiny_a"), "generator_tiny_a", folder)
+    servers = [
+        Server(target=tag, name="node-tiny_a", port=node_port),
+        Server(target="services.node:Node", config=node_args("classifier"), name="node-classifier",
+               port=classifier_port),
+        Server(config=config, name="graph-remote"),
+    ]
     started: list[Server] = []
     try:
         for srv in servers:
@@ -52,6 +84,7 @@ def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     finally:
         for srv in reversed(started):
             srv.stop()
+        bentoml.delete(tag)
 
 
 def in_log(server: Server, text: str, timeout_s: float = 10) -> bool:
@@ -78,6 +111,7 @@ def test_generate_score_through_remote_nodes(cluster: Cluster) -> None:
         assert 1 <= item["completion_tokens"] <= 5
         assert item["score"] == pytest.approx(item["labels"]["positive"])
     rid = r.headers["x-request-id"]
+    assert 'BentoServer from "generator_tiny_a:' in cluster.node.log()  # the built node Bento
     # tiny_a ran in the other server, reached over HTTP, with the request id; texts were scored remotely.
     assert in_log(cluster.node, f"request_id={rid} node=tiny_a")
     assert in_log(cluster.node, "path=/generate,")
