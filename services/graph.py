@@ -23,7 +23,8 @@ from graph.schemas import (
 )
 from services.classifier import make_classifier_service
 from services.common import (
-    ValidationErrors, error_response, from_dependency, graph_config, request_id, setup_logging,
+    ValidationErrors, error_response, from_dependency, graph_config, keep_sessions_open, request_id,
+    setup_logging,
 )
 from services.generator import make_generator_service
 
@@ -100,6 +101,8 @@ class InferenceGraph:
 
     def __init__(self) -> None:
         setup_logging()
+        for dep in [*(getattr(self, f"gen_{n}") for n in CONFIG.generators), self.classifier_node]:
+            keep_sessions_open(dep)
         self.graph = Graph(
             CONFIG,
             {n: DependencyGenerator(getattr(self, f"gen_{n}"), n) for n in CONFIG.generators},

@@ -222,6 +222,27 @@ def test_full_queue_answers_429_with_retry_after(server: Server) -> None:
         assert "overloaded" in r.json()["message"]
 
 
+def test_many_concurrent_requests_all_succeed(server: Server) -> None:
+    # More than 100 calls per dependency while 10 are in flight (the tiny nodes hold 8 + 16): BentoML's client used to close its
+    # session under them every 100 requests (services.common.keep_sessions_open).
+    body = {"prompt": "The cat", "params": {"max_new_tokens": 2}}
+
+    async def fire() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=10)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+            sem = asyncio.Semaphore(10)
+
+            async def one() -> httpx.Response:
+                async with sem:
+                    return await client.post(server.url + "/generate", json=body)
+
+            return await asyncio.gather(*[one() for _ in range(160)])
+
+    codes = [r.status_code for r in asyncio.run(fire())]
+    assert codes == [200] * 160, {c: codes.count(c) for c in set(codes)}
+    assert "could not keep the sessions" not in server.log()
+
+
 def test_metrics_per_node(server: Server) -> None:
     assert post(server, "/generate_score", {"original_sentence": "Metrics?"}).status_code == 200
     deadline = time.time() + 5
