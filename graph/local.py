@@ -50,7 +50,7 @@ def build_local_graph(config: Any, **lookups: Any) -> tuple[Any, dict[str, Any]]
 
     engines = {}
     for name, node in config.generators.items():
-        model, tokenizer = load_causal_lm(node.model, quantize=node.runtime.quantize, **lookups)
+        model, tokenizer = load_causal_lm(node.model, quantize=node.runtime.quantize, dtype=node.runtime.dtype, **lookups)
         engines[name] = GenerationEngine(
             model, tokenizer, name=name, max_batch_size=node.scheduler.max_batch_size,
             max_queue=node.scheduler.max_queue, max_prompt_tokens=node.max_prompt_tokens,

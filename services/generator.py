@@ -64,7 +64,7 @@ class GeneratorBase:
         start = time.time()
         model, tokenizer = load_causal_lm(
             self.CONFIG.model, store_lookup=store_lookup, embedded_lookup=embedded_lookup,
-            quantize=self.CONFIG.runtime.quantize,
+            quantize=self.CONFIG.runtime.quantize, dtype=self.CONFIG.runtime.dtype,
         )
         self.engine = GenerationEngine(
             model,

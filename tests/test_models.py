@@ -175,3 +175,36 @@ def test_trained_head_loads_quietly_and_checks_score_label(tmp_path, caplog):
     assert len(results) == 4 and all(r.score == r.labels["POSITIVE"] for r in results)
     with pytest.raises(ConfigError, match="NEGATIVE"):
         SequenceClassifier.from_pretrained(str(path), score_label="positive")
+
+
+@pytest.mark.parametrize("runtime", [{"dtype": "bfloat16"}, {"quantize": "int8"}])
+def test_runtime_options_load_and_generate(tiny_dir, runtime):
+    import asyncio
+
+    import torch
+
+    from graph.config import ModelRef, RuntimeConfig
+    from graph.engine import GenerationEngine
+    from graph.loading import load_causal_lm
+    from graph.params import GenerationParams
+
+    rt = RuntimeConfig(**runtime)
+    model, tok = load_causal_lm(ModelRef(path=str(tiny_dir / "causal_lm")), quantize=rt.quantize, dtype=rt.dtype)
+    if rt.dtype == "bfloat16":
+        assert next(model.parameters()).dtype == torch.bfloat16
+    else:
+        assert any("quantized" in type(m).__module__ for m in model.modules())
+    engine = GenerationEngine(model, tok, name="t")
+    engine.warmup()
+    try:
+        (res,) = asyncio.run(engine.generate("The cat", GenerationParams(max_new_tokens=5)))
+    finally:
+        engine.close()
+    assert res.completion_tokens >= 1 and res.finish_reason in ("stop", "length")
+
+
+def test_int8_needs_float32():
+    from graph.config import RuntimeConfig
+
+    with pytest.raises(ValueError, match="int8 needs dtype float32"):
+        RuntimeConfig(quantize="int8", dtype="bfloat16")
