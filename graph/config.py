@@ -73,14 +73,16 @@ class RuntimeConfig(_Strict):
         "nodes (they decode at the same time: more threads than cores makes OpenMP spin, ~10x slower).",
     )
     quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantization of Linear layers.")
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="Weights and activations; bfloat16 halves memory traffic (fast with AVX512-BF16/AMX)."
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "float32",
+        description="Weights and activations. bfloat16 halves memory traffic (fast with AVX512-BF16/AMX, "
+        "slow without); auto = bfloat16 where the CPU has those, else float32.",
     )
 
     @model_validator(mode="after")
     def _int8_is_float32(self) -> "RuntimeConfig":
-        if self.quantize == "int8" and self.dtype != "float32":
-            raise ValueError("quantize: int8 needs dtype float32")
+        if self.quantize == "int8" and self.dtype == "bfloat16":
+            raise ValueError("quantize: int8 needs dtype float32 (or auto)")
         return self
 
 

@@ -107,13 +107,23 @@ def _load(ref: ModelRef, source: str, loader: Callable[..., T], **kwargs: Any) -
         raise ConfigError(f"model {ref.describe()}: could not load from {source}: {exc}", field="model") from None
 
 
+def native_dtype(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """"bfloat16" where the CPU computes it natively (x86 AMX or AVX512-BF16), else "float32"."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return "float32"
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return "bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32"
+
+
 def load_causal_lm(
     ref: ModelRef, *, quantize: str = "none", dtype: str = "float32", **lookups: Any
 ) -> tuple[Any, Any]:
     """(model, tokenizer): eval mode, left padding, pad token set (eos when it has none).
 
-    dtype: "float32" (default) or "bfloat16" (half the memory traffic per step; fast on CPUs with
-    AVX512-BF16/AMX, slow elsewhere; logits differ slightly). quantize="int8": dynamic int8
+    dtype: "float32" (default), "bfloat16" (half the memory traffic per step; fast on CPUs with
+    AVX512-BF16/AMX, slow elsewhere; logits differ slightly) or "auto" (native_dtype()). quantize="int8": dynamic int8
     quantization of the Linear layers (float32 only; slightly different logits).
     lookups: store_lookup, embedded_lookup, embedded_cache as in resolve_model_dir.
     """
@@ -122,8 +132,10 @@ def load_causal_lm(
 
     source = resolve_model_dir(ref, **lookups)
     tokenizer = _load(ref, source, AutoTokenizer.from_pretrained)
+    if dtype == "auto":
+        dtype = "float32" if quantize == "int8" else native_dtype()
     if dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"runtime.dtype: {dtype!r} is not one of float32, bfloat16", field="runtime.dtype")
+        raise ConfigError(f"runtime.dtype: {dtype!r} is not one of auto, float32, bfloat16", field="runtime.dtype")
     model = _load(ref, source, AutoModelForCausalLM.from_pretrained, dtype=getattr(torch, dtype)).eval()
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

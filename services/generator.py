@@ -82,8 +82,9 @@ class GeneratorBase:
         threading.Thread(
             target=sync_metrics, args=(self.NODE, self.engine, self._stop), name=f"metrics-{self.NODE}", daemon=True
         ).start()
-        log.info("node %s loaded %s in %.1fs (torch threads: %s)", self.NODE, self.CONFIG.model.describe(),
-                 time.time() - start, self.THREADS or "all cores")
+        log.info("node %s loaded %s in %.1fs (%s, torch threads: %s)", self.NODE, self.CONFIG.model.describe(),
+                 time.time() - start, str(getattr(model, "dtype", "?")).replace("torch.", ""),
+                 self.THREADS or "all cores")
 
     def __is_ready__(self) -> bool:
         return self.engine is not None

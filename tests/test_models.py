@@ -208,3 +208,16 @@ def test_int8_needs_float32():
 
     with pytest.raises(ValueError, match="int8 needs dtype float32"):
         RuntimeConfig(quantize="int8", dtype="bfloat16")
+    assert RuntimeConfig(quantize="int8", dtype="auto").dtype == "auto"  # resolves to float32
+
+
+def test_native_dtype_reads_cpu_flags(tmp_path):
+    from graph.loading import native_dtype
+
+    amx = tmp_path / "amx"
+    amx.write_text("processor : 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    plain = tmp_path / "plain"
+    plain.write_text("processor : 0\nflags\t\t: fpu avx2 fma\n")
+    assert native_dtype(str(amx)) == "bfloat16"
+    assert native_dtype(str(plain)) == "float32"
+    assert native_dtype(str(tmp_path / "missing")) == "float32"
