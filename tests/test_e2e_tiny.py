@@ -243,6 +243,34 @@ def test_many_concurrent_requests_all_succeed(server: Server) -> None:
     assert "could not keep the sessions" not in server.log()
 
 
+def test_classifier_batches_across_requests(server: Server) -> None:
+    # Each /generate_score sends its 2 completions in one classify call; BentoML's adaptive batching
+    # then merges calls of concurrent requests into one forward pass (a batch of more than 2 texts).
+    def batch_sizes() -> dict[float, float]:
+        """Cumulative histogram of the classifier's batch sizes: {upper bound: count}."""
+        text = httpx.get(server.url + "/metrics", timeout=10).text
+        out = {}
+        for labels, value in re.findall(r'^bentoml_service_adaptive_batch_size_bucket\{(.*)\} (\S+)$', text, re.M):
+            le = re.search(r'le="([^"]+)"', labels)
+            if 'service_name="classifier"' in labels and le:  # float("+Inf") is inf: the total
+                out[float(le.group(1))] = out.get(float(le.group(1)), 0.0) + float(value)
+        return out
+
+    before = batch_sizes()
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            body = {"original_sentence": "Batch me", "params": {"max_new_tokens": 2}}
+            return await asyncio.gather(*[client.post(server.url + "/generate_score", json=body) for _ in range(16)])
+
+    assert all(r.status_code == 200 for r in asyncio.run(fire()))
+    after = batch_sizes()
+    small = {le: after[le] - before.get(le, 0.0) for le in after if le <= 2.0}
+    total = after[float("inf")] - before.get(float("inf"), 0.0)
+    assert total >= 1, after
+    assert max(small.values(), default=0.0) < total, (before, after)  # some batch held > 2 texts
+
+
 def test_metrics_per_node(server: Server) -> None:
     assert post(server, "/generate_score", {"original_sentence": "Metrics?"}).status_code == 200
     deadline = time.time() + 5
