@@ -61,7 +61,7 @@ class SchedulerConfig(_Strict):
     """Batching limits of one generator node's decode loop."""
 
     max_batch_size: int = Field(32, ge=1, le=256, description="Rows decoded together at most.")
-    max_queue: int = Field(256, ge=1, le=10_000, description="Waiting requests before 429 + Retry-After.")
+    max_queue: int = Field(256, ge=1, le=10_000, description="Requests waiting beyond the free batch rows before 429 + Retry-After.")
 
 
 class RuntimeConfig(_Strict):

@@ -223,14 +223,14 @@ def test_full_queue_answers_429_with_retry_after(server: Server) -> None:
 
 
 def test_many_concurrent_requests_all_succeed(server: Server) -> None:
-    # More than 100 calls per dependency while 10 are in flight (the tiny nodes hold 8 + 16): BentoML's client used to close its
+    # More than 100 calls per dependency while 20 are in flight (the tiny nodes hold 8 + 16): BentoML's client used to close its
     # session under them every 100 requests (services.common.keep_sessions_open).
     body = {"prompt": "The cat", "params": {"max_new_tokens": 2}}
 
     async def fire() -> list[httpx.Response]:
-        limits = httpx.Limits(max_connections=10)
+        limits = httpx.Limits(max_connections=20)
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-            sem = asyncio.Semaphore(10)
+            sem = asyncio.Semaphore(20)
 
             async def one() -> httpx.Response:
                 async with sem:

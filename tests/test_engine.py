@@ -639,3 +639,24 @@ def test_chat_template_without_one_is_a_config_error(tiny_dir):
     with pytest.raises(ConfigError) as err:
         GenerationEngine(model, tok, name="tiny_a", chat_template=True)
     assert err.value.field == "generators.tiny_a.chat_template"
+
+
+def test_turnover_at_step_boundaries_is_not_overload(tiny_dir):
+    # 20 clients against 8 rows + 16 queue places never exceed the node's capacity, even when a
+    # whole batch finishes at once and its replacements arrive before the next step admits them.
+    eng = make_engine(tiny_dir / "causal_lm", max_batch_size=8, max_queue=16)
+
+    async def scenario():
+        sem = asyncio.Semaphore(20)
+
+        async def one():
+            async with sem:
+                return await eng.generate("The cat", GP(max_new_tokens=2))
+
+        return await asyncio.gather(*[one() for _ in range(200)])
+
+    try:
+        assert len(run(scenario())) == 200
+        assert eng.stats()["rejected_total"] == 0
+    finally:
+        eng.close()
