@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from graph.engine import GenerationEngine, quantize_int8  # noqa: E402
+from graph.engine import GenerationEngine  # noqa: E402
 from graph.params import GenerationParams  # noqa: E402
 
 TOPICS = [
@@ -48,16 +48,11 @@ def model_dir(ref: str) -> str:
 
 
 def load(path: str, int8: bool, dtype: str = "float32"):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The model as a node loads it (graph.loading), from a local directory."""
+    from graph.config import ModelRef
+    from graph.loading import load_causal_lm
 
-    tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="sdpa").eval()
-    if int8:
-        model = quantize_int8(model)
-    return model, tok
+    return load_causal_lm(ModelRef(path=path), quantize="int8" if int8 else "none", dtype=dtype)
 
 
 def baseline(model, tok, texts: list[str], new_tokens: int) -> tuple[float, int]:

@@ -9,8 +9,8 @@ import time
 from typing import Any, AsyncGenerator
 
 import bentoml
-from pydantic import BaseModel
 
+from graph.compose import as_dict
 from graph.config import GeneratorNode
 from graph.errors import GraphError
 from graph.params import GenerationParams
@@ -107,7 +107,7 @@ class GeneratorBase:
         except GraphError as err:
             return error_response(err)  # type: ignore[return-value]
         log.info("request_id=%s node=%s prompts=%d", request_id, self.NODE, len(prompts))
-        return [[_dump(r) for r in rows] for rows in outs]
+        return [[as_dict(r) for r in rows] for rows in outs]
 
     @bentoml.api
     async def generate_stream(
@@ -133,10 +133,6 @@ class GeneratorBase:
     async def stats(self) -> dict[str, float]:
         """Counters of this node's engine: generated tokens, requests, active rows, queue."""
         return {k: float(v) for k, v in self.engine.stats().items()}
-
-
-def _dump(obj: Any) -> dict[str, Any]:
-    return obj.model_dump() if isinstance(obj, BaseModel) else dict(obj)
 
 
 def make_generator_service(name: str, node: GeneratorNode, threads: int | None = None) -> bentoml.Service[Any]:
