@@ -63,23 +63,28 @@ def error_response(err: GraphError, ctx: bentoml.Context | None = None) -> JSONR
     return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
 
 
+def node_error(node: str, status: int, message: str, field: str | None = None) -> GraphError:
+    """The GraphError that a node's error status stands for (one mapping for calls and streams)."""
+    if status in (429, 503):  # our full queue, or BentoML's own max_concurrency refusal
+        return Overloaded(f"node {node!r} is overloaded: {message}")
+    if 400 <= status < 500:
+        return InvalidRequest(f"node {node!r} rejected the request: {message}", field=field)
+    return NodeFailure(f"node {node!r} failed ({status}): {message}", node=node)
+
+
 def from_dependency(exc: BentoMLException, node: str) -> GraphError:
     """Turn a dependency's HTTP error back into the GraphError it was (or a NodeFailure)."""
-    status = int(getattr(exc, "error_code", 500))
-    message = str(exc)
+    message, field = str(exc), None
     try:
         body = json.loads(message)
         if isinstance(body, list) and body:
             body = body[0]
         if isinstance(body, dict):
             message = str(body.get("message") or body.get("error") or message)
+            field = body.get("field")
     except ValueError:
         pass
-    if status in (429, 503):  # our full queue, or BentoML's own max_concurrency refusal
-        return Overloaded(f"node {node!r} is overloaded: {message}")
-    if 400 <= status < 500:
-        return InvalidRequest(f"node {node!r} rejected the request: {message}")
-    return NodeFailure(f"node {node!r} failed ({status}): {message}", node=node)
+    return node_error(node, int(getattr(exc, "error_code", 500)), message, field)
 
 
 def request_id(ctx: bentoml.Context) -> str:

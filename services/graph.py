@@ -11,7 +11,7 @@ from bentoml.exceptions import BentoMLException
 from starlette.responses import StreamingResponse
 
 from graph.compose import Graph, Timeline, background, sse
-from graph.errors import GraphError, InvalidRequest, NodeFailure, Overloaded
+from graph.errors import GraphError
 from graph.params import GenerationParams
 from graph.schemas import (
     Classification,
@@ -23,8 +23,8 @@ from graph.schemas import (
 )
 from services.classifier import make_classifier_service
 from services.common import (
-    ValidationErrors, error_response, from_dependency, graph_config, keep_sessions_open, request_id,
-    setup_logging,
+    ValidationErrors, error_response, from_dependency, graph_config, keep_sessions_open, node_error,
+    request_id, setup_logging,
 )
 from services.generator import make_generator_service
 
@@ -63,12 +63,8 @@ class DependencyGenerator:
     def _event(self, data: dict[str, Any]) -> dict[str, Any]:
         if "error" not in data:
             return data
-        err, status = data["error"], int(data.get("status", 500))
-        if status == 429:
-            raise Overloaded(err.get("message", "overloaded"))
-        if 400 <= status < 500:
-            raise InvalidRequest(err.get("message", "invalid request"), field=err.get("field"))
-        raise NodeFailure(err.get("message", "failed"), node=self.node)
+        err = data["error"]
+        raise node_error(self.node, int(data.get("status", 500)), str(err.get("message", err)), err.get("field"))
 
     async def cancel(self, request_id: str) -> bool:
         return bool(await self.dep.to_async.cancel(request_id=request_id))
