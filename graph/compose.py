@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Optional, Protocol, Sequence
+from typing import Any, AsyncIterator, Awaitable, Iterable, Optional, Protocol, Sequence
 
 from pydantic import BaseModel
 
@@ -128,7 +128,7 @@ class Graph:
                 }
         except BaseExceptionGroup as group_err:
             # the nodes that were cut off may still be working on it: tell them to stop
-            background(asyncio.gather(*[self._cancel(n, request_id) for n in plan]))
+            self._cancel_all(plan, request_id)
             raise _first_error(group_err) from None
         return {n: t.result() for n, t in tasks.items()}
 
@@ -217,7 +217,11 @@ class Graph:
             if not completed:  # the client went away: stop the nodes' work too (BentoML won't).
                 # A task of its own: the server cancels this one's scope, and awaits here would be
                 # cancelled with it before the nodes heard anything.
-                background(asyncio.gather(*[self._cancel(n, request_id) for n in plan]))
+                self._cancel_all(plan, request_id)
+
+    def _cancel_all(self, nodes: Iterable[str], request_id: str) -> None:
+        """Tell every node to stop `request_id`, as a task of its own (the caller may be cancelled)."""
+        background(asyncio.gather(*[self._cancel(n, request_id) for n in nodes]))
 
     async def _cancel(self, node: str, request_id: str) -> None:
         try:

@@ -88,6 +88,19 @@ class GenerationEngine:
             max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, threads=threads,
         )
 
+    @classmethod
+    def from_node(cls, name: str, node, *, threads: int | None = None, **lookups) -> "GenerationEngine":
+        """The engine of generator node `name` (a graph.config.GeneratorNode), model loaded, not
+        started. `lookups` go to graph.loading.load_causal_lm (store_lookup, embedded_lookup)."""
+        from graph.loading import load_causal_lm
+
+        model, tokenizer = load_causal_lm(node.model, node.runtime, **lookups)
+        return cls(
+            model, tokenizer, name=name, max_batch_size=node.scheduler.max_batch_size,
+            max_queue=node.scheduler.max_queue, max_prompt_tokens=node.max_prompt_tokens,
+            threads=threads, chat_template=node.chat_template,
+        )
+
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the decode thread (idempotent; does nothing after close())."""

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, TypeVar
 from urllib.parse import urlparse
 
 from graph import embedded
-from graph.config import ROOT, ClassifierNode, ModelRef
+from graph.config import ROOT, ClassifierNode, ModelRef, RuntimeConfig
 from graph.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,13 @@ def native_dtype(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 
 def load_causal_lm(
-    ref: ModelRef, *, quantize: str = "none", dtype: str = "float32", **lookups: Any
+    ref: ModelRef, runtime: Optional[RuntimeConfig] = None, **lookups: Any
 ) -> tuple[Any, Any]:
     """(model, tokenizer): eval mode, left padding, pad token set (eos when it has none).
 
-    dtype: "float32" (default), "bfloat16" (half the memory traffic per step; fast on CPUs with
-    AVX512-BF16/AMX, slow elsewhere; logits differ slightly) or "auto" (native_dtype()). quantize="int8": dynamic int8
+    runtime (validated by graph.config.RuntimeConfig; float32, no quantization if None): dtype
+    float32, bfloat16 (half the memory traffic per step; fast on CPUs with AVX512-BF16/AMX, slow
+    elsewhere; logits differ slightly) or auto (native_dtype()); quantize int8: dynamic int8
     quantization of the Linear layers (float32 only; slightly different logits).
     lookups: store_lookup, embedded_lookup, embedded_cache as in resolve_model_dir.
     """
@@ -132,10 +133,10 @@ def load_causal_lm(
 
     source = resolve_model_dir(ref, **lookups)
     tokenizer = _load(ref, source, AutoTokenizer.from_pretrained)
+    runtime = runtime or RuntimeConfig()
+    dtype = runtime.dtype
     if dtype == "auto":
-        dtype = "float32" if quantize == "int8" else native_dtype()
-    if dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"runtime.dtype: {dtype!r} is not one of auto, float32, bfloat16", field="runtime.dtype")
+        dtype = "float32" if runtime.quantize == "int8" else native_dtype()
     model = _load(ref, source, AutoModelForCausalLM.from_pretrained, dtype=getattr(torch, dtype)).eval()
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -145,14 +146,10 @@ def load_causal_lm(
     tokenizer.padding_side = "left"
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if quantize == "int8":
-        if dtype != "float32":
-            raise ConfigError("runtime.quantize: int8 needs runtime.dtype float32", field="runtime.quantize")
+    if runtime.quantize == "int8":
         from graph.engine import quantize_int8
 
         model = quantize_int8(model)
-    elif quantize != "none":
-        raise ConfigError(f"runtime.quantize: {quantize!r} is not one of none, int8", field="runtime.quantize")
     return model, tokenizer
 
 

@@ -46,17 +46,11 @@ def build_local_graph(config: Any, **lookups: Any) -> tuple[Any, dict[str, Any]]
     embedded_lookup) for BentoML-store and embedded model references."""
     from graph.compose import Graph
     from graph.engine import GenerationEngine
-    from graph.loading import load_causal_lm, load_classifier
+    from graph.loading import load_classifier
 
     engines = {}
     for name, node in config.generators.items():
-        model, tokenizer = load_causal_lm(node.model, quantize=node.runtime.quantize, dtype=node.runtime.dtype, **lookups)
-        engines[name] = GenerationEngine(
-            model, tokenizer, name=name, max_batch_size=node.scheduler.max_batch_size,
-            max_queue=node.scheduler.max_queue, max_prompt_tokens=node.max_prompt_tokens,
-            threads=config.generator_threads(name),
-            chat_template=node.chat_template,
-        )
+        engines[name] = GenerationEngine.from_node(name, node, threads=config.generator_threads(name), **lookups)
         engines[name].warmup()
     classifier = LocalClassifier(load_classifier(config.classifier, **lookups))
     graph = Graph(config, {n: LocalGenerator(e) for n, e in engines.items()}, classifier)

@@ -18,13 +18,9 @@ class TopLogprob(BaseModel):
     logprob: float = Field(description="Natural log of its probability under the model (<= 0).")
 
 
-class TokenLogprob(BaseModel):
+class TokenLogprob(TopLogprob):
     """The generated token at one position, its log-probability and the most likely alternatives."""
 
-    model_config = ConfigDict(frozen=True)
-
-    token: str = Field(description="The token's text.")
-    logprob: float = Field(description="Natural log of its probability under the model (<= 0).")
     top_logprobs: list[TopLogprob] = Field(
         default_factory=list, description="The `top_logprobs` most likely tokens at this position."
     )

@@ -58,23 +58,11 @@ class GeneratorBase:
     def __init__(self) -> None:
         setup_logging()
         from graph.engine import GenerationEngine
-        from graph.loading import load_causal_lm
         from services.store import embedded_lookup, store_lookup
 
         start = time.time()
-        model, tokenizer = load_causal_lm(
-            self.CONFIG.model, store_lookup=store_lookup, embedded_lookup=embedded_lookup,
-            quantize=self.CONFIG.runtime.quantize, dtype=self.CONFIG.runtime.dtype,
-        )
-        self.engine = GenerationEngine(
-            model,
-            tokenizer,
-            name=self.NODE,
-            max_batch_size=self.CONFIG.scheduler.max_batch_size,
-            max_queue=self.CONFIG.scheduler.max_queue,
-            max_prompt_tokens=self.CONFIG.max_prompt_tokens,
-            threads=self.THREADS,
-            chat_template=self.CONFIG.chat_template,
+        self.engine = GenerationEngine.from_node(
+            self.NODE, self.CONFIG, threads=self.THREADS, store_lookup=store_lookup, embedded_lookup=embedded_lookup
         )
         if not self.engine.warmup():
             log.warning("node %s: warm-up did not finish in time", self.NODE)
@@ -83,7 +71,7 @@ class GeneratorBase:
             target=sync_metrics, args=(self.NODE, self.engine, self._stop), name=f"metrics-{self.NODE}", daemon=True
         ).start()
         log.info("node %s loaded %s in %.1fs (%s, torch threads: %s)", self.NODE, self.CONFIG.model.describe(),
-                 time.time() - start, str(getattr(model, "dtype", "?")).replace("torch.", ""),
+                 time.time() - start, str(getattr(self.engine.model, "dtype", "?")).replace("torch.", ""),
                  self.THREADS or "all cores")
 
     def __is_ready__(self) -> bool:

@@ -189,7 +189,7 @@ def test_runtime_options_load_and_generate(tiny_dir, runtime):
     from graph.params import GenerationParams
 
     rt = RuntimeConfig(**runtime)
-    model, tok = load_causal_lm(ModelRef(path=str(tiny_dir / "causal_lm")), quantize=rt.quantize, dtype=rt.dtype)
+    model, tok = load_causal_lm(ModelRef(path=str(tiny_dir / "causal_lm")), rt)
     if rt.dtype == "bfloat16":
         assert next(model.parameters()).dtype == torch.bfloat16
     else:
