@@ -49,7 +49,7 @@ bench-graph: prepare
 bench-node: prepare
 	$(BIN)/python scripts/bench_engine.py smollm2-135m-instruct --threads 2 --concurrency 1,64
 
-# Debian's chromium for tests/test_browser.py (Playwright never downloads its own); only when missing.
+# Debian's chromium for tests/shipping/test_browser.py (Playwright never downloads its own); only when missing.
 browser: $(CHROMIUM)
 
 $(CHROMIUM):

@@ -81,9 +81,9 @@ class MiniLMClassifier:
     """The project's zero-shot classifier with configs/default.yaml's labels, one text per call."""
 
     def __init__(self) -> None:
-        from graph.classifier import ZeroShotEmbeddingClassifier
+        from graph.models.classifier import ZeroShotEmbeddingClassifier
         from graph.config import load_config
-        from graph.embedded import folder_path
+        from graph.models.embedded import folder_path
 
         node = load_config(DEFAULT_CONFIG).classifier
         path = folder_path(node.model.embedded)

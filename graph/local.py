@@ -46,7 +46,7 @@ def build_local_graph(config: Any, **lookups: Any) -> tuple[Any, dict[str, Any]]
     embedded_lookup) for BentoML-store and embedded model references."""
     from graph.compose import Graph
     from graph.engine import GenerationEngine
-    from graph.loading import load_classifier
+    from graph.models.loading import load_classifier
 
     engines = {}
     for name, node in config.generators.items():

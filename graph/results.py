@@ -58,3 +58,13 @@ class StreamEvent(BaseModel):
     result: Optional[GenerationResult] = Field(
         None, description="Set on the final event of this sequence."
     )
+
+
+class Classification(BaseModel):
+    """One text's result: the winning label, the score_label's probability, and every label's."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str = Field(description="The most likely label.", examples=["positive"])
+    score: float = Field(ge=0.0, le=1.0, description="Probability of the node's score_label.")
+    labels: dict[str, float] = Field(description="Probability of every label; they sum to 1.")

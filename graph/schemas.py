@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from graph.classifier import Classification  # noqa: F401  (part of the API's schema)
+from graph.results import Classification  # noqa: F401  (part of the API's schema)
 from graph.params import GenerationOverrides
 
 

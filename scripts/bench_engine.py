@@ -48,9 +48,9 @@ def model_dir(ref: str) -> str:
 
 
 def load(path: str, int8: bool, dtype: str = "float32"):
-    """The model as a node loads it (graph.loading), from a local directory."""
+    """The model as a node loads it (graph.models.loading), from a local directory."""
     from graph.config import ModelRef, RuntimeConfig
-    from graph.loading import load_causal_lm
+    from graph.models.loading import load_causal_lm
 
     return load_causal_lm(ModelRef(path=path), RuntimeConfig(quantize="int8" if int8 else "none", dtype=dtype))
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         names = embedded_names(args.config)
-        from graph import embedded
+        from graph.models import embedded
         from services.store import prepare
 
         for name in names:

@@ -22,7 +22,7 @@ class ClassifierBase:
 
     def __init__(self) -> None:
         setup_logging()
-        from graph.loading import load_classifier
+        from graph.models.loading import load_classifier
         from services.store import embedded_lookup, store_lookup
 
         import torch

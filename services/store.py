@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import bentoml
 from bentoml.exceptions import NotFound
 
-from graph import embedded
+from graph.models import embedded
 from graph.errors import ConfigError
 
 log = logging.getLogger("graph")

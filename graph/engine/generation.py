@@ -6,8 +6,8 @@
     async for event in engine.stream(prompt, params, interval_ms=50): ...
 
 Requests from any asyncio loop are validated here, then queued (FIFO, bounded: a full queue raises
-Overloaded at once). graph/scheduler.py runs the batch, graph/runner.py the model, graph/kvcache.py
-holds the KV cache, graph/sampling.py chooses tokens, graph/detok.py makes text.
+Overloaded at once). scheduler.py runs the batch, runner.py the model, kvcache.py holds the KV cache,
+sampling.py chooses tokens, detok.py makes text (all in this package).
 """
 
 from __future__ import annotations
@@ -19,31 +19,14 @@ from typing import AsyncIterator, Optional
 
 import torch
 
-from graph.detok import make_decoder
+from graph.engine.detok import make_decoder
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
 from graph.results import GenerationResult, StreamEvent, TokenLogprob, TopLogprob
-from graph.runner import ModelRunner
-from graph.scheduler import Request, Scheduler
+from graph.engine.runner import ModelRunner
+from graph.engine.scheduler import Request, Scheduler
 
-__all__ = [
-    "GenerationEngine", "GenerationResult", "StreamEvent", "TokenLogprob", "TopLogprob", "quantize_int8",
-]
-
-
-def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """int8 dynamic quantization of every nn.Linear (`torch.ao.quantization.quantize_dynamic`).
-
-    Faster on CPU, but activations are quantized with one scale per call, i.e. per batch: with it,
-    a row's text depends slightly on the rows it shares a batch with, and quality drops somewhat.
-    """
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+__all__ = ["GenerationEngine", "GenerationResult", "StreamEvent", "TokenLogprob", "TopLogprob"]
 
 
 class GenerationEngine:
@@ -91,8 +74,8 @@ class GenerationEngine:
     @classmethod
     def from_node(cls, name: str, node, *, threads: int | None = None, **lookups) -> "GenerationEngine":
         """The engine of generator node `name` (a graph.config.GeneratorNode), model loaded, not
-        started. `lookups` go to graph.loading.load_causal_lm (store_lookup, embedded_lookup)."""
-        from graph.loading import load_causal_lm
+        started. `lookups` go to graph.models.loading.load_causal_lm (store_lookup, embedded_lookup)."""
+        from graph.models.loading import load_causal_lm
 
         model, tokenizer = load_causal_lm(node.model, node.runtime, **lookups)
         return cls(

@@ -17,7 +17,6 @@ import yaml
 
 from tests.server import BENTOML, ROOT, Server, free_port, sse_events
 
-pytestmark = pytest.mark.e2e
 
 
 @dataclass

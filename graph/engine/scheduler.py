@@ -18,13 +18,13 @@ from typing import Any, Optional
 
 import torch
 
-from graph.detok import IncrementalDetokenizer, StopMatcher
+from graph.engine.detok import IncrementalDetokenizer, StopMatcher
 from graph.errors import NodeFailure, Overloaded
-from graph.kvcache import BatchKVCache
+from graph.engine.kvcache import BatchKVCache
 from graph.params import GenerationParams
 from graph.results import FinishReason, GenerationResult, TokenLogprob, TopLogprob
-from graph.runner import ModelRunner, release_openmp_pool
-from graph.sampling import BatchSampler, RowSampling
+from graph.engine.runner import ModelRunner, release_openmp_pool
+from graph.engine.sampling import BatchSampler, RowSampling
 
 log = logging.getLogger(__name__)
 

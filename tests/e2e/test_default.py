@@ -9,7 +9,6 @@ import pytest
 
 from tests.server import Server
 
-pytestmark = [pytest.mark.e2e, pytest.mark.models]
 
 
 @pytest.fixture(scope="module")

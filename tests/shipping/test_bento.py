@@ -100,7 +100,7 @@ def test_bento_carries_code_and_configs_only(bento: Any) -> None:
 
 def test_bento_packs_the_store_models_the_services_look_up(bento: Any) -> None:
     """The tags packed are exactly the store entries services/store.py picks (fingerprint match)."""
-    from graph import embedded
+    from graph.models import embedded
     from services.store import find_prepared
 
     cfg = default_graph()
@@ -251,14 +251,12 @@ def check_generate_score(server: Server) -> None:
     assert "not in the BentoML store yet" not in server.log(), "a model was converted at startup"
 
 
-@pytest.mark.e2e
 def test_serve_built_bento_by_tag(bento: Any) -> None:
     with Server(target=str(bento.tag), name="bento") as server:
         check_generate_score(server)
         assert f'BentoServer from "{bento.tag}"' in server.log()
 
 
-@pytest.mark.e2e
 def test_image_layout_serves_with_packed_models_only(bento: Any, tmp_path: Path) -> None:
     """The image's files (the build context `bentoml containerize` makes: Bento + models/) served with an
     empty BENTOML_HOME and no hub, as the container's entrypoint does (`bentoml serve $BENTO_PATH`)."""

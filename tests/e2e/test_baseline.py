@@ -7,7 +7,6 @@ import pytest
 
 from tests.server import Server
 
-pytestmark = pytest.mark.e2e
 
 
 def test_baseline_generate_score() -> None:

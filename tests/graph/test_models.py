@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from graph import embedded
-from graph.classifier import SequenceClassifier, ZeroShotEmbeddingClassifier
+from graph.models import embedded
+from graph.models.classifier import SequenceClassifier, ZeroShotEmbeddingClassifier
 from graph.config import ClassifierNode, ModelRef
 from graph.errors import ConfigError
-from graph.loading import load_causal_lm, load_classifier, resolve_model_dir
+from graph.models.loading import load_causal_lm, load_classifier, resolve_model_dir
 
 SMOL = "smollm2-135m-instruct"
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "i", "love", "hate", "this", "it", "is", "good", "bad"]
@@ -68,48 +68,6 @@ def test_folder_model_is_used_in_place():
     assert (path / "model.safetensors").is_file() and path.name == "model"
 
 
-# --- embedded GGUF conversion (real SmolLM2, ~40 s) ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def smol_dir(tmp_path_factory) -> Path:
-    cache = tmp_path_factory.mktemp("embedded")
-    return embedded.prepare_local(SMOL, cache, progress=print)
-
-
-def _greedy_ids(model, tokenizer, prompts: list[str], n: int = 6) -> list[list[int]]:
-    enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=n, do_sample=False)
-    return out[:, enc["input_ids"].shape[1]:].tolist()
-
-
-def test_smollm2_converts_to_float32_safetensors_matching_gguf(smol_dir):
-    from transformers import AutoModelForCausalLM
-
-    assert (smol_dir / "model.safetensors").is_file()
-    assert embedded.read_fingerprint(smol_dir) == embedded.fingerprint(SMOL)
-    model, tok = load_causal_lm(ModelRef(path=str(smol_dir)))
-    assert {p.dtype for p in model.parameters()} == {torch.float32} and not model.training
-    assert tok.padding_side == "left" and tok.pad_token is not None
-    assert tok.eos_token == "<|im_end|>" and "<|im_start|>" in tok.chat_template
-    assert "quantization_config" not in model.config.to_dict()
-
-    src = embedded._package_dir(embedded.get_embedded(SMOL))
-    gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=embedded.get_embedded(SMOL).gguf_file).eval()
-    prompts = ["The capital of France is", "Hello"]
-    ids = _greedy_ids(model, tok, prompts)
-    assert ids == _greedy_ids(gguf, tok, prompts)
-    assert "Paris" in tok.decode(ids[0])
-
-
-def test_prepare_local_is_idempotent(smol_dir, monkeypatch):
-    monkeypatch.setattr(embedded, "convert_embedded", lambda *a, **k: pytest.fail("converted again"))
-    start = time.perf_counter()
-    assert embedded.prepare_local(SMOL, smol_dir.parent) == smol_dir
-    assert time.perf_counter() - start < 2
-
-
 # --- classifiers --------------------------------------------------------------------------------
 
 
@@ -156,10 +114,10 @@ def _tiny_bert(tmp_path: Path, *, with_head: bool) -> Path:
 def test_untrained_head_logs_warning(tmp_path, caplog):
     path = _tiny_bert(tmp_path, with_head=False)
     node = ClassifierNode(model=ModelRef(path=str(path)), mode="sequence_classification", score_label="POSITIVE")
-    with caplog.at_level(logging.WARNING, logger="graph.classifier"):
+    with caplog.at_level(logging.WARNING, logger="graph.models.classifier"):
         clf = load_classifier(node)
     assert isinstance(clf, SequenceClassifier)
-    warnings = [r for r in caplog.records if r.name == "graph.classifier" and r.levelno == logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "graph.models.classifier" and r.levelno == logging.WARNING]
     assert warnings and "meaningless" in warnings[0].getMessage() and str(path) in warnings[0].getMessage()
     (item,) = clf.classify(["i love this"])
     assert set(item.labels) == {"NEGATIVE", "POSITIVE"} and 0.0 <= item.score <= 1.0
@@ -168,9 +126,9 @@ def test_untrained_head_logs_warning(tmp_path, caplog):
 
 def test_trained_head_loads_quietly_and_checks_score_label(tmp_path, caplog):
     path = _tiny_bert(tmp_path, with_head=True)
-    with caplog.at_level(logging.WARNING, logger="graph.classifier"):
+    with caplog.at_level(logging.WARNING, logger="graph.models.classifier"):
         clf = SequenceClassifier.from_pretrained(str(path), score_label="POSITIVE", max_batch_size=2)
-    assert not [r for r in caplog.records if r.name == "graph.classifier"]
+    assert not [r for r in caplog.records if r.name == "graph.models.classifier"]
     results = clf.classify(["i love this", "i hate it", "good", "bad"])
     assert len(results) == 4 and all(r.score == r.labels["POSITIVE"] for r in results)
     with pytest.raises(ConfigError, match="NEGATIVE"):
@@ -185,7 +143,7 @@ def test_runtime_options_load_and_generate(tiny_dir, runtime):
 
     from graph.config import ModelRef, RuntimeConfig
     from graph.engine import GenerationEngine
-    from graph.loading import load_causal_lm
+    from graph.models.loading import load_causal_lm
     from graph.params import GenerationParams
 
     rt = RuntimeConfig(**runtime)
@@ -212,7 +170,7 @@ def test_int8_needs_float32():
 
 
 def test_native_dtype_reads_cpu_flags(tmp_path):
-    from graph.loading import native_dtype
+    from graph.models.loading import native_dtype
 
     amx = tmp_path / "amx"
     amx.write_text("processor : 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")

@@ -8,19 +8,10 @@ from typing import Any, Iterator, Protocol, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from graph.errors import ConfigError
+from graph.results import Classification
 
 log = logging.getLogger(__name__)
 HEAD_PREFIXES = ("classifier.", "score.", "pre_classifier.", "classification_head.")
-
-
-class Classification(BaseModel):
-    """One text's result: the winning label, the score_label's probability, and every label's."""
-
-    model_config = ConfigDict(frozen=True)
-
-    label: str = Field(description="The most likely label.", examples=["positive"])
-    score: float = Field(ge=0.0, le=1.0, description="Probability of the node's score_label.")
-    labels: dict[str, float] = Field(description="Probability of every label; they sum to 1.")
 
 
 class Classifier(Protocol):

@@ -15,7 +15,6 @@ import pytest
 
 from tests.server import ARTIFACTS, Server
 
-pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -13,7 +13,6 @@ import pytest
 
 from tests.server import Server, sse_events
 
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

@@ -491,7 +491,7 @@ def test_sliding_window_model_matches_generate(tiny_dir, tmp_path):
 
 
 def test_incremental_detokenizer_never_splits_characters(tiny_dir):
-    from graph.detok import IncrementalDetokenizer, make_decoder
+    from graph.engine.detok import IncrementalDetokenizer, make_decoder
 
     _, tok = load(tiny_dir / "causal_lm")
     text = " héllo wörld, 日本語 and 🙂 emoji"
@@ -503,7 +503,7 @@ def test_incremental_detokenizer_never_splits_characters(tiny_dir):
 
 
 def test_stop_matcher_holds_back_possible_starts():
-    from graph.detok import StopMatcher
+    from graph.engine.detok import StopMatcher
 
     m = StopMatcher(["END", "xyz"])
     assert m.add("abc E") == ("abc ", False)
@@ -523,7 +523,7 @@ def test_sampler_matches_transformers_processors():
         TopPLogitsWarper,
     )
 
-    from graph.sampling import BatchSampler, RowSampling
+    from graph.engine.sampling import BatchSampler, RowSampling
 
     torch.manual_seed(0)
     logits = torch.randn(3, 50) * 3
@@ -554,7 +554,7 @@ def test_sampler_matches_transformers_processors():
 
 
 def test_kv_cache_rows_join_leave_and_grow():
-    from graph.kvcache import BatchKVCache
+    from graph.engine.kvcache import BatchKVCache
 
     # Each row's token at position j stores 100 * row_id + j; the cache must keep every row's
     # tokens in order, right-aligned, through joins, leaves and growth.
@@ -610,7 +610,7 @@ def test_kv_cache_rows_join_leave_and_grow():
 
 
 def test_sampler_draws_follow_the_distribution():
-    from graph.sampling import BatchSampler, RowSampling
+    from graph.engine.sampling import BatchSampler, RowSampling
 
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -30.0]])
     cases = [

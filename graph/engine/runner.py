@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from graph.kvcache import BatchKVCache
+from graph.engine.kvcache import BatchKVCache
 
 Mask = Any  # a 4-D tensor, or a dict of them keyed by layer type
 
