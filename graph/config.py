@@ -65,24 +65,38 @@ class SchedulerConfig(_Strict):
 
 
 class RuntimeConfig(_Strict):
-    """CPU runtime knobs of a node."""
+    """CPU runtime knobs of a node (see graph/models/runtimes.py for what `auto` picks)."""
 
     threads: Optional[int] = Field(
         None, ge=1, le=256,
         description="torch threads; None = this machine's CPUs split evenly over the local generator "
         "nodes (they decode at the same time: more threads than cores makes OpenMP spin, ~10x slower).",
     )
-    quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantization of Linear layers.")
+    quantize: Literal["none", "int8", "int8_weight", "int4_weight", "auto"] = Field(
+        "none",
+        description="none; int8 = dynamic int8 of Linear layers (weights and activations, float32 only); "
+        "int8_weight / int4_weight = weight-only int8 per channel / int4 per group_size weights "
+        "(bfloat16 activations in the kernels, LM head included); auto = the fastest option measured "
+        "for this CPU kind whose perplexity is within 3% of float32 (also picks dtype and compile).",
+    )
+    group_size: Literal[32, 64, 128] = Field(32, description="int4_weight: weights per scale/minimum.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "float32",
         description="Weights and activations. bfloat16 halves memory traffic (fast with AVX512-BF16/AMX, "
         "slow without); auto = bfloat16 where the CPU has those, else float32.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the decode step on fixed batch/KV-length buckets, warmed up at start "
+        "(compiled code cached on disk across restarts).",
     )
 
     @model_validator(mode="after")
     def _int8_is_float32(self) -> "RuntimeConfig":
         if self.quantize == "int8" and self.dtype == "bfloat16":
             raise ValueError("quantize: int8 needs dtype float32 (or auto)")
+        if self.quantize == "auto" and "dtype" in self.model_fields_set and self.dtype != "auto":
+            raise ValueError("quantize: auto picks the dtype too; leave dtype unset or auto")
         return self
 
 
