@@ -32,7 +32,9 @@ from graph.engine.scheduler import RIGHT_ROOM
 
 log = logging.getLogger(__name__)
 
-ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# No one-row bucket: Inductor specialises a size of 1, so a lone row is padded to two and every
+# bucket shares one graph (a one-row step costs about the same as two: it reads the same weights).
+ROW_BUCKETS = (2, 4, 8, 16, 32, 64, 128, 256)
 LENGTH_BUCKETS = (64, 128, 256, 512, 1024, 2048)
 COMPILE_CACHE_DIR = Path.home() / ".cache" / "inference-graph" / "torch-compile"
 
@@ -91,15 +93,14 @@ class CompiledRunner(ModelRunner):
                  cache_dir: Optional[str | Path] = None) -> None:
         super().__init__(model)
         configure_compile_cache(cache_dir)
-        self.row_buckets = tuple(b for b in ROW_BUCKETS if b < max_batch_size) + (max_batch_size,)
+        self.row_buckets = tuple(b for b in ROW_BUCKETS if b < max_batch_size) + (max(2, max_batch_size),)
         self.length_buckets = LENGTH_BUCKETS
         self.warm_lengths = tuple(b for b in LENGTH_BUCKETS if b <= max(64, max_length)) or LENGTH_BUCKETS[:1]
         self.compiles = 0  # graphs handed to Inductor since start
         self.eager_steps = 0  # steps that fit no bucket
         self._cache = _BucketCache(self.num_layers)
         self._capacity = max_length + RIGHT_ROOM  # the scheduler's batch cache (same strides)
-        # dynamic=True: one graph serves every bucket (Inductor specialises sizes 0 and 1, so the
-        # one-row bucket is a second graph); the buckets bound the shapes a step can take.
+        # dynamic=True: one graph serves every bucket; the buckets bound the shapes a step takes.
         self._step = torch.compile(self._forward_bucket, backend=self._backend, dynamic=True)
 
     def _backend(self, gm, example_inputs):
@@ -120,7 +121,11 @@ class CompiledRunner(ModelRunner):
         rows = cache.rows
         b, length = bucket(rows, self.row_buckets), bucket(cache.length, self.length_buckets)
         cache.reserve(1, right_room)
-        if b is None or length is None or cache.end - length < 0 or b > cache.row_capacity or not cache.allocated:
+        if length is not None and cache.end - length < 0 and cache.allocated:
+            # Too little room on the left for this bucket's view: move the batch once, for good.
+            cache.left_room = max(cache.left_room, length)
+            cache._relocate(cache.left_room + cache.length + 1 + right_room)
+        if b is None or length is None or b > cache.row_capacity or not cache.allocated:
             self.eager_steps += 1
             return super().decode(ids, positions, cache, right_room)
         end, start, lo = cache.end, cache.start, cache.end - length
