@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install prepare serve test tiny-models bench bench-graph bench-node clean browser bento bento-gpu containerize
+.PHONY: install prepare serve test tiny-models bench bench-graph bench-node bench-engine llama-cpp clean browser bento bento-gpu containerize
 
 install: $(STAMPS)/install
 
@@ -46,8 +46,18 @@ bench: bench-graph bench-node
 bench-graph: prepare
 	$(BIN)/python scripts/bench_graph.py
 
-bench-node: prepare
+# Every runtime option of a generator node (float32, bfloat16, dynamic int8, weight-only int8/int4,
+# compiled) for SmolLM2 and Gemma 3: speed at 1/16/64 streams, perplexity, greedy agreement, and
+# llama.cpp on the same GGUF files (built once by `make llama-cpp`, ~25 min). About 40 minutes.
+bench-node: prepare llama-cpp
+	$(BIN)/python scripts/bench_node.py --threads 2
+
+# The engine against plain model.generate (the earlier node benchmark).
+bench-engine: prepare
 	$(BIN)/python scripts/bench_engine.py smollm2-135m-instruct --threads 2 --concurrency 1,64
+
+llama-cpp: install
+	PIP=$(BIN)/pip sh scripts/build_llama_cpp.sh
 
 # Debian's chromium for tests/shipping/test_browser.py (Playwright never downloads its own); only when missing.
 browser: $(CHROMIUM)
