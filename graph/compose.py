@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator, Awaitable, Iterable, Optional, Protocol, 
 
 from pydantic import BaseModel
 
+from graph.chat_format import Prompt, prompt_chars, score_text
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
 from graph.params import GenerationParams, merge_params
@@ -25,11 +26,11 @@ class GeneratorClient(Protocol):
     """What the graph needs from a generator node (a local engine or a BentoML dependency)."""
 
     async def generate(
-        self, prompts: list[str], params: GenerationParams, request_id: str
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str
     ) -> list[list[GenerationResult]]: ...
 
     def stream(
-        self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
+        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
     ) -> AsyncIterator[StreamEvent]: ...
 
     async def cancel(self, request_id: str) -> bool: ...
@@ -79,14 +80,14 @@ class Graph:
             )
         return [model]
 
-    def check_prompt(self, text: str, field_name: str) -> str:
-        limit = self.config.prompt.max_chars
-        if len(text) > limit:
+    def check_prompt(self, prompt: Prompt, field_name: str) -> Prompt:
+        limit, size = self.config.prompt.max_chars, prompt_chars(prompt)
+        if size > limit:
             raise InvalidRequest(
-                f"{field_name}: {len(text)} characters is above the limit of {limit}",
+                f"{field_name}: {size} characters is above the limit of {limit}",
                 field=field_name,
             )
-        return text
+        return prompt
 
     def params_for(self, node: str, overrides: Optional[BaseModel]) -> GenerationParams:
         cfg = self.config.generators[node]
@@ -114,7 +115,7 @@ class Graph:
                 timeline.spans[node] = (start, time.time())
 
     async def generate(
-        self, prompts: list[str], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
+        self, prompts: list[Prompt], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
         timeline: Timeline | None = None,
     ) -> dict[str, list[list[GenerationResult]]]:
         """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}."""
@@ -158,7 +159,7 @@ class Graph:
 
     # ---- streaming -------------------------------------------------------------------------
     def stream(
-        self, prompt: str, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
+        self, prompt: Prompt, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
         request_id: str, score: bool,
     ) -> AsyncIterator[GraphEvent]:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
@@ -167,7 +168,7 @@ class Graph:
         return self._events(prompt, plan, interval_ms, request_id, score)
 
     async def _events(
-        self, prompt: str, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
+        self, prompt: Prompt, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
         score: bool,
     ) -> AsyncIterator[GraphEvent]:
         """Interleave every selected node's events tagged by model; score each completion as it ends."""
@@ -193,7 +194,7 @@ class Graph:
 
         async def score_one(node: str, index: int, result: GenerationResult) -> None:
             try:
-                (c,) = await self.classify([prompt + result.text])
+                (c,) = await self.classify([score_text(prompt, result.text)])
                 await queue.put(ScoreEvent(model=node, index=index, **c.model_dump()))
             except GraphError as exc:
                 await queue.put(error_event(exc))

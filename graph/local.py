@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
+from graph.chat_format import Prompt
 from graph.params import GenerationParams
 from graph.results import Classification, GenerationResult, StreamEvent
 
@@ -15,13 +16,13 @@ class LocalGenerator:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    async def generate(self, prompts: list[str], params: GenerationParams, request_id: str) -> list[list[GenerationResult]]:
+    async def generate(self, prompts: list[Prompt], params: GenerationParams, request_id: str) -> list[list[GenerationResult]]:
         return list(
             await asyncio.gather(*[self.engine.generate(p, params, request_id=request_id) for p in prompts])
         )
 
     async def stream(
-        self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
+        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
     ) -> AsyncIterator[StreamEvent]:
         async for ev in self.engine.stream(prompt, params, request_id=request_id, interval_ms=interval_ms):
             yield ev

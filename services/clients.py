@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator
 from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
+from graph.chat_format import Prompt
 from graph.errors import ErrorBody, GraphError, NodeFailure, error_from_body, error_from_status
 from graph.params import GenerationParams
 from graph.results import Classification, GenerationResult, StreamEvent
@@ -46,7 +47,7 @@ class GeneratorNodeClient:
     def __init__(self, dep: Any, node: str) -> None:
         self.dep, self.node = dep, node
 
-    async def generate(self, prompts: list[str], params: GenerationParams, request_id: str) -> list[list[GenerationResult]]:
+    async def generate(self, prompts: list[Prompt], params: GenerationParams, request_id: str) -> list[list[GenerationResult]]:
         try:
             out = await self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id)
         except BentoMLException as exc:
@@ -54,7 +55,7 @@ class GeneratorNodeClient:
         return _typed(_RESULTS, out, self.node)
 
     async def stream(
-        self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
+        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
     ) -> AsyncIterator[StreamEvent]:
         decoder = StreamDecoder(self.node)
         try:

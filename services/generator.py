@@ -10,6 +10,7 @@ from typing import Any, AsyncGenerator
 
 import bentoml
 
+from graph.chat_format import Prompt
 from graph.config import GeneratorNode
 from graph.errors import GraphError
 from graph.params import GenerationParams
@@ -91,9 +92,9 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
         @bentoml.api
         @http_errors
         async def generate(
-            self, prompts: list[str], params: GenerationParams, request_id: str = ""
+            self, prompts: list[Prompt], params: GenerationParams, request_id: str = ""
         ) -> list[list[GenerationResult]]:
-            """Generate for each prompt; one list of results (num_return_sequences) per prompt."""
+            """Generate for each prompt (text, or a chat this node formats); one list of results per prompt."""
             outs = await asyncio.gather(
                 *[self.engine.generate(p, params, request_id=request_id or None) for p in prompts]
             )
@@ -102,7 +103,7 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
 
         @bentoml.api
         async def generate_stream(
-            self, prompt: str, params: GenerationParams, request_id: str = "", interval_ms: int = 0
+            self, prompt: Prompt, params: GenerationParams, request_id: str = "", interval_ms: int = 0
         ) -> AsyncGenerator[str, None]:
             """Stream events as JSON lines (graph/wire.py; an error arrives as an `error` line)."""
             try:

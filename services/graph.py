@@ -39,6 +39,7 @@ from services.common import (
     ValidationErrors, graph_config, http_errors, keep_sessions_open, request_id, setup_logging, with_dependencies,
 )
 from services.generator import make_generator_service
+from services.openai_app import OpenAIFace, make_openai_app
 
 log = logging.getLogger("graph")
 CONFIG = graph_config()
@@ -55,6 +56,7 @@ GENERATORS = {
     for name, node in CONFIG.generators.items()
 }
 CLASSIFIER = _node(None if CONFIG.classifier.url else make_classifier_service(CONFIG.classifier), CONFIG.classifier.url)
+OPENAI = make_openai_app()  # the OpenAI-compatible face under /v1 (services/openai_app.py)
 
 
 @bentoml.service(
@@ -62,6 +64,7 @@ CLASSIFIER = _node(None if CONFIG.classifier.url else make_classifier_service(CO
     traffic={"timeout": CONFIG.graph_timeout_s + 5},  # the graph answers its own node_timeout first
 )
 @with_dependencies({**GENERATORS, "classifier": CLASSIFIER})
+@bentoml.asgi_app(OPENAI, path="/v1")
 class InferenceGraph:
     """Fans a prompt out to every generator at once, then scores all completions in one call."""
 
@@ -73,6 +76,7 @@ class InferenceGraph:
             keep_sessions_open(client.dep)
         self.nodes = generators
         self.graph = Graph(CONFIG, generators, classifier)
+        OPENAI.state.face = OpenAIFace(self.graph)
         log.info("graph %s ready: generators=%s", CONFIG.name, list(CONFIG.generators))
 
     @bentoml.api(input_spec=GenerateScoreRequest)

@@ -19,6 +19,7 @@ from typing import AsyncIterator, Optional
 
 import torch
 
+from graph.chat_format import ChatMessage, ChatPrompt, Prompt, render_chat
 from graph.engine.detok import make_decoder
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
@@ -101,7 +102,7 @@ class GenerationEngine:
 
     # -- requests ------------------------------------------------------------------------------------
     async def generate(
-        self, prompt: str, params: GenerationParams, *, request_id: str | None = None
+        self, prompt: Prompt, params: GenerationParams, *, request_id: str | None = None
     ) -> list[GenerationResult]:
         """All `params.num_return_sequences` completions of `prompt`, in index order."""
         req = self._submit(prompt, params, request_id, streaming=False)
@@ -123,7 +124,7 @@ class GenerationEngine:
 
     async def stream(
         self,
-        prompt: str,
+        prompt: Prompt,
         params: GenerationParams,
         *,
         request_id: str | None = None,
@@ -187,20 +188,23 @@ class GenerationEngine:
         s = self._scheduler
         return {**s.counters, "active_rows": len(s.rows), "queued_requests": s.queued()}
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens `text` takes as a prompt (special tokens included, as in generate)."""
-        return len(self._encode(text))
+    def count_tokens(self, prompt: Prompt) -> int:
+        """Tokens `prompt` takes (special tokens included, as in generate)."""
+        return len(self._encode(prompt))
 
     # -- submission ----------------------------------------------------------------------------------
-    def _encode(self, text: str) -> list[int]:
-        if self.chat_template:
-            text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+    def _encode(self, prompt: Prompt) -> list[int]:
+        """Token ids of a prompt, formatted exactly once: a ChatPrompt through graph/chat_format.py
+        (template or transcript); a string as it is, or as one user message with `chat_template`."""
+        if isinstance(prompt, str):
+            if not self.chat_template:
+                return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            prompt = ChatPrompt(messages=[ChatMessage(role="user", content=prompt)])
+        text = render_chat(prompt.messages, self.tokenizer, self.chat_template)
+        # a template's text carries its own special tokens; the transcript gets BOS like any prompt
+        return list(self.tokenizer(text, add_special_tokens=not self.chat_template)["input_ids"])
 
-    def _submit(self, prompt: str, params: GenerationParams, request_id: Optional[str], *, streaming: bool) -> Request:
+    def _submit(self, prompt: Prompt, params: GenerationParams, request_id: Optional[str], *, streaming: bool) -> Request:
         ids = self._encode(prompt)
         if not ids:
             if self._bos_id is None:
