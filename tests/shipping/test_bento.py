@@ -251,9 +251,21 @@ def check_generate_score(server: Server) -> None:
     assert "not in the BentoML store yet" not in server.log(), "a model was converted at startup"
 
 
+def check_openai(server: Server) -> None:
+    """The OpenAI face answers from the Bento: /v1/models lists every node and the graph; a chat runs."""
+    r = httpx.get(server.url + "/v1/models", timeout=30)
+    assert r.status_code == 200, r.text
+    assert [m["id"] for m in r.json()["data"]] == [*default_graph().generators, "graph"]
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+        "model": "smollm2", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["role"] == "assistant"
+
+
 def test_serve_built_bento_by_tag(bento: Any) -> None:
     with Server(target=str(bento.tag), name="bento") as server:
         check_generate_score(server)
+        check_openai(server)
         assert f'BentoServer from "{bento.tag}"' in server.log()
 
 
