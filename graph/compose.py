@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Iterable, Optional, Protocol, Sequence, TypeVar
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Iterable, Optional, Protocol, Sequence, TypeVar
 
 from pydantic import BaseModel
 
@@ -161,7 +161,7 @@ class Graph:
     def stream(
         self, prompt: Prompt, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
         request_id: str, score: bool,
-    ) -> AsyncIterator[GraphEvent]:
+    ) -> AsyncGenerator[GraphEvent, None]:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
         plan = self.plan(self.select(model), overrides)
@@ -170,7 +170,7 @@ class Graph:
     async def _events(
         self, prompt: Prompt, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
         score: bool,
-    ) -> AsyncIterator[GraphEvent]:
+    ) -> AsyncGenerator[GraphEvent, None]:
         """Interleave every selected node's events tagged by model; score each completion as it ends."""
         queue: asyncio.Queue[Optional[GraphEvent]] = asyncio.Queue()  # None: a producer is done
         outstanding = len(plan)  # producers (node pumps, scorers) that have not said "done" yet

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Literal, Optional, Union
+from typing import AsyncIterator, Literal, Optional, TypeVar, Union
 
 from openai.types import Completion, CompletionChoice, CompletionUsage, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
@@ -93,9 +93,9 @@ class OpenAIFace:
         return ChatCompletion(
             id=f"chatcmpl-{rid}", object="chat.completion", created=int(time.time()), model=req.model,
             choices=[
-                Choice(index=i, message=ChatCompletionMessage(role="assistant", content=c.result.text),
-                       finish_reason=_FINISH[c.result.finish_reason], logprobs=_chat_logprobs(c.result.logprobs),
-                       **_extras(c))
+                _with(Choice(index=i, message=ChatCompletionMessage(role="assistant", content=c.result.text),
+                             finish_reason=_FINISH[c.result.finish_reason], logprobs=_chat_logprobs(c.result.logprobs)),
+                      _extras(c))
                 for i, c in enumerate(choices)
             ],
             usage=_usage(choices),
@@ -111,11 +111,11 @@ class OpenAIFace:
         return Completion(
             id=f"cmpl-{rid}", object="text_completion", created=int(time.time()), model=req.model,
             choices=[
-                CompletionChoice(
+                _with(CompletionChoice(
                     index=i, finish_reason=_FINISH[c.result.finish_reason],
                     text=(prompts[c.prompt_index] if req.echo else "") + c.result.text,
-                    logprobs=_text_logprobs(c.result.logprobs), **_extras(c),
-                )
+                    logprobs=_text_logprobs(c.result.logprobs),
+                ), _extras(c))
                 for i, c in enumerate(choices)
             ],
             usage=_usage(choices),
@@ -178,7 +178,7 @@ class _Chunks:
         """The JSON of each chunk this event makes (as OpenAI writes them: explicit nulls kept)."""
         if isinstance(ev, ErrorEvent):  # a node failed mid-stream: OpenAI's error object, as vLLM sends it
             return [error_object(ErrorBody.model_validate(ev.model_dump()), self.req.names()).model_dump_json(exclude_unset=True)]
-        extras = {"model": ev.model} if len(self.nodes) > 1 or isinstance(ev, ScoreEvent) else {}
+        extras: dict[str, object] = {"model": ev.model} if len(self.nodes) > 1 or isinstance(ev, ScoreEvent) else {}
         idx = self.index(ev.model, ev.index)
         if isinstance(ev, ScoreEvent):
             extras.update(score=ev.score, label=ev.label)
@@ -192,23 +192,26 @@ class _Chunks:
             return []
         return [self._chunk(idx, ev.text, finish, extras).model_dump_json(exclude_unset=True)]
 
-    def _chunk(self, idx: int, text: str, finish: Optional[Literal["stop", "length"]], extras: dict) -> BaseModel:
+    def _chunk(
+        self, idx: int, text: str, finish: Optional[Literal["stop", "length"]], extras: dict[str, object]
+    ) -> Union[ChatCompletionChunk, Completion]:
         first = idx not in self.started
         self.started.add(idx)
         if self.chat:
             delta = ChoiceDelta(role="assistant", content=text) if first else ChoiceDelta(content=text)
-            choice = ChunkChoice(index=idx, delta=delta, finish_reason=finish, **extras)
+            choice = _with(ChunkChoice(index=idx, delta=delta, finish_reason=finish), extras)
             return ChatCompletionChunk(id=self.id, object="chat.completion.chunk", created=self.created,
                                        model=self.req.model, choices=[choice])
         if first and self.echo is not None:
             text = self.echo + text
         # OpenAI streams finish_reason null until the last chunk, which the non-streamed type does not
         # admit: built unvalidated, with every field the SDK reads.
-        completion_choice = CompletionChoice.model_construct(index=idx, text=text, finish_reason=finish, logprobs=None, **extras)
+        completion_choice = _with(CompletionChoice.model_construct(index=idx, text=text, finish_reason=finish, logprobs=None),
+                                  extras)
         return Completion(id=self.id, object="text_completion", created=self.created, model=self.req.model,
                           choices=[completion_choice])
 
-    def usage_chunk(self) -> BaseModel:
+    def usage_chunk(self) -> Union[ChatCompletionChunk, Completion]:
         """The last chunk with stream_options.include_usage: no choices, the whole response's usage."""
         prompt = sum(self.prompt_tokens.values())
         usage = CompletionUsage(prompt_tokens=prompt, completion_tokens=self.completion_tokens,
@@ -218,6 +221,17 @@ class _Chunks:
                                        model=self.req.model, choices=[], usage=usage)
         return Completion(id=self.id, object="text_completion", created=self.created, model=self.req.model,
                           choices=[], usage=usage)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _with(choice: M, extras: dict[str, object]) -> M:
+    """`choice` carrying our extra fields: the openai types keep extras (extra="allow") and dump them,
+    though their typed constructors do not name them."""
+    for name, value in extras.items():
+        setattr(choice, name, value)
+    return choice
 
 
 def _extras(c: Scored) -> dict[str, object]:

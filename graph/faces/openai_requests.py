@@ -114,11 +114,13 @@ class _Controls(_Strict):
             sample = True
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
         top = self.top_logprobs_count()
-        return GenerationOverrides(
-            max_new_tokens=self.new_tokens(), temperature=self.temperature or None, top_p=self.top_p,
-            do_sample=sample, num_return_sequences=self.n, seed=self.seed, stop=stop,
-            logprobs=None if top is None else True, top_logprobs=top,
-        )
+        # GenerationOverrides comes from pydantic's create_model (GenerationParams' fields, each optional),
+        # which type checkers see as GenerationParams: validate the mapping of the fields set here.
+        return GenerationOverrides.model_validate({
+            "max_new_tokens": self.new_tokens(), "temperature": self.temperature or None, "top_p": self.top_p,
+            "do_sample": sample, "num_return_sequences": self.n, "seed": self.seed, "stop": stop,
+            "logprobs": None if top is None else True, "top_logprobs": top,
+        })
 
     def names(self) -> dict[str, str]:
         """The graph's param names -> this request's field names (for error messages)."""

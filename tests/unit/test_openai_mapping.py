@@ -133,3 +133,29 @@ def test_error_names_become_the_requests() -> None:
     assert openai_error(node, req.names()).body.error.param == "messages"
     stop = InvalidRequest("params.stop: stop strings must be non-empty", field="params.stop")
     assert openai_error(stop, req.names()).body.error.message == "stop: stop strings must be non-empty"
+
+
+def test_stream_chunks_index_nodes_and_carry_errors_and_usage() -> None:
+    import json
+
+    from graph.faces.openai_face import _Chunks
+    from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent, Usage
+
+    req = chat(model="graph", n=2, stream=True, stream_options={"include_usage": True}, max_tokens=5)
+    chunks = _Chunks(req, "r1", ["a", "b"], chat=True, echo=False)
+    first = json.loads(chunks.of(TokenEvent(model="b", index=1, text="Hi"))[0])
+    (choice,) = first["choices"]
+    assert (choice["index"], choice["model"], choice["delta"]) == (3, "b", {"role": "assistant", "content": "Hi"})
+    final = json.loads(chunks.of(FinalEvent(model="b", index=1, text="!", finish_reason="time",
+                                            usage=Usage(prompt_tokens=4, completion_tokens=5)))[0])
+    assert final["choices"][0]["finish_reason"] == "length" and final["choices"][0]["delta"] == {"content": "!"}
+    score = json.loads(chunks.of(ScoreEvent(model="b", index=1, label="positive", score=0.7,
+                                            labels={"positive": 0.7, "negative": 0.3}))[0])
+    assert score["choices"][0]["score"] == 0.7 and score["choices"][0]["index"] == 3
+    chunks.of(FinalEvent(model="a", index=0, text="", finish_reason="stop", usage=Usage(prompt_tokens=6, completion_tokens=2)))
+    usage = chunks.usage_chunk()
+    assert usage.choices == [] and usage.usage is not None
+    assert (usage.usage.prompt_tokens, usage.usage.completion_tokens, usage.usage.total_tokens) == (10, 7, 17)
+    err = json.loads(chunks.of(ErrorEvent(error="node_failure", message="node 'a' failed: boom", node="a"))[0])
+    assert err == {"error": {"message": "node 'a' failed: boom", "type": "server_error", "param": None,
+                             "code": "node_failure"}}
