@@ -10,6 +10,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from graph.auth import AuthConfig
 from graph.errors import ConfigError
 from graph.params import MAX_NEW_TOKENS, GenerationParams
 
@@ -167,6 +168,10 @@ class GraphConfig(_Strict):
     classifier: ClassifierNode
     prompt: PromptLimits = Field(default_factory=PromptLimits)
     graph_timeout_s: int = Field(300, ge=1, le=3600)
+    shutdown_grace_s: int = Field(
+        20, ge=1, le=3600, description="After SIGTERM, in-flight requests get this long before they are cancelled."
+    )
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (off unless keys_env or keys_file).")
 
     def generator_threads(self, name: str, cpus: Optional[int] = None) -> int:
         """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over
