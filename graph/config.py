@@ -159,6 +159,13 @@ class PromptLimits(_Strict):
     max_chars: int = Field(4000, ge=1, le=1_000_000)
 
 
+class PlaygroundConfig(_Strict):
+    """The browser page at /playground (services/playground_face.py)."""
+
+    enabled: bool = Field(True, description="Serve the page at /playground (GET /graph is always served).")
+    refresh_ms: int = Field(1000, ge=200, le=60_000, description="How often the page polls the nodes' state.")
+
+
 class GraphConfig(_Strict):
     """A whole inference graph: generator nodes fanned out in parallel, then one classifier."""
 
@@ -167,6 +174,7 @@ class GraphConfig(_Strict):
     classifier: ClassifierNode
     prompt: PromptLimits = Field(default_factory=PromptLimits)
     graph_timeout_s: int = Field(300, ge=1, le=3600)
+    playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
 
     def generator_threads(self, name: str, cpus: Optional[int] = None) -> int:
         """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over
