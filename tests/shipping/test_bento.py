@@ -88,7 +88,7 @@ def service_names() -> set[str]:
 
 def test_bento_carries_code_and_configs_only(bento: Any) -> None:
     src = Path(bento.path) / "src"
-    for rel in ["services/graph.py", "services/node.py", "graph/config.py", "graph/engine.py",
+    for rel in ["services/graph.py", "services/node.py", "graph/config.py", "graph/engine/generation.py",
                 "configs/default.yaml", "configs/tiny.yaml", "scripts/prepare_models.py", "requirements.txt",
                 "services/playground/index.html", "services/playground/playground.js",
                 "services/playground/playground.css"]:

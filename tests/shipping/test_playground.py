@@ -5,6 +5,8 @@ value's message next to its field, Stop halting the node's work, and no request 
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -174,3 +176,37 @@ def test_stop_cancels_the_nodes_work(server: Server, page: Any) -> None:
     assert two_s["generated_tokens_total"] - before["generated_tokens_total"] < 900  # it never ran to the end
     assert later["cancelled_total"] == before["cancelled_total"] + 1
     assert later["active_rows"] == 0
+
+
+def test_overloaded_node_is_a_visible_notice(server: Server, page: Any) -> None:
+    """tiny_a's batch (8 rows) and queue (16) filled by 30 real streams: the page's run is refused, and says so."""
+    body = {"prompt": LONG_PROMPT, "model": "tiny_a", "params": {"max_new_tokens": 900}}
+    done = threading.Event()
+
+    async def one(client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", server.url + "/generate_stream", json=body) as r:
+            async for _ in r.aiter_bytes():
+                if done.is_set():
+                    return  # leaving closes the stream: the node cancels the work
+
+    async def flood() -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
+            await asyncio.gather(*[one(client) for _ in range(30)], return_exceptions=True)
+
+    rejected_before = node_stats(server)["tiny_a"]["rejected_total"]
+    flooder = threading.Thread(target=asyncio.run, args=(flood(),))
+    flooder.start()
+    try:
+        deadline = time.monotonic() + 60
+        while node_stats(server)["tiny_a"]["rejected_total"] == rejected_before:  # full: it refuses now
+            assert time.monotonic() < deadline, "the flood never filled tiny_a's queue"
+            time.sleep(0.1)
+        run_prompt(page, "hi", model="tiny_a", max_new_tokens="4")
+        warning = page.locator(".notice.warn")
+        warning.wait_for(state="visible", timeout=30_000)
+        text = warning.inner_text()
+        assert "Overloaded" in text and "tiny_a" in text and "retry in" in text, text
+    finally:
+        done.set()
+        flooder.join(timeout=120)
+    assert not flooder.is_alive()
