@@ -196,8 +196,10 @@ function showDefaults() {
   document.querySelectorAll("[data-param]").forEach((input) => {
     const values = [...new Set(gens.map((g) => JSON.stringify(g.defaults[input.dataset.param] ?? null)))];
     const text = values.length === 1 ? values[0] : gens.map((g) => `${g.name}: ${JSON.stringify(g.defaults[input.dataset.param])}`).join(", ");
+    const limit = input.dataset.param === "max_new_tokens"
+      ? `, node limit ${Math.min(...gens.map((g) => g.max_new_tokens_limit))}` : "";
     if (input.tagName === "SELECT") input.options[0].text = `default (${text})`;
-    else input.placeholder = `default ${text}`;
+    else input.placeholder = `default ${text}${limit}`;
   });
 }
 
