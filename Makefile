@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install prepare serve test tiny-models bench bench-graph bench-node clean browser bento bento-gpu containerize
+.PHONY: install prepare serve test tiny-models bench bench-graph bench-node clean browser bento bento-gpu containerize test-playground
 
 install: $(STAMPS)/install
 
@@ -55,6 +55,10 @@ browser: $(CHROMIUM)
 $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || \
 	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+# The playground page (/playground) in Debian's chromium on a real `bentoml serve` of configs/tiny.yaml.
+test-playground: install tiny-models browser
+	$(BIN)/python -m pytest -q tests/shipping/test_playground.py
 
 # The Bento of configs/default.yaml, CPU image (bentofile.yaml) or CUDA image (bentofile.gpu.yaml).
 bento: install

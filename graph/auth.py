@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from graph.errors import ConfigError, GraphError, Overloaded
 
-DEFAULT_OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics")
+DEFAULT_OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/metrics", "/playground", "/playground/static/*")
 
 
 class AuthConfig(BaseModel):

@@ -160,6 +160,13 @@ class PromptLimits(_Strict):
     max_chars: int = Field(4000, ge=1, le=1_000_000)
 
 
+class PlaygroundConfig(_Strict):
+    """The browser page at /playground (services/playground_face.py)."""
+
+    enabled: bool = Field(True, description="Serve the page at /playground (GET /graph is always served).")
+    refresh_ms: int = Field(1000, ge=200, le=60_000, description="How often the page polls the nodes' state.")
+
+
 class GraphConfig(_Strict):
     """A whole inference graph: generator nodes fanned out in parallel, then one classifier."""
 
@@ -172,6 +179,7 @@ class GraphConfig(_Strict):
         20, ge=1, le=3600, description="After SIGTERM, in-flight requests get this long before they are cancelled."
     )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (off unless keys_env or keys_file).")
+    playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
 
     def generator_threads(self, name: str, cpus: Optional[int] = None) -> int:
         """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over

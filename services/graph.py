@@ -40,6 +40,7 @@ from services.common import graph_config, http_errors, keep_sessions_open, reque
 from services.edge import DocsContract, Draining, JsonOnly, KeyCheck, NodeHealth, ReadyProbe, ValidationErrors, caller_of
 from services.generator import make_generator_service
 from services.shutdown import Drain
+from services.playground_face import playground_app
 
 log = logging.getLogger("graph")
 CONFIG = graph_config()
@@ -66,6 +67,7 @@ CLASSIFIER = _node(None if CONFIG.classifier.url else make_classifier_service(CO
     traffic={"timeout": CONFIG.graph_timeout_s + 5},  # the graph answers its own node_timeout first
 )
 @with_dependencies({**GENERATORS, "classifier": CLASSIFIER})
+@bentoml.asgi_app(playground_app(CONFIG), path="/")  # GET /graph and the page at /playground
 class InferenceGraph:
     """Fans a prompt out to every generator at once, then scores all completions in one call."""
 
