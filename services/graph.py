@@ -33,6 +33,7 @@ from graph.schemas import (
     ScoredCompletion,
     StreamRequest,
 )
+from services.chat import ChatEndpoints, open_chat
 from services.classifier import make_classifier_service
 from services.clients import ClassifierNodeClient, GeneratorNodeClient
 from services.common import (
@@ -62,7 +63,7 @@ CLASSIFIER = _node(None if CONFIG.classifier.url else make_classifier_service(CO
     traffic={"timeout": CONFIG.graph_timeout_s + 5},  # the graph answers its own node_timeout first
 )
 @with_dependencies({**GENERATORS, "classifier": CLASSIFIER})
-class InferenceGraph:
+class InferenceGraph(ChatEndpoints):
     """Fans a prompt out to every generator at once, then scores all completions in one call."""
 
     def __init__(self) -> None:
@@ -73,6 +74,7 @@ class InferenceGraph:
             keep_sessions_open(client.dep)
         self.nodes = generators
         self.graph = Graph(CONFIG, generators, classifier)
+        self.chat = open_chat(self.graph, generators)  # /infer, /chat...: services/chat.py
         log.info("graph %s ready: generators=%s", CONFIG.name, list(CONFIG.generators))
 
     @bentoml.api(input_spec=GenerateScoreRequest)
