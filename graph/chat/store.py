@@ -171,10 +171,12 @@ class ChatStore:
             last = await conn.execute(select(func.max(messages.c.turn)).where(messages.c.conversation_id == cid))
             turn = (last.scalar() or 0) + 1
             now = time.time()
+            row = {"conversation_id": cid, "turn": turn, "created": now}  # every row has every key
             await conn.execute(insert(messages), [
-                {"conversation_id": cid, "turn": turn, "role": "user", "content": message, "created": now},
-                {"conversation_id": cid, "turn": turn, "role": "assistant", "content": reply, "model": model,
-                 "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "created": now},
+                {**row, "role": "user", "content": message, "model": None, "prompt_tokens": None,
+                 "completion_tokens": None},
+                {**row, "role": "assistant", "content": reply, "model": model, "prompt_tokens": prompt_tokens,
+                 "completion_tokens": completion_tokens},
             ])
         return turn
 
