@@ -114,6 +114,10 @@ class Graph:
             if timeline is not None:
                 timeline.spans[node] = (start, time.time())
 
+    async def call(self, node: str, coro: Awaitable[T]) -> T:
+        """One node call under the graph's deadline; a failure becomes a GraphError naming the node."""
+        return await self._call(node, coro, None)
+
     async def generate(
         self, prompts: list[str], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
         timeline: Timeline | None = None,

@@ -15,6 +15,7 @@ import aiohttp
 from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
+from graph.chat_format import ChatMessage, ChatResult
 from graph.errors import ErrorBody, GraphError, NodeFailure, error_from_body, error_from_status
 from graph.params import GenerationParams
 from graph.results import Classification, GenerationResult, StreamEvent
@@ -22,6 +23,7 @@ from graph.wire import StreamDecoder
 
 _RESULTS = TypeAdapter(list[list[GenerationResult]])
 _CLASSIFICATIONS = TypeAdapter(list[Classification])
+_CHAT = TypeAdapter(ChatResult)
 _ERROR = TypeAdapter(ErrorBody | list[ErrorBody])  # BentoML wraps a 4xx body in a one-element list
 # A node's worker died under the call (kill -9, out of memory): the supervisor starts a new one on the
 # same socket, so the same call, sent again, waits for it. The graph's deadline bounds the retries.
@@ -78,6 +80,27 @@ class GeneratorNodeClient:
         try:
             async for chunk in self.dep.to_async.generate_stream(
                 prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms
+            ):
+                for event in decoder.feed(chunk):
+                    yield event
+        except BentoMLException as exc:
+            raise node_error(exc, self.node) from None
+        decoder.close()
+
+    async def chat(self, messages: list[ChatMessage], params: GenerationParams, request_id: str) -> ChatResult:
+        try:
+            out = await self.dep.to_async.chat(messages=messages, params=params, request_id=request_id)
+        except BentoMLException as exc:
+            raise node_error(exc, self.node) from None
+        return _typed(_CHAT, out, self.node)
+
+    async def chat_stream(
+        self, messages: list[ChatMessage], params: GenerationParams, request_id: str, interval_ms: int
+    ) -> AsyncIterator[StreamEvent]:
+        decoder = StreamDecoder(self.node)
+        try:
+            async for chunk in self.dep.to_async.chat_stream(
+                messages=messages, params=params, request_id=request_id, interval_ms=interval_ms
             ):
                 for event in decoder.feed(chunk):
                     yield event

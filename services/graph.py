@@ -34,6 +34,7 @@ from graph.schemas import (
     ScoredCompletion,
     StreamRequest,
 )
+from services.chat import ChatEndpoints, open_chat
 from services.classifier import make_classifier_service
 from services.clients import ClassifierNodeClient, GeneratorNodeClient
 from services.common import graph_config, http_errors, keep_sessions_open, request_id, setup_logging, with_dependencies
@@ -68,7 +69,7 @@ CLASSIFIER = _node(None if CONFIG.classifier.url else make_classifier_service(CO
 )
 @with_dependencies({**GENERATORS, "classifier": CLASSIFIER})
 @bentoml.asgi_app(playground_app(CONFIG), path="/")  # GET /graph and the page at /playground
-class InferenceGraph:
+class InferenceGraph(ChatEndpoints):
     """Fans a prompt out to every generator at once, then scores all completions in one call."""
 
     def __init__(self) -> None:
@@ -80,6 +81,7 @@ class InferenceGraph:
         self.nodes = generators
         HEALTH.nodes = {name: client.dep for name, client in [*generators.items(), ("classifier", classifier)]}
         self.graph = Graph(CONFIG, generators, classifier)
+        self.chat = open_chat(self.graph, generators)  # /infer, /chat...: services/chat.py
         log.info("graph %s ready: generators=%s", CONFIG.name, list(CONFIG.generators))
 
     @bentoml.on_startup
