@@ -21,14 +21,12 @@ from starlette.routing import Route
 
 from graph.errors import GraphError, InvalidRequest
 from graph.faces.openai_errors import openai_error
-from graph.faces.openai_face import OpenAIFace
+from graph.faces.openai_face import Charge, OpenAIFace, free
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest, parse_request
+from services.edge import caller_of
 
 log = logging.getLogger("graph")
 
-# TODO(#13, API keys): when graph/auth.py lands, the entry's middleware checks HTTP requests (these
-# included); a 401 `Unauthorized` GraphError maps through openai_error to {"error": {"type":
-# "authentication_error"}} already. Nothing here reads the caller's identity yet.
 
 
 def _rid(request: Request) -> str:
@@ -56,7 +54,16 @@ async def _body(request: Request) -> Any:
         raise InvalidRequest(f"body: not valid JSON ({exc})", field="body") from None
 
 
-def _endpoint(model: type, call: Callable[[OpenAIFace, Any, str], Awaitable[Any]]) -> Callable[[Request], Awaitable[Response]]:
+def _charge(request: Request) -> Charge:
+    """Counts this caller's generated tokens against its key's token rate (API keys: the entry's
+    KeyCheck middleware has already admitted the request and left the caller in its state)."""
+    keys, caller = getattr(request.app.state, "keys", None), caller_of(request.state)
+    return (lambda tokens: keys.charge(caller, tokens)) if keys is not None else free
+
+
+def _endpoint(
+    model: type, call: Callable[[OpenAIFace, Any, str, Charge], Awaitable[Any]]
+) -> Callable[[Request], Awaitable[Response]]:
     """One POST endpoint: parse `model` from the body, run `call`, map any error in one place."""
 
     async def endpoint(request: Request) -> Response:
@@ -65,7 +72,7 @@ def _endpoint(model: type, call: Callable[[OpenAIFace, Any, str], Awaitable[Any]
         try:
             req = parse_request(model, await _body(request))
             names = req.names()
-            return _answer(await call(face(request), req, rid), rid)
+            return _answer(await call(face(request), req, rid, _charge(request)), rid)
         except GraphError as err:
             return _error(err, rid, names)
         except Exception:
@@ -88,9 +95,13 @@ def face(request: Request) -> OpenAIFace:
 
 
 def make_openai_app() -> Starlette:
-    """The /v1 app; the entry service sets `app.state.face = OpenAIFace(graph)` in its __init__."""
+    """The /v1 app; the entry service sets `app.state.face = OpenAIFace(graph)` and `app.state.keys`
+    (its ApiKeys) in its __init__. API keys are checked before this app by the entry's KeyCheck
+    middleware (services/edge.py), whose 401/429 bodies are the graph's ErrorBody, not OpenAI's."""
     return Starlette(routes=[
         Route("/models", list_models, methods=["GET"]),
-        Route("/chat/completions", _endpoint(ChatCompletionRequest, lambda f, r, rid: f.chat(r, rid)), methods=["POST"]),
-        Route("/completions", _endpoint(CompletionRequest, lambda f, r, rid: f.completions(r, rid)), methods=["POST"]),
+        Route("/chat/completions", _endpoint(ChatCompletionRequest, lambda f, r, rid, c: f.chat(r, rid, c)),
+              methods=["POST"]),
+        Route("/completions", _endpoint(CompletionRequest, lambda f, r, rid, c: f.completions(r, rid, c)),
+              methods=["POST"]),
     ])

@@ -19,7 +19,7 @@ from typing import AsyncIterator, Optional
 
 import torch
 
-from graph.chat_format import ChatMessage, ChatPrompt, Prompt, render_chat
+from graph.chat_format import ChatMessage, ChatPrompt, FittedChat, fit_chat
 from graph.engine.detok import make_decoder
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
@@ -102,9 +102,12 @@ class GenerationEngine:
 
     # -- requests ------------------------------------------------------------------------------------
     async def generate(
-        self, prompt: Prompt, params: GenerationParams, *, request_id: str | None = None
+        self, prompt: str | list[int] | ChatPrompt, params: GenerationParams, *, request_id: str | None = None
     ) -> list[GenerationResult]:
-        """All `params.num_return_sequences` completions of `prompt`, in index order."""
+        """All `params.num_return_sequences` completions of `prompt`, in index order. A prompt given
+        as token ids (e.g. from `fit_chat`) is used as it is: no chat template, no special tokens;
+        a ChatPrompt is fitted here (`fit_chat`)."""
+        prompt, params = self._fit(prompt, params)
         req = self._submit(prompt, params, request_id, streaming=False)
         total = params.num_return_sequences
         results: list[Optional[GenerationResult]] = [None] * total
@@ -124,7 +127,7 @@ class GenerationEngine:
 
     async def stream(
         self,
-        prompt: Prompt,
+        prompt: str | list[int] | ChatPrompt,
         params: GenerationParams,
         *,
         request_id: str | None = None,
@@ -134,6 +137,7 @@ class GenerationEngine:
         a sequence's final event (carrying its result) is sent at once. Fragments of a sequence
         concatenate to its final text and never run past a stop string. Closing the iterator
         early (aclose, or cancelling the consuming task) cancels the request and frees its rows."""
+        prompt, params = self._fit(prompt, params)
         req = self._submit(prompt, params, request_id, streaming=True)
         total = params.num_return_sequences
         interval = interval_ms / 1000.0
@@ -188,24 +192,38 @@ class GenerationEngine:
         s = self._scheduler
         return {**s.counters, "active_rows": len(s.rows), "queued_requests": s.queued()}
 
-    def count_tokens(self, prompt: Prompt) -> int:
-        """Tokens `prompt` takes (special tokens included, as in generate)."""
-        return len(self._encode(prompt))
+    def _fit(self, prompt: str | list[int] | ChatPrompt, params: GenerationParams) -> tuple[str | list[int], GenerationParams]:
+        """A ChatPrompt as this node's prompt ids and params (`fit_chat`); any other prompt as it is."""
+        if not isinstance(prompt, ChatPrompt):
+            return prompt, params
+        fitted = self.fit_chat(list(prompt.messages), params)
+        return fitted.ids, fitted.params
+
+    def fit_chat(self, messages: list[ChatMessage], params: GenerationParams) -> FittedChat:
+        """`messages` as this node's prompt ids (its chat template or the plain transcript), the
+        oldest cut until it fits max_prompt_tokens and the model's context less max_new_tokens."""
+        budget = self.max_prompt_tokens
+        if self._runner.max_positions:
+            budget = min(budget, self._runner.max_positions - params.max_new_tokens)
+        return fit_chat(self.tokenizer, messages, params, template=self.chat_template, max_tokens=budget)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes as a prompt (special tokens included, as in generate)."""
+        return len(self._encode(text))
 
     # -- submission ----------------------------------------------------------------------------------
-    def _encode(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt, formatted exactly once: a ChatPrompt through graph/chat_format.py
-        (template or transcript); a string as it is, or as one user message with `chat_template`."""
-        if isinstance(prompt, str):
-            if not self.chat_template:
-                return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
-            prompt = ChatPrompt(messages=[ChatMessage(role="user", content=prompt)])
-        text = render_chat(prompt.messages, self.tokenizer, self.chat_template)
-        # a template's text carries its own special tokens; the transcript gets BOS like any prompt
-        return list(self.tokenizer(text, add_special_tokens=not self.chat_template)["input_ids"])
+    def _encode(self, text: str) -> list[int]:
+        if self.chat_template:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    def _submit(self, prompt: Prompt, params: GenerationParams, request_id: Optional[str], *, streaming: bool) -> Request:
-        ids = self._encode(prompt)
+    def _submit(
+        self, prompt: str | list[int], params: GenerationParams, request_id: Optional[str], *, streaming: bool
+    ) -> Request:
+        ids = list(prompt) if isinstance(prompt, list) else self._encode(prompt)
         if not ids:
             if self._bos_id is None:
                 raise InvalidRequest("prompt: must not be empty (this model has no BOS token)", field="prompt")

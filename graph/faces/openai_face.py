@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Literal, Optional, TypeVar, Union
+from typing import AsyncIterator, Callable, Literal, Optional, TypeVar, Union
 
 from openai.types import Completion, CompletionChoice, CompletionUsage, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
@@ -31,6 +31,11 @@ from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent
 
 log = logging.getLogger("graph")
 GRAPH_MODEL = "graph"
+Charge = Callable[[int], None]  # counts a caller's generated tokens (graph/auth.py ApiKeys.charge)
+
+
+def free(tokens: int) -> None:
+    """The charge when nobody counts tokens (API keys off, tests)."""
 OWNER = "inference-graph"
 # stop/length as OpenAI has them; a wall-clock budget ran out like a token budget; cancelled is
 # only seen by a client that has gone.
@@ -83,13 +88,16 @@ class OpenAIFace:
         return self.routes[model]
 
     # ---- chat ----------------------------------------------------------------------------------
-    async def chat(self, req: ChatCompletionRequest, rid: str) -> Union[ChatCompletion, AsyncIterator[str]]:
-        """A ChatCompletion, or (stream=true) the SSE lines of its chunks; validated before any node works."""
+    async def chat(
+        self, req: ChatCompletionRequest, rid: str, charge: Charge = free
+    ) -> Union[ChatCompletion, AsyncIterator[str]]:
+        """A ChatCompletion, or (stream=true) the SSE lines of its chunks; validated before any node works.
+        `charge` is told the completion tokens generated (per-key token rates)."""
         route, prompt = self.route(req.model), req.prompt()
         log.info("request_id=%s openai chat model=%s user=%s", rid, req.model, req.user)
         if req.stream:
-            return self._stream(req, route, prompt, rid, chat=True)
-        choices = await self._run([prompt], route, req, rid)
+            return self._stream(req, route, prompt, rid, charge, chat=True)
+        choices = await self._run([prompt], route, req, rid, charge)
         return ChatCompletion(
             id=f"chatcmpl-{rid}", object="chat.completion", created=int(time.time()), model=req.model,
             choices=[
@@ -102,12 +110,14 @@ class OpenAIFace:
         )
 
     # ---- completions ---------------------------------------------------------------------------
-    async def completions(self, req: CompletionRequest, rid: str) -> Union[Completion, AsyncIterator[str]]:
+    async def completions(
+        self, req: CompletionRequest, rid: str, charge: Charge = free
+    ) -> Union[Completion, AsyncIterator[str]]:
         route, prompts = self.route(req.model), req.prompts()
         log.info("request_id=%s openai completions model=%s user=%s", rid, req.model, req.user)
         if req.stream:
-            return self._stream(req, route, prompts[0], rid, chat=False)
-        choices = await self._run(list(prompts), route, req, rid)
+            return self._stream(req, route, prompts[0], rid, charge, chat=False)
+        choices = await self._run(list(prompts), route, req, rid, charge)
         return Completion(
             id=f"cmpl-{rid}", object="text_completion", created=int(time.time()), model=req.model,
             choices=[
@@ -122,11 +132,13 @@ class OpenAIFace:
         )
 
     async def _run(
-        self, prompts: list[Prompt], route: Route, req: Union[ChatCompletionRequest, CompletionRequest], rid: str
+        self, prompts: list[Prompt], route: Route, req: Union[ChatCompletionRequest, CompletionRequest], rid: str,
+        charge: Charge,
     ) -> list[Scored]:
         """Every completion of the route, scored and ordered by score (per prompt) for `graph`."""
         per_node = await self.graph.generate(prompts, route.node, req.overrides(), rid)
         flat = [(node, i, r) for node, rows in per_node.items() for i, results in enumerate(rows) for r in results]
+        charge(sum(r.completion_tokens for _, _, r in flat))
         if not route.scored:
             return [Scored(node, i, r, None) for node, i, r in flat]
         verdicts = await self.graph.classify([score_text(prompts[i], r.text) for _, i, r in flat])
@@ -136,7 +148,7 @@ class OpenAIFace:
     # ---- streaming -----------------------------------------------------------------------------
     def _stream(
         self, req: Union[ChatCompletionRequest, CompletionRequest], route: Route, prompt: Prompt, rid: str,
-        *, chat: bool,
+        charge: Charge, *, chat: bool,
     ) -> AsyncIterator[str]:
         """Validate now (bad input is a 4xx, not a broken stream), then the chunks as SSE, then [DONE]."""
         events = self.graph.stream(prompt, route.node, req.overrides(), 0, rid, route.scored)
@@ -146,6 +158,8 @@ class OpenAIFace:
         async def body() -> AsyncIterator[str]:
             try:
                 async for ev in events:
+                    if isinstance(ev, FinalEvent):
+                        charge(ev.usage.completion_tokens)
                     for chunk in chunks.of(ev):
                         yield sse(chunk)
                 if req.include_usage:

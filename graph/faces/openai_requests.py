@@ -153,10 +153,13 @@ class ChatCompletionRequest(_Controls):
 
     def names(self) -> dict[str, str]:
         tokens = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
-        return {**super().names(), "max_new_tokens": tokens, "prompt": "messages"}
+        return {**super().names(), "max_new_tokens": tokens, "prompt": "messages", "message": "messages"}
 
     def prompt(self) -> ChatPrompt:
-        return ChatPrompt(messages=[ChatMessage(role=m.role, content=m.text()) for m in self.messages])
+        """The conversation for the nodes (a `developer` message is a system message to them)."""
+        return ChatPrompt(messages=[
+            ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in self.messages
+        ])
 
 
 class CompletionRequest(_Controls):

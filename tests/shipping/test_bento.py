@@ -88,8 +88,10 @@ def service_names() -> set[str]:
 
 def test_bento_carries_code_and_configs_only(bento: Any) -> None:
     src = Path(bento.path) / "src"
-    for rel in ["services/graph.py", "services/node.py", "graph/config.py", "graph/engine.py",
-                "configs/default.yaml", "configs/tiny.yaml", "scripts/prepare_models.py", "requirements.txt"]:
+    for rel in ["services/graph.py", "services/node.py", "graph/config.py", "graph/engine/generation.py", "graph/models/loading.py",
+                "configs/default.yaml", "configs/tiny.yaml", "scripts/prepare_models.py", "requirements.txt",
+                "services/playground/index.html", "services/playground/playground.js",
+                "services/playground/playground.css"]:
         assert (src / rel).is_file(), f"{rel} missing from the Bento"
     tops = {p.name for p in src.iterdir()}
     assert tops == {"services", "graph", "configs", "scripts", "requirements.txt", "bentofile.yaml"}, tops
@@ -267,6 +269,8 @@ def test_serve_built_bento_by_tag(bento: Any) -> None:
         check_generate_score(server)
         check_openai(server)
         assert f'BentoServer from "{bento.tag}"' in server.log()
+        for path in ["/playground", "/playground/static/playground.js", "/graph"]:  # the page ships too
+            assert httpx.get(server.url + path, timeout=10).status_code == 200, path
 
 
 def test_image_layout_serves_with_packed_models_only(bento: Any, tmp_path: Path) -> None:

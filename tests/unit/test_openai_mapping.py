@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from openai.types.shared import ErrorObject
 
-from graph.chat_format import ChatMessage, ChatPrompt, score_text, transcript
+from graph.chat_format import ChatMessage, ChatPrompt, score_text
 from graph.errors import InvalidRequest, NodeFailure, NodeTimeout, Overloaded
 from graph.faces.openai_errors import UnknownModel, openai_error
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest, parse_request
@@ -24,18 +24,10 @@ def refused(model, body) -> InvalidRequest:
     return exc.value
 
 
-def test_transcript_format() -> None:
-    msgs = [ChatMessage(role="system", content="Be terse."), ChatMessage(role="developer", content="No lists."),
-            ChatMessage(role="user", content="Name a colour."), ChatMessage(role="assistant", content="Red."),
-            ChatMessage(role="user", content="Another\none.")]
-    assert transcript(msgs) == (
-        "System: Be terse.\nSystem: No lists.\nUser: Name a colour.\nAssistant: Red.\nUser: Another\none.\nAssistant:"
-    )
-
-
 def test_messages_become_a_chat_prompt_with_text_parts_joined() -> None:
-    req = chat(messages=[{"role": "system", "content": "S"},
+    req = chat(messages=[{"role": "developer", "content": "S"},
                          {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
+    # a developer message is a system message to the nodes
     assert req.prompt() == ChatPrompt(messages=[ChatMessage(role="system", content="S"), ChatMessage(role="user", content="ab")])
     assert score_text(req.prompt(), "!") == "ab!"  # a chat's scored text: its last user message + the reply
 
