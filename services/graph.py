@@ -9,7 +9,7 @@ The DAG, for every request:
 
 Each node is its own BentoML service (own worker) from the graph config, or a running Bento at the
 node's `url:`. This shell only adapts HTTP JSON to `Graph` calls; errors become HTTP in one place
-(services/common.py `http_errors`).
+(services/common.py `http_errors`). The gRPC faces (graph/faces/grpc_server.py) run in this worker too.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import bentoml
 from starlette.responses import StreamingResponse
 
 from graph.compose import Graph, Timeline, background, sse
+from graph.faces.grpc_server import GrpcFaces
 from graph.schemas import (
     Classification,
     ClassifyRequest,
@@ -73,7 +74,17 @@ class InferenceGraph:
             keep_sessions_open(client.dep)
         self.nodes = generators
         self.graph = Graph(CONFIG, generators, classifier)
+        self.grpc = GrpcFaces(self.graph, CONFIG.grpc)
         log.info("graph %s ready: generators=%s", CONFIG.name, list(CONFIG.generators))
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """The gRPC faces (config `grpc:`), on the loop the HTTP APIs and the node clients use."""
+        await self.grpc.start()
+
+    @bentoml.on_shutdown
+    async def stop_grpc(self) -> None:
+        await self.grpc.stop()
 
     @bentoml.api(input_spec=GenerateScoreRequest)
     @http_errors
