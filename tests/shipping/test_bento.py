@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.grpc_client import grpc_config
 from tests.server import BENTOML, ROOT, Server
 
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -92,7 +94,10 @@ def test_bento_carries_code_and_configs_only(bento: Any) -> None:
                 "configs/default.yaml", "configs/tiny.yaml", "scripts/prepare_models.py", "requirements.txt"]:
         assert (src / rel).is_file(), f"{rel} missing from the Bento"
     tops = {p.name for p in src.iterdir()}
-    assert tops == {"services", "graph", "configs", "scripts", "requirements.txt", "bentofile.yaml"}, tops
+    assert tops == {"services", "graph", "protos", "configs", "scripts", "requirements.txt", "bentofile.yaml"}, tops
+    for rel in ["protos/text_generator.proto", "protos/inference_graph.proto", "protos/text_generator_pb2_grpc.py",
+                "protos/inference_graph_pb2_grpc.py", "graph/faces/grpc_server.py"]:
+        assert (src / rel).is_file(), f"{rel} missing from the Bento"
     assert not list(src.rglob("__pycache__")) and not list(src.rglob("*.pyc"))
     assert bento.info.entry_service == "InferenceGraph"
     assert {s.name for s in bento.info.services} == service_names()
@@ -251,9 +256,30 @@ def check_generate_score(server: Server) -> None:
     assert "not in the BentoML store yet" not in server.log(), "a model was converted at startup"
 
 
-def test_serve_built_bento_by_tag(bento: Any) -> None:
-    with Server(target=str(bento.tag), name="bento") as server:
+def check_grpc(port: int) -> None:
+    """The gRPC faces answer: health SERVING (every node loaded), then the seed's TextGenerator."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from protos import text_generator_pb2, text_generator_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.time() + 120
+        while health.Check(health_pb2.HealthCheckRequest(), timeout=10).status != health_pb2.HealthCheckResponse.SERVING:
+            assert time.time() < deadline, "gRPC health never said SERVING"
+            time.sleep(0.5)
+        stub = text_generator_pb2_grpc.TextGeneratorStub(channel)
+        out = stub.Generate(text_generator_pb2.GenerateRequest(text="The weather today", max_length=60), timeout=120)
+        assert out.text.startswith("The weather today") and len(out.text) > len("The weather today")
+
+
+def test_serve_built_bento_by_tag(bento: Any, tmp_path: Path) -> None:
+    # the default config with its gRPC port moved to a free one (another server may hold 50051 here)
+    config, grpc_port = grpc_config("configs/default.yaml", tmp_path / "default_grpc.yaml")
+    with Server(target=str(bento.tag), config=config, name="bento") as server:
         check_generate_score(server)
+        check_grpc(grpc_port)
         assert f'BentoServer from "{bento.tag}"' in server.log()
 
 
