@@ -3,6 +3,7 @@
 It runs on the event loop of the entry's worker (started from its on_startup hook), so its calls
 on `Graph` share the node clients' sessions with the HTTP face. Health (grpc.health.v1) says
 NOT_SERVING until every node answers (each generator's `stats`, one classifier call), then SERVING.
+A port already taken is logged as an error and the HTTP face goes on without gRPC.
 """
 
 from __future__ import annotations
@@ -75,26 +76,26 @@ class GrpcFaces:
         for name in ("", *SERVICES):
             await self.health.set(name, status)
 
-    async def nodes_ready(self) -> bool:
-        """Every node answers: each generator's stats, and the classifier on one text."""
+    async def nodes_ready(self, *, classifier: bool = True) -> bool:
+        """Every node answers: each generator's stats, and (at boot) the classifier on one text."""
+        probes = [g.stats() for g in self.graph.generators.values()]
+        if classifier:
+            probes.append(self.graph.classifier.classify(["ready?"]))
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*[g.stats() for g in self.graph.generators.values()],
-                               self.graph.classifier.classify(["ready?"])),
-                timeout=30,
-            )
+            await asyncio.wait_for(asyncio.gather(*probes), timeout=30)
         except Exception as exc:  # not up yet (or gone): say so, try again
             log.debug("gRPC health: nodes not ready: %s: %s", type(exc).__name__, exc)
             return False
         return True
 
     async def _watch_nodes(self) -> None:
-        """NOT_SERVING until every node answers, then SERVING; a node that stops answering turns it back."""
+        """NOT_SERVING until every node answers, then SERVING; a generator that stops answering
+        turns it back (checked every 30 s once serving, so the nodes' access logs stay quiet)."""
         serving = False
         while True:
-            ready = await self.nodes_ready()
+            ready = await self.nodes_ready(classifier=not serving)
             if ready != serving:
                 serving = ready
                 await self._set(SERVING if ready else NOT_SERVING)
                 log.info("gRPC health: %s", "SERVING" if ready else "NOT_SERVING")
-            await asyncio.sleep(self.poll_s if not serving else max(self.poll_s, 10.0))
+            await asyncio.sleep(max(self.poll_s, 30.0) if serving else self.poll_s)

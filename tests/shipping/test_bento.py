@@ -90,7 +90,7 @@ def service_names() -> set[str]:
 
 def test_bento_carries_code_and_configs_only(bento: Any) -> None:
     src = Path(bento.path) / "src"
-    for rel in ["services/graph.py", "services/node.py", "graph/config.py", "graph/engine.py",
+    for rel in ["services/graph.py", "services/node.py", "graph/config.py", "graph/engine/generation.py",
                 "configs/default.yaml", "configs/tiny.yaml", "scripts/prepare_models.py", "requirements.txt"]:
         assert (src / rel).is_file(), f"{rel} missing from the Bento"
     tops = {p.name for p in src.iterdir()}
