@@ -6,6 +6,7 @@ Builds go into the default BentoML store (the embedded models live there) and ar
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,6 @@ import httpx
 import pytest
 import yaml
 
-from tests.grpc_client import grpc_config
 from tests.server import BENTOML, ROOT, Server
 
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -274,13 +274,22 @@ def check_grpc(port: int) -> None:
         assert out.text.startswith("The weather today") and len(out.text) > len("The weather today")
 
 
-def test_serve_built_bento_by_tag(bento: Any, tmp_path: Path) -> None:
-    # the default config with its gRPC port moved to a free one (another server may hold 50051 here)
-    config, grpc_port = grpc_config("configs/default.yaml", tmp_path / "default_grpc.yaml")
-    with Server(target=str(bento.tag), config=config, name="bento") as server:
+def port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_serve_built_bento_by_tag(bento: Any) -> None:
+    # A served Bento runs the config it was built with (BentoML ignores --arg-file there): gRPC on 50051.
+    grpc_port = default_graph().grpc.port
+    taken = port_taken(grpc_port)
+    with Server(target=str(bento.tag), name="bento") as server:
         check_generate_score(server)
-        check_grpc(grpc_port)
         assert f'BentoServer from "{bento.tag}"' in server.log()
+        if taken:  # a shared machine: someone's `make serve`; the Bento logs it and serves HTTP only
+            assert f"gRPC faces NOT started: cannot bind 0.0.0.0:{grpc_port}" in server.log()
+            pytest.skip(f"port {grpc_port} was taken by another process: the Bento's gRPC answer not checked")
+        check_grpc(grpc_port)
 
 
 def test_image_layout_serves_with_packed_models_only(bento: Any, tmp_path: Path) -> None:
