@@ -84,8 +84,14 @@ class Server:
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
+            pass
+        # The entry worker outlives `bentoml serve` by minutes after SIGTERM (seen with BentoML 1.4.39),
+        # holding its ports (gRPC's fixed one too): end whatever of the session is left.
+        try:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def __enter__(self) -> "Server":
         return self.start()
