@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install prepare serve test tiny-models bench bench-graph bench-node clean browser bento bento-gpu containerize test-playground postgres bot
+.PHONY: install prepare serve test tiny-models bench bench-graph bench-node clean browser bento bento-gpu containerize test-playground postgres bot protos
 
 install: $(STAMPS)/install
 
@@ -28,6 +28,11 @@ $(STAMPS)/install: requirements.txt requirements-dev.txt
 
 prepare: install $(if $(filter tiny,$(CONFIG)),tiny-models)
 	$(BIN)/python scripts/prepare_models.py --config configs/$(CONFIG).yaml
+
+# The gRPC stubs under protos/ from the .proto files (committed; tests/unit/test_grpc_faces.py checks they match).
+protos: install
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+	  protos/text_generator.proto protos/inference_graph.proto
 
 tiny-models: install
 	$(BIN)/python tests/tiny_models.py --out artifacts/tiny

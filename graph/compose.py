@@ -35,6 +35,8 @@ class GeneratorClient(Protocol):
 
     async def cancel(self, request_id: str) -> bool: ...
 
+    async def count_tokens(self, prompt: str) -> int: ...
+
     async def stats(self) -> dict[str, float]: ...
 
 
@@ -140,9 +142,16 @@ class Graph:
             # the nodes that were cut off may still be working on it: tell them to stop
             self._cancel_all(plan, request_id)
             raise _first_error(group_err) from None
+        except asyncio.CancelledError:  # the caller went away (a gRPC cancel or deadline): same
+            self._cancel_all(plan, request_id)
+            raise
         finally:
             self.inflight.pop(request_id, None)
         return {n: t.result() for n, t in tasks.items()}
+
+    async def count_tokens(self, node: str, prompt: str) -> int:
+        """Tokens `prompt` takes on generator `node` (its chat template and special tokens included)."""
+        return await self._call(node, self.generators[node].count_tokens(prompt), None)
 
     async def classify(self, texts: list[str]) -> list[Classification]:
         if not texts:

@@ -186,6 +186,21 @@ class ChatConfig(_Strict):
         return self
 
 
+class GrpcConfig(_Strict):
+    """The gRPC faces (protos/): the seed's TextGenerator and the graph's own InferenceGraph service."""
+
+    enabled: bool = Field(True, description="Serve the gRPC faces from the entry service's worker.")
+    host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
+    port: int = Field(50051, ge=1, le=65535, description="gRPC port (the HTTP port is bentoml serve's --port).")
+    default_node: Optional[str] = Field(
+        None, description="Generator that answers TextGenerator calls without `x-model` metadata; None = the first."
+    )
+    stream_interval_ms: int = Field(
+        1000, ge=0, le=60_000,
+        description="TextGenerator.GenerateStreamed interval when a request leaves it 0 (the seed server's 1 s).",
+    )
+
+
 class GraphConfig(_Strict):
     """A whole inference graph: generator nodes fanned out in parallel, then one classifier."""
 
@@ -200,6 +215,7 @@ class GraphConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (off unless keys_env or keys_file).")
     playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
 
     def generator_threads(self, name: str, cpus: Optional[int] = None) -> int:
         """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over
@@ -209,6 +225,14 @@ class GraphConfig(_Strict):
             return node.runtime.threads
         local = sum(1 for n in self.generators.values() if n.url is None)
         return max(1, (cpus or os.cpu_count() or 1) // max(1, local))
+
+    @model_validator(mode="after")
+    def _grpc_default_node(self) -> "GraphConfig":
+        if self.grpc.default_node is not None and self.grpc.default_node not in self.generators:
+            raise ValueError(
+                f"grpc.default_node: {self.grpc.default_node!r} is not a generator; one of {sorted(self.generators)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _node_names(self) -> "GraphConfig":

@@ -42,6 +42,9 @@ class LocalGenerator:
     async def cancel(self, request_id: str) -> bool:
         return bool(self.engine.cancel(request_id))
 
+    async def count_tokens(self, prompt: str) -> int:
+        return int(self.engine.count_tokens(prompt))
+
     async def stats(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.engine.stats().items()}
 

@@ -14,7 +14,9 @@ from graph.results import Classification, FinishReason, GenerationResult
 DEFAULT_PROMPT = "I have an idea!"  # the seed tutorial's example sentence, the default of every prompt field
 
 
-class _Request(BaseModel):
+class StrictRequest(BaseModel):
+    """Base of every request body: unknown fields refused, values strict."""
+
     # strict: a number is a number and a flag a flag (no "8", no false for 0)
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -28,13 +30,13 @@ _VISIBLE = re.compile(NOT_BLANK["pattern"])
 Text = Annotated[str, Field(min_length=1, json_schema_extra=NOT_BLANK)]
 
 
-def _not_blank(value: str) -> str:
+def not_blank(value: str) -> str:
     if not _VISIBLE.search(value):
         raise ValueError("must not be empty or only whitespace")
     return value
 
 
-class GenerateScoreRequest(_Request):
+class GenerateScoreRequest(StrictRequest):
     """Fan a sentence out to every generator, score every completion."""
 
     original_sentence: str = Field(
@@ -45,10 +47,10 @@ class GenerateScoreRequest(_Request):
         None, description="Overrides of the generators' defaults (same for every node)."
     )
 
-    _blank = field_validator("original_sentence")(_not_blank)
+    _blank = field_validator("original_sentence")(not_blank)
 
 
-class GenerateRequest(_Request):
+class GenerateRequest(StrictRequest):
     """Generate from one prompt (or a batch of prompts) on one node or on all of them."""
 
     # The schema says what prompt_list() checks: exactly one of `prompt` and `prompts`.
@@ -71,7 +73,7 @@ class GenerateRequest(_Request):
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, v: Optional[str]) -> Optional[str]:
-        return None if v is None else _not_blank(v)
+        return None if v is None else not_blank(v)
 
     @field_validator("prompts")
     @classmethod
@@ -90,7 +92,7 @@ class GenerateRequest(_Request):
         return [self.prompt] if self.prompt is not None else list(self.prompts or [])
 
 
-class StreamRequest(_Request):
+class StreamRequest(StrictRequest):
     """Streamed generation as server-sent events."""
 
     prompt: str = Field(DEFAULT_PROMPT, min_length=1, examples=[DEFAULT_PROMPT], json_schema_extra=NOT_BLANK)
@@ -100,10 +102,10 @@ class StreamRequest(_Request):
         0, ge=0, le=60_000, description="Send fragments no more often than this; 0 = every token."
     )
 
-    _blank = field_validator("prompt")(_not_blank)
+    _blank = field_validator("prompt")(not_blank)
 
 
-class ClassifyRequest(_Request):
+class ClassifyRequest(StrictRequest):
     """Score texts with the classifier node."""
 
     texts: list[Text] = Field(min_length=1, max_length=256, examples=[["What a lovely day!"]])

@@ -111,6 +111,12 @@ class GeneratorNodeClient:
     async def cancel(self, request_id: str) -> bool:
         return bool(await self.dep.to_async.cancel(request_id=request_id))
 
+    async def count_tokens(self, prompt: str) -> int:
+        try:
+            return int(await self.dep.to_async.count_tokens(prompt=prompt))
+        except BentoMLException as exc:
+            raise node_error(exc, self.node) from None
+
     async def stats(self) -> dict[str, float]:
         return dict(await self.dep.to_async.stats())
 

@@ -144,6 +144,11 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
             return self.engine.cancel(request_id)
 
         @bentoml.api
+        async def count_tokens(self, prompt: str) -> int:
+            """Tokens `prompt` takes as this node's prompt (chat template and special tokens included)."""
+            return self.engine.count_tokens(prompt)
+
+        @bentoml.api
         async def stats(self) -> dict[str, float]:
             """Counters of this node's engine: generated tokens, requests, active rows, queue."""
             return {k: float(v) for k, v in self.engine.stats().items()}

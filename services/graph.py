@@ -9,7 +9,7 @@ The DAG, for every request:
 
 Each node is its own BentoML service (own worker) from the graph config, or a running Bento at the
 node's `url:`. This shell only adapts HTTP JSON to `Graph` calls; errors become HTTP in one place
-(services/common.py `http_errors`).
+(services/common.py `http_errors`). The gRPC faces (graph/faces/grpc_server.py) run in this worker too.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from starlette.responses import StreamingResponse
 
 from graph.auth import ApiKeys
 from graph.compose import Graph, Timeline, background, sse
+from graph.faces.grpc_server import GrpcFaces
 from graph.schemas import (
     Classification,
     ClassifyRequest,
@@ -87,11 +88,17 @@ class InferenceGraph(ChatEndpoints):
         self.chat = open_chat(self.graph, generators)  # /infer, /chat...: services/chat.py
         OPENAI.state.face = OpenAIFace(self.graph)
         OPENAI.state.keys = KEYS
+        self.grpc = GrpcFaces(self.graph, CONFIG.grpc, keys=KEYS)
         log.info("graph %s ready: generators=%s", CONFIG.name, list(CONFIG.generators))
 
     @bentoml.on_startup
     async def _on_startup(self) -> None:
         DRAIN.install(asyncio.get_running_loop(), self.graph.cancel_inflight)
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """The gRPC faces (config `grpc:`), on the loop the HTTP APIs and the node clients use."""
+        await self.grpc.start()
 
     @bentoml.api(input_spec=GenerateScoreRequest)
     @http_errors

@@ -4,27 +4,21 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from graph.params import GenerationOverrides
+from graph.params import GenerationOverrides, Int
 from graph.results import FinishReason
-from graph.schemas import Usage
+from graph.schemas import NOT_BLANK, StrictRequest, Usage, not_blank
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Request(StrictRequest):
     user_id: str = Field(
-        min_length=1, max_length=256, description="Whose conversation: any string the caller chooses "
+        min_length=1, max_length=256, json_schema_extra=NOT_BLANK,
+        description="Whose conversation: any string the caller chooses "
         "(not a secret: see the README on API keys).", examples=["alice"],
     )
 
-    @field_validator("user_id")
-    @classmethod
-    def _user_id_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty or only whitespace")
-        return v
+    _user_id_not_blank = field_validator("user_id")(not_blank)
 
 
 class UserRequest(_Request):
@@ -34,22 +28,18 @@ class UserRequest(_Request):
 class InferRequest(_Request):
     """The seed's chat API: one user message in, the model's reply out; the history is kept."""
 
-    message: str = Field(min_length=1, description="The user's message.", examples=["Hello! How are you?"])
+    message: str = Field(min_length=1, description="The user's message.", examples=["Hello! How are you?"],
+                         json_schema_extra=NOT_BLANK)
     model: Optional[str] = Field(None, description="Generator node; omit for the config's chat.default_model.")
     params: Optional[GenerationOverrides] = Field(None, description="Overrides of the node's generation defaults.")
 
-    @field_validator("message")
-    @classmethod
-    def _message_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be empty or only whitespace")
-        return v
+    _message_not_blank = field_validator("message")(not_blank)
 
 
 class ChatRequest(InferRequest):
     """/chat and /chat_stream: like /infer, with a richer reply."""
 
-    intermediate_result_interval_ms: int = Field(
+    intermediate_result_interval_ms: Int = Field(
         0, ge=0, le=60_000, description="chat_stream only: send fragments no more often than this; 0 = every token."
     )
 

@@ -1,1 +1,1 @@
-"""Protocol faces of the graph in plain Python: OpenAI (and later gRPC) messages <-> Graph calls."""
+"""Protocol faces in plain Python: protocol messages <-> `Graph` calls, each face's error mapping in one place."""

@@ -12,10 +12,11 @@ import httpx
 import pytest
 import yaml
 
-from tests.server import ROOT, Server
+from tests.server import ROOT, Server, free_port
 
 KEY = "edge-test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+OTHER = {"Authorization": "Bearer other-team-key-0123456789"}
 GRACE_S = 3
 
 
@@ -25,9 +26,12 @@ def server(tiny_dir, tmp_path_factory):
     cfg["auth"] = {"keys_env": "EDGE_TEST_KEYS"}
     cfg["graph_timeout_s"] = 120
     cfg["shutdown_grace_s"] = GRACE_S
-    path = tmp_path_factory.mktemp("edge") / "tiny_keys.yaml"
+    cfg["grpc"] = {**cfg.get("grpc", {}), "enabled": True, "host": "127.0.0.1", "port": free_port()}
+    folder = tmp_path_factory.mktemp("edge")
+    cfg["chat"] = {"database_url": f"sqlite:///{folder}/chat.sqlite3"}
+    path = folder / "tiny_keys.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    os.environ["EDGE_TEST_KEYS"] = f"tester:{KEY}"
+    os.environ["EDGE_TEST_KEYS"] = f"tester:{KEY}, other:other-team-key-0123456789"
     srv = Server(config=path, name="edge")
     try:
         srv.start()
@@ -50,6 +54,46 @@ def test_a_key_is_needed_and_checked(server):
     assert r.status_code == 200 and r.json()[0]["model"] == "tiny_a"
     for path in ("/livez", "/readyz", "/metrics"):  # the probes stay open
         assert httpx.get(server.url + path, timeout=5).status_code == 200
+
+
+def test_chat_histories_belong_to_the_key_that_made_them(server, tmp_path):
+    """A caller-chosen user_id is no secret: another key neither reads nor deletes that history."""
+    user = f"alice-{time.time_ns()}"
+    r = post(server, "/chat", {"user_id": user, "message": "Hello there", "model": "tiny_a"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    mine = post(server, "/chat_history", {"user_id": user}, headers=AUTH).json()
+    assert mine["turns"] == 1 and len(mine["messages"]) == 2
+    theirs = post(server, "/chat_history", {"user_id": user}, headers=OTHER)
+    assert theirs.status_code == 200 and theirs.json()["turns"] == 0 and theirs.json()["messages"] == []
+    assert post(server, "/chat_delete", {"user_id": user}, headers=OTHER).json()["deleted_messages"] == 0
+    assert post(server, "/chat_history", {"user_id": user}, headers=AUTH).json()["turns"] == 1
+    assert post(server, "/chat_delete", {"user_id": user}, headers=AUTH).json()["deleted_messages"] == 2
+
+
+def test_grpc_needs_the_key_too(server):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from protos import text_generator_pb2 as tg
+    from protos import text_generator_pb2_grpc as tg_grpc
+
+    port = yaml.safe_load(server.config.read_text())["grpc"]["port"]
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.time() + 60  # health stays open: it is how probes find the server
+        while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != health_pb2.HealthCheckResponse.SERVING:
+            assert time.time() < deadline
+            time.sleep(0.5)
+        stub = tg_grpc.TextGeneratorStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(tg.GenerateRequest(text="hi"), timeout=30)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "authorization" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.GenerateStreamed(tg.GenerateRequest(text="hi"), timeout=30,
+                                       metadata=[("authorization", "Bearer wrong-key-0123456789")]))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        reply = stub.Generate(tg.GenerateRequest(text="hi"), timeout=60, metadata=[("authorization", f"Bearer {KEY}")])
+        assert reply.text.startswith("hi")
 
 
 @pytest.mark.parametrize("ctype, body", [
