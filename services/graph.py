@@ -41,7 +41,7 @@ from services.clients import ClassifierNodeClient, GeneratorNodeClient
 from services.common import graph_config, http_errors, keep_sessions_open, request_id, setup_logging, with_dependencies
 from services.edge import DocsContract, Draining, JsonOnly, KeyCheck, NodeHealth, ReadyProbe, ValidationErrors, caller_of
 from services.generator import make_generator_service
-from services.openai_app import OpenAIFace, make_openai_app
+from services.openai_app import OpenAIFace, make_openai_app, openai_response
 from services.shutdown import Drain
 from services.playground_face import playground_app
 
@@ -64,6 +64,7 @@ GENERATORS = {
 }
 CLASSIFIER = _node(None if CONFIG.classifier.url else make_classifier_service(CONFIG.classifier), CONFIG.classifier.url)
 OPENAI = make_openai_app()  # the OpenAI-compatible face under /v1 (services/openai_app.py)
+FACES = {"/v1/": openai_response}  # the edge's refusals (401, 415, 429) there in OpenAI's error shape
 
 
 @bentoml.service(
@@ -183,6 +184,6 @@ InferenceGraph.add_asgi_middleware(
     max_new_tokens=min(n.max_new_tokens_limit for n in CONFIG.generators.values()),
     defaults=[n.defaults for n in CONFIG.generators.values()],
 )
-InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS)
-InferenceGraph.add_asgi_middleware(JsonOnly)
-InferenceGraph.add_asgi_middleware(ValidationErrors)
+InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS, faces=FACES)
+InferenceGraph.add_asgi_middleware(JsonOnly, faces=FACES)
+InferenceGraph.add_asgi_middleware(ValidationErrors, faces=FACES)

@@ -34,10 +34,17 @@ def _rid(request: Request) -> str:
     return request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
 
 
-def _error(err: GraphError, rid: str, names: Mapping[str, str] | None = None) -> JSONResponse:
+def openai_response(err: GraphError, names: Mapping[str, str] | None = None) -> JSONResponse:
+    """A GraphError as this face's HTTP response (also used by the entry's edge for /v1 refusals)."""
     mapped = openai_error(err, names)
     return JSONResponse(mapped.body.model_dump(mode="json", exclude_unset=True), status_code=mapped.status,
-                        headers={**mapped.headers, "x-request-id": rid})
+                        headers=mapped.headers)
+
+
+def _error(err: GraphError, rid: str, names: Mapping[str, str] | None = None) -> JSONResponse:
+    response = openai_response(err, names)
+    response.headers["x-request-id"] = rid
+    return response
 
 
 def _answer(result: Any, rid: str) -> Response:
@@ -97,7 +104,7 @@ def face(request: Request) -> OpenAIFace:
 def make_openai_app() -> Starlette:
     """The /v1 app; the entry service sets `app.state.face = OpenAIFace(graph)` and `app.state.keys`
     (its ApiKeys) in its __init__. API keys are checked before this app by the entry's KeyCheck
-    middleware (services/edge.py), whose 401/429 bodies are the graph's ErrorBody, not OpenAI's."""
+    middleware (services/edge.py), which answers /v1 refusals through `openai_response`."""
     return Starlette(routes=[
         Route("/models", list_models, methods=["GET"]),
         Route("/chat/completions", _endpoint(ChatCompletionRequest, lambda f, r, rid, c: f.chat(r, rid, c)),

@@ -25,6 +25,8 @@ _TYPES = {
     "model_not_found": "invalid_request_error",
     "unauthorized": "authentication_error",
     "overloaded": "rate_limit_error",
+    "rate_limited": "rate_limit_error",
+    "unsupported_media_type": "invalid_request_error",
 }
 _GRAPH_NAME = re.compile(r"\b(?:params\.)?([a-z_]+)(?=[:.\[]|$)")
 

@@ -116,11 +116,14 @@ class _Controls(_Strict):
         top = self.top_logprobs_count()
         # GenerationOverrides comes from pydantic's create_model (GenerationParams' fields, each optional),
         # which type checkers see as GenerationParams: validate the mapping of the fields set here.
-        return GenerationOverrides.model_validate({
-            "max_new_tokens": self.new_tokens(), "temperature": self.temperature or None, "top_p": self.top_p,
-            "do_sample": sample, "num_return_sequences": self.n, "seed": self.seed, "stop": stop,
-            "logprobs": None if top is None else True, "top_logprobs": top,
-        })
+        try:
+            return GenerationOverrides.model_validate({
+                "max_new_tokens": self.new_tokens(), "temperature": self.temperature or None, "top_p": self.top_p,
+                "do_sample": sample, "num_return_sequences": self.n, "seed": self.seed, "stop": stop,
+                "logprobs": None if top is None else True, "top_logprobs": top,
+            })
+        except ValidationError as exc:  # a bound of the graph's params (named in the request's terms by the face)
+            raise _invalid(exc) from None
 
     def names(self) -> dict[str, str]:
         """The graph's param names -> this request's field names (for error messages)."""
@@ -211,17 +214,22 @@ def parse_request(model: type[_Controls], body: Any) -> Any:
     try:
         return model.model_validate({k: v for k, v in body.items() if k not in _NEUTRAL})
     except ValidationError as exc:
-        fields, parts = [], []
-        for err in exc.errors():
-            loc = _loc(err["loc"])
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field (this server serves the OpenAI fields listed in the README)"
-            if not loc and ": " in msg:  # a cross-field rule names its field first
-                loc, msg = msg.split(": ", 1)
-            fields.append(loc or "body")
-            parts.append(f"{loc or 'body'}: {msg}")
-        raise InvalidRequest("; ".join(dict.fromkeys(parts)), field=fields[0]) from None
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    """pydantic's errors as one InvalidRequest naming each field and rule (the first field in `field`)."""
+    fields, parts = [], []
+    for err in exc.errors():
+        loc = _loc(err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (this server serves the OpenAI fields listed in the README)"
+        if not loc and ": " in msg:  # a cross-field rule names its field first
+            loc, msg = msg.split(": ", 1)
+        fields.append(loc or "body")
+        parts.append(f"{loc or 'body'}: {msg}")
+    return InvalidRequest("; ".join(dict.fromkeys(parts)), field=fields[0])
 
 
 def _loc(parts: tuple[Any, ...]) -> str:

@@ -180,7 +180,7 @@ def test_unsupported_field_is_refused_by_name(client: openai.OpenAI, extra: dict
      "stream_options"),
     ("/v1/chat/completions", {"model": "tiny_a", "messages": [{"role": "user", "content": "x" * 5000}]}, "messages"),
     ("/v1/completions", {"model": "tiny_a", "prompt": [1, 2, 3]}, "prompt"),
-    ("/v1/completions", {"model": "tiny_a", "prompt": "hi", "stop": [""]}, "stop"),
+    ("/v1/completions", {"model": "tiny_a", "prompt": "hi", "stop": [""]}, "stop[0]"),
     ("/v1/completions", {"model": "tiny_a", "prompt": "hi", "logprobs": 6}, "logprobs"),
     ("/v1/completions", {"prompt": "hi"}, "model"),
 ])

@@ -151,3 +151,10 @@ def test_stream_chunks_index_nodes_and_carry_errors_and_usage() -> None:
     err = json.loads(chunks.of(ErrorEvent(error="node_failure", message="node 'a' failed: boom", node="a"))[0])
     assert err == {"error": {"message": "node 'a' failed: boom", "type": "server_error", "param": None,
                              "code": "node_failure"}}
+
+
+@pytest.mark.parametrize("stop, field", [([""], "stop[0]"), ("", "stop[0]"), (["x" * 65], "stop[0]")])
+def test_stop_strings_keep_the_graphs_bounds(stop, field) -> None:
+    with pytest.raises(InvalidRequest) as exc:
+        chat(stop=stop).overrides()
+    assert exc.value.field == field
