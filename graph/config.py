@@ -62,6 +62,34 @@ class SchedulerConfig(_Strict):
 
     max_batch_size: int = Field(32, ge=1, le=256, description="Rows decoded together at most.")
     max_queue: int = Field(256, ge=1, le=10_000, description="Requests waiting beyond the free batch rows before 429 + Retry-After.")
+    max_request_share: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="Fairness: the share of max_batch_size rows one request id may hold (a multi-prompt "
+        "/generate is many engine requests with one id); its other rows wait while other requests are "
+        "admitted round-robin. Its first request is always admissible. 1.0 = no cap.",
+    )
+    max_wait_s: Optional[float] = Field(
+        None, gt=0.0, le=3600.0,
+        description="Load shedding: refuse at once (429 + Retry-After) a request whose expected wait for "
+        "batch rows (measured step time x work queued ahead / max_batch_size) is above this. None = off.",
+    )
+    max_kv_mb: Optional[float] = Field(
+        None, gt=0.0, le=1_000_000.0,
+        description="KV cache budget in MiB: admission waits rather than grow the batch's cache "
+        "(rows x longest prompt + max_new_tokens) past it; a request that alone needs more is a 400. None = off.",
+    )
+
+
+class RequestBudget(_Strict):
+    """Work one request may ask of a node, checked at the graph's edge before any work starts."""
+
+    max_rows: int = Field(
+        64, ge=1, le=100_000, description="Rows = prompts x num_return_sequences (the default fits 64 prompts)."
+    )
+    max_new_tokens: int = Field(
+        16_384, ge=1, le=100_000_000,
+        description="Rows x max_new_tokens (the default fits 64 prompts x 256 tokens).",
+    )
 
 
 class RuntimeConfig(_Strict):
@@ -105,6 +133,7 @@ class GeneratorNode(_Strict):
     max_new_tokens_limit: int = Field(256, ge=1, le=4096)
     max_prompt_tokens: int = Field(512, ge=1, le=32768)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    budget: RequestBudget = Field(default_factory=RequestBudget)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     resources: Resources = Field(default_factory=Resources)
 

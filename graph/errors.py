@@ -38,6 +38,10 @@ class Overloaded(GraphError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
+    def to_dict(self) -> dict[str, object]:
+        # In the body too: a node's 429 crosses to the entry service as a payload, not its headers.
+        return {**super().to_dict(), "retry_after_s": self.retry_after_s}
+
 
 class NodeFailure(GraphError):
     """A node failed while doing its work (not the caller's fault). 500."""

@@ -1,0 +1,29 @@
+"""Per-request work budgets of generator nodes, checked at the graph's edge before any work starts."""
+
+from __future__ import annotations
+
+from graph.config import GeneratorNode
+from graph.errors import InvalidRequest
+from graph.params import GenerationParams
+
+
+def check_budget(node: str, cfg: GeneratorNode, prompts: int, params: GenerationParams) -> None:
+    """InvalidRequest (400) naming the rule when prompts x sequences rows, or those rows x
+    max_new_tokens, are above node's `budget` (generators.<node>.budget in the config)."""
+    rows = prompts * params.num_return_sequences
+    what = f"{prompts} prompt{'s' if prompts != 1 else ''} x {params.num_return_sequences} sequences"
+    budget = cfg.budget
+    if rows > budget.max_rows:
+        raise InvalidRequest(
+            f"{what} = {rows} rows is above node {node!r}'s budget of {budget.max_rows} rows per request "
+            f"(generators.{node}.budget.max_rows); send fewer prompts or sequences, or split the request",
+            field="prompts" if prompts > 1 else "params.num_return_sequences",
+        )
+    tokens = rows * params.max_new_tokens
+    if tokens > budget.max_new_tokens:
+        raise InvalidRequest(
+            f"{what} x max_new_tokens {params.max_new_tokens} = {tokens} new tokens is above node {node!r}'s "
+            f"budget of {budget.max_new_tokens} per request (generators.{node}.budget.max_new_tokens); "
+            "lower max_new_tokens or split the request",
+            field="params.max_new_tokens",
+        )
