@@ -15,15 +15,15 @@ def check_budget(node: str, cfg: GeneratorNode, prompts: int, params: Generation
     budget = cfg.budget
     if rows > budget.max_rows:
         raise InvalidRequest(
-            f"{what} = {rows} rows is above node {node!r}'s budget of {budget.max_rows} rows per request "
+            f"{what} = {rows} rows is above the budget of node {node!r}: {budget.max_rows} rows per request "
             f"(generators.{node}.budget.max_rows); send fewer prompts or sequences, or split the request",
             field="prompts" if prompts > 1 else "params.num_return_sequences",
         )
     tokens = rows * params.max_new_tokens
     if tokens > budget.max_new_tokens:
         raise InvalidRequest(
-            f"{what} x max_new_tokens {params.max_new_tokens} = {tokens} new tokens is above node {node!r}'s "
-            f"budget of {budget.max_new_tokens} per request (generators.{node}.budget.max_new_tokens); "
+            f"{what} x max_new_tokens {params.max_new_tokens} = {tokens} new tokens is above the budget of "
+            f"node {node!r}: {budget.max_new_tokens} per request (generators.{node}.budget.max_new_tokens); "
             "lower max_new_tokens or split the request",
             field="params.max_new_tokens",
         )
