@@ -76,6 +76,7 @@ class BatchSampler:
             empty = torch.tensor([[not len(r.seen_ids)] for r in rows])
             self.penalty = torch.where(empty, torch.ones_like(penalty), penalty)
             self._penalty_later = penalty if bool(empty.any()) else None
+            self._empty = empty[:, 0]
             width = max(1, max(len(r.seen_ids) for r in rows))
             seen = torch.zeros(n, width, dtype=torch.long)
             for i, r in enumerate(rows):
@@ -152,7 +153,8 @@ class BatchSampler:
         tokens.clamp_(0, self.vocab_size - 1)  # a failed row's placeholder must still be a valid id
         if self.seen is not None:
             self.seen = torch.cat([self.seen, tokens.unsqueeze(1)], dim=1)
-            if self._penalty_later is not None:
+            if self._penalty_later is not None:  # the rows that had seen nothing: their padding
+                self.seen[self._empty] = tokens[self._empty].unsqueeze(1)  # becomes their first token
                 self.penalty, self._penalty_later = self._penalty_later, None
         failed_rows = bad.nonzero().squeeze(1).tolist() if bool(bad.any()) else []
         return StepOutput(tokens=tokens.tolist(), logprobs=self._logprobs(lp, tokens), failed=failed_rows)

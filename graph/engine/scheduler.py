@@ -316,16 +316,20 @@ class Scheduler:
             self._warmup()
             trimmed = True
             while True:
+                trim = False
                 with self._wake:
                     while not self._closing and not self._waiting and not self.rows:
                         if trimmed:
                             self._wake.wait()
                         elif not self._wake.wait(IDLE_TRIM_S):
-                            trimmed = True  # idle for a while: give the freed KV and logits memory back
-                            if malloc_trim():
-                                self.counters["malloc_trims_total"] += 1
+                            trim = trimmed = True  # idle for a while: give freed KV and logits memory back
+                            break
                     if self._closing:
                         return
+                if trim:  # outside the lock: submit() and stats() never wait for it
+                    if malloc_trim():
+                        self.counters["malloc_trims_total"] += 1
+                    continue
                 trimmed = False
                 admitted: list[Request] = []
                 start = time.monotonic()
