@@ -35,6 +35,8 @@ class GeneratorClient(Protocol):
 
     async def cancel(self, request_id: str) -> bool: ...
 
+    async def count_tokens(self, prompt: str) -> int: ...
+
     async def stats(self) -> dict[str, float]: ...
 
 
@@ -68,6 +70,7 @@ class Graph:
         self.config = config
         self.generators = generators
         self.classifier = classifier
+        self.inflight: dict[str, set[str]] = {}  # request id -> nodes working on it (for shutdown)
 
     # ---- validation at the edge -------------------------------------------------------------
     def select(self, model: Optional[str], *, field_name: str = "model") -> list[str]:
@@ -120,6 +123,10 @@ class Graph:
             if timeline is not None:
                 timeline.spans[node] = (start, time.time())
 
+    async def call(self, node: str, coro: Awaitable[T]) -> T:
+        """One node call under the graph's deadline; a failure becomes a GraphError naming the node."""
+        return await self._call(node, coro, None)
+
     async def generate(
         self, prompts: list[str], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
         timeline: Timeline | None = None,
@@ -128,6 +135,7 @@ class Graph:
         for i, p in enumerate(prompts):
             self.check_prompt(p, "prompt" if len(prompts) == 1 else f"prompts[{i}]")
         plan = self.plan(self.select(model), overrides, len(prompts))
+        self.inflight.setdefault(request_id, set()).update(plan)
         try:
             async with asyncio.TaskGroup() as group:  # one node failing cancels the others' calls
                 tasks = {
@@ -140,7 +148,16 @@ class Graph:
             # the nodes that were cut off may still be working on it: tell them to stop
             self._cancel_all(plan, request_id)
             raise _first_error(group_err) from None
+        except asyncio.CancelledError:  # the caller went away (a gRPC cancel or deadline): same
+            self._cancel_all(plan, request_id)
+            raise
+        finally:
+            self.inflight.pop(request_id, None)
         return {n: t.result() for n, t in tasks.items()}
+
+    async def count_tokens(self, node: str, prompt: str) -> int:
+        """Tokens `prompt` takes on generator `node` (its chat template and special tokens included)."""
+        return await self._call(node, self.generators[node].count_tokens(prompt), None)
 
     async def classify(self, texts: list[str]) -> list[Classification]:
         if not texts:
@@ -208,6 +225,7 @@ class Graph:
                 await queue.put(None)
 
         tasks.extend(asyncio.create_task(pump(n)) for n in plan)
+        self.inflight.setdefault(request_id, set()).update(plan)
         completed = False
         try:
             while outstanding:
@@ -218,12 +236,19 @@ class Graph:
                     yield item
             completed = True
         finally:
+            self.inflight.pop(request_id, None)
             for t in tasks:
                 t.cancel()
             if not completed:  # the client went away: stop the nodes' work too (BentoML won't).
                 # A task of its own: the server cancels this one's scope, and awaits here would be
                 # cancelled with it before the nodes heard anything.
                 self._cancel_all(plan, request_id)
+
+    def cancel_inflight(self) -> int:
+        """Tell the nodes to stop every request in flight (shutdown); how many there were."""
+        for request_id, nodes in list(self.inflight.items()):
+            self._cancel_all(nodes, request_id)
+        return len(self.inflight)
 
     def _cancel_all(self, nodes: Iterable[str], request_id: str) -> None:
         """Tell every node to stop `request_id`, as a task of its own (the caller may be cancelled)."""

@@ -10,6 +10,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from graph.auth import AuthConfig
 from graph.errors import ConfigError
 from graph.params import MAX_NEW_TOKENS, GenerationParams
 
@@ -188,6 +189,47 @@ class PromptLimits(_Strict):
     max_chars: int = Field(4000, ge=1, le=1_000_000)
 
 
+class PlaygroundConfig(_Strict):
+    """The browser page at /playground (services/playground_face.py)."""
+
+    enabled: bool = Field(True, description="Serve the page at /playground (GET /graph is always served).")
+    refresh_ms: int = Field(1000, ge=200, le=60_000, description="How often the page polls the nodes' state.")
+
+
+class ChatConfig(_Strict):
+    """Chat sessions (/infer, /chat): where histories are kept and how much of one a prompt holds."""
+
+    database_url: str = Field(
+        "sqlite:///var/chat.sqlite3",
+        description="SQLAlchemy URL of the history database: sqlite:///relative/or//absolute/path (the file "
+        "and its folder are created on first use) or postgresql://user:password@host:port/db (several replicas "
+        "of the entry service share it).",
+    )
+    max_turns: int = Field(5, ge=0, le=1000, description="Past turns (user message + reply) a prompt holds at most.")
+    default_model: Optional[str] = Field(None, description="Generator node of a chat that names none; None = the first.")
+
+    @model_validator(mode="after")
+    def _known_database(self) -> "ChatConfig":
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", self.database_url):
+            raise ValueError("chat.database_url: give sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
+        return self
+
+
+class GrpcConfig(_Strict):
+    """The gRPC faces (protos/): the seed's TextGenerator and the graph's own InferenceGraph service."""
+
+    enabled: bool = Field(True, description="Serve the gRPC faces from the entry service's worker.")
+    host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
+    port: int = Field(50051, ge=1, le=65535, description="gRPC port (the HTTP port is bentoml serve's --port).")
+    default_node: Optional[str] = Field(
+        None, description="Generator that answers TextGenerator calls without `x-model` metadata; None = the first."
+    )
+    stream_interval_ms: int = Field(
+        1000, ge=0, le=60_000,
+        description="TextGenerator.GenerateStreamed interval when a request leaves it 0 (the seed server's 1 s).",
+    )
+
+
 class GraphConfig(_Strict):
     """A whole inference graph: generator nodes fanned out in parallel, then one classifier."""
 
@@ -196,6 +238,13 @@ class GraphConfig(_Strict):
     classifier: ClassifierNode
     prompt: PromptLimits = Field(default_factory=PromptLimits)
     graph_timeout_s: int = Field(300, ge=1, le=3600)
+    shutdown_grace_s: int = Field(
+        20, ge=1, le=3600, description="After SIGTERM, in-flight requests get this long before they are cancelled."
+    )
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (off unless keys_env or keys_file).")
+    playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
 
     def generator_threads(self, name: str, cpus: Optional[int] = None) -> int:
         """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over
@@ -207,6 +256,14 @@ class GraphConfig(_Strict):
         return max(1, (cpus or os.cpu_count() or 1) // max(1, local))
 
     @model_validator(mode="after")
+    def _grpc_default_node(self) -> "GraphConfig":
+        if self.grpc.default_node is not None and self.grpc.default_node not in self.generators:
+            raise ValueError(
+                f"grpc.default_node: {self.grpc.default_node!r} is not a generator; one of {sorted(self.generators)}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _node_names(self) -> "GraphConfig":
         for name in self.generators:
             if name == "classifier":
@@ -216,6 +273,8 @@ class GraphConfig(_Strict):
                     f"generators.{name}: node names must match {NODE_NAME.pattern} "
                     "(they become service names)"
                 )
+        if self.chat.default_model is not None and self.chat.default_model not in self.generators:
+            raise ValueError(f"chat.default_model: {self.chat.default_model!r} is not one of {sorted(self.generators)}")
         return self
 
 

@@ -19,6 +19,7 @@ from typing import AsyncIterator, Optional
 
 import torch
 
+from graph.chat_format import ChatMessage, FittedChat, fit_chat
 from graph.engine.detok import make_decoder
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
@@ -109,9 +110,10 @@ class GenerationEngine:
 
     # -- requests ------------------------------------------------------------------------------------
     async def generate(
-        self, prompt: str, params: GenerationParams, *, request_id: str | None = None
+        self, prompt: str | list[int], params: GenerationParams, *, request_id: str | None = None
     ) -> list[GenerationResult]:
-        """All `params.num_return_sequences` completions of `prompt`, in index order."""
+        """All `params.num_return_sequences` completions of `prompt`, in index order. A prompt given
+        as token ids (e.g. from `fit_chat`) is used as it is: no chat template, no special tokens."""
         req = self._submit(prompt, params, request_id, streaming=False)
         total = params.num_return_sequences
         results: list[Optional[GenerationResult]] = [None] * total
@@ -131,7 +133,7 @@ class GenerationEngine:
 
     async def stream(
         self,
-        prompt: str,
+        prompt: str | list[int],
         params: GenerationParams,
         *,
         request_id: str | None = None,
@@ -200,6 +202,14 @@ class GenerationEngine:
         return {**s.counters, "active_rows": len(s.rows), "queued_requests": s.queued(),
                 "step_ms": round(s.step_s * 1000, 3), "kv_mb": round(kv / 2**20, 3)}
 
+    def fit_chat(self, messages: list[ChatMessage], params: GenerationParams) -> FittedChat:
+        """`messages` as this node's prompt ids (its chat template or the plain transcript), the
+        oldest cut until it fits max_prompt_tokens and the model's context less max_new_tokens."""
+        budget = self.max_prompt_tokens
+        if self._runner.max_positions:
+            budget = min(budget, self._runner.max_positions - params.max_new_tokens)
+        return fit_chat(self.tokenizer, messages, params, template=self.chat_template, max_tokens=budget)
+
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes as a prompt (special tokens included, as in generate)."""
         return len(self._encode(text))
@@ -213,8 +223,10 @@ class GenerationEngine:
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    def _submit(self, prompt: str, params: GenerationParams, request_id: Optional[str], *, streaming: bool) -> Request:
-        ids = self._encode(prompt)
+    def _submit(
+        self, prompt: str | list[int], params: GenerationParams, request_id: Optional[str], *, streaming: bool
+    ) -> Request:
+        ids = list(prompt) if isinstance(prompt, list) else self._encode(prompt)
         if not ids:
             if self._bos_id is None:
                 raise InvalidRequest("prompt: must not be empty (this model has no BOS token)", field="prompt")
