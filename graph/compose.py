@@ -96,14 +96,11 @@ class Graph:
         cfg = self.config.generators[node]
         return merge_params(cfg.defaults, overrides, max_new_tokens_limit=cfg.max_new_tokens_limit)
 
-    def plan(
-        self, nodes: Sequence[str], overrides: Optional[BaseModel], prompts: int = 1
-    ) -> dict[str, GenerationParams]:
-        """Validate every node's params and work budget before any work starts (nothing half-done
-        on bad input)."""
+    def plan(self, nodes: Sequence[str], overrides: Optional[BaseModel], prompts: int = 1) -> dict[str, GenerationParams]:
+        """Validate every node's params and work budget before any work starts (nothing half-done)."""
         plan = {n: self.params_for(n, overrides) for n in nodes}
         for n, params in plan.items():
-            check_budget(n, self.config.generators[n], prompts, params)
+            check_budget(n, self.config.generators[n].budget, prompts, params)
         return plan
 
     # ---- calls -----------------------------------------------------------------------------

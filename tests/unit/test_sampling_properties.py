@@ -7,6 +7,7 @@ at once. Extremes (1e-308, subnormals, the upper bounds) come first: Hypothesis 
 from __future__ import annotations
 
 import math
+import typing
 
 import annotated_types as at
 import pytest
@@ -34,7 +35,12 @@ def one_thread():
 def bounds(name: str) -> tuple[float, float, bool]:
     """(low, high, low_excluded) of a numeric GenerationParams field, from its metadata."""
     lo, hi, excl = -math.inf, math.inf, False
-    for m in GenerationParams.model_fields[name].metadata:
+    field = GenerationParams.model_fields[name]
+    metadata = list(field.metadata)
+    for arg in typing.get_args(field.annotation):  # Optional[Annotated[int, Field(ge=..., le=...)]]
+        for extra in getattr(arg, "__metadata__", ()):
+            metadata.extend(getattr(extra, "metadata", ()))
+    for m in metadata:
         if isinstance(m, at.Ge):
             lo = m.ge
         elif isinstance(m, at.Gt):
