@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install prepare serve test tiny-models bench bench-graph bench-node clean browser bento bento-gpu containerize test-playground postgres bot protos
+.PHONY: install prepare serve test tiny-models bench bench-graph bench-node soak clean browser bento bento-gpu containerize test-playground postgres bot protos
 
 install: $(STAMPS)/install
 
@@ -53,6 +53,12 @@ bench-graph: prepare
 
 bench-node: prepare
 	$(BIN)/python scripts/bench_engine.py smollm2-135m-instruct --threads 2 --concurrency 1,64
+
+# 16 clients for 10 minutes against a real `bentoml serve` of CONFIG: requests, errors, worker RSS.
+SOAK_S ?= 600
+SOAK_CLIENTS ?= 16
+soak: prepare
+	$(BIN)/python scripts/soak.py --config configs/$(CONFIG).yaml --seconds $(SOAK_S) --clients $(SOAK_CLIENTS)
 
 # Debian's chromium for tests/shipping/test_browser.py (Playwright never downloads its own); only when missing.
 browser: $(CHROMIUM)

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from graph.chat_format import Prompt, prompt_chars, score_text
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
+from graph.limits import check_budget
 from graph.params import GenerationParams, merge_params
 from graph.results import Classification, GenerationResult, StreamEvent
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
@@ -96,9 +97,12 @@ class Graph:
         cfg = self.config.generators[node]
         return merge_params(cfg.defaults, overrides, max_new_tokens_limit=cfg.max_new_tokens_limit)
 
-    def plan(self, nodes: Sequence[str], overrides: Optional[BaseModel]) -> dict[str, GenerationParams]:
-        """Validate every node's params before any work starts (nothing half-done on bad input)."""
-        return {n: self.params_for(n, overrides) for n in nodes}
+    def plan(self, nodes: Sequence[str], overrides: Optional[BaseModel], prompts: int = 1) -> dict[str, GenerationParams]:
+        """Validate every node's params and work budget before any work starts (nothing half-done)."""
+        plan = {n: self.params_for(n, overrides) for n in nodes}
+        for n, params in plan.items():
+            check_budget(n, self.config.generators[n].budget, prompts, params)
+        return plan
 
     # ---- calls -----------------------------------------------------------------------------
     async def _call(self, node: str, coro: Awaitable[T], timeline: Timeline | None) -> T:
@@ -128,7 +132,7 @@ class Graph:
         """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}."""
         for i, p in enumerate(prompts):
             self.check_prompt(p, "prompt" if len(prompts) == 1 else f"prompts[{i}]")
-        plan = self.plan(self.select(model), overrides)
+        plan = self.plan(self.select(model), overrides, len(prompts))
         self.inflight.setdefault(request_id, set()).update(plan)
         try:
             async with asyncio.TaskGroup() as group:  # one node failing cancels the others' calls

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from graph.auth import AuthConfig
 from graph.errors import ConfigError
+from graph.limits import RequestBudget
 from graph.params import MAX_NEW_TOKENS, GenerationParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,12 @@ class SchedulerConfig(_Strict):
 
     max_batch_size: int = Field(32, ge=1, le=256, description="Rows decoded together at most.")
     max_queue: int = Field(256, ge=1, le=10_000, description="Requests waiting beyond the free batch rows before 429 + Retry-After.")
+    max_request_share: float = Field(0.5, gt=0.0, le=1.0, description="Fairness: share of the rows one request "
+        "id may hold (a multi-prompt /generate is one id); the rest wait, others go round-robin. 1.0 = no cap.")
+    max_wait_s: Optional[float] = Field(None, gt=0.0, le=3600.0, description="Shedding: 429 + Retry-After at once "
+        "when the expected wait for rows (measured step time x work ahead / max_batch_size) is above this. None = off.")
+    max_kv_mb: Optional[float] = Field(None, gt=0.0, le=1_000_000.0, description="KV cache budget (MiB): "
+        "admission waits rather than grow the cache past it; one request needing more is a 400. None = off.")
 
 
 class RuntimeConfig(_Strict):
@@ -108,6 +115,7 @@ class GeneratorNode(_Strict):
     )
     max_prompt_tokens: int = Field(512, ge=1, le=32768)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    budget: RequestBudget = Field(default_factory=RequestBudget)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     resources: Resources = Field(default_factory=Resources)
 

@@ -29,6 +29,8 @@ ENGINE_COUNTERS = {
     "rejected_total": "Requests refused because the node's queue was full (429 + Retry-After).",
     "cancelled_total": "Rows cancelled (client gone, or a cancel call).",
     "batch_steps_total": "Batched decode forwards.",
+    "shed_total": "Requests refused at once because their expected wait was over scheduler.max_wait_s (429).",
+    "failed_rows_total": "Rows that failed alone (their sampling failed); the rest of the batch went on.",
 }
 _METRICS = {
     key: bentoml.metrics.Counter(name=f"graph_node_{key[:-len('_total')]}", documentation=doc, labelnames=["node"])

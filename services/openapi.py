@@ -55,6 +55,8 @@ def exact_spec(
             if "x-bentoml-name" in op:
                 _api(op, keys=keys)
                 _body(op, models, max_chars)
+                if op["x-bentoml-name"] in ONE_REPLY:
+                    _one_reply(op)
             elif path == "/readyz":
                 op["responses"] = {
                     "200": {"description": "Every node is ready.", "content": {"application/json": {"schema": {"type": "object"}}}},
@@ -90,6 +92,17 @@ def _api(op: dict[str, Any], *, keys: bool) -> None:
     body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
     if op.get("requestBody"):  # a body is required when its schema requires something; {} is valid otherwise
         op["requestBody"]["required"] = bool(body.get("required") or body.get("oneOf"))
+
+
+ONE_REPLY = ("infer", "chat", "chat_stream")  # chat turns: one reply, so num_return_sequences is 1
+
+
+def _one_reply(op: dict[str, Any]) -> None:
+    params = op["requestBody"]["content"]["application/json"]["schema"]["properties"].get("params", {})
+    one = {"properties": {"num_return_sequences": {"anyOf": [{"const": 1}, {"type": "null"}]}}}
+    for i, option in enumerate(params.get("anyOf", [])):
+        if "$ref" in option:
+            params["anyOf"][i] = {"allOf": [option, one]}
 
 
 def _body(op: dict[str, Any], models: list[str], max_chars: int) -> None:
