@@ -87,10 +87,7 @@ class Graph:
     def check_prompt(self, prompt: Prompt, field_name: str) -> Prompt:
         limit, size = self.config.prompt.max_chars, prompt_chars(prompt)
         if size > limit:
-            raise InvalidRequest(
-                f"{field_name}: {size} characters is above the limit of {limit}",
-                field=field_name,
-            )
+            raise InvalidRequest(f"{field_name}: {size} characters is above the limit of {limit}", field=field_name)
         return prompt
 
     def params_for(self, node: str, overrides: Optional[BaseModel]) -> GenerationParams:
