@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Iterable, Optional, Protocol, Sequence
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Iterable, Optional, Protocol, Sequence, TypeVar
 
 from pydantic import BaseModel
 
+from graph.chat_format import Prompt, prompt_chars, score_text
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
+from graph.limits import check_budget
 from graph.params import GenerationParams, merge_params
-from graph.schemas import Classification, ScoredCompletion
+from graph.results import Classification, GenerationResult, StreamEvent
+from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
+
+T = TypeVar("T")
 
 log = logging.getLogger("graph")
 
@@ -23,14 +27,18 @@ class GeneratorClient(Protocol):
     """What the graph needs from a generator node (a local engine or a BentoML dependency)."""
 
     async def generate(
-        self, prompts: list[str], params: GenerationParams, request_id: str
-    ) -> list[list[Any]]: ...
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str
+    ) -> list[list[GenerationResult]]: ...
 
     def stream(
-        self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
-    ) -> AsyncIterator[dict[str, Any]]: ...
+        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
+    ) -> AsyncIterator[StreamEvent]: ...
 
     async def cancel(self, request_id: str) -> bool: ...
+
+    async def count_tokens(self, prompt: str) -> int: ...
+
+    async def stats(self) -> dict[str, float]: ...
 
 
 class ClassifierClient(Protocol):
@@ -43,13 +51,12 @@ class Timeline:
 
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)
 
+    def rounded(self) -> dict[str, list[float]]:
+        return {k: [round(a, 3), round(b, 3)] for k, (a, b) in self.spans.items()}
+
     def overlap_s(self, a: str, b: str) -> float:
         (s1, e1), (s2, e2) = self.spans[a], self.spans[b]
         return max(0.0, min(e1, e2) - max(s1, s2))
-
-
-def as_dict(obj: Any) -> dict[str, Any]:
-    return obj.model_dump() if isinstance(obj, BaseModel) else dict(obj)
 
 
 class Graph:
@@ -64,6 +71,7 @@ class Graph:
         self.config = config
         self.generators = generators
         self.classifier = classifier
+        self.inflight: dict[str, set[str]] = {}  # request id -> nodes working on it (for shutdown)
 
     # ---- validation at the edge -------------------------------------------------------------
     def select(self, model: Optional[str], *, field_name: str = "model") -> list[str]:
@@ -76,25 +84,25 @@ class Graph:
             )
         return [model]
 
-    def check_prompt(self, text: str, field_name: str) -> str:
-        limit = self.config.prompt.max_chars
-        if len(text) > limit:
-            raise InvalidRequest(
-                f"{field_name}: {len(text)} characters is above the limit of {limit}",
-                field=field_name,
-            )
-        return text
+    def check_prompt(self, prompt: Prompt, field_name: str) -> Prompt:
+        limit, size = self.config.prompt.max_chars, prompt_chars(prompt)
+        if size > limit:
+            raise InvalidRequest(f"{field_name}: {size} characters is above the limit of {limit}", field=field_name)
+        return prompt
 
     def params_for(self, node: str, overrides: Optional[BaseModel]) -> GenerationParams:
         cfg = self.config.generators[node]
         return merge_params(cfg.defaults, overrides, max_new_tokens_limit=cfg.max_new_tokens_limit)
 
-    def plan(self, nodes: Sequence[str], overrides: Optional[BaseModel]) -> dict[str, GenerationParams]:
-        """Validate every node's params before any work starts (nothing half-done on bad input)."""
-        return {n: self.params_for(n, overrides) for n in nodes}
+    def plan(self, nodes: Sequence[str], overrides: Optional[BaseModel], prompts: int = 1) -> dict[str, GenerationParams]:
+        """Validate every node's params and work budget before any work starts (nothing half-done)."""
+        plan = {n: self.params_for(n, overrides) for n in nodes}
+        for n, params in plan.items():
+            check_budget(n, self.config.generators[n].budget, prompts, params)
+        return plan
 
     # ---- calls -----------------------------------------------------------------------------
-    async def _call(self, node: str, coro: Awaitable[Any], timeline: Timeline | None) -> Any:
+    async def _call(self, node: str, coro: Awaitable[T], timeline: Timeline | None) -> T:
         start = time.time()
         deadline = self.config.graph_timeout_s
         try:
@@ -110,14 +118,19 @@ class Graph:
             if timeline is not None:
                 timeline.spans[node] = (start, time.time())
 
+    async def call(self, node: str, coro: Awaitable[T]) -> T:
+        """One node call under the graph's deadline; a failure becomes a GraphError naming the node."""
+        return await self._call(node, coro, None)
+
     async def generate(
-        self, prompts: list[str], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
+        self, prompts: list[Prompt], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
         timeline: Timeline | None = None,
-    ) -> dict[str, list[list[Any]]]:
+    ) -> dict[str, list[list[GenerationResult]]]:
         """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}."""
         for i, p in enumerate(prompts):
             self.check_prompt(p, "prompt" if len(prompts) == 1 else f"prompts[{i}]")
-        plan = self.plan(self.select(model), overrides)
+        plan = self.plan(self.select(model), overrides, len(prompts))
+        self.inflight.setdefault(request_id, set()).update(plan)
         try:
             async with asyncio.TaskGroup() as group:  # one node failing cancels the others' calls
                 tasks = {
@@ -130,7 +143,16 @@ class Graph:
             # the nodes that were cut off may still be working on it: tell them to stop
             self._cancel_all(plan, request_id)
             raise _first_error(group_err) from None
+        except asyncio.CancelledError:  # the caller went away (a gRPC cancel or deadline): same
+            self._cancel_all(plan, request_id)
+            raise
+        finally:
+            self.inflight.pop(request_id, None)
         return {n: t.result() for n, t in tasks.items()}
+
+    async def count_tokens(self, node: str, prompt: str) -> int:
+        """Tokens `prompt` takes on generator `node` (its chat template and special tokens included)."""
+        return await self._call(node, self.generators[node].count_tokens(prompt), None)
 
     async def classify(self, texts: list[str]) -> list[Classification]:
         if not texts:
@@ -140,7 +162,7 @@ class Graph:
             raise NodeFailure(
                 f"classifier returned {len(out)} results for {len(texts)} texts", node="classifier"
             )
-        return [c if isinstance(c, Classification) else Classification.model_validate(as_dict(c)) for c in out]
+        return out
 
     async def generate_score(
         self, sentence: str, overrides: Optional[BaseModel], request_id: str,
@@ -148,76 +170,80 @@ class Graph:
     ) -> list[ScoredCompletion]:
         self.check_prompt(sentence, "original_sentence")
         per_node = await self.generate([sentence], None, overrides, request_id, timeline)
-        flat = [(node, as_dict(r)) for node, rows in per_node.items() for r in rows[0]]
+        flat = [(node, r) for node, rows in per_node.items() for r in rows[0]]
         # One batched classifier call for every completion of the request.
-        scores = await self.classify([sentence + r["text"] for _, r in flat])
-        return [scored(node, sentence, r, c) for (node, r), c in zip(flat, scores)]
+        scores = await self.classify([sentence + r.text for _, r in flat])
+        return [ScoredCompletion.of(node, sentence, r, c) for (node, r), c in zip(flat, scores)]
 
     # ---- streaming -------------------------------------------------------------------------
     def stream(
-        self, prompt: str, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
+        self, prompt: Prompt, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
         request_id: str, score: bool,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[GraphEvent, None]:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
         plan = self.plan(self.select(model), overrides)
         return self._events(prompt, plan, interval_ms, request_id, score)
 
     async def _events(
-        self, prompt: str, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
+        self, prompt: Prompt, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
         score: bool,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[GraphEvent, None]:
         """Interleave every selected node's events tagged by model; score each completion as it ends."""
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[Optional[GraphEvent]] = asyncio.Queue()  # None: a producer is done
         outstanding = len(plan)  # producers (node pumps, scorers) that have not said "done" yet
         tasks: list[asyncio.Task[None]] = []
 
         async def pump(node: str) -> None:
             nonlocal outstanding
             try:
-                async for raw in self.generators[node].stream(prompt, plan[node], request_id, interval_ms):
-                    ev = as_dict(raw)
-                    await queue.put(("event", stream_event(node, ev)))
-                    if score and ev.get("result") is not None:
+                async for ev in self.generators[node].stream(prompt, plan[node], request_id, interval_ms):
+                    await queue.put(stream_event(node, ev))
+                    if score and ev.result is not None:
                         outstanding += 1
-                        tasks.append(asyncio.create_task(score_one(node, ev)))
+                        tasks.append(asyncio.create_task(score_one(node, ev.index, ev.result)))
             except GraphError as exc:
-                await queue.put(("event", {"type": "error", **exc.to_dict()}))
+                await queue.put(error_event(exc))
             except Exception as exc:
                 log.exception("stream from node %s failed", node)
-                err = NodeFailure(f"node {node!r} failed: {type(exc).__name__}: {exc}", node=node)
-                await queue.put(("event", {"type": "error", **err.to_dict()}))
+                await queue.put(error_event(NodeFailure(f"node {node!r} failed: {type(exc).__name__}: {exc}", node=node)))
             finally:
-                await queue.put(("done", None))
+                await queue.put(None)
 
-        async def score_one(node: str, ev: dict[str, Any]) -> None:
+        async def score_one(node: str, index: int, result: GenerationResult) -> None:
             try:
-                (c,) = await self.classify([prompt + ev["result"]["text"]])
-                await queue.put(
-                    ("event", {"type": "score", "model": node, "index": ev["index"], **c.model_dump()})
-                )
+                (c,) = await self.classify([score_text(prompt, result.text)])
+                await queue.put(ScoreEvent(model=node, index=index, **c.model_dump()))
             except GraphError as exc:
-                await queue.put(("event", {"type": "error", **exc.to_dict()}))
+                await queue.put(error_event(exc))
             finally:
-                await queue.put(("done", None))
+                await queue.put(None)
 
         tasks.extend(asyncio.create_task(pump(n)) for n in plan)
+        self.inflight.setdefault(request_id, set()).update(plan)
         completed = False
         try:
             while outstanding:
-                kind, item = await queue.get()
-                if kind == "done":
+                item = await queue.get()
+                if item is None:
                     outstanding -= 1
                 else:
                     yield item
             completed = True
         finally:
+            self.inflight.pop(request_id, None)
             for t in tasks:
                 t.cancel()
             if not completed:  # the client went away: stop the nodes' work too (BentoML won't).
                 # A task of its own: the server cancels this one's scope, and awaits here would be
                 # cancelled with it before the nodes heard anything.
                 self._cancel_all(plan, request_id)
+
+    def cancel_inflight(self) -> int:
+        """Tell the nodes to stop every request in flight (shutdown); how many there were."""
+        for request_id, nodes in list(self.inflight.items()):
+            self._cancel_all(nodes, request_id)
+        return len(self.inflight)
 
     def _cancel_all(self, nodes: Iterable[str], request_id: str) -> None:
         """Tell every node to stop `request_id`, as a task of its own (the caller may be cancelled)."""
@@ -254,41 +280,19 @@ def background(aw: Awaitable[Any]) -> asyncio.Future[Any]:
     return fut
 
 
-def stream_event(node: str, ev: dict[str, Any]) -> dict[str, Any]:
+def stream_event(node: str, ev: StreamEvent) -> TokenEvent | FinalEvent:
     """A node's stream event as the graph sends it: tagged by model, final events carry usage."""
-    result = ev.get("result")
-    if result is None:
-        return {"type": "token", "model": node, "index": ev["index"], "text": ev["text"]}
-    return {
-        "type": "final",
-        "model": node,
-        "index": ev["index"],
-        "text": ev["text"],
-        "finish_reason": result["finish_reason"],
-        "usage": {
-            "prompt_tokens": result["prompt_tokens"],
-            "completion_tokens": result["completion_tokens"],
-        },
-    }
+    if ev.result is None:
+        return TokenEvent(model=node, index=ev.index, text=ev.text)
+    usage = Usage(prompt_tokens=ev.result.prompt_tokens, completion_tokens=ev.result.completion_tokens)
+    return FinalEvent(model=node, index=ev.index, text=ev.text, finish_reason=ev.result.finish_reason, usage=usage)
 
 
-def scored(node: str, prompt: str, result: dict[str, Any], c: Classification) -> ScoredCompletion:
-    return ScoredCompletion(
-        model=node,
-        index=result["index"],
-        generated=prompt + result["text"],
-        completion=result["text"],
-        score=c.score,
-        label=c.label,
-        labels=c.labels,
-        finish_reason=result["finish_reason"],
-        prompt_tokens=result["prompt_tokens"],
-        completion_tokens=result["completion_tokens"],
-    )
+def error_event(err: GraphError) -> ErrorEvent:
+    return ErrorEvent(**err.body().model_dump())
 
 
-def sse(data: dict[str, Any] | str) -> str:
+def sse(data: BaseModel | str) -> str:
     """One server-sent event (`data: ...` and a blank line); BentoML writes chunks raw."""
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    payload = data if isinstance(data, str) else data.model_dump_json(exclude_none=True)
     return f"data: {payload}\n\n"
-

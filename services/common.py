@@ -1,20 +1,22 @@
-"""Shared pieces of the BentoML shells: the graph config from --arg-file, errors to HTTP, request ids."""
+"""Shared pieces of the BentoML shells: the graph config from --arg-file, the HTTP error boundary, request ids."""
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import sys
 import uuid
 from functools import lru_cache
-from typing import Any
+from typing import Any, Awaitable, Callable, ParamSpec, TypeVar
 
 import bentoml
-from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse
 
 from graph.config import GraphConfig, config_from_arguments
-from graph.errors import GraphError, InvalidRequest, NodeFailure, Overloaded
+from graph.errors import GraphError, Overloaded
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 log = logging.getLogger("graph")
 
@@ -53,38 +55,45 @@ def graph_config() -> GraphConfig:
 
 
 def error_response(err: GraphError, ctx: bentoml.Context | None = None) -> JSONResponse:
-    """The one place a GraphError becomes an HTTP response."""
+    """The one place a GraphError becomes an HTTP response (status, ErrorBody, Retry-After)."""
     headers = {}
     if isinstance(err, Overloaded):
         headers["Retry-After"] = str(err.retry_after_s)
-    if ctx is not None:  # BentoML copies ctx's status onto returned responses
+    if ctx is not None:  # BentoML copies ctx's status and headers onto returned responses
         ctx.response.status_code = err.status
         ctx.response.metadata.update(headers)
     return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
 
 
-def node_error(node: str, status: int, message: str, field: str | None = None) -> GraphError:
-    """The GraphError that a node's error status stands for (one mapping for calls and streams)."""
-    if status in (429, 503):  # our full queue, or BentoML's own max_concurrency refusal
-        return Overloaded(f"node {node!r} is overloaded: {message}")
-    if 400 <= status < 500:
-        return InvalidRequest(f"node {node!r} rejected the request: {message}", field=field)
-    return NodeFailure(f"node {node!r} failed ({status}): {message}", node=node)
+def http_errors(api: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Wrap an async API so a GraphError it raises is answered by `error_response` (BentoML passes
+    a returned Response through as it is). Every HTTP endpoint of every service uses this."""
+
+    @functools.wraps(api)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await api(*args, **kwargs)
+        except GraphError as err:
+            ctx = next((v for v in kwargs.values() if isinstance(v, bentoml.Context)), None)
+            response: Any = error_response(err, ctx)  # the declared type is the success body
+            return response
+
+    return wrapper
 
 
-def from_dependency(exc: BentoMLException, node: str) -> GraphError:
-    """Turn a dependency's HTTP error back into the GraphError it was (or a NodeFailure)."""
-    message, field = str(exc), None
-    try:
-        body = json.loads(message)
-        if isinstance(body, list) and body:
-            body = body[0]
-        if isinstance(body, dict):
-            message = str(body.get("message") or body.get("error") or message)
-            field = body.get("field")
-    except ValueError:
-        pass
-    return node_error(node, int(getattr(exc, "error_code", 500)), message, field)
+def with_dependencies(deps: dict[str, Any]) -> Callable[[type[R]], type[R]]:
+    """Class decorator: declare `deps` ({node name: bentoml.depends(...)}) as class attributes named
+    after the nodes, which is where BentoML looks for a service's dependencies (it starts a worker
+    for each). For graphs whose node names come from a config, not from code."""
+
+    def declare(cls: type[R]) -> type[R]:
+        for name, dep in deps.items():
+            if hasattr(cls, name):
+                raise TypeError(f"node name {name!r} clashes with {cls.__name__}.{name}")
+            setattr(cls, name, dep)
+        return cls
+
+    return declare
 
 
 def request_id(ctx: bentoml.Context) -> str:
@@ -92,56 +101,3 @@ def request_id(ctx: bentoml.Context) -> str:
     rid = ctx.request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
     ctx.response.metadata["x-request-id"] = rid
     return rid
-
-
-class ValidationErrors:
-    """ASGI middleware: BentoML's own 400 for a body that fails an API's input schema (unknown or
-    mistyped top-level fields) is rewritten into the graph's error shape, naming field and rule:
-    {"error": "validation", "message": "bogus: Extra inputs are not permitted", "field": "bogus",
-    "detail": [pydantic's errors]}. Other responses pass through untouched."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start: dict[str, Any] | None = None
-        chunks: list[bytes] = []
-
-        async def send_rewritten(message: dict[str, Any]) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start" and message["status"] == 400:
-                start = message  # hold it until the body is known
-                return
-            if start is not None and message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-                if message.get("more_body"):
-                    return
-                body = _rewrite_validation(b"".join(chunks))
-                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-                headers.append((b"content-length", str(len(body)).encode()))
-                await send({**start, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
-            await send(message)
-
-        await self.app(scope, receive, send_rewritten)
-
-
-def _rewrite_validation(body: bytes) -> bytes:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body
-    detail = data.get("detail") if isinstance(data, dict) else None
-    if not (isinstance(detail, list) and detail and "validation error" in str(data.get("error", ""))):
-        return body
-    parts, fields = [], []
-    for err in detail:
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "body"
-        fields.append(loc)
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    out = {"error": "validation", "message": "; ".join(parts), "field": fields[0], "detail": detail}
-    return json.dumps(out).encode()

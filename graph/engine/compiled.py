@@ -121,11 +121,11 @@ class CompiledRunner(ModelRunner):
         rows = cache.rows
         b, length = bucket(rows, self.row_buckets), bucket(cache.length, self.length_buckets)
         cache.reserve(1, right_room)
-        if length is not None and cache.end - length < 0 and cache.allocated:
+        if length is not None and cache.end - length < 0 and cache.layers[0].kbuf is not None:
             # Too little room on the left for this bucket's view: move the batch once, for good.
             cache.left_room = max(cache.left_room, length)
             cache._relocate(cache.left_room + cache.length + 1 + right_room)
-        if b is None or length is None or b > cache.row_capacity or not cache.allocated:
+        if b is None or length is None or b > cache.row_capacity or cache.layers[0].kbuf is None:
             self.eager_steps += 1
             return super().decode(ids, positions, cache, right_room)
         end, start, lo = cache.end, cache.start, cache.end - length
