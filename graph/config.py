@@ -80,24 +80,11 @@ class RuntimeConfig(_Strict):
         description="torch threads; None = this machine's CPUs split evenly over the local generator "
         "nodes (they decode at the same time: more threads than cores makes OpenMP spin, ~10x slower).",
     )
-    quantize: Literal["none", "int8", "int8_weight", "int4_weight", "auto"] = Field(
-        "none",
-        description="none; int8 = dynamic int8 of Linear layers (weights and activations, float32 only); "
-        "int8_weight / int4_weight = weight-only int8 per channel / int4 per group_size weights "
-        "(bfloat16 activations in the kernels, LM head included); auto = the fastest option measured "
-        "for this CPU kind whose perplexity is within 3% of float32 (also picks dtype and compile).",
-    )
+    quantize: Literal["none", "int8", "int8_weight", "int4_weight", "auto"] = Field("none", description="int8 = "
+        "dynamic int8 (float32 only); *_weight = weight-only; auto = per CPU kind (graph/models/runtimes.py).")
     group_size: Literal[32, 64, 128] = Field(32, description="int4_weight: weights per scale/minimum.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "float32",
-        description="Weights and activations. bfloat16 halves memory traffic (fast with AVX512-BF16/AMX, "
-        "slow without); auto = bfloat16 where the CPU has those, else float32.",
-    )
-    compile: bool = Field(
-        False,
-        description="torch.compile the decode step on fixed batch/KV-length buckets, warmed up at start "
-        "(compiled code cached on disk across restarts).",
-    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("float32", description="auto = bfloat16 with AVX512-BF16/AMX.")
+    compile: bool = Field(False, description="torch.compile the decode step on shape buckets (graph/engine/compiled.py).")
 
     @model_validator(mode="after")
     def _int8_is_float32(self) -> "RuntimeConfig":

@@ -148,7 +148,10 @@ def test_auto_picks_from_the_table_by_cpu_kind(tmp_path, caplog):
         RuntimeConfig(quantize="auto", dtype="float32")
 
 
-def test_compiled_step_equals_eager_and_recompiles_nothing_after_warm_up(tiny_dir, float32_texts):
+def test_compiled_step_equals_eager_and_recompiles_nothing_after_warm_up(tiny_dir, float32_texts, monkeypatch):
+    import graph.engine.compiled as compiled
+
+    monkeypatch.setattr(compiled, "BACKEND", "eager")  # Dynamo's graphs and guards, no C++ build
     engine = engine_for(tiny_dir, RuntimeConfig(compile=True), max_prompt_tokens=32)
     try:
         assert engine.warmup(timeout=600)
