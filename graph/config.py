@@ -90,8 +90,6 @@ class RuntimeConfig(_Strict):
     def _int8_is_float32(self) -> "RuntimeConfig":
         if self.quantize == "int8" and self.dtype == "bfloat16":
             raise ValueError("quantize: int8 needs dtype float32 (or auto)")
-        if self.quantize == "auto" and "dtype" in self.model_fields_set and self.dtype != "auto":
-            raise ValueError("quantize: auto picks the dtype too; leave dtype unset or auto")
         return self
 
 

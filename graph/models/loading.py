@@ -119,19 +119,17 @@ def native_dtype(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 def resolve_runtime(runtime: Optional[RuntimeConfig] = None, *, name: str = "model") -> RuntimeConfig:
     """A runtime with nothing left on auto: quantize auto from graph.models.runtimes' table (logged
-    with the reason), dtype auto from native_dtype(). An explicit `compile` is kept."""
+    with the reason; `compile: true` is kept), dtype auto from native_dtype()."""
     runtime = runtime or RuntimeConfig()
     updates: dict[str, Any] = {}
     if runtime.quantize == "auto":
         from graph.models.runtimes import choose, cpu_description
 
         kind, choice = choose()
-        updates = dict(dtype=choice.dtype, quantize=choice.quantize)
-        if "compile" not in runtime.model_fields_set:
-            updates["compile"] = choice.compile
+        updates = dict(dtype=choice.dtype, quantize=choice.quantize, compile=runtime.compile or choice.compile)
         log.warning("%s: runtime auto on %s (CPU kind %s): dtype %s, quantize %s, compile %s -- %s",
-                    name, cpu_description(), kind, updates["dtype"], updates["quantize"],
-                    updates.get("compile", runtime.compile), choice.why)
+                    name, cpu_description(), kind, updates["dtype"], updates["quantize"], updates["compile"],
+                    choice.why)
     elif runtime.dtype == "auto":
         updates["dtype"] = "float32" if runtime.quantize == "int8" else native_dtype()
     return runtime.model_copy(update=updates) if updates else runtime

@@ -144,8 +144,7 @@ def test_auto_picks_from_the_table_by_cpu_kind(tmp_path, caplog):
     resolved = resolve_runtime(RuntimeConfig(quantize="auto"), name="m")
     assert (resolved.dtype, resolved.quantize, resolved.compile) == (choice.dtype, choice.quantize, choice.compile)
     assert resolve_runtime(RuntimeConfig(quantize="auto", compile=True)).compile is True
-    with pytest.raises(ValueError, match="quantize: auto picks the dtype"):
-        RuntimeConfig(quantize="auto", dtype="float32")
+    assert resolve_runtime(RuntimeConfig(quantize="auto", dtype="float32")).dtype == choice.dtype  # auto picks it
 
 
 def test_compiled_step_equals_eager_and_recompiles_nothing_after_warm_up(tiny_dir, float32_texts, monkeypatch):
