@@ -93,7 +93,7 @@ class GenerationEngine:
         started. `lookups` go to graph.models.loading.load_causal_lm (store_lookup, embedded_lookup)."""
         from graph.models.loading import load_causal_lm, resolve_runtime
 
-        runtime = resolve_runtime(node.runtime, name=name)
+        runtime = resolve_runtime(node.runtime, name=name, model=node.model)
         model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
         sched = node.scheduler
         return cls(

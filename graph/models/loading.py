@@ -117,7 +117,8 @@ def native_dtype(cpuinfo: str = "/proc/cpuinfo") -> str:
     return "bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32"
 
 
-def resolve_runtime(runtime: Optional[RuntimeConfig] = None, *, name: str = "model") -> RuntimeConfig:
+def resolve_runtime(runtime: Optional[RuntimeConfig] = None, *, name: str = "model",
+                    model: Optional[ModelRef] = None) -> RuntimeConfig:
     """A runtime with nothing left on auto: quantize auto from graph.models.runtimes' table (logged
     with the reason; `compile: true` is kept), dtype auto from native_dtype()."""
     runtime = runtime or RuntimeConfig()
@@ -125,7 +126,8 @@ def resolve_runtime(runtime: Optional[RuntimeConfig] = None, *, name: str = "mod
     if runtime.quantize == "auto":
         from graph.models.runtimes import choose, cpu_description
 
-        kind, choice = choose()
+        key = "" if model is None else (model.ref if model.kind == "embedded" else model.ref.split(":")[0])
+        kind, choice = choose(model=key)
         updates = dict(dtype=choice.dtype, quantize=choice.quantize, compile=runtime.compile or choice.compile)
         log.warning("%s: runtime auto on %s (CPU kind %s): dtype %s, quantize %s, compile %s -- %s",
                     name, cpu_description(), kind, updates["dtype"], updates["quantize"], updates["compile"],
@@ -152,7 +154,7 @@ def load_causal_lm(
 
     source = resolve_model_dir(ref, **lookups)
     tokenizer = _load(ref, source, AutoTokenizer.from_pretrained)
-    runtime = resolve_runtime(runtime, name=ref.describe())
+    runtime = resolve_runtime(runtime, name=ref.describe(), model=ref)
     model = _load(ref, source, AutoModelForCausalLM.from_pretrained, dtype=getattr(torch, runtime.dtype)).eval()
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:

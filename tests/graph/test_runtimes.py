@@ -140,6 +140,8 @@ def test_auto_picks_from_the_table_by_cpu_kind(tmp_path, caplog):
     assert runtimes.cpu_kind({"avx2", "avx512f"}) == "avx512"
     assert runtimes.cpu_kind({"avx512f", "avx512_bf16"}) == "avx512_bf16"
     assert runtimes.cpu_kind({"avx512f", "avx512_bf16", "amx_bf16"}) == "amx"
+    assert runtimes.choose({"avx512_bf16"}, "smollm2-135m-instruct")[1].quantize == "int4_weight"
+    assert runtimes.choose({"avx512_bf16"}, "gemma-3-270m")[1].quantize == "int8_weight"  # its int4 failed
     kind, choice = runtimes.choose()
     resolved = resolve_runtime(RuntimeConfig(quantize="auto"), name="m")
     assert (resolved.dtype, resolved.quantize, resolved.compile) == (choice.dtype, choice.quantize, choice.compile)
