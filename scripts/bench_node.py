@@ -79,7 +79,9 @@ def gguf_file(name: str) -> Path | None:
     if not target.exists():
         src = embedded._gguf_source(spec, cache)
         if src != target:
-            target.symlink_to(src)
+            import shutil
+
+            shutil.copyfile(src, target)  # a copy: the package may be reinstalled meanwhile
     return target
 
 
