@@ -13,6 +13,9 @@ from pydantic import BaseModel
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
 from graph.params import GenerationParams, merge_params
+from graph.policies import registry as policies
+from graph.policies.deadline import Deadline, Latencies
+from graph.policies.schemas import PolicyResponse
 from graph.results import Classification, GenerationResult, StreamEvent
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
 
@@ -67,6 +70,7 @@ class Graph:
         self.config = config
         self.generators = generators
         self.classifier = classifier
+        self.latencies = Latencies()  # recent classifier calls: the deadline splitter sizes scoring from them
 
     # ---- validation at the edge -------------------------------------------------------------
     def select(self, model: Optional[str], *, field_name: str = "model") -> list[str]:
@@ -113,6 +117,10 @@ class Graph:
             if timeline is not None:
                 timeline.spans[node] = (start, time.time())
 
+    async def call(self, node: str, coro: Awaitable[T]) -> T:
+        """One node call with the graph's timeout and error mapping (the policies use it)."""
+        return await self._call(node, coro, None)
+
     async def generate(
         self, prompts: list[str], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
         timeline: Timeline | None = None,
@@ -138,7 +146,9 @@ class Graph:
     async def classify(self, texts: list[str]) -> list[Classification]:
         if not texts:
             return []
+        start = time.monotonic()
         out = await self._call("classifier", self.classifier.classify(texts), None)
+        self.latencies.record((time.monotonic() - start) * 1000.0)
         if len(out) != len(texts):
             raise NodeFailure(
                 f"classifier returned {len(out)} results for {len(texts)} texts", node="classifier"
@@ -147,9 +157,15 @@ class Graph:
 
     async def generate_score(
         self, sentence: str, overrides: Optional[BaseModel], request_id: str,
-        timeline: Timeline | None = None,
-    ) -> list[ScoredCompletion]:
+        timeline: Timeline | None = None, graph: Optional[str] = None, deadline_ms: Optional[int] = None,
+    ) -> list[ScoredCompletion] | PolicyResponse:
+        """`all` (every node, every completion scored, all returned) or the named graph's decision."""
         self.check_prompt(sentence, "original_sentence")
+        deadline = Deadline.of(deadline_ms, self.latencies)
+        chosen = policies.start(self, graph, sentence, overrides, request_id, deadline)
+        if chosen is not None:  # a named graph (best_of, cascade) decides
+            return await policies.execute(*chosen)
+        overrides = Deadline.capped(deadline, overrides)  # generators: the deadline less scoring, as max_time_ms
         per_node = await self.generate([sentence], None, overrides, request_id, timeline)
         flat = [(node, r) for node, rows in per_node.items() for r in rows[0]]
         # One batched classifier call for every completion of the request.
@@ -159,10 +175,15 @@ class Graph:
     # ---- streaming -------------------------------------------------------------------------
     def stream(
         self, prompt: str, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
-        request_id: str, score: bool,
-    ) -> AsyncIterator[GraphEvent]:
+        request_id: str, score: bool, graph: Optional[str] = None, deadline_ms: Optional[int] = None,
+    ) -> AsyncIterator[BaseModel]:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
+        deadline = Deadline.of(deadline_ms, self.latencies)
+        chosen = policies.start(self, graph, prompt, overrides, request_id, deadline, model) if score else None
+        if chosen is not None:
+            return policies.events(*chosen)
+        overrides = Deadline.capped(deadline, overrides)
         plan = self.plan(self.select(model), overrides)
         return self._events(prompt, plan, interval_ms, request_id, score)
 

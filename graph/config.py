@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from graph.errors import ConfigError
 from graph.params import MAX_NEW_TOKENS, GenerationParams
+from graph.policies.config import Policies
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
@@ -167,6 +168,7 @@ class GraphConfig(_Strict):
     classifier: ClassifierNode
     prompt: PromptLimits = Field(default_factory=PromptLimits)
     graph_timeout_s: int = Field(300, ge=1, le=3600)
+    policies: Policies = Field(default_factory=Policies, description="Named graphs (best_of, cascade) over these nodes.")
 
     def generator_threads(self, name: str, cpus: Optional[int] = None) -> int:
         """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over
@@ -187,6 +189,8 @@ class GraphConfig(_Strict):
                     f"generators.{name}: node names must match {NODE_NAME.pattern} "
                     "(they become service names)"
                 )
+        labels = set(self.classifier.labels) if self.classifier.mode == "zero_shot" else None
+        self.policies.check_nodes(set(self.generators), labels)
         return self
 
 

@@ -58,6 +58,9 @@ class StreamEvent(BaseModel):
     result: Optional[GenerationResult] = Field(
         None, description="Set on the final event of this sequence."
     )
+    tokens: Optional[int] = Field(
+        None, description="Tokens generated in this sequence so far (pruning reads it); final: completion_tokens."
+    )
 
 
 class Classification(BaseModel):

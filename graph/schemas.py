@@ -31,6 +31,13 @@ class GenerateScoreRequest(_Request):
     params: Optional[GenerationOverrides] = Field(
         None, description="Overrides of the generators' defaults (same for every node)."
     )
+    graph: Optional[str] = Field(
+        None, description="Named graph of the config (`all`, or a best_of / cascade graph); omit for the config's default.",
+        examples=["all"],
+    )
+    deadline_ms: Optional[int] = Field(
+        None, ge=1, le=600_000, description="Answer within this time with what the graph has (finish_reason `time`).",
+    )
 
     _blank = field_validator("original_sentence")(_not_blank)
 
@@ -78,6 +85,13 @@ class StreamRequest(_Request):
     )
 
     _blank = field_validator("prompt")(_not_blank)
+
+
+class ScoreStreamRequest(StreamRequest):
+    """generate_score_stream: like StreamRequest, on a named graph, within a deadline."""
+
+    graph: Optional[str] = Field(None, description="Named graph of the config; omit for the config's default.")
+    deadline_ms: Optional[int] = Field(None, ge=1, le=600_000, description="Answer within this time (finish_reason `time`).")
 
 
 class ClassifyRequest(_Request):

@@ -31,8 +31,10 @@ from graph.schemas import (
     GenerateScoreRequest,
     NodeStats,
     ScoredCompletion,
+    ScoreStreamRequest,
     StreamRequest,
 )
+from graph.policies.schemas import PolicyResponse
 from services.classifier import make_classifier_service
 from services.clients import ClassifierNodeClient, GeneratorNodeClient
 from services.common import (
@@ -77,12 +79,13 @@ class InferenceGraph:
 
     @bentoml.api(input_spec=GenerateScoreRequest)
     @http_errors
-    async def generate_score(self, ctx: bentoml.Context, **fields: Any) -> list[ScoredCompletion]:
-        """Generate with every model at once, score each completion (`generated`, `score`, ...)."""
+    async def generate_score(self, ctx: bentoml.Context, **fields: Any) -> list[ScoredCompletion] | PolicyResponse:
+        """Graph `all`: every model at once, each completion scored (`generated`, `score`, ...); a named graph
+        (`graph`): its decision (answer, candidates, trace). `deadline_ms`: answer in time."""
         req = GenerateScoreRequest(**fields)
         rid = request_id(ctx)
         timeline = Timeline()
-        out = await self.graph.generate_score(req.original_sentence, req.params, rid, timeline)
+        out = await self.graph.generate_score(req.original_sentence, req.params, rid, timeline, req.graph, req.deadline_ms)
         log.info("request_id=%s generate_score spans=%s", rid, json.dumps(timeline.rounded()))
         return out
 
@@ -113,16 +116,20 @@ class InferenceGraph:
         """Server-sent events: fragments tagged by model, a final event per completion, then [DONE]."""
         return self._sse(ctx, StreamRequest(**fields), score=False)
 
-    @bentoml.api(input_spec=StreamRequest)
+    @bentoml.api(input_spec=ScoreStreamRequest)
     @http_errors
     async def generate_score_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
-        """Like generate_stream, plus a `score` event for each completion as soon as it ends."""
-        return self._sse(ctx, StreamRequest(**fields), score=True)
+        """Like generate_stream, plus a `score` event for each completion as soon as it ends; a named graph
+        (`graph`) streams its candidates, pruning rounds, gates and its decision."""
+        return self._sse(ctx, ScoreStreamRequest(**fields), score=True)
 
     def _sse(self, ctx: bentoml.Context, req: StreamRequest, *, score: bool) -> Any:
         """Validated now (bad input is a 4xx, not a broken stream); the events flow afterwards."""
         rid = request_id(ctx)
-        events = self.graph.stream(req.prompt, req.model, req.params, req.intermediate_result_interval_ms, rid, score)
+        graph, deadline = (req.graph, req.deadline_ms) if isinstance(req, ScoreStreamRequest) else (None, None)
+        events = self.graph.stream(
+            req.prompt, req.model, req.params, req.intermediate_result_interval_ms, rid, score, graph, deadline
+        )
 
         async def body() -> AsyncIterator[str]:
             try:

@@ -159,14 +159,18 @@ class GenerationEngine:
                     if result is None:
                         pending[index] = pending.get(index, "") + text
                     else:
-                        finals.append(StreamEvent(index=index, text=pending.pop(index, "") + text, result=result))
+                        finals.append(StreamEvent(
+                            index=index, text=pending.pop(index, "") + text, result=result,
+                            tokens=result.completion_tokens,
+                        ))
                 now = time.monotonic()
                 if pending and now - last_flush >= interval:
                     last_flush = now
                     flush, pending = pending, {}
                     for index, text in flush.items():
                         if text:
-                            yield StreamEvent(index=index, text=text)
+                            # tokens so far (the decode thread appends; reading a list's length is safe)
+                            yield StreamEvent(index=index, text=text, tokens=len(req.rows[index].tokens))
                 for event in finals:
                     req.results_seen += 1
                     yield event

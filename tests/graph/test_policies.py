@@ -1,0 +1,139 @@
+"""Graph policies in-process on the tiny models with fixed seeds: best_of, pruning, cascade, deadlines, streams."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+import yaml
+
+from graph.compose import Graph
+from graph.config import ROOT, parse_config
+from graph.errors import ConfigError, InvalidRequest
+from graph.local import build_local_graph
+from graph.params import GenerationOverrides
+from graph.policies.registry import graph_names
+from graph.policies.schemas import PolicyResponse
+
+NODES = {"tiny_a": 2, "tiny_b": 2}
+GRAPHS = {
+    "best": {"policy": "best_of", "nodes": NODES},
+    "pruned_inf": {"policy": "best_of", "nodes": NODES, "prune": {"every_tokens": 4, "margin": math.inf}},
+    "pruned": {"policy": "best_of", "nodes": NODES, "prune": {"every_tokens": 4, "margin": 0.0}},
+    "pass_first": {"policy": "cascade", "order": ["tiny_b", "tiny_a"], "gate": {"label": "positive", "min_score": 0.0}},
+    "never": {"policy": "cascade", "order": ["tiny_a", "tiny_b"], "gate": {"min_mean_logprob": 0.0}},
+}
+SAMPLED = GenerationOverrides(do_sample=True, seed=7, max_new_tokens=200)
+PROMPT = "I have an idea!"
+
+
+def tiny_config(graphs=GRAPHS, default="all"):
+    data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    data["policies"] = {"default": default, "graphs": graphs}
+    return parse_config(data, source="test")
+
+
+@pytest.fixture(scope="module")
+def graph(tiny_dir):
+    g, engines = build_local_graph(tiny_config())
+    yield g
+    for e in engines.values():
+        e.close()
+
+
+def run(graph: Graph, name: str, params=SAMPLED, **kw) -> PolicyResponse:
+    out = asyncio.run(graph.generate_score(PROMPT, params, f"rid-{name}", graph=name, **kw))
+    assert isinstance(out, PolicyResponse)
+    return out
+
+
+def generated_total(graph: Graph) -> float:
+    return sum(g.engine.stats()["generated_tokens_total"] for g in graph.generators.values())
+
+
+def test_names_listed_for_other_faces(graph):
+    assert graph_names(graph.config) == ["all", *GRAPHS]
+
+
+def test_best_of_scores_all_candidates_and_picks_the_best(graph):
+    out = run(graph, "best")
+    assert [c.id for c in out.candidates] == ["c0", "c1", "c2", "c3"]
+    assert [c.model for c in out.candidates] == ["tiny_a", "tiny_a", "tiny_b", "tiny_b"]
+    assert [c.seed for c in out.candidates] == [7, 8, 9, 10]  # distinct seeds
+    assert out.answer.score == max(c.score for c in out.candidates)
+    assert out.answer in out.candidates
+    assert out.trace.tokens_total == sum(c.completion_tokens for c in out.candidates)
+    assert out.trace.prune_rounds == []
+
+
+def test_infinite_margin_equals_exhaustive_best_of(graph):
+    plain, pruned = run(graph, "best"), run(graph, "pruned_inf")
+    assert pruned.trace.prune_rounds, "the pruning path ran (rounds scored) but cancelled nobody"
+    assert all(r.cancelled == [] for r in pruned.trace.prune_rounds)
+    assert pruned.answer == plain.answer
+    assert pruned.candidates == plain.candidates
+
+
+def test_finite_margin_spends_fewer_tokens_and_cancelled_candidates_stop_soon(graph):
+    before = generated_total(graph)
+    plain = run(graph, "best")
+    plain_tokens = generated_total(graph) - before
+    before = generated_total(graph)
+    pruned = run(graph, "pruned")
+    pruned_tokens = generated_total(graph) - before
+    cancelled = [c for c in pruned.candidates if c.pruned_at_tokens is not None]
+    assert cancelled, pruned.trace.prune_rounds
+    assert pruned_tokens < plain_tokens and pruned.trace.tokens_total < plain.trace.tokens_total
+    for c in cancelled:
+        assert c.finish_reason == "cancelled"
+        assert c.completion_tokens - c.pruned_at_tokens <= 4, c  # a few decode steps after the cancel
+    assert pruned.answer.pruned_at_tokens is None and pruned.answer.finish_reason != "cancelled"
+    assert pruned.answer.score == max(c.score for c in pruned.candidates if c.pruned_at_tokens is None)
+
+
+def test_cascade_gate_that_always_passes_runs_only_the_first_node(graph):
+    out = run(graph, "pass_first")
+    assert out.trace.nodes_run == ["tiny_b"]
+    assert [s.model for s in out.trace.stages] == ["tiny_b"] and out.trace.stages[0].passed
+    assert out.answer.model == "tiny_b"
+    assert out.trace.tokens_total == out.answer.completion_tokens
+
+
+def test_cascade_gate_that_never_passes_runs_all_and_returns_the_best(graph):
+    out = run(graph, "never")
+    assert out.trace.nodes_run == ["tiny_a", "tiny_b"]
+    assert [s.passed for s in out.trace.stages] == [False, False]
+    assert all(s.mean_logprob is not None and s.mean_logprob < 0 for s in out.trace.stages)
+    assert out.answer.score == max(c.score for c in out.candidates)
+
+
+def test_bad_graph_name_is_a_400_naming_it(graph):
+    with pytest.raises(InvalidRequest) as err:
+        asyncio.run(graph.generate_score(PROMPT, SAMPLED, "rid", graph="best_off"))
+    assert err.value.field == "graph" and "best_off" in err.value.message and "pruned" in err.value.message
+
+
+def test_greedy_with_several_candidates_on_a_node_is_a_400(graph):
+    with pytest.raises(InvalidRequest) as err:
+        run(graph, "best", params=GenerationOverrides(do_sample=False))
+    assert err.value.field == "params.do_sample" and "tiny_a" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "graphs, default, names",
+    [
+        ({"x": {"policy": "best_of", "nodes": {"gpt5": 1}}}, "all", ["policies.graphs.x.nodes", "gpt5"]),
+        ({"x": {"policy": "cascade", "order": ["tiny_a"], "gate": {"label": "happy", "min_score": 0.5}}}, "all",
+         ["policies.graphs.x.gate.label", "happy"]),
+        ({"x": {"policy": "best_of", "nodes": {"tiny_a": 1}, "prune": {"every": 4}}}, "all", ["prune.every"]),
+        ({"x": {"policy": "best_of", "nodes": {"tiny_a": 0}}}, "all", ["nodes.tiny_a"]),
+        ({"x": {"policy": "vote", "nodes": {"tiny_a": 1}}}, "all", ["policies.graphs.x", "vote"]),
+        ({}, "best", ["default", "best"]),
+    ],
+)
+def test_bad_graph_settings_fail_at_startup_naming_them(graphs, default, names):
+    with pytest.raises(ConfigError) as err:
+        tiny_config(graphs, default)
+    for name in names:
+        assert name in str(err.value), str(err.value)
