@@ -24,7 +24,7 @@ GRAPHS = {
     "pass_first": {"policy": "cascade", "order": ["tiny_b", "tiny_a"], "gate": {"label": "positive", "min_score": 0.0}},
     "never": {"policy": "cascade", "order": ["tiny_a", "tiny_b"], "gate": {"min_mean_logprob": 0.0}},
 }
-SAMPLED = GenerationOverrides(do_sample=True, seed=7, max_new_tokens=200)
+SAMPLED = GenerationOverrides(do_sample=True, seed=7, max_new_tokens=64)
 PROMPT = "I have an idea!"
 
 
@@ -137,3 +137,52 @@ def test_bad_graph_settings_fail_at_startup_naming_them(graphs, default, names):
         tiny_config(graphs, default)
     for name in names:
         assert name in str(err.value), str(err.value)
+
+
+LONG = GenerationOverrides(do_sample=True, seed=3, max_new_tokens=900)
+
+
+@pytest.mark.parametrize("name", ["best", "pruned", "never"])
+def test_deadline_answers_in_time_with_what_it_has(graph, name):
+    out = run(graph, name, params=LONG, deadline_ms=600)
+    assert out.finish_reason == "time"
+    assert out.trace.budget is not None and out.trace.budget.deadline_ms == 600
+    assert 0 < out.trace.budget.generate_ms < 600 and out.trace.budget.score_ms > 0
+    assert any(c.finish_reason == "time" for c in out.candidates)
+    assert all(c.completion_tokens < 900 for c in out.candidates)
+    assert out.trace.elapsed_ms < 600 + 2000  # generous: the machine is shared
+
+
+def test_deadline_on_all_keeps_the_list_response(graph):
+    out = asyncio.run(graph.generate_score(PROMPT, LONG, "rid-all", graph="all", deadline_ms=400))
+    assert isinstance(out, list) and {c.model for c in out} == {"tiny_a", "tiny_b"}
+    assert any(c.finish_reason == "time" for c in out)  # (a tiny random model may also stop on its own)
+    assert all(c.finish_reason in ("time", "stop") and c.completion_tokens < 900 for c in out)
+
+
+def test_stream_shows_candidates_pruning_and_decision(graph):
+    async def collect():
+        return [ev async for ev in graph.stream(PROMPT, None, SAMPLED, 0, "rid-s", True, graph="pruned")]
+
+    events = asyncio.run(collect())
+    types = [e.type for e in events]
+    assert types[0] == "candidates" and types[-1] == "decision"
+    assert [c.id for c in events[0].candidates] == ["c0", "c1", "c2", "c3"]
+    assert "token" in types and "prune" in types and types.count("score") == 4 and types.count("final") == 4
+    decision = events[-1].result
+    prunes = [e for e in events if e.type == "prune"]
+    assert [r.model_dump() for r in decision.trace.prune_rounds] == [
+        {k: v for k, v in p.model_dump().items() if k != "type"} for p in prunes
+    ]
+    cancelled = {c for p in prunes for c in p.cancelled}
+    finals = {f"c{e.index}": e for e in events if e.type == "final"}
+    assert cancelled and all(finals[c].finish_reason == "cancelled" for c in cancelled)
+    for c in decision.candidates:  # each candidate's fragments make its text
+        text = "".join(e.text for e in events if e.type in ("token", "final") and f"c{e.index}" == c.id)
+        assert text == c.completion
+
+
+def test_stream_of_a_named_graph_refuses_model(graph):
+    with pytest.raises(InvalidRequest) as err:
+        graph.stream(PROMPT, "tiny_a", SAMPLED, 0, "rid", True, graph="best")
+    assert err.value.field == "model"
