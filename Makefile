@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install prepare serve test tiny-models bench bench-graph bench-node clean browser bento bento-gpu containerize
+.PHONY: install prepare serve test tiny-models bench bench-graph bench-node bench-policies clean browser bento bento-gpu containerize
 
 install: $(STAMPS)/install
 
@@ -48,6 +48,11 @@ bench-graph: prepare
 
 bench-node: prepare
 	$(BIN)/python scripts/bench_engine.py smollm2-135m-instruct --threads 2 --concurrency 1,64
+
+# Every graph policy of configs/default.yaml on bench/policy_prompts.txt: score, tokens, p50/p95, a chart
+# (docs/policies.png). About 5 minutes on 2 cores.
+bench-policies: prepare
+	$(BIN)/python scripts/bench_policies.py
 
 # Debian's chromium for tests/shipping/test_browser.py (Playwright never downloads its own); only when missing.
 browser: $(CHROMIUM)
