@@ -10,7 +10,7 @@ import yaml
 
 from graph.compose import Graph
 from graph.config import ROOT, parse_config
-from graph.errors import ConfigError, InvalidRequest
+from graph.errors import InvalidRequest
 from graph.local import build_local_graph
 from graph.params import GenerationOverrides
 from graph.policies.registry import graph_names
@@ -118,25 +118,6 @@ def test_greedy_with_several_candidates_on_a_node_is_a_400(graph):
     with pytest.raises(InvalidRequest) as err:
         run(graph, "best", params=GenerationOverrides(do_sample=False))
     assert err.value.field == "params.do_sample" and "tiny_a" in err.value.message
-
-
-@pytest.mark.parametrize(
-    "graphs, default, names",
-    [
-        ({"x": {"policy": "best_of", "nodes": {"gpt5": 1}}}, "all", ["policies.graphs.x.nodes", "gpt5"]),
-        ({"x": {"policy": "cascade", "order": ["tiny_a"], "gate": {"label": "happy", "min_score": 0.5}}}, "all",
-         ["policies.graphs.x.gate.label", "happy"]),
-        ({"x": {"policy": "best_of", "nodes": {"tiny_a": 1}, "prune": {"every": 4}}}, "all", ["prune.every"]),
-        ({"x": {"policy": "best_of", "nodes": {"tiny_a": 0}}}, "all", ["nodes.tiny_a"]),
-        ({"x": {"policy": "vote", "nodes": {"tiny_a": 1}}}, "all", ["policies.graphs.x", "vote"]),
-        ({}, "best", ["default", "best"]),
-    ],
-)
-def test_bad_graph_settings_fail_at_startup_naming_them(graphs, default, names):
-    with pytest.raises(ConfigError) as err:
-        tiny_config(graphs, default)
-    for name in names:
-        assert name in str(err.value), str(err.value)
 
 
 LONG = GenerationOverrides(do_sample=True, seed=3, max_new_tokens=900)
