@@ -167,6 +167,8 @@ class Graph:
             return await policies.execute(*chosen)
         overrides = Deadline.capped(deadline, overrides)  # generators: the deadline less scoring, as max_time_ms
         per_node = await self.generate([sentence], None, overrides, request_id, timeline)
+        if deadline is not None:
+            deadline.generated()
         flat = [(node, r) for node, rows in per_node.items() for r in rows[0]]
         # One batched classifier call for every completion of the request.
         scores = await self.classify([sentence + r.text for _, r in flat])

@@ -31,7 +31,7 @@ async def cascade(run: Run, g: Cascade) -> PolicyResponse:
     first_cap = 0
     for i, node in enumerate(g.order):
         d = run.deadline
-        if d is not None and cands and d.left_ms() < d.score_ms + d.slack_ms() + MIN_STAGE_MS:
+        if d is not None and cands and d.left_ms() < d.reserve_ms() + MIN_STAGE_MS:
             cut_short = True  # no time for another stage: answer with what we have
             break
         params = run.base_params(node, copies=1, logprobs=logprobs)
@@ -40,6 +40,8 @@ async def cascade(run: Run, g: Cascade) -> PolicyResponse:
         await run.send(CandidatesEvent(candidates=[CandidateRef(id=spec.id, model=node, seed=spec.params.seed)]))
         t0 = time.monotonic()
         result = await _one(run, spec)
+        if d is not None:
+            d.generated()
         (c,) = await run.score([run.prompt + result.text])
         await run.send(ScoreEvent(model=node, index=i, **c.model_dump()))
         cand = run.candidate(spec, result, c)

@@ -1,5 +1,5 @@
-"""The deadline splitter: a request's deadline_ms becomes the generators' time cap plus a share kept for
-scoring, sized from recent classifier calls."""
+"""The deadline splitter: a request's deadline_ms becomes the generators' time cap, a share kept for scoring and
+a share for the generators' overrun past their cap, both sized from recent calls."""
 
 from __future__ import annotations
 
@@ -14,55 +14,85 @@ from graph.params import GenerationOverrides
 from graph.policies.schemas import Budget
 
 DEFAULT_SCORE_MS = 150.0  # assumed classifier latency before any call was measured
-SLACK_MS = 0.08  # share of the deadline kept for the entry's own work and the HTTP hops
-MIN_SLACK_MS = 40.0
+DEFAULT_OVERRUN_MS = 100.0  # assumed lateness of a capped generator call (last decode step, hops) before any
+SLACK_SHARE = 0.04  # share of the deadline kept for the entry's own work
+MIN_SLACK_MS = 30.0
+
+
+def _p90(window: deque[float], default: float) -> float:
+    if not window:
+        return default
+    ordered = sorted(window)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
 
 
 @dataclass
 class Latencies:
-    """Recent classifier call durations (ms); the estimate is a high percentile, so a slow call fits."""
+    """Recent classifier call durations and generator overruns (ms); estimates are the 90th percentile,
+    so a slow call still fits."""
 
     window: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    overruns: deque[float] = field(default_factory=lambda: deque(maxlen=64))
 
     def record(self, ms: float) -> None:
         self.window.append(ms)
 
+    def record_overrun(self, ms: float) -> None:
+        self.overruns.append(max(0.0, ms))
+
     def score_ms(self) -> float:
-        if not self.window:
-            return DEFAULT_SCORE_MS
-        ordered = sorted(self.window)
-        return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+        return _p90(self.window, DEFAULT_SCORE_MS)
+
+    def overrun_ms(self) -> float:
+        return _p90(self.overruns, DEFAULT_OVERRUN_MS)
 
 
 @dataclass
 class Deadline:
-    """A request's clock: when it started, when it must answer, and the scoring share to keep."""
+    """A request's clock: when it started, when it must answer, and the shares to keep."""
 
     deadline_ms: int
     score_ms: float
+    overrun_ms: float = DEFAULT_OVERRUN_MS
+    latencies: Optional[Latencies] = None
     started: float = field(default_factory=time.monotonic)
+    cap_ends: float = 0.0  # when the last time cap given to generators runs out (monotonic)
 
     @classmethod
     def of(cls, deadline_ms: Optional[int], latencies: Latencies) -> Optional["Deadline"]:
-        return None if deadline_ms is None else cls(deadline_ms, latencies.score_ms())
+        if deadline_ms is None:
+            return None
+        return cls(deadline_ms, latencies.score_ms(), latencies.overrun_ms(), latencies)
 
     def left_ms(self) -> float:
         return self.deadline_ms - (time.monotonic() - self.started) * 1000.0
 
     def slack_ms(self) -> float:
-        return max(MIN_SLACK_MS, SLACK_MS * self.deadline_ms)
+        return max(MIN_SLACK_MS, SLACK_SHARE * self.deadline_ms)
+
+    def reserve_ms(self, scoring_calls: int = 1) -> float:
+        """Time kept back from the generators: scoring, their measured overrun, the entry's slack."""
+        return scoring_calls * self.score_ms + self.overrun_ms + self.slack_ms()
 
     def generate_cap_ms(self, scoring_calls: int = 1) -> int:
-        """The generators' max_time_ms from now: what is left minus the scoring share and the slack
-        (at least 1 ms: a generator then stops after its first token, with finish_reason `time`)."""
-        return max(1, int(self.left_ms() - scoring_calls * self.score_ms - self.slack_ms()))
+        """The generators' max_time_ms from now: what is left minus the reserve (at least 1 ms: a generator
+        then stops after its first token, with finish_reason `time`)."""
+        cap = max(1, int(self.left_ms() - self.reserve_ms(scoring_calls)))
+        self.cap_ends = time.monotonic() + cap / 1000.0
+        return cap
+
+    def generated(self) -> None:
+        """The capped generators have answered: record how late past the cap (the overrun share learns it)."""
+        if self.latencies is not None and self.cap_ends:
+            self.latencies.record_overrun((time.monotonic() - self.cap_ends) * 1000.0)
 
     def can_score_more(self, reserve_calls: int = 2) -> bool:
         """Whether an extra classifier call (a pruning round) still fits before the final scoring."""
-        return self.left_ms() > reserve_calls * self.score_ms + self.slack_ms()
+        return self.left_ms() > self.reserve_ms(reserve_calls)
 
     def budget(self, generate_ms: int) -> Budget:
-        return Budget(deadline_ms=self.deadline_ms, generate_ms=generate_ms, score_ms=int(self.score_ms))
+        return Budget(deadline_ms=self.deadline_ms, generate_ms=generate_ms, score_ms=int(self.score_ms),
+                      overrun_ms=int(self.overrun_ms))
 
     @staticmethod
     def capped(deadline: Optional["Deadline"], overrides: Optional[BaseModel]) -> Optional[BaseModel]:

@@ -58,6 +58,7 @@ class Budget(BaseModel):
     deadline_ms: int
     generate_ms: int = Field(description="Time cap given to the generators (their max_time_ms).")
     score_ms: int = Field(description="Time kept for scoring, from recent classifier calls.")
+    overrun_ms: int = Field(description="Time kept for the generators finishing past their cap, from recent calls.")
 
 
 class Trace(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import yaml
 
@@ -52,16 +54,21 @@ def test_bad_graph_settings_fail_at_startup_naming_them(graphs, default, names):
 
 
 
-def test_deadline_keeps_the_scoring_share_from_recent_calls():
+def test_deadline_keeps_scoring_and_overrun_shares_from_recent_calls():
     lat = Latencies()
     assert Deadline.of(None, lat) is None
-    assert Deadline.of(3000, lat).score_ms == 150.0  # nothing measured yet
+    first = Deadline.of(3000, lat)
+    assert (first.score_ms, first.overrun_ms) == (150.0, 100.0)  # nothing measured yet
     for ms in [100.0] * 9 + [400.0]:
         lat.record(ms)
-    d = Deadline(3000, lat.score_ms())
-    assert d.score_ms == 400.0  # the 90th percentile: a slow call still fits
+        lat.record_overrun(ms / 2)
+    d = Deadline.of(3000, lat)
+    assert (d.score_ms, d.overrun_ms) == (400.0, 200.0)  # the 90th percentile: a slow call still fits
     cap = d.generate_cap_ms()
-    assert 3000 - 400 - 240 - 50 <= cap <= 3000 - 400 - 240  # minus scoring, minus 8% slack
+    assert 3000 - 400 - 200 - 120 - 50 <= cap <= 3000 - 400 - 200 - 120  # minus scoring, overrun, 4% slack
+    d.cap_ends = time.monotonic() - 10.0  # pretend the generators came back 10 s after their cap
+    d.generated()
+    assert max(lat.overruns) >= 9000.0
     assert Deadline(100, 400.0).generate_cap_ms() == 1  # no time: the generators stop after one token
 
 
@@ -71,5 +78,5 @@ def test_deadline_caps_max_time_ms_keeping_a_lower_one():
     d = Deadline(3000, 100.0)
     assert Deadline.capped(None, None) is None
     capped = Deadline.capped(d, GenerationOverrides(max_new_tokens=8))
-    assert capped.max_time_ms <= 3000 - 100 - 240 and capped.max_new_tokens == 8
+    assert capped.max_time_ms <= 3000 - 100 - 100 - 120 and capped.max_new_tokens == 8
     assert Deadline.capped(d, GenerationOverrides(max_time_ms=50)).max_time_ms == 50
