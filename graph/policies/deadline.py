@@ -19,20 +19,24 @@ SLACK_SHARE = 0.04  # share of the deadline kept for the entry's own work
 MIN_SLACK_MS = 30.0
 
 
-def _p90(window: deque[float], default: float) -> float:
+MAX_OVERRUN_SHARE = 0.4  # the overrun share never takes more of the deadline than this (the generators keep time)
+
+
+def _quantile(window: deque[float], q: float, default: float) -> float:
     if not window:
         return default
     ordered = sorted(window)
-    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 @dataclass
 class Latencies:
-    """Recent classifier call durations and generator overruns (ms); estimates are the 90th percentile,
-    so a slow call still fits."""
+    """Recent classifier call durations (the 90th percentile of the last 64: a slow call still fits) and
+    generator overruns past their cap (the 75th percentile of the last 32: it follows the machine's load
+    without one slow burst starving the generators for long)."""
 
     window: deque[float] = field(default_factory=lambda: deque(maxlen=64))
-    overruns: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    overruns: deque[float] = field(default_factory=lambda: deque(maxlen=32))
 
     def record(self, ms: float) -> None:
         self.window.append(ms)
@@ -41,10 +45,10 @@ class Latencies:
         self.overruns.append(max(0.0, ms))
 
     def score_ms(self) -> float:
-        return _p90(self.window, DEFAULT_SCORE_MS)
+        return _quantile(self.window, 0.9, DEFAULT_SCORE_MS)
 
     def overrun_ms(self) -> float:
-        return _p90(self.overruns, DEFAULT_OVERRUN_MS)
+        return _quantile(self.overruns, 0.75, DEFAULT_OVERRUN_MS)
 
 
 @dataclass
@@ -72,7 +76,8 @@ class Deadline:
 
     def reserve_ms(self, scoring_calls: int = 1) -> float:
         """Time kept back from the generators: scoring, their measured overrun, the entry's slack."""
-        return scoring_calls * self.score_ms + self.overrun_ms + self.slack_ms()
+        overrun = min(self.overrun_ms, MAX_OVERRUN_SHARE * self.deadline_ms)
+        return scoring_calls * self.score_ms + overrun + self.slack_ms()
 
     def generate_cap_ms(self, scoring_calls: int = 1) -> int:
         """The generators' max_time_ms from now: what is left minus the reserve (at least 1 ms: a generator

@@ -61,14 +61,17 @@ def test_deadline_keeps_scoring_and_overrun_shares_from_recent_calls():
     assert (first.score_ms, first.overrun_ms) == (150.0, 100.0)  # nothing measured yet
     for ms in [100.0] * 9 + [400.0]:
         lat.record(ms)
-        lat.record_overrun(ms / 2)
+    for ms in [50.0] * 7 + [200.0] * 3:
+        lat.record_overrun(ms)
     d = Deadline.of(3000, lat)
-    assert (d.score_ms, d.overrun_ms) == (400.0, 200.0)  # the 90th percentile: a slow call still fits
+    assert (d.score_ms, d.overrun_ms) == (400.0, 200.0)  # 90th / 75th percentiles: a slow call still fits
     cap = d.generate_cap_ms()
     assert 3000 - 400 - 200 - 120 - 50 <= cap <= 3000 - 400 - 200 - 120  # minus scoring, overrun, 4% slack
     d.cap_ends = time.monotonic() - 10.0  # pretend the generators came back 10 s after their cap
     d.generated()
     assert max(lat.overruns) >= 9000.0
+    lat.overruns.extend([9000.0] * 32)
+    assert Deadline.of(3000, lat).generate_cap_ms() >= 3000 - 400 - 0.4 * 3000 - 120 - 50  # overrun share capped
     assert Deadline(100, 400.0).generate_cap_ms() == 1  # no time: the generators stop after one token
 
 
