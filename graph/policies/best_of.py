@@ -64,7 +64,13 @@ async def best_of(run: Run, g: BestOf) -> PolicyResponse:
 
 
 async def _whole(run: Run, specs: list[Spec]) -> list[GenerationResult]:
-    """Every candidate at once, no streams (exhaustive best_of)."""
+    """Every candidate at once, no streams (exhaustive best_of): one request per node, its candidates as
+    num_return_sequences (their seeds are consecutive, as the engine's sequences are), so they share the
+    prompt's prefill. Nothing is cancelled alone here, so they need no request id of their own."""
+    by_node: dict[str, list[Spec]] = {}
+    for s in specs:
+        by_node.setdefault(s.node, []).append(s)
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(run.generate(s)) for s in specs]
-    return [t.result() for t in tasks]
+        tasks = [group.create_task(run.generate_many(group_specs)) for group_specs in by_node.values()]
+    by_id = {s.id: r for t, group_specs in zip(tasks, by_node.values()) for s, r in zip(group_specs, t.result())}
+    return [by_id[s.id] for s in specs]

@@ -109,7 +109,7 @@ class Run:
 
     def seed_base(self, params: GenerationParams) -> int:
         """The request's seed, or a fresh one: candidate i samples with base + i (distinct seeds)."""
-        return params.seed if params.seed is not None else random.randrange(2**32)
+        return params.seed if params.seed is not None else random.randrange(2**32 - 64)
 
     async def generate(self, spec: Spec) -> GenerationResult:
         """One candidate, whole (no stream)."""
@@ -117,6 +117,18 @@ class Run:
         gen = self.host.generators[spec.node]
         (rows,) = await self.host.call(spec.node, gen.generate([self.prompt], spec.params, spec.request_id))
         return rows[0]
+
+    async def generate_many(self, specs: list[Spec]) -> list[GenerationResult]:
+        """Consecutive candidates of one node (seeds s, s+1, ...) as one request with num_return_sequences."""
+        first = specs[0]
+        if len(specs) == 1:
+            return [await self.generate(first)]
+        params = first.params.model_copy(update={"num_return_sequences": len(specs)})
+        spec = Spec(first.index, first.id, first.node, params, f"{first.request_id}-{specs[-1].id}")
+        self._started(spec)
+        gen = self.host.generators[spec.node]
+        (rows,) = await self.host.call(spec.node, gen.generate([self.prompt], params, spec.request_id))
+        return list(rows)
 
     def stream(self, spec: Spec) -> AsyncIterator[StreamEvent]:
         self._started(spec)
