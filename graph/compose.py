@@ -6,12 +6,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Iterable, Optional, Protocol, Sequence, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Iterable, Optional, Sequence, TypeVar
 
 from pydantic import BaseModel
 
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
+from graph.limits import check_budget
+from graph.nodes import ClassifierClient, GeneratorClient
 from graph.params import GenerationParams, merge_params
 from graph.policies import registry as policies
 from graph.policies.deadline import Deadline, Latencies
@@ -22,26 +24,6 @@ from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, 
 T = TypeVar("T")
 
 log = logging.getLogger("graph")
-
-
-class GeneratorClient(Protocol):
-    """What the graph needs from a generator node (a local engine or a BentoML dependency)."""
-
-    async def generate(
-        self, prompts: list[str], params: GenerationParams, request_id: str
-    ) -> list[list[GenerationResult]]: ...
-
-    def stream(
-        self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
-    ) -> AsyncIterator[StreamEvent]: ...
-
-    async def cancel(self, request_id: str) -> bool: ...
-
-    async def stats(self) -> dict[str, float]: ...
-
-
-class ClassifierClient(Protocol):
-    async def classify(self, texts: list[str]) -> list[Classification]: ...
 
 
 @dataclass
@@ -71,6 +53,7 @@ class Graph:
         self.generators = generators
         self.classifier = classifier
         self.latencies = Latencies()  # recent classifier calls: the deadline splitter sizes scoring from them
+        self.inflight: dict[str, set[str]] = {}  # request id -> nodes working on it (for shutdown)
 
     # ---- validation at the edge -------------------------------------------------------------
     def select(self, model: Optional[str], *, field_name: str = "model") -> list[str]:
@@ -96,9 +79,12 @@ class Graph:
         cfg = self.config.generators[node]
         return merge_params(cfg.defaults, overrides, max_new_tokens_limit=cfg.max_new_tokens_limit)
 
-    def plan(self, nodes: Sequence[str], overrides: Optional[BaseModel]) -> dict[str, GenerationParams]:
-        """Validate every node's params before any work starts (nothing half-done on bad input)."""
-        return {n: self.params_for(n, overrides) for n in nodes}
+    def plan(self, nodes: Sequence[str], overrides: Optional[BaseModel], prompts: int = 1) -> dict[str, GenerationParams]:
+        """Validate every node's params and work budget before any work starts (nothing half-done)."""
+        plan = {n: self.params_for(n, overrides) for n in nodes}
+        for n, params in plan.items():
+            check_budget(n, self.config.generators[n].budget, prompts, params)
+        return plan
 
     # ---- calls -----------------------------------------------------------------------------
     async def _call(self, node: str, coro: Awaitable[T], timeline: Timeline | None) -> T:
@@ -118,7 +104,7 @@ class Graph:
                 timeline.spans[node] = (start, time.time())
 
     async def call(self, node: str, coro: Awaitable[T]) -> T:
-        """One node call with the graph's timeout and error mapping (the policies use it)."""
+        """One node call under the graph's deadline; a failure becomes a GraphError naming the node."""
         return await self._call(node, coro, None)
 
     async def generate(
@@ -128,7 +114,8 @@ class Graph:
         """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}."""
         for i, p in enumerate(prompts):
             self.check_prompt(p, "prompt" if len(prompts) == 1 else f"prompts[{i}]")
-        plan = self.plan(self.select(model), overrides)
+        plan = self.plan(self.select(model), overrides, len(prompts))
+        self.inflight.setdefault(request_id, set()).update(plan)
         try:
             async with asyncio.TaskGroup() as group:  # one node failing cancels the others' calls
                 tasks = {
@@ -141,7 +128,16 @@ class Graph:
             # the nodes that were cut off may still be working on it: tell them to stop
             self._cancel_all(plan, request_id)
             raise _first_error(group_err) from None
+        except asyncio.CancelledError:  # the caller went away (a gRPC cancel or deadline): same
+            self._cancel_all(plan, request_id)
+            raise
+        finally:
+            self.inflight.pop(request_id, None)
         return {n: t.result() for n, t in tasks.items()}
+
+    async def count_tokens(self, node: str, prompt: str) -> int:
+        """Tokens `prompt` takes on generator `node` (its chat template and special tokens included)."""
+        return await self._call(node, self.generators[node].count_tokens(prompt), None)
 
     async def classify(self, texts: list[str]) -> list[Classification]:
         if not texts:
@@ -224,6 +220,7 @@ class Graph:
                 await queue.put(None)
 
         tasks.extend(asyncio.create_task(pump(n)) for n in plan)
+        self.inflight.setdefault(request_id, set()).update(plan)
         completed = False
         try:
             while outstanding:
@@ -234,12 +231,19 @@ class Graph:
                     yield item
             completed = True
         finally:
+            self.inflight.pop(request_id, None)
             for t in tasks:
                 t.cancel()
             if not completed:  # the client went away: stop the nodes' work too (BentoML won't).
                 # A task of its own: the server cancels this one's scope, and awaits here would be
                 # cancelled with it before the nodes heard anything.
                 self._cancel_all(plan, request_id)
+
+    def cancel_inflight(self) -> int:
+        """Tell the nodes to stop every request in flight (shutdown); how many there were."""
+        for request_id, nodes in list(self.inflight.items()):
+            self._cancel_all(nodes, request_id)
+        return len(self.inflight)
 
     def _cancel_all(self, nodes: Iterable[str], request_id: str) -> None:
         """Tell every node to stop `request_id`, as a task of its own (the caller may be cancelled)."""

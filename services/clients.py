@@ -7,11 +7,15 @@ those become GraphErrors again. The same clients serve a local worker and a remo
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any, AsyncIterator
 
+import aiohttp
 from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
+from graph.chat_format import ChatMessage, ChatResult
 from graph.errors import ErrorBody, GraphError, NodeFailure, error_from_body, error_from_status
 from graph.params import GenerationParams
 from graph.results import Classification, GenerationResult, StreamEvent
@@ -19,7 +23,13 @@ from graph.wire import StreamDecoder
 
 _RESULTS = TypeAdapter(list[list[GenerationResult]])
 _CLASSIFICATIONS = TypeAdapter(list[Classification])
+_CHAT = TypeAdapter(ChatResult)
 _ERROR = TypeAdapter(ErrorBody | list[ErrorBody])  # BentoML wraps a 4xx body in a one-element list
+# A node's worker died under the call (kill -9, out of memory): the supervisor starts a new one on the
+# same socket, so the same call, sent again, waits for it. The graph's deadline bounds the retries.
+WORKER_GONE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)
+RETRY_PAUSE_S = 0.5
+log = logging.getLogger("graph")
 
 
 def node_error(exc: BentoMLException, node: str) -> GraphError:
@@ -47,11 +57,21 @@ class GeneratorNodeClient:
         self.dep, self.node = dep, node
 
     async def generate(self, prompts: list[str], params: GenerationParams, request_id: str) -> list[list[GenerationResult]]:
-        try:
-            out = await self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id)
-        except BentoMLException as exc:
-            raise node_error(exc, self.node) from None
-        return _typed(_RESULTS, out, self.node)
+        """The node's results; sent again when the node's worker died under the call (same params and
+        seed: the same answer), until the graph's deadline (Graph._call) gives up."""
+        attempt = 0
+        while True:
+            try:
+                out = await self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id)
+            except BentoMLException as exc:
+                raise node_error(exc, self.node) from None
+            except WORKER_GONE as exc:
+                attempt += 1
+                log.warning("request_id=%s node %s: worker gone (%s); retry %d once it is back",
+                            request_id, self.node, type(exc).__name__, attempt)
+                await asyncio.sleep(min(RETRY_PAUSE_S * attempt, 5.0))
+                continue
+            return _typed(_RESULTS, out, self.node)
 
     async def stream(
         self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
@@ -67,8 +87,35 @@ class GeneratorNodeClient:
             raise node_error(exc, self.node) from None
         decoder.close()
 
+    async def chat(self, messages: list[ChatMessage], params: GenerationParams, request_id: str) -> ChatResult:
+        try:
+            out = await self.dep.to_async.chat(messages=messages, params=params, request_id=request_id)
+        except BentoMLException as exc:
+            raise node_error(exc, self.node) from None
+        return _typed(_CHAT, out, self.node)
+
+    async def chat_stream(
+        self, messages: list[ChatMessage], params: GenerationParams, request_id: str, interval_ms: int
+    ) -> AsyncIterator[StreamEvent]:
+        decoder = StreamDecoder(self.node)
+        try:
+            async for chunk in self.dep.to_async.chat_stream(
+                messages=messages, params=params, request_id=request_id, interval_ms=interval_ms
+            ):
+                for event in decoder.feed(chunk):
+                    yield event
+        except BentoMLException as exc:
+            raise node_error(exc, self.node) from None
+        decoder.close()
+
     async def cancel(self, request_id: str) -> bool:
         return bool(await self.dep.to_async.cancel(request_id=request_id))
+
+    async def count_tokens(self, prompt: str) -> int:
+        try:
+            return int(await self.dep.to_async.count_tokens(prompt=prompt))
+        except BentoMLException as exc:
+            raise node_error(exc, self.node) from None
 
     async def stats(self) -> dict[str, float]:
         return dict(await self.dep.to_async.stats())

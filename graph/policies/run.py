@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from graph.config import GraphConfig
 from graph.errors import InvalidRequest
+from graph.nodes import GeneratorClient
 from graph.params import GenerationParams
 from graph.policies.deadline import Deadline, Latencies
 from graph.policies.schemas import Candidate, CandidatesEvent, DecisionEvent, GateEvent, PruneEvent
@@ -26,21 +27,11 @@ PolicyEvent = Union[CandidatesEvent, TokenEvent, FinalEvent, ScoreEvent, PruneEv
 Emit = Callable[[PolicyEvent], Awaitable[None]]
 
 
-class NodeGenerator(Protocol):
-    """What a policy needs of a generator node client (graph.compose.GeneratorClient has it)."""
-
-    async def generate(self, prompts: list[str], params: GenerationParams, request_id: str) -> list[list[GenerationResult]]: ...
-
-    def stream(self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int) -> AsyncIterator[StreamEvent]: ...
-
-    async def cancel(self, request_id: str) -> bool: ...
-
-
 class Host(Protocol):
     """What a policy needs of the graph (graph.compose.Graph has it)."""
 
     config: GraphConfig
-    generators: Mapping[str, NodeGenerator]
+    generators: Mapping[str, GeneratorClient]
     latencies: Latencies
 
     def params_for(self, node: str, overrides: Optional[BaseModel]) -> GenerationParams: ...
