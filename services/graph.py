@@ -184,7 +184,8 @@ InferenceGraph.add_asgi_middleware(ReadyProbe, health=HEALTH)
 InferenceGraph.add_asgi_middleware(
     DocsContract, keys=KEYS.enabled, models=list(CONFIG.generators), max_chars=CONFIG.prompt.max_chars,
     max_new_tokens=min(n.max_new_tokens_limit for n in CONFIG.generators.values()),
-    defaults=[n.defaults for n in CONFIG.generators.values()],
+    defaults=[n.defaults for n in CONFIG.generators.values()], graphs=tuple(CONFIG.policies.names()),
+    sampling=tuple(CONFIG.policies.sampling()), default_graph=CONFIG.policies.default,
 )
 InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS)
 InferenceGraph.add_asgi_middleware(JsonOnly)

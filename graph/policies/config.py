@@ -108,6 +108,10 @@ class Policies(_Strict):
         """Every graph a request may name: `all`, then the config's (the OpenAI face lists `graph:<name>`)."""
         return [ALL, *self.graphs]
 
+    def sampling(self) -> list[str]:
+        """Graphs that run several candidates on one node (a request may not make them greedy)."""
+        return [n for n, g in self.graphs.items() if isinstance(g, BestOf) and max(g.nodes.values()) > 1]
+
     def check_nodes(self, generators: set[str], labels: Optional[set[str]]) -> None:
         """Every node a graph names is a generator of the config; a gate's label is a classifier label
         (when the labels are known from the config: zero_shot). ValueError names the key."""

@@ -83,12 +83,15 @@ class Run:
                 f"params.num_return_sequences: graph {self.graph!r} sets its candidates in the config; leave it at 1",
                 field="params.num_return_sequences",
             )
-        if copies > 1 and not p.do_sample:
-            raise InvalidRequest(
-                f"params.do_sample: graph {self.graph!r} runs {copies} candidates on node {node!r}, and greedy "
-                "decoding gives the same text each time; set do_sample=true",
-                field="params.do_sample",
-            )
+        if copies > 1 and not p.do_sample:  # several candidates on a node: the graph samples them
+            asked = self.overrides.model_dump().get("do_sample") if self.overrides is not None else None
+            if asked is False or p.temperature == 0.0:
+                raise InvalidRequest(
+                    f"params.do_sample: graph {self.graph!r} runs {copies} candidates on node {node!r}, and greedy "
+                    "decoding gives the same text each time; leave do_sample out or true (and temperature above 0)",
+                    field="params.do_sample",
+                )
+            p = p.model_copy(update={"do_sample": True})
         return p.model_copy(update={"logprobs": True}) if logprobs and not p.logprobs else p
 
     def spec(self, index: int, node: str, params: GenerationParams, seed: Optional[int], cap_ms: Optional[int]) -> Spec:

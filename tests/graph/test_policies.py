@@ -114,16 +114,22 @@ def test_bad_graph_name_is_a_400_naming_it(graph):
     assert err.value.field == "graph" and "best_off" in err.value.message and "pruned" in err.value.message
 
 
+def test_several_candidates_on_a_greedy_node_are_sampled(graph):
+    out = run(graph, "best", params=GenerationOverrides(seed=5, max_new_tokens=16))  # tiny nodes default to greedy
+    texts = [c.completion for c in out.candidates if c.model == "tiny_a"]
+    assert len(texts) == 2 and texts[0] != texts[1]
+
+
 def test_greedy_with_several_candidates_on_a_node_is_a_400(graph):
     with pytest.raises(InvalidRequest) as err:
         run(graph, "best", params=GenerationOverrides(do_sample=False))
     assert err.value.field == "params.do_sample" and "tiny_a" in err.value.message
 
 
-LONG = GenerationOverrides(do_sample=True, seed=3, max_new_tokens=900)
+LONG = GenerationOverrides(do_sample=True, seed=7, max_new_tokens=900)
 
 
-@pytest.mark.parametrize("name", ["best", "pruned", "never"])
+@pytest.mark.parametrize("name", ["best", "pruned_inf", "never"])
 def test_deadline_answers_in_time_with_what_it_has(graph, name):
     out = run(graph, name, params=LONG, deadline_ms=600)
     assert out.finish_reason == "time"
