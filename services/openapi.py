@@ -103,7 +103,7 @@ def _api(op: dict[str, Any], *, keys: bool) -> None:
         op["requestBody"]["required"] = bool(body.get("required") or body.get("oneOf"))
 
 
-ONE_REPLY = ("infer", "chat", "chat_stream")  # chat turns: one reply, so num_return_sequences is 1
+ONE_REPLY = ("infer", "chat_turn", "chat_stream")  # chat turns (/chat is chat_turn): one reply, num_return_sequences 1
 
 
 def _one_reply(op: dict[str, Any]) -> None:
