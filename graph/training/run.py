@@ -89,14 +89,14 @@ def _last_checkpoint(run_dir: Path) -> Optional[str]:
 
 def train(cfg: TrainConfig, inputs: Optional[Inputs] = None, **lookups: Any) -> TrainResult:
     """Run the training (resuming if cfg.resume) and save the model and tokenizer to output_dir/final/."""
+    inputs = inputs or check_inputs(cfg, **lookups)  # before the heavy imports: bad input fails at once
     import torch
 
     from graph.models.loading import load_causal_lm
     from graph.training.dataset import DocumentDataset, DocumentEncoder, collate
     from graph.training.samples import SampleLogger
-    from graph.training.trainer import DocumentTrainer, training_arguments, tensorboard_callbacks
+    from graph.training.trainer import DocumentTrainer, tensorboard_callbacks, training_arguments
 
-    inputs = inputs or check_inputs(cfg, **lookups)
     start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

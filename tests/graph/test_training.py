@@ -36,9 +36,9 @@ def docs(tmp_path_factory) -> dict[str, Path]:
 
 def tiny_args(tiny_dir: Path, docs: dict[str, Path], out: Path, **over) -> dict:
     return {"base": f"path:{tiny_dir / 'causal_lm'}", "train_file": str(docs["train"]),
-            "valid_file": str(docs["valid"]), "output_dir": str(out), "max_steps": 40,
-            "learning_rate": 1e-2, "warmup_steps": 4, "batch_size": 8, "eval_steps": 20, "save_steps": 20,
-            "ignore_meta_prob": 0.0, "progress": False, **over}
+            "valid_file": str(docs["valid"]), "output_dir": str(out), "max_steps": 30,
+            "learning_rate": 1e-2, "warmup_steps": 3, "batch_size": 8, "eval_steps": 15, "save_steps": 15,
+            "ignore_meta_prob": 0.0, "progress": False, "samples": {"max_new_tokens": 12}, **over}
 
 
 # --- bad input stops before any training, naming the line or the argument ----------------------
@@ -214,11 +214,11 @@ def greedy(model_dir: str, prompt: str, tokens: int = 8) -> str:
 
 def test_validation_loss_falls_and_is_logged(run):
     cfg, result = run
-    assert result.steps == 40 and result.final_eval_loss < result.initial_eval_loss / 4
+    assert result.steps == 30 and result.final_eval_loss < result.initial_eval_loss / 4
     assert result.final_perplexity == pytest.approx(math.exp(result.final_eval_loss))
     out = cfg.path("output_dir")
     records = [json.loads(l) for l in (out / "generated.jsonl").read_text().splitlines()]
-    assert [r["global_step"] for r in records] == [0, 20, 40]
+    assert [r["global_step"] for r in records] == [0, 15, 30]
     assert records[0]["eval_loss"] == pytest.approx(result.initial_eval_loss)
     assert records[-1]["eval_perplexity"] == pytest.approx(math.exp(records[-1]["eval_loss"]))
     assert records[0]["generator_params"]["temperature"] == cfg.samples.temperature
@@ -242,19 +242,19 @@ def test_resume_continues_the_step_count(run, tmp_path, docs, tiny_dir):
 
     cfg, _ = run
     out = tmp_path / "run"
-    shutil.copytree(cfg.path("output_dir") / "checkpoint-20", out / "checkpoint-20")
+    shutil.copytree(cfg.path("output_dir") / "checkpoint-15", out / "checkpoint-15")
     fresh = parse_train_config(tiny_args(tiny_dir, docs, out))
-    with pytest.raises(ConfigError, match="already holds checkpoint-20"):
+    with pytest.raises(ConfigError, match="already holds checkpoint-15"):
         train(fresh)
     with pytest.raises(ConfigError, match="no checkpoint"):
         train(parse_train_config(tiny_args(tiny_dir, docs, tmp_path / "other", resume=True)))
     result = train(parse_train_config(tiny_args(tiny_dir, docs, out, resume=True)))
-    assert result.resumed_from.endswith("checkpoint-20") and result.steps == 40
+    assert result.resumed_from.endswith("checkpoint-15") and result.steps == 30
     steps = [json.loads(l)["global_step"] for l in (out / "generated.jsonl").read_text().splitlines()]
-    assert steps == [20, 40]  # evaluated where it resumed, then at 40: no step 0 again
-    state = json.loads((out / "checkpoint-40" / "trainer_state.json").read_text())
+    assert steps == [15, 30]  # evaluated where it resumed, then at 30: no step 0 again
+    state = json.loads((out / "checkpoint-30" / "trainer_state.json").read_text())
     losses = [e["step"] for e in state["log_history"] if "loss" in e]
-    assert losses[0] <= 20 < losses[-1] and losses == sorted(losses)  # history of both parts, one count
+    assert losses[0] <= 15 < losses[-1] and losses == sorted(losses)  # history of both parts, one count
     assert result.final_eval_loss < result.initial_eval_loss  # initial = the first run's step-0 evaluation
 
 
