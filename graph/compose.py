@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Iterable, Optional, Protocol, Sequence
+from typing import Any, AsyncIterator, Awaitable, Iterable, Optional, Protocol, Sequence, TypeVar
 
 from pydantic import BaseModel
 
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
 from graph.params import GenerationParams, merge_params
-from graph.schemas import Classification, ScoredCompletion
+from graph.results import Classification, GenerationResult, StreamEvent
+from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
+
+T = TypeVar("T")
 
 log = logging.getLogger("graph")
 
@@ -24,13 +26,15 @@ class GeneratorClient(Protocol):
 
     async def generate(
         self, prompts: list[str], params: GenerationParams, request_id: str
-    ) -> list[list[Any]]: ...
+    ) -> list[list[GenerationResult]]: ...
 
     def stream(
         self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
-    ) -> AsyncIterator[dict[str, Any]]: ...
+    ) -> AsyncIterator[StreamEvent]: ...
 
     async def cancel(self, request_id: str) -> bool: ...
+
+    async def stats(self) -> dict[str, float]: ...
 
 
 class ClassifierClient(Protocol):
@@ -43,13 +47,12 @@ class Timeline:
 
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)
 
+    def rounded(self) -> dict[str, list[float]]:
+        return {k: [round(a, 3), round(b, 3)] for k, (a, b) in self.spans.items()}
+
     def overlap_s(self, a: str, b: str) -> float:
         (s1, e1), (s2, e2) = self.spans[a], self.spans[b]
         return max(0.0, min(e1, e2) - max(s1, s2))
-
-
-def as_dict(obj: Any) -> dict[str, Any]:
-    return obj.model_dump() if isinstance(obj, BaseModel) else dict(obj)
 
 
 class Graph:
@@ -94,7 +97,7 @@ class Graph:
         return {n: self.params_for(n, overrides) for n in nodes}
 
     # ---- calls -----------------------------------------------------------------------------
-    async def _call(self, node: str, coro: Awaitable[Any], timeline: Timeline | None) -> Any:
+    async def _call(self, node: str, coro: Awaitable[T], timeline: Timeline | None) -> T:
         start = time.time()
         deadline = self.config.graph_timeout_s
         try:
@@ -113,7 +116,7 @@ class Graph:
     async def generate(
         self, prompts: list[str], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
         timeline: Timeline | None = None,
-    ) -> dict[str, list[list[Any]]]:
+    ) -> dict[str, list[list[GenerationResult]]]:
         """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}."""
         for i, p in enumerate(prompts):
             self.check_prompt(p, "prompt" if len(prompts) == 1 else f"prompts[{i}]")
@@ -140,7 +143,7 @@ class Graph:
             raise NodeFailure(
                 f"classifier returned {len(out)} results for {len(texts)} texts", node="classifier"
             )
-        return [c if isinstance(c, Classification) else Classification.model_validate(as_dict(c)) for c in out]
+        return out
 
     async def generate_score(
         self, sentence: str, overrides: Optional[BaseModel], request_id: str,
@@ -148,16 +151,16 @@ class Graph:
     ) -> list[ScoredCompletion]:
         self.check_prompt(sentence, "original_sentence")
         per_node = await self.generate([sentence], None, overrides, request_id, timeline)
-        flat = [(node, as_dict(r)) for node, rows in per_node.items() for r in rows[0]]
+        flat = [(node, r) for node, rows in per_node.items() for r in rows[0]]
         # One batched classifier call for every completion of the request.
-        scores = await self.classify([sentence + r["text"] for _, r in flat])
-        return [scored(node, sentence, r, c) for (node, r), c in zip(flat, scores)]
+        scores = await self.classify([sentence + r.text for _, r in flat])
+        return [ScoredCompletion.of(node, sentence, r, c) for (node, r), c in zip(flat, scores)]
 
     # ---- streaming -------------------------------------------------------------------------
     def stream(
         self, prompt: str, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
         request_id: str, score: bool,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[GraphEvent]:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
         plan = self.plan(self.select(model), overrides)
@@ -166,47 +169,43 @@ class Graph:
     async def _events(
         self, prompt: str, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
         score: bool,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[GraphEvent]:
         """Interleave every selected node's events tagged by model; score each completion as it ends."""
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        queue: asyncio.Queue[Optional[GraphEvent]] = asyncio.Queue()  # None: a producer is done
         outstanding = len(plan)  # producers (node pumps, scorers) that have not said "done" yet
         tasks: list[asyncio.Task[None]] = []
 
         async def pump(node: str) -> None:
             nonlocal outstanding
             try:
-                async for raw in self.generators[node].stream(prompt, plan[node], request_id, interval_ms):
-                    ev = as_dict(raw)
-                    await queue.put(("event", stream_event(node, ev)))
-                    if score and ev.get("result") is not None:
+                async for ev in self.generators[node].stream(prompt, plan[node], request_id, interval_ms):
+                    await queue.put(stream_event(node, ev))
+                    if score and ev.result is not None:
                         outstanding += 1
-                        tasks.append(asyncio.create_task(score_one(node, ev)))
+                        tasks.append(asyncio.create_task(score_one(node, ev.index, ev.result)))
             except GraphError as exc:
-                await queue.put(("event", {"type": "error", **exc.to_dict()}))
+                await queue.put(error_event(exc))
             except Exception as exc:
                 log.exception("stream from node %s failed", node)
-                err = NodeFailure(f"node {node!r} failed: {type(exc).__name__}: {exc}", node=node)
-                await queue.put(("event", {"type": "error", **err.to_dict()}))
+                await queue.put(error_event(NodeFailure(f"node {node!r} failed: {type(exc).__name__}: {exc}", node=node)))
             finally:
-                await queue.put(("done", None))
+                await queue.put(None)
 
-        async def score_one(node: str, ev: dict[str, Any]) -> None:
+        async def score_one(node: str, index: int, result: GenerationResult) -> None:
             try:
-                (c,) = await self.classify([prompt + ev["result"]["text"]])
-                await queue.put(
-                    ("event", {"type": "score", "model": node, "index": ev["index"], **c.model_dump()})
-                )
+                (c,) = await self.classify([prompt + result.text])
+                await queue.put(ScoreEvent(model=node, index=index, **c.model_dump()))
             except GraphError as exc:
-                await queue.put(("event", {"type": "error", **exc.to_dict()}))
+                await queue.put(error_event(exc))
             finally:
-                await queue.put(("done", None))
+                await queue.put(None)
 
         tasks.extend(asyncio.create_task(pump(n)) for n in plan)
         completed = False
         try:
             while outstanding:
-                kind, item = await queue.get()
-                if kind == "done":
+                item = await queue.get()
+                if item is None:
                     outstanding -= 1
                 else:
                     yield item
@@ -254,41 +253,19 @@ def background(aw: Awaitable[Any]) -> asyncio.Future[Any]:
     return fut
 
 
-def stream_event(node: str, ev: dict[str, Any]) -> dict[str, Any]:
+def stream_event(node: str, ev: StreamEvent) -> TokenEvent | FinalEvent:
     """A node's stream event as the graph sends it: tagged by model, final events carry usage."""
-    result = ev.get("result")
-    if result is None:
-        return {"type": "token", "model": node, "index": ev["index"], "text": ev["text"]}
-    return {
-        "type": "final",
-        "model": node,
-        "index": ev["index"],
-        "text": ev["text"],
-        "finish_reason": result["finish_reason"],
-        "usage": {
-            "prompt_tokens": result["prompt_tokens"],
-            "completion_tokens": result["completion_tokens"],
-        },
-    }
+    if ev.result is None:
+        return TokenEvent(model=node, index=ev.index, text=ev.text)
+    usage = Usage(prompt_tokens=ev.result.prompt_tokens, completion_tokens=ev.result.completion_tokens)
+    return FinalEvent(model=node, index=ev.index, text=ev.text, finish_reason=ev.result.finish_reason, usage=usage)
 
 
-def scored(node: str, prompt: str, result: dict[str, Any], c: Classification) -> ScoredCompletion:
-    return ScoredCompletion(
-        model=node,
-        index=result["index"],
-        generated=prompt + result["text"],
-        completion=result["text"],
-        score=c.score,
-        label=c.label,
-        labels=c.labels,
-        finish_reason=result["finish_reason"],
-        prompt_tokens=result["prompt_tokens"],
-        completion_tokens=result["completion_tokens"],
-    )
+def error_event(err: GraphError) -> ErrorEvent:
+    return ErrorEvent(**err.body().model_dump())
 
 
-def sse(data: dict[str, Any] | str) -> str:
+def sse(data: BaseModel | str) -> str:
     """One server-sent event (`data: ...` and a blank line); BentoML writes chunks raw."""
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    payload = data if isinstance(data, str) else data.model_dump_json(exclude_none=True)
     return f"data: {payload}\n\n"
-

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from graph.errors import ConfigError
-from graph.params import GenerationParams
+from graph.params import MAX_NEW_TOKENS, GenerationParams
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
@@ -102,7 +102,9 @@ class GeneratorNode(_Strict):
     url: Optional[str] = Field(None, description="Use a running Bento at this URL instead of a local service.")
     chat_template: bool = Field(False, description="Wrap the prompt with the tokenizer's chat template.")
     defaults: GenerationParams = Field(default_factory=GenerationParams)
-    max_new_tokens_limit: int = Field(256, ge=1, le=4096)
+    max_new_tokens_limit: int = Field(
+        256, ge=1, le=MAX_NEW_TOKENS, description="Most max_new_tokens a request may ask of this node."
+    )
     max_prompt_tokens: int = Field(512, ge=1, le=32768)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -154,7 +156,6 @@ class ClassifierNode(_Strict):
 class PromptLimits(_Strict):
     """Rules for prompts at the entry service."""
 
-    default: str = "I have an idea!"
     max_chars: int = Field(4000, ge=1, le=1_000_000)
 
 
@@ -179,6 +180,8 @@ class GraphConfig(_Strict):
     @model_validator(mode="after")
     def _node_names(self) -> "GraphConfig":
         for name in self.generators:
+            if name == "classifier":
+                raise ValueError("generators.classifier: `classifier` names the scoring node; pick another name")
             if not NODE_NAME.match(name):
                 raise ValueError(
                     f"generators.{name}: node names must match {NODE_NAME.pattern} "

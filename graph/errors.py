@@ -1,6 +1,29 @@
-"""One error taxonomy for the graph; the services turn each kind into an HTTP status in one place."""
+"""One error taxonomy for the graph, and the typed payload an error travels as (node -> entry -> face).
+
+`graph/` raises these; each face turns them into its protocol in one place (HTTP JSON:
+services/common.py `error_response`). A node's error crosses to the entry as an `ErrorBody` and is
+rebuilt with `error_from_body`, so the entry raises the same kind the node raised.
+"""
 
 from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorBody(BaseModel):
+    """The JSON body of every error the graph answers with."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    error: str = Field(description="Kind: validation, overloaded, node_failure, node_timeout, ...",
+                       examples=["validation"])
+    message: str = Field(description="What went wrong, naming the field and the rule.",
+                         examples=["params.temperature: Input should be less than or equal to 5"])
+    field: Optional[str] = Field(None, description="The request field at fault, when there is one.")
+    node: Optional[str] = Field(None, description="The node that failed, for node errors.")
+    retry_after_s: Optional[int] = Field(None, description="For overloaded: seconds to wait before retrying.")
 
 
 class GraphError(Exception):
@@ -14,11 +37,11 @@ class GraphError(Exception):
         self.message = message
         self.field = field
 
+    def body(self) -> ErrorBody:
+        return ErrorBody(error=self.kind, message=self.message, field=self.field)
+
     def to_dict(self) -> dict[str, object]:
-        body: dict[str, object] = {"error": self.kind, "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        return body
+        return self.body().model_dump(exclude_none=True)
 
 
 class InvalidRequest(GraphError):
@@ -38,6 +61,9 @@ class Overloaded(GraphError):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
+    def body(self) -> ErrorBody:
+        return super().body().model_copy(update={"retry_after_s": self.retry_after_s})
+
 
 class NodeFailure(GraphError):
     """A node failed while doing its work (not the caller's fault). 500."""
@@ -49,14 +75,13 @@ class NodeFailure(GraphError):
         super().__init__(message)
         self.node = node
 
-    def to_dict(self) -> dict[str, object]:
-        return {**super().to_dict(), "node": self.node}
+    def body(self) -> ErrorBody:
+        return super().body().model_copy(update={"node": self.node})
 
 
 class NodeTimeout(NodeFailure):
     """A node did not answer within the graph's deadline (graph_timeout_s). 500, kind node_timeout."""
 
-    status = 500
     kind = "node_timeout"
 
 
@@ -64,3 +89,22 @@ class ConfigError(GraphError):
     """A graph config file is wrong; raised at startup, names the key."""
 
     kind = "config"
+
+
+def error_from_body(body: ErrorBody, node: str) -> GraphError:
+    """The error a node answered with, raised again at the entry: the caller's faults stay the
+    caller's (naming the node), everything else is that node's failure."""
+    if body.error == InvalidRequest.kind:
+        return InvalidRequest(f"node {node!r} rejected the request: {body.message}", field=body.field)
+    if body.error == Overloaded.kind:
+        return Overloaded(f"node {node!r} is overloaded: {body.message}", retry_after_s=body.retry_after_s or 1)
+    if body.error == NodeTimeout.kind:
+        return NodeTimeout(f"node {node!r} timed out: {body.message}", node=node)
+    return NodeFailure(f"node {node!r} failed: {body.message}", node=node)
+
+
+def error_from_status(status: int, message: str, node: str) -> GraphError:
+    """A node call that failed without an ErrorBody (BentoML's own refusal, a dead worker)."""
+    if status in (429, 503):  # BentoML's max_concurrency refusal, or a node not ready
+        return Overloaded(f"node {node!r} is overloaded: {message}")
+    return NodeFailure(f"node {node!r} failed ({status}): {message}", node=node)

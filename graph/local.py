@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, AsyncIterator
 
 from graph.params import GenerationParams
+from graph.results import Classification, GenerationResult, StreamEvent
 
 
 class LocalGenerator:
@@ -14,19 +15,22 @@ class LocalGenerator:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    async def generate(self, prompts: list[str], params: GenerationParams, request_id: str) -> list[list[Any]]:
+    async def generate(self, prompts: list[str], params: GenerationParams, request_id: str) -> list[list[GenerationResult]]:
         return list(
             await asyncio.gather(*[self.engine.generate(p, params, request_id=request_id) for p in prompts])
         )
 
     async def stream(
         self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[StreamEvent]:
         async for ev in self.engine.stream(prompt, params, request_id=request_id, interval_ms=interval_ms):
             yield ev
 
     async def cancel(self, request_id: str) -> bool:
         return bool(self.engine.cancel(request_id))
+
+    async def stats(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.engine.stats().items()}
 
 
 class LocalClassifier:
@@ -35,7 +39,7 @@ class LocalClassifier:
     def __init__(self, classifier: Any) -> None:
         self.classifier = classifier
 
-    async def classify(self, texts: list[str]) -> list[Any]:
+    async def classify(self, texts: list[str]) -> list[Classification]:
         return await asyncio.to_thread(self.classifier.classify, texts)
 
 

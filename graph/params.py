@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import copy
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from graph.errors import InvalidRequest
 
 MAX_STOP_STRINGS = 8
+MAX_NEW_TOKENS = 4096  # the most any node may allow (a node's own limit: max_new_tokens_limit)
 
 
 class GenerationParams(BaseModel):
     """Decoding controls. Each field says its neutral value; bounds are enforced at the edge."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: a number is a number (no "8", no true for 1), a flag is a flag.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens to generate at most.")
+    max_new_tokens: int = Field(32, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate at most.")
     temperature: float = Field(
         1.0, ge=0.0, le=5.0, description="Softmax temperature when sampling; 1.0 = no change."
     )
@@ -67,7 +70,9 @@ class GenerationParams(BaseModel):
         return self
 
     def transformers_kwargs(self) -> dict[str, Any]:
-        """The one place our names map to transformers' `GenerationConfig` names."""
+        """These params as `model.generate` kwargs (transformers' names), for the plain-transformers
+        baseline of the benchmarks. The engine does not use this: it decodes with
+        graph/engine/sampling.py, which reads GenerationParams directly."""
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,
             "do_sample": self.do_sample,
@@ -86,23 +91,26 @@ class GenerationParams(BaseModel):
 
 
 def _optional_fields() -> dict[str, Any]:
+    """GenerationParams' fields, each optional (default None) with the same bounds and description."""
     fields: dict[str, Any] = {}
     for name, info in GenerationParams.model_fields.items():
-        fields[name] = (
-            Optional[info.annotation],  # type: ignore[name-defined]
-            Field(None, description=info.description),
-        )
+        optional = copy.copy(info)
+        optional.default, optional.default_factory = None, None
+        fields[name] = (Union[info.annotation, None], optional)
     return fields
 
 
-# Same field names as GenerationParams, every one optional: what a request may override.
-# Bounds and cross-field rules are checked once, on the merged GenerationParams.
-GenerationOverrides = create_model(  # type: ignore[call-overload]
-    "GenerationOverrides",
-    __config__=ConfigDict(frozen=True, extra="forbid"),
-    __doc__="Per-request overrides of a node's generation defaults; omitted fields keep the default.",
-    **_optional_fields(),
-)
+# Same fields and bounds as GenerationParams, every one optional: what a request may override (the
+# API schema shows the bounds). Cross-field rules are checked once, on the merged GenerationParams.
+if TYPE_CHECKING:  # type checkers cannot follow create_model; the fields are GenerationParams'
+    GenerationOverrides = GenerationParams
+else:
+    GenerationOverrides = create_model(
+        "GenerationOverrides",
+        __config__=ConfigDict(frozen=True, extra="forbid", strict=True),
+        __doc__="Per-request overrides of a node's generation defaults; omitted fields keep the default.",
+        **_optional_fields(),
+    )
 
 
 def merge_params(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from graph.results import Classification  # noqa: F401  (part of the API's schema)
 from graph.params import GenerationOverrides
+from graph.results import Classification, FinishReason, GenerationResult
+
+DEFAULT_PROMPT = "I have an idea!"  # the seed tutorial's example sentence, the default of every prompt field
 
 
 class _Request(BaseModel):
@@ -24,10 +26,9 @@ class GenerateScoreRequest(_Request):
     """Fan a sentence out to every generator, score every completion."""
 
     original_sentence: str = Field(
-        "I have an idea!", min_length=1, description="Prompt given to every generator.",
-        examples=["I have an idea!"],
+        DEFAULT_PROMPT, min_length=1, description="Prompt given to every generator.", examples=[DEFAULT_PROMPT],
     )
-    params: Optional[GenerationOverrides] = Field(  # type: ignore[valid-type]
+    params: Optional[GenerationOverrides] = Field(
         None, description="Overrides of the generators' defaults (same for every node)."
     )
 
@@ -42,7 +43,7 @@ class GenerateRequest(_Request):
         None, min_length=1, max_length=64, description="A batch of prompts instead of `prompt`."
     )
     model: Optional[str] = Field(None, description="Generator node name; omit for every node.")
-    params: Optional[GenerationOverrides] = None  # type: ignore[valid-type]
+    params: Optional[GenerationOverrides] = None
 
     @field_validator("prompt")
     @classmethod
@@ -69,9 +70,9 @@ class GenerateRequest(_Request):
 class StreamRequest(_Request):
     """Streamed generation as server-sent events."""
 
-    prompt: str = Field("I have an idea!", min_length=1, examples=["I have an idea!"])
+    prompt: str = Field(DEFAULT_PROMPT, min_length=1, examples=[DEFAULT_PROMPT])
     model: Optional[str] = Field(None, description="Generator node name; omit for every node.")
-    params: Optional[GenerationOverrides] = None  # type: ignore[valid-type]
+    params: Optional[GenerationOverrides] = None
     intermediate_result_interval_ms: int = Field(
         0, ge=0, le=60_000, description="Send fragments no more often than this; 0 = every token."
     )
@@ -95,6 +96,88 @@ class ScoredCompletion(BaseModel):
     score: float = Field(ge=0.0, le=1.0)
     label: str
     labels: dict[str, float]
-    finish_reason: Literal["stop", "length", "time", "cancelled"]
+    finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+
+    @classmethod
+    def of(cls, node: str, prompt: str, result: GenerationResult, c: Classification) -> "ScoredCompletion":
+        return cls(
+            model=node, index=result.index, generated=prompt + result.text, completion=result.text,
+            score=c.score, label=c.label, labels=c.labels, finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+        )
+
+
+class GenerateItem(BaseModel):
+    """One model's completions of one prompt (/generate)."""
+
+    model: str = Field(description="Generator node name.")
+    prompt: str
+    results: list[GenerationResult] = Field(description="num_return_sequences completions, in index order.")
+
+
+class NodeStats(BaseModel):
+    """One generator node's engine counters (since start) and gauges."""
+
+    model_config = ConfigDict(extra="allow")  # engines may add counters; they pass through
+
+    generated_tokens_total: float
+    prompt_tokens_total: float
+    requests_total: float
+    batch_steps_total: float
+    prefill_steps_total: float
+    cancelled_total: float
+    rejected_total: float
+    active_rows: float
+    queued_requests: float
+
+
+# ---- events of the graph's SSE streams (one JSON object per `data:` line, then `[DONE]`) ----------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class TokenEvent(BaseModel):
+    """New text of one completion (fragments of a completion concatenate to its final text)."""
+
+    type: Literal["token"] = "token"
+    model: str
+    index: int
+    text: str
+
+
+class FinalEvent(BaseModel):
+    """The last fragment of one completion, with why it ended and its token counts."""
+
+    type: Literal["final"] = "final"
+    model: str
+    index: int
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+
+
+class ScoreEvent(Classification):
+    """The classifier's verdict on one finished completion (generate_score_stream)."""
+
+    type: Literal["score"] = "score"
+    model: str
+    index: int
+
+
+class ErrorEvent(BaseModel):
+    """A node failed mid-stream; the other nodes' events go on."""
+
+    type: Literal["error"] = "error"
+    error: str
+    message: str
+    field: Optional[str] = None
+    node: Optional[str] = None
+    retry_after_s: Optional[int] = None
+
+
+GraphEvent = Annotated[Union[TokenEvent, FinalEvent, ScoreEvent, ErrorEvent], Field(discriminator="type")]

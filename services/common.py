@@ -1,20 +1,23 @@
-"""Shared pieces of the BentoML shells: the graph config from --arg-file, errors to HTTP, request ids."""
+"""Shared pieces of the BentoML shells: the graph config from --arg-file, the HTTP error boundary, request ids."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
 import uuid
 from functools import lru_cache
-from typing import Any
+from typing import Any, Awaitable, Callable, ParamSpec, TypeVar
 
 import bentoml
-from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse
 
 from graph.config import GraphConfig, config_from_arguments
-from graph.errors import GraphError, InvalidRequest, NodeFailure, Overloaded
+from graph.errors import GraphError, InvalidRequest, Overloaded
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 log = logging.getLogger("graph")
 
@@ -53,38 +56,45 @@ def graph_config() -> GraphConfig:
 
 
 def error_response(err: GraphError, ctx: bentoml.Context | None = None) -> JSONResponse:
-    """The one place a GraphError becomes an HTTP response."""
+    """The one place a GraphError becomes an HTTP response (status, ErrorBody, Retry-After)."""
     headers = {}
     if isinstance(err, Overloaded):
         headers["Retry-After"] = str(err.retry_after_s)
-    if ctx is not None:  # BentoML copies ctx's status onto returned responses
+    if ctx is not None:  # BentoML copies ctx's status and headers onto returned responses
         ctx.response.status_code = err.status
         ctx.response.metadata.update(headers)
     return JSONResponse(err.to_dict(), status_code=err.status, headers=headers)
 
 
-def node_error(node: str, status: int, message: str, field: str | None = None) -> GraphError:
-    """The GraphError that a node's error status stands for (one mapping for calls and streams)."""
-    if status in (429, 503):  # our full queue, or BentoML's own max_concurrency refusal
-        return Overloaded(f"node {node!r} is overloaded: {message}")
-    if 400 <= status < 500:
-        return InvalidRequest(f"node {node!r} rejected the request: {message}", field=field)
-    return NodeFailure(f"node {node!r} failed ({status}): {message}", node=node)
+def http_errors(api: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Wrap an async API so a GraphError it raises is answered by `error_response` (BentoML passes
+    a returned Response through as it is). Every HTTP endpoint of every service uses this."""
+
+    @functools.wraps(api)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await api(*args, **kwargs)
+        except GraphError as err:
+            ctx = next((v for v in kwargs.values() if isinstance(v, bentoml.Context)), None)
+            response: Any = error_response(err, ctx)  # the declared type is the success body
+            return response
+
+    return wrapper
 
 
-def from_dependency(exc: BentoMLException, node: str) -> GraphError:
-    """Turn a dependency's HTTP error back into the GraphError it was (or a NodeFailure)."""
-    message, field = str(exc), None
-    try:
-        body = json.loads(message)
-        if isinstance(body, list) and body:
-            body = body[0]
-        if isinstance(body, dict):
-            message = str(body.get("message") or body.get("error") or message)
-            field = body.get("field")
-    except ValueError:
-        pass
-    return node_error(node, int(getattr(exc, "error_code", 500)), message, field)
+def with_dependencies(deps: dict[str, Any]) -> Callable[[type[R]], type[R]]:
+    """Class decorator: declare `deps` ({node name: bentoml.depends(...)}) as class attributes named
+    after the nodes, which is where BentoML looks for a service's dependencies (it starts a worker
+    for each). For graphs whose node names come from a config, not from code."""
+
+    def declare(cls: type[R]) -> type[R]:
+        for name, dep in deps.items():
+            if hasattr(cls, name):
+                raise TypeError(f"node name {name!r} clashes with {cls.__name__}.{name}")
+            setattr(cls, name, dep)
+        return cls
+
+    return declare
 
 
 def request_id(ctx: bentoml.Context) -> str:
@@ -95,10 +105,10 @@ def request_id(ctx: bentoml.Context) -> str:
 
 
 class ValidationErrors:
-    """ASGI middleware: BentoML's own 400 for a body that fails an API's input schema (unknown or
-    mistyped top-level fields) is rewritten into the graph's error shape, naming field and rule:
-    {"error": "validation", "message": "bogus: Extra inputs are not permitted", "field": "bogus",
-    "detail": [pydantic's errors]}. Other responses pass through untouched."""
+    """ASGI middleware: BentoML validates an API's input schema before our code runs, and answers
+    a failure with a 400 of its own shape; this rewrites that body into the graph's ErrorBody,
+    naming field and rule: {"error": "validation", "message": "bogus: Extra inputs are not
+    permitted", "field": "bogus"}. Other responses pass through untouched."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -131,6 +141,7 @@ class ValidationErrors:
 
 
 def _rewrite_validation(body: bytes) -> bytes:
+    """BentoML's schema-error body -> the graph's ErrorBody (via InvalidRequest, as every 400)."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -143,5 +154,4 @@ def _rewrite_validation(body: bytes) -> bytes:
         loc = ".".join(str(x) for x in err.get("loc", ())) or "body"
         fields.append(loc)
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    out = {"error": "validation", "message": "; ".join(parts), "field": fields[0], "detail": detail}
-    return json.dumps(out).encode()
+    return bytes(error_response(InvalidRequest("; ".join(parts), field=fields[0])).body)

@@ -1,4 +1,4 @@
-"""Generator node: one BentoML service per configured generator, all made from this one class."""
+"""Generator node: one BentoML service per configured generator, each one the same class over its node config."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Any, AsyncGenerator
 
 import bentoml
 
-from graph.compose import as_dict
 from graph.config import GeneratorNode
 from graph.errors import GraphError
 from graph.params import GenerationParams
-from services.common import error_response, setup_logging
+from graph.results import GenerationResult
+from graph.wire import encode_error, encode_event
+from services.common import http_errors, setup_logging
 
 log = logging.getLogger("graph")
 
@@ -48,93 +49,78 @@ def sync_metrics(node: str, engine: Any, stop: threading.Event, every_s: float =
             return
 
 
-class GeneratorBase:
-    """A text generator over graph.engine.GenerationEngine; NODE and CONFIG are set per node."""
-
-    NODE: str = ""
-    CONFIG: GeneratorNode
-    THREADS: int | None = None
-
-    def __init__(self) -> None:
-        setup_logging()
-        from graph.engine import GenerationEngine
-        from services.store import embedded_lookup, store_lookup
-
-        start = time.time()
-        self.engine = GenerationEngine.from_node(
-            self.NODE, self.CONFIG, threads=self.THREADS, store_lookup=store_lookup, embedded_lookup=embedded_lookup
-        )
-        if not self.engine.warmup():
-            log.warning("node %s: warm-up did not finish in time", self.NODE)
-        self._stop = threading.Event()
-        threading.Thread(
-            target=sync_metrics, args=(self.NODE, self.engine, self._stop), name=f"metrics-{self.NODE}", daemon=True
-        ).start()
-        log.info("node %s loaded %s in %.1fs (%s, torch threads: %s)", self.NODE, self.CONFIG.model.describe(),
-                 time.time() - start, str(getattr(self.engine.model, "dtype", "?")).replace("torch.", ""),
-                 self.THREADS or "all cores")
-
-    def __is_ready__(self) -> bool:
-        return self.engine is not None
-
-    @bentoml.on_shutdown
-    def shutdown(self) -> None:
-        """Stop the metrics thread and the decode thread (waiting requests fail, never hang)."""
-        self._stop.set()
-        self.engine.close()
-
-    @bentoml.api
-    async def generate(
-        self, prompts: list[str], params: GenerationParams, request_id: str = ""
-    ) -> list[list[dict[str, Any]]]:
-        """Generate for each prompt; one list of results (num_return_sequences) per prompt."""
-        try:
-            outs = await asyncio.gather(
-                *[self.engine.generate(p, params, request_id=request_id or None) for p in prompts]
-            )
-        except GraphError as err:
-            return error_response(err)  # type: ignore[return-value]
-        log.info("request_id=%s node=%s prompts=%d", request_id, self.NODE, len(prompts))
-        return [[as_dict(r) for r in rows] for rows in outs]
-
-    @bentoml.api
-    async def generate_stream(
-        self, prompt: str, params: GenerationParams, request_id: str = "", interval_ms: int = 0
-    ) -> AsyncGenerator[str, None]:
-        """Stream events as JSON lines (errors arrive as an `error` line)."""
-        try:
-            async for ev in self.engine.stream(
-                prompt, params, request_id=request_id or None, interval_ms=interval_ms
-            ):
-                yield ev.model_dump_json() + "\n"
-        except GraphError as err:
-            import json
-
-            yield json.dumps({"error": err.to_dict(), "status": err.status}) + "\n"
-
-    @bentoml.api
-    async def cancel(self, request_id: str) -> bool:
-        """Stop every row of a request (the entry calls this when its client disconnects)."""
-        return self.engine.cancel(request_id)
-
-    @bentoml.api
-    async def stats(self) -> dict[str, float]:
-        """Counters of this node's engine: generated tokens, requests, active rows, queue."""
-        return {k: float(v) for k, v in self.engine.stats().items()}
-
-
 def make_generator_service(name: str, node: GeneratorNode, threads: int | None = None) -> bentoml.Service[Any]:
-    """A distinct BentoML service (own worker process) for the generator node `name`; `threads`
-    (torch threads) defaults to node.runtime.threads, else torch's default (all cores)."""
-    cls = type(
-        f"Generator_{name}",
-        (GeneratorBase,),
-        {"NODE": name, "CONFIG": node, "THREADS": threads or node.runtime.threads,
-         "__module__": __name__, "__doc__": f"Generator node {name!r}."},
-    )
-    return bentoml.service(
+    """The BentoML service (own worker process) of generator node `name`; `threads` (torch threads)
+    defaults to node.runtime.threads, else torch's default (all cores)."""
+    threads = threads or node.runtime.threads
+
+    @bentoml.service(
         name=f"generator_{name}",
         workers=node.resources.workers,
         resources={"cpu": node.resources.cpu, "memory": node.resources.memory},
         traffic={"timeout": node.resources.timeout_s},
-    )(cls)
+    )
+    class Generator:
+        """A text generator over graph.engine.GenerationEngine (continuous batching on CPU)."""
+
+        def __init__(self) -> None:
+            setup_logging()
+            from graph.engine import GenerationEngine
+            from services.store import embedded_lookup, store_lookup
+
+            start = time.time()
+            self.engine = GenerationEngine.from_node(
+                name, node, threads=threads, store_lookup=store_lookup, embedded_lookup=embedded_lookup
+            )
+            if not self.engine.warmup():
+                log.warning("node %s: warm-up did not finish in time", name)
+            self._stop = threading.Event()
+            threading.Thread(
+                target=sync_metrics, args=(name, self.engine, self._stop), name=f"metrics-{name}", daemon=True
+            ).start()
+            log.info("node %s loaded %s in %.1fs (%s, torch threads: %s)", name, node.model.describe(),
+                     time.time() - start, str(getattr(self.engine.model, "dtype", "?")).replace("torch.", ""),
+                     threads or "all cores")
+
+        @bentoml.on_shutdown
+        def shutdown(self) -> None:
+            """Stop the metrics thread and the decode thread (waiting requests fail, never hang)."""
+            self._stop.set()
+            self.engine.close()
+
+        @bentoml.api
+        @http_errors
+        async def generate(
+            self, prompts: list[str], params: GenerationParams, request_id: str = ""
+        ) -> list[list[GenerationResult]]:
+            """Generate for each prompt; one list of results (num_return_sequences) per prompt."""
+            outs = await asyncio.gather(
+                *[self.engine.generate(p, params, request_id=request_id or None) for p in prompts]
+            )
+            log.info("request_id=%s node=%s prompts=%d", request_id, name, len(prompts))
+            return list(outs)
+
+        @bentoml.api
+        async def generate_stream(
+            self, prompt: str, params: GenerationParams, request_id: str = "", interval_ms: int = 0
+        ) -> AsyncGenerator[str, None]:
+            """Stream events as JSON lines (graph/wire.py; an error arrives as an `error` line)."""
+            try:
+                async for ev in self.engine.stream(
+                    prompt, params, request_id=request_id or None, interval_ms=interval_ms
+                ):
+                    yield encode_event(ev)
+            except GraphError as err:
+                yield encode_error(err)
+
+        @bentoml.api
+        async def cancel(self, request_id: str) -> bool:
+            """Stop every row of a request (the entry calls this when its client disconnects)."""
+            return self.engine.cancel(request_id)
+
+        @bentoml.api
+        async def stats(self) -> dict[str, float]:
+            """Counters of this node's engine: generated tokens, requests, active rows, queue."""
+            return {k: float(v) for k, v in self.engine.stats().items()}
+
+    return Generator

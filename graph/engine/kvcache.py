@@ -83,10 +83,6 @@ class BatchKVCache(Cache):
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
 
-    @property
-    def allocated(self) -> bool:
-        return self.layers[0].kbuf is not None
-
     def live_mask(self, extra: int = 0) -> torch.Tensor:
         """[rows, length + extra] bool view: which columns hold real tokens."""
         return self.mask[: self.rows, self.start : self.end + extra]

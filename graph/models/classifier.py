@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
 
 from graph.errors import ConfigError
 from graph.results import Classification
 
 log = logging.getLogger(__name__)
 HEAD_PREFIXES = ("classifier.", "score.", "pre_classifier.", "classification_head.")
-
-
-class Classifier(Protocol):
-    labels: list[str]
-    score_label: str
-
-    def classify(self, texts: list[str]) -> list[Classification]: ...
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:

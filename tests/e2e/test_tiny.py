@@ -160,7 +160,15 @@ def test_health_and_docs(server: Server) -> None:
     spec = httpx.get(server.url + "/docs.json").json()
     for path in ("/generate_score", "/generate", "/classify", "/generate_stream", "/generate_score_stream"):
         assert path in spec["paths"]
-    assert re.search(r"request_id=\w+", server.log())
+    rid = f"health{time.time_ns()}"  # this request's own id, so earlier tests' lines cannot match
+    r = httpx.post(server.url + "/generate_score", json={"original_sentence": "hi"}, headers={"x-request-id": rid},
+                   timeout=60)
+    assert r.status_code == 200 and r.headers["x-request-id"] == rid
+    deadline = time.time() + 5
+    while not re.search(rf"request_id={rid} generate_score spans=", server.log()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert re.search(rf"request_id={rid} generate_score spans=", server.log())
+    assert re.search(rf"request_id={rid} node=tiny_a prompts=1", server.log())
 
 
 LONG = "Hello world, this is"  # the tiny llama (tiny_a) runs it greedily for 1000 tokens without an end-of-sequence

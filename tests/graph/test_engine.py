@@ -502,6 +502,22 @@ def test_incremental_detokenizer_never_splits_characters(tiny_dir):
     assert not any("\ufffd" in p for p in parts)
 
 
+def test_incremental_detokenizer_flush_matches_a_whole_decode(tiny_dir):
+    """A sequence cut inside a character: nothing is sent for the partial bytes while generating,
+    and flush() gives what decoding the whole sequence gives (U+FFFD), so nothing is lost."""
+    from graph.engine.detok import IncrementalDetokenizer, make_decoder
+
+    _, tok = load(tiny_dir / "causal_lm")
+    decode = make_decoder(tok)
+    ids = tok(" 🙂", add_special_tokens=False).input_ids[:-1]  # the emoji's last byte never comes
+    detok = IncrementalDetokenizer(decode, [])
+    parts = [detok.add(i) for i in ids]
+    assert "\ufffd" not in "".join(parts)
+    tail = detok.flush()
+    assert "".join(parts) + tail == decode(ids) and tail.endswith("\ufffd")
+    assert detok.flush() == ""
+
+
 def test_stop_matcher_holds_back_possible_starts():
     from graph.engine.detok import StopMatcher
 

@@ -140,14 +140,20 @@ def test_stream_interleaves_models_and_scores_each_completion(graph):
         return [e async for e in graph.stream("The dog", None, None, 0, "rid-s", True)]
 
     events = run(collect())
-    finals = [e for e in events if e["type"] == "final"]
-    scores = [e for e in events if e["type"] == "score"]
-    assert {e["model"] for e in finals} == {e["model"] for e in scores} == {"tiny_a", "tiny_b"}
-    for node in ("tiny_a", "tiny_b"):
-        text = "".join(e["text"] for e in events if e["model"] == node and e["type"] in ("token", "final"))
-        final = next(e for e in finals if e["model"] == node)
-        assert final["usage"]["completion_tokens"] >= 1 and isinstance(text, str)
-        assert events.index(next(s for s in scores if s["model"] == node)) > events.index(final)
+    finals = [e for e in events if e.type == "final"]
+    scores = [e for e in events if e.type == "score"]
+    assert {e.model for e in finals} == {e.model for e in scores} == {"tiny_a", "tiny_b"}
+    # The same request without streaming (greedy, so the same text), and its scores.
+    plain = run(graph.generate(["The dog"], None, None, "rid-plain"))
+    expected_scores = [run(graph.classify(["The dog" + plain[n][0][0].text]))[0] for n in ("tiny_a", "tiny_b")]
+    for node, expected_score in zip(("tiny_a", "tiny_b"), expected_scores):
+        text = "".join(e.text for e in events if e.model == node and e.type in ("token", "final"))
+        final = next(e for e in finals if e.model == node)
+        assert text == plain[node][0][0].text and text
+        assert final.usage.completion_tokens == plain[node][0][0].completion_tokens >= 1
+        score = next(s for s in scores if s.model == node)
+        assert score.score == pytest.approx(expected_score.score, abs=1e-5)
+        assert events.index(score) > events.index(final)
 
 
 def test_leaving_a_stream_early_cancels_the_nodes(graph, engines):
