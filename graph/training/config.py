@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from graph.config import ROOT, ModelRef
 from graph.errors import ConfigError
@@ -70,13 +70,12 @@ class TrainConfig(_Strict):
             raise ValueError("must contain {meta} exactly once")
         return v
 
-    @model_validator(mode="after")
-    def _files(self) -> "TrainConfig":
-        for key in ("train_file", "valid_file"):
-            path = resolve(getattr(self, key))
-            if not path.is_file():
-                raise ValueError(f"{key}: file not found: {path}")
-        return self
+    @field_validator("train_file", "valid_file")
+    @classmethod
+    def _exists(cls, v: Path) -> Path:
+        if not resolve(v).is_file():
+            raise ValueError(f"file not found: {resolve(v)}")
+        return v
 
     def control_prefix(self, meta: str) -> str:
         return self.control_format.replace("{meta}", meta)
@@ -119,8 +118,6 @@ def parse_train_config(data: dict, *, flags: bool = False) -> TrainConfig:
             msg = str(err["msg"]).removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown argument"
-            elif loc == [] and ":" in msg:  # a model validator naming its field first: "key: message"
-                loc, msg = [msg.split(":", 1)[0]], msg.split(":", 1)[1].strip()
             key = ".".join(loc)
             first = first or key
             lines.append(f"{_name(key, flags)}: {msg}")
