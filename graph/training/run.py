@@ -72,10 +72,11 @@ def check_inputs(cfg: TrainConfig, **lookups: Any) -> Inputs:
     run_dir = cfg.path("output_dir")
     last = _last_checkpoint(run_dir)
     if cfg.resume and last is None:
-        raise ConfigError(f"resume: no checkpoint-* folder in {run_dir} to resume from", field="resume")
+        raise ConfigError(f"resume: no checkpoint-* folder in {run_dir} to resume from (--output-dir?)",
+                          field="resume")
     if not cfg.resume and last is not None:
-        raise ConfigError(f"output_dir: {run_dir} already holds {Path(last).name}; resume it (resume) "
-                          "or choose another output_dir", field="output_dir")
+        raise ConfigError(f"output_dir: {run_dir} already holds {Path(last).name}; continue it with resume "
+                          "(--resume) or choose another output_dir (--output-dir)", field="output_dir")
     return Inputs(train, valid, source, last if cfg.resume else None)
 
 
