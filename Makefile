@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install prepare serve train test tiny-models bench bench-graph bench-node clean browser bento bento-gpu containerize
+.PHONY: install prepare serve train test tiny-models bench bench-graph bench-node soak clean browser bento bento-gpu containerize test-playground postgres bot protos
 
 install: $(STAMPS)/install
 
@@ -29,6 +29,11 @@ $(STAMPS)/install: requirements.txt requirements-dev.txt
 prepare: install $(if $(filter tiny,$(CONFIG)),tiny-models)
 	$(BIN)/python scripts/prepare_models.py --config configs/$(CONFIG).yaml
 
+# The gRPC stubs under protos/ from the .proto files (committed; tests/unit/test_grpc_faces.py checks they match).
+protos: install
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+	  protos/text_generator.proto protos/inference_graph.proto
+
 tiny-models: install
 	$(BIN)/python tests/tiny_models.py --out artifacts/tiny
 
@@ -43,7 +48,7 @@ train: install
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/python scripts/train.py --config $(TRAIN_CONFIG) $(TRAIN_ARGS)
 
-test: install tiny-models browser
+test: install tiny-models browser postgres
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/python -m pytest -q tests
 
@@ -57,12 +62,34 @@ bench-graph: prepare
 bench-node: prepare
 	$(BIN)/python scripts/bench_engine.py smollm2-135m-instruct --threads 2 --concurrency 1,64
 
+# 16 clients for 10 minutes against a real `bentoml serve` of CONFIG: requests, errors, worker RSS.
+SOAK_S ?= 600
+SOAK_CLIENTS ?= 16
+soak: prepare
+	$(BIN)/python scripts/soak.py --config configs/$(CONFIG).yaml --seconds $(SOAK_S) --clients $(SOAK_CLIENTS)
+
 # Debian's chromium for tests/shipping/test_browser.py (Playwright never downloads its own); only when missing.
 browser: $(CHROMIUM)
 
 $(CHROMIUM):
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || \
 	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+# The playground page (/playground) in Debian's chromium on a real `bentoml serve` of configs/tiny.yaml.
+test-playground: install tiny-models browser
+	$(BIN)/python -m pytest -q tests/shipping/test_playground.py
+
+# Debian's PostgreSQL server binaries for tests/e2e/test_chat.py (each run starts its own throwaway
+# cluster with initdb/pg_ctl; the package's own service is not used); only when missing.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql || \
+	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
+
+# The Telegram bot against a running graph (make serve): TELEGRAM_BOT_TOKEN from @BotFather.
+GRAPH_URL ?= http://127.0.0.1:$(PORT)
+bot: install
+	$(BIN)/python -m clients.telegram_bot --graph-url $(GRAPH_URL)
 
 # The Bento of configs/default.yaml, CPU image (bentofile.yaml) or CUDA image (bentofile.gpu.yaml).
 bento: install

@@ -6,12 +6,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Iterable, Optional, Protocol, Sequence, TypeVar
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Iterable, Optional, Protocol, Sequence, TypeVar
 
 from pydantic import BaseModel
 
+from graph.chat_format import Prompt, prompt_chars, score_text
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
+from graph.limits import check_budget
 from graph.params import GenerationParams, merge_params
 from graph.results import Classification, GenerationResult, StreamEvent
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
@@ -25,14 +27,16 @@ class GeneratorClient(Protocol):
     """What the graph needs from a generator node (a local engine or a BentoML dependency)."""
 
     async def generate(
-        self, prompts: list[str], params: GenerationParams, request_id: str
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str
     ) -> list[list[GenerationResult]]: ...
 
     def stream(
-        self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
+        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
     ) -> AsyncIterator[StreamEvent]: ...
 
     async def cancel(self, request_id: str) -> bool: ...
+
+    async def count_tokens(self, prompt: str) -> int: ...
 
     async def stats(self) -> dict[str, float]: ...
 
@@ -67,6 +71,7 @@ class Graph:
         self.config = config
         self.generators = generators
         self.classifier = classifier
+        self.inflight: dict[str, set[str]] = {}  # request id -> nodes working on it (for shutdown)
 
     # ---- validation at the edge -------------------------------------------------------------
     def select(self, model: Optional[str], *, field_name: str = "model") -> list[str]:
@@ -79,22 +84,22 @@ class Graph:
             )
         return [model]
 
-    def check_prompt(self, text: str, field_name: str) -> str:
-        limit = self.config.prompt.max_chars
-        if len(text) > limit:
-            raise InvalidRequest(
-                f"{field_name}: {len(text)} characters is above the limit of {limit}",
-                field=field_name,
-            )
-        return text
+    def check_prompt(self, prompt: Prompt, field_name: str) -> Prompt:
+        limit, size = self.config.prompt.max_chars, prompt_chars(prompt)
+        if size > limit:
+            raise InvalidRequest(f"{field_name}: {size} characters is above the limit of {limit}", field=field_name)
+        return prompt
 
     def params_for(self, node: str, overrides: Optional[BaseModel]) -> GenerationParams:
         cfg = self.config.generators[node]
         return merge_params(cfg.defaults, overrides, max_new_tokens_limit=cfg.max_new_tokens_limit)
 
-    def plan(self, nodes: Sequence[str], overrides: Optional[BaseModel]) -> dict[str, GenerationParams]:
-        """Validate every node's params before any work starts (nothing half-done on bad input)."""
-        return {n: self.params_for(n, overrides) for n in nodes}
+    def plan(self, nodes: Sequence[str], overrides: Optional[BaseModel], prompts: int = 1) -> dict[str, GenerationParams]:
+        """Validate every node's params and work budget before any work starts (nothing half-done)."""
+        plan = {n: self.params_for(n, overrides) for n in nodes}
+        for n, params in plan.items():
+            check_budget(n, self.config.generators[n].budget, prompts, params)
+        return plan
 
     # ---- calls -----------------------------------------------------------------------------
     async def _call(self, node: str, coro: Awaitable[T], timeline: Timeline | None) -> T:
@@ -113,14 +118,19 @@ class Graph:
             if timeline is not None:
                 timeline.spans[node] = (start, time.time())
 
+    async def call(self, node: str, coro: Awaitable[T]) -> T:
+        """One node call under the graph's deadline; a failure becomes a GraphError naming the node."""
+        return await self._call(node, coro, None)
+
     async def generate(
-        self, prompts: list[str], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
+        self, prompts: list[Prompt], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
         timeline: Timeline | None = None,
     ) -> dict[str, list[list[GenerationResult]]]:
         """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}."""
         for i, p in enumerate(prompts):
             self.check_prompt(p, "prompt" if len(prompts) == 1 else f"prompts[{i}]")
-        plan = self.plan(self.select(model), overrides)
+        plan = self.plan(self.select(model), overrides, len(prompts))
+        self.inflight.setdefault(request_id, set()).update(plan)
         try:
             async with asyncio.TaskGroup() as group:  # one node failing cancels the others' calls
                 tasks = {
@@ -133,7 +143,16 @@ class Graph:
             # the nodes that were cut off may still be working on it: tell them to stop
             self._cancel_all(plan, request_id)
             raise _first_error(group_err) from None
+        except asyncio.CancelledError:  # the caller went away (a gRPC cancel or deadline): same
+            self._cancel_all(plan, request_id)
+            raise
+        finally:
+            self.inflight.pop(request_id, None)
         return {n: t.result() for n, t in tasks.items()}
+
+    async def count_tokens(self, node: str, prompt: str) -> int:
+        """Tokens `prompt` takes on generator `node` (its chat template and special tokens included)."""
+        return await self._call(node, self.generators[node].count_tokens(prompt), None)
 
     async def classify(self, texts: list[str]) -> list[Classification]:
         if not texts:
@@ -158,18 +177,18 @@ class Graph:
 
     # ---- streaming -------------------------------------------------------------------------
     def stream(
-        self, prompt: str, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
+        self, prompt: Prompt, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
         request_id: str, score: bool,
-    ) -> AsyncIterator[GraphEvent]:
+    ) -> AsyncGenerator[GraphEvent, None]:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
         plan = self.plan(self.select(model), overrides)
         return self._events(prompt, plan, interval_ms, request_id, score)
 
     async def _events(
-        self, prompt: str, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
+        self, prompt: Prompt, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
         score: bool,
-    ) -> AsyncIterator[GraphEvent]:
+    ) -> AsyncGenerator[GraphEvent, None]:
         """Interleave every selected node's events tagged by model; score each completion as it ends."""
         queue: asyncio.Queue[Optional[GraphEvent]] = asyncio.Queue()  # None: a producer is done
         outstanding = len(plan)  # producers (node pumps, scorers) that have not said "done" yet
@@ -193,7 +212,7 @@ class Graph:
 
         async def score_one(node: str, index: int, result: GenerationResult) -> None:
             try:
-                (c,) = await self.classify([prompt + result.text])
+                (c,) = await self.classify([score_text(prompt, result.text)])
                 await queue.put(ScoreEvent(model=node, index=index, **c.model_dump()))
             except GraphError as exc:
                 await queue.put(error_event(exc))
@@ -201,6 +220,7 @@ class Graph:
                 await queue.put(None)
 
         tasks.extend(asyncio.create_task(pump(n)) for n in plan)
+        self.inflight.setdefault(request_id, set()).update(plan)
         completed = False
         try:
             while outstanding:
@@ -211,12 +231,19 @@ class Graph:
                     yield item
             completed = True
         finally:
+            self.inflight.pop(request_id, None)
             for t in tasks:
                 t.cancel()
             if not completed:  # the client went away: stop the nodes' work too (BentoML won't).
                 # A task of its own: the server cancels this one's scope, and awaits here would be
                 # cancelled with it before the nodes heard anything.
                 self._cancel_all(plan, request_id)
+
+    def cancel_inflight(self) -> int:
+        """Tell the nodes to stop every request in flight (shutdown); how many there were."""
+        for request_id, nodes in list(self.inflight.items()):
+            self._cancel_all(nodes, request_id)
+        return len(self.inflight)
 
     def _cancel_all(self, nodes: Iterable[str], request_id: str) -> None:
         """Tell every node to stop `request_id`, as a task of its own (the caller may be cancelled)."""

@@ -10,7 +10,9 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from graph.auth import AuthConfig
 from graph.errors import ConfigError
+from graph.limits import RequestBudget
 from graph.params import MAX_NEW_TOKENS, GenerationParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +64,12 @@ class SchedulerConfig(_Strict):
 
     max_batch_size: int = Field(32, ge=1, le=256, description="Rows decoded together at most.")
     max_queue: int = Field(256, ge=1, le=10_000, description="Requests waiting beyond the free batch rows before 429 + Retry-After.")
+    max_request_share: float = Field(0.5, gt=0.0, le=1.0, description="Fairness: share of the rows one request "
+        "id may hold (a multi-prompt /generate is one id); the rest wait, others go round-robin. 1.0 = no cap.")
+    max_wait_s: Optional[float] = Field(None, gt=0.0, le=3600.0, description="Shedding: 429 + Retry-After at once "
+        "when the expected wait for rows (measured step time x work ahead / max_batch_size) is above this. None = off.")
+    max_kv_mb: Optional[float] = Field(None, gt=0.0, le=1_000_000.0, description="KV cache budget (MiB): "
+        "admission waits rather than grow the cache past it; one request needing more is a 400. None = off.")
 
 
 class RuntimeConfig(_Strict):
@@ -107,6 +115,7 @@ class GeneratorNode(_Strict):
     )
     max_prompt_tokens: int = Field(512, ge=1, le=32768)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    budget: RequestBudget = Field(default_factory=RequestBudget)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     resources: Resources = Field(default_factory=Resources)
 
@@ -159,6 +168,47 @@ class PromptLimits(_Strict):
     max_chars: int = Field(4000, ge=1, le=1_000_000)
 
 
+class PlaygroundConfig(_Strict):
+    """The browser page at /playground (services/playground_face.py)."""
+
+    enabled: bool = Field(True, description="Serve the page at /playground (GET /graph is always served).")
+    refresh_ms: int = Field(1000, ge=200, le=60_000, description="How often the page polls the nodes' state.")
+
+
+class ChatConfig(_Strict):
+    """Chat sessions (/infer, /chat): where histories are kept and how much of one a prompt holds."""
+
+    database_url: str = Field(
+        "sqlite:///var/chat.sqlite3",
+        description="SQLAlchemy URL of the history database: sqlite:///relative/or//absolute/path (the file "
+        "and its folder are created on first use) or postgresql://user:password@host:port/db (several replicas "
+        "of the entry service share it).",
+    )
+    max_turns: int = Field(5, ge=0, le=1000, description="Past turns (user message + reply) a prompt holds at most.")
+    default_model: Optional[str] = Field(None, description="Generator node of a chat that names none; None = the first.")
+
+    @model_validator(mode="after")
+    def _known_database(self) -> "ChatConfig":
+        if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", self.database_url):
+            raise ValueError("chat.database_url: give sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
+        return self
+
+
+class GrpcConfig(_Strict):
+    """The gRPC faces (protos/): the seed's TextGenerator and the graph's own InferenceGraph service."""
+
+    enabled: bool = Field(True, description="Serve the gRPC faces from the entry service's worker.")
+    host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
+    port: int = Field(50051, ge=1, le=65535, description="gRPC port (the HTTP port is bentoml serve's --port).")
+    default_node: Optional[str] = Field(
+        None, description="Generator that answers TextGenerator calls without `x-model` metadata; None = the first."
+    )
+    stream_interval_ms: int = Field(
+        1000, ge=0, le=60_000,
+        description="TextGenerator.GenerateStreamed interval when a request leaves it 0 (the seed server's 1 s).",
+    )
+
+
 class GraphConfig(_Strict):
     """A whole inference graph: generator nodes fanned out in parallel, then one classifier."""
 
@@ -167,6 +217,13 @@ class GraphConfig(_Strict):
     classifier: ClassifierNode
     prompt: PromptLimits = Field(default_factory=PromptLimits)
     graph_timeout_s: int = Field(300, ge=1, le=3600)
+    shutdown_grace_s: int = Field(
+        20, ge=1, le=3600, description="After SIGTERM, in-flight requests get this long before they are cancelled."
+    )
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (off unless keys_env or keys_file).")
+    playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
 
     def generator_threads(self, name: str, cpus: Optional[int] = None) -> int:
         """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over
@@ -178,6 +235,14 @@ class GraphConfig(_Strict):
         return max(1, (cpus or os.cpu_count() or 1) // max(1, local))
 
     @model_validator(mode="after")
+    def _grpc_default_node(self) -> "GraphConfig":
+        if self.grpc.default_node is not None and self.grpc.default_node not in self.generators:
+            raise ValueError(
+                f"grpc.default_node: {self.grpc.default_node!r} is not a generator; one of {sorted(self.generators)}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _node_names(self) -> "GraphConfig":
         for name in self.generators:
             if name == "classifier":
@@ -187,6 +252,8 @@ class GraphConfig(_Strict):
                     f"generators.{name}: node names must match {NODE_NAME.pattern} "
                     "(they become service names)"
                 )
+        if self.chat.default_model is not None and self.chat.default_model not in self.generators:
+            raise ValueError(f"chat.default_model: {self.chat.default_model!r} is not one of {sorted(self.generators)}")
         return self
 
 

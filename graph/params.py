@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from graph.errors import InvalidRequest
 
 MAX_STOP_STRINGS = 8
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema counts 8.0 as an integer; strict pydantic would not. Booleans and strings stay
+    refused (strict mode), a float with a fraction stays a float (and is refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer field: strict (no "8", no true), but 8.0 is 8, as JSON Schema says.
+Int = Annotated[int, BeforeValidator(_whole_number)]
 MAX_NEW_TOKENS = 4096  # the most any node may allow (a node's own limit: max_new_tokens_limit)
 
 
@@ -19,11 +31,11 @@ class GenerationParams(BaseModel):
     # strict: a number is a number (no "8", no true for 1), a flag is a flag.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    max_new_tokens: int = Field(32, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate at most.")
+    max_new_tokens: Int = Field(32, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate at most.")
     temperature: float = Field(
         1.0, ge=0.0, le=5.0, description="Softmax temperature when sampling; 1.0 = no change."
     )
-    top_k: int = Field(0, ge=0, le=1000, description="Keep the k most likely tokens; 0 = off.")
+    top_k: Int = Field(0, ge=0, le=1000, description="Keep the k most likely tokens; 0 = off.")
     top_p: float = Field(
         1.0, gt=0.0, le=1.0, description="Nucleus sampling mass to keep; 1.0 = off."
     )
@@ -31,31 +43,28 @@ class GenerationParams(BaseModel):
         1.0, gt=0.0, le=10.0, description="Penalty on tokens already present; 1.0 = off."
     )
     do_sample: bool = Field(False, description="Sample (true) or take the most likely token (false).")
-    num_return_sequences: int = Field(
+    num_return_sequences: Int = Field(
         1, ge=1, le=8, description="Completions per prompt; more than 1 needs do_sample."
     )
-    seed: Optional[int] = Field(
-        None, ge=0, le=2**32 - 1, description="Seed for sampling; same seed, same text."
+    # Bounds next to int, inside the Optional: elsewhere pydantic writes them as "ge"/"le" in the schema.
+    seed: Optional[Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_whole_number)]] = Field(
+        None, description="Seed for sampling; same seed, same text."
     )
-    stop: list[str] = Field(
+    stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list,
         max_length=MAX_STOP_STRINGS,
         description="Generation ends when the completion contains one of these strings.",
     )
-    max_time_ms: Optional[int] = Field(
-        None, ge=1, le=600_000, description="Wall-clock budget; ends with finish_reason 'time'."
+    max_time_ms: Optional[Annotated[int, Field(ge=1, le=600_000), BeforeValidator(_whole_number)]] = Field(
+        None, description="Wall-clock budget; ends with finish_reason 'time'."
     )
     logprobs: bool = Field(False, description="Return the log-probability of each generated token.")
-    top_logprobs: int = Field(
+    top_logprobs: Int = Field(
         0, ge=0, le=20, description="Alternatives per token with their log-probabilities."
     )
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> "GenerationParams":
-        if any(not s for s in self.stop):
-            raise ValueError("stop: stop strings must be non-empty")
-        if any(len(s) > 64 for s in self.stop):
-            raise ValueError("stop: each stop string must be at most 64 characters")
         if self.do_sample and self.temperature == 0.0:
             raise ValueError(
                 "temperature: 0 with do_sample=true is undefined; set do_sample=false for greedy"

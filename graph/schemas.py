@@ -2,44 +2,69 @@
 
 from __future__ import annotations
 
+import re
+
 from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from graph.params import GenerationOverrides
+from graph.params import GenerationOverrides, Int
 from graph.results import Classification, FinishReason, GenerationResult
 
 DEFAULT_PROMPT = "I have an idea!"  # the seed tutorial's example sentence, the default of every prompt field
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class StrictRequest(BaseModel):
+    """Base of every request body: unknown fields refused, values strict."""
+
+    # strict: a number is a number and a flag a flag (no "8", no false for 0)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
+# A prompt must hold one character that is not white space. The class spells out Python's and
+# ECMAScript's white space alike, so the schema's pattern (read by JSON Schema tools with ECMAScript
+# regexes) and this check (Python) agree on every string.
+_SPACE = "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+NOT_BLANK = {"pattern": f"[^{_SPACE}]"}  # JSON Schema patterns search: "somewhere a non-space"
+_VISIBLE = re.compile(NOT_BLANK["pattern"])
+Text = Annotated[str, Field(min_length=1, json_schema_extra=NOT_BLANK)]
+
+
+def not_blank(value: str) -> str:
+    if not _VISIBLE.search(value):
         raise ValueError("must not be empty or only whitespace")
     return value
 
 
-class GenerateScoreRequest(_Request):
+class GenerateScoreRequest(StrictRequest):
     """Fan a sentence out to every generator, score every completion."""
 
     original_sentence: str = Field(
         DEFAULT_PROMPT, min_length=1, description="Prompt given to every generator.", examples=[DEFAULT_PROMPT],
+        json_schema_extra=NOT_BLANK,
     )
     params: Optional[GenerationOverrides] = Field(
         None, description="Overrides of the generators' defaults (same for every node)."
     )
 
-    _blank = field_validator("original_sentence")(_not_blank)
+    _blank = field_validator("original_sentence")(not_blank)
 
 
-class GenerateRequest(_Request):
+class GenerateRequest(StrictRequest):
     """Generate from one prompt (or a batch of prompts) on one node or on all of them."""
 
-    prompt: Optional[str] = Field(None, min_length=1, examples=["Once upon a time"])
-    prompts: Optional[list[str]] = Field(
+    # The schema says what prompt_list() checks: exactly one of `prompt` and `prompts`.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, json_schema_extra={
+        "oneOf": [
+            {"required": ["prompt"], "properties": {"prompt": {"type": "string"}},
+             "not": {"required": ["prompts"], "properties": {"prompts": {"type": "array"}}}},
+            {"required": ["prompts"], "properties": {"prompts": {"type": "array"}},
+             "not": {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}}},
+        ],
+    })
+
+    prompt: Optional[str] = Field(None, min_length=1, examples=["Once upon a time"], json_schema_extra=NOT_BLANK)
+    prompts: Optional[list[Text]] = Field(
         None, min_length=1, max_length=64, description="A batch of prompts instead of `prompt`."
     )
     model: Optional[str] = Field(None, description="Generator node name; omit for every node.")
@@ -48,14 +73,14 @@ class GenerateRequest(_Request):
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, v: Optional[str]) -> Optional[str]:
-        return None if v is None else _not_blank(v)
+        return None if v is None else not_blank(v)
 
     @field_validator("prompts")
     @classmethod
     def _prompts_not_blank(cls, v: Optional[list[str]]) -> Optional[list[str]]:
         if v is not None:
             for i, p in enumerate(v):
-                if not p.strip():
+                if not _VISIBLE.search(p):
                     raise ValueError(f"prompts[{i}] must not be empty or only whitespace")
         return v
 
@@ -67,23 +92,31 @@ class GenerateRequest(_Request):
         return [self.prompt] if self.prompt is not None else list(self.prompts or [])
 
 
-class StreamRequest(_Request):
+class StreamRequest(StrictRequest):
     """Streamed generation as server-sent events."""
 
-    prompt: str = Field(DEFAULT_PROMPT, min_length=1, examples=[DEFAULT_PROMPT])
+    prompt: str = Field(DEFAULT_PROMPT, min_length=1, examples=[DEFAULT_PROMPT], json_schema_extra=NOT_BLANK)
     model: Optional[str] = Field(None, description="Generator node name; omit for every node.")
     params: Optional[GenerationOverrides] = None
-    intermediate_result_interval_ms: int = Field(
+    intermediate_result_interval_ms: Int = Field(
         0, ge=0, le=60_000, description="Send fragments no more often than this; 0 = every token."
     )
 
-    _blank = field_validator("prompt")(_not_blank)
+    _blank = field_validator("prompt")(not_blank)
 
 
-class ClassifyRequest(_Request):
+class ClassifyRequest(StrictRequest):
     """Score texts with the classifier node."""
 
-    texts: list[str] = Field(min_length=1, max_length=256, examples=[["What a lovely day!"]])
+    texts: list[Text] = Field(min_length=1, max_length=256, examples=[["What a lovely day!"]])
+
+    @field_validator("texts")
+    @classmethod
+    def _texts_not_blank(cls, v: list[str]) -> list[str]:
+        for i, t in enumerate(v):
+            if not _VISIBLE.search(t):
+                raise ValueError(f"texts[{i}] must not be empty or only whitespace")
+        return v
 
 
 class ScoredCompletion(BaseModel):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 import uuid
@@ -14,7 +13,7 @@ import bentoml
 from starlette.responses import JSONResponse
 
 from graph.config import GraphConfig, config_from_arguments
-from graph.errors import GraphError, InvalidRequest, Overloaded
+from graph.errors import GraphError, Overloaded
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -102,56 +101,3 @@ def request_id(ctx: bentoml.Context) -> str:
     rid = ctx.request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
     ctx.response.metadata["x-request-id"] = rid
     return rid
-
-
-class ValidationErrors:
-    """ASGI middleware: BentoML validates an API's input schema before our code runs, and answers
-    a failure with a 400 of its own shape; this rewrites that body into the graph's ErrorBody,
-    naming field and rule: {"error": "validation", "message": "bogus: Extra inputs are not
-    permitted", "field": "bogus"}. Other responses pass through untouched."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start: dict[str, Any] | None = None
-        chunks: list[bytes] = []
-
-        async def send_rewritten(message: dict[str, Any]) -> None:
-            nonlocal start
-            if message["type"] == "http.response.start" and message["status"] == 400:
-                start = message  # hold it until the body is known
-                return
-            if start is not None and message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-                if message.get("more_body"):
-                    return
-                body = _rewrite_validation(b"".join(chunks))
-                headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
-                headers.append((b"content-length", str(len(body)).encode()))
-                await send({**start, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                return
-            await send(message)
-
-        await self.app(scope, receive, send_rewritten)
-
-
-def _rewrite_validation(body: bytes) -> bytes:
-    """BentoML's schema-error body -> the graph's ErrorBody (via InvalidRequest, as every 400)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body
-    detail = data.get("detail") if isinstance(data, dict) else None
-    if not (isinstance(detail, list) and detail and "validation error" in str(data.get("error", ""))):
-        return body
-    parts, fields = [], []
-    for err in detail:
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "body"
-        fields.append(loc)
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    return bytes(error_response(InvalidRequest("; ".join(parts), field=fields[0])).body)

@@ -10,6 +10,7 @@ from typing import Any, AsyncGenerator
 
 import bentoml
 
+from graph.chat_format import ChatMessage, ChatResult, Prompt
 from graph.config import GeneratorNode
 from graph.errors import GraphError
 from graph.params import GenerationParams
@@ -28,6 +29,8 @@ ENGINE_COUNTERS = {
     "rejected_total": "Requests refused because the node's queue was full (429 + Retry-After).",
     "cancelled_total": "Rows cancelled (client gone, or a cancel call).",
     "batch_steps_total": "Batched decode forwards.",
+    "shed_total": "Requests refused at once because their expected wait was over scheduler.max_wait_s (429).",
+    "failed_rows_total": "Rows that failed alone (their sampling failed); the rest of the batch went on.",
 }
 _METRICS = {
     key: bentoml.metrics.Counter(name=f"graph_node_{key[:-len('_total')]}", documentation=doc, labelnames=["node"])
@@ -91,9 +94,9 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
         @bentoml.api
         @http_errors
         async def generate(
-            self, prompts: list[str], params: GenerationParams, request_id: str = ""
+            self, prompts: list[Prompt], params: GenerationParams, request_id: str = ""
         ) -> list[list[GenerationResult]]:
-            """Generate for each prompt; one list of results (num_return_sequences) per prompt."""
+            """Generate for each prompt (text, or a chat this node fits); one list of results per prompt."""
             outs = await asyncio.gather(
                 *[self.engine.generate(p, params, request_id=request_id or None) for p in prompts]
             )
@@ -102,7 +105,7 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
 
         @bentoml.api
         async def generate_stream(
-            self, prompt: str, params: GenerationParams, request_id: str = "", interval_ms: int = 0
+            self, prompt: Prompt, params: GenerationParams, request_id: str = "", interval_ms: int = 0
         ) -> AsyncGenerator[str, None]:
             """Stream events as JSON lines (graph/wire.py; an error arrives as an `error` line)."""
             try:
@@ -114,9 +117,38 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
                 yield encode_error(err)
 
         @bentoml.api
+        @http_errors
+        async def chat(self, messages: list[ChatMessage], params: GenerationParams, request_id: str = "") -> ChatResult:
+            """One reply to `messages`, formatted with this node's template and cut to fit here."""
+            fitted = self.engine.fit_chat(messages, params)
+            (result,) = await self.engine.generate(fitted.ids, fitted.params, request_id=request_id or None)
+            log.info("request_id=%s node=%s chat kept=%d/%d prompt_tokens=%d", request_id, name,
+                     fitted.kept, len(messages), result.prompt_tokens)
+            return ChatResult(result=result, kept_messages=fitted.kept)
+
+        @bentoml.api
+        async def chat_stream(
+            self, messages: list[ChatMessage], params: GenerationParams, request_id: str = "", interval_ms: int = 0
+        ) -> AsyncGenerator[str, None]:
+            """`chat` as a stream of JSON lines (graph/wire.py), like generate_stream."""
+            try:
+                fitted = self.engine.fit_chat(messages, params)
+                async for ev in self.engine.stream(
+                    fitted.ids, fitted.params, request_id=request_id or None, interval_ms=interval_ms
+                ):
+                    yield encode_event(ev)
+            except GraphError as err:
+                yield encode_error(err)
+
+        @bentoml.api
         async def cancel(self, request_id: str) -> bool:
             """Stop every row of a request (the entry calls this when its client disconnects)."""
             return self.engine.cancel(request_id)
+
+        @bentoml.api
+        async def count_tokens(self, prompt: str) -> int:
+            """Tokens `prompt` takes as this node's prompt (chat template and special tokens included)."""
+            return self.engine.count_tokens(prompt)
 
         @bentoml.api
         async def stats(self) -> dict[str, float]:

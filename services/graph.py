@@ -9,7 +9,7 @@ The DAG, for every request:
 
 Each node is its own BentoML service (own worker) from the graph config, or a running Bento at the
 node's `url:`. This shell only adapts HTTP JSON to `Graph` calls; errors become HTTP in one place
-(services/common.py `http_errors`).
+(services/common.py `http_errors`). The gRPC faces (graph/faces/grpc_server.py) run in this worker too.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from typing import Any, AsyncGenerator, AsyncIterator
 import bentoml
 from starlette.responses import StreamingResponse
 
+from graph.auth import ApiKeys
 from graph.compose import Graph, Timeline, background, sse
+from graph.faces.grpc_server import GrpcFaces
 from graph.schemas import (
     Classification,
     ClassifyRequest,
@@ -33,15 +35,21 @@ from graph.schemas import (
     ScoredCompletion,
     StreamRequest,
 )
+from services.chat import ChatEndpoints, open_chat
 from services.classifier import make_classifier_service
 from services.clients import ClassifierNodeClient, GeneratorNodeClient
-from services.common import (
-    ValidationErrors, graph_config, http_errors, keep_sessions_open, request_id, setup_logging, with_dependencies,
-)
+from services.common import graph_config, http_errors, keep_sessions_open, request_id, setup_logging, with_dependencies
+from services.edge import DocsContract, Draining, JsonOnly, KeyCheck, NodeHealth, ReadyProbe, ValidationErrors, caller_of
 from services.generator import make_generator_service
+from services.openai_app import OpenAIFace, make_openai_app, openai_response
+from services.shutdown import Drain
+from services.playground_face import playground_app
 
 log = logging.getLogger("graph")
 CONFIG = graph_config()
+KEYS = ApiKeys(CONFIG.auth)  # a key source that is configured but missing fails here, at start-up
+HEALTH = NodeHealth()
+DRAIN = Drain(CONFIG.shutdown_grace_s)
 
 
 def _node(service: Any, url: str | None) -> Any:
@@ -55,6 +63,8 @@ GENERATORS = {
     for name, node in CONFIG.generators.items()
 }
 CLASSIFIER = _node(None if CONFIG.classifier.url else make_classifier_service(CONFIG.classifier), CONFIG.classifier.url)
+OPENAI = make_openai_app()  # the OpenAI-compatible face under /v1 (services/openai_app.py)
+FACES = {"/v1/": openai_response}  # the edge's refusals (401, 415, 429) there in OpenAI's error shape
 
 
 @bentoml.service(
@@ -62,7 +72,9 @@ CLASSIFIER = _node(None if CONFIG.classifier.url else make_classifier_service(CO
     traffic={"timeout": CONFIG.graph_timeout_s + 5},  # the graph answers its own node_timeout first
 )
 @with_dependencies({**GENERATORS, "classifier": CLASSIFIER})
-class InferenceGraph:
+@bentoml.asgi_app(playground_app(CONFIG), path="/")  # GET /graph and the page at /playground
+@bentoml.asgi_app(OPENAI, path="/v1")  # mounted before "/" (decorators apply bottom-up), so /v1 is matched first
+class InferenceGraph(ChatEndpoints):
     """Fans a prompt out to every generator at once, then scores all completions in one call."""
 
     def __init__(self) -> None:
@@ -72,8 +84,22 @@ class InferenceGraph:
         for client in [*generators.values(), classifier]:
             keep_sessions_open(client.dep)
         self.nodes = generators
+        HEALTH.nodes = {name: client.dep for name, client in [*generators.items(), ("classifier", classifier)]}
         self.graph = Graph(CONFIG, generators, classifier)
+        self.chat = open_chat(self.graph, generators)  # /infer, /chat...: services/chat.py
+        OPENAI.state.face = OpenAIFace(self.graph)
+        OPENAI.state.keys = KEYS
+        self.grpc = GrpcFaces(self.graph, CONFIG.grpc, keys=KEYS)
         log.info("graph %s ready: generators=%s", CONFIG.name, list(CONFIG.generators))
+
+    @bentoml.on_startup
+    async def _on_startup(self) -> None:
+        DRAIN.install(asyncio.get_running_loop(), self.graph.cancel_inflight)
+
+    @bentoml.on_startup
+    async def start_grpc(self) -> None:
+        """The gRPC faces (config `grpc:`), on the loop the HTTP APIs and the node clients use."""
+        await self.grpc.start()
 
     @bentoml.api(input_spec=GenerateScoreRequest)
     @http_errors
@@ -83,6 +109,7 @@ class InferenceGraph:
         rid = request_id(ctx)
         timeline = Timeline()
         out = await self.graph.generate_score(req.original_sentence, req.params, rid, timeline)
+        KEYS.charge(caller_of(ctx.request.state), sum(c.completion_tokens for c in out))
         log.info("request_id=%s generate_score spans=%s", rid, json.dumps(timeline.rounded()))
         return out
 
@@ -93,6 +120,8 @@ class InferenceGraph:
         req = GenerateRequest(**fields)
         prompts = req.prompt_list()
         per_node = await self.graph.generate(prompts, req.model, req.params, request_id(ctx))
+        KEYS.charge(caller_of(ctx.request.state), sum(r.completion_tokens for rows in per_node.values()
+                                                      for seqs in rows for r in seqs))
         return [
             GenerateItem(model=node, prompt=p, results=rows[i])
             for node, rows in per_node.items()
@@ -122,11 +151,14 @@ class InferenceGraph:
     def _sse(self, ctx: bentoml.Context, req: StreamRequest, *, score: bool) -> Any:
         """Validated now (bad input is a 4xx, not a broken stream); the events flow afterwards."""
         rid = request_id(ctx)
+        caller = caller_of(ctx.request.state)
         events = self.graph.stream(req.prompt, req.model, req.params, req.intermediate_result_interval_ms, rid, score)
 
         async def body() -> AsyncIterator[str]:
             try:
                 async for ev in events:
+                    if ev.type == "final":
+                        KEYS.charge(caller, ev.usage.completion_tokens)
                     yield sse(ev)
                 yield sse("[DONE]")
             finally:  # client gone while we were sending: close the graph stream (cancels the nodes)
@@ -144,4 +176,14 @@ class InferenceGraph:
         return {n: NodeStats.model_validate(s) for n, s in zip(names, stats)}
 
 
-InferenceGraph.add_asgi_middleware(ValidationErrors)
+# The HTTP edge (services/edge.py), outermost first: Starlette puts the first one added outside.
+InferenceGraph.add_asgi_middleware(Draining, drain=DRAIN)
+InferenceGraph.add_asgi_middleware(ReadyProbe, health=HEALTH)
+InferenceGraph.add_asgi_middleware(
+    DocsContract, keys=KEYS.enabled, models=list(CONFIG.generators), max_chars=CONFIG.prompt.max_chars,
+    max_new_tokens=min(n.max_new_tokens_limit for n in CONFIG.generators.values()),
+    defaults=[n.defaults for n in CONFIG.generators.values()],
+)
+InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS, faces=FACES)
+InferenceGraph.add_asgi_middleware(JsonOnly, faces=FACES)
+InferenceGraph.add_asgi_middleware(ValidationErrors, faces=FACES)

@@ -77,15 +77,35 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def workers(self) -> list[int]:
+        """PIDs of the worker processes (each in a session of its own, so not reached by killpg)."""
+        assert self.proc is not None
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                    pids.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return pids
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        workers = self.workers()
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+        # The entry worker outlives `bentoml serve` by minutes (BentoML 1.4.39), orphaned and holding its
+        # ports (the gRPC face's fixed one too): end the workers that are left.
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def __enter__(self) -> "Server":
         return self.start()

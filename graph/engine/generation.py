@@ -5,8 +5,8 @@
     results = await engine.generate("I have an idea!", GenerationParams(max_new_tokens=32))
     async for event in engine.stream(prompt, params, interval_ms=50): ...
 
-Requests from any asyncio loop are validated here, then queued (FIFO, bounded: a full queue raises
-Overloaded at once). scheduler.py runs the batch, runner.py the model, kvcache.py holds the KV cache,
+Requests from any asyncio loop are validated here, then queued (bounded: a full queue, or an
+expected wait above max_wait_s, raises Overloaded at once; admission is fair between request ids). scheduler.py runs the batch, runner.py the model, kvcache.py holds the KV cache,
 sampling.py chooses tokens, detok.py makes text (all in this package).
 """
 
@@ -19,6 +19,7 @@ from typing import AsyncIterator, Optional
 
 import torch
 
+from graph.chat_format import ChatMessage, ChatPrompt, FittedChat, fit_chat
 from graph.engine.detok import make_decoder
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
@@ -43,11 +44,15 @@ class GenerationEngine:
         max_prompt_tokens: int = 512,
         threads: int | None = None,
         chat_template: bool = False,
+        max_request_share: float = 1.0,
+        max_wait_s: float | None = None,
+        max_kv_mb: float | None = None,
     ) -> None:
         """`model`: a causal LM in eval mode; `tokenizer`: its fast tokenizer. `threads` sets torch's
         (process-wide) thread count. Prompts are tokenized with the tokenizer's special tokens (BOS
         where it adds one), as `pipeline("text-generation")` does; with `chat_template`, a prompt is
-        sent as one user message through the tokenizer's chat template (for instruct models)."""
+        sent as one user message through the tokenizer's chat template (for instruct models).
+        `max_request_share`, `max_wait_s`, `max_kv_mb`: see graph.config.SchedulerConfig."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -69,6 +74,8 @@ class GenerationEngine:
         self._scheduler = Scheduler(
             self._runner, tokenizer, name=name, eos_ids=eos, pad_id=pad, max_batch_size=max_batch_size,
             max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, threads=threads,
+            max_request_share=max_request_share, max_wait_s=max_wait_s, max_kv_mb=max_kv_mb,
+            kv_bytes_per_token=kv_bytes_per_token(model),
         )
 
     @classmethod
@@ -78,10 +85,12 @@ class GenerationEngine:
         from graph.models.loading import load_causal_lm
 
         model, tokenizer = load_causal_lm(node.model, node.runtime, **lookups)
+        sched = node.scheduler
         return cls(
-            model, tokenizer, name=name, max_batch_size=node.scheduler.max_batch_size,
-            max_queue=node.scheduler.max_queue, max_prompt_tokens=node.max_prompt_tokens,
-            threads=threads, chat_template=node.chat_template,
+            model, tokenizer, name=name, max_batch_size=sched.max_batch_size,
+            max_queue=sched.max_queue, max_prompt_tokens=node.max_prompt_tokens,
+            threads=threads, chat_template=node.chat_template, max_request_share=sched.max_request_share,
+            max_wait_s=sched.max_wait_s, max_kv_mb=sched.max_kv_mb,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -101,9 +110,12 @@ class GenerationEngine:
 
     # -- requests ------------------------------------------------------------------------------------
     async def generate(
-        self, prompt: str, params: GenerationParams, *, request_id: str | None = None
+        self, prompt: str | list[int] | ChatPrompt, params: GenerationParams, *, request_id: str | None = None
     ) -> list[GenerationResult]:
-        """All `params.num_return_sequences` completions of `prompt`, in index order."""
+        """All `params.num_return_sequences` completions of `prompt`, in index order. A prompt given
+        as token ids (e.g. from `fit_chat`) is used as it is: no chat template, no special tokens;
+        a ChatPrompt is fitted here (`fit_chat`)."""
+        prompt, params = self._fit(prompt, params)
         req = self._submit(prompt, params, request_id, streaming=False)
         total = params.num_return_sequences
         results: list[Optional[GenerationResult]] = [None] * total
@@ -123,7 +135,7 @@ class GenerationEngine:
 
     async def stream(
         self,
-        prompt: str,
+        prompt: str | list[int] | ChatPrompt,
         params: GenerationParams,
         *,
         request_id: str | None = None,
@@ -133,6 +145,7 @@ class GenerationEngine:
         a sequence's final event (carrying its result) is sent at once. Fragments of a sequence
         concatenate to its final text and never run past a stop string. Closing the iterator
         early (aclose, or cancelling the consuming task) cancels the request and frees its rows."""
+        prompt, params = self._fit(prompt, params)
         req = self._submit(prompt, params, request_id, streaming=True)
         total = params.num_return_sequences
         interval = interval_ms / 1000.0
@@ -183,9 +196,29 @@ class GenerationEngine:
     def stats(self) -> dict[str, int | float]:
         """Counters since start: generated_tokens_total, prompt_tokens_total, requests_total
         (accepted), batch_steps_total (decode forwards), prefill_steps_total, cancelled_total (rows),
-        rejected_total (Overloaded); gauges: active_rows, queued_requests."""
+        rejected_total (Overloaded), shed_total (of those, refused for max_wait_s), failed_rows_total
+        (rows failed alone), malloc_trims_total; gauges: active_rows, queued_requests, step_ms
+        (moving average), kv_mb (KV cache held now)."""
         s = self._scheduler
-        return {**s.counters, "active_rows": len(s.rows), "queued_requests": s.queued()}
+        cache = s._cache
+        kv = s.kv_bytes(len(s.rows), cache.length) if cache is not None else 0
+        return {**s.counters, "active_rows": len(s.rows), "queued_requests": s.queued(),
+                "step_ms": round(s.step_s * 1000, 3), "kv_mb": round(kv / 2**20, 3)}
+
+    def _fit(self, prompt: str | list[int] | ChatPrompt, params: GenerationParams) -> tuple[str | list[int], GenerationParams]:
+        """A ChatPrompt as this node's prompt ids and params (`fit_chat`); any other prompt as it is."""
+        if not isinstance(prompt, ChatPrompt):
+            return prompt, params
+        fitted = self.fit_chat(list(prompt.messages), params)
+        return fitted.ids, fitted.params
+
+    def fit_chat(self, messages: list[ChatMessage], params: GenerationParams) -> FittedChat:
+        """`messages` as this node's prompt ids (its chat template or the plain transcript), the
+        oldest cut until it fits max_prompt_tokens and the model's context less max_new_tokens."""
+        budget = self.max_prompt_tokens
+        if self._runner.max_positions:
+            budget = min(budget, self._runner.max_positions - params.max_new_tokens)
+        return fit_chat(self.tokenizer, messages, params, template=self.chat_template, max_tokens=budget)
 
     def count_tokens(self, text: str) -> int:
         """Tokens `text` takes as a prompt (special tokens included, as in generate)."""
@@ -200,8 +233,10 @@ class GenerationEngine:
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
-    def _submit(self, prompt: str, params: GenerationParams, request_id: Optional[str], *, streaming: bool) -> Request:
-        ids = self._encode(prompt)
+    def _submit(
+        self, prompt: str | list[int], params: GenerationParams, request_id: Optional[str], *, streaming: bool
+    ) -> Request:
+        ids = list(prompt) if isinstance(prompt, list) else self._encode(prompt)
         if not ids:
             if self._bos_id is None:
                 raise InvalidRequest("prompt: must not be empty (this model has no BOS token)", field="prompt")
@@ -227,6 +262,16 @@ class GenerationEngine:
         req = Request(request_id or uuid.uuid4().hex, ids, params, streaming=streaming, decode=self._decode)
         self._scheduler.submit(req)
         return req
+
+
+def kv_bytes_per_token(model) -> int:
+    """KV cache bytes of one row at one position, keys and values of every layer."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(cfg, "num_attention_heads", 1) or 1
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    size = next(model.parameters()).element_size()
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * size
 
 
 def _eos_ids(model, tokenizer) -> frozenset[int]:

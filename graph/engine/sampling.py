@@ -12,6 +12,15 @@ Speed: full sorts and `torch.multinomial` over a 49k-262k vocabulary cost 100-15
 reach the requested mass, which keeps the result exact), and a draw is one uniform number per row
 turned into a token through the cumulative distribution. Seeded rows take that number from their
 own `torch.Generator`, so their text does not depend on what else shares the batch.
+
+Robustness: every value GenerationParams admits is safe, extremes included (tests/unit/
+test_sampling_properties.py checks this with Hypothesis over the schema's bounds). Penalties and
+temperatures are clamped to float32's smallest normal number (1e-308 would round to 0 and divide
+by zero), temperature scales logits after subtracting the row's maximum (so a tiny temperature
+tends to greedy instead of overflowing to inf - inf), penalised logits are clamped to finite
+values, and top-p always keeps the best token (transformers' min_tokens_to_keep=1). A row whose
+scores are still no distribution (NaN or inf from the model itself) is reported in
+`StepOutput.failed`, with a valid placeholder token, so the scheduler can fail that row alone.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import torch
 from graph.params import GenerationParams
 
 CANDIDATES = 256  # first look for top-p's nucleus among this many best tokens
+_F32 = torch.finfo(torch.float32)
 
 
 @dataclass
@@ -42,6 +52,8 @@ class StepOutput:
     tokens: list[int]
     # row -> (logprob of the chosen token, top ids, top logprobs)
     logprobs: dict[int, tuple[float, list[int], list[float]]]
+    # rows whose scores were not a distribution (non-finite model output); their token is a placeholder
+    failed: list[int] = field(default_factory=list)
 
 
 class BatchSampler:
@@ -58,7 +70,13 @@ class BatchSampler:
         self.penalty: Optional[torch.Tensor] = None
         self.seen: Optional[torch.Tensor] = None
         if any(p.repetition_penalty != 1.0 for p in params):
-            self.penalty = torch.tensor([[p.repetition_penalty] for p in params], dtype=torch.float32)
+            penalty = torch.tensor([[p.repetition_penalty] for p in params], dtype=torch.float32)
+            penalty.clamp_(min=_F32.tiny)  # 1e-308 rounds to 0 in float32: no division by zero
+            # A row with nothing seen yet gets 1.0 for one step: its padding (id 0) is no seen token.
+            empty = torch.tensor([[not len(r.seen_ids)] for r in rows])
+            self.penalty = torch.where(empty, torch.ones_like(penalty), penalty)
+            self._penalty_later = penalty if bool(empty.any()) else None
+            self._empty = empty[:, 0]
             width = max(1, max(len(r.seen_ids) for r in rows))
             seen = torch.zeros(n, width, dtype=torch.long)
             for i, r in enumerate(rows):
@@ -77,7 +95,7 @@ class BatchSampler:
         # Draws: unseeded rows share the global generator (one call), seeded rows use their own.
         self.unseeded = torch.tensor([j for j, g in enumerate(gens) if g is None], dtype=torch.long)
         self.seeded = [(j, g) for j, g in enumerate(gens) if g is not None]
-        temps = torch.tensor([[p.temperature] for p in sp], dtype=torch.float32)
+        temps = torch.tensor([[p.temperature] for p in sp], dtype=torch.float32).clamp_(min=_F32.tiny)
 
         # Rows that sample from the whole distribution vs rows truncated by top-k and/or top-p.
         full = [j for j, p in enumerate(sp) if p.top_k == 0 and p.top_p >= 1.0]
@@ -99,27 +117,47 @@ class BatchSampler:
         self.lp_idx = torch.tensor(lp_rows, dtype=torch.long) if lp_rows else None
         self.lp_rows = lp_rows
         self.top_n = {i: params[i].top_logprobs for i in lp_rows}
-        self.top_n_max = max(self.top_n.values(), default=0)
+        self.top_n_max = min(vocab_size, max(self.top_n.values(), default=0))
 
     def step(self, logits: torch.Tensor) -> StepOutput:
         """Choose one token per row from `logits` [rows, vocab] (float32; modified in place)."""
         # OpenAI-style log-probabilities: the model's own distribution, i.e. the log-softmax of the
         # raw logits, before repetition penalty, temperature, top-k and top-p.
         lp = logits[self.lp_idx].log_softmax(dim=-1) if self.lp_idx is not None else None
+        original = None
         if self.penalty is not None:
-            scores = logits.gather(1, self.seen)
-            scores = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)
-            logits.scatter_(1, self.seen, scores)
-        tokens = logits.max(dim=-1).indices if self.greedy else torch.empty(self.n_rows, dtype=torch.long)
+            original = logits.gather(1, self.seen)
+            scores = torch.where(original < 0, original * self.penalty, original / self.penalty)
+            logits.scatter_(1, self.seen, scores.clamp_(min=-_F32.max, max=_F32.max))
+        try:
+            return self._choose(logits, lp)
+        except Exception:
+            if original is not None:  # the caller may retry row by row on the model's own scores
+                logits.scatter_(1, self.seen, original)
+            raise
+
+    def _choose(self, logits: torch.Tensor, lp: Optional[torch.Tensor]) -> StepOutput:
+        bad = torch.zeros(self.n_rows, dtype=torch.bool)
+        if self.greedy:
+            best = logits.max(dim=-1)
+            tokens, bad = best.indices, best.values.isnan()
+        else:
+            tokens = torch.empty(self.n_rows, dtype=torch.long)
         if self.sample_idx.numel():
-            chosen = self._sample(logits if self.all_sample else logits[self.sample_idx])
+            chosen, failed = self._sample(logits if self.all_sample else logits[self.sample_idx])
             if self.all_sample:
-                tokens = chosen
+                tokens, bad = chosen, failed
             else:
                 tokens[self.sample_idx] = chosen
+                bad[self.sample_idx] = failed
+        tokens.clamp_(0, self.vocab_size - 1)  # a failed row's placeholder must still be a valid id
         if self.seen is not None:
             self.seen = torch.cat([self.seen, tokens.unsqueeze(1)], dim=1)
-        return StepOutput(tokens=tokens.tolist(), logprobs=self._logprobs(lp, tokens))
+            if self._penalty_later is not None:  # the rows that had seen nothing: their padding
+                self.seen[self._empty] = tokens[self._empty].unsqueeze(1)  # becomes their first token
+                self.penalty, self._penalty_later = self._penalty_later, None
+        failed_rows = bad.nonzero().squeeze(1).tolist() if bool(bad.any()) else []
+        return StepOutput(tokens=tokens.tolist(), logprobs=self._logprobs(lp, tokens), failed=failed_rows)
 
     # -- sampling ------------------------------------------------------------------------------------
     def _uniforms(self) -> torch.Tensor:
@@ -130,34 +168,38 @@ class BatchSampler:
             u[j] = torch.rand((), generator=gen)
         return u
 
-    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens of the sampling rows and which of them had no usable distribution."""
         u = self._uniforms()
         out = torch.empty(logits.shape[0], dtype=torch.long)
+        bad = torch.zeros(logits.shape[0], dtype=torch.bool)
         if self.full.numel():
             sub = logits if self.full.numel() == logits.shape[0] else logits[self.full]
             if self.full_temp is not None:
-                sub = sub / self.full_temp
-            out[self.full] = _draw(sub.softmax(dim=-1), u[self.full])
+                sub = _scale(sub, self.full_temp)
+            out[self.full], bad[self.full] = _draw(sub.softmax(dim=-1), u[self.full])
         if self.trunc.numel():
             sub = logits if self.trunc.numel() == logits.shape[0] else logits[self.trunc]
-            out[self.trunc] = self._sample_truncated(sub, u[self.trunc])
-        return out
+            out[self.trunc], bad[self.trunc] = self._sample_truncated(sub, u[self.trunc])
+        return out, bad
 
-    def _sample_truncated(self, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def _sample_truncated(self, logits: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.trunc_temp is not None:
-            logits = logits / self.trunc_temp
+            logits = _scale(logits, self.trunc_temp)
         k = self.k
         weights, ids, short = _truncate(logits, k, self.top_k, self.top_p, self.nucleus_only)
-        out = ids.gather(1, _draw(weights, u).unsqueeze(1)).squeeze(1)
+        pick, bad = _draw(weights, u)
+        out = ids.gather(1, pick.unsqueeze(1)).squeeze(1)
         while bool(short.any()):
             # The nucleus of these rows is wider than their best k tokens: look wider, for them only.
             idx = short.nonzero().squeeze(1)
             k = min(self.vocab_size, k * 8)
             weights, ids, still = _truncate(logits[idx], k, self.top_k[idx], self.top_p[idx], self.nucleus_only[idx])
-            out[idx] = ids.gather(1, _draw(weights, u[idx]).unsqueeze(1)).squeeze(1)
+            pick, bad[idx] = _draw(weights, u[idx])
+            out[idx] = ids.gather(1, pick.unsqueeze(1)).squeeze(1)
             short = torch.zeros_like(short)
             short[idx] = still
-        return out
+        return out, bad
 
     # -- log-probabilities ---------------------------------------------------------------------------
     def _logprobs(
@@ -195,17 +237,30 @@ def _truncate(
             norm[idx] = logits[idx].logsumexp(dim=-1)
     probs = (values - norm[:, None]).exp() * keep
     cum = probs.cumsum(dim=-1)
-    # A token stays when the tokens ranked above it hold less than top_p of the mass.
+    # A token stays when the tokens ranked above it hold less than top_p of the mass; the best
+    # token always stays (a top_p below its probability, even 1e-308, means greedy, not nothing).
     keep &= (cum - probs) < top_p
+    keep[:, 0] = True
     short = nucleus_only & (cum[:, -1] < top_p[:, 0]) & (k < logits.shape[-1])
     return probs * keep, ids, short
 
 
-def _draw(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def _scale(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """logits / temperature, shifted so each row's best logit is 0 first (softmax is unchanged):
+    with a tiny temperature the others go to -inf and the best stays, instead of inf - inf = NaN."""
+    return (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+
+
+def _draw(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Index per row drawn with probability proportional to `weights` [rows, n] (>= 0), using the
-    uniforms `u` [rows] in [0, 1): the inverse of the cumulative distribution."""
+    uniforms `u` [rows] in [0, 1): the inverse of the cumulative distribution. Also which rows had
+    no distribution (total weight 0, NaN or inf); their index is 0, a valid placeholder."""
     cdf = weights.cumsum(dim=-1)
     total = cdf[:, -1:]
     # Strictly below the total, so rounding can never select a zero-weight tail entry.
     target = torch.minimum(u.unsqueeze(1) * total, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, target, right=True).squeeze(1)
+    index = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    bad = ~((total[:, 0] > 0) & total[:, 0].isfinite())
+    if bool(bad.any()):
+        index = torch.where(bad, torch.zeros_like(index), index)
+    return index.clamp_(max=weights.shape[-1] - 1), bad

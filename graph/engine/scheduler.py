@@ -1,30 +1,43 @@
 """The decode loop of a generator node: continuous batching of rows on one background thread.
 
-Each step: drop cancelled or timed-out rows; admit waiting requests in FIFO order while rows are
-free (one batched prefill for all of them; their KV rows then join the running batch in place);
-run one forward for every active row with only its last token; choose a token per row with that
-row's parameters; turn tokens into text; hand finished results and, for streams, text fragments
-to each request's asyncio queue (one thread-safe call per event loop per step).
+Each step: drop cancelled or timed-out rows; admit waiting requests while rows are free (one
+batched prefill for all of them; their KV rows then join the running batch in place); run one
+forward for every active row with only its last token; choose a token per row with that row's
+parameters; turn tokens into text; hand finished results and, for streams, text fragments to each
+request's asyncio queue (one thread-safe call per event loop per step).
+
+Reliability (issue #13):
+- Row isolation: a row whose sampling fails (or whose scores are not finite) fails alone, with a
+  NodeFailure for its request; the rest of the batch goes on. Only a failed forward fails the batch.
+- Fairness: waiting requests are admitted round-robin by request id (the engine requests of one
+  multi-prompt call share an id), and one id holds at most `max_request_share` of the batch rows,
+  so a large call never takes every row from the small ones that come after it.
+- Shedding: with `max_wait_s`, a request whose expected wait for rows (the measured step time x the
+  work queued ahead of it / the batch size) is above the bound gets Overloaded at once.
+- Memory: `max_kv_mb` bounds the KV cache admission may build up; after a second idle the decode
+  thread returns freed heap memory to the OS (glibc malloc_trim).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any, Optional
 
 import torch
 
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
-from graph.errors import NodeFailure, Overloaded
+from graph.errors import InvalidRequest, NodeFailure, Overloaded
 from graph.engine.kvcache import BatchKVCache
 from graph.params import GenerationParams
 from graph.results import FinishReason, GenerationResult, TokenLogprob, TopLogprob
 from graph.engine.runner import ModelRunner, release_openmp_pool
-from graph.engine.sampling import BatchSampler, RowSampling
+from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +46,19 @@ log = logging.getLogger(__name__)
 PREFILL_TOKEN_BUDGET = 4096
 # Columns a cache buffer keeps free on the right when it is (re)allocated.
 RIGHT_ROOM = 256
+# Idle this long (no rows, nothing waiting): give freed heap memory back to the OS once.
+IDLE_TRIM_S = 1.0
+
+
+def malloc_trim() -> bool:
+    """glibc's malloc_trim(0): return the free memory of every malloc arena to the OS. Freed KV
+    buffers and logits otherwise stay in the process (glibc raises its mmap threshold after large
+    frees, so later large tensors come from arenas that only shrink from the top). False where
+    there is no glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 class Request:
@@ -52,6 +78,7 @@ class Request:
         # max_time_ms counts from submission: time spent waiting in the queue is part of the budget.
         self.deadline = now + params.max_time_ms / 1000.0 if params.max_time_ms is not None else None
         self.cancelled = False
+        self.failed = False  # a row failed: the request got its error, its other rows are dropped
         self.open_rows = params.num_return_sequences  # rows not finished yet (decode side)
         self.results_seen = 0  # final results the consumer has taken (consumer side)
         self.rows = [Row(self, i, decode) for i in range(params.num_return_sequences)]
@@ -113,7 +140,9 @@ class Scheduler:
     """Owns the model while running: the waiting queue, the batch, the decode thread, counters."""
 
     def __init__(self, runner: ModelRunner, tokenizer, *, name: str, eos_ids: frozenset[int], pad_id: int,
-                 max_batch_size: int, max_queue: int, max_prompt_tokens: int, threads: Optional[int]) -> None:
+                 max_batch_size: int, max_queue: int, max_prompt_tokens: int, threads: Optional[int],
+                 max_request_share: float = 1.0, max_wait_s: Optional[float] = None,
+                 max_kv_mb: Optional[float] = None, kv_bytes_per_token: int = 0) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.name = name
@@ -123,6 +152,13 @@ class Scheduler:
         self.max_queue = max_queue
         self.max_prompt_tokens = max_prompt_tokens
         self.threads = threads
+        # Rows one request id may hold (its first request is always admissible).
+        self.row_cap = max(1, math.floor(max_batch_size * max_request_share))
+        self.max_wait_s = max_wait_s
+        self.kv_budget = int(max_kv_mb * 2**20) if max_kv_mb else None
+        self.kv_bytes_per_token = kv_bytes_per_token  # one row, one position, all layers, keys + values
+        self.step_s = 0.0  # moving average of a step's wall time (prefill + decode), for expected waits
+        self.length_ratio = 1.0  # moving average of completion tokens / max_new_tokens of finished rows
         self.lock = threading.RLock()
         self._wake = threading.Condition(self.lock)
         self._waiting: deque[Request] = deque()
@@ -138,7 +174,8 @@ class Scheduler:
         self._token_texts: dict[int, str] = {}
         self.counters = dict(
             generated_tokens_total=0, prompt_tokens_total=0, requests_total=0, batch_steps_total=0,
-            prefill_steps_total=0, cancelled_total=0, rejected_total=0,
+            prefill_steps_total=0, cancelled_total=0, rejected_total=0, shed_total=0, failed_rows_total=0,
+            malloc_trims_total=0,
         )
 
     # -- control (any thread) ----------------------------------------------------------------------
@@ -169,11 +206,30 @@ class Scheduler:
         out.send()
 
     def submit(self, req: Request) -> None:
-        """Queue a request, or raise Overloaded at once when the queue is full."""
+        """Queue a request, or raise Overloaded at once when the queue is full or its expected wait
+        is above max_wait_s (requests whose id is already queued or running are part of a call that
+        was admitted: only the queue bound applies to them)."""
         self.start()
+        n = req.params.num_return_sequences
+        if self.kv_budget is not None and self.kv_bytes(n, len(req.prompt_ids) + req.params.max_new_tokens) > self.kv_budget:
+            raise InvalidRequest(
+                f"max_new_tokens: {n} rows x ({len(req.prompt_ids)} prompt + {req.params.max_new_tokens} new tokens) "
+                f"need {self.kv_bytes(n, len(req.prompt_ids) + req.params.max_new_tokens) / 2**20:.0f} MB of KV cache, "
+                f"above this node's scheduler.max_kv_mb={self.kv_budget / 2**20:.0f}",
+                field="max_new_tokens",
+            )
         with self._wake:
             if self.closed:
                 raise NodeFailure(f"{self.name}: the generation engine is closed", node=self.name)
+            if self.max_wait_s is not None and req.id not in self._by_id:
+                wait = self.expected_wait_s(req)
+                if wait > self.max_wait_s:
+                    self.counters["rejected_total"] += 1
+                    self.counters["shed_total"] += 1
+                    raise Overloaded(
+                        f"{self.name}: expected wait {wait:.1f}s is above max_wait_s={self.max_wait_s:g}; retry later",
+                        retry_after_s=max(1, math.ceil(wait - self.max_wait_s)),
+                    )
             # Rows that are free now count as room: between two steps the batch may have just
             # emptied while its replacements wait for the next step (measured: 20 clients against
             # max_batch_size 8 + max_queue 16 had 83 of 100 requests refused without this).
@@ -182,7 +238,8 @@ class Scheduler:
                 self.counters["rejected_total"] += 1
                 raise Overloaded(
                     f"{self.name}: {len(self._waiting)} requests are already waiting "
-                    f"(max_batch_size={self.max_batch_size} rows busy, max_queue={self.max_queue}); retry later"
+                    f"(max_batch_size={self.max_batch_size} rows busy, max_queue={self.max_queue}); retry later",
+                    retry_after_s=max(1, math.ceil(self.expected_wait_s(req))),
                 )
             self._waiting.append(req)
             self._by_id.setdefault(req.id, []).append(req)
@@ -216,6 +273,33 @@ class Scheduler:
         with self.lock:
             return len(self._waiting)
 
+    def kv_bytes(self, rows: int, span: int) -> int:
+        """KV cache of `rows` rows whose longest needs `span` positions (the buffer is rectangular)."""
+        return rows * span * self.kv_bytes_per_token
+
+    def expected_wait_s(self, req: Request) -> float:
+        """Seconds `req` would wait for batch rows if queued now (call with the lock held).
+
+        Waiting requests that admission would take before it (round-robin by id, within each id's
+        row cap) are ahead; if they and `req` fit in the free rows, the wait is one step. Otherwise
+        rows must free up: the work of the running rows and of those ahead, in row-steps
+        (max_new_tokens x the measured completion ratio), is done max_batch_size rows per step."""
+        rows = list(self.rows)
+        held = Counter(r.req.id for r in rows)
+        ahead_rows, ahead_work = 0, 0.0
+        for w in self._waiting:
+            n = w.params.num_return_sequences
+            if held[w.id] and held[w.id] + n > self.row_cap:
+                continue  # over its share: round-robin lets `req` go first
+            held[w.id] += n
+            ahead_rows += n
+            ahead_work += n * max(1.0, w.params.max_new_tokens * self.length_ratio)
+        free = self.max_batch_size - len(rows)
+        if ahead_rows + req.params.num_return_sequences <= free:
+            return self.step_s
+        running = sum(max(1.0, r.req.params.max_new_tokens * self.length_ratio - len(r.tokens)) for r in rows)
+        return self.step_s * (1 + (running + ahead_work) / self.max_batch_size)
+
     def _unregister(self, req: Request) -> None:
         with self.lock:
             same = self._by_id.get(req.id)
@@ -230,18 +314,32 @@ class Scheduler:
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
             self._warmup()
+            trimmed = True
             while True:
+                trim = False
                 with self._wake:
                     while not self._closing and not self._waiting and not self.rows:
-                        self._wake.wait()
+                        if trimmed:
+                            self._wake.wait()
+                        elif not self._wake.wait(IDLE_TRIM_S):
+                            trim = trimmed = True  # idle for a while: give freed KV and logits memory back
+                            break
                     if self._closing:
                         return
+                if trim:  # outside the lock: submit() and stats() never wait for it
+                    if malloc_trim():
+                        self.counters["malloc_trims_total"] += 1
+                    continue
+                trimmed = False
                 admitted: list[Request] = []
+                start = time.monotonic()
                 try:
                     self._step(admitted)
-                except Exception as exc:  # a bug or an out-of-memory must not kill the node
+                except Exception as exc:  # a failed forward (a bug, out of memory) must not kill the node
                     log.exception("%s: decode step failed", self.name)
                     self._fail_all(admitted, exc)
+                took = time.monotonic() - start
+                self.step_s = took if not self.step_s else self.step_s + 0.2 * (took - self.step_s)
 
     def _warmup(self, steps: int = 2) -> None:
         """A short prefill and a few decode steps (the first calls pay one-time kernel setup)."""
@@ -288,25 +386,47 @@ class Scheduler:
         out.send()
 
     def _admit(self, now: float, out: Outbox) -> list[Request]:
+        """Waiting requests to prefill now: round-robin over request ids (oldest first), FIFO within
+        an id, an id at its row cap skipped (it waits while others go); a request that does not fit
+        in the free rows (or the KV budget) stops admission, so nobody overtakes it."""
         free = self.max_batch_size - len(self.rows)
+        held = Counter(r.req.id for r in self.rows)
+        span = max((len(r.req.prompt_ids) + r.req.params.max_new_tokens for r in self.rows), default=0)
         taken: list[Request] = []
         longest = 0
         with self.lock:
-            while self._waiting:
-                req = self._waiting[0]
-                if req.deadline is not None and now >= req.deadline:
-                    self._waiting.popleft()
-                    for row in req.rows:
-                        self._finish(row, "time", out)
-                    continue
-                n = req.params.num_return_sequences
-                p = max(longest, len(req.prompt_ids))
-                if n > free or (taken and p * (len(taken) + 1) > PREFILL_TOKEN_BUDGET):
-                    break  # strict FIFO: a request never overtakes an earlier one
-                self._waiting.popleft()
-                taken.append(req)
-                free -= n
-                longest = p
+            expired = [r for r in self._waiting if r.deadline is not None and now >= r.deadline]
+            for req in expired:
+                self._waiting.remove(req)
+                for row in req.rows:
+                    self._finish(row, "time", out)
+            groups: dict[str, deque[Request]] = {}
+            for req in self._waiting:
+                groups.setdefault(req.id, deque()).append(req)
+            while groups:
+                for rid in list(groups):
+                    req = groups[rid][0]
+                    n = req.params.num_return_sequences
+                    if held[rid] and held[rid] + n > self.row_cap:
+                        del groups[rid]  # at its share of the batch: its other requests wait
+                        continue
+                    p = max(longest, len(req.prompt_ids))
+                    new_span = max(span, len(req.prompt_ids) + req.params.max_new_tokens)
+                    rows = self.max_batch_size - free + n
+                    if (n > free or (taken and p * (len(taken) + 1) > PREFILL_TOKEN_BUDGET)
+                            or (self.kv_budget is not None and rows > n and self.kv_bytes(rows, new_span) > self.kv_budget)):
+                        groups.clear()
+                        break
+                    groups[rid].popleft()
+                    if not groups[rid]:
+                        del groups[rid]
+                    taken.append(req)
+                    held[rid] += n
+                    free -= n
+                    longest, span = p, new_span
+            if taken:
+                chosen = set(map(id, taken))
+                self._waiting = deque(r for r in self._waiting if id(r) not in chosen)
         return taken
 
     def _prefill(self, reqs: list[Request], out: Outbox) -> None:
@@ -326,10 +446,11 @@ class Scheduler:
         src = [i for i, req in enumerate(reqs) for _ in req.rows]
         if src != list(range(b)):
             logits = logits.index_select(0, torch.tensor(src, dtype=torch.long))
-        step = BatchSampler([r.sampling() for r in rows], logits.shape[-1]).step(logits)
+        step = self._choose(BatchSampler([r.sampling() for r in rows], logits.shape[-1]), rows, logits, out)
         now = time.monotonic()
         for j, row in enumerate(rows):
-            self._accept(row, step.tokens[j], step.logprobs.get(j), out, now)
+            if not row.finished:  # a failed row is finished already
+                self._accept(row, step.tokens[j], step.logprobs.get(j), out, now)
         keep = [j for j, row in enumerate(rows) if not row.finished]
         if not keep:
             return
@@ -350,14 +471,54 @@ class Scheduler:
         self.counters["batch_steps_total"] += 1
         if self._sampler is None:
             self._sampler = BatchSampler([r.sampling() for r in self.rows], logits.shape[-1])
-        step = self._sampler.step(logits)
+        step = self._choose(self._sampler, self.rows, logits, out)
         now = time.monotonic()
         gone = []
         for i, row in enumerate(self.rows):
-            self._accept(row, step.tokens[i], step.logprobs.get(i), out, now)
+            if not row.finished:
+                self._accept(row, step.tokens[i], step.logprobs.get(i), out, now)
             if row.finished:
                 gone.append(i)
         self._drop(gone)
+
+    def _choose(self, sampler: BatchSampler, rows: list[Row], logits: torch.Tensor, out: Outbox) -> StepOutput:
+        """One token per row. A row the sampler reports as failed, or whose sampling raises when
+        retried alone (after the batched call raised), is failed by itself: the batch goes on."""
+        try:
+            step = sampler.step(logits)
+        except Exception:
+            log.exception("%s: batched sampling failed; retrying row by row", self.name)
+            self._sampler = None  # its state (seen tokens) is no longer trusted: rebuilt next step
+            step = StepOutput(tokens=[0] * len(rows), logprobs={})
+            for i, row in enumerate(rows):
+                try:
+                    one = BatchSampler([row.sampling()], logits.shape[-1]).step(logits[i : i + 1].clone())
+                except Exception as exc:
+                    self._fail_row(row, f"sampling failed: {type(exc).__name__}: {exc}", out)
+                    continue
+                step.tokens[i] = one.tokens[0]
+                if 0 in one.logprobs:
+                    step.logprobs[i] = one.logprobs[0]
+                if one.failed:
+                    step.failed.append(i)
+        for i in step.failed:
+            self._fail_row(rows[i], "the model's scores for this row were not finite (NaN or inf)", out)
+        return step
+
+    def _fail_row(self, row: Row, why: str, out: Outbox) -> None:
+        """Fail one row: its request gets a NodeFailure (once) and its other rows are dropped."""
+        if row.finished:
+            return
+        log.error("%s: request %s row %d failed: %s", self.name, row.req.id, row.index, why)
+        self.counters["failed_rows_total"] += 1
+        row.finished = True
+        req = row.req
+        if not req.failed:
+            req.failed = req.cancelled = True
+            out.put(req, NodeFailure(f"{self.name}: generation failed for this request: {why}", node=self.name))
+        req.open_rows -= 1
+        if req.open_rows == 0:
+            self._unregister(req)
 
     def _drop(self, gone: list[int]) -> None:
         if not gone:
@@ -421,6 +582,9 @@ class Scheduler:
                 text += row.stop.rest()
         if reason == "cancelled":
             self.counters["cancelled_total"] += 1
+        elif row.tokens:  # how much of max_new_tokens rows really use, for expected waits
+            ratio = min(1.0, len(row.tokens) / row.req.params.max_new_tokens)
+            self.length_ratio += 0.05 * (ratio - self.length_ratio)
         result = GenerationResult(
             index=row.index,
             text=row.stop.text,

@@ -6,8 +6,10 @@ Builds go into the default BentoML store (the embedded models live there) and ar
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -88,11 +90,16 @@ def service_names() -> set[str]:
 
 def test_bento_carries_code_and_configs_only(bento: Any) -> None:
     src = Path(bento.path) / "src"
-    for rel in ["services/graph.py", "services/node.py", "graph/config.py", "graph/engine.py",
-                "configs/default.yaml", "configs/tiny.yaml", "scripts/prepare_models.py", "requirements.txt"]:
+    for rel in ["services/graph.py", "services/node.py", "graph/config.py", "graph/engine/generation.py", "graph/models/loading.py",
+                "configs/default.yaml", "configs/tiny.yaml", "scripts/prepare_models.py", "requirements.txt",
+                "services/playground/index.html", "services/playground/playground.js",
+                "services/playground/playground.css"]:
         assert (src / rel).is_file(), f"{rel} missing from the Bento"
     tops = {p.name for p in src.iterdir()}
-    assert tops == {"services", "graph", "configs", "scripts", "requirements.txt", "bentofile.yaml"}, tops
+    assert tops == {"services", "graph", "protos", "configs", "scripts", "requirements.txt", "bentofile.yaml"}, tops
+    for rel in ["protos/text_generator.proto", "protos/inference_graph.proto", "protos/text_generator_pb2_grpc.py",
+                "protos/inference_graph_pb2_grpc.py", "graph/faces/grpc_server.py"]:
+        assert (src / rel).is_file(), f"{rel} missing from the Bento"
     assert not list(src.rglob("__pycache__")) and not list(src.rglob("*.pyc"))
     assert bento.info.entry_service == "InferenceGraph"
     assert {s.name for s in bento.info.services} == service_names()
@@ -251,10 +258,54 @@ def check_generate_score(server: Server) -> None:
     assert "not in the BentoML store yet" not in server.log(), "a model was converted at startup"
 
 
+def check_openai(server: Server) -> None:
+    """The OpenAI face answers from the Bento: /v1/models lists every node and the graph; a chat runs."""
+    r = httpx.get(server.url + "/v1/models", timeout=30)
+    assert r.status_code == 200, r.text
+    assert [m["id"] for m in r.json()["data"]] == [*default_graph().generators, "graph"]
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+        "model": "smollm2", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["role"] == "assistant"
+
+
+def check_grpc(port: int) -> None:
+    """The gRPC faces answer: health SERVING (every node loaded), then the seed's TextGenerator."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from protos import text_generator_pb2, text_generator_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.time() + 120
+        while health.Check(health_pb2.HealthCheckRequest(), timeout=10).status != health_pb2.HealthCheckResponse.SERVING:
+            assert time.time() < deadline, "gRPC health never said SERVING"
+            time.sleep(0.5)
+        stub = text_generator_pb2_grpc.TextGeneratorStub(channel)
+        out = stub.Generate(text_generator_pb2.GenerateRequest(text="The weather today", max_length=60), timeout=120)
+        assert out.text.startswith("The weather today") and len(out.text) > len("The weather today")
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_serve_built_bento_by_tag(bento: Any) -> None:
+    # A served Bento runs the config it was built with (BentoML ignores --arg-file there): gRPC on 50051.
+    grpc_port = default_graph().grpc.port
+    taken = port_taken(grpc_port)
     with Server(target=str(bento.tag), name="bento") as server:
         check_generate_score(server)
+        check_openai(server)
         assert f'BentoServer from "{bento.tag}"' in server.log()
+        for path in ["/playground", "/playground/static/playground.js", "/graph"]:  # the page ships too
+            assert httpx.get(server.url + path, timeout=10).status_code == 200, path
+        if taken:  # a shared machine: someone's `make serve`; the Bento logs it and serves HTTP only
+            assert f"gRPC faces NOT started: cannot bind 0.0.0.0:{grpc_port}" in server.log()
+            pytest.skip(f"port {grpc_port} was taken by another process: the Bento's gRPC answer not checked")
+        check_grpc(grpc_port)
 
 
 def test_image_layout_serves_with_packed_models_only(bento: Any, tmp_path: Path) -> None:

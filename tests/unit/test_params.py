@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -12,7 +14,26 @@ DEFAULTS = GenerationParams(max_new_tokens=16, do_sample=True, temperature=0.7)
 
 
 def merge(**kw):
-    return merge_params(DEFAULTS, GenerationOverrides(**kw), max_new_tokens_limit=64)
+    # model_construct: skip the overrides' own bounds, so the merge's checks are what is tested
+    return merge_params(DEFAULTS, GenerationOverrides.model_construct(**kw), max_new_tokens_limit=64)
+
+
+@pytest.mark.parametrize("kw, loc", [
+    ({"temperature": -1}, ("temperature",)),
+    ({"top_p": 1.5}, ("top_p",)),
+    ({"max_new_tokens": "8"}, ("max_new_tokens",)),   # strict: a string is not a number
+    ({"top_logprobs": False}, ("top_logprobs",)),     # strict: a flag is not a number
+    ({"do_sample": 1}, ("do_sample",)),               # strict: a number is not a flag
+    ({"max_new_tokens": 5000}, ("max_new_tokens",)),
+])
+def test_overrides_carry_the_bounds_and_are_strict(kw, loc) -> None:
+    """The request's own schema refuses what GenerationParams refuses (and the API spec shows it)."""
+    with pytest.raises(ValidationError) as exc:
+        GenerationOverrides.model_validate_json(json.dumps(kw))
+    assert exc.value.errors()[0]["loc"] == loc
+    schema = GenerationOverrides.model_json_schema()["properties"]
+    temperature = {k: v for o in schema["temperature"]["anyOf"] for k, v in o.items()}
+    assert (temperature["minimum"], temperature["maximum"]) == (0.0, 5.0)
 
 
 def test_overrides_replace_only_given_fields() -> None:
@@ -33,7 +54,8 @@ def test_overrides_replace_only_given_fields() -> None:
         ({"do_sample": False, "num_return_sequences": 2}, "params.num_return_sequences", "greedy"),
         ({"temperature": 0.0}, "params.temperature", "do_sample=false"),
         ({"top_logprobs": 3}, "params.top_logprobs", "logprobs=true"),
-        ({"stop": [""]}, "params.stop", "non-empty"),
+        ({"stop": [""]}, "params.stop.0", "at least 1 character"),
+        ({"stop": ["x" * 65]}, "params.stop.0", "at most 64 characters"),
     ],
 )
 def test_invalid_values_name_field_and_rule(kw, field, rule) -> None:

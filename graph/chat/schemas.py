@@ -1,0 +1,97 @@
+"""Typed requests, replies and stream events of the chat endpoints (/infer, /chat, history, delete)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, Field, field_validator
+
+from graph.params import GenerationOverrides, Int
+from graph.results import FinishReason
+from graph.schemas import NOT_BLANK, StrictRequest, Usage, not_blank
+
+
+class _Request(StrictRequest):
+    user_id: str = Field(
+        min_length=1, max_length=256, json_schema_extra=NOT_BLANK,
+        description="Whose conversation: any string the caller chooses "
+        "(not a secret: see the README on API keys).", examples=["alice"],
+    )
+
+    _user_id_not_blank = field_validator("user_id")(not_blank)
+
+
+class UserRequest(_Request):
+    """Names one user's conversation (read its history, or delete it)."""
+
+
+class InferRequest(_Request):
+    """The seed's chat API: one user message in, the model's reply out; the history is kept."""
+
+    message: str = Field(min_length=1, description="The user's message.", examples=["Hello! How are you?"],
+                         json_schema_extra=NOT_BLANK)
+    model: Optional[str] = Field(None, description="Generator node; omit for the config's chat.default_model.")
+    params: Optional[GenerationOverrides] = Field(None, description="Overrides of the node's generation defaults.")
+
+    _message_not_blank = field_validator("message")(not_blank)
+
+
+class ChatRequest(InferRequest):
+    """/chat and /chat_stream: like /infer, with a richer reply."""
+
+    intermediate_result_interval_ms: Int = Field(
+        0, ge=0, le=60_000, description="chat_stream only: send fragments no more often than this; 0 = every token."
+    )
+
+
+class InferReply(BaseModel):
+    """The seed's reply shape."""
+
+    message: str = Field(description="The model's reply.")
+
+
+class ChatReply(BaseModel):
+    """One answered turn."""
+
+    user_id: str
+    message: str = Field(description="The model's reply.")
+    turn: int = Field(description="This turn's number in the user's conversation (1 = first).")
+    model: str = Field(description="The generator node that answered.")
+    finish_reason: FinishReason
+    usage: Usage
+    context_turns: Optional[int] = Field(
+        None, description="Past turns the node kept in the prompt (after max_turns, then its token budget); "
+        "not reported by chat_stream (its usage.prompt_tokens shows the prompt's size).",
+    )
+
+
+class StoredMessage(BaseModel):
+    """One message of a kept conversation."""
+
+    turn: int
+    role: Literal["user", "assistant"]
+    content: str
+    model: Optional[str] = Field(None, description="The node that wrote it (assistant messages).")
+    created: float = Field(description="Unix time it was stored.")
+
+
+class History(BaseModel):
+    """A user's conversation, oldest message first."""
+
+    user_id: str
+    turns: int
+    messages: list[StoredMessage]
+
+
+class Forgotten(BaseModel):
+    """What deleting a user's history removed."""
+
+    user_id: str
+    deleted_messages: int
+
+
+class TurnEvent(BaseModel):
+    """chat_stream's last event before [DONE]: the turn was stored (ChatReply's fields)."""
+
+    type: Literal["turn"] = "turn"
+    reply: ChatReply

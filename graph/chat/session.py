@@ -1,0 +1,116 @@
+"""Chat turns: a user's kept history + the new message -> one generator node -> the reply, stored.
+
+A turn holds the conversation's lock (graph/chat/store.py `turn_lock`) from reading the history to
+storing the reply, so two messages of one user sent at once are answered one after the other, the
+second seeing the first's reply. The user's message and the reply are written together after the
+node answers: when the node fails (or a stream's client goes away) the whole turn is rolled back,
+nothing is stored, and the caller, who got the error, sends the message again.
+
+The prompt: the last `chat.max_turns` turns, then the node cuts the oldest further to fit its
+prompt-token budget (graph/chat_format.py, on the node, which has the tokenizer).
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Mapping, Optional, Protocol
+
+from pydantic import BaseModel
+
+from graph.chat.schemas import ChatReply, ChatRequest, Forgotten, History, InferRequest, StoredMessage, TurnEvent
+from graph.chat.store import ChatStore
+from graph.chat_format import ChatMessage, ChatResult, clean_reply
+from graph.compose import Graph, error_event, stream_event
+from graph.errors import GraphError, InvalidRequest
+from graph.params import GenerationParams
+from graph.results import GenerationResult, StreamEvent
+from graph.schemas import ErrorEvent, FinalEvent, TokenEvent, Usage
+
+
+class ChatNode(Protocol):
+    """What a chat turn needs from a generator node client (services/clients.py, graph/local.py)."""
+
+    async def chat(self, messages: list[ChatMessage], params: GenerationParams, request_id: str) -> ChatResult: ...
+
+    def chat_stream(
+        self, messages: list[ChatMessage], params: GenerationParams, request_id: str, interval_ms: int
+    ) -> AsyncIterator[StreamEvent]: ...
+
+
+class ChatSessions:
+    """Chat turns, histories and forgetting over a Graph's generators and a ChatStore."""
+
+    def __init__(self, graph: Graph, nodes: Mapping[str, ChatNode], store: ChatStore) -> None:
+        self.graph, self.nodes, self.store = graph, nodes, store
+        self.config = graph.config.chat
+
+    # ---- validation at the edge (before anything is read or written) ----------------------------
+    def plan(self, req: InferRequest) -> tuple[str, GenerationParams]:
+        self.graph.check_prompt(req.message, "message")
+        node = self.graph.select(req.model or self.config.default_model or next(iter(self.graph.generators)))[0]
+        params = self.graph.params_for(node, req.params)
+        if params.num_return_sequences != 1:
+            raise InvalidRequest("params.num_return_sequences: a chat turn has one reply; set 1",
+                                 field="params.num_return_sequences")
+        return node, params
+
+    def prompt(self, past: list[StoredMessage], message: str) -> list[ChatMessage]:
+        """The last max_turns turns of `past`, then the new message."""
+        turns = sorted({m.turn for m in past})[-self.config.max_turns:] if self.config.max_turns else []
+        kept = [ChatMessage(role=m.role, content=m.content) for m in past if m.turn in set(turns)]
+        return [*kept, ChatMessage(role="user", content=message)]
+
+    # ---- turns ----------------------------------------------------------------------------------
+    async def reply(self, owner: Optional[str], req: InferRequest, request_id: str) -> ChatReply:
+        node, params = self.plan(req)
+        async with self.store.turn_lock(owner, req.user_id):
+            messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
+            out = await self.graph.call(node, self.nodes[node].chat(messages, params, request_id))
+            return await self._store(owner, req, node, out.result, out.kept_messages)
+
+    def stream(self, owner: Optional[str], req: ChatRequest, request_id: str) -> AsyncIterator[BaseModel]:
+        """Validate now (bad input is a 4xx, not a broken stream), then stream the turn's events:
+        token and final events as generate_stream's, then a `turn` event once it is stored."""
+        node, params = self.plan(req)
+        return self._events(owner, req, node, params, request_id)
+
+    async def _events(
+        self, owner: Optional[str], req: ChatRequest, node: str, params: GenerationParams, request_id: str,
+    ) -> AsyncIterator[TokenEvent | FinalEvent | ErrorEvent | TurnEvent]:
+        async with self.store.turn_lock(owner, req.user_id):
+            messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
+            result: Optional[GenerationResult] = None
+            try:
+                async for ev in self.nodes[node].chat_stream(
+                    messages, params, request_id, req.intermediate_result_interval_ms
+                ):
+                    yield stream_event(node, ev)
+                    result = ev.result or result
+            except GraphError as exc:  # nothing stored: the turn is rolled back
+                yield error_event(exc)
+                return
+            if result is None:
+                return
+            yield TurnEvent(reply=await self._store(owner, req, node, result, None))
+
+    async def _store(
+        self, owner: Optional[str], req: InferRequest, node: str, result: GenerationResult, kept: Optional[int],
+    ) -> ChatReply:
+        text = clean_reply(result.text)
+        turn = await self.store.add_turn(
+            owner, req.user_id, req.message, text, node, result.prompt_tokens, result.completion_tokens
+        )
+        return ChatReply(
+            user_id=req.user_id, message=text, turn=turn, model=node, finish_reason=result.finish_reason,
+            usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
+            context_turns=None if kept is None else max(0, kept - 1) // 2,
+        )
+
+    # ---- histories ------------------------------------------------------------------------------
+    async def history(self, owner: Optional[str], user_id: str) -> History:
+        msgs = await self.store.history(owner, user_id)
+        return History(user_id=user_id, turns=len({m.turn for m in msgs}), messages=msgs)
+
+    async def forget(self, owner: Optional[str], user_id: str) -> Forgotten:
+        async with self.store.turn_lock(owner, user_id):  # not in the middle of a turn
+            return Forgotten(user_id=user_id, deleted_messages=await self.store.forget(owner, user_id))
+

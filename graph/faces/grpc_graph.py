@@ -1,0 +1,86 @@
+"""The graph's own gRPC service (protos/inference_graph.proto): the HTTP API's calls with typed messages.
+
+Requests become the same pydantic request models the HTTP face validates (graph/schemas.py), so a bad
+value is INVALID_ARGUMENT naming the same field (`params.temperature`, `prompt`); results and stream
+events go out as their proto messages field by field (json_format refuses a field the proto lacks).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, AsyncIterator, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from pydantic import BaseModel
+
+from graph.compose import Graph, background
+from graph.faces.grpc_errors import stream_errors, unary_errors, validated
+from graph.schemas import ClassifyRequest, GenerateRequest, GenerateScoreRequest, StreamRequest
+from protos import inference_graph_pb2 as pb
+from protos import inference_graph_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceGraph"].full_name
+Msg = TypeVar("Msg", bound=Message)
+
+
+def fields_of(message: Message) -> dict[str, Any]:
+    """The fields a request message sets (proto3 `optional` ones only when present), by proto name."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def to_proto(model: BaseModel, message: Msg, *, exclude: set[str] | None = None) -> Msg:
+    """A result model as its proto message (same field names)."""
+    data = model.model_dump(mode="json", exclude_none=True, exclude=exclude)
+    return json_format.ParseDict(data, message)
+
+
+def request_id(context: Any) -> str:
+    """The caller's `x-request-id` metadata, or a new id (it follows the call across nodes in the logs)."""
+    metadata = dict(context.invocation_metadata() or ())
+    return str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])
+
+
+class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
+    """inference_graph.v1.InferenceGraph over a `Graph` (the same object the HTTP face calls)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+
+    @unary_errors
+    async def GenerateScore(self, request: pb.GenerateScoreRequest, context: Any) -> pb.GenerateScoreResponse:
+        req = validated(GenerateScoreRequest, fields_of(request))
+        out = await self.graph.generate_score(req.original_sentence, req.params, request_id(context))
+        return pb.GenerateScoreResponse(completions=[to_proto(c, pb.ScoredCompletion()) for c in out])
+
+    @unary_errors
+    async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
+        req = validated(GenerateRequest, fields_of(request))
+        prompts = req.prompt_list()
+        per_node = await self.graph.generate(prompts, req.model, req.params, request_id(context))
+        items = [
+            pb.GenerateItem(model=node, prompt=p, results=[to_proto(r, pb.Completion()) for r in rows[i]])
+            for node, rows in per_node.items()
+            for i, p in enumerate(prompts)
+        ]
+        return pb.GenerateResponse(items=items)
+
+    @unary_errors
+    async def Classify(self, request: pb.ClassifyRequest, context: Any) -> pb.ClassifyResponse:
+        req = validated(ClassifyRequest, fields_of(request))
+        out = await self.graph.classify(req.texts)
+        return pb.ClassifyResponse(results=[to_proto(c, pb.Classification()) for c in out])
+
+    @stream_errors
+    async def GenerateScoreStream(self, request: pb.StreamRequest, context: Any) -> AsyncIterator[pb.GraphEvent]:
+        """Token, final and score events (and error events of a failed node) as the SSE stream has."""
+        req = validated(StreamRequest, fields_of(request))
+        events = self.graph.stream(
+            req.prompt, req.model, req.params, req.intermediate_result_interval_ms, request_id(context), True
+        )
+        try:
+            async for ev in events:
+                yield json_format.ParseDict({ev.type: ev.model_dump(mode="json", exclude_none=True, exclude={"type"})},
+                                            pb.GraphEvent())
+        finally:  # cancelled or deadline passed: close the graph stream, which cancels the nodes' work
+            background(events.aclose())

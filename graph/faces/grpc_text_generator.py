@@ -1,0 +1,145 @@
+"""The seed's gRPC TextGenerator service (protos/text_generator.proto) over the graph's generator nodes.
+
+Semantics as the seed describes them: `max_length` counts prompt plus generated tokens, as in
+transformers (0: the node's default max_new_tokens); `Generate` answers the prompt followed by the
+generated text; `GenerateStreamed` sends fragments no more often than `intermediate_result_interval_ms`
+(0: the config's grpc.stream_interval_ms), the last one at once, and they concatenate to that same text.
+Which generator answers: the `x-model` metadata, else the config's grpc.default_node (else the first).
+`x-seed` metadata (an integer) fixes sampling, so a streamed call can repeat a `Generate` exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from graph.compose import Graph, background
+from graph.errors import ErrorBody, InvalidRequest, error_from_body
+from graph.faces.grpc_errors import stream_errors, unary_errors, validated
+from graph.faces.grpc_graph import request_id
+from graph.params import GenerationOverrides
+from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, TokenEvent
+from protos import text_generator_pb2 as pb
+from protos import text_generator_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TextGenerator"].full_name
+
+
+class SeedCall(BaseModel):
+    """One TextGenerator call: the request's fields and the call's metadata, validated together."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    text: str = Field("", min_length=1)
+    max_length: int = Field(0, ge=0, description="Prompt + generated tokens; 0 = the node's default.")
+    intermediate_result_interval_ms: int = Field(0, ge=0, le=60_000)
+    model: Optional[str] = Field(None, alias="x-model")
+    seed: Optional[int] = Field(None, alias="x-seed", ge=0, le=2**32 - 1)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be only whitespace")
+        return v
+
+
+def seed_call(request: Any, context: Any) -> SeedCall:
+    metadata = dict(context.invocation_metadata() or ())
+    data: dict[str, Any] = {name.name: getattr(request, name.name) for name in request.DESCRIPTOR.fields}
+    data.update({k: metadata[k] for k in ("x-model", "x-seed") if k in metadata})
+    return validated(SeedCall, data)
+
+
+class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
+    """TextGenerator over a `Graph` (the same object the HTTP face calls)."""
+
+    def __init__(self, graph: Graph, *, default_node: Optional[str], stream_interval_ms: int) -> None:
+        self.graph = graph
+        self.default_node = default_node or next(iter(graph.generators))
+        self.stream_interval_ms = stream_interval_ms
+
+    async def _plan(self, call: SeedCall) -> tuple[str, GenerationOverrides]:
+        """The node and the overrides of a validated call; max_length checked against the prompt."""
+        (node,) = self.graph.select(call.model or self.default_node, field_name="x-model")
+        self.graph.check_prompt(call.text, "text")
+        fields: dict[str, Any] = {} if call.seed is None else {"seed": call.seed}
+        if call.max_length:
+            prompt_tokens = await self.graph.count_tokens(node, call.text)
+            new_tokens = call.max_length - prompt_tokens
+            limit = self.graph.config.generators[node].max_new_tokens_limit
+            if not 1 <= new_tokens <= limit:
+                raise InvalidRequest(
+                    f"max_length: {call.max_length} leaves {new_tokens} new tokens after the prompt's "
+                    f"{prompt_tokens} on node {node!r}; give {prompt_tokens + 1}..{prompt_tokens + limit} (or 0)",
+                    field="max_length",
+                )
+            fields["max_new_tokens"] = new_tokens
+        overrides = validated(GenerationOverrides, fields)
+        self.graph.plan([node], overrides)  # every rule checked before the node sees any work
+        return node, overrides
+
+    @unary_errors
+    async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
+        call = seed_call(request, context)
+        node, overrides = await self._plan(call)
+        per_node = await self.graph.generate([call.text], node, overrides, request_id(context))
+        return pb.GenerateResponse(text=call.text + per_node[node][0][0].text)
+
+    @stream_errors
+    async def GenerateStreamed(
+        self, request: pb.GenerateStreamedRequest, context: Any
+    ) -> AsyncIterator[pb.GenerateStreamedResponse]:
+        call = seed_call(request, context)
+        node, overrides = await self._plan(call)
+        interval_ms = call.intermediate_result_interval_ms or self.stream_interval_ms
+        events = self.graph.stream(call.text, node, overrides, interval_ms, request_id(context), False)
+        prefix = call.text  # the first fragment carries the prompt: fragments add up to Generate's text
+        try:
+            async for fragment in paced(texts(events, node), interval_ms / 1000.0):
+                yield pb.GenerateStreamedResponse(text_fragment=prefix + fragment)
+                prefix = ""
+            if prefix:  # nothing was generated: the text is the prompt alone
+                yield pb.GenerateStreamedResponse(text_fragment=prefix)
+        finally:  # cancelled or deadline passed: close the graph stream, which cancels the node's work
+            background(events.aclose())
+
+
+async def texts(events: AsyncIterator[GraphEvent], node: str) -> AsyncIterator[str]:
+    """The text of `node`'s completion events; its error event is raised as the GraphError it was."""
+    async for ev in events:
+        if isinstance(ev, ErrorEvent):
+            raise error_from_body(ErrorBody.model_validate(ev.model_dump()), ev.node or node)
+        if isinstance(ev, (TokenEvent, FinalEvent)) and ev.text:
+            yield ev.text
+
+
+async def paced(source: AsyncIterator[str], interval_s: float) -> AsyncIterator[str]:
+    """`source`'s strings, joined so that no two come closer than `interval_s` apart; what is left
+    when `source` ends comes at once (the last fragment)."""
+    it = source.__aiter__()
+    pending, last = "", float("-inf")
+    nxt: Optional[asyncio.Task[str]] = None
+    try:
+        while True:
+            if nxt is None:
+                nxt = asyncio.ensure_future(it.__anext__())
+            wait = max(0.0, last + interval_s - time.monotonic()) if pending else None
+            done, _ = await asyncio.wait({nxt}, timeout=wait)
+            if nxt in done:
+                task, nxt = nxt, None
+                try:
+                    pending += task.result()
+                except StopAsyncIteration:
+                    break
+            if pending and time.monotonic() - last >= interval_s:
+                yield pending
+                pending, last = "", time.monotonic()
+        if pending:
+            yield pending
+    finally:
+        if nxt is not None:
+            nxt.cancel()

@@ -1,0 +1,83 @@
+"""The chat endpoints of the entry service (/infer, /chat, /chat_stream, /chat_history, /chat_delete):
+a mixin of InferenceGraph that adapts HTTP JSON to graph/chat `ChatSessions`."""
+
+from __future__ import annotations
+
+from typing import Any, AsyncGenerator, AsyncIterator, Mapping, Optional
+
+import bentoml
+from starlette.responses import StreamingResponse
+
+from graph.chat.schemas import ChatReply, ChatRequest, Forgotten, History, InferReply, InferRequest, UserRequest
+from graph.chat.session import ChatNode, ChatSessions
+from graph.chat.store import ChatStore
+from graph.compose import Graph, background, sse
+from services.common import http_errors, request_id
+
+
+def open_chat(graph: Graph, nodes: Mapping[str, ChatNode]) -> ChatSessions:
+    """Chat sessions over `graph`, histories in the config's chat.database_url (opened on first use)."""
+    return ChatSessions(graph, nodes, ChatStore(graph.config.chat.database_url))
+
+
+def caller(ctx: bentoml.Context) -> Optional[str]:
+    """The API key id that owns the conversations this request may touch (the edge's KeyCheck
+    found it); None when the graph has no API keys."""
+    from services.edge import caller_of
+
+    return caller_of(ctx.request.state).key_id
+
+
+class ChatEndpoints:
+    """Chat sessions on the entry service; the class using it sets `self.chat` (open_chat)."""
+
+    chat: ChatSessions
+
+    @bentoml.api(input_spec=InferRequest)
+    @http_errors
+    async def infer(self, ctx: bentoml.Context, **fields: Any) -> InferReply:
+        """The seed's chat API: {user_id, message} -> {message}; each user's history is kept."""
+        reply = await self.chat.reply(caller(ctx), InferRequest(**fields), request_id(ctx))
+        return InferReply(message=reply.message)
+
+    @bentoml.api(route="/chat", name="chat", input_spec=ChatRequest)
+    @http_errors
+    async def chat_turn(self, ctx: bentoml.Context, **fields: Any) -> ChatReply:
+        """One chat turn: the reply, its turn number, the model and token usage."""
+        return await self.chat.reply(caller(ctx), ChatRequest(**fields), request_id(ctx))
+
+    @bentoml.api(input_spec=ChatRequest)
+    @http_errors
+    async def chat_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
+        """A chat turn as server-sent events: token and final events, a `turn` event once stored, [DONE]."""
+        rid = request_id(ctx)
+        events = self.chat.stream(caller(ctx), ChatRequest(**fields), rid)
+
+        async def body() -> AsyncIterator[str]:
+            try:
+                async for ev in events:
+                    yield sse(ev)
+                yield sse("[DONE]")
+            finally:  # client gone: close the turn (rolled back, its lock released)
+                background(events.aclose())
+
+        response: Any = StreamingResponse(
+            body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "x-request-id": rid},
+        )
+        return response
+
+    @bentoml.api(input_spec=UserRequest)
+    @http_errors
+    async def chat_history(self, ctx: bentoml.Context, **fields: Any) -> History:
+        """A user's kept conversation, oldest message first."""
+        req = UserRequest(**fields)
+        request_id(ctx)
+        return await self.chat.history(caller(ctx), req.user_id)
+
+    @bentoml.api(input_spec=UserRequest)
+    @http_errors
+    async def chat_delete(self, ctx: bentoml.Context, **fields: Any) -> Forgotten:
+        """Delete a user's conversation from the database (the right to be forgotten)."""
+        req = UserRequest(**fields)
+        request_id(ctx)
+        return await self.chat.forget(caller(ctx), req.user_id)

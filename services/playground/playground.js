@@ -1,0 +1,398 @@
+// The playground's logic: draw the graph from GET /graph, poll the nodes' state, build the parameter form
+// from the API's own OpenAPI schema (/docs.json), and stream /generate_score_stream into one column per model.
+"use strict";
+
+const $ = (sel, root = document) => root.querySelector(sel);
+const state = { info: null, spec: null, controller: null, prev: null, chat: { id: null } };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  node.append(...children);
+  return node;
+}
+
+async function getJSON(url) {
+  const r = await fetch(url, { cache: "no-store" });
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return r.json();
+}
+
+// ---- notices and field errors ---------------------------------------------------------------------
+function notice(text, kind = "error") {
+  const n = el("div", { class: `notice ${kind}`, role: "alert" }, el("span", { text }));
+  n.append(el("button", { type: "button", text: "×", title: "dismiss", onclick: () => n.remove() }));
+  $("#notices").append(n);
+  return n;
+}
+
+function clearErrors() {
+  $("#notices").replaceChildren();
+  document.querySelectorAll(".field.has-error").forEach((f) => f.classList.remove("has-error"));
+  document.querySelectorAll(".field-error").forEach((s) => (s.textContent = ""));
+}
+
+// One place turns an error body (graph/errors.py ErrorBody) into what the user sees.
+function showError(status, body, retryAfter) {
+  const err = Array.isArray(body) ? body[0] : body || {};
+  const message = err.message || err.error || `HTTP ${status}`;
+  const field = err.field && document.querySelector(`.field[data-field="${CSS.escape(err.field)}"]`);
+  if (status === 400 && field) {
+    field.classList.add("has-error");
+    $(".field-error", field).textContent = message;
+    return;
+  }
+  if (status === 429 || err.error === "overloaded") {
+    const wait = err.retry_after_s ?? retryAfter;
+    notice(`Overloaded (429): ${message}${wait ? ` — retry in ${wait} s` : ""}`, "warn");
+  } else if (err.node) {
+    notice(`Node ${err.node} failed (${err.error || status}): ${message}`);
+    document.querySelector(`.node[data-node="${CSS.escape(err.node)}"]`)?.classList.add("down");
+  } else {
+    notice(`Error ${status}${err.error ? ` (${err.error})` : ""}: ${message}`);
+  }
+}
+
+// ---- the graph ------------------------------------------------------------------------------------
+const BOX = { w: 250, h: 96, gap: 18, col: [20, 210, 540, 850], endW: 120 };
+
+function drawGraph(info) {
+  const graph = $("#graph");
+  const gens = info.generators;
+  const height = Math.max(140, gens.length * (BOX.h + BOX.gap) + BOX.gap);
+  const mid = (height - BOX.h) / 2;
+  const pos = { prompt: [BOX.col[0], mid], classifier: [BOX.col[2], mid], output: [BOX.col[3], mid] };
+  gens.forEach((g, i) => (pos[g.name] = [BOX.col[1], BOX.gap + i * (BOX.h + BOX.gap)]));
+  graph.style.height = `${height}px`;
+  const box = (name, kind, model, extra = "") => {
+    const b = el("div", { class: `node ${extra}`, "data-node": name },
+      el("span", { class: "kind", text: kind }), el("div", { class: "name", text: name }));
+    if (model) b.append(el("div", { class: "model", text: model, title: model }));
+    b.append(el("div", { class: "state", text: extra ? "" : "…" }));
+    [b.style.left, b.style.top] = pos[name].map((v) => `${v}px`);
+    return b;
+  };
+  graph.append(box("prompt", "request", "", "endpoint"));
+  for (const g of gens) graph.append(box(g.name, "generator", g.model + (g.remote_url ? ` @ ${g.remote_url}` : "")));
+  const c = info.classifier;
+  graph.append(box(c.name, "classifier", `${c.model} (${c.mode}, score = P(${c.score_label}))`));
+  graph.append(box("output", "response", "", "endpoint"));
+  $(".node[data-node=prompt] .state").textContent = "POST";
+  $(".node[data-node=output] .state").textContent = "scored completions";
+  const svg = $("#edges");
+  svg.setAttribute("width", BOX.col[3] + BOX.endW + 20);
+  svg.setAttribute("height", height);
+  svg.innerHTML = `<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7"
+    orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#97a0b3"/></marker></defs>`;
+  const width = (n) => (n === "prompt" || n === "output" ? BOX.endW : BOX.w);
+  for (const e of info.edges) {
+    const [sx, sy] = pos[e.source], [tx, ty] = pos[e.target];
+    const x1 = sx + width(e.source), y1 = sy + BOX.h / 2, x2 = tx - 2, y2 = ty + BOX.h / 2, m = (x1 + x2) / 2;
+    const p = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    p.setAttribute("d", `M${x1},${y1} C${m},${y1} ${m},${y2} ${x2},${y2}`);
+    p.setAttribute("marker-end", "url(#arrow)");
+    p.dataset.source = e.source;
+    p.dataset.target = e.target;
+    svg.append(p);
+  }
+}
+
+async function pollState() {
+  const now = performance.now();
+  try {
+    const ready = await fetch("readyz", { cache: "no-store" });
+    const badge = $("#ready");
+    badge.textContent = ready.ok ? "all nodes loaded" : "loading…";
+    badge.className = `badge ${ready.ok ? "ok" : "bad"}`;
+    const cls = $(".node[data-node=classifier]");
+    cls.classList.toggle("ready", ready.ok);
+    $(".state", cls).textContent = ready.ok ? "loaded" : "loading";
+    const r = await fetch("node_stats", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    if (!r.ok) throw new Error(`node_stats: HTTP ${r.status}`);
+    const stats = await r.json();
+    for (const [name, s] of Object.entries(stats)) {
+      const node = document.querySelector(`.node[data-node="${CSS.escape(name)}"]`);
+      if (!node) continue;
+      const before = state.prev?.stats[name];
+      const dt = state.prev ? (now - state.prev.t) / 1000 : 0;
+      const rate = before && dt > 0 ? Math.max(0, s.generated_tokens_total - before.generated_tokens_total) / dt : 0;
+      node.classList.remove("down");
+      node.classList.add("ready");
+      node.classList.toggle("busy", s.active_rows > 0);
+      node.dataset.generated = s.generated_tokens_total;
+      $(".state", node).textContent = `loaded · queue ${s.queued_requests} · active ${s.active_rows} · ` +
+        `${rate.toFixed(1)} tok/s · ${s.generated_tokens_total} tok total`;
+      document.querySelectorAll(`#edges path[data-target="${CSS.escape(name)}"]`)
+        .forEach((p) => p.classList.toggle("live", s.active_rows > 0));
+    }
+    state.prev = { t: now, stats };
+  } catch (exc) {
+    document.querySelectorAll(".node:not(.endpoint)").forEach((n) => {
+      if (n.dataset.node !== "classifier") { n.classList.add("down"); $(".state", n).textContent = `unreachable: ${exc.message}`; }
+    });
+    state.prev = null;
+  }
+}
+
+// ---- the form, from the API's schema --------------------------------------------------------------
+function resolve(schema) {
+  const ref = schema.$ref || schema.allOf?.[0]?.$ref;
+  return ref ? state.spec.components.schemas[ref.split("/").pop()] : schema;
+}
+
+function streamSchema() {
+  const op = state.spec.paths["/generate_score_stream"].post;
+  return resolve(op.requestBody.content["application/json"].schema);
+}
+
+function paramInput(name, prop) {
+  const s = (prop.anyOf || [prop]).find((x) => x.type !== "null");
+  const bounds = [];
+  let input;
+  if (s.type === "boolean") {
+    input = el("select", {}, el("option", { value: "", text: "default" }),
+      el("option", { value: "true", text: "true" }), el("option", { value: "false", text: "false" }));
+  } else if (s.type === "array") {
+    input = el("textarea", { rows: 1, placeholder: "one per line" });
+    if (s.maxItems != null) bounds.push(`at most ${s.maxItems}`);
+  } else {
+    input = el("input", { type: "number", step: s.type === "integer" ? "1" : "any" });
+    if (s.minimum != null) { input.min = s.minimum; bounds.push(`≥ ${s.minimum}`); }
+    if (s.exclusiveMinimum != null) bounds.push(`> ${s.exclusiveMinimum}`);
+    if (s.maximum != null) { input.max = s.maximum; bounds.push(`≤ ${s.maximum}`); }
+  }
+  input.id = `p-${name}`;
+  input.dataset.param = name;
+  input.dataset.type = s.type;
+  input.title = [prop.description, bounds.join(", ")].filter(Boolean).join(" ");
+  return el("div", { class: "field", "data-field": `params.${name}` },
+    el("label", { htmlFor: input.id, text: `${name}${bounds.length ? ` (${bounds.join(", ")})` : ""}` }),
+    input, el("span", { class: "field-error" }));
+}
+
+function buildForm() {
+  const req = streamSchema();
+  const params = resolve(req.properties.params);
+  const box = $("#params");
+  for (const [name, prop] of Object.entries(params.properties)) box.append(paramInput(name, prop));
+  $("#prompt").value = req.properties.prompt.default ?? "";
+  const interval = req.properties.intermediate_result_interval_ms;
+  Object.assign($("#intermediate_result_interval_ms"), { min: interval.minimum, max: interval.maximum,
+    value: interval.default, title: interval.description });
+  for (const g of state.info.generators) $("#model").append(el("option", { value: g.name, text: g.name }));
+  $("#model").addEventListener("change", showDefaults);
+  showDefaults();
+}
+
+// Empty fields show the selected node's default (or each node's, when they differ).
+function showDefaults() {
+  const chosen = $("#model").value;
+  const gens = state.info.generators.filter((g) => !chosen || g.name === chosen);
+  document.querySelectorAll("[data-param]").forEach((input) => {
+    const values = [...new Set(gens.map((g) => JSON.stringify(g.defaults[input.dataset.param] ?? null)))];
+    const text = values.length === 1 ? values[0] : gens.map((g) => `${g.name}: ${JSON.stringify(g.defaults[input.dataset.param])}`).join(", ");
+    const limit = input.dataset.param === "max_new_tokens"
+      ? `, node limit ${Math.min(...gens.map((g) => g.max_new_tokens_limit))}` : "";
+    if (input.tagName === "SELECT") input.options[0].text = `default (${text})`;
+    else input.placeholder = `default ${text}${limit}`;
+  });
+}
+
+function readParams() {
+  const params = {};
+  document.querySelectorAll("[data-param]").forEach((input) => {
+    const raw = input.value.trim();
+    if (raw === "") return;
+    const t = input.dataset.type;
+    params[input.dataset.param] = t === "boolean" ? raw === "true" : t === "array" ? raw.split("\n").filter(Boolean)
+      : Number(raw);
+  });
+  return params;
+}
+
+// ---- running a prompt: one column per model, filled as the SSE events arrive -----------------------
+function column(model) {
+  let col = document.querySelector(`.column[data-model="${CSS.escape(model)}"]`);
+  if (!col) {
+    const g = state.info.generators.find((x) => x.name === model);
+    col = el("div", { class: "column", "data-model": model },
+      el("h3", {}, model, " ", el("small", { text: g ? g.model : "" })));
+    $("#columns").append(col);
+  }
+  return col;
+}
+
+function completion(model, index) {
+  const col = column(model);
+  let c = col.querySelector(`.completion[data-index="${index}"]`);
+  if (!c) {
+    c = el("div", { class: "completion", "data-index": index },
+      el("div", { class: "text" }), el("div", { class: "meta" }), el("div", { class: "score" }));
+    c.dataset.chunks = "0";
+    col.append(c);
+  }
+  return c;
+}
+
+function onEvent(ev, t0) {
+  const now = performance.now();
+  if (ev.type === "error") {
+    showError(ev.error === "overloaded" ? 429 : 500, ev);
+    if (ev.node) column(ev.node).classList.remove("streaming");
+    return;
+  }
+  const c = completion(ev.model, ev.index);
+  if (ev.type === "token" || ev.type === "final") {
+    const text = $(".text", c);
+    text.textContent += ev.text;
+    text.scrollTop = text.scrollHeight;
+    c.dataset.chunks = String(Number(c.dataset.chunks) + 1);
+    c.firstAt ??= now;
+    column(ev.model).classList.add("streaming");
+  }
+  if (ev.type === "token") {
+    $(".meta", c).textContent = `streaming · first token ${Math.round(c.firstAt - t0)} ms`;
+  } else if (ev.type === "final") {
+    c.classList.add("done");
+    const secs = (now - t0) / 1000;
+    const decode = (now - c.firstAt) / 1000;
+    const rate = decode > 0 ? ` · ${(ev.usage.completion_tokens / decode).toFixed(1)} tok/s` : "";
+    $(".meta", c).textContent = `finish: ${ev.finish_reason} · prompt ${ev.usage.prompt_tokens} tok · ` +
+      `completion ${ev.usage.completion_tokens} tok · first token ${Math.round(c.firstAt - t0)} ms · ` +
+      `total ${secs.toFixed(2)} s${rate}`;
+    const col = column(ev.model);
+    if (!col.querySelector(".completion:not(.done)")) col.classList.remove("streaming");
+  } else if (ev.type === "score") {
+    const s = $(".score", c);
+    s.replaceChildren(el("span", { class: "label", text: ev.label }), ` score ${ev.score.toFixed(3)}`,
+      el("span", { class: "bar", style: `width:${Math.round(ev.score * 80)}px` }));
+    s.title = Object.entries(ev.labels).map(([k, v]) => `${k}: ${v.toFixed(3)}`).join(", ");
+    c.classList.add("scored");
+  }
+}
+
+async function run(event) {
+  event.preventDefault();
+  clearErrors();
+  const body = { prompt: $("#prompt").value, params: readParams() };
+  if ($("#model").value) body.model = $("#model").value;
+  const interval = $("#intermediate_result_interval_ms").value;
+  if (interval !== "") body.intermediate_result_interval_ms = Number(interval);
+  $("#columns").replaceChildren();
+  const controller = new AbortController();
+  state.controller = controller;
+  setRunning(true);
+  const t0 = performance.now();
+  try {
+    const r = await fetch("generate_score_stream", { method: "POST", signal: controller.signal,
+      headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    if (!r.ok) {
+      const text = await r.text();
+      let parsed;
+      try { parsed = JSON.parse(text); } catch { parsed = { message: text }; }
+      showError(r.status, parsed, r.headers.get("retry-after"));
+      return;
+    }
+    for (const name of body.model ? [body.model] : state.info.generators.map((g) => g.name)) column(name);
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const data = buffer.slice(0, cut).replace(/^data: ?/, "");
+        buffer = buffer.slice(cut + 2);
+        if (data === "[DONE]") return;
+        onEvent(JSON.parse(data), t0);
+      }
+    }
+    notice("The stream ended without [DONE]: the server closed it early.");
+  } catch (exc) {
+    if (exc.name !== "AbortError") notice(`Request failed: ${exc.message}`);
+  } finally {
+    if (state.controller === controller) { state.controller = null; setRunning(false); }
+  }
+}
+
+function stop() {
+  if (!state.controller) return;
+  state.controller.abort();  // closes the stream; the entry service then cancels the nodes' work
+  document.querySelectorAll(".column.streaming").forEach((c) => { c.classList.remove("streaming"); c.classList.add("stopped"); });
+  state.controller = null;
+  setRunning(false);
+}
+
+function setRunning(on) {
+  $("#run-button").disabled = on;
+  $("#stop-button").disabled = !on;
+  document.body.classList.toggle("running", on);
+}
+
+// ---- chat tab: only when the server has the conversations API (POST /chat) -------------------------
+function setupChat() {
+  const op = state.spec.paths["/chat"]?.post;
+  if (!op) return;
+  const props = resolve(op.requestBody.content["application/json"].schema).properties || {};
+  const pick = (...names) => names.find((n) => n in props);
+  const keys = { message: pick("message", "content", "text", "prompt"), model: pick("model"),
+    id: pick("conversation_id", "session_id", "conversation") };
+  if (!keys.message) return;
+  $("#chat-tab").hidden = false;
+  for (const g of state.info.generators) $("#chat-model").append(el("option", { value: g.name, text: g.name }));
+  const log = $("#chat-log");
+  $("#chat-new").onclick = () => { state.chat.id = null; log.replaceChildren(); };
+  $("#chat-form").onsubmit = async (event) => {
+    event.preventDefault();
+    clearErrors();
+    const text = $("#chat-message").value;
+    const body = { [keys.message]: text };
+    if (keys.model) body[keys.model] = $("#chat-model").value;
+    if (keys.id && state.chat.id) body[keys.id] = state.chat.id;
+    log.append(el("div", { class: "msg user", text }));
+    const r = await fetch("chat", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const answer = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      if (answer.field) answer.field = `chat.${answer.field === keys.model ? "model" : "message"}`;
+      showError(r.status, answer, r.headers.get("retry-after"));
+      return;
+    }
+    if (keys.id && answer[keys.id]) state.chat.id = answer[keys.id];
+    const reply = ["reply", "text", "content", "message", "completion"].map((k) => answer[k]).find((v) => typeof v === "string");
+    log.append(el("div", { class: "msg assistant", text: reply ?? JSON.stringify(answer) }));
+    $("#chat-message").value = "";
+  };
+}
+
+function showTab(name) {
+  document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t.dataset.tab === name));
+  $("#run").hidden = name !== "run";
+  $("#chat").hidden = name !== "chat";
+}
+
+async function main() {
+  try {
+    [state.info, state.spec] = await Promise.all([getJSON("graph"), getJSON("docs.json")]);
+  } catch (exc) {
+    notice(`Cannot load the graph: ${exc.message}`);
+    return;
+  }
+  $("#graph-name").textContent = state.info.name;
+  drawGraph(state.info);
+  buildForm();
+  setupChat();
+  document.querySelectorAll(".tab").forEach((t) => (t.onclick = () => showTab(t.dataset.tab)));
+  $("#run-form").addEventListener("submit", run);
+  $("#stop-button").addEventListener("click", stop);
+  document.body.dataset.ready = "true";
+  await pollState();
+  setInterval(pollState, state.info.refresh_ms);
+}
+
+main();

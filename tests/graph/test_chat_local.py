@@ -1,0 +1,45 @@
+"""Chat turns in-process (tiny models, a real SQLite file): a node failing mid-turn rolls the whole turn
+back, and the schema is versioned and created on first use."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from graph.chat.schemas import InferRequest
+from graph.chat.session import ChatSessions
+from graph.chat.store import SCHEMA_VERSION, ChatStore
+from graph.config import load_config
+from graph.errors import GraphError
+from graph.local import build_local_graph
+
+
+def test_failed_node_rolls_the_turn_back_and_schema_is_versioned(tiny_dir: Path, tmp_path: Path) -> None:
+    graph, engines = build_local_graph(load_config("configs/tiny.yaml"))
+    db = tmp_path / "new" / "chat.sqlite3"
+
+    async def run() -> tuple[int, int]:
+        store = ChatStore(f"sqlite:///{db}")
+        chat = ChatSessions(graph, graph.generators, store)
+        ok = await chat.reply(None, InferRequest(user_id="u", message="hello", model="tiny_a"), "r1")
+        assert ok.turn == 1
+        engines["tiny_b"].close()  # the node dies: its requests fail with NodeFailure
+        with pytest.raises(GraphError) as err:
+            await chat.reply(None, InferRequest(user_id="u", message="lost?", model="tiny_b"), "r2")
+        assert err.value.status == 500
+        turns = (await chat.history(None, "u")).turns
+        count = await store.count_messages()
+        await store.close()
+        return turns, count
+
+    try:
+        turns, count = asyncio.run(run())
+    finally:
+        for e in engines.values():
+            e.close()
+    assert (turns, count) == (1, 2)  # the failed turn left nothing behind: resend it
+    with create_engine(f"sqlite:///{db}").connect() as conn:
+        assert conn.execute(text("SELECT max(version) FROM chat_schema_version")).scalar() == SCHEMA_VERSION

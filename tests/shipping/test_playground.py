@@ -1,0 +1,212 @@
+"""The playground page at /playground in a real browser (Debian's chromium via Playwright) on a real `bentoml serve`
+of configs/tiny.yaml: the graph drawn from the config, every model streaming into its own column, scores, a bad
+value's message next to its field, Stop halting the node's work, and no request to any host but the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from graph.config import load_config
+from graph.topology import GraphInfo, describe
+from tests.server import ARTIFACTS, Server
+from tests.shipping.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+SCREENSHOTS = ARTIFACTS / "screenshots"
+LONG_PROMPT = "Hello world, this is"  # tiny_a and tiny_b run this greedily to 900 tokens without EOS
+CONFIG = load_config("configs/tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir: Path) -> Iterator[Server]:
+    with Server(config="configs/tiny.yaml", name="playground") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium (make test does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def blocked() -> list[str]:
+    """URLs the page asked for on any host but the server (each was refused)."""
+    return []
+
+
+@pytest.fixture
+def page(browser: Any, server: Server, blocked: list[str]) -> Iterator[Any]:
+    page = browser.new_page(viewport={"width": 1280, "height": 1300})
+    local = urlparse(server.url).netloc
+
+    def only_the_server(route: Any) -> None:
+        if urlparse(route.request.url).netloc == local:
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.url + "/playground", wait_until="domcontentloaded")
+    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    yield page
+    page.close()
+    assert errors == [], f"JavaScript errors on the page: {errors}"
+
+
+def node_stats(server: Server) -> dict[str, Any]:
+    r = httpx.post(server.url + "/node_stats", json={}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def run_prompt(page: Any, prompt: str, *, model: str = "", **params: str) -> None:
+    page.fill("#prompt", prompt)
+    page.select_option("#model", model)
+    for name, value in params.items():
+        page.fill(f"#p-{name}", value)
+    page.click("#run-button")
+
+
+def test_graph_endpoint_describes_the_config(server: Server) -> None:
+    r = httpx.get(server.url + "/graph", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    info = GraphInfo.model_validate_json(r.text)
+    assert info == describe(CONFIG)
+    assert [g.name for g in info.generators] == ["tiny_a", "tiny_b"]
+    assert info.generators[0].max_new_tokens_limit == 900 and info.generators[0].defaults.max_new_tokens == 8
+    assert {(e.source, e.target) for e in info.edges} == {
+        ("prompt", "tiny_a"), ("prompt", "tiny_b"), ("tiny_a", "classifier"), ("tiny_b", "classifier"),
+        ("classifier", "output"),
+    }
+
+
+def test_page_draws_the_graph_and_streams_every_model(server: Server, page: Any, blocked: list[str]) -> None:
+    names = [*CONFIG.generators, "classifier"]
+    for name in names:
+        assert page.locator(f'.node[data-node="{name}"]').is_visible(), name
+    assert page.locator("#edges path[data-source]").count() == len(describe(CONFIG).edges)
+    assert CONFIG.generators["tiny_a"].model.describe() in page.inner_text('.node[data-node="tiny_a"]')
+    # live state from /node_stats (polled every playground.refresh_ms)
+    page.wait_for_function("""() => ['tiny_a', 'tiny_b'].every(n =>
+        document.querySelector(`.node[data-node="${n}"] .state`).textContent.includes('tok/s'))""", timeout=15_000)
+    # the parameter form comes from the API's schema: bounds of GenerationParams, no copy in the page
+    assert page.get_attribute("#p-temperature", "max") == "5" and page.get_attribute("#p-top_k", "max") == "1000"
+
+    run_prompt(page, LONG_PROMPT, max_new_tokens="900")
+    # text in every model's column while at least one completion is still streaming
+    page.wait_for_function("""() => {
+        const texts = [...document.querySelectorAll('.column .completion .text')];
+        return texts.length === 2 && texts.every(t => t.textContent.length > 0); }""", timeout=60_000, polling=20)
+    done_when_all_had_text = page.locator(".completion.done").count()
+    assert done_when_all_had_text < 2, "both completions had finished before text showed in every column"
+
+    page.wait_for_function("document.querySelectorAll('.completion.scored').length === 2", timeout=120_000)
+    for model in CONFIG.generators:
+        col = page.locator(f'.column[data-model="{model}"]')
+        meta = col.locator(".meta").inner_text()
+        assert "finish: length" in meta and "completion 900 tok" in meta and "first token" in meta, meta
+        assert int(col.locator(".completion").get_attribute("data-chunks") or 0) > 10  # many events, not one block
+        score = col.locator(".score").inner_text()
+        assert ("positive" in score or "negative" in score) and "score 0." in score, score
+    assert not page.locator(".notice").count()
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / "playground.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 20_000
+    assert blocked == []  # the page asked nothing of any other host (all of them were refused anyway)
+
+
+def test_bad_value_shows_the_servers_message_next_to_the_field(server: Server, page: Any) -> None:
+    body = {"prompt": "hi", "params": {"temperature": -1}}
+    expected = httpx.post(server.url + "/generate_score_stream", json=body, timeout=30).json()
+    assert expected["field"] == "params.temperature"
+
+    run_prompt(page, "hi", temperature="-1")
+    error = page.locator('.field[data-field="params.temperature"] .field-error')
+    error.wait_for(state="visible", timeout=30_000)
+    assert error.inner_text() == expected["message"]
+    assert page.locator(".column").count() == 0  # nothing ran
+    assert page.is_enabled("#run-button") and not page.is_enabled("#stop-button")
+
+    page.fill("#p-temperature", "")
+    run_prompt(page, "hi", model="", max_new_tokens="2")
+    page.wait_for_function("document.querySelectorAll('.completion.scored').length === 2", timeout=60_000)
+    assert error.inner_text() == ""  # a new run clears the old message
+
+
+def test_stop_cancels_the_nodes_work(server: Server, page: Any) -> None:
+    before = node_stats(server)["tiny_a"]
+    run_prompt(page, LONG_PROMPT, model="tiny_a", max_new_tokens="900")
+    page.wait_for_function(
+        "document.querySelector('.column[data-model=\"tiny_a\"] .text')?.textContent.length > 0",
+        timeout=60_000, polling=20,
+    )
+    page.click("#stop-button")
+    stopped_at = time.monotonic()
+    assert page.locator(".completion.done").count() == 0, "the completion ended before Stop was pressed"
+    assert page.locator('.column[data-model="tiny_a"].stopped').count() == 1
+    assert page.is_enabled("#run-button")
+
+    time.sleep(max(0.0, stopped_at + 2.0 - time.monotonic()))
+    two_s = node_stats(server)["tiny_a"]
+    time.sleep(1.5)
+    later = node_stats(server)["tiny_a"]
+    assert later["generated_tokens_total"] == two_s["generated_tokens_total"], (two_s, later)
+    assert two_s["generated_tokens_total"] - before["generated_tokens_total"] < 900  # it never ran to the end
+    assert later["cancelled_total"] == before["cancelled_total"] + 1
+    assert later["active_rows"] == 0
+
+
+def test_overloaded_node_is_a_visible_notice(server: Server, page: Any) -> None:
+    """tiny_a's batch (8 rows) and queue (16) filled by 30 real streams: the page's run is refused, and says so."""
+    body = {"prompt": LONG_PROMPT, "model": "tiny_a", "params": {"max_new_tokens": 900}}
+    done = threading.Event()
+
+    async def one(client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", server.url + "/generate_stream", json=body) as r:
+            async for _ in r.aiter_bytes():
+                if done.is_set():
+                    return  # leaving closes the stream: the node cancels the work
+
+    async def flood() -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
+            await asyncio.gather(*[one(client) for _ in range(30)], return_exceptions=True)
+
+    rejected_before = node_stats(server)["tiny_a"]["rejected_total"]
+    flooder = threading.Thread(target=asyncio.run, args=(flood(),))
+    flooder.start()
+    try:
+        deadline = time.monotonic() + 60
+        while node_stats(server)["tiny_a"]["rejected_total"] == rejected_before:  # full: it refuses now
+            assert time.monotonic() < deadline, "the flood never filled tiny_a's queue"
+            time.sleep(0.1)
+        run_prompt(page, "hi", model="tiny_a", max_new_tokens="4")
+        warning = page.locator(".notice.warn")
+        warning.wait_for(state="visible", timeout=30_000)
+        text = warning.inner_text()
+        assert "Overloaded" in text and "tiny_a" in text and "retry in" in text, text
+    finally:
+        done.set()
+        flooder.join(timeout=120)
+    assert not flooder.is_alive()
