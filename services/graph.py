@@ -86,7 +86,7 @@ class InferenceGraph(ChatEndpoints):
         self.nodes = generators
         HEALTH.nodes = {name: client.dep for name, client in [*generators.items(), ("classifier", classifier)]}
         self.graph = Graph(CONFIG, generators, classifier)
-        self.chat = open_chat(self.graph, generators)  # /infer, /chat...: services/chat.py
+        self.chat = open_chat(self.graph)  # /infer, /chat...: services/chat.py
         OPENAI.state.face = OpenAIFace(self.graph)
         OPENAI.state.keys = KEYS
         self.grpc = GrpcFaces(self.graph, CONFIG.grpc, keys=KEYS)

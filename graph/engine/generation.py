@@ -115,8 +115,8 @@ class GenerationEngine:
         """All `params.num_return_sequences` completions of `prompt`, in index order. A prompt given
         as token ids (e.g. from `fit_chat`) is used as it is: no chat template, no special tokens;
         a ChatPrompt is fitted here (`fit_chat`)."""
-        prompt, params = self._fit(prompt, params)
-        req = self._submit(prompt, params, request_id, streaming=False)
+        prompt, params, kept = self._fit(prompt, params)
+        req = self._submit(prompt, params, request_id, streaming=False, prompt_messages=kept)
         total = params.num_return_sequences
         results: list[Optional[GenerationResult]] = [None] * total
         try:
@@ -145,8 +145,8 @@ class GenerationEngine:
         a sequence's final event (carrying its result) is sent at once. Fragments of a sequence
         concatenate to its final text and never run past a stop string. Closing the iterator
         early (aclose, or cancelling the consuming task) cancels the request and frees its rows."""
-        prompt, params = self._fit(prompt, params)
-        req = self._submit(prompt, params, request_id, streaming=True)
+        prompt, params, kept = self._fit(prompt, params)
+        req = self._submit(prompt, params, request_id, streaming=True, prompt_messages=kept)
         total = params.num_return_sequences
         interval = interval_ms / 1000.0
         pending: dict[int, str] = {}
@@ -205,12 +205,15 @@ class GenerationEngine:
         return {**s.counters, "active_rows": len(s.rows), "queued_requests": s.queued(),
                 "step_ms": round(s.step_s * 1000, 3), "kv_mb": round(kv / 2**20, 3)}
 
-    def _fit(self, prompt: str | list[int] | ChatPrompt, params: GenerationParams) -> tuple[str | list[int], GenerationParams]:
-        """A ChatPrompt as this node's prompt ids and params (`fit_chat`); any other prompt as it is."""
+    def _fit(
+        self, prompt: str | list[int] | ChatPrompt, params: GenerationParams
+    ) -> tuple[str | list[int], GenerationParams, Optional[int]]:
+        """A ChatPrompt as this node's prompt ids, params and messages kept (`fit_chat`); any other
+        prompt as it is."""
         if not isinstance(prompt, ChatPrompt):
-            return prompt, params
+            return prompt, params, None
         fitted = self.fit_chat(list(prompt.messages), params)
-        return fitted.ids, fitted.params
+        return fitted.ids, fitted.params, fitted.kept
 
     def fit_chat(self, messages: list[ChatMessage], params: GenerationParams) -> FittedChat:
         """`messages` as this node's prompt ids (its chat template or the plain transcript), the
@@ -234,7 +237,8 @@ class GenerationEngine:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def _submit(
-        self, prompt: str | list[int], params: GenerationParams, request_id: Optional[str], *, streaming: bool
+        self, prompt: str | list[int], params: GenerationParams, request_id: Optional[str], *, streaming: bool,
+        prompt_messages: Optional[int] = None,
     ) -> Request:
         ids = list(prompt) if isinstance(prompt, list) else self._encode(prompt)
         if not ids:
@@ -259,7 +263,8 @@ class GenerationEngine:
                 f"max_batch_size of {self.max_batch_size}",
                 field="num_return_sequences",
             )
-        req = Request(request_id or uuid.uuid4().hex, ids, params, streaming=streaming, decode=self._decode)
+        req = Request(request_id or uuid.uuid4().hex, ids, params, streaming=streaming, decode=self._decode,
+                      prompt_messages=prompt_messages)
         self._scheduler.submit(req)
         return req
 
