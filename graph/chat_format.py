@@ -1,6 +1,7 @@
 """Chat messages -> one node's prompt tokens: its chat template (or the plain transcript), cut to fit.
 
-Shared by every face that talks in messages (chat sessions, the OpenAI face). It runs on the
+Shared by every face that talks in messages (chat sessions; the OpenAI face sends a `ChatPrompt`
+through the graph's fan-out, and the engine fits it the same way). It runs on the
 generator node, which holds the tokenizer: the entry sends messages, the node formats them and
 counts tokens, so a remote node works the same and the entry never loads a tokenizer.
 
@@ -21,13 +22,12 @@ always starts at a user message); leading system messages and the last message a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from graph.errors import InvalidRequest
 from graph.params import MAX_STOP_STRINGS, GenerationParams
-from graph.results import GenerationResult
 
 PLAIN_STOP = "\nUser:"
 PLAIN_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -40,15 +40,6 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant"] = Field(description="Who said it.", examples=["user"])
     content: str = Field(description="What was said.", examples=["Hello!"])
-
-
-class ChatResult(BaseModel):
-    """A node's answer to a list of messages: the reply, and how many messages it could keep."""
-
-    model_config = ConfigDict(frozen=True)
-
-    result: GenerationResult
-    kept_messages: int = Field(description="Messages in the prompt after cutting to the token budget.")
 
 
 @dataclass(frozen=True)
@@ -103,3 +94,35 @@ def fit_chat(
 def clean_reply(text: str) -> str:
     """A reply as kept in the history: without the plain transcript's next-speaker tag, trimmed."""
     return text.removesuffix(PLAIN_STOP).strip()
+
+
+# ---- a conversation as a prompt of the graph's fan-out (the OpenAI face) ----------------------------
+
+
+class ChatPrompt(BaseModel):
+    """A conversation sent through the graph's generate/stream fan-out in place of a text prompt;
+    each node turns it into its own prompt ids with `fit_chat` (template or transcript), exactly once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far, oldest first.")
+
+    def chars(self) -> int:
+        return sum(len(m.content) for m in self.messages)
+
+    def last_user_text(self) -> str:
+        """The newest user message (what a reply answers; the scored text starts with it)."""
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+
+# What crosses the node boundary as a prompt of generate/generate_stream: text (/generate), or a chat.
+Prompt = Union[str, ChatPrompt]
+
+
+def prompt_chars(prompt: Prompt) -> int:
+    return len(prompt) if isinstance(prompt, str) else prompt.chars()
+
+
+def score_text(prompt: Prompt, completion: str) -> str:
+    """The text the classifier scores for a completion: the prompt (a chat's last user message) + it."""
+    return (prompt if isinstance(prompt, str) else prompt.last_user_text()) + completion

@@ -6,10 +6,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Iterable, Optional, Sequence, TypeVar
+from typing import Any, AsyncGenerator, Awaitable, Iterable, Optional, Sequence, TypeVar
 
 from pydantic import BaseModel
 
+from graph.chat_format import Prompt, prompt_chars, score_text
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
 from graph.limits import check_budget
@@ -17,6 +18,7 @@ from graph.nodes import ClassifierClient, GeneratorClient
 from graph.params import GenerationParams, merge_params
 from graph.policies import registry as policies
 from graph.policies.deadline import Deadline, Latencies
+from graph.policies.run import PolicyEvent
 from graph.policies.schemas import PolicyResponse
 from graph.results import Classification, GenerationResult, StreamEvent
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
@@ -66,14 +68,11 @@ class Graph:
             )
         return [model]
 
-    def check_prompt(self, text: str, field_name: str) -> str:
-        limit = self.config.prompt.max_chars
-        if len(text) > limit:
-            raise InvalidRequest(
-                f"{field_name}: {len(text)} characters is above the limit of {limit}",
-                field=field_name,
-            )
-        return text
+    def check_prompt(self, prompt: Prompt, field_name: str) -> Prompt:
+        limit, size = self.config.prompt.max_chars, prompt_chars(prompt)
+        if size > limit:
+            raise InvalidRequest(f"{field_name}: {size} characters is above the limit of {limit}", field=field_name)
+        return prompt
 
     def params_for(self, node: str, overrides: Optional[BaseModel]) -> GenerationParams:
         cfg = self.config.generators[node]
@@ -108,7 +107,7 @@ class Graph:
         return await self._call(node, coro, None)
 
     async def generate(
-        self, prompts: list[str], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
+        self, prompts: list[Prompt], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
         timeline: Timeline | None = None,
     ) -> dict[str, list[list[GenerationResult]]]:
         """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}."""
@@ -172,13 +171,14 @@ class Graph:
 
     # ---- streaming -------------------------------------------------------------------------
     def stream(
-        self, prompt: str, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
+        self, prompt: Prompt, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
         request_id: str, score: bool, graph: Optional[str] = None, deadline_ms: Optional[int] = None,
-    ) -> AsyncIterator[BaseModel]:
+    ) -> AsyncGenerator[GraphEvent | PolicyEvent, None]:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
         deadline = Deadline.of(deadline_ms, self.latencies)
-        chosen = policies.start(self, graph, prompt, overrides, request_id, deadline, model) if score else None
+        named = score and isinstance(prompt, str)  # named graphs score plain prompts (not chat messages)
+        chosen = policies.start(self, graph, prompt, overrides, request_id, deadline, model) if named else None
         if chosen is not None:
             return policies.events(*chosen)
         overrides = Deadline.capped(deadline, overrides)
@@ -186,9 +186,9 @@ class Graph:
         return self._events(prompt, plan, interval_ms, request_id, score)
 
     async def _events(
-        self, prompt: str, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
+        self, prompt: Prompt, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
         score: bool,
-    ) -> AsyncIterator[GraphEvent]:
+    ) -> AsyncGenerator[GraphEvent, None]:
         """Interleave every selected node's events tagged by model; score each completion as it ends."""
         queue: asyncio.Queue[Optional[GraphEvent]] = asyncio.Queue()  # None: a producer is done
         outstanding = len(plan)  # producers (node pumps, scorers) that have not said "done" yet
@@ -212,7 +212,7 @@ class Graph:
 
         async def score_one(node: str, index: int, result: GenerationResult) -> None:
             try:
-                (c,) = await self.classify([prompt + result.text])
+                (c,) = await self.classify([score_text(prompt, result.text)])
                 await queue.put(ScoreEvent(model=node, index=index, **c.model_dump()))
             except GraphError as exc:
                 await queue.put(error_event(exc))

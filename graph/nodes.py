@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import AsyncIterator, Protocol
 
+from graph.chat_format import Prompt
 from graph.params import GenerationParams
 from graph.results import Classification, GenerationResult, StreamEvent
 
@@ -13,11 +14,11 @@ class GeneratorClient(Protocol):
     """What the graph needs from a generator node (a local engine or a BentoML dependency)."""
 
     async def generate(
-        self, prompts: list[str], params: GenerationParams, request_id: str
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str
     ) -> list[list[GenerationResult]]: ...
 
     def stream(
-        self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
+        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
     ) -> AsyncIterator[StreamEvent]: ...
 
     async def cancel(self, request_id: str) -> bool: ...

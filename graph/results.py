@@ -45,6 +45,10 @@ class GenerationResult(BaseModel):
     logprobs: Optional[list[TokenLogprob]] = Field(
         None, description="One entry per generated token when logprobs=true."
     )
+    prompt_messages: Optional[int] = Field(
+        None, description="For a chat prompt: the messages the node kept after cutting the oldest to fit its "
+        "prompt-token budget."
+    )
     created: float = Field(description="Unix time when the completion finished.")
 
 

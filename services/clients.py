@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
-from graph.chat_format import ChatMessage, ChatResult
+from graph.chat_format import Prompt
 from graph.errors import ErrorBody, GraphError, NodeFailure, error_from_body, error_from_status
 from graph.params import GenerationParams
 from graph.results import Classification, GenerationResult, StreamEvent
@@ -23,11 +23,11 @@ from graph.wire import StreamDecoder
 
 _RESULTS = TypeAdapter(list[list[GenerationResult]])
 _CLASSIFICATIONS = TypeAdapter(list[Classification])
-_CHAT = TypeAdapter(ChatResult)
 _ERROR = TypeAdapter(ErrorBody | list[ErrorBody])  # BentoML wraps a 4xx body in a one-element list
 # A node's worker died under the call (kill -9, out of memory): the supervisor starts a new one on the
 # same socket, so the same call, sent again, waits for it. The graph's deadline bounds the retries.
-WORKER_GONE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)
+WORKER_GONE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError, ConnectionResetError,
+               BrokenPipeError)
 RETRY_PAUSE_S = 0.5
 log = logging.getLogger("graph")
 
@@ -50,72 +50,56 @@ def _typed(adapter: TypeAdapter[Any], value: Any, node: str) -> Any:
         raise NodeFailure(f"node {node!r} answered an unexpected shape: {exc}", node=node) from None
 
 
+async def _retrying(call: Callable[[], Awaitable[Any]], node: str, request_id: str) -> Any:
+    """`call()`, sent again while the node's worker is gone (died, or dropped a kept-alive
+    connection), until the graph's deadline (Graph._call) gives up; a node's own error is raised."""
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except BentoMLException as exc:
+            raise node_error(exc, node) from None
+        except WORKER_GONE as exc:
+            attempt += 1
+            log.warning("request_id=%s node %s: worker gone (%s); retry %d once it is back",
+                        request_id, node, type(exc).__name__, attempt)
+            await asyncio.sleep(min(RETRY_PAUSE_S * attempt, 5.0))
+
+
+async def _events(chunks: AsyncIterator[str | bytes], node: str) -> AsyncIterator[StreamEvent]:
+    """A node stream's chunks -> its StreamEvents (graph/wire.py); the node's error is raised."""
+    decoder = StreamDecoder(node)
+    try:
+        async for chunk in chunks:
+            for event in decoder.feed(chunk):
+                yield event
+    except BentoMLException as exc:
+        raise node_error(exc, node) from None
+    decoder.close()
+
+
 class GeneratorNodeClient:
-    """A generator node reached through bentoml.depends (local worker or remote Bento by URL)."""
+    """A generator node reached through bentoml.depends (local worker or remote Bento by URL).
+    Non-streaming calls are sent again when the node's worker died under them (same params and
+    seed: the same answer); a stream cut off that way ends with the error."""
 
     def __init__(self, dep: Any, node: str) -> None:
         self.dep, self.node = dep, node
 
-    async def generate(self, prompts: list[str], params: GenerationParams, request_id: str) -> list[list[GenerationResult]]:
-        """The node's results; sent again when the node's worker died under the call (same params and
-        seed: the same answer), until the graph's deadline (Graph._call) gives up."""
-        attempt = 0
-        while True:
-            try:
-                out = await self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id)
-            except BentoMLException as exc:
-                raise node_error(exc, self.node) from None
-            except WORKER_GONE as exc:
-                attempt += 1
-                log.warning("request_id=%s node %s: worker gone (%s); retry %d once it is back",
-                            request_id, self.node, type(exc).__name__, attempt)
-                await asyncio.sleep(min(RETRY_PAUSE_S * attempt, 5.0))
-                continue
-            return _typed(_RESULTS, out, self.node)
+    async def generate(self, prompts: list[Prompt], params: GenerationParams, request_id: str) -> list[list[GenerationResult]]:
+        out = await _retrying(lambda: self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id),
+                              self.node, request_id)
+        return _typed(_RESULTS, out, self.node)
 
-    async def stream(
-        self, prompt: str, params: GenerationParams, request_id: str, interval_ms: int
-    ) -> AsyncIterator[StreamEvent]:
-        decoder = StreamDecoder(self.node)
-        try:
-            async for chunk in self.dep.to_async.generate_stream(
-                prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms
-            ):
-                for event in decoder.feed(chunk):
-                    yield event
-        except BentoMLException as exc:
-            raise node_error(exc, self.node) from None
-        decoder.close()
-
-    async def chat(self, messages: list[ChatMessage], params: GenerationParams, request_id: str) -> ChatResult:
-        try:
-            out = await self.dep.to_async.chat(messages=messages, params=params, request_id=request_id)
-        except BentoMLException as exc:
-            raise node_error(exc, self.node) from None
-        return _typed(_CHAT, out, self.node)
-
-    async def chat_stream(
-        self, messages: list[ChatMessage], params: GenerationParams, request_id: str, interval_ms: int
-    ) -> AsyncIterator[StreamEvent]:
-        decoder = StreamDecoder(self.node)
-        try:
-            async for chunk in self.dep.to_async.chat_stream(
-                messages=messages, params=params, request_id=request_id, interval_ms=interval_ms
-            ):
-                for event in decoder.feed(chunk):
-                    yield event
-        except BentoMLException as exc:
-            raise node_error(exc, self.node) from None
-        decoder.close()
+    def stream(self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int) -> AsyncIterator[StreamEvent]:
+        chunks = self.dep.to_async.generate_stream(prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms)
+        return _events(chunks, self.node)
 
     async def cancel(self, request_id: str) -> bool:
         return bool(await self.dep.to_async.cancel(request_id=request_id))
 
     async def count_tokens(self, prompt: str) -> int:
-        try:
-            return int(await self.dep.to_async.count_tokens(prompt=prompt))
-        except BentoMLException as exc:
-            raise node_error(exc, self.node) from None
+        return int(await _retrying(lambda: self.dep.to_async.count_tokens(prompt=prompt), self.node, ""))
 
     async def stats(self) -> dict[str, float]:
         return dict(await self.dep.to_async.stats())
@@ -126,8 +110,5 @@ class ClassifierNodeClient:
         self.dep = dep
 
     async def classify(self, texts: list[str]) -> list[Classification]:
-        try:
-            out = await self.dep.to_async.classify(texts)
-        except BentoMLException as exc:
-            raise node_error(exc, "classifier") from None
+        out = await _retrying(lambda: self.dep.to_async.classify(texts), "classifier", "")
         return _typed(_CLASSIFICATIONS, out, "classifier")

@@ -51,6 +51,17 @@ class NodeHealth:
         return dict(zip(names, results))
 
 
+# A face mounted under a path prefix that answers errors in its own protocol's shape (the OpenAI face
+# at /v1/): prefix -> how a GraphError becomes its response. The edge's refusals there use it.
+FaceErrors = dict[str, Callable[[GraphError], JSONResponse]]
+
+
+def _refusal(scope: Any, err: GraphError, faces: FaceErrors) -> JSONResponse:
+    """`err` as the response of the face that owns the request's path, else the graph's ErrorBody."""
+    render = next((r for prefix, r in faces.items() if scope["path"].startswith(prefix)), error_response)
+    return render(err)
+
+
 async def _send_json(send: Any, response: JSONResponse) -> None:
     await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
@@ -100,8 +111,8 @@ class KeyCheck:
     <key>` (401 otherwise) and must be within its key's rates (429). The caller is left in the
     request's state for the endpoints (services.common.caller_of)."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys) -> None:
-        self.app, self.keys = app, keys
+    def __init__(self, app: ASGIApp, keys: ApiKeys, faces: FaceErrors | None = None) -> None:
+        self.app, self.keys, self.faces = app, keys, faces or {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or not self.keys.enabled or self.keys.is_open(scope["path"]):
@@ -112,7 +123,7 @@ class KeyCheck:
             caller = self.keys.authenticate(headers.get(b"authorization", b"").decode("latin-1") or None)
             self.keys.admit(caller)
         except GraphError as err:
-            response = error_response(err)
+            response = _refusal(scope, err, self.faces)
             if isinstance(err, Unauthorized):
                 response.headers["WWW-Authenticate"] = "Bearer"
             await _send_json(send, response)
@@ -128,8 +139,8 @@ class JsonOnly:
     """A request body sent to the entry must be JSON: another Content-Type gets 415 naming it
     (a missing one is taken as JSON, as BentoML does)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, faces: FaceErrors | None = None) -> None:
+        self.app, self.faces = app, faces or {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
@@ -140,7 +151,7 @@ class JsonOnly:
                     f"content-type: {ctype!r} is not supported; send the body as JSON with "
                     "Content-Type: application/json", field="content-type",
                 )
-                await _send_json(send, error_response(err))
+                await _send_json(send, _refusal(scope, err, self.faces))
                 return
         await self.app(scope, receive, send)
 
@@ -149,13 +160,14 @@ class ValidationErrors:
     """BentoML validates an API's input schema before our code runs, and answers a failure with a
     400 of its own shape; this rewrites that body into the graph's ErrorBody, naming field and rule:
     {"error": "validation", "message": "bogus: Extra inputs are not permitted", "field": "bogus"}.
-    Other responses pass through untouched."""
+    Other responses pass through untouched, and so does everything under a face's prefix (its 400s
+    are already in its protocol's shape)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, app: ASGIApp, faces: FaceErrors | None = None) -> None:
+        self.app, self.faces = app, faces or {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or any(scope["path"].startswith(p) for p in self.faces):
             await self.app(scope, receive, send)
             return
         start: dict[str, Any] | None = None

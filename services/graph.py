@@ -43,6 +43,7 @@ from services.clients import ClassifierNodeClient, GeneratorNodeClient
 from services.common import graph_config, http_errors, keep_sessions_open, request_id, setup_logging, with_dependencies
 from services.edge import DocsContract, Draining, JsonOnly, KeyCheck, NodeHealth, ReadyProbe, ValidationErrors, caller_of
 from services.generator import make_generator_service
+from services.openai_app import OpenAIFace, make_openai_app, openai_response
 from services.shutdown import Drain
 from services.playground_face import playground_app
 
@@ -64,6 +65,8 @@ GENERATORS = {
     for name, node in CONFIG.generators.items()
 }
 CLASSIFIER = _node(None if CONFIG.classifier.url else make_classifier_service(CONFIG.classifier), CONFIG.classifier.url)
+OPENAI = make_openai_app()  # the OpenAI-compatible face under /v1 (services/openai_app.py)
+FACES = {"/v1/": openai_response}  # the edge's refusals (401, 415, 429) there in OpenAI's error shape
 
 
 @bentoml.service(
@@ -72,6 +75,7 @@ CLASSIFIER = _node(None if CONFIG.classifier.url else make_classifier_service(CO
 )
 @with_dependencies({**GENERATORS, "classifier": CLASSIFIER})
 @bentoml.asgi_app(playground_app(CONFIG), path="/")  # GET /graph and the page at /playground
+@bentoml.asgi_app(OPENAI, path="/v1")  # mounted before "/" (decorators apply bottom-up), so /v1 is matched first
 class InferenceGraph(ChatEndpoints):
     """Fans a prompt out to every generator at once, then scores all completions in one call."""
 
@@ -84,7 +88,9 @@ class InferenceGraph(ChatEndpoints):
         self.nodes = generators
         HEALTH.nodes = {name: client.dep for name, client in [*generators.items(), ("classifier", classifier)]}
         self.graph = Graph(CONFIG, generators, classifier)
-        self.chat = open_chat(self.graph, generators)  # /infer, /chat...: services/chat.py
+        self.chat = open_chat(self.graph)  # /infer, /chat...: services/chat.py
+        OPENAI.state.face = OpenAIFace(self.graph)
+        OPENAI.state.keys = KEYS
         self.grpc = GrpcFaces(self.graph, CONFIG.grpc, keys=KEYS)
         log.info("graph %s ready: generators=%s", CONFIG.name, list(CONFIG.generators))
 
@@ -187,6 +193,6 @@ InferenceGraph.add_asgi_middleware(
     defaults=[n.defaults for n in CONFIG.generators.values()], graphs=tuple(CONFIG.policies.names()),
     sampling=tuple(CONFIG.policies.sampling()), default_graph=CONFIG.policies.default,
 )
-InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS)
-InferenceGraph.add_asgi_middleware(JsonOnly)
-InferenceGraph.add_asgi_middleware(ValidationErrors)
+InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS, faces=FACES)
+InferenceGraph.add_asgi_middleware(JsonOnly, faces=FACES)
+InferenceGraph.add_asgi_middleware(ValidationErrors, faces=FACES)

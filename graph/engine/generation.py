@@ -19,7 +19,7 @@ from typing import AsyncIterator, Optional
 
 import torch
 
-from graph.chat_format import ChatMessage, FittedChat, fit_chat
+from graph.chat_format import ChatMessage, ChatPrompt, FittedChat, fit_chat
 from graph.engine.detok import make_decoder
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
@@ -110,11 +110,13 @@ class GenerationEngine:
 
     # -- requests ------------------------------------------------------------------------------------
     async def generate(
-        self, prompt: str | list[int], params: GenerationParams, *, request_id: str | None = None
+        self, prompt: str | list[int] | ChatPrompt, params: GenerationParams, *, request_id: str | None = None
     ) -> list[GenerationResult]:
         """All `params.num_return_sequences` completions of `prompt`, in index order. A prompt given
-        as token ids (e.g. from `fit_chat`) is used as it is: no chat template, no special tokens."""
-        req = self._submit(prompt, params, request_id, streaming=False)
+        as token ids (e.g. from `fit_chat`) is used as it is: no chat template, no special tokens;
+        a ChatPrompt is fitted here (`fit_chat`)."""
+        prompt, params, kept = self._fit(prompt, params)
+        req = self._submit(prompt, params, request_id, streaming=False, prompt_messages=kept)
         total = params.num_return_sequences
         results: list[Optional[GenerationResult]] = [None] * total
         try:
@@ -133,7 +135,7 @@ class GenerationEngine:
 
     async def stream(
         self,
-        prompt: str | list[int],
+        prompt: str | list[int] | ChatPrompt,
         params: GenerationParams,
         *,
         request_id: str | None = None,
@@ -143,7 +145,8 @@ class GenerationEngine:
         a sequence's final event (carrying its result) is sent at once. Fragments of a sequence
         concatenate to its final text and never run past a stop string. Closing the iterator
         early (aclose, or cancelling the consuming task) cancels the request and frees its rows."""
-        req = self._submit(prompt, params, request_id, streaming=True)
+        prompt, params, kept = self._fit(prompt, params)
+        req = self._submit(prompt, params, request_id, streaming=True, prompt_messages=kept)
         total = params.num_return_sequences
         interval = interval_ms / 1000.0
         pending: dict[int, str] = {}
@@ -206,6 +209,16 @@ class GenerationEngine:
         return {**s.counters, "active_rows": len(s.rows), "queued_requests": s.queued(),
                 "step_ms": round(s.step_s * 1000, 3), "kv_mb": round(kv / 2**20, 3)}
 
+    def _fit(
+        self, prompt: str | list[int] | ChatPrompt, params: GenerationParams
+    ) -> tuple[str | list[int], GenerationParams, Optional[int]]:
+        """A ChatPrompt as this node's prompt ids, params and messages kept (`fit_chat`); any other
+        prompt as it is."""
+        if not isinstance(prompt, ChatPrompt):
+            return prompt, params, None
+        fitted = self.fit_chat(list(prompt.messages), params)
+        return fitted.ids, fitted.params, fitted.kept
+
     def fit_chat(self, messages: list[ChatMessage], params: GenerationParams) -> FittedChat:
         """`messages` as this node's prompt ids (its chat template or the plain transcript), the
         oldest cut until it fits max_prompt_tokens and the model's context less max_new_tokens."""
@@ -228,7 +241,8 @@ class GenerationEngine:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def _submit(
-        self, prompt: str | list[int], params: GenerationParams, request_id: Optional[str], *, streaming: bool
+        self, prompt: str | list[int], params: GenerationParams, request_id: Optional[str], *, streaming: bool,
+        prompt_messages: Optional[int] = None,
     ) -> Request:
         ids = list(prompt) if isinstance(prompt, list) else self._encode(prompt)
         if not ids:
@@ -253,7 +267,8 @@ class GenerationEngine:
                 f"max_batch_size of {self.max_batch_size}",
                 field="num_return_sequences",
             )
-        req = Request(request_id or uuid.uuid4().hex, ids, params, streaming=streaming, decode=self._decode)
+        req = Request(request_id or uuid.uuid4().hex, ids, params, streaming=streaming, decode=self._decode,
+                      prompt_messages=prompt_messages)
         self._scheduler.submit(req)
         return req
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Optional, Union
+from typing import AsyncGenerator, Optional, Union
 
 from pydantic import BaseModel
 
@@ -65,7 +65,7 @@ async def execute(run: Run, g: NamedGraph) -> PolicyResponse:
         raise
 
 
-async def events(run: Run, g: NamedGraph) -> AsyncIterator[Union[PolicyEvent, ErrorEvent]]:
+async def events(run: Run, g: NamedGraph) -> AsyncGenerator[Union[PolicyEvent, ErrorEvent], None]:
     """The policy's events as they happen (candidates, tokens, pruning, gates, scores), then the decision."""
     queue: asyncio.Queue[Optional[Union[PolicyEvent, ErrorEvent]]] = asyncio.Queue()
     run.emit = queue.put

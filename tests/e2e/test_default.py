@@ -65,3 +65,23 @@ def test_stop_string_on_a_real_tokenizer(server: Server) -> None:
     res = httpx.post(server.url + "/generate", json=body, timeout=120).json()[0]["results"][0]
     assert res["finish_reason"] == "stop", res
     assert full.startswith(res["text"]) and full[len(res["text"]):].startswith(stop)
+
+
+def test_openai_face_on_real_models(server: Server) -> None:
+    """/v1 on the default config: SmolLM2 formats a chat with its own template exactly once (the same
+    prompt tokens as /generate's one-user-message wrap), Gemma (no template) gets the transcript."""
+    models = httpx.get(server.url + "/v1/models", timeout=30).json()
+    assert [m["id"] for m in models["data"]] == ["smollm2", "gemma3", "graph"]
+    question = "Name a colour."
+    plain = httpx.post(server.url + "/generate", timeout=120, json={
+        "prompt": question, "model": "smollm2", "params": {"max_new_tokens": 4}}).json()[0]["results"][0]
+    chat = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+        "model": "smollm2", "messages": [{"role": "user", "content": question}], "max_tokens": 4})
+    assert chat.status_code == 200, chat.text
+    assert chat.json()["usage"]["prompt_tokens"] == plain["prompt_tokens"]
+    scored = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
+        "model": "graph", "messages": [{"role": "user", "content": "I have an idea!"}], "max_tokens": 8})
+    assert scored.status_code == 200, scored.text
+    choices = scored.json()["choices"]
+    assert {c["model"] for c in choices} == {"smollm2", "gemma3"}
+    assert [c["score"] for c in choices] == sorted((c["score"] for c in choices), reverse=True)

@@ -56,6 +56,24 @@ def test_a_key_is_needed_and_checked(server):
         assert httpx.get(server.url + path, timeout=5).status_code == 200
 
 
+def test_openai_face_needs_the_key_and_answers_in_its_shape(server):
+    """/v1 is behind the same keys; the SDK sends its api_key as the bearer token; refusals there are
+    OpenAI's error object (the SDK raises AuthenticationError), as is a non-JSON body (415)."""
+    import openai
+
+    anonymous = openai.OpenAI(base_url=server.url + "/v1", api_key="not-the-key-0123456789", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as err:
+        anonymous.models.list()
+    assert isinstance(err.value.body, dict) and err.value.body["type"] == "authentication_error"
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+    assert [m.id for m in client.models.list()][-1] == "graph"
+    out = client.completions.create(model="tiny_a", prompt="hi", max_tokens=2)
+    assert out.usage is not None and out.usage.completion_tokens >= 1
+    r = httpx.post(server.url + "/v1/completions", content=b"prompt=hi", timeout=10,
+                   headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415 and r.json()["error"]["param"] == "content-type"
+
+
 def test_chat_histories_belong_to_the_key_that_made_them(server, tmp_path):
     """A caller-chosen user_id is no secret: another key neither reads nor deletes that history."""
     user = f"alice-{time.time_ns()}"

@@ -8,7 +8,6 @@ import asyncio
 import time
 
 import pytest
-import torch
 
 from graph.errors import InvalidRequest, NodeFailure, Overloaded
 from graph.params import GenerationParams as GP

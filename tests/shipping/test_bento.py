@@ -258,6 +258,17 @@ def check_generate_score(server: Server) -> None:
     assert "not in the BentoML store yet" not in server.log(), "a model was converted at startup"
 
 
+def check_openai(server: Server) -> None:
+    """The OpenAI face answers from the Bento: /v1/models lists every node and the graph; a chat runs."""
+    r = httpx.get(server.url + "/v1/models", timeout=30)
+    assert r.status_code == 200, r.text
+    assert [m["id"] for m in r.json()["data"]] == [*default_graph().generators, "graph"]
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
+        "model": "smollm2", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["role"] == "assistant"
+
+
 def check_grpc(port: int) -> None:
     """The gRPC faces answer: health SERVING (every node loaded), then the seed's TextGenerator."""
     import grpc
@@ -287,6 +298,7 @@ def test_serve_built_bento_by_tag(bento: Any) -> None:
     taken = port_taken(grpc_port)
     with Server(target=str(bento.tag), name="bento") as server:
         check_generate_score(server)
+        check_openai(server)
         assert f'BentoServer from "{bento.tag}"' in server.log()
         for path in ["/playground", "/playground/static/playground.js", "/graph"]:  # the page ships too
             assert httpx.get(server.url + path, timeout=10).status_code == 200, path

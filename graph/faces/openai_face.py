@@ -1,0 +1,288 @@
+"""The OpenAI-compatible face over a Graph: /v1/models, chat completions and completions, plain or streamed.
+
+Requests arrive validated (graph/faces/openai_requests.py); answers are the `openai` package's own
+response types, so their shape cannot drift from what the SDK reads. A `model` is a route: a generator
+node, or `graph` (every node, each choice scored by the classifier, choices ordered by score and
+carrying `model`, `score` and `label`: extra fields OpenAI clients ignore).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Literal, Optional, TypeVar, Union
+
+from openai.types import Completion, CompletionChoice, CompletionUsage, Model
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
+from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice, ChoiceDelta
+from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
+from openai.types.completion_choice import Logprobs
+from pydantic import BaseModel
+
+from graph.chat_format import Prompt, score_text
+from graph.compose import Graph, background, sse
+from graph.errors import ErrorBody
+from graph.faces.openai_errors import UnknownModel, error_object
+from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest
+from graph.results import Classification, GenerationResult, TokenLogprob
+from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent
+
+log = logging.getLogger("graph")
+GRAPH_MODEL = "graph"
+Charge = Callable[[int], None]  # counts a caller's generated tokens (graph/auth.py ApiKeys.charge)
+
+
+def free(tokens: int) -> None:
+    """The charge when nobody counts tokens (API keys off, tests)."""
+OWNER = "inference-graph"
+# stop/length as OpenAI has them; a wall-clock budget ran out like a token budget; cancelled is
+# only seen by a client that has gone.
+_FINISH: dict[str, Literal["stop", "length"]] = {"stop": "stop", "length": "length", "time": "length", "cancelled": "stop"}
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a `model` name runs: one generator node (or every one: None), scored or not."""
+
+    node: Optional[str]
+    scored: bool
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One choice before it becomes OpenAI's: node, which prompt, the result, its score if scored."""
+
+    node: str
+    prompt_index: int
+    result: GenerationResult
+    score: Optional[Classification]
+
+
+class ModelList(BaseModel):
+    """GET /v1/models (the SDK pages over `data`)."""
+
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class OpenAIFace:
+    """OpenAI's endpoints as calls on `graph`; every error is a GraphError (mapped by the shell)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.created = int(time.time())
+        self.routes: dict[str, Route] = {
+            **{node: Route(node, scored=False) for node in graph.generators},
+            GRAPH_MODEL: Route(None, scored=True),
+            # named graphs (graph-policies issue) add one line here: f"graph:{name}": Route(...)
+        }
+
+    def models(self) -> ModelList:
+        return ModelList(data=[Model(id=m, created=self.created, object="model", owned_by=OWNER) for m in self.routes])
+
+    def route(self, model: str) -> Route:
+        if model not in self.routes:
+            raise UnknownModel(f"model: {model!r} does not exist; this server has {list(self.routes)}", field="model")
+        return self.routes[model]
+
+    # ---- chat ----------------------------------------------------------------------------------
+    async def chat(
+        self, req: ChatCompletionRequest, rid: str, charge: Charge = free
+    ) -> Union[ChatCompletion, AsyncIterator[str]]:
+        """A ChatCompletion, or (stream=true) the SSE lines of its chunks; validated before any node works.
+        `charge` is told the completion tokens generated (per-key token rates)."""
+        route, prompt = self.route(req.model), req.prompt()
+        log.info("request_id=%s openai chat model=%s user=%s", rid, req.model, req.user)
+        if req.stream:
+            return self._stream(req, route, prompt, rid, charge, chat=True)
+        choices = await self._run([prompt], route, req, rid, charge)
+        return ChatCompletion(
+            id=f"chatcmpl-{rid}", object="chat.completion", created=int(time.time()), model=req.model,
+            choices=[
+                _with(Choice(index=i, message=ChatCompletionMessage(role="assistant", content=c.result.text),
+                             finish_reason=_FINISH[c.result.finish_reason], logprobs=_chat_logprobs(c.result.logprobs)),
+                      _extras(c))
+                for i, c in enumerate(choices)
+            ],
+            usage=_usage(choices),
+        )
+
+    # ---- completions ---------------------------------------------------------------------------
+    async def completions(
+        self, req: CompletionRequest, rid: str, charge: Charge = free
+    ) -> Union[Completion, AsyncIterator[str]]:
+        route, prompts = self.route(req.model), req.prompts()
+        log.info("request_id=%s openai completions model=%s user=%s", rid, req.model, req.user)
+        if req.stream:
+            return self._stream(req, route, prompts[0], rid, charge, chat=False)
+        choices = await self._run(list(prompts), route, req, rid, charge)
+        return Completion(
+            id=f"cmpl-{rid}", object="text_completion", created=int(time.time()), model=req.model,
+            choices=[
+                _with(CompletionChoice(
+                    index=i, finish_reason=_FINISH[c.result.finish_reason],
+                    text=(prompts[c.prompt_index] if req.echo else "") + c.result.text,
+                    logprobs=_text_logprobs(c.result.logprobs),
+                ), _extras(c))
+                for i, c in enumerate(choices)
+            ],
+            usage=_usage(choices),
+        )
+
+    async def _run(
+        self, prompts: list[Prompt], route: Route, req: Union[ChatCompletionRequest, CompletionRequest], rid: str,
+        charge: Charge,
+    ) -> list[Scored]:
+        """Every completion of the route, scored and ordered by score (per prompt) for `graph`."""
+        per_node = await self.graph.generate(prompts, route.node, req.overrides(), rid)
+        flat = [(node, i, r) for node, rows in per_node.items() for i, results in enumerate(rows) for r in results]
+        charge(sum(r.completion_tokens for _, _, r in flat))
+        if not route.scored:
+            return [Scored(node, i, r, None) for node, i, r in flat]
+        verdicts = await self.graph.classify([score_text(prompts[i], r.text) for _, i, r in flat])
+        scored = [Scored(node, i, r, c) for (node, i, r), c in zip(flat, verdicts)]
+        return sorted(scored, key=lambda s: (s.prompt_index, -(s.score.score if s.score else 0.0)))
+
+    # ---- streaming -----------------------------------------------------------------------------
+    def _stream(
+        self, req: Union[ChatCompletionRequest, CompletionRequest], route: Route, prompt: Prompt, rid: str,
+        charge: Charge, *, chat: bool,
+    ) -> AsyncIterator[str]:
+        """Validate now (bad input is a 4xx, not a broken stream), then the chunks as SSE, then [DONE]."""
+        events = self.graph.stream(prompt, route.node, req.overrides(), 0, rid, route.scored)
+        nodes = list(self.graph.generators) if route.node is None else [route.node]
+        chunks = _Chunks(req, rid, nodes, chat=chat, echo=isinstance(req, CompletionRequest) and req.echo)
+
+        async def body() -> AsyncIterator[str]:
+            try:
+                async for ev in events:
+                    if isinstance(ev, FinalEvent):
+                        charge(ev.usage.completion_tokens)
+                    for chunk in chunks.of(ev):
+                        yield sse(chunk)
+                if req.include_usage:
+                    yield sse(chunks.usage_chunk().model_dump_json(exclude_unset=True))
+                yield sse("[DONE]")
+            finally:  # the client went away (or the stream ended): close the graph's stream, which stops the nodes
+                background(events.aclose())
+
+        return body()
+
+
+class _Chunks:
+    """Graph stream events -> OpenAI chunks of one response (choice indexes, first-delta role, usage)."""
+
+    def __init__(self, req: Union[ChatCompletionRequest, CompletionRequest], rid: str, nodes: list[str], *,
+                 chat: bool, echo: bool) -> None:
+        self.req, self.chat, self.nodes = req, chat, nodes
+        self.echo = req.prompts()[0] if echo and isinstance(req, CompletionRequest) else None
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
+        self.created = int(time.time())
+        self.started: set[int] = set()
+        self.prompt_tokens: dict[str, int] = {}
+        self.completion_tokens = 0
+
+    def index(self, node: str, seq: int) -> int:
+        """Choice index in the stream: node order, then sequence (unique across a graph's nodes)."""
+        return self.nodes.index(node) * self.req.n + seq
+
+    def of(self, ev: Union[TokenEvent, FinalEvent, ScoreEvent, ErrorEvent]) -> list[str]:
+        """The JSON of each chunk this event makes (as OpenAI writes them: explicit nulls kept)."""
+        if isinstance(ev, ErrorEvent):  # a node failed mid-stream: OpenAI's error object, as vLLM sends it
+            return [error_object(ErrorBody.model_validate(ev.model_dump()), self.req.names()).model_dump_json(exclude_unset=True)]
+        extras: dict[str, object] = {"model": ev.model} if len(self.nodes) > 1 or isinstance(ev, ScoreEvent) else {}
+        idx = self.index(ev.model, ev.index)
+        if isinstance(ev, ScoreEvent):
+            extras.update(score=ev.score, label=ev.label)
+            return [self._chunk(idx, "", None, extras).model_dump_json(exclude_unset=True)]
+        finish = None
+        if isinstance(ev, FinalEvent):
+            finish = _FINISH[ev.finish_reason]
+            self.prompt_tokens[ev.model] = ev.usage.prompt_tokens
+            self.completion_tokens += ev.usage.completion_tokens
+        if not ev.text and finish is None:
+            return []
+        return [self._chunk(idx, ev.text, finish, extras).model_dump_json(exclude_unset=True)]
+
+    def _chunk(
+        self, idx: int, text: str, finish: Optional[Literal["stop", "length"]], extras: dict[str, object]
+    ) -> Union[ChatCompletionChunk, Completion]:
+        first = idx not in self.started
+        self.started.add(idx)
+        if self.chat:
+            delta = ChoiceDelta(role="assistant", content=text) if first else ChoiceDelta(content=text)
+            choice = _with(ChunkChoice(index=idx, delta=delta, finish_reason=finish), extras)
+            return ChatCompletionChunk(id=self.id, object="chat.completion.chunk", created=self.created,
+                                       model=self.req.model, choices=[choice])
+        if first and self.echo is not None:
+            text = self.echo + text
+        # OpenAI streams finish_reason null until the last chunk, which the non-streamed type does not
+        # admit: built unvalidated, with every field the SDK reads.
+        completion_choice = _with(CompletionChoice.model_construct(index=idx, text=text, finish_reason=finish, logprobs=None),
+                                  extras)
+        return Completion(id=self.id, object="text_completion", created=self.created, model=self.req.model,
+                          choices=[completion_choice])
+
+    def usage_chunk(self) -> Union[ChatCompletionChunk, Completion]:
+        """The last chunk with stream_options.include_usage: no choices, the whole response's usage."""
+        prompt = sum(self.prompt_tokens.values())
+        usage = CompletionUsage(prompt_tokens=prompt, completion_tokens=self.completion_tokens,
+                                total_tokens=prompt + self.completion_tokens)
+        if self.chat:
+            return ChatCompletionChunk(id=self.id, object="chat.completion.chunk", created=self.created,
+                                       model=self.req.model, choices=[], usage=usage)
+        return Completion(id=self.id, object="text_completion", created=self.created, model=self.req.model,
+                          choices=[], usage=usage)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _with(choice: M, extras: dict[str, object]) -> M:
+    """`choice` carrying our extra fields: the openai types keep extras (extra="allow") and dump them,
+    though their typed constructors do not name them."""
+    for name, value in extras.items():
+        setattr(choice, name, value)
+    return choice
+
+
+def _extras(c: Scored) -> dict[str, object]:
+    """A scored choice's extra fields (OpenAI clients ignore them; ours read them)."""
+    if c.score is None:
+        return {}
+    return {"model": c.node, "score": c.score.score, "label": c.score.label}
+
+
+def _usage(choices: list[Scored]) -> CompletionUsage:
+    """Each node's prompt counted once per prompt, every choice's completion tokens."""
+    prompt = sum({(c.node, c.prompt_index): c.result.prompt_tokens for c in choices}.values())
+    completion = sum(c.result.completion_tokens for c in choices)
+    return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _chat_logprobs(tokens: Optional[list[TokenLogprob]]) -> Optional[ChoiceLogprobs]:
+    if tokens is None:
+        return None
+    return ChoiceLogprobs(content=[
+        ChatCompletionTokenLogprob(
+            token=t.token, logprob=t.logprob, bytes=list(t.token.encode()),
+            top_logprobs=[TopLogprob(token=a.token, logprob=a.logprob, bytes=list(a.token.encode())) for a in t.top_logprobs],
+        )
+        for t in tokens
+    ])
+
+
+def _text_logprobs(tokens: Optional[list[TokenLogprob]]) -> Optional[Logprobs]:
+    """Legacy completions logprobs: parallel lists, text_offset into the choice's text."""
+    if tokens is None:
+        return None
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t.token)
+    return Logprobs(
+        tokens=[t.token for t in tokens], token_logprobs=[t.logprob for t in tokens],
+        top_logprobs=[{a.token: a.logprob for a in t.top_logprobs} for t in tokens], text_offset=offsets,
+    )

@@ -1,0 +1,245 @@
+"""OpenAI request bodies, validated once at the edge: typed models, refused fields, and the mapping of
+OpenAI's controls onto the graph's GenerationOverrides (the one place OpenAI names meet ours).
+
+A field this server does not serve (`tools`, `logit_bias`, `response_format` other than text, ...) is
+refused with InvalidRequest naming it, never dropped: a neutral value (`None`, `0` penalties, `{}`,
+`best_of: 1`, `response_format: {"type": "text"}`) is accepted, as it changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from graph.chat_format import ChatMessage, ChatPrompt
+from graph.errors import InvalidRequest
+from graph.params import MAX_NEW_TOKENS, MAX_STOP_STRINGS, GenerationOverrides
+
+MAX_N = 8  # GenerationParams.num_return_sequences' bound
+MAX_PROMPTS = 64  # as /generate's `prompts`
+
+# Fields of the OpenAI API this server does not serve, each with the values that change nothing.
+_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
+    "parallel_tool_calls": (None,), "logit_bias": (None, {}), "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0), "response_format": (None, {"type": "text"}), "audio": (None,),
+    "modalities": (None, ["text"]), "prediction": (None,), "store": (None, False), "metadata": (None, {}),
+    "reasoning_effort": (None,), "service_tier": (None, "auto", "default"), "web_search_options": (None,),
+    "verbosity": (None,), "prompt_cache_key": (None,), "safety_identifier": (None,),
+    "best_of": (None, 1), "suffix": (None, ""),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Strict):
+    """A chat message: system / developer / user / assistant, content a string or text parts."""
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Union[str, list[TextPart]]
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts_only(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for part in value:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text":
+                    raise ValueError(f"only text parts are supported (got type {kind!r})")
+        return value
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(_Strict):
+    include_usage: bool = False
+
+
+class _Controls(_Strict):
+    """The controls both endpoints share, with OpenAI's ranges where ours are no tighter."""
+
+    model: str = Field(min_length=1, description="A generator node, or `graph` (every node, each choice scored).")
+    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, description="0 = greedy; omitted = the node's default.")
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stop: Union[str, list[str], None] = None
+    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
+    stream: bool = False
+    stream_options: Optional[StreamOptions] = None
+    user: Optional[str] = Field(None, max_length=256, description="The caller's end-user id (logged).")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, value: Union[str, list[str], None]) -> Union[str, list[str], None]:
+        if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+        return value
+
+    @model_validator(mode="after")
+    def _rules(self) -> "_Controls":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed with stream=true")
+        if self.temperature == 0.0 and self.n > 1:
+            raise ValueError("n: temperature 0 (greedy) gives the same text each time; set n=1 or temperature > 0")
+        return self
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def new_tokens(self) -> Optional[int]:
+        return self.max_tokens
+
+    def top_logprobs_count(self) -> Optional[int]:
+        """None: no logprobs; else alternatives per token (0 = the chosen token only)."""
+        return None
+
+    def overrides(self) -> GenerationOverrides:
+        """These controls as overrides of each node's defaults (omitted: the node's default).
+        temperature 0 is greedy; a temperature above 0, top_p or n > 1 turn sampling on."""
+        sample: Optional[bool] = None
+        if self.temperature == 0.0:
+            sample = False
+        elif self.temperature is not None or self.top_p is not None or self.n > 1:
+            sample = True
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        top = self.top_logprobs_count()
+        # GenerationOverrides comes from pydantic's create_model (GenerationParams' fields, each optional),
+        # which type checkers see as GenerationParams: validate the mapping of the fields set here.
+        try:
+            return GenerationOverrides.model_validate({
+                "max_new_tokens": self.new_tokens(), "temperature": self.temperature or None, "top_p": self.top_p,
+                "do_sample": sample, "num_return_sequences": self.n, "seed": self.seed, "stop": stop,
+                "logprobs": None if top is None else True, "top_logprobs": top,
+            })
+        except ValidationError as exc:  # a bound of the graph's params (named in the request's terms by the face)
+            raise _invalid(exc) from None
+
+    def names(self) -> dict[str, str]:
+        """The graph's param names -> this request's field names (for error messages)."""
+        return {"max_new_tokens": "max_tokens", "num_return_sequences": "n", "do_sample": "temperature"}
+
+
+class ChatCompletionRequest(_Controls):
+    """POST /v1/chat/completions."""
+
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    logprobs: bool = False
+    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _chat_rules(self) -> "ChatCompletionRequest":
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise ValueError("max_completion_tokens: give max_tokens or max_completion_tokens, not both")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: needs logprobs=true")
+        if self.logprobs and self.stream:
+            raise ValueError("logprobs: not supported with stream=true (ask without streaming)")
+        return self
+
+    def new_tokens(self) -> Optional[int]:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def top_logprobs_count(self) -> Optional[int]:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def names(self) -> dict[str, str]:
+        tokens = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+        return {**super().names(), "max_new_tokens": tokens, "prompt": "messages", "message": "messages"}
+
+    def prompt(self) -> ChatPrompt:
+        """The conversation for the nodes (a `developer` message is a system message to them)."""
+        return ChatPrompt(messages=[
+            ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in self.messages
+        ])
+
+
+class CompletionRequest(_Controls):
+    """POST /v1/completions."""
+
+    prompt: Union[str, list[str]] = Field(description="Text, or a list of texts (one completion set each).")
+    echo: bool = False
+    logprobs: Optional[int] = Field(None, ge=0, le=5, description="Alternatives per token (legacy logprobs).")
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_prompts(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and not all(isinstance(p, str) for p in value):
+            raise ValueError("token-id prompts are not supported; send text")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_count(cls, value: Union[str, list[str]]) -> Union[str, list[str]]:
+        texts = [value] if isinstance(value, str) else value
+        if not 1 <= len(texts) <= MAX_PROMPTS:
+            raise ValueError(f"give 1 to {MAX_PROMPTS} prompts")
+        if any(not t.strip() for t in texts):
+            raise ValueError("must not be empty or only whitespace")
+        return value
+
+    @model_validator(mode="after")
+    def _completion_rules(self) -> "CompletionRequest":
+        if self.stream and len(self.prompts()) > 1:
+            raise ValueError("prompt: stream=true takes one prompt")
+        if self.echo and self.logprobs is not None:
+            raise ValueError("echo: not supported with logprobs (prompt tokens have no logprobs here)")
+        return self
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def top_logprobs_count(self) -> Optional[int]:
+        return self.logprobs
+
+
+def parse_request(model: type[_Controls], body: Any) -> Any:
+    """A JSON body -> a validated request of `model`, or InvalidRequest naming the field and rule."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("body: must be a JSON object", field="body")
+    for name, neutral in _NEUTRAL.items():
+        if name in body and body[name] not in neutral:
+            raise InvalidRequest(f"{name}: not supported by this server", field=name)
+    try:
+        return model.model_validate({k: v for k, v in body.items() if k not in _NEUTRAL})
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+
+
+def _invalid(exc: ValidationError) -> InvalidRequest:
+    """pydantic's errors as one InvalidRequest naming each field and rule (the first field in `field`)."""
+    fields, parts = [], []
+    for err in exc.errors():
+        loc = _loc(err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (this server serves the OpenAI fields listed in the README)"
+        if not loc and ": " in msg:  # a cross-field rule names its field first
+            loc, msg = msg.split(": ", 1)
+        fields.append(loc or "body")
+        parts.append(f"{loc or 'body'}: {msg}")
+    return InvalidRequest("; ".join(dict.fromkeys(parts)), field=fields[0])
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    """pydantic's error location as the JSON path a caller reads: messages[0].content."""
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif p in ("str", "list[str]", "list[TextPart]", "function-after[_prompt_count(), union[str,list[str]]]"):
+            continue  # union branch names, not fields
+        else:
+            out += f".{p}" if out else str(p)
+    return out

@@ -1,0 +1,216 @@
+"""The OpenAI-compatible face through a real `bentoml serve` of configs/tiny.yaml, with the unmodified
+`openai` SDK; raw HTTP only where the SDK hides what is checked (SSE framing, status of bad JSON)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import openai
+import pytest
+from openai.types import Completion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from tests.server import Server, sse_events
+
+NODES = {"tiny_a", "tiny_b"}
+HI = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello world, this is"}]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir):
+    with Server(config="configs/tiny.yaml", name="openai") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    # max_retries=0: a 429/5xx must surface here, not be retried away
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def node_tokens(server: Server, node: str) -> float:
+    r = httpx.post(server.url + "/node_stats", json={}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()[node]["generated_tokens_total"]
+
+
+def test_models_list_every_node_and_the_graph(client: openai.OpenAI) -> None:
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["tiny_a", "tiny_b", "graph"]
+    assert all(m.object == "model" and m.owned_by for m in client.models.list())
+
+
+def test_chat_completion(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(model="tiny_a", messages=HI, max_tokens=5, seed=3, temperature=0.7, user="u1")
+    ChatCompletion.model_validate(out.model_dump())  # validated, not only parsed
+    assert out.object == "chat.completion" and out.model == "tiny_a" and out.id.startswith("chatcmpl-")
+    (choice,) = out.choices
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert out.usage is not None and 1 <= out.usage.completion_tokens <= 5
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    same = client.chat.completions.create(model="tiny_a", messages=HI, max_tokens=5, seed=3, temperature=0.7)
+    assert same.choices[0].message.content == choice.message.content  # seeded sampling repeats
+
+
+def test_chat_formats_messages_once_as_a_transcript(client: openai.OpenAI, server: Server) -> None:
+    # The tiny models have no chat template: the transcript "System: ...\nUser: ...\nAssistant:" is the prompt,
+    # so the chat's prompt tokens equal the completion endpoint's for that exact text.
+    chat = client.chat.completions.create(model="tiny_b", messages=HI, max_tokens=1)
+    text = "System: You are terse.\nUser: Hello world, this is\nAssistant:"
+    plain = client.completions.create(model="tiny_b", prompt=text, max_tokens=1)
+    assert chat.usage is not None and plain.usage is not None
+    assert chat.usage.prompt_tokens == plain.usage.prompt_tokens
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "world"}]}]
+    a = client.chat.completions.create(model="tiny_b", messages=parts, max_tokens=4, temperature=0)
+    b = client.chat.completions.create(model="tiny_b", messages=[{"role": "user", "content": "Hello world"}],
+                                       max_tokens=4, temperature=0)
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_chat_n_2(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(model="tiny_b", messages=HI, n=2, max_completion_tokens=4)
+    assert [c.index for c in out.choices] == [0, 1]
+    assert out.usage is not None and 2 <= out.usage.completion_tokens <= 8
+
+
+def test_chat_logprobs(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(model="tiny_a", messages=HI, max_tokens=4, logprobs=True, top_logprobs=2,
+                                         temperature=0)
+    (choice,) = out.choices
+    assert choice.logprobs is not None and choice.logprobs.content
+    assert "".join(t.token for t in choice.logprobs.content) == choice.message.content
+    for t in choice.logprobs.content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 2
+        assert t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob
+        assert t.logprob == pytest.approx(t.top_logprobs[0].logprob)  # greedy takes the most likely token
+
+
+def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(model="tiny_a", messages=HI, max_tokens=6, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    for c in chunks:
+        ChatCompletionChunk.model_validate(c.model_dump())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    plain = client.chat.completions.create(model="tiny_a", messages=HI, max_tokens=6, temperature=0)
+    assert text == plain.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None and plain.usage is not None
+    assert last.usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_stream_is_sse_ending_with_done(server: Server) -> None:
+    body = {"model": "graph", "messages": HI, "max_tokens": 3, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r)
+    assert events[-1][1] == "[DONE]"
+    chunks = [ChatCompletionChunk.model_validate_json(d) for _, d in events[:-1]]
+    scored = [c.choices[0] for c in chunks if c.choices and getattr(c.choices[0], "score", None) is not None]
+    assert {getattr(c, "model") for c in scored} == NODES  # each node's completion scored in the stream
+
+
+def test_completions(client: openai.OpenAI) -> None:
+    out = client.completions.create(model="tiny_b", prompt="The cat", max_tokens=4, logprobs=2, temperature=0)
+    Completion.model_validate(out.model_dump())
+    (choice,) = out.choices
+    assert choice.logprobs is not None and choice.logprobs.tokens is not None
+    assert "".join(choice.logprobs.tokens) == choice.text
+    assert choice.logprobs.text_offset is not None and choice.logprobs.text_offset[0] == 0
+    echo = client.completions.create(model="tiny_b", prompt=["The cat", "A dog"], max_tokens=3, echo=True, temperature=0)
+    assert echo.choices[0].text.startswith("The cat") and echo.choices[1].text.startswith("A dog")
+    assert echo.choices[0].text == "The cat" + choice.text[: len(echo.choices[0].text) - 7]  # greedy: same start
+
+
+def test_completions_stream(client: openai.OpenAI) -> None:
+    chunks = list(client.completions.create(model="tiny_a", prompt="Once upon", max_tokens=5, temperature=0, stream=True))
+    plain = client.completions.create(model="tiny_a", prompt="Once upon", max_tokens=5, temperature=0)
+    assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
+
+
+def test_graph_model_scores_every_node(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(model="graph", messages=HI, max_tokens=4, n=2)
+    assert out.model == "graph" and len(out.choices) == 4
+    extra = [c.model_extra or {} for c in out.choices]
+    assert sorted(e["model"] for e in extra) == ["tiny_a", "tiny_a", "tiny_b", "tiny_b"]
+    scores = [e["score"] for e in extra]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    text = client.completions.create(model="graph", prompt="I have an idea!", max_tokens=3)
+    assert {(c.model_extra or {})["model"] for c in text.choices} == NODES
+
+
+def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.chat.completions.create(model="gpt-5", messages=HI)
+    assert exc.value.status_code == 404 and "gpt-5" in exc.value.message and "tiny_a" in exc.value.message
+    assert isinstance(exc.value.body, dict) and exc.value.body["param"] == "model"
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logit_bias": {"1": 5}}, "logit_bias"),
+    ({"bogus": 1}, "bogus"),
+])
+def test_unsupported_field_is_refused_by_name(client: openai.OpenAI, extra: dict, field: str) -> None:
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model="tiny_a", messages=HI, extra_body=extra)
+    assert exc.value.status_code == 400 and field in exc.value.message
+    assert isinstance(exc.value.body, dict) and exc.value.body["param"] == field
+    with pytest.raises(openai.BadRequestError, match="best_of"):
+        client.completions.create(model="tiny_a", prompt="hi", best_of=3)
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/chat/completions", {"model": "tiny_a", "messages": []}, "messages"),
+    ("/v1/chat/completions", {"model": "tiny_a", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+    ("/v1/chat/completions", {"model": "tiny_a", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+     "messages[0].content"),
+    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "temperature": 3}, "temperature"),
+    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "max_tokens": 901}, "max_tokens"),
+    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "max_completion_tokens": 901}, "max_completion_tokens"),
+    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "n": 9}, "n"),
+    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "top_logprobs": 2}, "top_logprobs"),
+    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "stream_options": {"include_usage": True}},
+     "stream_options"),
+    ("/v1/chat/completions", {"model": "tiny_a", "messages": [{"role": "user", "content": "x" * 5000}]}, "messages"),
+    ("/v1/completions", {"model": "tiny_a", "prompt": [1, 2, 3]}, "prompt"),
+    ("/v1/completions", {"model": "tiny_a", "prompt": "hi", "stop": [""]}, "stop[0]"),
+    ("/v1/completions", {"model": "tiny_a", "prompt": "hi", "logprobs": 6}, "logprobs"),
+    ("/v1/completions", {"prompt": "hi"}, "model"),
+])
+def test_bad_input_is_400_naming_the_field(server: Server, path: str, body: dict, param: str) -> None:
+    before = node_tokens(server, "tiny_a")
+    r = httpx.post(server.url + path, json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param and param in err["message"], err
+    assert node_tokens(server, "tiny_a") == before  # nothing reached a node
+
+
+def test_bad_json_is_400(server: Server) -> None:
+    r = httpx.post(server.url + "/v1/completions", content=b"{nope", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "body"
+
+
+LONG = "Hello world, this is"  # tiny_a runs it greedily for 900 tokens without an end-of-sequence
+
+
+def test_dropped_stream_stops_node_work(server: Server) -> None:
+    before = node_tokens(server, "tiny_a")
+    body = {"model": "tiny_a", "prompt": LONG, "max_tokens": 900, "temperature": 0, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for n, _ in enumerate(r.iter_lines()):
+            if n > 20:
+                break  # leave mid-stream: the connection closes here
+    time.sleep(2.0)
+    stopped_at = node_tokens(server, "tiny_a")
+    time.sleep(1.5)
+    assert node_tokens(server, "tiny_a") == stopped_at, "node still generating for a gone client"
+    assert stopped_at - before < 900, "the node ran the request to the end"
