@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos
+.PHONY: install prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp
 
 install: $(STAMPS)/install
 
@@ -59,13 +59,23 @@ bench: bench-graph bench-node
 bench-graph: prepare
 	$(BIN)/python scripts/bench_graph.py
 
-bench-node: prepare
+# Every runtime option of a generator node (float32, bfloat16, dynamic int8, weight-only int8/int4,
+# compiled) for SmolLM2 and Gemma 3: speed at 1/16/64 streams, perplexity, greedy agreement, and
+# llama.cpp on the same GGUF files (built once by `make llama-cpp`, ~25 min). About 40 minutes.
+bench-node: prepare llama-cpp
+	$(BIN)/python scripts/bench_node.py --threads 2
+
+# The engine against plain model.generate (the earlier node benchmark).
+bench-engine: prepare
 	$(BIN)/python scripts/bench_engine.py smollm2-135m-instruct --threads 2 --concurrency 1,64
 
 # Every graph policy of configs/default.yaml on bench/policy_prompts.txt: score, tokens, p50/p95, a chart
 # (docs/policies.png). About 5 minutes on 2 cores.
 bench-policies: prepare
 	$(BIN)/python scripts/bench_policies.py
+
+llama-cpp: install
+	PIP=$(BIN)/pip sh scripts/build_llama_cpp.sh
 
 # 16 clients for 10 minutes against a real `bentoml serve` of CONFIG: requests, errors, worker RSS.
 SOAK_S ?= 600

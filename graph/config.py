@@ -74,19 +74,18 @@ class SchedulerConfig(_Strict):
 
 
 class RuntimeConfig(_Strict):
-    """CPU runtime knobs of a node."""
+    """CPU runtime knobs of a node (see graph/models/runtimes.py for what `auto` picks)."""
 
     threads: Optional[int] = Field(
         None, ge=1, le=256,
         description="torch threads; None = this machine's CPUs split evenly over the local generator "
         "nodes (they decode at the same time: more threads than cores makes OpenMP spin, ~10x slower).",
     )
-    quantize: Literal["none", "int8"] = Field("none", description="int8 dynamic quantization of Linear layers.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "float32",
-        description="Weights and activations. bfloat16 halves memory traffic (fast with AVX512-BF16/AMX, "
-        "slow without); auto = bfloat16 where the CPU has those, else float32.",
-    )
+    quantize: Literal["none", "int8", "int8_weight", "int4_weight", "auto"] = Field("none", description="int8 = "
+        "dynamic int8 (float32 only); *_weight = weight-only; auto = per CPU kind (graph/models/runtimes.py).")
+    group_size: Literal[32, 64, 128] = Field(32, description="int4_weight: weights per scale/minimum.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("float32", description="auto = bfloat16 with AVX512-BF16/AMX.")
+    compile: bool = Field(False, description="torch.compile the decode step on shape buckets (graph/engine/compiled.py).")
 
     @model_validator(mode="after")
     def _int8_is_float32(self) -> "RuntimeConfig":

@@ -44,6 +44,7 @@ class GenerationEngine:
         max_prompt_tokens: int = 512,
         threads: int | None = None,
         chat_template: bool = False,
+        compile: bool = False,
         max_request_share: float = 1.0,
         max_wait_s: float | None = None,
         max_kv_mb: float | None = None,
@@ -52,7 +53,9 @@ class GenerationEngine:
         (process-wide) thread count. Prompts are tokenized with the tokenizer's special tokens (BOS
         where it adds one), as `pipeline("text-generation")` does; with `chat_template`, a prompt is
         sent as one user message through the tokenizer's chat template (for instruct models).
-        `max_request_share`, `max_wait_s`, `max_kv_mb`: see graph.config.SchedulerConfig."""
+        `max_request_share`, `max_wait_s`, `max_kv_mb`: see graph.config.SchedulerConfig. With
+        `compile`, decode steps run compiled on shape buckets (graph/engine/compiled.py), compiled
+        during warm-up."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -66,7 +69,13 @@ class GenerationEngine:
         self.chat_template = chat_template
         if threads is not None:
             torch.set_num_threads(threads)
-        self._runner = ModelRunner(model)
+        if compile:
+            from graph.engine.compiled import CompiledRunner
+
+            self._runner: ModelRunner = CompiledRunner(model, max_batch_size=max_batch_size,
+                                                       max_length=max_prompt_tokens)
+        else:
+            self._runner = ModelRunner(model)
         eos = _eos_ids(model, tokenizer)
         pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, *sorted(eos)) if t is not None), 0)
         self._bos_id = tokenizer.bos_token_id
@@ -82,15 +91,16 @@ class GenerationEngine:
     def from_node(cls, name: str, node, *, threads: int | None = None, **lookups) -> "GenerationEngine":
         """The engine of generator node `name` (a graph.config.GeneratorNode), model loaded, not
         started. `lookups` go to graph.models.loading.load_causal_lm (store_lookup, embedded_lookup)."""
-        from graph.models.loading import load_causal_lm
+        from graph.models.loading import load_causal_lm, resolve_runtime
 
-        model, tokenizer = load_causal_lm(node.model, node.runtime, **lookups)
+        runtime = resolve_runtime(node.runtime, name=name, model=node.model)
+        model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
         sched = node.scheduler
         return cls(
             model, tokenizer, name=name, max_batch_size=sched.max_batch_size,
             max_queue=sched.max_queue, max_prompt_tokens=node.max_prompt_tokens,
             threads=threads, chat_template=node.chat_template, max_request_share=sched.max_request_share,
-            max_wait_s=sched.max_wait_s, max_kv_mb=sched.max_kv_mb,
+            max_wait_s=sched.max_wait_s, max_kv_mb=sched.max_kv_mb, compile=runtime.compile,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------

@@ -117,15 +117,36 @@ def native_dtype(cpuinfo: str = "/proc/cpuinfo") -> str:
     return "bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32"
 
 
+def resolve_runtime(runtime: Optional[RuntimeConfig] = None, *, name: str = "model",
+                    model: Optional[ModelRef] = None) -> RuntimeConfig:
+    """A runtime with nothing left on auto: quantize auto from graph.models.runtimes' table (logged
+    with the reason; `compile: true` is kept), dtype auto from native_dtype()."""
+    runtime = runtime or RuntimeConfig()
+    updates: dict[str, Any] = {}
+    if runtime.quantize == "auto":
+        from graph.models.runtimes import choose, cpu_description
+
+        key = "" if model is None else (model.ref if model.kind == "embedded" else model.ref.split(":")[0])
+        kind, choice = choose(model=key)
+        updates = dict(dtype=choice.dtype, quantize=choice.quantize, compile=runtime.compile or choice.compile)
+        log.warning("%s: runtime auto on %s (CPU kind %s): dtype %s, quantize %s, compile %s -- %s",
+                    name, cpu_description(), kind, updates["dtype"], updates["quantize"], updates["compile"],
+                    choice.why)
+    elif runtime.dtype == "auto":
+        updates["dtype"] = "float32" if runtime.quantize == "int8" else native_dtype()
+    return runtime.model_copy(update=updates) if updates else runtime
+
+
 def load_causal_lm(
     ref: ModelRef, runtime: Optional[RuntimeConfig] = None, **lookups: Any
 ) -> tuple[Any, Any]:
     """(model, tokenizer): eval mode, left padding, pad token set (eos when it has none).
 
-    runtime (validated by graph.config.RuntimeConfig; float32, no quantization if None): dtype
-    float32, bfloat16 (half the memory traffic per step; fast on CPUs with AVX512-BF16/AMX, slow
-    elsewhere; logits differ slightly) or auto (native_dtype()); quantize int8: dynamic int8
-    quantization of the Linear layers (float32 only; slightly different logits).
+    runtime (validated by graph.config.RuntimeConfig; float32, no quantization if None; auto values
+    resolved by resolve_runtime): dtype float32, bfloat16 (half the memory traffic per step; fast on
+    CPUs with AVX512-BF16/AMX, slow elsewhere; logits differ slightly); quantize int8: dynamic int8
+    quantization of the Linear layers (float32 only; slightly different logits); int8_weight /
+    int4_weight: weight-only quantization (graph.models.quantize). `compile` is the engine's business.
     lookups: store_lookup, embedded_lookup, embedded_cache as in resolve_model_dir.
     """
     import torch
@@ -133,11 +154,8 @@ def load_causal_lm(
 
     source = resolve_model_dir(ref, **lookups)
     tokenizer = _load(ref, source, AutoTokenizer.from_pretrained)
-    runtime = runtime or RuntimeConfig()
-    dtype = runtime.dtype
-    if dtype == "auto":
-        dtype = "float32" if runtime.quantize == "int8" else native_dtype()
-    model = _load(ref, source, AutoModelForCausalLM.from_pretrained, dtype=getattr(torch, dtype)).eval()
+    runtime = resolve_runtime(runtime, name=ref.describe(), model=ref)
+    model = _load(ref, source, AutoModelForCausalLM.from_pretrained, dtype=getattr(torch, runtime.dtype)).eval()
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ConfigError(f"model {ref.describe()}: its tokenizer has neither a pad nor an eos token",
@@ -148,6 +166,10 @@ def load_causal_lm(
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if runtime.quantize == "int8":
         model = quantize_int8(model)
+    elif runtime.quantize in ("int8_weight", "int4_weight"):
+        from graph.models.quantize import quantize_weights
+
+        model = quantize_weights(model, runtime.quantize.removesuffix("_weight"), runtime.group_size)
     return model, tokenizer
 
 

@@ -1,0 +1,241 @@
+"""Per-node speed and quality of every runtime option, beside llama.cpp on the same GGUF files.
+
+    .venv/bin/python scripts/bench_node.py [--models smollm2-135m-instruct,gemma-3-270m] [--threads 2]
+        [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile] [--quick]
+
+For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile), one
+engine (graph/engine) runs greedy, prompts of exactly --prompt-tokens tokens, --new-tokens new
+tokens each, and prints: ms/token of a single stream, tokens/s at 1, 16 and 64 streams (generated
+tokens over wall time, prefill included), start-up (load + warm-up) seconds, perplexity on
+bench/heldout.txt, and greedy agreement with float32 (share of the first 32 greedy tokens of 4
+fixed prompts equal to float32's, up to each prompt's first difference). llama.cpp's llama-bench
+(one stream) and llama-batched-bench (16 and 64 sequences, same prompt and new-token counts, same
+threads) run on the model's GGUF file when scripts/build_llama_cpp.sh has built them; its tokens/s
+is B x new tokens over the whole run's time, the same measure as ours. The ratio is ours / theirs.
+
+Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
+The CPU model and its flags are printed first. This script asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from graph.config import ModelRef, RuntimeConfig  # noqa: E402
+from graph.engine import GenerationEngine  # noqa: E402
+from graph.models.runtimes import QUALITY_BOUND, cpu_description, cpu_kind  # noqa: E402
+from graph.params import GenerationParams  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+HELDOUT = ROOT / "bench" / "heldout.txt"
+LLAMA_CPP = Path(os.environ.get("LLAMA_CPP_DIR", Path.home() / ".cache" / "inference-graph" / "llama.cpp" / "bin"))
+AGREE_PROMPTS = ["The capital of France is", "Once upon a time, in a small village,",
+                 "To make a cup of tea, first", "The three primary colours are"]
+RUNTIMES = {
+    "float32": RuntimeConfig(dtype="float32"),
+    "bfloat16": RuntimeConfig(dtype="bfloat16"),
+    "int8": RuntimeConfig(quantize="int8", dtype="float32"),
+    "int8_weight": RuntimeConfig(quantize="int8_weight", dtype="bfloat16"),
+    "int4_weight": RuntimeConfig(quantize="int4_weight", dtype="bfloat16"),
+    "int8_weight+compile": RuntimeConfig(quantize="int8_weight", dtype="bfloat16", compile=True),
+    "int4_weight+compile": RuntimeConfig(quantize="int4_weight", dtype="bfloat16", compile=True),
+}
+
+
+def model_dir(ref: str) -> str:
+    if Path(ref).is_dir():
+        return ref
+    import bentoml
+
+    return bentoml.models.get(ref).path
+
+
+def gguf_file(name: str) -> Path | None:
+    """The embedded model's GGUF file (assembled once for Gemma), or None."""
+    from graph.models import embedded
+
+    try:
+        spec = embedded.get_embedded(name)
+    except Exception:
+        return None
+    cache = ROOT / "artifacts" / "gguf"
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / spec.gguf_file
+    if not target.exists():
+        src = embedded._gguf_source(spec, cache)
+        if src != target:
+            target.symlink_to(src)
+    return target
+
+
+def fixed_prompts(tok, n: int, length: int) -> list[str]:
+    """n different texts of exactly `length` tokens (BOS included where the tokenizer adds one)."""
+    words = HELDOUT.read_text().split()
+    out = []
+    for i in range(n):
+        ids = tok(" ".join(words[i * 7 :]), add_special_tokens=True)["input_ids"][:length]
+        out.append(tok.decode(ids, skip_special_tokens=True))
+    return out
+
+
+def perplexity(model, tok, max_tokens: int = 512) -> float:
+    ids = tok(HELDOUT.read_text(), return_tensors="pt").input_ids[:, :max_tokens]
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[0, :-1].float()
+    return math.exp(torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item())
+
+
+async def greedy_ids(engine: GenerationEngine, prompts: list[str], n: int) -> list[list[str]]:
+    params = GenerationParams(max_new_tokens=n, logprobs=True)
+    results = [(await engine.generate(p, params))[0] for p in prompts]
+    return [[t.token for t in r.logprobs] for r in results]
+
+
+def agreement(ours: list[list[str]], ref: list[list[str]]) -> float:
+    same = total = 0
+    for a, b in zip(ours, ref):
+        total += len(b)
+        same += next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return same / max(total, 1)
+
+
+async def single_stream(engine, text: str, new_tokens: int) -> float:
+    params = GenerationParams(max_new_tokens=new_tokens)
+    stamps: list[float] = []
+    tokens = 0
+    async for event in engine.stream(text, params):
+        stamps.append(time.perf_counter())
+        if event.result is not None:
+            tokens = event.result.completion_tokens
+    return (stamps[-1] - stamps[0]) / max(tokens - 1, 1) * 1000
+
+
+async def concurrent(engine, texts: list[str], new_tokens: int) -> float:
+    params = GenerationParams(max_new_tokens=new_tokens)
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(engine.generate(t, params) for t in texts))
+    return sum(r[0].completion_tokens for r in results) / (time.perf_counter() - t0)
+
+
+def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids) -> dict:
+    from graph.models.loading import load_causal_lm
+
+    t0 = time.perf_counter()
+    model, tok = load_causal_lm(ModelRef(path=path), runtime)
+    engine = GenerationEngine(model, tok, name=name, max_batch_size=max(args.levels), max_queue=1024,
+                              threads=args.threads, max_prompt_tokens=128, compile=runtime.compile)
+    engine.warmup(timeout=900)
+    startup = time.perf_counter() - t0
+    warm_compiles = getattr(engine._runner, "compiles", None)
+    texts = fixed_prompts(tok, max(args.levels), args.prompt_tokens)
+    out: dict = {"startup_s": startup, "ppl": perplexity(model, tok)}
+
+    async def run() -> None:
+        out["greedy"] = await greedy_ids(engine, AGREE_PROMPTS, 32)
+        await concurrent(engine, texts[:4], 8)  # warm the batched paths
+        out["ms"] = statistics.median([await single_stream(engine, texts[0], args.new_tokens) for _ in range(2)])
+        for c in args.levels:
+            out[c] = await concurrent(engine, texts[:c], args.new_tokens)
+
+    asyncio.run(run())
+    runner = engine._runner
+    out["compiles_after_warmup"] = None if warm_compiles is None else runner.compiles - warm_compiles
+    engine.close()
+    out["agree"] = agreement(out["greedy"], ref_ids) if ref_ids is not None else 1.0
+    del engine, model
+    gc.collect()
+    return out
+
+
+def llama_cpp(gguf: Path, args) -> dict:
+    """llama.cpp's tokens/s at 1 stream (llama-bench tg) and at each level (llama-batched-bench)."""
+    bench, batched = LLAMA_CPP / "llama-bench", LLAMA_CPP / "llama-batched-bench"
+    res: dict = {}
+    if not (bench.exists() and batched.exists()):
+        print(f"  llama.cpp: not built ({LLAMA_CPP}); run scripts/build_llama_cpp.sh (~25 min, once)")
+        return res
+    out = subprocess.run([str(bench), "-m", str(gguf), "-t", str(args.threads), "-p", str(args.prompt_tokens),
+                          "-n", str(args.new_tokens), "-r", "2", "-o", "csv"],
+                         capture_output=True, text=True, timeout=1200).stdout
+    for line in out.splitlines():
+        cells = [c.strip('"') for c in line.split(",")]
+        if len(cells) > 5 and cells[-1].replace(".", "", 1).isdigit():
+            header = [h.strip('"') for h in out.splitlines()[0].split(",")]
+            row = dict(zip(header, cells))
+            if row.get("n_gen") == str(args.new_tokens) and row.get("n_prompt") == "0":
+                res["ms"] = 1000 / float(row["avg_ts"])
+                res["tg1"] = float(row["avg_ts"])
+    npl = ",".join(str(c) for c in args.levels)
+    out = subprocess.run([str(batched), "-m", str(gguf), "-t", str(args.threads), "-c", "8192",
+                          "-npp", str(args.prompt_tokens), "-ntg", str(args.new_tokens), "-npl", npl],
+                         capture_output=True, text=True, timeout=1800).stdout
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 10 and cells[0].isdigit():
+            b, t = int(cells[2]), float(cells[8])
+            res[b] = b * args.new_tokens / t
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m")
+    ap.add_argument("--runtimes", default="float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--no-llama-cpp", action="store_true")
+    args = ap.parse_args()
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    logging.basicConfig(level=logging.WARNING, format="  [log] %(message)s")
+    torch.set_num_threads(args.threads)
+    print(f"CPU: {cpu_description()} (kind {cpu_kind()}); torch {torch.__version__}, {args.threads} threads, "
+          f"{args.prompt_tokens} prompt tokens, {args.new_tokens} new tokens, greedy")
+    for name in args.models.split(","):
+        path = model_dir(name)
+        print(f"\n== {name} ==")
+        rows: dict[str, dict] = {}
+        ref_ids = None
+        for rt in args.runtimes.split(","):
+            print(f"  measuring {rt} ...", flush=True)
+            rows[rt] = measure(path, name, RUNTIMES[rt], args, ref_ids)
+            if rt == "float32":
+                ref_ids = rows[rt]["greedy"]
+        theirs = {} if args.no_llama_cpp or gguf_file(name) is None else llama_cpp(gguf_file(name), args)
+        base_ppl = rows.get("float32", {}).get("ppl")
+        head = f"{'runtime':<22}{'start s':>8}{'ms/tok':>8}" + "".join(f"{f'{c} str':>9}" for c in args.levels)
+        print(head + f"{'ppl':>8}{'vs f32':>8}{'agree':>7}{'recompiles':>11}")
+        for rt, r in rows.items():
+            d = f"{(r['ppl'] / base_ppl - 1) * 100:+.1f}%" if base_ppl else "-"
+            flag = " " if not base_ppl or r["ppl"] <= base_ppl * (1 + QUALITY_BOUND) else "!"
+            print(f"{rt:<22}{r['startup_s']:>8.1f}{r['ms']:>8.1f}" + "".join(f"{r[c]:>9.1f}" for c in args.levels)
+                  + f"{r['ppl']:>8.2f}{d:>7}{flag}{r['agree']:>7.0%}{'-' if r['compiles_after_warmup'] is None else r['compiles_after_warmup']:>9}")
+        if theirs:
+            print(f"{'llama.cpp (GGUF)':<22}{'':>8}{theirs.get('ms', float('nan')):>8.1f}"
+                  + "".join(f"{theirs.get(c, theirs.get('tg1') if c == 1 else float('nan')):>9.1f}" for c in args.levels))
+            print("ratio ours / llama.cpp (tokens/s; ms/token inverted):")
+            for rt, r in rows.items():
+                cells = "".join(
+                    f"{r[c] / theirs.get(c, theirs.get('tg1') if c == 1 else float('nan')):>9.2f}" for c in args.levels)
+                print(f"  {rt:<20}{'':>8}{theirs.get('ms', float('nan')) / r['ms']:>8.2f}" + cells)
+        print(f"('!': perplexity more than {QUALITY_BOUND:.0%} above float32; never picked by quantize: auto)")
+
+
+if __name__ == "__main__":
+    main()
