@@ -21,6 +21,7 @@ import torch
 
 from graph.chat_format import ChatMessage, ChatPrompt, FittedChat, fit_chat
 from graph.engine.detok import make_decoder
+from graph.engine.kvcache import kv_bytes_per_token
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
 from graph.results import GenerationResult, StreamEvent, TokenLogprob, TopLogprob
@@ -281,16 +282,6 @@ class GenerationEngine:
                       prompt_messages=prompt_messages)
         self._scheduler.submit(req)
         return req
-
-
-def kv_bytes_per_token(model) -> int:
-    """KV cache bytes of one row at one position, keys and values of every layer."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    heads = getattr(cfg, "num_attention_heads", 1) or 1
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    size = next(model.parameters()).element_size()
-    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * size
 
 
 def _eos_ids(model, tokenizer) -> frozenset[int]:
