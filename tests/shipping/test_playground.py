@@ -18,7 +18,6 @@ import pytest
 from graph.config import load_config
 from graph.topology import GraphInfo, describe
 from tests.server import ARTIFACTS, Server
-from tests.shipping.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 SCREENSHOTS = ARTIFACTS / "screenshots"
 LONG_PROMPT = "Hello world, this is"  # tiny_a and tiny_b run this greedily to 900 tokens without EOS
@@ -29,20 +28,6 @@ CONFIG = load_config("configs/tiny.yaml")
 def server(tiny_dir: Path) -> Iterator[Server]:
     with Server(config="configs/tiny.yaml", name="playground") as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium (make test does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
