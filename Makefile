@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: install prepare serve test tiny-models bench bench-graph bench-node bench-engine llama-cpp soak clean browser bento bento-gpu containerize test-playground postgres bot protos
+.PHONY: install prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp
 
 install: $(STAMPS)/install
 
@@ -40,6 +40,14 @@ tiny-models: install
 serve: prepare
 	$(BIN)/bentoml serve services.graph:InferenceGraph --arg-file configs/$(CONFIG).yaml --port $(PORT)
 
+# Fine-tune a generator on document files and save it to the model store (README: "Fine-tune and serve").
+# Another run: make train TRAIN_CONFIG=... or TRAIN_ARGS="--max-steps 10 --output-dir artifacts/train/x".
+TRAIN_CONFIG ?= configs/training/fables.yaml
+TRAIN_ARGS   ?=
+train: install
+	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
+	$(BIN)/python scripts/train.py --config $(TRAIN_CONFIG) $(TRAIN_ARGS)
+
 test: install tiny-models browser postgres
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/python -m pytest -q tests
@@ -60,6 +68,11 @@ bench-node: prepare llama-cpp
 # The engine against plain model.generate (the earlier node benchmark).
 bench-engine: prepare
 	$(BIN)/python scripts/bench_engine.py smollm2-135m-instruct --threads 2 --concurrency 1,64
+
+# Every graph policy of configs/default.yaml on bench/policy_prompts.txt: score, tokens, p50/p95, a chart
+# (docs/policies.png). About 5 minutes on 2 cores.
+bench-policies: prepare
+	$(BIN)/python scripts/bench_policies.py
 
 llama-cpp: install
 	PIP=$(BIN)/pip sh scripts/build_llama_cpp.sh

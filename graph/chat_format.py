@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graph.errors import InvalidRequest
 from graph.params import MAX_STOP_STRINGS, GenerationParams
-from graph.results import GenerationResult
 
 PLAIN_STOP = "\nUser:"
 PLAIN_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -41,15 +40,6 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant"] = Field(description="Who said it.", examples=["user"])
     content: str = Field(description="What was said.", examples=["Hello!"])
-
-
-class ChatResult(BaseModel):
-    """A node's answer to a list of messages: the reply, and how many messages it could keep."""
-
-    model_config = ConfigDict(frozen=True)
-
-    result: GenerationResult
-    kept_messages: int = Field(description="Messages in the prompt after cutting to the token budget.")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Iterable, Optional, Protocol, Sequence, TypeVar
+from typing import Any, AsyncGenerator, Awaitable, Iterable, Optional, Sequence, TypeVar
 
 from pydantic import BaseModel
 
@@ -14,35 +14,18 @@ from graph.chat_format import Prompt, prompt_chars, score_text
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
 from graph.limits import check_budget
+from graph.nodes import ClassifierClient, GeneratorClient
 from graph.params import GenerationParams, merge_params
+from graph.policies import registry as policies
+from graph.policies.deadline import Deadline, Latencies
+from graph.policies.run import PolicyEvent
+from graph.policies.schemas import PolicyResponse
 from graph.results import Classification, GenerationResult, StreamEvent
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
 
 T = TypeVar("T")
 
 log = logging.getLogger("graph")
-
-
-class GeneratorClient(Protocol):
-    """What the graph needs from a generator node (a local engine or a BentoML dependency)."""
-
-    async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str
-    ) -> list[list[GenerationResult]]: ...
-
-    def stream(
-        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
-    ) -> AsyncIterator[StreamEvent]: ...
-
-    async def cancel(self, request_id: str) -> bool: ...
-
-    async def count_tokens(self, prompt: str) -> int: ...
-
-    async def stats(self) -> dict[str, float]: ...
-
-
-class ClassifierClient(Protocol):
-    async def classify(self, texts: list[str]) -> list[Classification]: ...
 
 
 @dataclass
@@ -71,6 +54,7 @@ class Graph:
         self.config = config
         self.generators = generators
         self.classifier = classifier
+        self.latencies = Latencies()  # recent classifier calls: the deadline splitter sizes scoring from them
         self.inflight: dict[str, set[str]] = {}  # request id -> nodes working on it (for shutdown)
 
     # ---- validation at the edge -------------------------------------------------------------
@@ -157,7 +141,9 @@ class Graph:
     async def classify(self, texts: list[str]) -> list[Classification]:
         if not texts:
             return []
+        start = time.monotonic()
         out = await self._call("classifier", self.classifier.classify(texts), None)
+        self.latencies.record((time.monotonic() - start) * 1000.0)
         if len(out) != len(texts):
             raise NodeFailure(
                 f"classifier returned {len(out)} results for {len(texts)} texts", node="classifier"
@@ -166,10 +152,18 @@ class Graph:
 
     async def generate_score(
         self, sentence: str, overrides: Optional[BaseModel], request_id: str,
-        timeline: Timeline | None = None,
-    ) -> list[ScoredCompletion]:
+        timeline: Timeline | None = None, graph: Optional[str] = None, deadline_ms: Optional[int] = None,
+    ) -> list[ScoredCompletion] | PolicyResponse:
+        """`all` (every node, every completion scored, all returned) or the named graph's decision."""
         self.check_prompt(sentence, "original_sentence")
+        deadline = Deadline.of(deadline_ms, self.latencies)
+        chosen = policies.start(self, graph, sentence, overrides, request_id, deadline)
+        if chosen is not None:  # a named graph (best_of, cascade) decides
+            return await policies.execute(*chosen)
+        overrides = Deadline.capped(deadline, overrides)  # generators: the deadline less scoring, as max_time_ms
         per_node = await self.generate([sentence], None, overrides, request_id, timeline)
+        if deadline is not None:
+            deadline.generated()
         flat = [(node, r) for node, rows in per_node.items() for r in rows[0]]
         # One batched classifier call for every completion of the request.
         scores = await self.classify([sentence + r.text for _, r in flat])
@@ -178,10 +172,16 @@ class Graph:
     # ---- streaming -------------------------------------------------------------------------
     def stream(
         self, prompt: Prompt, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
-        request_id: str, score: bool,
-    ) -> AsyncGenerator[GraphEvent, None]:
+        request_id: str, score: bool, graph: Optional[str] = None, deadline_ms: Optional[int] = None,
+    ) -> AsyncGenerator[GraphEvent | PolicyEvent, None]:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
+        deadline = Deadline.of(deadline_ms, self.latencies)
+        named = score and isinstance(prompt, str)  # named graphs score plain prompts (not chat messages)
+        chosen = policies.start(self, graph, prompt, overrides, request_id, deadline, model) if named else None
+        if chosen is not None:
+            return policies.events(*chosen)
+        overrides = Deadline.capped(deadline, overrides)
         plan = self.plan(self.select(model), overrides)
         return self._events(prompt, plan, interval_ms, request_id, score)
 

@@ -14,6 +14,7 @@ from graph.auth import AuthConfig
 from graph.errors import ConfigError
 from graph.limits import RequestBudget
 from graph.params import MAX_NEW_TOKENS, GenerationParams
+from graph.policies.config import Policies
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
@@ -216,6 +217,7 @@ class GraphConfig(_Strict):
     classifier: ClassifierNode
     prompt: PromptLimits = Field(default_factory=PromptLimits)
     graph_timeout_s: int = Field(300, ge=1, le=3600)
+    policies: Policies = Field(default_factory=Policies, description="Named graphs (best_of, cascade) over these nodes.")
     shutdown_grace_s: int = Field(
         20, ge=1, le=3600, description="After SIGTERM, in-flight requests get this long before they are cancelled."
     )
@@ -247,10 +249,8 @@ class GraphConfig(_Strict):
             if name == "classifier":
                 raise ValueError("generators.classifier: `classifier` names the scoring node; pick another name")
             if not NODE_NAME.match(name):
-                raise ValueError(
-                    f"generators.{name}: node names must match {NODE_NAME.pattern} "
-                    "(they become service names)"
-                )
+                raise ValueError(f"generators.{name}: node names must match {NODE_NAME.pattern} (they become service names)")
+        self.policies.check_nodes(set(self.generators), set(self.classifier.labels) or None)  # labels: zero_shot
         if self.chat.default_model is not None and self.chat.default_model not in self.generators:
             raise ValueError(f"chat.default_model: {self.chat.default_model!r} is not one of {sorted(self.generators)}")
         return self

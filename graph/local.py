@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
-from graph.chat_format import ChatMessage, ChatResult, Prompt
+from graph.chat_format import Prompt
 from graph.params import GenerationParams
 from graph.results import Classification, GenerationResult, StreamEvent
 
@@ -25,18 +25,6 @@ class LocalGenerator:
         self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
     ) -> AsyncIterator[StreamEvent]:
         async for ev in self.engine.stream(prompt, params, request_id=request_id, interval_ms=interval_ms):
-            yield ev
-
-    async def chat(self, messages: list[ChatMessage], params: GenerationParams, request_id: str) -> ChatResult:
-        fitted = self.engine.fit_chat(messages, params)
-        (result,) = await self.engine.generate(fitted.ids, fitted.params, request_id=request_id)
-        return ChatResult(result=result, kept_messages=fitted.kept)
-
-    async def chat_stream(
-        self, messages: list[ChatMessage], params: GenerationParams, request_id: str, interval_ms: int
-    ) -> AsyncIterator[StreamEvent]:
-        fitted = self.engine.fit_chat(messages, params)
-        async for ev in self.engine.stream(fitted.ids, fitted.params, request_id=request_id, interval_ms=interval_ms):
             yield ev
 
     async def cancel(self, request_id: str) -> bool:

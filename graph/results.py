@@ -45,6 +45,10 @@ class GenerationResult(BaseModel):
     logprobs: Optional[list[TokenLogprob]] = Field(
         None, description="One entry per generated token when logprobs=true."
     )
+    prompt_messages: Optional[int] = Field(
+        None, description="For a chat prompt: the messages the node kept after cutting the oldest to fit its "
+        "prompt-token budget."
+    )
     created: float = Field(description="Unix time when the completion finished.")
 
 
@@ -57,6 +61,9 @@ class StreamEvent(BaseModel):
     text: str = Field(description="New text since the previous event of this sequence; may be empty.")
     result: Optional[GenerationResult] = Field(
         None, description="Set on the final event of this sequence."
+    )
+    tokens: Optional[int] = Field(
+        None, description="Tokens generated in this sequence so far (pruning reads it); final: completion_tokens."
     )
 
 

@@ -28,6 +28,7 @@ _SPACE = "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\
 NOT_BLANK = {"pattern": f"[^{_SPACE}]"}  # JSON Schema patterns search: "somewhere a non-space"
 _VISIBLE = re.compile(NOT_BLANK["pattern"])
 Text = Annotated[str, Field(min_length=1, json_schema_extra=NOT_BLANK)]
+DeadlineMs = Annotated[int, Field(ge=1, le=600_000), *Int.__metadata__]  # bounds first: the schema shows them
 
 
 def not_blank(value: str) -> str:
@@ -45,6 +46,13 @@ class GenerateScoreRequest(StrictRequest):
     )
     params: Optional[GenerationOverrides] = Field(
         None, description="Overrides of the generators' defaults (same for every node)."
+    )
+    graph: Optional[str] = Field(
+        None, description="Named graph of the config (`all`, or a best_of / cascade graph); omit for the config's default.",
+        examples=["all"],
+    )
+    deadline_ms: Optional[DeadlineMs] = Field(
+        None, description="Answer within this time with what the graph has (finish_reason `time`).",
     )
 
     _blank = field_validator("original_sentence")(not_blank)
@@ -103,6 +111,13 @@ class StreamRequest(StrictRequest):
     )
 
     _blank = field_validator("prompt")(not_blank)
+
+
+class ScoreStreamRequest(StreamRequest):
+    """generate_score_stream: like StreamRequest, on a named graph, within a deadline."""
+
+    graph: Optional[str] = Field(None, description="Named graph of the config; omit for the config's default.")
+    deadline_ms: Optional[DeadlineMs] = Field(None, description="Answer within this time (finish_reason `time`).")
 
 
 class ClassifyRequest(StrictRequest):

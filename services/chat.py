@@ -3,21 +3,21 @@ a mixin of InferenceGraph that adapts HTTP JSON to graph/chat `ChatSessions`."""
 
 from __future__ import annotations
 
-from typing import Any, AsyncGenerator, AsyncIterator, Mapping, Optional
+from typing import Any, AsyncGenerator, AsyncIterator, Optional
 
 import bentoml
 from starlette.responses import StreamingResponse
 
 from graph.chat.schemas import ChatReply, ChatRequest, Forgotten, History, InferReply, InferRequest, UserRequest
-from graph.chat.session import ChatNode, ChatSessions
+from graph.chat.session import ChatSessions
 from graph.chat.store import ChatStore
 from graph.compose import Graph, background, sse
 from services.common import http_errors, request_id
 
 
-def open_chat(graph: Graph, nodes: Mapping[str, ChatNode]) -> ChatSessions:
+def open_chat(graph: Graph) -> ChatSessions:
     """Chat sessions over `graph`, histories in the config's chat.database_url (opened on first use)."""
-    return ChatSessions(graph, nodes, ChatStore(graph.config.chat.database_url))
+    return ChatSessions(graph, ChatStore(graph.config.chat.database_url))
 
 
 def caller(ctx: bentoml.Context) -> Optional[str]:

@@ -15,7 +15,7 @@ import aiohttp
 from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
-from graph.chat_format import ChatMessage, ChatResult, Prompt
+from graph.chat_format import Prompt
 from graph.errors import ErrorBody, GraphError, NodeFailure, error_from_body, error_from_status
 from graph.params import GenerationParams
 from graph.results import Classification, GenerationResult, StreamEvent
@@ -23,7 +23,6 @@ from graph.wire import StreamDecoder
 
 _RESULTS = TypeAdapter(list[list[GenerationResult]])
 _CLASSIFICATIONS = TypeAdapter(list[Classification])
-_CHAT = TypeAdapter(ChatResult)
 _ERROR = TypeAdapter(ErrorBody | list[ErrorBody])  # BentoML wraps a 4xx body in a one-element list
 # A node's worker died under the call (kill -9, out of memory): the supervisor starts a new one on the
 # same socket, so the same call, sent again, waits for it. The graph's deadline bounds the retries.
@@ -94,17 +93,6 @@ class GeneratorNodeClient:
 
     def stream(self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int) -> AsyncIterator[StreamEvent]:
         chunks = self.dep.to_async.generate_stream(prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms)
-        return _events(chunks, self.node)
-
-    async def chat(self, messages: list[ChatMessage], params: GenerationParams, request_id: str) -> ChatResult:
-        out = await _retrying(lambda: self.dep.to_async.chat(messages=messages, params=params, request_id=request_id),
-                              self.node, request_id)
-        return _typed(_CHAT, out, self.node)
-
-    def chat_stream(
-        self, messages: list[ChatMessage], params: GenerationParams, request_id: str, interval_ms: int
-    ) -> AsyncIterator[StreamEvent]:
-        chunks = self.dep.to_async.chat_stream(messages=messages, params=params, request_id=request_id, interval_ms=interval_ms)
         return _events(chunks, self.node)
 
     async def cancel(self, request_id: str) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, AsyncGenerator
 
 import bentoml
 
-from graph.chat_format import ChatMessage, ChatResult, Prompt
+from graph.chat_format import ChatPrompt, Prompt
 from graph.config import GeneratorNode
 from graph.errors import GraphError
 from graph.params import GenerationParams
@@ -101,6 +101,10 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
                 *[self.engine.generate(p, params, request_id=request_id or None) for p in prompts]
             )
             log.info("request_id=%s node=%s prompts=%d", request_id, name, len(prompts))
+            for prompt, rows in zip(prompts, outs):
+                if isinstance(prompt, ChatPrompt) and rows:  # what a chat's prompt became here
+                    log.info("request_id=%s node=%s chat kept=%s/%d prompt_tokens=%d", request_id, name,
+                             rows[0].prompt_messages, len(prompt.messages), rows[0].prompt_tokens)
             return list(outs)
 
         @bentoml.api
@@ -111,30 +115,6 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
             try:
                 async for ev in self.engine.stream(
                     prompt, params, request_id=request_id or None, interval_ms=interval_ms
-                ):
-                    yield encode_event(ev)
-            except GraphError as err:
-                yield encode_error(err)
-
-        @bentoml.api
-        @http_errors
-        async def chat(self, messages: list[ChatMessage], params: GenerationParams, request_id: str = "") -> ChatResult:
-            """One reply to `messages`, formatted with this node's template and cut to fit here."""
-            fitted = self.engine.fit_chat(messages, params)
-            (result,) = await self.engine.generate(fitted.ids, fitted.params, request_id=request_id or None)
-            log.info("request_id=%s node=%s chat kept=%d/%d prompt_tokens=%d", request_id, name,
-                     fitted.kept, len(messages), result.prompt_tokens)
-            return ChatResult(result=result, kept_messages=fitted.kept)
-
-        @bentoml.api
-        async def chat_stream(
-            self, messages: list[ChatMessage], params: GenerationParams, request_id: str = "", interval_ms: int = 0
-        ) -> AsyncGenerator[str, None]:
-            """`chat` as a stream of JSON lines (graph/wire.py), like generate_stream."""
-            try:
-                fitted = self.engine.fit_chat(messages, params)
-                async for ev in self.engine.stream(
-                    fitted.ids, fitted.params, request_id=request_id or None, interval_ms=interval_ms
                 ):
                     yield encode_event(ev)
             except GraphError as err:

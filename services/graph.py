@@ -33,8 +33,10 @@ from graph.schemas import (
     GenerateScoreRequest,
     NodeStats,
     ScoredCompletion,
+    ScoreStreamRequest,
     StreamRequest,
 )
+from graph.policies.schemas import PolicyResponse
 from services.chat import ChatEndpoints, open_chat
 from services.classifier import make_classifier_service
 from services.clients import ClassifierNodeClient, GeneratorNodeClient
@@ -86,7 +88,7 @@ class InferenceGraph(ChatEndpoints):
         self.nodes = generators
         HEALTH.nodes = {name: client.dep for name, client in [*generators.items(), ("classifier", classifier)]}
         self.graph = Graph(CONFIG, generators, classifier)
-        self.chat = open_chat(self.graph, generators)  # /infer, /chat...: services/chat.py
+        self.chat = open_chat(self.graph)  # /infer, /chat...: services/chat.py
         OPENAI.state.face = OpenAIFace(self.graph)
         OPENAI.state.keys = KEYS
         self.grpc = GrpcFaces(self.graph, CONFIG.grpc, keys=KEYS)
@@ -103,13 +105,15 @@ class InferenceGraph(ChatEndpoints):
 
     @bentoml.api(input_spec=GenerateScoreRequest)
     @http_errors
-    async def generate_score(self, ctx: bentoml.Context, **fields: Any) -> list[ScoredCompletion]:
-        """Generate with every model at once, score each completion (`generated`, `score`, ...)."""
+    async def generate_score(self, ctx: bentoml.Context, **fields: Any) -> list[ScoredCompletion] | PolicyResponse:
+        """Graph `all`: every model at once, each completion scored (`generated`, `score`, ...); a named graph
+        (`graph`): its decision (answer, candidates, trace). `deadline_ms`: answer in time."""
         req = GenerateScoreRequest(**fields)
         rid = request_id(ctx)
         timeline = Timeline()
-        out = await self.graph.generate_score(req.original_sentence, req.params, rid, timeline)
-        KEYS.charge(caller_of(ctx.request.state), sum(c.completion_tokens for c in out))
+        out = await self.graph.generate_score(req.original_sentence, req.params, rid, timeline, req.graph, req.deadline_ms)
+        spent = out.trace.tokens_total if isinstance(out, PolicyResponse) else sum(c.completion_tokens for c in out)
+        KEYS.charge(caller_of(ctx.request.state), spent)
         log.info("request_id=%s generate_score spans=%s", rid, json.dumps(timeline.rounded()))
         return out
 
@@ -142,17 +146,21 @@ class InferenceGraph(ChatEndpoints):
         """Server-sent events: fragments tagged by model, a final event per completion, then [DONE]."""
         return self._sse(ctx, StreamRequest(**fields), score=False)
 
-    @bentoml.api(input_spec=StreamRequest)
+    @bentoml.api(input_spec=ScoreStreamRequest)
     @http_errors
     async def generate_score_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
-        """Like generate_stream, plus a `score` event for each completion as soon as it ends."""
-        return self._sse(ctx, StreamRequest(**fields), score=True)
+        """Like generate_stream, plus a `score` event for each completion as soon as it ends; a named graph
+        (`graph`) streams its candidates, pruning rounds, gates and its decision."""
+        return self._sse(ctx, ScoreStreamRequest(**fields), score=True)
 
     def _sse(self, ctx: bentoml.Context, req: StreamRequest, *, score: bool) -> Any:
         """Validated now (bad input is a 4xx, not a broken stream); the events flow afterwards."""
         rid = request_id(ctx)
         caller = caller_of(ctx.request.state)
-        events = self.graph.stream(req.prompt, req.model, req.params, req.intermediate_result_interval_ms, rid, score)
+        graph, deadline = (req.graph, req.deadline_ms) if isinstance(req, ScoreStreamRequest) else (None, None)
+        events = self.graph.stream(
+            req.prompt, req.model, req.params, req.intermediate_result_interval_ms, rid, score, graph, deadline
+        )
 
         async def body() -> AsyncIterator[str]:
             try:
@@ -182,7 +190,8 @@ InferenceGraph.add_asgi_middleware(ReadyProbe, health=HEALTH)
 InferenceGraph.add_asgi_middleware(
     DocsContract, keys=KEYS.enabled, models=list(CONFIG.generators), max_chars=CONFIG.prompt.max_chars,
     max_new_tokens=min(n.max_new_tokens_limit for n in CONFIG.generators.values()),
-    defaults=[n.defaults for n in CONFIG.generators.values()],
+    defaults=[n.defaults for n in CONFIG.generators.values()], graphs=tuple(CONFIG.policies.names()),
+    sampling=tuple(CONFIG.policies.sampling()), default_graph=CONFIG.policies.default,
 )
 InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS, faces=FACES)
 InferenceGraph.add_asgi_middleware(JsonOnly, faces=FACES)

@@ -17,7 +17,8 @@ from graph.params import GenerationParams
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 SSE_DESCRIPTION = (
     "Server-sent events: one `data: <JSON event>` line per event (`type`: token, final, score or "
-    "error; see the event schemas), then `data: [DONE]`."
+    "error; a named graph's stream also candidates, prune, gate and decision; see the event schemas), "
+    "then `data: [DONE]`."
 )
 ERRORS = {
     "400": "The request breaks a rule: `field` names it (unknown field, bad value, unknown model, budget).",
@@ -26,6 +27,7 @@ ERRORS = {
     "500": "A node failed (`node` names it) or did not answer within graph_timeout_s (node_timeout).",
 }
 STREAM_SCHEMAS = ("TokenEvent", "FinalEvent", "ScoreEvent", "ErrorEvent")
+POLICY_EVENT_SCHEMAS = ("CandidatesEvent", "PruneEvent", "GateEvent", "DecisionEvent")  # a named graph's stream
 SSE_EVENT = {  # one server-sent event as clients parse it
     "type": "object",
     "required": ["data"],
@@ -39,12 +41,15 @@ SSE_EVENT = {  # one server-sent event as clients parse it
 
 def exact_spec(
     spec: dict[str, Any], *, keys: bool, models: list[str], max_new_tokens: int, max_chars: int,
-    defaults: list[GenerationParams],
+    defaults: list[GenerationParams], graphs: tuple[str, ...] = ("all",), sampling: tuple[str, ...] = (),
+    default_graph: str = "all",
 ) -> dict[str, Any]:
     """`spec` (BentoML's) with the responses the server really sends, and the config's own limits:
     `keys`: API keys are on; `models`: the generator nodes a `model` field accepts;
     `max_new_tokens`: the lowest node limit; `max_chars`: the prompt limit (prompt.max_chars);
-    `defaults`: the nodes' default params (the cross-field rules apply to defaults + overrides)."""
+    `defaults`: the nodes' default params (the cross-field rules apply to defaults + overrides);
+    `graphs`: the named graphs a `graph` field accepts (config `policies`), `sampling` those that sample several
+    candidates on a node, `default_graph` the one a request without `graph` gets."""
     out = copy.deepcopy(spec)
     out["openapi"] = "3.1.0"  # the schemas are JSON Schema 2020-12 (pydantic's): null types, numeric exclusive bounds
     schemas = out.setdefault("components", {}).setdefault("schemas", {})
@@ -55,6 +60,10 @@ def exact_spec(
             if "x-bentoml-name" in op:
                 _api(op, keys=keys)
                 _body(op, models, max_chars)
+                _enum(op, "graph", list(graphs), "Named graph of the config; omit for the config's default.")
+                if op["x-bentoml-name"] == "generate_score":
+                    _list_or_decision(op, schemas)
+                _graph_rules(op, [g for g in graphs if g != "all"], list(sampling), default_graph)
                 if op["x-bentoml-name"] in ONE_REPLY:
                     _one_reply(op)
             elif path == "/readyz":
@@ -94,7 +103,7 @@ def _api(op: dict[str, Any], *, keys: bool) -> None:
         op["requestBody"]["required"] = bool(body.get("required") or body.get("oneOf"))
 
 
-ONE_REPLY = ("infer", "chat", "chat_stream")  # chat turns: one reply, so num_return_sequences is 1
+ONE_REPLY = ("infer", "chat_turn", "chat_stream")  # chat turns (/chat is chat_turn): one reply, num_return_sequences 1
 
 
 def _one_reply(op: dict[str, Any]) -> None:
@@ -125,11 +134,63 @@ def _body(op: dict[str, Any], models: list[str], max_chars: int) -> None:
         }
 
 
+def _enum(op: dict[str, Any], field: str, values: list[str], description: str) -> None:
+    """An optional string field of the body that takes one of `values` (null: the default)."""
+    props = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("properties", {})
+    if field in props:
+        props[field] = {"anyOf": [{"type": "string", "enum": values}, {"type": "null"}], "default": None,
+                        "description": props[field].get("description", description)}
+
+
+def _graph_rules(op: dict[str, Any], named: list[str], sampling: list[str], default: str) -> None:
+    """The rules of a named graph (graph/policies/run.py): it sets its candidates (num_return_sequences 1), chooses
+    its nodes (no `model`), and one that samples several candidates on a node cannot be made greedy."""
+    body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    if "graph" not in body.get("properties", {}):
+        return
+
+    def chosen(names: list[str]) -> dict[str, Any]:
+        given = {"properties": {"graph": {"enum": names}}, "required": ["graph"]}
+        if default not in names:
+            return given
+        return {"anyOf": [given, {"not": {"required": ["graph"]}}, {"properties": {"graph": {"type": "null"}}}]}
+
+    def params(rule: dict[str, Any]) -> dict[str, Any]:
+        return {"properties": {"params": {"anyOf": [{"type": "null"}, {"properties": rule}]}}}
+
+    rules = []
+    if named:
+        then = params({"num_return_sequences": {"anyOf": [{"const": 1}, {"type": "null"}]}})
+        if "model" in body["properties"]:
+            then["properties"]["model"] = {"type": "null"}
+        rules.append({"if": chosen(named), "then": then})
+    if sampling:
+        rules.append({"if": chosen(sampling), "then": params({
+            "do_sample": {"anyOf": [{"const": True}, {"type": "null"}]},
+            "temperature": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}]},
+        })})
+    if rules:
+        body["allOf"] = [*body.get("allOf", []), *rules]
+
+
+def _list_or_decision(op: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """/generate_score answers graph `all`'s list or a named graph's PolicyResponse (BentoML documents the list only)."""
+    from graph.policies.schemas import PolicyResponse
+
+    schema = PolicyResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    schemas["PolicyResponse"] = schema
+    content = op["responses"]["200"].setdefault("content", {}).setdefault("application/json", {})
+    listed = content.get("schema", {"type": "array"})
+    content["schema"] = {"anyOf": [listed, {"$ref": "#/components/schemas/PolicyResponse"}]}
+
+
 def _add_event_schemas(schemas: dict[str, Any]) -> None:
     from graph import schemas as api
+    from graph.policies import schemas as policy_events
 
-    for name in STREAM_SCHEMAS:
-        model = getattr(api, name)
+    for name in (*STREAM_SCHEMAS, *POLICY_EVENT_SCHEMAS):
+        model = getattr(api, name, None) or getattr(policy_events, name)
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[name] = schema

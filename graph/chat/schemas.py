@@ -60,8 +60,7 @@ class ChatReply(BaseModel):
     finish_reason: FinishReason
     usage: Usage
     context_turns: Optional[int] = Field(
-        None, description="Past turns the node kept in the prompt (after max_turns, then its token budget); "
-        "not reported by chat_stream (its usage.prompt_tokens shows the prompt's size).",
+        None, description="Past turns the node kept in the prompt (after max_turns, then its token budget).",
     )
 
 

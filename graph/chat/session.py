@@ -12,35 +12,28 @@ prompt-token budget (graph/chat_format.py, on the node, which has the tokenizer)
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Mapping, Optional, Protocol
+from typing import AsyncIterator, Optional
 
 from pydantic import BaseModel
 
 from graph.chat.schemas import ChatReply, ChatRequest, Forgotten, History, InferRequest, StoredMessage, TurnEvent
 from graph.chat.store import ChatStore
-from graph.chat_format import ChatMessage, ChatResult, clean_reply
+from graph.chat_format import ChatMessage, ChatPrompt, clean_reply
 from graph.compose import Graph, error_event, stream_event
 from graph.errors import GraphError, InvalidRequest
 from graph.params import GenerationParams
-from graph.results import GenerationResult, StreamEvent
+from graph.results import GenerationResult
 from graph.schemas import ErrorEvent, FinalEvent, TokenEvent, Usage
 
 
-class ChatNode(Protocol):
-    """What a chat turn needs from a generator node client (services/clients.py, graph/local.py)."""
-
-    async def chat(self, messages: list[ChatMessage], params: GenerationParams, request_id: str) -> ChatResult: ...
-
-    def chat_stream(
-        self, messages: list[ChatMessage], params: GenerationParams, request_id: str, interval_ms: int
-    ) -> AsyncIterator[StreamEvent]: ...
-
-
 class ChatSessions:
-    """Chat turns, histories and forgetting over a Graph's generators and a ChatStore."""
+    """Chat turns, histories and forgetting over a Graph's generators and a ChatStore. A turn's
+    conversation reaches its node as a ChatPrompt through the graph's generate/stream, as the
+    OpenAI face's chats do; the node fits it (template or transcript, oldest cut) exactly once."""
 
-    def __init__(self, graph: Graph, nodes: Mapping[str, ChatNode], store: ChatStore) -> None:
-        self.graph, self.nodes, self.store = graph, nodes, store
+    def __init__(self, graph: Graph, store: ChatStore) -> None:
+        self.graph, self.store = graph, store
+        self.nodes = graph.generators
         self.config = graph.config.chat
 
     # ---- validation at the edge (before anything is read or written) ----------------------------
@@ -64,8 +57,10 @@ class ChatSessions:
         node, params = self.plan(req)
         async with self.store.turn_lock(owner, req.user_id):
             messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
-            out = await self.graph.call(node, self.nodes[node].chat(messages, params, request_id))
-            return await self._store(owner, req, node, out.result, out.kept_messages)
+            prompt = ChatPrompt(messages=messages)
+            per_prompt = await self.graph.call(node, self.nodes[node].generate([prompt], params, request_id))
+            (result,) = per_prompt[0]
+            return await self._store(owner, req, node, result, result.prompt_messages)
 
     def stream(self, owner: Optional[str], req: ChatRequest, request_id: str) -> AsyncIterator[BaseModel]:
         """Validate now (bad input is a 4xx, not a broken stream), then stream the turn's events:
@@ -80,8 +75,8 @@ class ChatSessions:
             messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
             result: Optional[GenerationResult] = None
             try:
-                async for ev in self.nodes[node].chat_stream(
-                    messages, params, request_id, req.intermediate_result_interval_ms
+                async for ev in self.nodes[node].stream(
+                    ChatPrompt(messages=messages), params, request_id, req.intermediate_result_interval_ms
                 ):
                     yield stream_event(node, ev)
                     result = ev.result or result
@@ -90,7 +85,7 @@ class ChatSessions:
                 return
             if result is None:
                 return
-            yield TurnEvent(reply=await self._store(owner, req, node, result, None))
+            yield TurnEvent(reply=await self._store(owner, req, node, result, result.prompt_messages))
 
     async def _store(
         self, owner: Optional[str], req: InferRequest, node: str, result: GenerationResult, kept: Optional[int],

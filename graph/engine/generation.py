@@ -21,6 +21,7 @@ import torch
 
 from graph.chat_format import ChatMessage, ChatPrompt, FittedChat, fit_chat
 from graph.engine.detok import make_decoder
+from graph.engine.kvcache import kv_bytes_per_token
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
 from graph.results import GenerationResult, StreamEvent, TokenLogprob, TopLogprob
@@ -125,8 +126,8 @@ class GenerationEngine:
         """All `params.num_return_sequences` completions of `prompt`, in index order. A prompt given
         as token ids (e.g. from `fit_chat`) is used as it is: no chat template, no special tokens;
         a ChatPrompt is fitted here (`fit_chat`)."""
-        prompt, params = self._fit(prompt, params)
-        req = self._submit(prompt, params, request_id, streaming=False)
+        prompt, params, kept = self._fit(prompt, params)
+        req = self._submit(prompt, params, request_id, streaming=False, prompt_messages=kept)
         total = params.num_return_sequences
         results: list[Optional[GenerationResult]] = [None] * total
         try:
@@ -155,8 +156,8 @@ class GenerationEngine:
         a sequence's final event (carrying its result) is sent at once. Fragments of a sequence
         concatenate to its final text and never run past a stop string. Closing the iterator
         early (aclose, or cancelling the consuming task) cancels the request and frees its rows."""
-        prompt, params = self._fit(prompt, params)
-        req = self._submit(prompt, params, request_id, streaming=True)
+        prompt, params, kept = self._fit(prompt, params)
+        req = self._submit(prompt, params, request_id, streaming=True, prompt_messages=kept)
         total = params.num_return_sequences
         interval = interval_ms / 1000.0
         pending: dict[int, str] = {}
@@ -182,14 +183,18 @@ class GenerationEngine:
                     if result is None:
                         pending[index] = pending.get(index, "") + text
                     else:
-                        finals.append(StreamEvent(index=index, text=pending.pop(index, "") + text, result=result))
+                        finals.append(StreamEvent(
+                            index=index, text=pending.pop(index, "") + text, result=result,
+                            tokens=result.completion_tokens,
+                        ))
                 now = time.monotonic()
                 if pending and now - last_flush >= interval:
                     last_flush = now
                     flush, pending = pending, {}
                     for index, text in flush.items():
                         if text:
-                            yield StreamEvent(index=index, text=text)
+                            # tokens so far (the decode thread appends; reading a list's length is safe)
+                            yield StreamEvent(index=index, text=text, tokens=len(req.rows[index].tokens))
                 for event in finals:
                     req.results_seen += 1
                     yield event
@@ -215,12 +220,15 @@ class GenerationEngine:
         return {**s.counters, "active_rows": len(s.rows), "queued_requests": s.queued(),
                 "step_ms": round(s.step_s * 1000, 3), "kv_mb": round(kv / 2**20, 3)}
 
-    def _fit(self, prompt: str | list[int] | ChatPrompt, params: GenerationParams) -> tuple[str | list[int], GenerationParams]:
-        """A ChatPrompt as this node's prompt ids and params (`fit_chat`); any other prompt as it is."""
+    def _fit(
+        self, prompt: str | list[int] | ChatPrompt, params: GenerationParams
+    ) -> tuple[str | list[int], GenerationParams, Optional[int]]:
+        """A ChatPrompt as this node's prompt ids, params and messages kept (`fit_chat`); any other
+        prompt as it is."""
         if not isinstance(prompt, ChatPrompt):
-            return prompt, params
+            return prompt, params, None
         fitted = self.fit_chat(list(prompt.messages), params)
-        return fitted.ids, fitted.params
+        return fitted.ids, fitted.params, fitted.kept
 
     def fit_chat(self, messages: list[ChatMessage], params: GenerationParams) -> FittedChat:
         """`messages` as this node's prompt ids (its chat template or the plain transcript), the
@@ -244,7 +252,8 @@ class GenerationEngine:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def _submit(
-        self, prompt: str | list[int], params: GenerationParams, request_id: Optional[str], *, streaming: bool
+        self, prompt: str | list[int], params: GenerationParams, request_id: Optional[str], *, streaming: bool,
+        prompt_messages: Optional[int] = None,
     ) -> Request:
         ids = list(prompt) if isinstance(prompt, list) else self._encode(prompt)
         if not ids:
@@ -269,19 +278,10 @@ class GenerationEngine:
                 f"max_batch_size of {self.max_batch_size}",
                 field="num_return_sequences",
             )
-        req = Request(request_id or uuid.uuid4().hex, ids, params, streaming=streaming, decode=self._decode)
+        req = Request(request_id or uuid.uuid4().hex, ids, params, streaming=streaming, decode=self._decode,
+                      prompt_messages=prompt_messages)
         self._scheduler.submit(req)
         return req
-
-
-def kv_bytes_per_token(model) -> int:
-    """KV cache bytes of one row at one position, keys and values of every layer."""
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    heads = getattr(cfg, "num_attention_heads", 1) or 1
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    size = next(model.parameters()).element_size()
-    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * size
 
 
 def _eos_ids(model, tokenizer) -> frozenset[int]:

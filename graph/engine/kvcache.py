@@ -179,3 +179,13 @@ class BatchKVCache(Cache):
         used = self.live_mask().any(dim=0)
         if bool(used.any()):
             self.start += int(used.int().argmax())
+
+
+def kv_bytes_per_token(model) -> int:
+    """KV cache bytes of one row at one position, keys and values of every layer."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    heads = getattr(cfg, "num_attention_heads", 1) or 1
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    size = next(model.parameters()).element_size()
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim * size

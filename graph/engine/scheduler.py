@@ -67,9 +67,11 @@ class Request:
     The queue receives `(index, text, result_or_None)` tuples, or an exception that ends the request.
     """
 
-    def __init__(self, rid: str, prompt_ids: list[int], params: GenerationParams, *, streaming: bool, decode) -> None:
+    def __init__(self, rid: str, prompt_ids: list[int], params: GenerationParams, *, streaming: bool, decode,
+                 prompt_messages: Optional[int] = None) -> None:
         self.id = rid
         self.prompt_ids = prompt_ids
+        self.prompt_messages = prompt_messages  # a chat prompt's messages kept (reported in results)
         self.params = params
         self.streaming = streaming
         self.loop = asyncio.get_running_loop()
@@ -594,6 +596,7 @@ class Scheduler:
             prompt_tokens=len(row.req.prompt_ids),
             completion_tokens=len(row.tokens),
             logprobs=row.logprobs,
+            prompt_messages=row.req.prompt_messages,
             created=time.time(),
         )
         out.put(row.req, (row.index, text, result))

@@ -11,22 +11,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Literal, Optional, TypeVar, Union
+from typing import AsyncIterator, Callable, Literal, Optional, Union
 
 from openai.types import Completion, CompletionChoice, CompletionUsage, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
-from openai.types.chat.chat_completion import Choice, ChoiceLogprobs
+from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice, ChoiceDelta
-from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
-from openai.types.completion_choice import Logprobs
 from pydantic import BaseModel
 
 from graph.chat_format import Prompt, score_text
 from graph.compose import Graph, background, sse
-from graph.errors import ErrorBody
+from graph.errors import ErrorBody, InvalidRequest
 from graph.faces.openai_errors import UnknownModel, error_object
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest
-from graph.results import Classification, GenerationResult, TokenLogprob
+from graph.faces.openai_shapes import Scored, _chat_logprobs, _extras, _text_logprobs, _usage, _with
+from graph.results import Classification, GenerationResult
 from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent
 
 log = logging.getLogger("graph")
@@ -44,20 +43,12 @@ _FINISH: dict[str, Literal["stop", "length"]] = {"stop": "stop", "length": "leng
 
 @dataclass(frozen=True)
 class Route:
-    """What a `model` name runs: one generator node (or every one: None), scored or not."""
+    """What a `model` name runs: one generator node (or every one: None), scored or not, or a
+    named graph of the config's policies (`graph:<name>`: its one decided answer)."""
 
     node: Optional[str]
     scored: bool
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One choice before it becomes OpenAI's: node, which prompt, the result, its score if scored."""
-
-    node: str
-    prompt_index: int
-    result: GenerationResult
-    score: Optional[Classification]
+    policy: Optional[str] = None
 
 
 class ModelList(BaseModel):
@@ -76,7 +67,7 @@ class OpenAIFace:
         self.routes: dict[str, Route] = {
             **{node: Route(node, scored=False) for node in graph.generators},
             GRAPH_MODEL: Route(None, scored=True),
-            # named graphs (graph-policies issue) add one line here: f"graph:{name}": Route(...)
+            **{f"graph:{name}": Route(None, scored=True, policy=name) for name in graph.config.policies.graphs},
         }
 
     def models(self) -> ModelList:
@@ -96,6 +87,7 @@ class OpenAIFace:
         route, prompt = self.route(req.model), req.prompt()
         log.info("request_id=%s openai chat model=%s user=%s", rid, req.model, req.user)
         if req.stream:
+            self._streamable(route)
             return self._stream(req, route, prompt, rid, charge, chat=True)
         choices = await self._run([prompt], route, req, rid, charge)
         return ChatCompletion(
@@ -116,6 +108,7 @@ class OpenAIFace:
         route, prompts = self.route(req.model), req.prompts()
         log.info("request_id=%s openai completions model=%s user=%s", rid, req.model, req.user)
         if req.stream:
+            self._streamable(route)
             return self._stream(req, route, prompts[0], rid, charge, chat=False)
         choices = await self._run(list(prompts), route, req, rid, charge)
         return Completion(
@@ -135,7 +128,10 @@ class OpenAIFace:
         self, prompts: list[Prompt], route: Route, req: Union[ChatCompletionRequest, CompletionRequest], rid: str,
         charge: Charge,
     ) -> list[Scored]:
-        """Every completion of the route, scored and ordered by score (per prompt) for `graph`."""
+        """Every completion of the route, scored and ordered by score (per prompt) for `graph`;
+        a named graph's decided answer per prompt."""
+        if route.policy is not None:
+            return [await self._decide(route.policy, p, i, req, rid, charge) for i, p in enumerate(prompts)]
         per_node = await self.graph.generate(prompts, route.node, req.overrides(), rid)
         flat = [(node, i, r) for node, rows in per_node.items() for i, results in enumerate(rows) for r in results]
         charge(sum(r.completion_tokens for _, _, r in flat))
@@ -144,6 +140,26 @@ class OpenAIFace:
         verdicts = await self.graph.classify([score_text(prompts[i], r.text) for _, i, r in flat])
         scored = [Scored(node, i, r, c) for (node, i, r), c in zip(flat, verdicts)]
         return sorted(scored, key=lambda s: (s.prompt_index, -(s.score.score if s.score else 0.0)))
+
+    @staticmethod
+    def _streamable(route: Route) -> None:
+        if route.policy is not None:
+            raise InvalidRequest(f"stream: graph:{route.policy} answers once it has decided; set stream=false",
+                                 field="stream")
+
+    async def _decide(
+        self, name: str, prompt: Prompt, index: int, req: Union[ChatCompletionRequest, CompletionRequest], rid: str,
+        charge: Charge,
+    ) -> Scored:
+        if not isinstance(prompt, str):
+            raise InvalidRequest(f"model: graph:{name} answers text prompts; use /v1/completions", field="model")
+        out = await self.graph.generate_score(prompt, req.overrides(), f"{rid}-{index}", graph=name)
+        assert not isinstance(out, list)  # a named graph answers with its decision
+        charge(out.trace.tokens_total)
+        a = out.answer
+        result = GenerationResult(index=0, text=a.completion, finish_reason=out.finish_reason, prompt_tokens=a.prompt_tokens,
+                                  completion_tokens=a.completion_tokens, created=time.time())
+        return Scored(a.model, index, result, Classification(label=a.label, score=a.score, labels=a.labels))
 
     # ---- streaming -----------------------------------------------------------------------------
     def _stream(
@@ -237,52 +253,3 @@ class _Chunks:
                           choices=[], usage=usage)
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def _with(choice: M, extras: dict[str, object]) -> M:
-    """`choice` carrying our extra fields: the openai types keep extras (extra="allow") and dump them,
-    though their typed constructors do not name them."""
-    for name, value in extras.items():
-        setattr(choice, name, value)
-    return choice
-
-
-def _extras(c: Scored) -> dict[str, object]:
-    """A scored choice's extra fields (OpenAI clients ignore them; ours read them)."""
-    if c.score is None:
-        return {}
-    return {"model": c.node, "score": c.score.score, "label": c.score.label}
-
-
-def _usage(choices: list[Scored]) -> CompletionUsage:
-    """Each node's prompt counted once per prompt, every choice's completion tokens."""
-    prompt = sum({(c.node, c.prompt_index): c.result.prompt_tokens for c in choices}.values())
-    completion = sum(c.result.completion_tokens for c in choices)
-    return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-
-
-def _chat_logprobs(tokens: Optional[list[TokenLogprob]]) -> Optional[ChoiceLogprobs]:
-    if tokens is None:
-        return None
-    return ChoiceLogprobs(content=[
-        ChatCompletionTokenLogprob(
-            token=t.token, logprob=t.logprob, bytes=list(t.token.encode()),
-            top_logprobs=[TopLogprob(token=a.token, logprob=a.logprob, bytes=list(a.token.encode())) for a in t.top_logprobs],
-        )
-        for t in tokens
-    ])
-
-
-def _text_logprobs(tokens: Optional[list[TokenLogprob]]) -> Optional[Logprobs]:
-    """Legacy completions logprobs: parallel lists, text_offset into the choice's text."""
-    if tokens is None:
-        return None
-    offsets, at = [], 0
-    for t in tokens:
-        offsets.append(at)
-        at += len(t.token)
-    return Logprobs(
-        tokens=[t.token for t in tokens], token_logprobs=[t.logprob for t in tokens],
-        top_logprobs=[{a.token: a.logprob for a in t.top_logprobs} for t in tokens], text_offset=offsets,
-    )

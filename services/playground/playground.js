@@ -141,8 +141,10 @@ async function pollState() {
 
 // ---- the form, from the API's schema --------------------------------------------------------------
 function resolve(schema) {
-  const ref = schema.$ref || schema.allOf?.[0]?.$ref;
-  return ref ? state.spec.components.schemas[ref.split("/").pop()] : schema;
+  // A field's schema may be a $ref, allOf[$ref, ...], or anyOf[one of those, null] (an optional field).
+  const option = schema.anyOf?.find((o) => o.$ref || o.allOf) ?? schema;
+  const ref = option.$ref || option.allOf?.find((o) => o.$ref)?.$ref;
+  return ref ? state.spec.components.schemas[ref.split("/").pop()] : option;
 }
 
 function streamSchema() {
@@ -342,18 +344,28 @@ function setupChat() {
   const props = resolve(op.requestBody.content["application/json"].schema).properties || {};
   const pick = (...names) => names.find((n) => n in props);
   const keys = { message: pick("message", "content", "text", "prompt"), model: pick("model"),
-    id: pick("conversation_id", "session_id", "conversation") };
+    id: pick("conversation_id", "session_id", "conversation"), user: pick("user_id") };
+  // The server keeps the history per user_id: this page is one user, kept across reloads.
+  const newUser = () => `playground-${Math.random().toString(36).slice(2, 10)}`;
+  state.chat.user = localStorage.getItem("playground-user") || newUser();
+  localStorage.setItem("playground-user", state.chat.user);
   if (!keys.message) return;
   $("#chat-tab").hidden = false;
   for (const g of state.info.generators) $("#chat-model").append(el("option", { value: g.name, text: g.name }));
   const log = $("#chat-log");
-  $("#chat-new").onclick = () => { state.chat.id = null; log.replaceChildren(); };
+  $("#chat-new").onclick = () => {
+    state.chat.id = null;
+    state.chat.user = newUser();
+    localStorage.setItem("playground-user", state.chat.user);
+    log.replaceChildren();
+  };
   $("#chat-form").onsubmit = async (event) => {
     event.preventDefault();
     clearErrors();
     const text = $("#chat-message").value;
     const body = { [keys.message]: text };
     if (keys.model) body[keys.model] = $("#chat-model").value;
+    if (keys.user) body[keys.user] = state.chat.user;
     if (keys.id && state.chat.id) body[keys.id] = state.chat.id;
     log.append(el("div", { class: "msg user", text }));
     const r = await fetch("chat", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });

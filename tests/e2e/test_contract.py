@@ -36,7 +36,7 @@ def test_schemathesis_finds_nothing(server, tmp_path):
     cmd = [
         str(SCHEMATHESIS), "run", f"{server.url}/docs.json",
         "--checks", "all", "--seed", "20261124", "--max-examples", "25",
-        "--request-timeout", "60", "--workers", "1", "--no-shrink",
+        "--request-timeout", "300", "--workers", "1", "--no-shrink",
         "--exclude-path", "/metrics",  # Prometheus text, not a JSON API
         "--report", "junit", "--report-dir", str(tmp_path),
     ]

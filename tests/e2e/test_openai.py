@@ -37,7 +37,7 @@ def node_tokens(server: Server, node: str) -> float:
 
 def test_models_list_every_node_and_the_graph(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
-    assert ids == ["tiny_a", "tiny_b", "graph"]
+    assert ids == ["tiny_a", "tiny_b", "graph", "graph:best", "graph:pruned", "graph:cheap_first"]
     assert all(m.object == "model" and m.owned_by for m in client.models.list())
 
 
@@ -130,6 +130,22 @@ def test_completions_stream(client: openai.OpenAI) -> None:
     chunks = list(client.completions.create(model="tiny_a", prompt="Once upon", max_tokens=5, temperature=0, stream=True))
     plain = client.completions.create(model="tiny_a", prompt="Once upon", max_tokens=5, temperature=0)
     assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
+
+
+def test_named_graph_answers_its_decision(client: openai.OpenAI, server: Server) -> None:
+    """graph:<name> runs the config's policy graph: one choice, the decided answer, with its score."""
+    out = client.completions.create(model="graph:best", prompt="The cat", max_tokens=4)
+    assert out.model == "graph:best" and len(out.choices) == 1
+    extra = out.choices[0].model_extra or {}
+    assert extra["model"] in ("tiny_a", "tiny_b") and 0.0 <= extra["score"] <= 1.0
+    # the same decision through /generate_score names the same kind of answer
+    direct = httpx.post(server.url + "/generate_score", json={"original_sentence": "The cat", "graph": "best",
+                                                             "params": {"max_new_tokens": 4}}, timeout=60).json()
+    assert direct["policy"] == "best_of" and set(direct["trace"]["nodes_run"]) == {"tiny_a", "tiny_b"}
+    assert 1 <= out.usage.completion_tokens <= 4
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="graph:best", prompt="The cat", max_tokens=4, stream=True)
+    assert err.value.body["param"] == "stream"
 
 
 def test_graph_model_scores_every_node(client: openai.OpenAI) -> None:

@@ -23,7 +23,7 @@ def test_failed_node_rolls_the_turn_back_and_schema_is_versioned(tiny_dir: Path,
 
     async def run() -> tuple[int, int]:
         store = ChatStore(f"sqlite:///{db}")
-        chat = ChatSessions(graph, graph.generators, store)
+        chat = ChatSessions(graph, store)
         ok = await chat.reply(None, InferRequest(user_id="u", message="hello", model="tiny_a"), "r1")
         assert ok.turn == 1
         engines["tiny_b"].close()  # the node dies: its requests fail with NodeFailure

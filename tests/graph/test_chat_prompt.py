@@ -29,7 +29,7 @@ def make(tiny_dir, *, template: bool):
 
 def test_template_node_formats_a_chat_once(tiny_dir) -> None:
     engine, tok = make(tiny_dir, template=True)
-    ids, params = engine._fit(ChatPrompt(messages=MESSAGES), GenerationParams())
+    ids, params, _ = engine._fit(ChatPrompt(messages=MESSAGES), GenerationParams())
     assert ids == render(tok, MESSAGES, template=True) and params == GenerationParams()
     assert tok.decode(ids).count("<|user|>") == 2  # not wrapped a second time
     # /generate's text on a template node is still one user message through the template
@@ -39,10 +39,10 @@ def test_template_node_formats_a_chat_once(tiny_dir) -> None:
 
 def test_plain_node_gets_the_transcript_and_its_stop(tiny_dir) -> None:
     engine, tok = make(tiny_dir, template=False)
-    ids, params = engine._fit(ChatPrompt(messages=MESSAGES), GenerationParams(stop=["END"]))
+    ids, params, _ = engine._fit(ChatPrompt(messages=MESSAGES), GenerationParams(stop=["END"]))
     assert ids == render(tok, MESSAGES, template=False)
     assert params.stop == ["END", PLAIN_STOP]
-    assert engine._fit("The cat", GenerationParams()) == ("The cat", GenerationParams())  # text untouched
+    assert engine._fit("The cat", GenerationParams()) == ("The cat", GenerationParams(), None)  # text untouched
 
 
 def test_chat_prompt_generates_like_its_fitted_ids(tiny_dir) -> None:
@@ -50,7 +50,7 @@ def test_chat_prompt_generates_like_its_fitted_ids(tiny_dir) -> None:
     engine.start()
     try:
         params = GenerationParams(max_new_tokens=6)
-        ids, fitted = engine._fit(ChatPrompt(messages=MESSAGES), params)
+        ids, fitted, kept = engine._fit(ChatPrompt(messages=MESSAGES), params)
 
         async def both():
             return await asyncio.gather(engine.generate(ChatPrompt(messages=MESSAGES), params),
@@ -58,5 +58,6 @@ def test_chat_prompt_generates_like_its_fitted_ids(tiny_dir) -> None:
 
         (chat,), (raw,) = asyncio.run(both())
         assert chat.text == raw.text and chat.prompt_tokens == raw.prompt_tokens == len(ids)
+        assert chat.prompt_messages == kept == len(MESSAGES) and raw.prompt_messages is None
     finally:
         engine.close()

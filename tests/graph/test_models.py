@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from graph.models import embedded
 from graph.models.classifier import SequenceClassifier, ZeroShotEmbeddingClassifier
 from graph.config import ClassifierNode, ModelRef
 from graph.errors import ConfigError

@@ -8,7 +8,6 @@ import asyncio
 import time
 
 import pytest
-import torch
 
 from graph.errors import InvalidRequest, NodeFailure, Overloaded
 from graph.params import GenerationParams as GP
@@ -187,7 +186,7 @@ def test_expected_wait_above_the_bound_is_shed_at_once(tiny_dir):
 
 
 def test_kv_budget_refuses_a_request_too_big_alone_and_queues_the_rest(tiny_dir):
-    from graph.engine.generation import kv_bytes_per_token
+    from graph.engine.kvcache import kv_bytes_per_token
     from tests.graph.test_engine import load
 
     model, _ = load(tiny_dir / "causal_lm")

@@ -16,11 +16,6 @@ import pytest
 from tests.server import ARTIFACTS, Server
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 SCREENSHOTS = ARTIFACTS / "screenshots"
 GRAPH_ENDPOINTS = ["/generate_score", "/generate", "/classify", "/generate_stream", "/generate_score_stream"]
 
@@ -29,20 +24,6 @@ GRAPH_ENDPOINTS = ["/generate_score", "/generate", "/classify", "/generate_strea
 def server(tiny_dir: Path) -> Iterator[Server]:
     with Server(config="configs/tiny.yaml", name="browser") as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium (make test does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import pytest
 from graph.config import load_config
 from graph.topology import GraphInfo, describe
 from tests.server import ARTIFACTS, Server
-from tests.shipping.test_browser import CHROMIUM, CHROMIUM_ARGS
 
 SCREENSHOTS = ARTIFACTS / "screenshots"
 LONG_PROMPT = "Hello world, this is"  # tiny_a and tiny_b run this greedily to 900 tokens without EOS
@@ -29,20 +28,6 @@ CONFIG = load_config("configs/tiny.yaml")
 def server(tiny_dir: Path) -> Iterator[Server]:
     with Server(config="configs/tiny.yaml", name="playground") as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium (make test does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
@@ -210,3 +195,21 @@ def test_overloaded_node_is_a_visible_notice(server: Server, page: Any) -> None:
         done.set()
         flooder.join(timeout=120)
     assert not flooder.is_alive()
+
+
+def test_chat_tab_keeps_a_conversation_on_the_server(server: Server, page: Any) -> None:
+    """The chat tab (shown because the spec has POST /chat) talks to the real chat API: two turns,
+    kept by the server under the page's own user id; a new conversation starts a new user."""
+    page.click("#chat-tab")
+    page.select_option("#chat-model", "tiny_a")
+    for n, text in enumerate(["Hello there", "And again"], 1):
+        page.fill("#chat-message", text)
+        page.click("#chat-form button[type=submit]")
+        page.wait_for_function(f"document.querySelectorAll('#chat-log .msg.assistant').length >= {n}", timeout=60_000)
+    user = page.evaluate("localStorage.getItem('playground-user')")
+    history = httpx.post(server.url + "/chat_history", json={"user_id": user}, timeout=10).json()
+    assert history["turns"] == 2
+    assert [m["content"] for m in history["messages"] if m["role"] == "user"] == ["Hello there", "And again"]
+    page.click("#chat-new")
+    assert page.evaluate("localStorage.getItem('playground-user')") != user
+    assert page.locator("#chat-log .msg").count() == 0

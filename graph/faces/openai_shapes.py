@@ -1,0 +1,76 @@
+"""The OpenAI face's answer shapes: one choice before it becomes OpenAI's, its extra fields, usage,
+and logprobs in the chat and legacy completion layouts (the `openai` package's types)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, TypeVar
+
+from openai.types import CompletionUsage
+from openai.types.chat.chat_completion import ChoiceLogprobs
+from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
+from openai.types.completion_choice import Logprobs
+
+from pydantic import BaseModel
+
+from graph.results import Classification, GenerationResult, TokenLogprob
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One choice before it becomes OpenAI's: node, which prompt, the result, its score if scored."""
+
+    node: str
+    prompt_index: int
+    result: GenerationResult
+    score: Optional[Classification]
+
+
+def _with(choice: M, extras: dict[str, object]) -> M:
+    """`choice` carrying our extra fields: the openai types keep extras (extra="allow") and dump them,
+    though their typed constructors do not name them."""
+    for name, value in extras.items():
+        setattr(choice, name, value)
+    return choice
+
+
+def _extras(c: Scored) -> dict[str, object]:
+    """A scored choice's extra fields (OpenAI clients ignore them; ours read them)."""
+    if c.score is None:
+        return {}
+    return {"model": c.node, "score": c.score.score, "label": c.score.label}
+
+
+def _usage(choices: list[Scored]) -> CompletionUsage:
+    """Each node's prompt counted once per prompt, every choice's completion tokens."""
+    prompt = sum({(c.node, c.prompt_index): c.result.prompt_tokens for c in choices}.values())
+    completion = sum(c.result.completion_tokens for c in choices)
+    return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _chat_logprobs(tokens: Optional[list[TokenLogprob]]) -> Optional[ChoiceLogprobs]:
+    if tokens is None:
+        return None
+    return ChoiceLogprobs(content=[
+        ChatCompletionTokenLogprob(
+            token=t.token, logprob=t.logprob, bytes=list(t.token.encode()),
+            top_logprobs=[TopLogprob(token=a.token, logprob=a.logprob, bytes=list(a.token.encode())) for a in t.top_logprobs],
+        )
+        for t in tokens
+    ])
+
+
+def _text_logprobs(tokens: Optional[list[TokenLogprob]]) -> Optional[Logprobs]:
+    """Legacy completions logprobs: parallel lists, text_offset into the choice's text."""
+    if tokens is None:
+        return None
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t.token)
+    return Logprobs(
+        tokens=[t.token for t in tokens], token_logprobs=[t.logprob for t in tokens],
+        top_logprobs=[{a.token: a.logprob for a in t.top_logprobs} for t in tokens], text_offset=offsets,
+    )

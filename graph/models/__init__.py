@@ -1,0 +1,1 @@
+"""Model references made real: embedded models, loading from hub/path/store, classifiers."""

@@ -1,0 +1,101 @@
+"""What `runtime: {quantize: auto}` picks on this CPU: a table measured by `make bench-node`.
+
+The choice is made from a table, not by timing at start-up: start-up stays short and two replicas
+on the same kind of machine make the same choice. Each entry is the fastest option that
+scripts/bench_node.py measured on a machine of that CPU kind whose perplexity on
+bench/heldout.txt stayed within QUALITY_BOUND of float32 (options above the bound are never
+entered here). Where a kind was never measured, the entry says so and falls back to the measured
+kind it most resembles.
+
+CPU kinds, from /proc/cpuinfo flags: amx (Intel AMX: bfloat16 matrix units), avx512_bf16 (AVX-512
+with bfloat16 dot products, e.g. AMD EPYC Zen 4), avx512 (AVX-512 without bfloat16), avx2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+QUALITY_BOUND = 0.03  # perplexity at most 3% above float32's
+
+
+@dataclass(frozen=True)
+class Choice:
+    dtype: str  # float32 | bfloat16
+    quantize: str  # none | int8 | int8_weight | int4_weight
+    compile: bool
+    why: str
+    models: Optional[frozenset[str]] = None  # measured within the bound for these models only; None = any
+
+
+# Measured with `make bench-node` (SmolLM2-135M-Instruct, 2 threads); see README "Performance".
+# Dynamic int8 (`quantize: int8`) is never entered: on SmolLM2 its perplexity on bench/heldout.txt
+# was +232% over float32 (68.4 vs 20.6; greedy agreement 7%), far outside the bound. The compiled
+# step is not entered either: it measured no faster than eager on the AVX-512 EPYC (int4 weights:
+# 35.6 vs 28.7 ms/token, 178 vs 159 tokens/s at 64 streams: within the noise of a shared machine)
+# and its warm-up is minutes there.
+SMOLLM2 = frozenset({"smollm2-135m-instruct"})
+# kind -> choices, fastest first; the first whose `models` admits the node's model is taken.
+TABLE: dict[str, tuple[Choice, ...]] = {
+    "amx": (Choice("bfloat16", "none", False,
+                   "measured on Intel with AMX (make bench-engine): bfloat16 32 ms/token single stream, "
+                   "436 tokens/s at 64 streams; weight-only int4 not measured there yet"),),
+    "avx512_bf16": (
+        Choice("bfloat16", "int4_weight", False,
+               "measured on AMD EPYC with AVX-512 + AVX512-BF16 (make bench-node): SmolLM2 with int4 weights "
+               "and bfloat16 activations 2.6x float32 at one stream, perplexity -0.2%", SMOLLM2),
+        Choice("bfloat16", "int8_weight", False,
+               "measured on AMD EPYC with AVX-512 + AVX512-BF16 (make bench-node): int8 weights, bfloat16 "
+               "activations: about 2x float32 at one stream, perplexity +0.2% (SmolLM2) / +0.4% (Gemma 3; "
+               "its int4 was +27%, outside the bound)"),
+    ),
+    "avx512": (Choice("float32", "none", False,
+                      "not measured; AVX-512 without bfloat16: the weight-only kernels' bfloat16 activations "
+                      "are emulated there, so float32 as on avx2"),),
+    "avx2": (Choice("float32", "none", False,
+                    "measured on AMD EPYC with AVX2 only (MODELS.md): ATen weight-only kernels slower than "
+                    "float32; dynamic int8 2x faster but fails the perplexity bound (+232% on SmolLM2)"),),
+}
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def cpu_kind(flags: Optional[set[str]] = None) -> str:
+    """amx, avx512_bf16, avx512 or avx2 (anything below AVX-512 counts as avx2)."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def cpu_description(flags: Optional[set[str]] = None) -> str:
+    """'AMD EPYC ...; AVX-512, AVX512-BF16, no AMX' — what benchmarks print beside their figures."""
+    flags = cpu_flags() if flags is None else flags
+    model = "unknown CPU"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    have = [name for flag, name in (("amx_bf16", "AMX"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
+                                    ("avx512_vnni", "AVX512-VNNI"), ("avx2", "AVX2")) if flag in flags]
+    missing = [name for flag, name in (("amx_bf16", "AMX"), ("avx512f", "AVX-512")) if flag not in flags]
+    return f"{model}; {', '.join(have) or 'no AVX2'}" + (f"; no {', no '.join(missing)}" if missing else "")
+
+
+def choose(flags: Optional[set[str]] = None, model: str = "") -> tuple[str, Choice]:
+    """(CPU kind, the first choice for it measured within the bound for `model`: an embedded
+    model's name or a store tag's name; unknown models get the choices measured on every model)."""
+    kind = cpu_kind(flags)
+    return kind, next(c for c in TABLE[kind] if c.models is None or model in c.models)

@@ -1,0 +1,32 @@
+"""What the graph needs of its nodes: the generator and classifier client protocols (a local engine or a
+BentoML dependency answers them; graph/local.py and services/clients.py)."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Protocol
+
+from graph.chat_format import Prompt
+from graph.params import GenerationParams
+from graph.results import Classification, GenerationResult, StreamEvent
+
+
+class GeneratorClient(Protocol):
+    """What the graph needs from a generator node (a local engine or a BentoML dependency)."""
+
+    async def generate(
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str
+    ) -> list[list[GenerationResult]]: ...
+
+    def stream(
+        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
+    ) -> AsyncIterator[StreamEvent]: ...
+
+    async def cancel(self, request_id: str) -> bool: ...
+
+    async def count_tokens(self, prompt: str) -> int: ...
+
+    async def stats(self) -> dict[str, float]: ...
+
+
+class ClassifierClient(Protocol):
+    async def classify(self, texts: list[str]) -> list[Classification]: ...

@@ -1,0 +1,1 @@
+"""Graph policies: named graphs over the config's nodes that decide (best_of, cascade, pruning, deadlines)."""

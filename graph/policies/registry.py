@@ -1,0 +1,94 @@
+"""The policy registry: a graph name -> its policy, run whole (/generate_score) or as a stream of events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncGenerator, Optional, Union
+
+from pydantic import BaseModel
+
+from graph.config import GraphConfig
+from graph.errors import GraphError, InvalidRequest, NodeFailure
+from graph.policies import best_of as best_of_policy
+from graph.policies import cascade as cascade_policy
+from graph.policies.config import ALL, BestOf, NamedGraph
+from graph.policies.deadline import Deadline
+from graph.policies.run import Host, PolicyEvent, Run, detach
+from graph.policies.schemas import DecisionEvent, PolicyResponse
+from graph.schemas import ErrorEvent
+
+log = logging.getLogger("graph")
+
+
+def graph_names(config: GraphConfig) -> list[str]:
+    """Every graph a request may name (`all` first); the OpenAI face lists each as model `graph:<name>`."""
+    return config.policies.names()
+
+
+def resolve(config: GraphConfig, name: Optional[str], field: str = "graph") -> Optional[NamedGraph]:
+    """The named graph a request chose (None: the built-in `all`); a 400 naming the field if unknown."""
+    chosen = config.policies.default if name is None else name
+    if chosen == ALL:
+        return None
+    if chosen not in config.policies.graphs:
+        raise InvalidRequest(f"{field}: unknown graph {chosen!r}; graphs: {graph_names(config)}", field=field)
+    return config.policies.graphs[chosen]
+
+
+def start(host: Host, graph: Optional[str], prompt: str, overrides: Optional[BaseModel], request_id: str,
+          deadline: Optional[Deadline], model: Optional[str] = None) -> Optional[tuple[Run, NamedGraph]]:
+    """The run of one request on the named graph it chose (None for `all`), its parameters checked
+    against the policy: on bad input a 400 naming the field, before anything starts."""
+    g = resolve(host.config, graph)
+    if g is None:
+        return None
+    if model is not None:
+        raise InvalidRequest("model: a named graph chooses its own nodes; leave model out", field="model")
+    name = graph or host.config.policies.default
+    run = Run(host=host, graph=name, prompt=prompt, request_id=request_id, overrides=overrides, deadline=deadline)
+    if isinstance(g, BestOf):
+        best_of_policy.check(run, g)
+    else:
+        cascade_policy.check(run, g)
+    return run, g
+
+
+async def execute(run: Run, g: NamedGraph) -> PolicyResponse:
+    """Run the policy; if it fails or is cancelled, stop every candidate it started."""
+    try:
+        if isinstance(g, BestOf):
+            return await best_of_policy.best_of(run, g)
+        return await cascade_policy.cascade(run, g)
+    except BaseException:
+        detach(run.cancel_all())
+        raise
+
+
+async def events(run: Run, g: NamedGraph) -> AsyncGenerator[Union[PolicyEvent, ErrorEvent], None]:
+    """The policy's events as they happen (candidates, tokens, pruning, gates, scores), then the decision."""
+    queue: asyncio.Queue[Optional[Union[PolicyEvent, ErrorEvent]]] = asyncio.Queue()
+    run.emit = queue.put
+
+    async def main() -> None:
+        try:
+            await queue.put(DecisionEvent(result=await execute(run, g)))
+        except GraphError as exc:
+            await queue.put(ErrorEvent(**exc.body().model_dump()))
+        except Exception as exc:  # a bug or a dead node: an error event, not a broken stream
+            log.exception("policy graph %s failed", run.graph)
+            await queue.put(ErrorEvent(**NodeFailure(f"graph {run.graph!r} failed: {exc}", node="graph").body().model_dump()))
+        finally:
+            await queue.put(None)
+
+    task = asyncio.create_task(main())
+    done = False
+    try:
+        while (item := await queue.get()) is not None:
+            yield item
+        done = True
+    finally:
+        if not done:  # the client left: stop the policy and its candidates
+            task.cancel()
+            detach(run.cancel_all())
+
