@@ -71,7 +71,7 @@ def test_openai_face_on_real_models(server: Server) -> None:
     """/v1 on the default config: SmolLM2 formats a chat with its own template exactly once (the same
     prompt tokens as /generate's one-user-message wrap), Gemma (no template) gets the transcript."""
     models = httpx.get(server.url + "/v1/models", timeout=30).json()
-    assert [m["id"] for m in models["data"]] == ["smollm2", "gemma3", "graph"]
+    assert [m["id"] for m in models["data"]] == ["smollm2", "gemma3", "graph", "graph:best_of_3", "graph:best_of_3_pruned", "graph:cascade"]
     question = "Name a colour."
     plain = httpx.post(server.url + "/generate", timeout=120, json={
         "prompt": question, "model": "smollm2", "params": {"max_new_tokens": 4}}).json()[0]["results"][0]
