@@ -59,6 +59,8 @@ async def _retrying(call: Callable[[], Awaitable[Any]], node: str, request_id: s
             return await call()
         except BentoMLException as exc:
             raise node_error(exc, node) from None
+        except aiohttp.ClientConnectorError as exc:  # nothing listens there (a remote node is down): no retry
+            raise NodeFailure(f"node {node!r} cannot be reached: {exc}", node=node) from None
         except WORKER_GONE as exc:
             attempt += 1
             log.warning("request_id=%s node %s: worker gone (%s); retry %d once it is back",

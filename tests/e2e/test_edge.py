@@ -66,7 +66,7 @@ def test_openai_face_needs_the_key_and_answers_in_its_shape(server):
         anonymous.models.list()
     assert isinstance(err.value.body, dict) and err.value.body["type"] == "authentication_error"
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
-    assert [m.id for m in client.models.list()][-1] == "graph"
+    assert "graph" in [m.id for m in client.models.list()]
     out = client.completions.create(model="tiny_a", prompt="hi", max_tokens=2)
     assert out.usage is not None and out.usage.completion_tokens >= 1
     r = httpx.post(server.url + "/v1/completions", content=b"prompt=hi", timeout=10,

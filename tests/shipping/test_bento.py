@@ -262,7 +262,8 @@ def check_openai(server: Server) -> None:
     """The OpenAI face answers from the Bento: /v1/models lists every node and the graph; a chat runs."""
     r = httpx.get(server.url + "/v1/models", timeout=30)
     assert r.status_code == 200, r.text
-    assert [m["id"] for m in r.json()["data"]] == [*default_graph().generators, "graph"]
+    named = [f"graph:{n}" for n in default_graph().policies.graphs]
+    assert [m["id"] for m in r.json()["data"]] == [*default_graph().generators, "graph", *named]
     r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
         "model": "smollm2", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4})
     assert r.status_code == 200, r.text
