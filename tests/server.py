@@ -126,3 +126,25 @@ def sse_events(response: httpx.Response) -> list[tuple[float, str]]:
             out.append((time.monotonic(), event[len("data: "):]))
     assert buffer == "", f"trailing bytes after last event: {buffer!r}"
     return out
+
+
+def node_tokens(server: Server, node: str) -> float:
+    """The node's generated-tokens counter, from the entry's /node_stats."""
+    r = httpx.post(server.url + "/node_stats", json={}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()[node]["generated_tokens_total"]
+
+
+def assert_dropped_stream_stops(server: Server, node: str, path: str, body: dict, *, tokens: int) -> None:
+    """Leave a stream of `tokens` tokens after 20 lines: the node's counter must stop within 2 s."""
+    before = node_tokens(server, node)
+    with httpx.stream("POST", server.url + path, json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for n, _ in enumerate(r.iter_lines()):
+            if n > 20:
+                break  # leave mid-stream: the connection closes here
+    time.sleep(2.0)
+    stopped_at = node_tokens(server, node)
+    time.sleep(1.5)
+    assert node_tokens(server, node) == stopped_at, "node still generating for a gone client"
+    assert stopped_at - before < tokens, "the node ran the request to the end"

@@ -11,7 +11,7 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.server import Server, sse_events
+from tests.server import Server, assert_dropped_stream_stops, node_tokens, sse_events
 
 NODES = {"tiny_a", "tiny_b"}
 HI = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello world, this is"}]
@@ -27,12 +27,6 @@ def server(tiny_dir):
 def client(server: Server) -> openai.OpenAI:
     # max_retries=0: a 429/5xx must surface here, not be retried away
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-def node_tokens(server: Server, node: str) -> float:
-    r = httpx.post(server.url + "/node_stats", json={}, timeout=10)
-    assert r.status_code == 200, r.text
-    return r.json()[node]["generated_tokens_total"]
 
 
 def test_models_list_every_node_and_the_graph(client: openai.OpenAI) -> None:
@@ -218,15 +212,5 @@ LONG = "Hello world, this is"  # tiny_a runs it greedily for 900 tokens without 
 
 
 def test_dropped_stream_stops_node_work(server: Server) -> None:
-    before = node_tokens(server, "tiny_a")
     body = {"model": "tiny_a", "prompt": LONG, "max_tokens": 900, "temperature": 0, "stream": True}
-    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
-        assert r.status_code == 200
-        for n, _ in enumerate(r.iter_lines()):
-            if n > 20:
-                break  # leave mid-stream: the connection closes here
-    time.sleep(2.0)
-    stopped_at = node_tokens(server, "tiny_a")
-    time.sleep(1.5)
-    assert node_tokens(server, "tiny_a") == stopped_at, "node still generating for a gone client"
-    assert stopped_at - before < 900, "the node ran the request to the end"
+    assert_dropped_stream_stops(server, "tiny_a", "/v1/completions", body, tokens=900)

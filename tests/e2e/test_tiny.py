@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.server import Server, sse_events
+from tests.server import Server, assert_dropped_stream_stops, node_tokens, sse_events
 
 
 
@@ -174,12 +174,6 @@ def test_health_and_docs(server: Server) -> None:
 LONG = "Hello world, this is"  # the tiny llama (tiny_a) runs it greedily for 1000 tokens without an end-of-sequence
 
 
-def node_tokens(server: Server, node: str) -> float:
-    r = httpx.post(server.url + "/node_stats", json={}, timeout=10)
-    assert r.status_code == 200, r.text
-    return r.json()[node]["generated_tokens_total"]
-
-
 def test_stream_interval_spaces_events(server: Server) -> None:
     body = {"prompt": LONG, "model": "tiny_a", "intermediate_result_interval_ms": 500,
             "params": {"max_new_tokens": 900}}
@@ -197,18 +191,8 @@ def test_stream_interval_spaces_events(server: Server) -> None:
 
 
 def test_dropped_stream_stops_generation(server: Server) -> None:
-    before = node_tokens(server, "tiny_a")
     body = {"prompt": LONG, "model": "tiny_a", "params": {"max_new_tokens": 900}}
-    with httpx.stream("POST", server.url + "/generate_stream", json=body, timeout=60) as r:
-        assert r.status_code == 200
-        for n, _ in enumerate(r.iter_lines()):
-            if n > 20:
-                break  # leave mid-stream: the connection closes here
-    time.sleep(2.0)
-    stopped_at = node_tokens(server, "tiny_a")
-    time.sleep(1.5)
-    assert node_tokens(server, "tiny_a") == stopped_at, "node still generating for a gone client"
-    assert stopped_at - before < 900, "the node ran the request to the end"
+    assert_dropped_stream_stops(server, "tiny_a", "/generate_stream", body, tokens=900)
 
 
 def test_full_queue_answers_429_with_retry_after(server: Server) -> None:
