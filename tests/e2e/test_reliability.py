@@ -7,6 +7,7 @@ small budgets), written under artifacts/. Timing bounds are generous: the machin
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 import time
 
@@ -107,15 +108,21 @@ def test_small_requests_are_not_starved_by_a_large_one(server: Server) -> None:
 
 
 def test_overload_is_shed_fast_with_retry_after(server: Server) -> None:
-    """Issue #13, item 3: 24 long calls at once on tiny_a (8 rows). Those whose expected wait is
-    above max_wait_s get a 429 at once; every 200 came within the wait bound plus its own work."""
+    """Issue #13, item 3: many long calls at once on tiny_a (8 rows). Those whose expected wait is
+    above max_wait_s get a 429 at once; every 200 came within the wait bound plus its own work.
+
+    How many calls it takes to overload depends on the machine's speed: the k-th call beyond the 8
+    rows waits about k/8 times one call's time alone, so the test sends enough for the last ones to
+    wait ~2.5x the bound (at least 24, at most 64 = max_queue). With a fixed 24, a CI machine a
+    little faster than this one admitted all of them (CI run of stop 16)."""
     body = {"prompt": LONG, "model": "tiny_a", "params": {"max_new_tokens": 400}}
 
     async def fire():
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
             r, alone = await timed(client, "/generate", body)
             assert r.status_code == 200, r.text
-            return alone, await asyncio.gather(*[timed(client, "/generate", body) for _ in range(24)])
+            n = min(64, max(24, 8 + math.ceil(8 * 2.5 * MAX_WAIT_S / alone)))
+            return alone, await asyncio.gather(*[timed(client, "/generate", body) for _ in range(n)])
 
     alone, results = asyncio.run(fire())
     codes = sorted(r.status_code for r, _ in results)
@@ -125,7 +132,7 @@ def test_overload_is_shed_fast_with_retry_after(server: Server) -> None:
     assert refused and served, codes
     print("429 latencies", sorted(round(s, 3) for _, s in refused), "200 latencies", sorted(round(s, 2) for s in served), "alone", alone)
     for r, s in refused:
-        assert s < 1.0, f"a 429 took {s:.2f}s"
+        assert s < MAX_WAIT_S, f"a 429 took {s:.2f}s, longer than the wait bound it enforces"
         assert int(r.headers["retry-after"]) >= 1
         assert r.json()["error"] == "overloaded" and "max_wait_s" in r.json()["message"]
     # A 200 waited at most the bound for rows, then did its own work (in a batch of 8: slower than
