@@ -11,8 +11,12 @@ export TOKENIZERS_PARALLELISM := false
 export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
+# Served processes run on jemalloc where Debian's libjemalloc2 is installed (`make jemalloc`): under
+# continuous load glibc's malloc keeps freed buffers and a node's RSS climbs (README, "Soak").
+# Evaluated when a recipe runs (after `make jemalloc`); empty, so glibc, where it is missing.
+PRELOAD = LD_PRELOAD=$$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -n 1)
 
-.PHONY: install prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp
+.PHONY: install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp
 
 install: $(STAMPS)/install
 
@@ -37,8 +41,8 @@ protos: install
 tiny-models: install
 	$(BIN)/python tests/tiny_models.py --out artifacts/tiny
 
-serve: prepare
-	$(BIN)/bentoml serve services.graph:InferenceGraph --arg-file configs/$(CONFIG).yaml --port $(PORT)
+serve: prepare jemalloc
+	$(PRELOAD) $(BIN)/bentoml serve services.graph:InferenceGraph --arg-file configs/$(CONFIG).yaml --port $(PORT)
 
 # Fine-tune a generator on document files and save it to the model store (README: "Fine-tune and serve").
 # Another run: make train TRAIN_CONFIG=... or TRAIN_ARGS="--max-steps 10 --output-dir artifacts/train/x".
@@ -48,7 +52,7 @@ train: install
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/python scripts/train.py --config $(TRAIN_CONFIG) $(TRAIN_ARGS)
 
-test: install tiny-models browser postgres
+test: install tiny-models browser postgres jemalloc
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/python -m pytest -q tests
 
@@ -56,23 +60,23 @@ test: install tiny-models browser postgres
 # node alone against plain model.generate (1 and 64 streams, ms/token). About 15 minutes on 2 cores.
 bench: bench-graph bench-node
 
-bench-graph: prepare
-	$(BIN)/python scripts/bench_graph.py
+bench-graph: prepare jemalloc
+	$(PRELOAD) $(BIN)/python scripts/bench_graph.py
 
 # Every runtime option of a generator node (float32, bfloat16, dynamic int8, weight-only int8/int4,
 # compiled) for SmolLM2 and Gemma 3: speed at 1/16/64 streams, perplexity, greedy agreement, and
 # llama.cpp on the same GGUF files (built once by `make llama-cpp`, ~25 min). About 40 minutes.
-bench-node: prepare llama-cpp
-	$(BIN)/python scripts/bench_node.py --threads 2
+bench-node: prepare llama-cpp jemalloc
+	$(PRELOAD) $(BIN)/python scripts/bench_node.py --threads 2
 
 # The engine against plain model.generate (the earlier node benchmark).
-bench-engine: prepare
-	$(BIN)/python scripts/bench_engine.py smollm2-135m-instruct --threads 2 --concurrency 1,64
+bench-engine: prepare jemalloc
+	$(PRELOAD) $(BIN)/python scripts/bench_engine.py smollm2-135m-instruct --threads 2 --concurrency 1,64
 
 # Every graph policy of configs/default.yaml on bench/policy_prompts.txt: score, tokens, p50/p95, a chart
 # (docs/policies.png). About 5 minutes on 2 cores.
-bench-policies: prepare
-	$(BIN)/python scripts/bench_policies.py
+bench-policies: prepare jemalloc
+	$(PRELOAD) $(BIN)/python scripts/bench_policies.py
 
 llama-cpp: install
 	PIP=$(BIN)/pip sh scripts/build_llama_cpp.sh
@@ -80,8 +84,16 @@ llama-cpp: install
 # 16 clients for 10 minutes against a real `bentoml serve` of CONFIG: requests, errors, worker RSS.
 SOAK_S ?= 600
 SOAK_CLIENTS ?= 16
-soak: prepare
-	$(BIN)/python scripts/soak.py --config configs/$(CONFIG).yaml --seconds $(SOAK_S) --clients $(SOAK_CLIENTS)
+soak: prepare jemalloc
+	$(PRELOAD) $(BIN)/python scripts/soak.py --config configs/$(CONFIG).yaml --seconds $(SOAK_S) --clients $(SOAK_CLIENTS)
+
+# Debian's jemalloc for the served processes (see PRELOAD); only when missing. Not fatal: without it
+# the nodes run on glibc's malloc and say so in their start-up log.
+jemalloc:
+	@ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y libjemalloc2 || \
+	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y libjemalloc2; } || \
+	  echo "make jemalloc: libjemalloc2 could not be installed; serving on glibc malloc (README, Soak)"
 
 # Debian's chromium for tests/shipping/test_browser.py (Playwright never downloads its own); only when missing.
 browser: $(CHROMIUM)

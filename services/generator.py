@@ -10,6 +10,7 @@ from typing import Any, AsyncGenerator
 
 import bentoml
 
+from graph.memory import allocator, describe as describe_memory
 from graph.chat_format import ChatPrompt, Prompt
 from graph.config import GeneratorNode
 from graph.errors import GraphError
@@ -84,6 +85,7 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
             log.info("node %s loaded %s in %.1fs (%s, torch threads: %s)", name, node.model.describe(),
                      time.time() - start, str(getattr(self.engine.model, "dtype", "?")).replace("torch.", ""),
                      threads or "all cores")
+            (log.warning if allocator() == "glibc" else log.info)("node %s memory: %s", name, describe_memory())
 
         @bentoml.on_shutdown
         def shutdown(self) -> None:

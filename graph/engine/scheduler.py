@@ -15,13 +15,12 @@ Reliability (issue #13):
 - Shedding: with `max_wait_s`, a request whose expected wait for rows (the measured step time x the
   work queued ahead of it / the batch size) is above the bound gets Overloaded at once.
 - Memory: `max_kv_mb` bounds the KV cache admission may build up; after a second idle the decode
-  thread returns freed heap memory to the OS (glibc malloc_trim).
+  thread returns freed heap memory to the OS (glibc malloc_trim; graph/memory.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
 import math
 import threading
@@ -37,6 +36,7 @@ from graph.engine.kvcache import BatchKVCache
 from graph.params import GenerationParams
 from graph.results import FinishReason, GenerationResult, TokenLogprob, TopLogprob
 from graph.engine.runner import ModelRunner, release_openmp_pool
+from graph.memory import malloc_trim
 from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
 
 log = logging.getLogger(__name__)
@@ -48,17 +48,6 @@ PREFILL_TOKEN_BUDGET = 4096
 RIGHT_ROOM = 256
 # Idle this long (no rows, nothing waiting): give freed heap memory back to the OS once.
 IDLE_TRIM_S = 1.0
-
-
-def malloc_trim() -> bool:
-    """glibc's malloc_trim(0): return the free memory of every malloc arena to the OS. Freed KV
-    buffers and logits otherwise stay in the process (glibc raises its mmap threshold after large
-    frees, so later large tensors come from arenas that only shrink from the top). False where
-    there is no glibc."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
 
 
 class Request:
