@@ -70,6 +70,7 @@ class Soak:
         self.latencies: list[float] = []
         self.kinds: Counter[str] = Counter()
         self.errors: list[str] = []
+        self.node_samples: list[tuple[float, dict]] = []  # (seconds since start, /node_stats)
 
     async def one(self, client: httpx.AsyncClient, rng: random.Random) -> None:
         kind = rng.choices(["generate_score", "generate", "stream"], weights=[6, 2, 2])[0]
@@ -107,15 +108,34 @@ class Soak:
         until = start + self.seconds
 
         async def sample() -> None:
-            while True:
-                t = time.monotonic() - start
-                for name, pid in pids.items():
-                    samples[name].append((t, rss_mb(pid)))
-                await asyncio.sleep(2)
+            async with httpx.AsyncClient(base_url=self.server.url, timeout=30) as client:
+                n = 0
+                while True:
+                    t = time.monotonic() - start
+                    for name, pid in pids.items():
+                        samples[name].append((t, rss_mb(pid)))
+                    if n % 5 == 0:  # every 10 s: each node's rows and KV cache, to set beside its RSS
+                        try:
+                            stats = (await client.post("/node_stats", json={})).json()
+                            self.node_samples.append((t, stats))
+                        except (httpx.HTTPError, ValueError):
+                            pass
+                    n += 1
+                    await asyncio.sleep(2)
 
         sampler = asyncio.create_task(sample())
         await asyncio.gather(*(self.client(i, until) for i in range(self.clients)))
         sampler.cancel()
+
+
+def per_minute(values: list[tuple[float, float]], seconds: float) -> str:
+    """The peak of each minute of (seconds, value) samples: a leak climbs minute after minute."""
+    peaks = []
+    for m in range(0, int(seconds // 60) + 1):
+        vals = [v for t, v in values if m * 60 <= t < (m + 1) * 60]
+        if vals:
+            peaks.append(f"{max(vals):.0f}")
+    return " ".join(peaks)
 
 
 def main() -> None:
@@ -155,13 +175,13 @@ def main() -> None:
     print(f"{'worker RSS MB':<28}{'start':>8}{'peak':>8}{'load end':>10}{'end':>8}   per minute")
     for name in pids:
         peak = max([v for _, v in samples[name]] + [after_load[name]])
-        minutes = []
-        for m in range(0, int(args.seconds // 60) + 1):
-            vals = [v for t, v in samples[name] if m * 60 <= t < (m + 1) * 60]
-            if vals:
-                minutes.append(f"{max(vals):.0f}")
         print(f"{name:<28}{start_rss[name]:>8.0f}{peak:>8.0f}{after_load[name]:>10.0f}{end_rss[name]:>8.0f}   "
-              + " ".join(minutes))
+              + per_minute(samples[name], args.seconds))
+    print("per-minute peaks of each node's gauges (/node_stats every 10 s):")
+    for node in stats:
+        for gauge in ("active_rows", "kv_mb", "kv_buffer_mb"):
+            values = [(t, float(s[node].get(gauge, 0))) for t, s in soak.node_samples if node in s]
+            print(f"  {node + ' ' + gauge:<26}" + per_minute(values, args.seconds))
     for node, s in stats.items():
         keys = ("requests_total", "rejected_total", "failed_rows_total", "malloc_trims_total", "step_ms")
         print(f"node {node}: " + ", ".join(f"{k}={s.get(k, 0):g}" for k in keys))

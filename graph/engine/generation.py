@@ -213,12 +213,15 @@ class GenerationEngine:
         (accepted), batch_steps_total (decode forwards), prefill_steps_total, cancelled_total (rows),
         rejected_total (Overloaded), shed_total (of those, refused for max_wait_s), failed_rows_total
         (rows failed alone), malloc_trims_total; gauges: active_rows, queued_requests, step_ms
-        (moving average), kv_mb (KV cache held now)."""
+        (moving average), kv_mb (the live rows' part of the KV cache), kv_buffer_mb (the KV buffers as
+        allocated: every row slot x the buffer's columns; untouched pages of it cost no RSS)."""
         s = self._scheduler
         cache = s._cache
         kv = s.kv_bytes(len(s.rows), cache.length) if cache is not None else 0
+        buffer = s.kv_bytes(cache.row_capacity, cache.capacity) if cache is not None else 0
         return {**s.counters, "active_rows": len(s.rows), "queued_requests": s.queued(),
-                "step_ms": round(s.step_s * 1000, 3), "kv_mb": round(kv / 2**20, 3)}
+                "step_ms": round(s.step_s * 1000, 3), "kv_mb": round(kv / 2**20, 3),
+                "kv_buffer_mb": round(buffer / 2**20, 3)}
 
     def _fit(
         self, prompt: str | list[int] | ChatPrompt, params: GenerationParams

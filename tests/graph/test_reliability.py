@@ -224,3 +224,23 @@ def test_idle_engine_trims_the_heap(eng):
         time.sleep(0.1)
     assert eng.stats()["malloc_trims_total"] == before + 1
     assert eng.stats()["kv_mb"] == 0
+
+
+def test_kv_gauges_show_the_live_part_and_the_whole_buffer(eng):
+    """kv_mb is the live rows' part; kv_buffer_mb the buffers as allocated (every row slot x the buffer's
+    columns): what a busy node's RSS converges to above its idle size (README, Soak). Both 0 when idle."""
+
+    async def during():
+        seen = None
+        async for _ in eng.stream(LONG, GP(max_new_tokens=40)):
+            if seen is None and eng.stats()["active_rows"]:
+                s = eng._scheduler
+                seen = (eng.stats(), round(s.kv_bytes(s.max_batch_size, s._cache.capacity) / 2**20, 3))
+        return seen
+
+    stats, whole = run(during())
+    assert 0 < stats["kv_mb"] < stats["kv_buffer_mb"] == whole
+    deadline = time.time() + 5
+    while eng.stats()["kv_buffer_mb"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert eng.stats()["kv_mb"] == eng.stats()["kv_buffer_mb"] == 0
