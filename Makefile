@@ -65,7 +65,7 @@ bench-graph: prepare jemalloc
 
 # Every runtime option of a generator node (float32, bfloat16, dynamic int8, weight-only int8/int4,
 # compiled) for SmolLM2 and Gemma 3: speed at 1/16/64 streams, perplexity, greedy agreement, and
-# llama.cpp on the same GGUF files (built once by `make llama-cpp`, ~25 min). About 40 minutes.
+# llama.cpp on the same GGUF files (built once by `make llama-cpp`, ~25 min). About 35-40 minutes.
 bench-node: prepare llama-cpp jemalloc
 	$(PRELOAD) $(BIN)/python scripts/bench_node.py --threads 2
 
