@@ -1,9 +1,10 @@
 """Per-node speed and quality of every runtime option, beside llama.cpp on the same GGUF files.
 
     .venv/bin/python scripts/bench_node.py [--models smollm2-135m-instruct,gemma-3-270m] [--threads 2]
-        [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile] [--quick]
+        [--runtimes float32,bfloat16,bfloat16@throughput,int8,int8_weight,int4_weight,int8_weight+compile]
 
-For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile), one
+For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile; "@throughput"
+is `optimize: throughput`, which runs one-token attention as matrix products), one
 engine (graph/engine) runs greedy, prompts of exactly --prompt-tokens tokens, --new-tokens new
 tokens each, and prints: ms/token of a single stream, tokens/s at 1, 16 and 64 streams (generated
 tokens over wall time, prefill included), start-up (load + warm-up) seconds, perplexity on
@@ -38,7 +39,7 @@ import torch  # noqa: E402
 
 from graph.config import ModelRef, RuntimeConfig  # noqa: E402
 from graph.engine import GenerationEngine  # noqa: E402
-from graph.models.runtimes import QUALITY_BOUND, cpu_description, cpu_kind  # noqa: E402
+from graph.models.runtimes import QUALITY_BOUND, choose, cpu_description, cpu_kind  # noqa: E402
 from graph.params import GenerationParams  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +50,8 @@ AGREE_PROMPTS = ["The capital of France is", "Once upon a time, in a small villa
 RUNTIMES = {
     "float32": RuntimeConfig(dtype="float32"),
     "bfloat16": RuntimeConfig(dtype="bfloat16"),
+    "bfloat16@throughput": RuntimeConfig(dtype="bfloat16", optimize="throughput"),
+    "int4_weight@throughput": RuntimeConfig(quantize="int4_weight", dtype="bfloat16", optimize="throughput"),
     "int8": RuntimeConfig(quantize="int8", dtype="float32"),
     "int8_weight": RuntimeConfig(quantize="int8_weight", dtype="bfloat16"),
     "int4_weight": RuntimeConfig(quantize="int4_weight", dtype="bfloat16"),
@@ -139,13 +142,21 @@ def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids) -> dict
 
     t0 = time.perf_counter()
     model, tok = load_causal_lm(ModelRef(path=path), runtime)
+    loaded = time.perf_counter() - t0
+    # Perplexity runs here, on this thread, before the engine starts: the engine's start dismisses
+    # this thread's OpenMP pool (graph/engine/runner.py:release_openmp_pool). Run after the start,
+    # it would make a second pool beside the decode thread's and every decode step would wake its
+    # threads through futexes: measured on SmolLM2 int4_weight, 17.2 -> 30.7 ms/token and 257 ->
+    # 233 tokens/s at 64 streams (the figures of the README's run before this fix).
+    ppl = perplexity(model, tok)
+    t1 = time.perf_counter()
     engine = GenerationEngine(model, tok, name=name, max_batch_size=max(args.levels), max_queue=1024,
                               threads=args.threads, max_prompt_tokens=128, compile=runtime.compile)
     engine.warmup(timeout=900)
-    startup = time.perf_counter() - t0
+    startup = loaded + time.perf_counter() - t1
     warm_compiles = getattr(engine._runner, "compiles", None)
     texts = fixed_prompts(tok, max(args.levels), args.prompt_tokens)
-    out: dict = {"startup_s": startup, "ppl": perplexity(model, tok)}
+    out: dict = {"startup_s": startup, "ppl": ppl}
 
     async def run() -> None:
         out["greedy"] = await greedy_ids(engine, AGREE_PROMPTS, 32)
@@ -197,7 +208,8 @@ def llama_cpp(gguf: Path, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m")
-    ap.add_argument("--runtimes", default="float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile")
+    ap.add_argument("--runtimes", default="float32,bfloat16,bfloat16@throughput,int8,int8_weight,int4_weight,"
+                    "int8_weight+compile")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -237,6 +249,16 @@ def main() -> None:
                     f"{r[c] / theirs.get(c, theirs.get('tg1') if c == 1 else float('nan')):>9.2f}" for c in args.levels)
                 print(f"  {rt:<20}{'':>8}{theirs.get('ms', float('nan')) / r['ms']:>8.2f}" + cells)
         print(f"('!': perplexity more than {QUALITY_BOUND:.0%} above float32; never picked by quantize: auto)")
+        passing = {rt: r for rt, r in rows.items() if not base_ppl or r["ppl"] <= base_ppl * (1 + QUALITY_BOUND)}
+        if passing:
+            busiest = max(args.levels)
+            fastest = {"latency": min(passing, key=lambda rt: passing[rt]["ms"]),
+                       "throughput": max(passing, key=lambda rt: passing[rt][busiest])}
+            picks = {goal: choose(model=name, goal=goal)[1] for goal in fastest}
+            print(f"fastest within the bound: latency (ms/tok) {fastest['latency']}, throughput ({busiest} str) "
+                  f"{fastest['throughput']}; quantize: auto picks on this CPU: "
+                  + ", ".join(f"{goal} {c.quantize if c.quantize != 'none' else c.dtype}"
+                              + ("@throughput" if goal == "throughput" else "") for goal, c in picks.items()))
 
 
 if __name__ == "__main__":

@@ -127,11 +127,11 @@ def resolve_runtime(runtime: Optional[RuntimeConfig] = None, *, name: str = "mod
         from graph.models.runtimes import choose, cpu_description
 
         key = "" if model is None else (model.ref if model.kind == "embedded" else model.ref.split(":")[0])
-        kind, choice = choose(model=key)
+        kind, choice = choose(model=key, goal=runtime.optimize)
         updates = dict(dtype=choice.dtype, quantize=choice.quantize, compile=runtime.compile or choice.compile)
-        log.warning("%s: runtime auto on %s (CPU kind %s): dtype %s, quantize %s, compile %s -- %s",
-                    name, cpu_description(), kind, updates["dtype"], updates["quantize"], updates["compile"],
-                    choice.why)
+        log.warning("%s: runtime auto for %s on %s (CPU kind %s): dtype %s, quantize %s, compile %s -- %s",
+                    name, runtime.optimize, cpu_description(), kind, updates["dtype"], updates["quantize"],
+                    updates["compile"], choice.why)
     elif runtime.dtype == "auto":
         updates["dtype"] = "float32" if runtime.quantize == "int8" else native_dtype()
     return runtime.model_copy(update=updates) if updates else runtime
@@ -164,6 +164,10 @@ def load_causal_lm(
     tokenizer.padding_side = "left"
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if runtime.optimize == "throughput":
+        from graph.models import attention
+
+        model.set_attn_implementation(attention.NAME)  # one-token steps as matrix products (faster in big batches)
     if runtime.quantize == "int8":
         model = quantize_int8(model)
     elif runtime.quantize in ("int8_weight", "int4_weight"):

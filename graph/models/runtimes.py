@@ -1,7 +1,8 @@
 """What `runtime: {quantize: auto}` picks on this CPU: a table measured by `make bench-node`.
 
 The choice is made from a table, not by timing at start-up: start-up stays short and two replicas
-on the same kind of machine make the same choice. Each entry is the fastest option that
+on the same kind of machine make the same choice. Each entry is the fastest option, for one goal
+(`runtime.optimize`: latency = one stream, throughput = 16-64 streams), that
 scripts/bench_node.py measured on a machine of that CPU kind whose perplexity on
 bench/heldout.txt stayed within QUALITY_BOUND of float32 (options above the bound are never
 entered here). Where a kind was never measured, the entry says so and falls back to the measured
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 QUALITY_BOUND = 0.03  # perplexity at most 3% above float32's
 
@@ -29,33 +30,49 @@ class Choice:
     models: Optional[frozenset[str]] = None  # measured within the bound for these models only; None = any
 
 
-# Measured with `make bench-node` (SmolLM2-135M-Instruct, 2 threads); see README "Performance".
-# Dynamic int8 (`quantize: int8`) is never entered: on SmolLM2 its perplexity on bench/heldout.txt
-# was +232% over float32 (68.4 vs 20.6; greedy agreement 7%), far outside the bound. The compiled
-# step is not entered either: it measured no faster than eager on the AVX-512 EPYC (int4 weights:
-# 35.6 vs 28.7 ms/token, 178 vs 159 tokens/s at 64 streams: within the noise of a shared machine)
-# and its warm-up is minutes there.
+Goal = Literal["latency", "throughput"]
+
+# Measured with `make bench-node` (SmolLM2-135M-Instruct and Gemma 3 270M, 2 threads); see README
+# "Performance". Dynamic int8 (`quantize: int8`) is never entered: its perplexity on
+# bench/heldout.txt was +232% over float32 on SmolLM2 (+93% on Gemma), far outside the bound. The
+# compiled step is not entered either: it measured no faster than eager on the AVX-512 EPYC and its
+# warm-up is minutes there.
+#
+# Two goals (`runtime.optimize`), because the fastest option depends on the batch: ATen's
+# weight-only kernels read a quarter (int4) or half (int8) of bfloat16's bytes, which is what a
+# single stream waits on, but they unpack the weights again for every row block, so with 16-64 rows
+# in the batch plain bfloat16 matrix products (oneDNN) are faster.
 SMOLLM2 = frozenset({"smollm2-135m-instruct"})
-# kind -> choices, fastest first; the first whose `models` admits the node's model is taken.
-TABLE: dict[str, tuple[Choice, ...]] = {
-    "amx": (Choice("bfloat16", "none", False,
-                   "measured on Intel with AMX (make bench-engine): bfloat16 32 ms/token single stream, "
-                   "436 tokens/s at 64 streams; weight-only int4 not measured there yet"),),
-    "avx512_bf16": (
-        Choice("bfloat16", "int4_weight", False,
-               "measured on AMD EPYC with AVX-512 + AVX512-BF16 (make bench-node): SmolLM2 with int4 weights "
-               "and bfloat16 activations 2.6x float32 at one stream, perplexity -0.2%", SMOLLM2),
-        Choice("bfloat16", "int8_weight", False,
-               "measured on AMD EPYC with AVX-512 + AVX512-BF16 (make bench-node): int8 weights, bfloat16 "
-               "activations: about 2x float32 at one stream, perplexity +0.2% (SmolLM2) / +0.4% (Gemma 3; "
-               "its int4 was +27%, outside the bound)"),
-    ),
-    "avx512": (Choice("float32", "none", False,
-                      "not measured; AVX-512 without bfloat16: the weight-only kernels' bfloat16 activations "
-                      "are emulated there, so float32 as on avx2"),),
-    "avx2": (Choice("float32", "none", False,
-                    "measured on AMD EPYC with AVX2 only (MODELS.md): ATen weight-only kernels slower than "
-                    "float32; dynamic int8 2x faster but fails the perplexity bound (+232% on SmolLM2)"),),
+_EPYC = "measured on AMD EPYC with AVX-512 + AVX512-BF16 (make bench-node, 2 threads)"
+_AMX = Choice("bfloat16", "none", False,
+              "measured on Intel with AMX (make bench-engine): bfloat16 32 ms/token single stream, "
+              "436 tokens/s at 64 streams; weight-only int4 not measured there yet")
+_FLOAT32_AVX2 = Choice("float32", "none", False,
+                       "measured on AMD EPYC with AVX2 only (MODELS.md): ATen weight-only kernels slower than "
+                       "float32; dynamic int8 2x faster but fails the perplexity bound (+232% on SmolLM2)")
+_FLOAT32_AVX512 = Choice("float32", "none", False,
+                         "not measured; AVX-512 without bfloat16: the weight-only kernels' bfloat16 activations "
+                         "are emulated there, so float32 as on avx2")
+# kind -> goal -> choices, fastest first; the first whose `models` admits the node's model is taken.
+TABLE: dict[str, dict[Goal, tuple[Choice, ...]]] = {
+    "amx": {"latency": (_AMX,), "throughput": (_AMX,)},
+    "avx512_bf16": {
+        "latency": (
+            Choice("bfloat16", "int4_weight", False,
+                   f"{_EPYC}: SmolLM2 with int4 weights and bfloat16 activations the fastest single stream "
+                   "(17 ms/token; bfloat16 33, float32 58), perplexity -0.2%", SMOLLM2),
+            Choice("bfloat16", "int8_weight", False,
+                   f"{_EPYC}: int8 weights, bfloat16 activations: the fastest single stream within the bound, "
+                   "perplexity +0.2% (SmolLM2) / +0.4% (Gemma 3; its int4 was +27%, outside the bound)"),
+        ),
+        "throughput": (
+            Choice("bfloat16", "none", False,
+                   f"{_EPYC}: bfloat16 the most tokens/s at 16 and 64 streams on both models (SmolLM2 458 "
+                   "tokens/s at 64 against 257 with int4 weights), perplexity +0.1% / +0.5%"),
+        ),
+    },
+    "avx512": {"latency": (_FLOAT32_AVX512,), "throughput": (_FLOAT32_AVX512,)},
+    "avx2": {"latency": (_FLOAT32_AVX2,), "throughput": (_FLOAT32_AVX2,)},
 }
 
 
@@ -94,8 +111,9 @@ def cpu_description(flags: Optional[set[str]] = None) -> str:
     return f"{model}; {', '.join(have) or 'no AVX2'}" + (f"; no {', no '.join(missing)}" if missing else "")
 
 
-def choose(flags: Optional[set[str]] = None, model: str = "") -> tuple[str, Choice]:
-    """(CPU kind, the first choice for it measured within the bound for `model`: an embedded
-    model's name or a store tag's name; unknown models get the choices measured on every model)."""
+def choose(flags: Optional[set[str]] = None, model: str = "", goal: Goal = "latency") -> tuple[str, Choice]:
+    """(CPU kind, the first choice for it and `goal` measured within the bound for `model`: an
+    embedded model's name or a store tag's name; unknown models get the choices measured on every
+    model)."""
     kind = cpu_kind(flags)
-    return kind, next(c for c in TABLE[kind] if c.models is None or model in c.models)
+    return kind, next(c for c in TABLE[kind][goal] if c.models is None or model in c.models)
