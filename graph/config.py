@@ -87,7 +87,7 @@ class RuntimeConfig(_Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = Field("float32", description="auto = bfloat16 with AVX512-BF16/AMX.")
     compile: bool = Field(False, description="torch.compile the decode step on shape buckets (graph/engine/compiled.py).")
     optimize: Literal["latency", "throughput"] = Field("latency", description="latency = fastest single stream; "
-        "throughput = most tokens/s at 16-64 rows (quantize: auto's pick; graph/models/attention.py).")
+        "throughput = most tokens/s at 16-64 rows: what quantize: auto picks (graph/models/runtimes.py).")
 
     @model_validator(mode="after")
     def _int8_is_float32(self) -> "RuntimeConfig":

@@ -1,10 +1,9 @@
 """Per-node speed and quality of every runtime option, beside llama.cpp on the same GGUF files.
 
     .venv/bin/python scripts/bench_node.py [--models smollm2-135m-instruct,gemma-3-270m] [--threads 2]
-        [--runtimes float32,bfloat16,bfloat16@throughput,int8,int8_weight,int4_weight,int8_weight+compile]
+        [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile]
 
-For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile; "@throughput"
-is `optimize: throughput`, which runs one-token attention as matrix products), one
+For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile), one
 engine (graph/engine) runs greedy, prompts of exactly --prompt-tokens tokens, --new-tokens new
 tokens each, and prints: ms/token of a single stream, tokens/s at 1, 16 and 64 streams (generated
 tokens over wall time, prefill included), start-up (load + warm-up) seconds, perplexity on
@@ -50,8 +49,6 @@ AGREE_PROMPTS = ["The capital of France is", "Once upon a time, in a small villa
 RUNTIMES = {
     "float32": RuntimeConfig(dtype="float32"),
     "bfloat16": RuntimeConfig(dtype="bfloat16"),
-    "bfloat16@throughput": RuntimeConfig(dtype="bfloat16", optimize="throughput"),
-    "int4_weight@throughput": RuntimeConfig(quantize="int4_weight", dtype="bfloat16", optimize="throughput"),
     "int8": RuntimeConfig(quantize="int8", dtype="float32"),
     "int8_weight": RuntimeConfig(quantize="int8_weight", dtype="bfloat16"),
     "int4_weight": RuntimeConfig(quantize="int4_weight", dtype="bfloat16"),
@@ -208,8 +205,7 @@ def llama_cpp(gguf: Path, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m")
-    ap.add_argument("--runtimes", default="float32,bfloat16,bfloat16@throughput,int8,int8_weight,int4_weight,"
-                    "int8_weight+compile")
+    ap.add_argument("--runtimes", default="float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -257,8 +253,7 @@ def main() -> None:
             picks = {goal: choose(model=name, goal=goal)[1] for goal in fastest}
             print(f"fastest within the bound: latency (ms/tok) {fastest['latency']}, throughput ({busiest} str) "
                   f"{fastest['throughput']}; quantize: auto picks on this CPU: "
-                  + ", ".join(f"{goal} {c.quantize if c.quantize != 'none' else c.dtype}"
-                              + ("@throughput" if goal == "throughput" else "") for goal, c in picks.items()))
+                  + ", ".join(f"{goal} {c.quantize if c.quantize != 'none' else c.dtype}" for goal, c in picks.items()))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from graph.models import attention
 from graph.engine.kvcache import BatchKVCache
 
 Mask = Any  # a 4-D tensor, or a dict of them keyed by layer type
@@ -51,8 +50,8 @@ class ModelRunner:
         cfg = model.config.get_text_config(decoder=True)
         self.num_layers: int = cfg.num_hidden_layers
         self.max_positions: Optional[int] = getattr(cfg, "max_position_embeddings", None)
-        if model.config._attn_implementation not in ("sdpa", "eager", attention.NAME):
-            model.set_attn_implementation("sdpa")  # graph.models.attention.NAME: runtime optimize: throughput
+        if model.config._attn_implementation not in ("sdpa", "eager"):
+            model.set_attn_implementation("sdpa")
         self._eager = model.config._attn_implementation == "eager"
         self._windows = _attention_windows(cfg)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters

@@ -164,10 +164,6 @@ def load_causal_lm(
     tokenizer.padding_side = "left"
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if runtime.optimize == "throughput":
-        from graph.models import attention
-
-        model.set_attn_implementation(attention.NAME)  # one-token steps as matrix products (faster in big batches)
     if runtime.quantize == "int8":
         model = quantize_int8(model)
     elif runtime.quantize in ("int8_weight", "int4_weight"):

@@ -41,7 +41,10 @@ Goal = Literal["latency", "throughput"]
 # Two goals (`runtime.optimize`), because the fastest option depends on the batch: ATen's
 # weight-only kernels read a quarter (int4) or half (int8) of bfloat16's bytes, which is what a
 # single stream waits on, but they unpack the weights again for every row block, so with 16-64 rows
-# in the batch plain bfloat16 matrix products (oneDNN) are faster.
+# in the batch plain bfloat16 matrix products (oneDNN) are faster. (Tried and dropped for throughput:
+# one-token attention as two matrix products instead of SDPA, 2-3.5x faster per layer on contiguous
+# keys, but slower than SDPA on the KV cache's strided views: 64 streams with 256-token prompts
+# 149-161 -> 118-123 tokens/s.)
 SMOLLM2 = frozenset({"smollm2-135m-instruct"})
 _EPYC = "measured on AMD EPYC with AVX-512 + AVX512-BF16 (make bench-node, 2 threads)"
 _AMX = Choice("bfloat16", "none", False,
@@ -60,15 +63,16 @@ TABLE: dict[str, dict[Goal, tuple[Choice, ...]]] = {
         "latency": (
             Choice("bfloat16", "int4_weight", False,
                    f"{_EPYC}: SmolLM2 with int4 weights and bfloat16 activations the fastest single stream "
-                   "(17 ms/token; bfloat16 33, float32 58), perplexity -0.2%", SMOLLM2),
+                   "(17.2 ms/token; bfloat16 33.6, float32 61.9), perplexity -0.2%", SMOLLM2),
             Choice("bfloat16", "int8_weight", False,
                    f"{_EPYC}: int8 weights, bfloat16 activations: the fastest single stream within the bound, "
                    "perplexity +0.2% (SmolLM2) / +0.4% (Gemma 3; its int4 was +27%, outside the bound)"),
         ),
         "throughput": (
             Choice("bfloat16", "none", False,
-                   f"{_EPYC}: bfloat16 the most tokens/s at 16 and 64 streams on both models (SmolLM2 458 "
-                   "tokens/s at 64 against 257 with int4 weights), perplexity +0.1% / +0.5%"),
+                   f"{_EPYC}: bfloat16 the most tokens/s at 16 and 64 streams on both models (SmolLM2 470 "
+                   "tokens/s at 64 against 281 with int4 weights, Gemma 272 against 129 with int8 weights), "
+                   "perplexity +0.1% / +0.5%"),
         ),
     },
     "avx512": {"latency": (_FLOAT32_AVX512,), "throughput": (_FLOAT32_AVX512,)},
