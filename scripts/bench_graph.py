@@ -395,8 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     data = {"meta": meta, "results": {k: [asdict(r) for r in v] for k, v in results.items()}}
     (out / "graph_vs_baseline.json").write_text(json.dumps(data, indent=1))
     plot(results, out / "graph_vs_baseline.png")
-    print(f"wrote {(out / 'graph_vs_baseline.json').relative_to(ROOT)} and "
-          f"{(out / 'graph_vs_baseline.png').relative_to(ROOT)} in {(time.time() - started) / 60:.1f} min")
+    print(f"wrote {out / 'graph_vs_baseline.json'} and {out / 'graph_vs_baseline.png'} "
+          f"in {(time.time() - started) / 60:.1f} min")
     return 0
 
 
