@@ -135,7 +135,11 @@ def test_deadline_answers_in_time_with_what_it_has(graph, name):
     assert out.finish_reason == "time"
     assert out.trace.budget is not None and out.trace.budget.deadline_ms == 600
     assert 0 < out.trace.budget.generate_ms < 600 and out.trace.budget.score_ms > 0
-    assert any(c.finish_reason == "time" for c in out.candidates)
+    cut = any(c.finish_reason == "time" for c in out.candidates)
+    # a cascade whose first stage ended on its own (tiny_a stops after ~400 sampled tokens) may have had no
+    # time left for the next stage: it is then skipped, and that is what cut the answer short
+    skipped = name == "never" and out.trace.nodes_run == ["tiny_a"]
+    assert cut or skipped, (out.trace.nodes_run, [(c.model, c.finish_reason) for c in out.candidates])
     assert all(c.completion_tokens < 900 for c in out.candidates)
     assert out.trace.elapsed_ms < 600 + 2000  # generous: the machine is shared
 
