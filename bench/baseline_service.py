@@ -58,9 +58,9 @@ class PipelineGenerator:
     @bentoml.api
     def generate(self, sentence: str, max_new_tokens: int = 16) -> Completion:
         # return_tensors gives the ids, so completion_tokens is exact; the text is decoded from them.
-        ids: list[int] = self.pipe(
-            sentence, max_new_tokens=max_new_tokens, do_sample=False, return_tensors=True
-        )[0]["generated_token_ids"]
+        ids: list[int] = self.pipe(sentence, max_new_tokens=max_new_tokens, do_sample=False, return_tensors=True)[0][
+            "generated_token_ids"
+        ]
         prompt_len = self.pipe.preprocess(sentence)["input_ids"].shape[-1]  # the pipeline's own encoding
         completion = self.pipe.tokenizer.decode(ids[prompt_len:], skip_special_tokens=True)
         return Completion(generated=sentence + completion, completion_tokens=len(ids) - prompt_len)
@@ -81,8 +81,8 @@ class MiniLMClassifier:
     """The project's zero-shot classifier with configs/default.yaml's labels, one text per call."""
 
     def __init__(self) -> None:
-        from graph.models.classifier import ZeroShotEmbeddingClassifier
         from graph.config import load_config
+        from graph.models.classifier import ZeroShotEmbeddingClassifier
         from graph.models.embedded import folder_path
 
         node = load_config(DEFAULT_CONFIG).classifier
@@ -90,7 +90,9 @@ class MiniLMClassifier:
         self.classifier = ZeroShotEmbeddingClassifier(
             transformers.AutoModel.from_pretrained(path),
             transformers.AutoTokenizer.from_pretrained(path),
-            labels=node.labels, score_label=node.score_label, temperature=node.temperature,
+            labels=node.labels,
+            score_label=node.score_label,
+            temperature=node.temperature,
             max_length=node.max_length,
         )
 
@@ -119,6 +121,7 @@ class BaselineGraph:
         for name, out in zip(names, outs):
             out = Completion.model_validate(out)
             score = await self.classifier.to_async.classify_generated_text(sentence=out.generated)
-            items.append(BaselineItem(model=name, generated=out.generated, score=score,
-                                      completion_tokens=out.completion_tokens))
+            items.append(
+                BaselineItem(model=name, generated=out.generated, score=score, completion_tokens=out.completion_tokens)
+            )
         return items

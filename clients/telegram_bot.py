@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 from pydantic import TypeAdapter, ValidationError
@@ -65,7 +65,7 @@ class GraphClient:
         except ValidationError:
             raise GraphReplyError(f"the graph answered HTTP {r.status_code}") from None
 
-    async def chat(self, user_id: str, message: str, model: Optional[str]) -> ChatReply:
+    async def chat(self, user_id: str, message: str, model: str | None) -> ChatReply:
         body = {"user_id": user_id, "message": message, **({"model": model} if model else {})}
         return ChatReply.model_validate(await self._post("/chat", body))
 
@@ -98,8 +98,11 @@ def build_app(token: str, graph_url: str, api_url: str = "https://api.telegram.o
     app = ApplicationBuilder().token(token).base_url(f"{api}/bot").base_file_url(f"{api}/file/bot").build()
 
     async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        await say(update, "Hello! Send me a message and a model of the graph answers; it remembers this chat.\n"
-                          "/reset forgets it, /model <name> picks the model, /score <text> asks every model.")
+        await say(
+            update,
+            "Hello! Send me a message and a model of the graph answers; it remembers this chat.\n"
+            "/reset forgets it, /model <name> picks the model, /score <text> asks every model.",
+        )
 
     async def reset(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         gone = await graph.forget(session_id(update))
@@ -148,13 +151,17 @@ def build_app(token: str, graph_url: str, api_url: str = "https://api.telegram.o
     return app
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--token", default=os.environ.get("TELEGRAM_BOT_TOKEN"), help="BotFather's token "
-                   "(default: $TELEGRAM_BOT_TOKEN)")
+    p.add_argument(
+        "--token", default=os.environ.get("TELEGRAM_BOT_TOKEN"), help="BotFather's token (default: $TELEGRAM_BOT_TOKEN)"
+    )
     p.add_argument("--graph-url", default=os.environ.get("GRAPH_URL", "http://127.0.0.1:3000"))
-    p.add_argument("--api-url", default=os.environ.get("TELEGRAM_API_URL", "https://api.telegram.org"),
-                   help="Bot API server (default: Telegram's)")
+    p.add_argument(
+        "--api-url",
+        default=os.environ.get("TELEGRAM_API_URL", "https://api.telegram.org"),
+        help="Bot API server (default: Telegram's)",
+    )
     args = p.parse_args(argv)
     if not args.token:
         p.error("no bot token: pass --token or set TELEGRAM_BOT_TOKEN (from @BotFather)")

@@ -14,8 +14,8 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -29,21 +29,23 @@ class AuthConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    keys_env: Optional[str] = Field(
+    keys_env: str | None = Field(
         None, description="Environment variable holding the keys, comma-separated (`name:secret` or `secret`)."
     )
-    keys_file: Optional[str] = Field(None, description="File with one key per line (`name:secret` or `secret`; # comments).")
+    keys_file: str | None = Field(
+        None, description="File with one key per line (`name:secret` or `secret`; # comments)."
+    )
     open_paths: list[str] = Field(
         default_factory=lambda: list(DEFAULT_OPEN_PATHS),
         description="HTTP paths answered without a key (exact paths; a trailing * matches a prefix).",
     )
-    requests_per_minute: Optional[int] = Field(None, ge=1, le=1_000_000, description="Per key; None = no limit.")
-    tokens_per_minute: Optional[int] = Field(
+    requests_per_minute: int | None = Field(None, ge=1, le=1_000_000, description="Per key; None = no limit.")
+    tokens_per_minute: int | None = Field(
         None, ge=1, le=100_000_000, description="Generated tokens per key per minute; None = no limit."
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "AuthConfig":
+    def _one_source(self) -> AuthConfig:
         if self.keys_env and self.keys_file:
             raise ValueError("auth: give keys_env or keys_file, not both")
         if (self.requests_per_minute or self.tokens_per_minute) and not (self.keys_env or self.keys_file):
@@ -60,7 +62,7 @@ class Caller(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    key_id: Optional[str] = None
+    key_id: str | None = None
 
 
 class Unauthorized(GraphError):
@@ -142,7 +144,7 @@ class ApiKeys:
         """Whether an HTTP path is answered without a key."""
         return any(path.startswith(p[:-1]) if p.endswith("*") else path == p for p in self.config.open_paths)
 
-    def authenticate(self, authorization: Optional[str]) -> Caller:
+    def authenticate(self, authorization: str | None) -> Caller:
         """The caller of a request with this `Authorization` header; Unauthorized if keys are on
         and it carries none of them. Every key is compared (constant time, no early exit)."""
         if not self.enabled:
@@ -151,7 +153,7 @@ class ApiKeys:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("authorization: send `Authorization: Bearer <key>`", field="authorization")
         given = token.strip().encode()
-        found: Optional[str] = None
+        found: str | None = None
         for name, secret in self._keys.items():
             if hmac.compare_digest(given, secret):
                 found = name
@@ -159,7 +161,7 @@ class ApiKeys:
             raise Unauthorized("authorization: this key is not valid", field="authorization")
         return Caller(key_id=found)
 
-    def admit(self, caller: Caller, now: Optional[float] = None) -> None:
+    def admit(self, caller: Caller, now: float | None = None) -> None:
         """Count one request of `caller`; RateLimited if the key is over a rate."""
         if caller.key_id is None or not (self._requests or self._tokens):
             return
@@ -177,7 +179,7 @@ class ApiKeys:
             if self._requests is not None:
                 self._requests.add(caller.key_id, now, 1)
 
-    def charge(self, caller: Caller, tokens: int, now: Optional[float] = None) -> None:
+    def charge(self, caller: Caller, tokens: int, now: float | None = None) -> None:
         """Count tokens generated for `caller` (after the fact: the next request pays for an overrun)."""
         if caller.key_id is None or self._tokens is None or tokens <= 0:
             return

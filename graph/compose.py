@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncGenerator, Awaitable, Iterable, Optional, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -58,7 +59,7 @@ class Graph:
         self.inflight: dict[str, set[str]] = {}  # request id -> nodes working on it (for shutdown)
 
     # ---- validation at the edge -------------------------------------------------------------
-    def select(self, model: Optional[str], *, field_name: str = "model") -> list[str]:
+    def select(self, model: str | None, *, field_name: str = "model") -> list[str]:
         if model is None:
             return list(self.generators)
         if model not in self.generators:
@@ -74,11 +75,11 @@ class Graph:
             raise InvalidRequest(f"{field_name}: {size} characters is above the limit of {limit}", field=field_name)
         return prompt
 
-    def params_for(self, node: str, overrides: Optional[BaseModel]) -> GenerationParams:
+    def params_for(self, node: str, overrides: BaseModel | None) -> GenerationParams:
         cfg = self.config.generators[node]
         return merge_params(cfg.defaults, overrides, max_new_tokens_limit=cfg.max_new_tokens_limit)
 
-    def plan(self, nodes: Sequence[str], overrides: Optional[BaseModel], prompts: int = 1) -> dict[str, GenerationParams]:
+    def plan(self, nodes: Sequence[str], overrides: BaseModel | None, prompts: int = 1) -> dict[str, GenerationParams]:
         """Validate every node's params and work budget before any work starts (nothing half-done)."""
         plan = {n: self.params_for(n, overrides) for n in nodes}
         for n, params in plan.items():
@@ -93,7 +94,7 @@ class Graph:
             return await asyncio.wait_for(coro, deadline)
         except GraphError:
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise NodeTimeout(f"node {node!r} did not answer within graph_timeout_s={deadline}s", node=node) from None
         except Exception as exc:  # a node died or answered garbage: say which one
             log.exception("node %s failed", node)
@@ -107,7 +108,11 @@ class Graph:
         return await self._call(node, coro, None)
 
     async def generate(
-        self, prompts: list[Prompt], model: Optional[str], overrides: Optional[BaseModel], request_id: str,
+        self,
+        prompts: list[Prompt],
+        model: str | None,
+        overrides: BaseModel | None,
+        request_id: str,
         timeline: Timeline | None = None,
     ) -> dict[str, list[list[GenerationResult]]]:
         """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}."""
@@ -145,14 +150,17 @@ class Graph:
         out = await self._call("classifier", self.classifier.classify(texts), None)
         self.latencies.record((time.monotonic() - start) * 1000.0)
         if len(out) != len(texts):
-            raise NodeFailure(
-                f"classifier returned {len(out)} results for {len(texts)} texts", node="classifier"
-            )
+            raise NodeFailure(f"classifier returned {len(out)} results for {len(texts)} texts", node="classifier")
         return out
 
     async def generate_score(
-        self, sentence: str, overrides: Optional[BaseModel], request_id: str,
-        timeline: Timeline | None = None, graph: Optional[str] = None, deadline_ms: Optional[int] = None,
+        self,
+        sentence: str,
+        overrides: BaseModel | None,
+        request_id: str,
+        timeline: Timeline | None = None,
+        graph: str | None = None,
+        deadline_ms: int | None = None,
     ) -> list[ScoredCompletion] | PolicyResponse:
         """`all` (every node, every completion scored, all returned) or the named graph's decision."""
         self.check_prompt(sentence, "original_sentence")
@@ -171,8 +179,15 @@ class Graph:
 
     # ---- streaming -------------------------------------------------------------------------
     def stream(
-        self, prompt: Prompt, model: Optional[str], overrides: Optional[BaseModel], interval_ms: int,
-        request_id: str, score: bool, graph: Optional[str] = None, deadline_ms: Optional[int] = None,
+        self,
+        prompt: Prompt,
+        model: str | None,
+        overrides: BaseModel | None,
+        interval_ms: int,
+        request_id: str,
+        score: bool,
+        graph: str | None = None,
+        deadline_ms: int | None = None,
     ) -> AsyncGenerator[GraphEvent | PolicyEvent, None]:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
@@ -186,11 +201,15 @@ class Graph:
         return self._events(prompt, plan, interval_ms, request_id, score)
 
     async def _events(
-        self, prompt: Prompt, plan: dict[str, GenerationParams], interval_ms: int, request_id: str,
+        self,
+        prompt: Prompt,
+        plan: dict[str, GenerationParams],
+        interval_ms: int,
+        request_id: str,
         score: bool,
     ) -> AsyncGenerator[GraphEvent, None]:
         """Interleave every selected node's events tagged by model; score each completion as it ends."""
-        queue: asyncio.Queue[Optional[GraphEvent]] = asyncio.Queue()  # None: a producer is done
+        queue: asyncio.Queue[GraphEvent | None] = asyncio.Queue()  # None: a producer is done
         outstanding = len(plan)  # producers (node pumps, scorers) that have not said "done" yet
         tasks: list[asyncio.Task[None]] = []
 
@@ -206,7 +225,9 @@ class Graph:
                 await queue.put(error_event(exc))
             except Exception as exc:
                 log.exception("stream from node %s failed", node)
-                await queue.put(error_event(NodeFailure(f"node {node!r} failed: {type(exc).__name__}: {exc}", node=node)))
+                await queue.put(
+                    error_event(NodeFailure(f"node {node!r} failed: {type(exc).__name__}: {exc}", node=node))
+                )
             finally:
                 await queue.put(None)
 

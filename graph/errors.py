@@ -7,8 +7,6 @@ rebuilt with `error_from_body`, so the entry raises the same kind the node raise
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -17,13 +15,16 @@ class ErrorBody(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    error: str = Field(description="Kind: validation, overloaded, node_failure, node_timeout, ...",
-                       examples=["validation"])
-    message: str = Field(description="What went wrong, naming the field and the rule.",
-                         examples=["params.temperature: Input should be less than or equal to 5"])
-    field: Optional[str] = Field(None, description="The request field at fault, when there is one.")
-    node: Optional[str] = Field(None, description="The node that failed, for node errors.")
-    retry_after_s: Optional[int] = Field(None, description="For overloaded: seconds to wait before retrying.")
+    error: str = Field(
+        description="Kind: validation, overloaded, node_failure, node_timeout, ...", examples=["validation"]
+    )
+    message: str = Field(
+        description="What went wrong, naming the field and the rule.",
+        examples=["params.temperature: Input should be less than or equal to 5"],
+    )
+    field: str | None = Field(None, description="The request field at fault, when there is one.")
+    node: str | None = Field(None, description="The node that failed, for node errors.")
+    retry_after_s: int | None = Field(None, description="For overloaded: seconds to wait before retrying.")
 
 
 class GraphError(Exception):

@@ -17,7 +17,9 @@ class RequestBudget(BaseModel):
         64, ge=1, le=100_000, description="Rows = prompts x num_return_sequences (the default fits 64 prompts)."
     )
     max_new_tokens: int = Field(
-        16_384, ge=1, le=100_000_000,
+        16_384,
+        ge=1,
+        le=100_000_000,
         description="Rows x max_new_tokens (the default fits 64 prompts x 256 tokens).",
     )
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from graph.chat_format import Prompt
 from graph.params import GenerationParams
@@ -16,10 +17,10 @@ class LocalGenerator:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    async def generate(self, prompts: list[Prompt], params: GenerationParams, request_id: str) -> list[list[GenerationResult]]:
-        return list(
-            await asyncio.gather(*[self.engine.generate(p, params, request_id=request_id) for p in prompts])
-        )
+    async def generate(
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str
+    ) -> list[list[GenerationResult]]:
+        return list(await asyncio.gather(*[self.engine.generate(p, params, request_id=request_id) for p in prompts]))
 
     async def stream(
         self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int

@@ -47,8 +47,10 @@ def describe() -> str:
     cache = os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024 (oneDNN default)")
     line = f"allocator {allocator()}, oneDNN primitive cache capacity {cache}"
     if allocator() == "glibc":
-        line += ("; under continuous load glibc keeps freed buffers (RSS climbs until the batch is idle): "
-                 "`make serve` preloads jemalloc (Debian's libjemalloc2) where it is installed")
+        line += (
+            "; under continuous load glibc keeps freed buffers (RSS climbs until the batch is idle): "
+            "`make serve` preloads jemalloc (Debian's libjemalloc2) where it is installed"
+        )
     return line
 
 

@@ -3,7 +3,8 @@ BentoML dependency answers them; graph/local.py and services/clients.py)."""
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 from graph.chat_format import Prompt
 from graph.params import GenerationParams

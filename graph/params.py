@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Annotated, Any, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
@@ -32,22 +32,14 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     max_new_tokens: Int = Field(32, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate at most.")
-    temperature: float = Field(
-        1.0, ge=0.0, le=5.0, description="Softmax temperature when sampling; 1.0 = no change."
-    )
+    temperature: float = Field(1.0, ge=0.0, le=5.0, description="Softmax temperature when sampling; 1.0 = no change.")
     top_k: Int = Field(0, ge=0, le=1000, description="Keep the k most likely tokens; 0 = off.")
-    top_p: float = Field(
-        1.0, gt=0.0, le=1.0, description="Nucleus sampling mass to keep; 1.0 = off."
-    )
-    repetition_penalty: float = Field(
-        1.0, gt=0.0, le=10.0, description="Penalty on tokens already present; 1.0 = off."
-    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass to keep; 1.0 = off.")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="Penalty on tokens already present; 1.0 = off.")
     do_sample: bool = Field(False, description="Sample (true) or take the most likely token (false).")
-    num_return_sequences: Int = Field(
-        1, ge=1, le=8, description="Completions per prompt; more than 1 needs do_sample."
-    )
+    num_return_sequences: Int = Field(1, ge=1, le=8, description="Completions per prompt; more than 1 needs do_sample.")
     # Bounds next to int, inside the Optional: elsewhere pydantic writes them as "ge"/"le" in the schema.
-    seed: Optional[Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_whole_number)]] = Field(
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_whole_number)] | None = Field(
         None, description="Seed for sampling; same seed, same text."
     )
     stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
@@ -55,20 +47,16 @@ class GenerationParams(BaseModel):
         max_length=MAX_STOP_STRINGS,
         description="Generation ends when the completion contains one of these strings.",
     )
-    max_time_ms: Optional[Annotated[int, Field(ge=1, le=600_000), BeforeValidator(_whole_number)]] = Field(
+    max_time_ms: Annotated[int, Field(ge=1, le=600000), BeforeValidator(_whole_number)] | None = Field(
         None, description="Wall-clock budget; ends with finish_reason 'time'."
     )
     logprobs: bool = Field(False, description="Return the log-probability of each generated token.")
-    top_logprobs: Int = Field(
-        0, ge=0, le=20, description="Alternatives per token with their log-probabilities."
-    )
+    top_logprobs: Int = Field(0, ge=0, le=20, description="Alternatives per token with their log-probabilities.")
 
     @model_validator(mode="after")
-    def _cross_field_rules(self) -> "GenerationParams":
+    def _cross_field_rules(self) -> GenerationParams:
         if self.do_sample and self.temperature == 0.0:
-            raise ValueError(
-                "temperature: 0 with do_sample=true is undefined; set do_sample=false for greedy"
-            )
+            raise ValueError("temperature: 0 with do_sample=true is undefined; set do_sample=false for greedy")
         if self.num_return_sequences > 1 and not self.do_sample:
             raise ValueError(
                 "num_return_sequences: greedy decoding gives the same text each time; "

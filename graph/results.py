@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,12 +42,11 @@ class GenerationResult(BaseModel):
         description="Tokens the model generated for this completion (an end-of-sequence token counts; "
         "tokens after a stop string count too)."
     )
-    logprobs: Optional[list[TokenLogprob]] = Field(
-        None, description="One entry per generated token when logprobs=true."
-    )
-    prompt_messages: Optional[int] = Field(
-        None, description="For a chat prompt: the messages the node kept after cutting the oldest to fit its "
-        "prompt-token budget."
+    logprobs: list[TokenLogprob] | None = Field(None, description="One entry per generated token when logprobs=true.")
+    prompt_messages: int | None = Field(
+        None,
+        description="For a chat prompt: the messages the node kept after cutting the oldest to fit its "
+        "prompt-token budget.",
     )
     created: float = Field(description="Unix time when the completion finished.")
 
@@ -59,10 +58,8 @@ class StreamEvent(BaseModel):
 
     index: int = Field(description="Sequence index (0-based).")
     text: str = Field(description="New text since the previous event of this sequence; may be empty.")
-    result: Optional[GenerationResult] = Field(
-        None, description="Set on the final event of this sequence."
-    )
-    tokens: Optional[int] = Field(
+    result: GenerationResult | None = Field(None, description="Set on the final event of this sequence.")
+    tokens: int | None = Field(
         None, description="Tokens generated in this sequence so far (pruning reads it); final: completion_tokens."
     )
 

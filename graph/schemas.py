@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import re
-
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -41,18 +40,23 @@ class GenerateScoreRequest(StrictRequest):
     """Fan a sentence out to every generator, score every completion."""
 
     original_sentence: str = Field(
-        DEFAULT_PROMPT, min_length=1, description="Prompt given to every generator.", examples=[DEFAULT_PROMPT],
+        DEFAULT_PROMPT,
+        min_length=1,
+        description="Prompt given to every generator.",
+        examples=[DEFAULT_PROMPT],
         json_schema_extra=NOT_BLANK,
     )
-    params: Optional[GenerationOverrides] = Field(
+    params: GenerationOverrides | None = Field(
         None, description="Overrides of the generators' defaults (same for every node)."
     )
-    graph: Optional[str] = Field(
-        None, description="Named graph of the config (`all`, or a best_of / cascade graph); omit for the config's default.",
+    graph: str | None = Field(
+        None,
+        description="Named graph of the config (`all`, or a best_of / cascade graph); omit for the config's default.",
         examples=["all"],
     )
-    deadline_ms: Optional[DeadlineMs] = Field(
-        None, description="Answer within this time with what the graph has (finish_reason `time`).",
+    deadline_ms: DeadlineMs | None = Field(
+        None,
+        description="Answer within this time with what the graph has (finish_reason `time`).",
     )
 
     _blank = field_validator("original_sentence")(not_blank)
@@ -62,30 +66,41 @@ class GenerateRequest(StrictRequest):
     """Generate from one prompt (or a batch of prompts) on one node or on all of them."""
 
     # The schema says what prompt_list() checks: exactly one of `prompt` and `prompts`.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, json_schema_extra={
-        "oneOf": [
-            {"required": ["prompt"], "properties": {"prompt": {"type": "string"}},
-             "not": {"required": ["prompts"], "properties": {"prompts": {"type": "array"}}}},
-            {"required": ["prompts"], "properties": {"prompts": {"type": "array"}},
-             "not": {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}}},
-        ],
-    })
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["prompt"],
+                    "properties": {"prompt": {"type": "string"}},
+                    "not": {"required": ["prompts"], "properties": {"prompts": {"type": "array"}}},
+                },
+                {
+                    "required": ["prompts"],
+                    "properties": {"prompts": {"type": "array"}},
+                    "not": {"required": ["prompt"], "properties": {"prompt": {"type": "string"}}},
+                },
+            ],
+        },
+    )
 
-    prompt: Optional[str] = Field(None, min_length=1, examples=["Once upon a time"], json_schema_extra=NOT_BLANK)
-    prompts: Optional[list[Text]] = Field(
+    prompt: str | None = Field(None, min_length=1, examples=["Once upon a time"], json_schema_extra=NOT_BLANK)
+    prompts: list[Text] | None = Field(
         None, min_length=1, max_length=64, description="A batch of prompts instead of `prompt`."
     )
-    model: Optional[str] = Field(None, description="Generator node name; omit for every node.")
-    params: Optional[GenerationOverrides] = None
+    model: str | None = Field(None, description="Generator node name; omit for every node.")
+    params: GenerationOverrides | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_not_blank(cls, v: Optional[str]) -> Optional[str]:
+    def _prompt_not_blank(cls, v: str | None) -> str | None:
         return None if v is None else not_blank(v)
 
     @field_validator("prompts")
     @classmethod
-    def _prompts_not_blank(cls, v: Optional[list[str]]) -> Optional[list[str]]:
+    def _prompts_not_blank(cls, v: list[str] | None) -> list[str] | None:
         if v is not None:
             for i, p in enumerate(v):
                 if not _VISIBLE.search(p):
@@ -104,8 +119,8 @@ class StreamRequest(StrictRequest):
     """Streamed generation as server-sent events."""
 
     prompt: str = Field(DEFAULT_PROMPT, min_length=1, examples=[DEFAULT_PROMPT], json_schema_extra=NOT_BLANK)
-    model: Optional[str] = Field(None, description="Generator node name; omit for every node.")
-    params: Optional[GenerationOverrides] = None
+    model: str | None = Field(None, description="Generator node name; omit for every node.")
+    params: GenerationOverrides | None = None
     intermediate_result_interval_ms: Int = Field(
         0, ge=0, le=60_000, description="Send fragments no more often than this; 0 = every token."
     )
@@ -116,8 +131,8 @@ class StreamRequest(StrictRequest):
 class ScoreStreamRequest(StreamRequest):
     """generate_score_stream: like StreamRequest, on a named graph, within a deadline."""
 
-    graph: Optional[str] = Field(None, description="Named graph of the config; omit for the config's default.")
-    deadline_ms: Optional[DeadlineMs] = Field(None, description="Answer within this time (finish_reason `time`).")
+    graph: str | None = Field(None, description="Named graph of the config; omit for the config's default.")
+    deadline_ms: DeadlineMs | None = Field(None, description="Answer within this time (finish_reason `time`).")
 
 
 class ClassifyRequest(StrictRequest):
@@ -149,11 +164,18 @@ class ScoredCompletion(BaseModel):
     completion_tokens: int
 
     @classmethod
-    def of(cls, node: str, prompt: str, result: GenerationResult, c: Classification) -> "ScoredCompletion":
+    def of(cls, node: str, prompt: str, result: GenerationResult, c: Classification) -> ScoredCompletion:
         return cls(
-            model=node, index=result.index, generated=prompt + result.text, completion=result.text,
-            score=c.score, label=c.label, labels=c.labels, finish_reason=result.finish_reason,
-            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            model=node,
+            index=result.index,
+            generated=prompt + result.text,
+            completion=result.text,
+            score=c.score,
+            label=c.label,
+            labels=c.labels,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
         )
 
 
@@ -223,9 +245,9 @@ class ErrorEvent(BaseModel):
     type: Literal["error"] = "error"
     error: str
     message: str
-    field: Optional[str] = None
-    node: Optional[str] = None
-    retry_after_s: Optional[int] = None
+    field: str | None = None
+    node: str | None = None
+    retry_after_s: int | None = None
 
 
-GraphEvent = Annotated[Union[TokenEvent, FinalEvent, ScoreEvent, ErrorEvent], Field(discriminator="type")]
+GraphEvent = Annotated[TokenEvent | FinalEvent | ScoreEvent | ErrorEvent, Field(discriminator="type")]

@@ -5,7 +5,7 @@ Built from the validated `GraphConfig` only (no node is called): what `GET /grap
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,7 +26,7 @@ class GeneratorInfo(_Frozen):
 
     name: str = Field(description="Node name (the `model` of requests and stream events).")
     model: str = Field(description="Where its weights come from, e.g. `path:artifacts/tiny/causal_lm`.")
-    remote_url: Optional[str] = Field(None, description="Served by another Bento at this URL (else a local worker).")
+    remote_url: str | None = Field(None, description="Served by another Bento at this URL (else a local worker).")
     chat_template: bool = Field(description="Prompts go through the tokenizer's chat template.")
     defaults: GenerationParams = Field(description="The node's generation defaults; a request overrides them.")
     max_new_tokens_limit: int = Field(description="Most max_new_tokens a request may ask of this node.")
@@ -39,7 +39,7 @@ class ClassifierInfo(_Frozen):
 
     name: str = CLASSIFIER
     model: str
-    remote_url: Optional[str] = None
+    remote_url: str | None = None
     mode: Literal["sequence_classification", "zero_shot"]
     labels: list[str] = Field(description="zero_shot labels (empty: the fine-tuned head's own labels).")
     score_label: str = Field(description="The label whose probability is a completion's `score`.")
@@ -66,20 +66,32 @@ def describe(config: GraphConfig) -> GraphInfo:
     """The graph of `config`, in the config's node order."""
     gens = [
         GeneratorInfo(
-            name=name, model=node.model.describe(), remote_url=node.url, chat_template=node.chat_template,
-            defaults=node.defaults, max_new_tokens_limit=node.max_new_tokens_limit,
-            max_batch_size=node.scheduler.max_batch_size, max_queue=node.scheduler.max_queue,
+            name=name,
+            model=node.model.describe(),
+            remote_url=node.url,
+            chat_template=node.chat_template,
+            defaults=node.defaults,
+            max_new_tokens_limit=node.max_new_tokens_limit,
+            max_batch_size=node.scheduler.max_batch_size,
+            max_queue=node.scheduler.max_queue,
         )
         for name, node in config.generators.items()
     ]
     c = config.classifier
     classifier = ClassifierInfo(
-        model=c.model.describe(), remote_url=c.url, mode=c.mode, labels=list(c.labels), score_label=c.score_label,
+        model=c.model.describe(),
+        remote_url=c.url,
+        mode=c.mode,
+        labels=list(c.labels),
+        score_label=c.score_label,
     )
     edges = [Edge(source=PROMPT, target=g.name) for g in gens]
     edges += [Edge(source=g.name, target=CLASSIFIER) for g in gens]
     edges.append(Edge(source=CLASSIFIER, target=OUTPUT))
     return GraphInfo(
-        name=config.name, generators=gens, classifier=classifier, edges=edges,
+        name=config.name,
+        generators=gens,
+        classifier=classifier,
+        edges=edges,
         refresh_ms=config.playground.refresh_ms,
     )

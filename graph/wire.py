@@ -4,8 +4,6 @@ turns chunks back into typed events at the entry, raising the node's error as a 
 
 from __future__ import annotations
 
-from typing import Optional
-
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from graph.errors import ErrorBody, GraphError, NodeFailure, error_from_body
@@ -17,8 +15,8 @@ class WireItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    event: Optional[StreamEvent] = None
-    error: Optional[ErrorBody] = None
+    event: StreamEvent | None = None
+    error: ErrorBody | None = None
 
 
 def encode_event(event: StreamEvent) -> str:

@@ -23,15 +23,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from graph.engine import GenerationEngine  # noqa: E402
-from graph.params import GenerationParams  # noqa: E402
+from graph.engine import GenerationEngine
+from graph.params import GenerationParams
 
 TOPICS = [
-    "the sea", "a city at night", "an old library", "the first snow", "a lost robot", "a mountain village",
-    "a quiet train ride", "the northern lights", "a small bakery", "a forgotten garden", "the desert wind",
-    "a lighthouse keeper", "a rainy market", "a space station", "an autumn forest", "a jazz club",
+    "the sea",
+    "a city at night",
+    "an old library",
+    "the first snow",
+    "a lost robot",
+    "a mountain village",
+    "a quiet train ride",
+    "the northern lights",
+    "a small bakery",
+    "a forgotten garden",
+    "the desert wind",
+    "a lighthouse keeper",
+    "a rainy market",
+    "a space station",
+    "an autumn forest",
+    "a jazz club",
 ]
 
 
@@ -61,9 +74,7 @@ def baseline(model, tok, texts: list[str], new_tokens: int) -> tuple[float, int]
     for text in texts:
         enc = tok(text, return_tensors="pt")
         with torch.inference_mode():
-            out = model.generate(
-                **enc, **make_params(new_tokens).transformers_kwargs(), pad_token_id=tok.pad_token_id
-            )
+            out = model.generate(**enc, **make_params(new_tokens).transformers_kwargs(), pad_token_id=tok.pad_token_id)
         total_tokens += out.shape[1] - enc.input_ids.shape[1]
     return time.perf_counter() - t0, total_tokens
 
@@ -107,11 +118,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--max-batch-size", type=int, default=64)
     ap.add_argument("--int8", action="store_true", help="int8 dynamic quantization of Linear layers")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                    help="bfloat16 is fast only on CPUs with AMX / AVX512-BF16")
-    ap.add_argument("--sample", action="store_true",
-                    help="sample like configs/default.yaml (temperature 0.8, top_p 0.95, repetition_penalty 1.1) "
-                    "instead of greedy, in the engine and the baseline")
+    ap.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="bfloat16 is fast only on CPUs with AMX / AVX512-BF16",
+    )
+    ap.add_argument(
+        "--sample",
+        action="store_true",
+        help="sample like configs/default.yaml (temperature 0.8, top_p 0.95, repetition_penalty 1.1) "
+        "instead of greedy, in the engine and the baseline",
+    )
     ap.add_argument("--skip-baseline", action="store_true")
     args = ap.parse_args()
     if args.threads:

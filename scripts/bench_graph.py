@@ -21,9 +21,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import httpx
 
@@ -64,9 +65,9 @@ class Target:
 
     name: str
     server_target: str
-    config: Optional[str]
+    config: str | None
     body: Callable[[str, int], dict[str, Any]]
-    url: Optional[str] = None  # an already running server: not started or stopped here
+    url: str | None = None  # an already running server: not started or stopped here
 
 
 def graph_body(prompt: str, max_new_tokens: int) -> dict[str, Any]:
@@ -136,8 +137,9 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any])
         return Sample(latency, 200, error=f"bad answer: {exc}")
 
 
-async def run_level(target: Target, base_url: str, concurrency: int, n_requests: int,
-                    max_new_tokens: int, timeout_s: float) -> LevelResult:
+async def run_level(
+    target: Target, base_url: str, concurrency: int, n_requests: int, max_new_tokens: int, timeout_s: float
+) -> LevelResult:
     """n_requests requests, at most `concurrency` in flight, prompts taken round-robin."""
     url = base_url + "/generate_score"
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -159,8 +161,11 @@ async def run_level(target: Target, base_url: str, concurrency: int, n_requests:
             done = len(samples)
             if done % step == 0 or done == n_requests:
                 errs = sum(1 for s in samples if s.error)
-                print(f"  [{target.name} c={concurrency}] {done}/{n_requests} done, {errs} errors, "
-                      f"{time.perf_counter() - start:.1f} s", flush=True)
+                print(
+                    f"  [{target.name} c={concurrency}] {done}/{n_requests} done, {errs} errors, "
+                    f"{time.perf_counter() - start:.1f} s",
+                    flush=True,
+                )
 
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         await asyncio.gather(*[worker(client) for _ in range(min(concurrency, n_requests))])
@@ -173,16 +178,22 @@ async def run_level(target: Target, base_url: str, concurrency: int, n_requests:
             kinds[s.error] = kinds.get(s.error, 0) + 1
     latencies = [s.latency_s for s in samples]
     return LevelResult(
-        server=target.name, concurrency=concurrency, requests=n_requests, wall_s=wall,
-        ok=len(ok), errors=n_requests - len(ok), requests_per_s=len(ok) / wall,
+        server=target.name,
+        concurrency=concurrency,
+        requests=n_requests,
+        wall_s=wall,
+        ok=len(ok),
+        errors=n_requests - len(ok),
+        requests_per_s=len(ok) / wall,
         tokens_per_s=sum(s.tokens for s in ok) / wall,
-        p50_s=percentile(latencies, 50), p95_s=percentile(latencies, 95),
-        error_kinds=kinds, samples=[asdict(s) for s in samples],
+        p50_s=percentile(latencies, 50),
+        p95_s=percentile(latencies, 95),
+        error_kinds=kinds,
+        samples=[asdict(s) for s in samples],
     )
 
 
-async def settle(target: Target, base_url: str, max_new_tokens: int, timeout_s: float,
-                 budget_s: float = 180.0) -> None:
+async def settle(target: Target, base_url: str, max_new_tokens: int, timeout_s: float, budget_s: float = 180.0) -> None:
     """After a level with errors, wait until the server answers again (its backlog has drained)."""
     start = time.perf_counter()
     async with httpx.AsyncClient(timeout=timeout_s) as client:
@@ -195,8 +206,9 @@ async def settle(target: Target, base_url: str, max_new_tokens: int, timeout_s: 
     print(f"  [{target.name}] still failing after {budget_s:.0f} s; going on", flush=True)
 
 
-async def bench_server(target: Target, base_url: str, levels: list[int], n_for: Callable[[int], int],
-                       max_new_tokens: int, timeout_s: float) -> list[LevelResult]:
+async def bench_server(
+    target: Target, base_url: str, levels: list[int], n_for: Callable[[int], int], max_new_tokens: int, timeout_s: float
+) -> list[LevelResult]:
     print(f"[{target.name}] warm-up request (not counted)", flush=True)
     async with httpx.AsyncClient(timeout=max(timeout_s, 300)) as client:
         warm = await one_request(client, base_url + "/generate_score", target.body(PROMPTS[0], max_new_tokens))
@@ -209,9 +221,11 @@ async def bench_server(target: Target, base_url: str, levels: list[int], n_for: 
         print(f"[{target.name}] concurrency {c}: {n} requests", flush=True)
         res = await run_level(target, base_url, c, n, max_new_tokens, timeout_s)
         results.append(res)
-        print(f"[{target.name}] c={c}: {res.requests_per_s:.3f} req/s, {res.tokens_per_s:.1f} tok/s, "
-              f"p50 {res.p50_s:.2f} s, p95 {res.p95_s:.2f} s, errors {res.errors} {res.error_kinds or ''}",
-              flush=True)
+        print(
+            f"[{target.name}] c={c}: {res.requests_per_s:.3f} req/s, {res.tokens_per_s:.1f} tok/s, "
+            f"p50 {res.p50_s:.2f} s, p95 {res.p95_s:.2f} s, errors {res.errors} {res.error_kinds or ''}",
+            flush=True,
+        )
         if res.errors and c != levels[-1]:
             await settle(target, base_url, max_new_tokens, timeout_s)
     return results
@@ -220,12 +234,18 @@ async def bench_server(target: Target, base_url: str, levels: list[int], n_for: 
 def run_target(target: Target, **kw: Any) -> list[LevelResult]:
     if target.url:
         return asyncio.run(bench_server(target, target.url.rstrip("/"), **kw))
-    print(f"[{target.name}] starting bentoml serve {target.server_target}"
-          + (f" --arg-file {target.config}" if target.config else ""), flush=True)
+    print(
+        f"[{target.name}] starting bentoml serve {target.server_target}"
+        + (f" --arg-file {target.config}" if target.config else ""),
+        flush=True,
+    )
     t0 = time.perf_counter()
     with Server(target.server_target, config=target.config, name=f"bench-{target.name}") as srv:
-        print(f"[{target.name}] ready in {time.perf_counter() - t0:.0f} s at {srv.url} "
-              f"(log: {srv.log_path.relative_to(ROOT)})", flush=True)
+        print(
+            f"[{target.name}] ready in {time.perf_counter() - t0:.0f} s at {srv.url} "
+            f"(log: {srv.log_path.relative_to(ROOT)})",
+            flush=True,
+        )
         results = asyncio.run(bench_server(target, srv.url, **kw))
     print(f"[{target.name}] stopped", flush=True)
     return results
@@ -236,8 +256,10 @@ def ratio(a: float, b: float) -> float:
 
 
 def table(results: dict[str, list[LevelResult]]) -> str:
-    head = (f"{'conc':>4} {'server':<9} {'reqs':>4} {'req/s':>8} {'tok/s':>8} {'p50 s':>7} {'p95 s':>7} "
-            f"{'errors':>6}   {'req/s ratio':>11} {'p50 ratio':>9}")
+    head = (
+        f"{'conc':>4} {'server':<9} {'reqs':>4} {'req/s':>8} {'tok/s':>8} {'p50 s':>7} {'p95 s':>7} "
+        f"{'errors':>6}   {'req/s ratio':>11} {'p50 ratio':>9}"
+    )
     lines = [head, "-" * len(head)]
     graph = {r.concurrency: r for r in results.get("graph", [])}
     base = {r.concurrency: r for r in results.get("baseline", [])}
@@ -247,10 +269,14 @@ def table(results: dict[str, list[LevelResult]]) -> str:
                 continue
             extra = ""
             if name == "graph" and c in base:
-                extra = (f"   {ratio(res.requests_per_s, base[c].requests_per_s):>10.1f}x "
-                         f"{ratio(res.p50_s, base[c].p50_s):>8.2f}x")
-            lines.append(f"{c:>4} {name:<9} {res.requests:>4} {res.requests_per_s:>8.3f} "
-                         f"{res.tokens_per_s:>8.1f} {res.p50_s:>7.2f} {res.p95_s:>7.2f} {res.errors:>6}{extra}")
+                extra = (
+                    f"   {ratio(res.requests_per_s, base[c].requests_per_s):>10.1f}x "
+                    f"{ratio(res.p50_s, base[c].p50_s):>8.2f}x"
+                )
+            lines.append(
+                f"{c:>4} {name:<9} {res.requests:>4} {res.requests_per_s:>8.3f} "
+                f"{res.tokens_per_s:>8.1f} {res.p50_s:>7.2f} {res.p95_s:>7.2f} {res.errors:>6}{extra}"
+            )
     return "\n".join(lines)
 
 
@@ -262,12 +288,16 @@ def verdicts(results: dict[str, list[LevelResult]]) -> list[str]:
         g, b = graph[32], base[32]
         r = ratio(g.requests_per_s, b.requests_per_s)
         ok = r >= TARGET_RPS_RATIO_AT_32 and g.errors == 0
-        out.append(f"{'PASS' if ok else 'FAIL'}: concurrency 32: graph {r:.1f}x the baseline's requests/s "
-                   f"(target >= {TARGET_RPS_RATIO_AT_32:.0f}x), graph errors {g.errors} (target 0)")
+        out.append(
+            f"{'PASS' if ok else 'FAIL'}: concurrency 32: graph {r:.1f}x the baseline's requests/s "
+            f"(target >= {TARGET_RPS_RATIO_AT_32:.0f}x), graph errors {g.errors} (target 0)"
+        )
     if 1 in graph and 1 in base:
         r = ratio(graph[1].p50_s, base[1].p50_s)
-        out.append(f"{'PASS' if r <= TARGET_P50_RATIO_AT_1 else 'FAIL'}: concurrency 1: graph p50 {r:.2f}x "
-                   f"the baseline's (target <= {TARGET_P50_RATIO_AT_1})")
+        out.append(
+            f"{'PASS' if r <= TARGET_P50_RATIO_AT_1 else 'FAIL'}: concurrency 1: graph p50 {r:.2f}x "
+            f"the baseline's (target <= {TARGET_P50_RATIO_AT_1})"
+        )
     return out
 
 
@@ -284,8 +314,10 @@ def plot(results: dict[str, list[LevelResult]], path: Path) -> None:
         # A level with no successful answer has 0 requests/s: left out of the log axis (see the table).
         ax_rps.plot(xs, [r.requests_per_s or float("nan") for r in rows], marker="o", label=name)
         ax_p50.plot(xs, [r.p50_s for r in rows], marker="o", label=name)
-    for ax, title, ylabel in ((ax_rps, "Throughput (successful requests/s)", "requests/s"),
-                              (ax_p50, "Median latency", "p50 latency (s)")):
+    for ax, title, ylabel in (
+        (ax_rps, "Throughput (successful requests/s)", "requests/s"),
+        (ax_p50, "Median latency", "p50 latency (s)"),
+    ):
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [str(c) for c in levels])
         ax.minorticks_off()
@@ -304,8 +336,9 @@ def plot(results: dict[str, list[LevelResult]], path: Path) -> None:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -330,14 +363,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--levels", default="1,4,16,32", help="comma-separated concurrency levels")
     ap.add_argument("--max-new-tokens", type=int, default=16, help="token budget of every request")
-    ap.add_argument("--requests-per-client", type=int, default=2,
-                    help="requests per level = max(--min-requests, this x concurrency)")
+    ap.add_argument(
+        "--requests-per-client",
+        type=int,
+        default=2,
+        help="requests per level = max(--min-requests, this x concurrency)",
+    )
     ap.add_argument("--min-requests", type=int, default=4)
     ap.add_argument("--timeout", type=float, default=120.0, help="client timeout per request (s)")
     ap.add_argument("--config", default="configs/default.yaml", help="graph config for InferenceGraph")
     ap.add_argument("--only", choices=["graph", "baseline"], help="benchmark one server only")
-    ap.add_argument("--graph-url", help="use a running graph server instead of starting one "
-                    "(stop it before the baseline starts, or pass --only graph)")
+    ap.add_argument(
+        "--graph-url",
+        help="use a running graph server instead of starting one "
+        "(stop it before the baseline starts, or pass --only graph)",
+    )
     ap.add_argument("--baseline-url", help="use a running baseline server instead of starting one")
     ap.add_argument("--out", default="artifacts/bench", help="folder for the JSON and the plot")
     ap.add_argument("--quick", action="store_true", help="smoke run: levels 1,4 and 1 request per client")
@@ -359,15 +399,21 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.only:
         targets = [t for t in targets if t.name == args.only]
-    print(f"levels {levels}, requests per level {[n_for(c) for c in levels]}, "
-          f"max_new_tokens {args.max_new_tokens}, greedy, client timeout {args.timeout:.0f} s", flush=True)
+    print(
+        f"levels {levels}, requests per level {[n_for(c) for c in levels]}, "
+        f"max_new_tokens {args.max_new_tokens}, greedy, client timeout {args.timeout:.0f} s",
+        flush=True,
+    )
     est = estimate_s([t.name for t in targets], levels, n_for, args.max_new_tokens)
     print(f"expected duration: ~{est / 60:.0f} min (servers run one at a time)", flush=True)
 
     load_before = os.getloadavg()[0]
     if load_before > 0.5:
-        print(f"note: load average is {load_before:.1f} before starting; other processes on this "
-              "machine skew every number below", flush=True)
+        print(
+            f"note: load average is {load_before:.1f} before starting; other processes on this "
+            "machine skew every number below",
+            flush=True,
+        )
     started = time.time()
     results: dict[str, list[LevelResult]] = {}
     kw = dict(levels=levels, n_for=n_for, max_new_tokens=args.max_new_tokens, timeout_s=args.timeout)
@@ -375,8 +421,10 @@ def main(argv: list[str] | None = None) -> int:
         results[target.name] = run_target(target, **kw)
 
     print()
-    print(f"graph vs baseline, max_new_tokens={args.max_new_tokens}, greedy; req/s and tok/s count "
-          "successful answers only; ratios are graph/baseline")
+    print(
+        f"graph vs baseline, max_new_tokens={args.max_new_tokens}, greedy; req/s and tok/s count "
+        "successful answers only; ratios are graph/baseline"
+    )
     print(table(results))
     for line in verdicts(results):
         print(line)
@@ -385,18 +433,29 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "levels": levels, "requests_per_level": {c: n_for(c) for c in levels},
-        "max_new_tokens": args.max_new_tokens, "do_sample": False, "client_timeout_s": args.timeout,
-        "config": args.config, "prompts": PROMPTS, "git_commit": git_commit(),
-        "cpu_count": os.cpu_count(), "platform": platform.platform(), "started": started,
-        "duration_s": time.time() - started, "verdicts": verdicts(results),
-        "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
+        "levels": levels,
+        "requests_per_level": {c: n_for(c) for c in levels},
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": False,
+        "client_timeout_s": args.timeout,
+        "config": args.config,
+        "prompts": PROMPTS,
+        "git_commit": git_commit(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "started": started,
+        "duration_s": time.time() - started,
+        "verdicts": verdicts(results),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
     }
     data = {"meta": meta, "results": {k: [asdict(r) for r in v] for k, v in results.items()}}
     (out / "graph_vs_baseline.json").write_text(json.dumps(data, indent=1))
     plot(results, out / "graph_vs_baseline.png")
-    print(f"wrote {out / 'graph_vs_baseline.json'} and {out / 'graph_vs_baseline.png'} "
-          f"in {(time.time() - started) / 60:.1f} min")
+    print(
+        f"wrote {out / 'graph_vs_baseline.json'} and {out / 'graph_vs_baseline.png'} "
+        f"in {(time.time() - started) / 60:.1f} min"
+    )
     return 0
 
 

@@ -25,7 +25,6 @@ import gc
 import logging
 import math
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -34,18 +33,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from graph.config import ModelRef, RuntimeConfig  # noqa: E402
-from graph.engine import GenerationEngine  # noqa: E402
-from graph.models.runtimes import QUALITY_BOUND, choose, cpu_description, cpu_kind  # noqa: E402
-from graph.params import GenerationParams  # noqa: E402
+from graph.config import ModelRef, RuntimeConfig
+from graph.engine import GenerationEngine
+from graph.models.runtimes import QUALITY_BOUND, choose, cpu_description, cpu_kind
+from graph.params import GenerationParams
 
 ROOT = Path(__file__).resolve().parent.parent
 HELDOUT = ROOT / "bench" / "heldout.txt"
 LLAMA_CPP = Path(os.environ.get("LLAMA_CPP_DIR", Path.home() / ".cache" / "inference-graph" / "llama.cpp" / "bin"))
-AGREE_PROMPTS = ["The capital of France is", "Once upon a time, in a small village,",
-                 "To make a cup of tea, first", "The three primary colours are"]
+AGREE_PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village,",
+    "To make a cup of tea, first",
+    "The three primary colours are",
+]
 RUNTIMES = {
     "float32": RuntimeConfig(dtype="float32"),
     "bfloat16": RuntimeConfig(dtype="bfloat16"),
@@ -147,8 +150,16 @@ def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids) -> dict
     # 233 tokens/s at 64 streams (the figures of the README's run before this fix).
     ppl = perplexity(model, tok)
     t1 = time.perf_counter()
-    engine = GenerationEngine(model, tok, name=name, max_batch_size=max(args.levels), max_queue=1024,
-                              threads=args.threads, max_prompt_tokens=128, compile=runtime.compile)
+    engine = GenerationEngine(
+        model,
+        tok,
+        name=name,
+        max_batch_size=max(args.levels),
+        max_queue=1024,
+        threads=args.threads,
+        max_prompt_tokens=128,
+        compile=runtime.compile,
+    )
     engine.warmup(timeout=900)
     startup = loaded + time.perf_counter() - t1
     warm_compiles = getattr(engine._runner, "compiles", None)
@@ -179,9 +190,26 @@ def llama_cpp(gguf: Path, args) -> dict:
     if not (bench.exists() and batched.exists()):
         print(f"  llama.cpp: not built ({LLAMA_CPP}); run scripts/build_llama_cpp.sh (~25 min, once)")
         return res
-    out = subprocess.run([str(bench), "-m", str(gguf), "-t", str(args.threads), "-p", str(args.prompt_tokens),
-                          "-n", str(args.new_tokens), "-r", "2", "-o", "csv"],
-                         capture_output=True, text=True, timeout=1200).stdout
+    out = subprocess.run(
+        [
+            str(bench),
+            "-m",
+            str(gguf),
+            "-t",
+            str(args.threads),
+            "-p",
+            str(args.prompt_tokens),
+            "-n",
+            str(args.new_tokens),
+            "-r",
+            "2",
+            "-o",
+            "csv",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    ).stdout
     for line in out.splitlines():
         cells = [c.strip('"') for c in line.split(",")]
         if len(cells) > 5 and cells[-1].replace(".", "", 1).isdigit():
@@ -191,9 +219,26 @@ def llama_cpp(gguf: Path, args) -> dict:
                 res["ms"] = 1000 / float(row["avg_ts"])
                 res["tg1"] = float(row["avg_ts"])
     npl = ",".join(str(c) for c in args.levels)
-    out = subprocess.run([str(batched), "-m", str(gguf), "-t", str(args.threads), "-c", "8192",
-                          "-npp", str(args.prompt_tokens), "-ntg", str(args.new_tokens), "-npl", npl],
-                         capture_output=True, text=True, timeout=1800).stdout
+    out = subprocess.run(
+        [
+            str(batched),
+            "-m",
+            str(gguf),
+            "-t",
+            str(args.threads),
+            "-c",
+            "8192",
+            "-npp",
+            str(args.prompt_tokens),
+            "-ntg",
+            str(args.new_tokens),
+            "-npl",
+            npl,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    ).stdout
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 10 and cells[0].isdigit():
@@ -215,8 +260,10 @@ def main() -> None:
     args.levels = [int(c) for c in args.concurrency.split(",")]
     logging.basicConfig(level=logging.WARNING, format="  [log] %(message)s")
     torch.set_num_threads(args.threads)
-    print(f"CPU: {cpu_description()} (kind {cpu_kind()}); torch {torch.__version__}, {args.threads} threads, "
-          f"{args.prompt_tokens} prompt tokens, {args.new_tokens} new tokens, greedy")
+    print(
+        f"CPU: {cpu_description()} (kind {cpu_kind()}); torch {torch.__version__}, {args.threads} threads, "
+        f"{args.prompt_tokens} prompt tokens, {args.new_tokens} new tokens, greedy"
+    )
     for name in args.models.split(","):
         path = model_dir(name)
         print(f"\n== {name} ==")
@@ -234,26 +281,36 @@ def main() -> None:
         for rt, r in rows.items():
             d = f"{(r['ppl'] / base_ppl - 1) * 100:+.1f}%" if base_ppl else "-"
             flag = " " if not base_ppl or r["ppl"] <= base_ppl * (1 + QUALITY_BOUND) else "!"
-            print(f"{rt:<22}{r['startup_s']:>8.1f}{r['ms']:>8.1f}" + "".join(f"{r[c]:>9.1f}" for c in args.levels)
-                  + f"{r['ppl']:>8.2f}{d:>7}{flag}{r['agree']:>7.0%}{'-' if r['compiles_after_warmup'] is None else r['compiles_after_warmup']:>9}")
+            print(
+                f"{rt:<22}{r['startup_s']:>8.1f}{r['ms']:>8.1f}"
+                + "".join(f"{r[c]:>9.1f}" for c in args.levels)
+                + f"{r['ppl']:>8.2f}{d:>7}{flag}{r['agree']:>7.0%}{'-' if r['compiles_after_warmup'] is None else r['compiles_after_warmup']:>9}"
+            )
         if theirs:
-            print(f"{'llama.cpp (GGUF)':<22}{'':>8}{theirs.get('ms', float('nan')):>8.1f}"
-                  + "".join(f"{theirs.get(c, theirs.get('tg1') if c == 1 else float('nan')):>9.1f}" for c in args.levels))
+            print(
+                f"{'llama.cpp (GGUF)':<22}{'':>8}{theirs.get('ms', float('nan')):>8.1f}"
+                + "".join(f"{theirs.get(c, theirs.get('tg1') if c == 1 else float('nan')):>9.1f}" for c in args.levels)
+            )
             print("ratio ours / llama.cpp (tokens/s; ms/token inverted):")
             for rt, r in rows.items():
                 cells = "".join(
-                    f"{r[c] / theirs.get(c, theirs.get('tg1') if c == 1 else float('nan')):>9.2f}" for c in args.levels)
+                    f"{r[c] / theirs.get(c, theirs.get('tg1') if c == 1 else float('nan')):>9.2f}" for c in args.levels
+                )
                 print(f"  {rt:<20}{'':>8}{theirs.get('ms', float('nan')) / r['ms']:>8.2f}" + cells)
         print(f"('!': perplexity more than {QUALITY_BOUND:.0%} above float32; never picked by quantize: auto)")
         passing = {rt: r for rt, r in rows.items() if not base_ppl or r["ppl"] <= base_ppl * (1 + QUALITY_BOUND)}
         if passing:
             busiest = max(args.levels)
-            fastest = {"latency": min(passing, key=lambda rt: passing[rt]["ms"]),
-                       "throughput": max(passing, key=lambda rt: passing[rt][busiest])}
+            fastest = {
+                "latency": min(passing, key=lambda rt: passing[rt]["ms"]),
+                "throughput": max(passing, key=lambda rt: passing[rt][busiest]),
+            }
             picks = {goal: choose(model=name, goal=goal)[1] for goal in fastest}
-            print(f"fastest within the bound: latency (ms/tok) {fastest['latency']}, throughput ({busiest} str) "
-                  f"{fastest['throughput']}; quantize: auto picks on this CPU: "
-                  + ", ".join(f"{goal} {c.quantize if c.quantize != 'none' else c.dtype}" for goal, c in picks.items()))
+            print(
+                f"fastest within the bound: latency (ms/tok) {fastest['latency']}, throughput ({busiest} str) "
+                f"{fastest['throughput']}; quantize: auto picks on this CPU: "
+                + ", ".join(f"{goal} {c.quantize if c.quantize != 'none' else c.dtype}" for goal, c in picks.items())
+            )
 
 
 if __name__ == "__main__":

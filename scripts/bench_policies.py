@@ -57,13 +57,24 @@ def percentile(values: list[float], q: float) -> float:
 def summarize(body: Any) -> tuple[float, int, bool]:
     """(answer score, tokens generated, cut by the deadline) of a 200 answer of either shape."""
     if isinstance(body, list):  # graph `all`: every completion, no decision
-        return (sum(c["score"] for c in body) / len(body), sum(c["completion_tokens"] for c in body),
-                any(c["finish_reason"] == "time" for c in body))
+        return (
+            sum(c["score"] for c in body) / len(body),
+            sum(c["completion_tokens"] for c in body),
+            any(c["finish_reason"] == "time" for c in body),
+        )
     return body["answer"]["score"], body["trace"]["tokens_total"], body["finish_reason"] == "time"
 
 
-async def phase(url: str, graph: str, name: str, concurrency: int, params: dict[str, Any],
-                deadline_ms: int | None, repeat: int = 1, n: int | None = None) -> Row:
+async def phase(
+    url: str,
+    graph: str,
+    name: str,
+    concurrency: int,
+    params: dict[str, Any],
+    deadline_ms: int | None,
+    repeat: int = 1,
+    n: int | None = None,
+) -> Row:
     jobs = [(i, p) for _ in range(repeat) for i, p in enumerate(PROMPTS)][:n]
     samples: list[tuple[float, float, int, bool]] = []
     errors = 0
@@ -92,16 +103,27 @@ async def phase(url: str, graph: str, name: str, concurrency: int, params: dict[
         await asyncio.gather(*[worker(client) for _ in range(concurrency)])
     lat = [s[0] for s in samples]
     n = max(1, len(samples))
-    return Row(graph, name, len(jobs), errors, sum(s[1] for s in samples) / n, sum(s[2] for s in samples) / n,
-               percentile(lat, 50), percentile(lat, 95), sum(1 for s in samples if s[3]))
+    return Row(
+        graph,
+        name,
+        len(jobs),
+        errors,
+        sum(s[1] for s in samples) / n,
+        sum(s[2] for s in samples) / n,
+        percentile(lat, 50),
+        percentile(lat, 95),
+        sum(1 for s in samples if s[3]),
+    )
 
 
 def table(rows: list[Row]) -> str:
     head = f"{'graph':<18} {'phase':<16} {'reqs':>4} {'non-200':>7} {'score':>6} {'tok/req':>8} {'p50 s':>6} {'p95 s':>6} {'time':>5}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r.graph:<18} {r.phase:<16} {r.requests:>4} {r.errors:>7} {r.mean_score:>6.3f} "
-                     f"{r.tokens_per_request:>8.1f} {r.p50_s:>6.2f} {r.p95_s:>6.2f} {r.time_finishes:>5}")
+        lines.append(
+            f"{r.graph:<18} {r.phase:<16} {r.requests:>4} {r.errors:>7} {r.mean_score:>6.3f} "
+            f"{r.tokens_per_request:>8.1f} {r.p50_s:>6.2f} {r.p95_s:>6.2f} {r.time_finishes:>5}"
+        )
     return "\n".join(lines)
 
 
@@ -114,9 +136,13 @@ def plot(rows: list[Row], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for phase_name, marker in (("c4, 32 tokens", "o"), ("c8, deadline 3 s", "s")):
         pts = [r for r in rows if r.phase == phase_name]
-        ax.scatter([r.tokens_per_request for r in pts], [r.mean_score for r in pts], marker=marker, s=60, label=phase_name)
+        ax.scatter(
+            [r.tokens_per_request for r in pts], [r.mean_score for r in pts], marker=marker, s=60, label=phase_name
+        )
         for r in pts:
-            ax.annotate(r.graph, (r.tokens_per_request, r.mean_score), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(
+                r.graph, (r.tokens_per_request, r.mean_score), textcoords="offset points", xytext=(5, 4), fontsize=8
+            )
     ax.set_xlabel("generated tokens per request")
     ax.set_ylabel("mean score of the answer (positive)")
     ax.set_title("Graph policies on configs/default.yaml")
@@ -160,18 +186,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deadline-ms", type=int, default=3000)
     ap.add_argument("--out", default=str(ROOT / "docs" / "policies.png"))
     args = ap.parse_args(argv)
-    print(f"{len(PROMPTS)} prompts x {len(GRAPHS)} graphs x 2 phases on {cpu_name()}; serving {args.config} ...", flush=True)
+    print(
+        f"{len(PROMPTS)} prompts x {len(GRAPHS)} graphs x 2 phases on {cpu_name()}; serving {args.config} ...",
+        flush=True,
+    )
     with Server(config=args.config, name="bench-policies") as srv:
         rows = asyncio.run(bench(srv.url, args.deadline_ms))
     print()
     print(table(rows))
     worst = max(r.p95_s for r in rows if r.phase.startswith("c8"))
     failed = sum(r.errors for r in rows)
-    print(f"{'PASS' if failed == 0 and worst <= args.deadline_ms / 1000 * 1.1 else 'FAIL'}: deadline {args.deadline_ms} ms "
-          f"under 8 clients: worst p95 {worst:.2f} s (target <= {args.deadline_ms / 1000 * 1.1:.1f} s), non-200s {failed}")
+    print(
+        f"{'PASS' if failed == 0 and worst <= args.deadline_ms / 1000 * 1.1 else 'FAIL'}: deadline {args.deadline_ms} ms "
+        f"under 8 clients: worst p95 {worst:.2f} s (target <= {args.deadline_ms / 1000 * 1.1:.1f} s), non-200s {failed}"
+    )
     out = Path(args.out)
     plot(rows, out)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     data = {"commit": commit, "cpu": cpu_name(), "config": args.config, "rows": [asdict(r) for r in rows]}
     (ROOT / "artifacts" / "bench").mkdir(parents=True, exist_ok=True)
     (ROOT / "artifacts" / "bench" / "policies.json").write_text(json.dumps(data, indent=1))

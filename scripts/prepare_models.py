@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from graph.config import DEFAULT_CONFIG, load_config  # noqa: E402
-from graph.errors import GraphError  # noqa: E402
+from graph.config import DEFAULT_CONFIG, load_config
+from graph.errors import GraphError
 
 
 def embedded_names(config_path: str) -> list[str]:

@@ -31,8 +31,13 @@ sys.path.insert(0, str(ROOT))
 from tests.server import Server  # noqa: E402
 
 PROMPTS = [
-    "I have an idea!", "The weather today is", "Write one sentence about the sea.", "Why is the sky blue?",
-    "The movie was surprisingly", "Tell me a fun fact about cats.", "Once upon a time, in a small village,",
+    "I have an idea!",
+    "The weather today is",
+    "Write one sentence about the sea.",
+    "Why is the sky blue?",
+    "The movie was surprisingly",
+    "Tell me a fun fact about cats.",
+    "Once upon a time, in a small village,",
     "Our team lost the final game because",
 ]
 
@@ -146,7 +151,9 @@ def main() -> None:
     ap.add_argument("--idle", type=float, default=10, help="seconds to wait after the load before the end RSS")
     args = ap.parse_args()
 
-    print(f"soak: {args.clients} clients x {args.seconds:.0f}s against bentoml serve --arg-file {args.config}", flush=True)
+    print(
+        f"soak: {args.clients} clients x {args.seconds:.0f}s against bentoml serve --arg-file {args.config}", flush=True
+    )
     with Server(config=args.config, name="soak") as server:
         pids = workers(server)
         # one request per endpoint first, so the start RSS is that of a warm, loaded server
@@ -171,12 +178,16 @@ def main() -> None:
     for e in soak.errors:
         print(f"  e.g. {e}")
     if lat:
-        print(f"latency s: p50 {statistics.median(lat):.2f}  p95 {lat[int(0.95 * (len(lat) - 1))]:.2f}  max {lat[-1]:.2f}")
+        print(
+            f"latency s: p50 {statistics.median(lat):.2f}  p95 {lat[int(0.95 * (len(lat) - 1))]:.2f}  max {lat[-1]:.2f}"
+        )
     print(f"{'worker RSS MB':<28}{'start':>8}{'peak':>8}{'load end':>10}{'end':>8}   per minute")
     for name in pids:
         peak = max([v for _, v in samples[name]] + [after_load[name]])
-        print(f"{name:<28}{start_rss[name]:>8.0f}{peak:>8.0f}{after_load[name]:>10.0f}{end_rss[name]:>8.0f}   "
-              + per_minute(samples[name], args.seconds))
+        print(
+            f"{name:<28}{start_rss[name]:>8.0f}{peak:>8.0f}{after_load[name]:>10.0f}{end_rss[name]:>8.0f}   "
+            + per_minute(samples[name], args.seconds)
+        )
     print("per-minute peaks of each node's gauges (/node_stats every 10 s):")
     for node in stats:
         for gauge in ("active_rows", "kv_mb", "kv_buffer_mb"):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml  # noqa: E402
+import yaml
 
-from graph.errors import GraphError  # noqa: E402
-from graph.training.config import SampleParams, TrainConfig, parse_train_config  # noqa: E402
+from graph.errors import GraphError
+from graph.training.config import SampleParams, TrainConfig, parse_train_config
 
 
 def _flag(key: str) -> str:
@@ -77,24 +77,32 @@ def main(argv: typing.Sequence[str] | None = None) -> int:
 
         lookups = dict(store_lookup=store_lookup, embedded_lookup=embedded_lookup)
         inputs = check_inputs(cfg, **lookups)
-        print(f"train: {len(inputs.train.documents)} documents, valid: {len(inputs.valid.documents)}; "
-              f"base {cfg.base.describe()} -> {inputs.source}"
-              + (f"; resuming from {inputs.resume_from}" if inputs.resume_from else ""), flush=True)
+        print(
+            f"train: {len(inputs.train.documents)} documents, valid: {len(inputs.valid.documents)}; "
+            f"base {cfg.base.describe()} -> {inputs.source}"
+            + (f"; resuming from {inputs.resume_from}" if inputs.resume_from else ""),
+            flush=True,
+        )
         result = train(cfg, inputs, **lookups)
     except GraphError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-    print(f"steps {result.steps}, validation loss {result.initial_eval_loss:.4f} -> {result.final_eval_loss:.4f} "
-          f"(perplexity {result.metadata()['initial_perplexity']:.2f} -> {result.final_perplexity:.2f}), "
-          f"{result.wall_s:.0f} s; model in {result.final_dir}", flush=True)
+    print(
+        f"steps {result.steps}, validation loss {result.initial_eval_loss:.4f} -> {result.final_eval_loss:.4f} "
+        f"(perplexity {result.metadata()['initial_perplexity']:.2f} -> {result.final_perplexity:.2f}), "
+        f"{result.wall_s:.0f} s; model in {result.final_dir}",
+        flush=True,
+    )
     if args.no_store:
         return 0
     from services.trained import save_trained
 
     tag = save_trained(cfg.name, result.final_dir, result.metadata())
     print(json.dumps({"tag": tag}))
-    print(f"saved to the BentoML model store as {tag}; serve it with a generator node "
-          f"`model: {{bentoml: \"{cfg.name}:latest\"}}` (see configs/finetuned.yaml)")
+    print(
+        f"saved to the BentoML model store as {tag}; serve it with a generator node "
+        f'`model: {{bentoml: "{cfg.name}:latest"}}` (see configs/finetuned.yaml)'
+    )
     return 0
 
 

@@ -3,7 +3,8 @@ a mixin of InferenceGraph that adapts HTTP JSON to graph/chat `ChatSessions`."""
 
 from __future__ import annotations
 
-from typing import Any, AsyncGenerator, AsyncIterator, Optional
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import bentoml
 from starlette.responses import StreamingResponse
@@ -20,7 +21,7 @@ def open_chat(graph: Graph) -> ChatSessions:
     return ChatSessions(graph, ChatStore(graph.config.chat.database_url))
 
 
-def caller(ctx: bentoml.Context) -> Optional[str]:
+def caller(ctx: bentoml.Context) -> str | None:
     """The API key id that owns the conversations this request may touch (the edge's KeyCheck
     found it); None when the graph has no API keys."""
     from services.edge import caller_of
@@ -62,7 +63,9 @@ class ChatEndpoints:
                 background(events.aclose())
 
         response: Any = StreamingResponse(
-            body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "x-request-id": rid},
+            body(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "x-request-id": rid},
         )
         return response
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from bentoml.exceptions import BentoMLException
@@ -26,8 +27,13 @@ _CLASSIFICATIONS = TypeAdapter(list[Classification])
 _ERROR = TypeAdapter(ErrorBody | list[ErrorBody])  # BentoML wraps a 4xx body in a one-element list
 # A node's worker died under the call (kill -9, out of memory): the supervisor starts a new one on the
 # same socket, so the same call, sent again, waits for it. The graph's deadline bounds the retries.
-WORKER_GONE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError, ConnectionResetError,
-               BrokenPipeError)
+WORKER_GONE = (
+    aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError,
+    aiohttp.ClientPayloadError,
+    ConnectionResetError,
+    BrokenPipeError,
+)
 RETRY_PAUSE_S = 0.5
 log = logging.getLogger("graph")
 
@@ -63,8 +69,13 @@ async def _retrying(call: Callable[[], Awaitable[Any]], node: str, request_id: s
             raise NodeFailure(f"node {node!r} cannot be reached: {exc}", node=node) from None
         except WORKER_GONE as exc:
             attempt += 1
-            log.warning("request_id=%s node %s: worker gone (%s); retry %d once it is back",
-                        request_id, node, type(exc).__name__, attempt)
+            log.warning(
+                "request_id=%s node %s: worker gone (%s); retry %d once it is back",
+                request_id,
+                node,
+                type(exc).__name__,
+                attempt,
+            )
             await asyncio.sleep(min(RETRY_PAUSE_S * attempt, 5.0))
 
 
@@ -88,13 +99,22 @@ class GeneratorNodeClient:
     def __init__(self, dep: Any, node: str) -> None:
         self.dep, self.node = dep, node
 
-    async def generate(self, prompts: list[Prompt], params: GenerationParams, request_id: str) -> list[list[GenerationResult]]:
-        out = await _retrying(lambda: self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id),
-                              self.node, request_id)
+    async def generate(
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str
+    ) -> list[list[GenerationResult]]:
+        out = await _retrying(
+            lambda: self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id),
+            self.node,
+            request_id,
+        )
         return _typed(_RESULTS, out, self.node)
 
-    def stream(self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int) -> AsyncIterator[StreamEvent]:
-        chunks = self.dep.to_async.generate_stream(prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms)
+    def stream(
+        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
+    ) -> AsyncIterator[StreamEvent]:
+        chunks = self.dep.to_async.generate_stream(
+            prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms
+        )
         return _events(chunks, self.node)
 
     async def cancel(self, request_id: str) -> bool:

@@ -6,8 +6,9 @@ import functools
 import logging
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from typing import Any, Awaitable, Callable, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import bentoml
 from starlette.responses import JSONResponse

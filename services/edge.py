@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.responses import JSONResponse
 
@@ -149,7 +150,8 @@ class JsonOnly:
             if ctype and ctype not in JSON_TYPES and not ctype.endswith("+json"):
                 err = UnsupportedMediaType(
                     f"content-type: {ctype!r} is not supported; send the body as JSON with "
-                    "Content-Type: application/json", field="content-type",
+                    "Content-Type: application/json",
+                    field="content-type",
                 )
                 await _send_json(send, _refusal(scope, err, self.faces))
                 return
@@ -237,8 +239,13 @@ class DocsContract:
             from services.openapi import exact_spec
 
             self._spec = json.dumps(exact_spec(json.loads(b"".join(chunks)), **self.limits)).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(self._spec)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(self._spec)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": self._spec})
 
 

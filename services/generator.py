@@ -6,14 +6,16 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any, AsyncGenerator
+from collections.abc import AsyncGenerator
+from typing import Any
 
 import bentoml
 
-from graph.memory import allocator, describe as describe_memory
 from graph.chat_format import ChatPrompt, Prompt
 from graph.config import GeneratorNode
 from graph.errors import GraphError
+from graph.memory import allocator
+from graph.memory import describe as describe_memory
 from graph.params import GenerationParams
 from graph.results import GenerationResult
 from graph.wire import encode_error, encode_event
@@ -34,7 +36,7 @@ ENGINE_COUNTERS = {
     "failed_rows_total": "Rows that failed alone (their sampling failed); the rest of the batch went on.",
 }
 _METRICS = {
-    key: bentoml.metrics.Counter(name=f"graph_node_{key[:-len('_total')]}", documentation=doc, labelnames=["node"])
+    key: bentoml.metrics.Counter(name=f"graph_node_{key[: -len('_total')]}", documentation=doc, labelnames=["node"])
     for key, doc in ENGINE_COUNTERS.items()
 }
 
@@ -82,9 +84,14 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
             threading.Thread(
                 target=sync_metrics, args=(name, self.engine, self._stop), name=f"metrics-{name}", daemon=True
             ).start()
-            log.info("node %s loaded %s in %.1fs (%s, torch threads: %s)", name, node.model.describe(),
-                     time.time() - start, str(getattr(self.engine.model, "dtype", "?")).replace("torch.", ""),
-                     threads or "all cores")
+            log.info(
+                "node %s loaded %s in %.1fs (%s, torch threads: %s)",
+                name,
+                node.model.describe(),
+                time.time() - start,
+                str(getattr(self.engine.model, "dtype", "?")).replace("torch.", ""),
+                threads or "all cores",
+            )
             (log.warning if allocator() == "glibc" else log.info)("node %s memory: %s", name, describe_memory())
 
         @bentoml.on_shutdown
@@ -105,8 +112,14 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
             log.info("request_id=%s node=%s prompts=%d", request_id, name, len(prompts))
             for prompt, rows in zip(prompts, outs):
                 if isinstance(prompt, ChatPrompt) and rows:  # what a chat's prompt became here
-                    log.info("request_id=%s node=%s chat kept=%s/%d prompt_tokens=%d", request_id, name,
-                             rows[0].prompt_messages, len(prompt.messages), rows[0].prompt_tokens)
+                    log.info(
+                        "request_id=%s node=%s chat kept=%s/%d prompt_tokens=%d",
+                        request_id,
+                        name,
+                        rows[0].prompt_messages,
+                        len(prompt.messages),
+                        rows[0].prompt_tokens,
+                    )
             return list(outs)
 
         @bentoml.api

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import bentoml
 from starlette.responses import StreamingResponse
@@ -25,6 +26,7 @@ from starlette.responses import StreamingResponse
 from graph.auth import ApiKeys
 from graph.compose import Graph, Timeline, background, sse
 from graph.faces.grpc_server import GrpcFaces
+from graph.policies.schemas import PolicyResponse
 from graph.schemas import (
     Classification,
     ClassifyRequest,
@@ -36,16 +38,24 @@ from graph.schemas import (
     ScoreStreamRequest,
     StreamRequest,
 )
-from graph.policies.schemas import PolicyResponse
 from services.chat import ChatEndpoints, open_chat
 from services.classifier import make_classifier_service
 from services.clients import ClassifierNodeClient, GeneratorNodeClient
 from services.common import graph_config, http_errors, keep_sessions_open, request_id, setup_logging, with_dependencies
-from services.edge import DocsContract, Draining, JsonOnly, KeyCheck, NodeHealth, ReadyProbe, ValidationErrors, caller_of
+from services.edge import (
+    DocsContract,
+    Draining,
+    JsonOnly,
+    KeyCheck,
+    NodeHealth,
+    ReadyProbe,
+    ValidationErrors,
+    caller_of,
+)
 from services.generator import make_generator_service
 from services.openai_app import OpenAIFace, make_openai_app, openai_response
-from services.shutdown import Drain
 from services.playground_face import playground_app
+from services.shutdown import Drain
 
 log = logging.getLogger("graph")
 CONFIG = graph_config()
@@ -81,7 +91,9 @@ class InferenceGraph(ChatEndpoints):
 
     def __init__(self) -> None:
         setup_logging()
-        generators = {name: GeneratorNodeClient(dep.__get__(self, type(self)), name) for name, dep in GENERATORS.items()}
+        generators = {
+            name: GeneratorNodeClient(dep.__get__(self, type(self)), name) for name, dep in GENERATORS.items()
+        }
         classifier = ClassifierNodeClient(CLASSIFIER.__get__(self, type(self)))
         for client in [*generators.values(), classifier]:
             keep_sessions_open(client.dep)
@@ -111,7 +123,9 @@ class InferenceGraph(ChatEndpoints):
         req = GenerateScoreRequest(**fields)
         rid = request_id(ctx)
         timeline = Timeline()
-        out = await self.graph.generate_score(req.original_sentence, req.params, rid, timeline, req.graph, req.deadline_ms)
+        out = await self.graph.generate_score(
+            req.original_sentence, req.params, rid, timeline, req.graph, req.deadline_ms
+        )
         spent = out.trace.tokens_total if isinstance(out, PolicyResponse) else sum(c.completion_tokens for c in out)
         KEYS.charge(caller_of(ctx.request.state), spent)
         log.info("request_id=%s generate_score spans=%s", rid, json.dumps(timeline.rounded()))
@@ -124,8 +138,10 @@ class InferenceGraph(ChatEndpoints):
         req = GenerateRequest(**fields)
         prompts = req.prompt_list()
         per_node = await self.graph.generate(prompts, req.model, req.params, request_id(ctx))
-        KEYS.charge(caller_of(ctx.request.state), sum(r.completion_tokens for rows in per_node.values()
-                                                      for seqs in rows for r in seqs))
+        KEYS.charge(
+            caller_of(ctx.request.state),
+            sum(r.completion_tokens for rows in per_node.values() for seqs in rows for r in seqs),
+        )
         return [
             GenerateItem(model=node, prompt=p, results=rows[i])
             for node, rows in per_node.items()
@@ -173,7 +189,9 @@ class InferenceGraph(ChatEndpoints):
                 background(events.aclose())
 
         return StreamingResponse(
-            body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "x-request-id": rid},
+            body(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "x-request-id": rid},
         )
 
     @bentoml.api
@@ -188,10 +206,15 @@ class InferenceGraph(ChatEndpoints):
 InferenceGraph.add_asgi_middleware(Draining, drain=DRAIN)
 InferenceGraph.add_asgi_middleware(ReadyProbe, health=HEALTH)
 InferenceGraph.add_asgi_middleware(
-    DocsContract, keys=KEYS.enabled, models=list(CONFIG.generators), max_chars=CONFIG.prompt.max_chars,
+    DocsContract,
+    keys=KEYS.enabled,
+    models=list(CONFIG.generators),
+    max_chars=CONFIG.prompt.max_chars,
     max_new_tokens=min(n.max_new_tokens_limit for n in CONFIG.generators.values()),
-    defaults=[n.defaults for n in CONFIG.generators.values()], graphs=tuple(CONFIG.policies.names()),
-    sampling=tuple(CONFIG.policies.sampling()), default_graph=CONFIG.policies.default,
+    defaults=[n.defaults for n in CONFIG.generators.values()],
+    graphs=tuple(CONFIG.policies.names()),
+    sampling=tuple(CONFIG.policies.sampling()),
+    default_graph=CONFIG.policies.default,
 )
 InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS, faces=FACES)
 InferenceGraph.add_asgi_middleware(JsonOnly, faces=FACES)

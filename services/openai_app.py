@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -28,7 +29,6 @@ from services.edge import caller_of
 log = logging.getLogger("graph")
 
 
-
 def _rid(request: Request) -> str:
     """The caller's X-Request-Id, or a new one (as the JSON face does)."""
     return request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
@@ -37,8 +37,9 @@ def _rid(request: Request) -> str:
 def openai_response(err: GraphError, names: Mapping[str, str] | None = None) -> JSONResponse:
     """A GraphError as this face's HTTP response (also used by the entry's edge for /v1 refusals)."""
     mapped = openai_error(err, names)
-    return JSONResponse(mapped.body.model_dump(mode="json", exclude_unset=True), status_code=mapped.status,
-                        headers=mapped.headers)
+    return JSONResponse(
+        mapped.body.model_dump(mode="json", exclude_unset=True), status_code=mapped.status, headers=mapped.headers
+    )
 
 
 def _error(err: GraphError, rid: str, names: Mapping[str, str] | None = None) -> JSONResponse:
@@ -50,8 +51,9 @@ def _error(err: GraphError, rid: str, names: Mapping[str, str] | None = None) ->
 def _answer(result: Any, rid: str) -> Response:
     if isinstance(result, BaseModel):
         return JSONResponse(result.model_dump(mode="json", exclude_unset=True), headers={"x-request-id": rid})
-    return StreamingResponse(result, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "x-request-id": rid})
+    return StreamingResponse(
+        result, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "x-request-id": rid}
+    )
 
 
 async def _body(request: Request) -> Any:
@@ -105,10 +107,18 @@ def make_openai_app() -> Starlette:
     """The /v1 app; the entry service sets `app.state.face = OpenAIFace(graph)` and `app.state.keys`
     (its ApiKeys) in its __init__. API keys are checked before this app by the entry's KeyCheck
     middleware (services/edge.py), which answers /v1 refusals through `openai_response`."""
-    return Starlette(routes=[
-        Route("/models", list_models, methods=["GET"]),
-        Route("/chat/completions", _endpoint(ChatCompletionRequest, lambda f, r, rid, c: f.chat(r, rid, c)),
-              methods=["POST"]),
-        Route("/completions", _endpoint(CompletionRequest, lambda f, r, rid, c: f.completions(r, rid, c)),
-              methods=["POST"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/models", list_models, methods=["GET"]),
+            Route(
+                "/chat/completions",
+                _endpoint(ChatCompletionRequest, lambda f, r, rid, c: f.chat(r, rid, c)),
+                methods=["POST"],
+            ),
+            Route(
+                "/completions",
+                _endpoint(CompletionRequest, lambda f, r, rid, c: f.completions(r, rid, c)),
+                methods=["POST"],
+            ),
+        ]
+    )

@@ -32,16 +32,25 @@ SSE_EVENT = {  # one server-sent event as clients parse it
     "type": "object",
     "required": ["data"],
     "properties": {
-        "data": {"type": "string", "description": "A JSON event (TokenEvent, FinalEvent, ScoreEvent or ErrorEvent), "
-                 "or [DONE] last."},
+        "data": {
+            "type": "string",
+            "description": "A JSON event (TokenEvent, FinalEvent, ScoreEvent or ErrorEvent), or [DONE] last.",
+        },
         "event": {"type": "string"},
     },
 }
 
 
 def exact_spec(
-    spec: dict[str, Any], *, keys: bool, models: list[str], max_new_tokens: int, max_chars: int,
-    defaults: list[GenerationParams], graphs: tuple[str, ...] = ("all",), sampling: tuple[str, ...] = (),
+    spec: dict[str, Any],
+    *,
+    keys: bool,
+    models: list[str],
+    max_new_tokens: int,
+    max_chars: int,
+    defaults: list[GenerationParams],
+    graphs: tuple[str, ...] = ("all",),
+    sampling: tuple[str, ...] = (),
     default_graph: str = "all",
 ) -> dict[str, Any]:
     """`spec` (BentoML's) with the responses the server really sends, and the config's own limits:
@@ -68,9 +77,14 @@ def exact_spec(
                     _one_reply(op)
             elif path == "/readyz":
                 op["responses"] = {
-                    "200": {"description": "Every node is ready.", "content": {"application/json": {"schema": {"type": "object"}}}},
-                    "503": {"description": "A node is not ready (`nodes` says which).",
-                            "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "200": {
+                        "description": "Every node is ready.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "503": {
+                        "description": "A node is not ready (`nodes` says which).",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
                 }
     overrides = schemas.get("GenerationOverrides", {})
     for option in overrides.get("properties", {}).get("max_new_tokens", {}).get("anyOf", []):
@@ -130,16 +144,22 @@ def _body(op: dict[str, Any], models: list[str], max_chars: int) -> None:
         prop = body["properties"]["model"]
         body["properties"]["model"] = {
             "anyOf": [{"type": "string", "enum": list(models)}, {"type": "null"}],
-            "default": None, "description": prop.get("description", "Generator node name; omit for every node."),
+            "default": None,
+            "description": prop.get("description", "Generator node name; omit for every node."),
         }
 
 
 def _enum(op: dict[str, Any], field: str, values: list[str], description: str) -> None:
     """An optional string field of the body that takes one of `values` (null: the default)."""
-    props = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("properties", {})
+    props = (
+        op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("properties", {})
+    )
     if field in props:
-        props[field] = {"anyOf": [{"type": "string", "enum": values}, {"type": "null"}], "default": None,
-                        "description": props[field].get("description", description)}
+        props[field] = {
+            "anyOf": [{"type": "string", "enum": values}, {"type": "null"}],
+            "default": None,
+            "description": props[field].get("description", description),
+        }
 
 
 def _graph_rules(op: dict[str, Any], named: list[str], sampling: list[str], default: str) -> None:
@@ -165,10 +185,17 @@ def _graph_rules(op: dict[str, Any], named: list[str], sampling: list[str], defa
             then["properties"]["model"] = {"type": "null"}
         rules.append({"if": chosen(named), "then": then})
     if sampling:
-        rules.append({"if": chosen(sampling), "then": params({
-            "do_sample": {"anyOf": [{"const": True}, {"type": "null"}]},
-            "temperature": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}]},
-        })})
+        rules.append(
+            {
+                "if": chosen(sampling),
+                "then": params(
+                    {
+                        "do_sample": {"anyOf": [{"const": True}, {"type": "null"}]},
+                        "temperature": {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}]},
+                    }
+                ),
+            }
+        )
     if rules:
         body["allOf"] = [*body.get("allOf", []), *rules]
 
@@ -207,19 +234,31 @@ def cross_field_rules(defaults: list[GenerationParams]) -> list[dict[str, Any]]:
     rules = []
     # top_logprobs needs logprobs=true
     if not all(d.logprobs for d in defaults):
-        rules.append({"if": _given("top_logprobs", {"type": "integer", "minimum": 1}),
-                      "then": _given("logprobs", {"const": True})})
+        rules.append(
+            {
+                "if": _given("top_logprobs", {"type": "integer", "minimum": 1}),
+                "then": _given("logprobs", {"const": True}),
+            }
+        )
     else:
-        rules.append({"if": _given("top_logprobs", {"type": "integer", "minimum": 1}),
-                      "then": {"not": _given("logprobs", {"const": False})}})
+        rules.append(
+            {
+                "if": _given("top_logprobs", {"type": "integer", "minimum": 1}),
+                "then": {"not": _given("logprobs", {"const": False})},
+            }
+        )
     # num_return_sequences > 1 needs do_sample=true
     sampled_by_default = all(d.do_sample for d in defaults)
-    rules.append({"if": _given("num_return_sequences", {"type": "integer", "minimum": 2}),
-                  "then": {"not": _given("do_sample", {"const": False})} if sampled_by_default
-                  else _given("do_sample", {"const": True})})
+    rules.append(
+        {
+            "if": _given("num_return_sequences", {"type": "integer", "minimum": 2}),
+            "then": {"not": _given("do_sample", {"const": False})}
+            if sampled_by_default
+            else _given("do_sample", {"const": True}),
+        }
+    )
     # temperature 0 with do_sample=true is undefined
-    rules.append({"if": _given("do_sample", {"const": True}),
-                  "then": {"not": _given("temperature", {"const": 0})}})
+    rules.append({"if": _given("do_sample", {"const": True}), "then": {"not": _given("temperature", {"const": 0})}})
     if any(d.do_sample for d in defaults):
         rules.append({"if": _given("temperature", {"const": 0}), "then": _given("do_sample", {"const": False})})
     # a node default the request keeps must not break a rule either

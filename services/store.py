@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import bentoml
 from bentoml.exceptions import NotFound
 
-from graph.models import embedded
 from graph.errors import ConfigError
+from graph.models import embedded
 
 log = logging.getLogger("graph")
 
@@ -26,7 +26,7 @@ def store_lookup(tag: str) -> str:
         ) from None
 
 
-def find_prepared(name: str) -> Optional[bentoml.Model]:
+def find_prepared(name: str) -> bentoml.Model | None:
     """The newest store entry for an embedded model whose fingerprint matches the installed package."""
     try:
         models = bentoml.models.list(name)
@@ -46,8 +46,7 @@ def prepare(name: str, *, force: bool = False, progress: Callable[[str], None] =
         return found.path, False
     spec = embedded.get_embedded(name)
     labels = {"fingerprint": embedded.fingerprint(name), "source": "embedded"}
-    metadata = {"package": f"{spec.distribution}=={embedded.package_version(name)}",
-                "description": spec.description}
+    metadata = {"package": f"{spec.distribution}=={embedded.package_version(name)}", "description": spec.description}
     start = time.perf_counter()
     with bentoml.models.create(name, labels=labels, metadata=metadata) as model:
         embedded.convert_embedded(name, model.path, progress=progress)
@@ -64,6 +63,7 @@ def embedded_lookup(name: str) -> str:
         return found.path
     log.warning(
         "embedded model %s is not in the BentoML store yet: converting it now (~30-90 s). "
-        "`make prepare` (run by `make serve`) does this ahead of time.", name,
+        "`make prepare` (run by `make serve`) does this ahead of time.",
+        name,
     )
     return prepare(name, progress=log.warning)[0]

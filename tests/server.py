@@ -25,8 +25,14 @@ def free_port() -> int:
 class Server:
     """`bentoml serve TARGET [--arg-file CONFIG]` on a free port, logs under artifacts/logs/."""
 
-    def __init__(self, target: str = "services.graph:InferenceGraph", config: str | Path | None = None,
-                 name: str = "server", port: int | None = None, ready_path: str = "/readyz") -> None:
+    def __init__(
+        self,
+        target: str = "services.graph:InferenceGraph",
+        config: str | Path | None = None,
+        name: str = "server",
+        port: int | None = None,
+        ready_path: str = "/readyz",
+    ) -> None:
         self.target, self.config, self.name = target, config, name
         self.port = port or free_port()
         self.ready_path = ready_path
@@ -34,15 +40,24 @@ class Server:
         self.log_path = ARTIFACTS / "logs" / f"{name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 240) -> "Server":
+    def start(self, timeout_s: float = 240) -> Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [str(BENTOML), "serve", self.target, "--port", str(self.port), "--host", "127.0.0.1"]
         if self.config is not None:
             cmd += ["--arg-file", str(self.config)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-               "BENTOML_DO_NOT_TRACK": "true", "TOKENIZERS_PARALLELISM": "false"}
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "BENTOML_DO_NOT_TRACK": "true",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.time() + timeout_s
@@ -83,7 +98,10 @@ class Server:
         pids = []
         for entry in Path("/proc").iterdir():
             try:
-                if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                if (
+                    entry.name.isdigit()
+                    and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == self.proc.pid
+                ):
                     pids.append(int(entry.name))
             except (OSError, ValueError, IndexError):
                 continue
@@ -107,7 +125,7 @@ class Server:
             except ProcessLookupError:
                 pass
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -123,7 +141,7 @@ def sse_events(response: httpx.Response) -> list[tuple[float, str]]:
         while "\n\n" in buffer:
             event, buffer = buffer.split("\n\n", 1)
             assert event.startswith("data: "), f"not an SSE event: {event!r}"
-            out.append((time.monotonic(), event[len("data: "):]))
+            out.append((time.monotonic(), event[len("data: ") :]))
     assert buffer == "", f"trailing bytes after last event: {buffer!r}"
     return out
 

@@ -34,7 +34,7 @@ class BotApiStandIn:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     # ---- test side --------------------------------------------------------------------------------
-    def start(self) -> "BotApiStandIn":
+    def start(self) -> BotApiStandIn:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(30)
         return self
@@ -48,7 +48,9 @@ class BotApiStandIn:
     def push(self, chat_id: int, text: str) -> None:
         n = next(self._ids)
         message: dict[str, Any] = {
-            "message_id": n, "date": int(time.time()), "text": text,
+            "message_id": n,
+            "date": int(time.time()),
+            "text": text,
             "chat": {"id": chat_id, "type": "private", "first_name": "Tester"},
             "from": {"id": chat_id, "is_bot": False, "first_name": "Tester"},
         }
@@ -97,8 +99,15 @@ class BotApiStandIn:
             with self._cond:
                 self._sent.append({"chat_id": chat_id, "text": params["text"]})
                 self._cond.notify_all()
-            return _ok({"message_id": next(self._ids), "date": int(time.time()), "text": params["text"],
-                        "chat": {"id": chat_id, "type": "private"}, "from": BOT})
+            return _ok(
+                {
+                    "message_id": next(self._ids),
+                    "date": int(time.time()),
+                    "text": params["text"],
+                    "chat": {"id": chat_id, "type": "private"},
+                    "from": BOT,
+                }
+            )
         return _ok(True)  # deleteWebhook, sendChatAction, ...: accepted
 
     async def _get_updates(self, offset: int, timeout: float) -> list[dict[str, Any]]:
@@ -109,7 +118,7 @@ class BotApiStandIn:
             self._new_update.clear()
             try:
                 await asyncio.wait_for(self._new_update.wait(), min(timeout, 2.0))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return list(self._updates)
 

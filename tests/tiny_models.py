@@ -60,9 +60,7 @@ def build_causal_lm(out: Path, *, arch: str = "llama", seed: int = 0) -> Path:
         )
         model = LlamaForCausalLM(cfg)
     elif arch == "gpt2":
-        cfg = GPT2Config(
-            n_embd=32, n_layer=2, n_head=4, n_positions=1024, initializer_range=0.3, **common
-        )
+        cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=1024, initializer_range=0.3, **common)
         model = GPT2LMHeadModel(cfg)
     else:
         raise ValueError(f"unknown arch {arch}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -13,9 +13,11 @@ from graph.schemas import NOT_BLANK, StrictRequest, Usage, not_blank
 
 class _Request(StrictRequest):
     user_id: str = Field(
-        min_length=1, max_length=256, json_schema_extra=NOT_BLANK,
-        description="Whose conversation: any string the caller chooses "
-        "(not a secret: see the README on API keys).", examples=["alice"],
+        min_length=1,
+        max_length=256,
+        json_schema_extra=NOT_BLANK,
+        description="Whose conversation: any string the caller chooses (not a secret: see the README on API keys).",
+        examples=["alice"],
     )
 
     _user_id_not_blank = field_validator("user_id")(not_blank)
@@ -28,10 +30,11 @@ class UserRequest(_Request):
 class InferRequest(_Request):
     """The seed's chat API: one user message in, the model's reply out; the history is kept."""
 
-    message: str = Field(min_length=1, description="The user's message.", examples=["Hello! How are you?"],
-                         json_schema_extra=NOT_BLANK)
-    model: Optional[str] = Field(None, description="Generator node; omit for the config's chat.default_model.")
-    params: Optional[GenerationOverrides] = Field(None, description="Overrides of the node's generation defaults.")
+    message: str = Field(
+        min_length=1, description="The user's message.", examples=["Hello! How are you?"], json_schema_extra=NOT_BLANK
+    )
+    model: str | None = Field(None, description="Generator node; omit for the config's chat.default_model.")
+    params: GenerationOverrides | None = Field(None, description="Overrides of the node's generation defaults.")
 
     _message_not_blank = field_validator("message")(not_blank)
 
@@ -59,8 +62,9 @@ class ChatReply(BaseModel):
     model: str = Field(description="The generator node that answered.")
     finish_reason: FinishReason
     usage: Usage
-    context_turns: Optional[int] = Field(
-        None, description="Past turns the node kept in the prompt (after max_turns, then its token budget).",
+    context_turns: int | None = Field(
+        None,
+        description="Past turns the node kept in the prompt (after max_turns, then its token budget).",
     )
 
 
@@ -70,7 +74,7 @@ class StoredMessage(BaseModel):
     turn: int
     role: Literal["user", "assistant"]
     content: str
-    model: Optional[str] = Field(None, description="The node that wrote it (assistant messages).")
+    model: str | None = Field(None, description="The node that wrote it (assistant messages).")
     created: float = Field(description="Unix time it was stored.")
 
 

@@ -12,7 +12,7 @@ prompt-token budget (graph/chat_format.py, on the node, which has the tokenizer)
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Optional
+from collections.abc import AsyncIterator
 
 from pydantic import BaseModel
 
@@ -42,18 +42,19 @@ class ChatSessions:
         node = self.graph.select(req.model or self.config.default_model or next(iter(self.graph.generators)))[0]
         params = self.graph.params_for(node, req.params)
         if params.num_return_sequences != 1:
-            raise InvalidRequest("params.num_return_sequences: a chat turn has one reply; set 1",
-                                 field="params.num_return_sequences")
+            raise InvalidRequest(
+                "params.num_return_sequences: a chat turn has one reply; set 1", field="params.num_return_sequences"
+            )
         return node, params
 
     def prompt(self, past: list[StoredMessage], message: str) -> list[ChatMessage]:
         """The last max_turns turns of `past`, then the new message."""
-        turns = sorted({m.turn for m in past})[-self.config.max_turns:] if self.config.max_turns else []
+        turns = sorted({m.turn for m in past})[-self.config.max_turns :] if self.config.max_turns else []
         kept = [ChatMessage(role=m.role, content=m.content) for m in past if m.turn in set(turns)]
         return [*kept, ChatMessage(role="user", content=message)]
 
     # ---- turns ----------------------------------------------------------------------------------
-    async def reply(self, owner: Optional[str], req: InferRequest, request_id: str) -> ChatReply:
+    async def reply(self, owner: str | None, req: InferRequest, request_id: str) -> ChatReply:
         node, params = self.plan(req)
         async with self.store.turn_lock(owner, req.user_id):
             messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
@@ -62,18 +63,23 @@ class ChatSessions:
             (result,) = per_prompt[0]
             return await self._store(owner, req, node, result, result.prompt_messages)
 
-    def stream(self, owner: Optional[str], req: ChatRequest, request_id: str) -> AsyncIterator[BaseModel]:
+    def stream(self, owner: str | None, req: ChatRequest, request_id: str) -> AsyncIterator[BaseModel]:
         """Validate now (bad input is a 4xx, not a broken stream), then stream the turn's events:
         token and final events as generate_stream's, then a `turn` event once it is stored."""
         node, params = self.plan(req)
         return self._events(owner, req, node, params, request_id)
 
     async def _events(
-        self, owner: Optional[str], req: ChatRequest, node: str, params: GenerationParams, request_id: str,
+        self,
+        owner: str | None,
+        req: ChatRequest,
+        node: str,
+        params: GenerationParams,
+        request_id: str,
     ) -> AsyncIterator[TokenEvent | FinalEvent | ErrorEvent | TurnEvent]:
         async with self.store.turn_lock(owner, req.user_id):
             messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
-            result: Optional[GenerationResult] = None
+            result: GenerationResult | None = None
             try:
                 async for ev in self.nodes[node].stream(
                     ChatPrompt(messages=messages), params, request_id, req.intermediate_result_interval_ms
@@ -88,24 +94,32 @@ class ChatSessions:
             yield TurnEvent(reply=await self._store(owner, req, node, result, result.prompt_messages))
 
     async def _store(
-        self, owner: Optional[str], req: InferRequest, node: str, result: GenerationResult, kept: Optional[int],
+        self,
+        owner: str | None,
+        req: InferRequest,
+        node: str,
+        result: GenerationResult,
+        kept: int | None,
     ) -> ChatReply:
         text = clean_reply(result.text)
         turn = await self.store.add_turn(
             owner, req.user_id, req.message, text, node, result.prompt_tokens, result.completion_tokens
         )
         return ChatReply(
-            user_id=req.user_id, message=text, turn=turn, model=node, finish_reason=result.finish_reason,
+            user_id=req.user_id,
+            message=text,
+            turn=turn,
+            model=node,
+            finish_reason=result.finish_reason,
             usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
             context_turns=None if kept is None else max(0, kept - 1) // 2,
         )
 
     # ---- histories ------------------------------------------------------------------------------
-    async def history(self, owner: Optional[str], user_id: str) -> History:
+    async def history(self, owner: str | None, user_id: str) -> History:
         msgs = await self.store.history(owner, user_id)
         return History(user_id=user_id, turns=len({m.turn for m in msgs}), messages=msgs)
 
-    async def forget(self, owner: Optional[str], user_id: str) -> Forgotten:
+    async def forget(self, owner: str | None, user_id: str) -> Forgotten:
         async with self.store.turn_lock(owner, user_id):  # not in the middle of a turn
             return Forgotten(user_id=user_id, deleted_messages=await self.store.forget(owner, user_id))
-

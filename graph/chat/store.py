@@ -15,13 +15,29 @@ import asyncio
 import hashlib
 import time
 import weakref
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any
 
 from sqlalchemy import (
-    Column, Connection, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
-    delete, event, func, insert, select, text,
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
@@ -32,12 +48,14 @@ from graph.errors import ConfigError
 
 metadata = MetaData()
 schema_version = Table(
-    "chat_schema_version", metadata,
+    "chat_schema_version",
+    metadata,
     Column("version", Integer, primary_key=True),
     Column("applied", Float, nullable=False),
 )
 conversations = Table(
-    "chat_conversations", metadata,
+    "chat_conversations",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("user_id", String(256), nullable=False),
     Column("owner", String(128), nullable=True),
@@ -46,7 +64,8 @@ conversations = Table(
 # One conversation per (user_id, owner), NULL owner included (a plain UNIQUE treats NULLs as distinct).
 Index("ux_chat_conversation", conversations.c.user_id, func.coalesce(conversations.c.owner, ""), unique=True)
 messages = Table(
-    "chat_messages", metadata,
+    "chat_messages",
+    metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("conversation_id", Integer, ForeignKey("chat_conversations.id", ondelete="CASCADE"), nullable=False),
     Column("turn", Integer, nullable=False),
@@ -94,7 +113,7 @@ def migrate(conn: Connection) -> int:
     return SCHEMA_VERSION
 
 
-def _owner_is(owner: Optional[str]) -> Any:
+def _owner_is(owner: str | None) -> Any:
     return conversations.c.owner.is_(None) if owner is None else conversations.c.owner == owner
 
 
@@ -110,7 +129,7 @@ class ChatStore:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._migrated = False
         self._migrate_lock = asyncio.Lock()
-        self._turn_locks: weakref.WeakValueDictionary[tuple[Optional[str], str], asyncio.Lock] = (
+        self._turn_locks: weakref.WeakValueDictionary[tuple[str | None, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
 
@@ -126,7 +145,7 @@ class ChatStore:
         await self.engine.dispose()
 
     @asynccontextmanager
-    async def turn_lock(self, owner: Optional[str], user_id: str) -> AsyncIterator[None]:
+    async def turn_lock(self, owner: str | None, user_id: str) -> AsyncIterator[None]:
         """One turn at a time per conversation, in arrival order: an asyncio lock (FIFO) in this
         process and, on PostgreSQL, an advisory lock across every replica sharing the database."""
         key = (owner, user_id)
@@ -148,7 +167,7 @@ class ChatStore:
                     await conn.execute(select(func.pg_advisory_unlock(k)))
                     await conn.commit()
 
-    async def history(self, owner: Optional[str], user_id: str) -> list[StoredMessage]:
+    async def history(self, owner: str | None, user_id: str) -> list[StoredMessage]:
         """The conversation's messages, oldest first ([] when there is none)."""
         await self.ready()
         async with self.engine.connect() as conn:
@@ -161,8 +180,14 @@ class ChatStore:
             return [StoredMessage.model_validate(dict(r._mapping)) for r in rows]
 
     async def add_turn(
-        self, owner: Optional[str], user_id: str, message: str, reply: str, model: str,
-        prompt_tokens: int, completion_tokens: int,
+        self,
+        owner: str | None,
+        user_id: str,
+        message: str,
+        reply: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
     ) -> int:
         """Store one turn (the user's message and the reply) in one transaction; its turn number."""
         await self.ready()
@@ -172,15 +197,30 @@ class ChatStore:
             turn = (last.scalar() or 0) + 1
             now = time.time()
             row = {"conversation_id": cid, "turn": turn, "created": now}  # every row has every key
-            await conn.execute(insert(messages), [
-                {**row, "role": "user", "content": message, "model": None, "prompt_tokens": None,
-                 "completion_tokens": None},
-                {**row, "role": "assistant", "content": reply, "model": model, "prompt_tokens": prompt_tokens,
-                 "completion_tokens": completion_tokens},
-            ])
+            await conn.execute(
+                insert(messages),
+                [
+                    {
+                        **row,
+                        "role": "user",
+                        "content": message,
+                        "model": None,
+                        "prompt_tokens": None,
+                        "completion_tokens": None,
+                    },
+                    {
+                        **row,
+                        "role": "assistant",
+                        "content": reply,
+                        "model": model,
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                    },
+                ],
+            )
         return turn
 
-    async def forget(self, owner: Optional[str], user_id: str) -> int:
+    async def forget(self, owner: str | None, user_id: str) -> int:
         """Delete the conversation and its messages; how many messages were deleted."""
         await self.ready()
         async with self.engine.begin() as conn:
@@ -195,7 +235,7 @@ class ChatStore:
         async with self.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(messages))).scalar_one())
 
-    async def _conversation(self, conn: AsyncConnection, owner: Optional[str], user_id: str) -> int:
+    async def _conversation(self, conn: AsyncConnection, owner: str | None, user_id: str) -> int:
         find = select(conversations.c.id).where(conversations.c.user_id == user_id, _owner_is(owner))
         found = (await conn.execute(find)).scalar()
         if found is not None:

@@ -20,8 +20,9 @@ import logging
 import os
 import time
 from bisect import bisect_left
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -42,7 +43,7 @@ BACKEND = "inductor"
 COMPILE_CACHE_DIR = Path.home() / ".cache" / "inference-graph" / "torch-compile"
 
 
-def configure_compile_cache(path: Optional[str | Path] = None) -> Path:
+def configure_compile_cache(path: str | Path | None = None) -> Path:
     """Point Inductor's on-disk caches (FX graph cache, compiled C++ kernels) at one folder kept
     across restarts. Returns the folder."""
     folder = Path(path or os.environ.get("INFERENCE_GRAPH_COMPILE_CACHE") or COMPILE_CACHE_DIR)
@@ -61,10 +62,10 @@ class _BucketLayer(DynamicLayer):
 
     def __init__(self) -> None:
         super().__init__()
-        self.past_k: Optional[torch.Tensor] = None
-        self.past_v: Optional[torch.Tensor] = None
-        self.new_k: Optional[torch.Tensor] = None
-        self.new_v: Optional[torch.Tensor] = None
+        self.past_k: torch.Tensor | None = None
+        self.past_v: torch.Tensor | None = None
+        self.new_k: torch.Tensor | None = None
+        self.new_v: torch.Tensor | None = None
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -83,7 +84,7 @@ class _BucketCache(Cache):
         return self.layers[0].get_seq_length()
 
 
-def bucket(n: int, buckets: Sequence[int]) -> Optional[int]:
+def bucket(n: int, buckets: Sequence[int]) -> int | None:
     """The smallest bucket >= n, None if n is above them all."""
     i = bisect_left(buckets, n)
     return buckets[i] if i < len(buckets) else None
@@ -92,8 +93,9 @@ def bucket(n: int, buckets: Sequence[int]) -> Optional[int]:
 class CompiledRunner(ModelRunner):
     """ModelRunner whose decode step runs compiled on (row, length) buckets; prefill stays eager."""
 
-    def __init__(self, model, *, max_batch_size: int, max_length: int = 512,
-                 cache_dir: Optional[str | Path] = None) -> None:
+    def __init__(
+        self, model, *, max_batch_size: int, max_length: int = 512, cache_dir: str | Path | None = None
+    ) -> None:
         super().__init__(model)
         configure_compile_cache(cache_dir)
         self.row_buckets = tuple(b for b in ROW_BUCKETS if b < max_batch_size) + (max(2, max_batch_size),)
@@ -159,7 +161,7 @@ class CompiledRunner(ModelRunner):
     def _bucket_mask(self, mask: torch.Tensor, length: int):
         full = mask[:, None, None, :]
 
-        def windowed(window: Optional[int]) -> torch.Tensor:
+        def windowed(window: int | None) -> torch.Tensor:
             lo = length + 1 - window if window is not None else 0
             if lo <= 0:
                 return full
@@ -185,5 +187,10 @@ class CompiledRunner(ModelRunner):
                     layer.vbuf[:, :, cache.start : cache.end - 1] = 0
                 with torch.inference_mode():
                     self.decode(torch.full((b, 1), pad_id), torch.ones(b, 1, dtype=torch.long), cache, 1)
-        log.warning("compiled decode step: %d row buckets x %d length buckets warm in %.1f s (%d graphs compiled)",
-                    len(self.row_buckets), len(self.warm_lengths), time.perf_counter() - t0, self.compiles - before)
+        log.warning(
+            "compiled decode step: %d row buckets x %d length buckets warm in %.1f s (%d graphs compiled)",
+            len(self.row_buckets),
+            len(self.warm_lengths),
+            time.perf_counter() - t0,
+            self.compiles - before,
+        )

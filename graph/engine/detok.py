@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 # How many prompt tokens to decode in front of the first completion token, so that tokenizers
 # which drop a leading space when decoding from the start of a sequence keep it here.
@@ -61,7 +61,7 @@ class IncrementalDetokenizer:
         if not self._held:
             return ""
         held, self._held = self._held, []
-        return self._decode(self._context + held)[len(self._decode(self._context)):]
+        return self._decode(self._context + held)[len(self._decode(self._context)) :]
 
 
 class StopMatcher:
@@ -93,7 +93,7 @@ class StopMatcher:
             self._sent = len(self.text)
             return out, False
         start = max(0, self._searched - self._longest + 1)
-        hit: Optional[int] = None
+        hit: int | None = None
         for s in self._stops:
             i = self.text.find(s, start)
             if i != -1 and (hit is None or i < hit):

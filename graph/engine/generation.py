@@ -15,18 +15,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import AsyncIterator, Optional
+from collections.abc import AsyncIterator
 
 import torch
 
 from graph.chat_format import ChatMessage, ChatPrompt, FittedChat, fit_chat
 from graph.engine.detok import make_decoder
 from graph.engine.kvcache import kv_bytes_per_token
+from graph.engine.runner import ModelRunner
+from graph.engine.scheduler import Request, Scheduler
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
 from graph.results import GenerationResult, StreamEvent, TokenLogprob, TopLogprob
-from graph.engine.runner import ModelRunner
-from graph.engine.scheduler import Request, Scheduler
 
 __all__ = ["GenerationEngine", "GenerationResult", "StreamEvent", "TokenLogprob", "TopLogprob"]
 
@@ -73,8 +73,9 @@ class GenerationEngine:
         if compile:
             from graph.engine.compiled import CompiledRunner
 
-            self._runner: ModelRunner = CompiledRunner(model, max_batch_size=max_batch_size,
-                                                       max_length=max_prompt_tokens)
+            self._runner: ModelRunner = CompiledRunner(
+                model, max_batch_size=max_batch_size, max_length=max_prompt_tokens
+            )
         else:
             self._runner = ModelRunner(model)
         eos = _eos_ids(model, tokenizer)
@@ -82,14 +83,23 @@ class GenerationEngine:
         self._bos_id = tokenizer.bos_token_id
         self._decode = make_decoder(tokenizer)
         self._scheduler = Scheduler(
-            self._runner, tokenizer, name=name, eos_ids=eos, pad_id=pad, max_batch_size=max_batch_size,
-            max_queue=max_queue, max_prompt_tokens=max_prompt_tokens, threads=threads,
-            max_request_share=max_request_share, max_wait_s=max_wait_s, max_kv_mb=max_kv_mb,
+            self._runner,
+            tokenizer,
+            name=name,
+            eos_ids=eos,
+            pad_id=pad,
+            max_batch_size=max_batch_size,
+            max_queue=max_queue,
+            max_prompt_tokens=max_prompt_tokens,
+            threads=threads,
+            max_request_share=max_request_share,
+            max_wait_s=max_wait_s,
+            max_kv_mb=max_kv_mb,
             kv_bytes_per_token=kv_bytes_per_token(model),
         )
 
     @classmethod
-    def from_node(cls, name: str, node, *, threads: int | None = None, **lookups) -> "GenerationEngine":
+    def from_node(cls, name: str, node, *, threads: int | None = None, **lookups) -> GenerationEngine:
         """The engine of generator node `name` (a graph.config.GeneratorNode), model loaded, not
         started. `lookups` go to graph.models.loading.load_causal_lm (store_lookup, embedded_lookup)."""
         from graph.models.loading import load_causal_lm, resolve_runtime
@@ -98,10 +108,18 @@ class GenerationEngine:
         model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
         sched = node.scheduler
         return cls(
-            model, tokenizer, name=name, max_batch_size=sched.max_batch_size,
-            max_queue=sched.max_queue, max_prompt_tokens=node.max_prompt_tokens,
-            threads=threads, chat_template=node.chat_template, max_request_share=sched.max_request_share,
-            max_wait_s=sched.max_wait_s, max_kv_mb=sched.max_kv_mb, compile=runtime.compile,
+            model,
+            tokenizer,
+            name=name,
+            max_batch_size=sched.max_batch_size,
+            max_queue=sched.max_queue,
+            max_prompt_tokens=node.max_prompt_tokens,
+            threads=threads,
+            chat_template=node.chat_template,
+            max_request_share=sched.max_request_share,
+            max_wait_s=sched.max_wait_s,
+            max_kv_mb=sched.max_kv_mb,
+            compile=runtime.compile,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -129,7 +147,7 @@ class GenerationEngine:
         prompt, params, kept = self._fit(prompt, params)
         req = self._submit(prompt, params, request_id, streaming=False, prompt_messages=kept)
         total = params.num_return_sequences
-        results: list[Optional[GenerationResult]] = [None] * total
+        results: list[GenerationResult | None] = [None] * total
         try:
             while req.results_seen < total:
                 item = await req.queue.get()
@@ -169,7 +187,7 @@ class GenerationEngine:
                     try:
                         wait = max(0.0, last_flush + interval - time.monotonic())
                         items.append(await asyncio.wait_for(req.queue.get(), wait))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                 else:
                     items.append(await req.queue.get())
@@ -183,10 +201,14 @@ class GenerationEngine:
                     if result is None:
                         pending[index] = pending.get(index, "") + text
                     else:
-                        finals.append(StreamEvent(
-                            index=index, text=pending.pop(index, "") + text, result=result,
-                            tokens=result.completion_tokens,
-                        ))
+                        finals.append(
+                            StreamEvent(
+                                index=index,
+                                text=pending.pop(index, "") + text,
+                                result=result,
+                                tokens=result.completion_tokens,
+                            )
+                        )
                 now = time.monotonic()
                 if pending and now - last_flush >= interval:
                     last_flush = now
@@ -219,13 +241,18 @@ class GenerationEngine:
         cache = s._cache
         kv = s.kv_bytes(len(s.rows), cache.length) if cache is not None else 0
         buffer = s.kv_bytes(cache.row_capacity, cache.capacity) if cache is not None else 0
-        return {**s.counters, "active_rows": len(s.rows), "queued_requests": s.queued(),
-                "step_ms": round(s.step_s * 1000, 3), "kv_mb": round(kv / 2**20, 3),
-                "kv_buffer_mb": round(buffer / 2**20, 3)}
+        return {
+            **s.counters,
+            "active_rows": len(s.rows),
+            "queued_requests": s.queued(),
+            "step_ms": round(s.step_s * 1000, 3),
+            "kv_mb": round(kv / 2**20, 3),
+            "kv_buffer_mb": round(buffer / 2**20, 3),
+        }
 
     def _fit(
         self, prompt: str | list[int] | ChatPrompt, params: GenerationParams
-    ) -> tuple[str | list[int], GenerationParams, Optional[int]]:
+    ) -> tuple[str | list[int], GenerationParams, int | None]:
         """A ChatPrompt as this node's prompt ids, params and messages kept (`fit_chat`); any other
         prompt as it is."""
         if not isinstance(prompt, ChatPrompt):
@@ -255,8 +282,13 @@ class GenerationEngine:
         return list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def _submit(
-        self, prompt: str | list[int], params: GenerationParams, request_id: Optional[str], *, streaming: bool,
-        prompt_messages: Optional[int] = None,
+        self,
+        prompt: str | list[int],
+        params: GenerationParams,
+        request_id: str | None,
+        *,
+        streaming: bool,
+        prompt_messages: int | None = None,
     ) -> Request:
         ids = list(prompt) if isinstance(prompt, list) else self._encode(prompt)
         if not ids:
@@ -281,8 +313,14 @@ class GenerationEngine:
                 f"max_batch_size of {self.max_batch_size}",
                 field="num_return_sequences",
             )
-        req = Request(request_id or uuid.uuid4().hex, ids, params, streaming=streaming, decode=self._decode,
-                      prompt_messages=prompt_messages)
+        req = Request(
+            request_id or uuid.uuid4().hex,
+            ids,
+            params,
+            streaming=streaming,
+            decode=self._decode,
+            prompt_messages=prompt_messages,
+        )
         self._scheduler.submit(req)
         return req
 

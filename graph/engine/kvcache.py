@@ -22,7 +22,7 @@ and a ready 4-D attention mask (so the cache is never asked for mask sizes or of
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -33,18 +33,16 @@ class _SlabLayer(DynamicLayer):
 
     is_sliding = False
 
-    def __init__(self, owner: "BatchKVCache") -> None:
+    def __init__(self, owner: BatchKVCache) -> None:
         super().__init__()
         self._owner = owner
-        self.kbuf: Optional[torch.Tensor] = None
-        self.vbuf: Optional[torch.Tensor] = None
+        self.kbuf: torch.Tensor | None = None
+        self.vbuf: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         o = self._owner
         self.kbuf = key_states.new_empty(o.row_capacity, key_states.shape[1], o.capacity, key_states.shape[-1])
-        self.vbuf = value_states.new_empty(
-            o.row_capacity, value_states.shape[1], o.capacity, value_states.shape[-1]
-        )
+        self.vbuf = value_states.new_empty(o.row_capacity, value_states.shape[1], o.capacity, value_states.shape[-1])
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
@@ -116,7 +114,7 @@ class BatchKVCache(Cache):
         self.start, self.end = new_start, new_end
 
     # -- rows joining and leaving -----------------------------------------------------------------
-    def add_rows(self, prefill: "BatchKVCache", src_rows: Sequence[int], right_room: int) -> None:
+    def add_rows(self, prefill: BatchKVCache, src_rows: Sequence[int], right_room: int) -> None:
         """Append rows `src_rows` of a finished prefill cache (an index may repeat: the samples of
         one prompt share its prefill) at the bottom of this batch, right-aligned."""
         n, p = len(src_rows), prefill.length

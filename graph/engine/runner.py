@@ -11,7 +11,8 @@ from __future__ import annotations
 import ctypes
 import inspect
 import logging
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -49,7 +50,7 @@ class ModelRunner:
         self.model = model
         cfg = model.config.get_text_config(decoder=True)
         self.num_layers: int = cfg.num_hidden_layers
-        self.max_positions: Optional[int] = getattr(cfg, "max_position_embeddings", None)
+        self.max_positions: int | None = getattr(cfg, "max_position_embeddings", None)
         if model.config._attn_implementation not in ("sdpa", "eager"):
             model.set_attn_implementation("sdpa")
         self._eager = model.config._attn_implementation == "eager"
@@ -92,7 +93,7 @@ class ModelRunner:
         keys = mask[:, None, :] | torch.eye(p, dtype=torch.bool)[None]
         full = (causal[None] & keys)[:, None]
 
-        def windowed(window: Optional[int]) -> torch.Tensor:
+        def windowed(window: int | None) -> torch.Tensor:
             if window is None or window >= p:
                 return full
             return full & ~torch.ones(p, p, dtype=torch.bool).tril_(-window)
@@ -102,7 +103,7 @@ class ModelRunner:
     def _decode_mask(self, cache: BatchKVCache) -> Mask:
         full = cache.live_mask(extra=1)[:, None, None, :]
 
-        def windowed(window: Optional[int]) -> torch.Tensor:
+        def windowed(window: int | None) -> torch.Tensor:
             # The new token sits at column `end`; with a window it sees columns > end - window
             # (a row's tokens are contiguous, so column distance is position distance).
             lo = cache.end - window + 1 - cache.start if window is not None else 0
@@ -114,7 +115,7 @@ class ModelRunner:
 
         return self._for_model(windowed)
 
-    def _for_model(self, windowed: Callable[[Optional[int]], torch.Tensor]) -> Mask:
+    def _for_model(self, windowed: Callable[[int | None], torch.Tensor]) -> Mask:
         if self._windows is None:
             return self._format(windowed(None))
         if "" in self._windows:
@@ -127,7 +128,7 @@ class ModelRunner:
         return torch.zeros(m.shape, dtype=self.model.dtype).masked_fill_(~m, torch.finfo(self.model.dtype).min)
 
 
-def _attention_windows(cfg) -> Optional[dict[str, Optional[int]]]:
+def _attention_windows(cfg) -> dict[str, int | None] | None:
     """None: one full causal mask for all layers. Else mask kind -> sliding window (None = full).
 
     Models with per-layer types (Gemma 3) take a dict of masks keyed by layer type; a model whose

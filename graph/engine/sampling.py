@@ -25,8 +25,8 @@ scores are still no distribution (NaN or inf from the model itself) is reported 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import torch
 
@@ -41,7 +41,7 @@ class RowSampling:
     """What the sampler needs to know about one row."""
 
     params: GenerationParams
-    generator: Optional[torch.Generator]
+    generator: torch.Generator | None
     seen_ids: Sequence[int] = field(default_factory=list)  # prompt + completion so far (for the penalty)
 
 
@@ -67,8 +67,8 @@ class BatchSampler:
         # Repetition penalty (transformers' definition): the logits of tokens already in the prompt
         # or completion are divided by the penalty when positive, multiplied by it when negative.
         # Kept as a [rows, seen] id matrix (gather/scatter), not a dense [rows, vocab] mask.
-        self.penalty: Optional[torch.Tensor] = None
-        self.seen: Optional[torch.Tensor] = None
+        self.penalty: torch.Tensor | None = None
+        self.seen: torch.Tensor | None = None
         if any(p.repetition_penalty != 1.0 for p in params):
             penalty = torch.tensor([[p.repetition_penalty] for p in params], dtype=torch.float32)
             penalty.clamp_(min=_F32.tiny)  # 1e-308 rounds to 0 in float32: no division by zero
@@ -136,7 +136,7 @@ class BatchSampler:
                 logits.scatter_(1, self.seen, original)
             raise
 
-    def _choose(self, logits: torch.Tensor, lp: Optional[torch.Tensor]) -> StepOutput:
+    def _choose(self, logits: torch.Tensor, lp: torch.Tensor | None) -> StepOutput:
         bad = torch.zeros(self.n_rows, dtype=torch.bool)
         if self.greedy:
             best = logits.max(dim=-1)
@@ -203,7 +203,7 @@ class BatchSampler:
 
     # -- log-probabilities ---------------------------------------------------------------------------
     def _logprobs(
-        self, lp: Optional[torch.Tensor], tokens: torch.Tensor
+        self, lp: torch.Tensor | None, tokens: torch.Tensor
     ) -> dict[int, tuple[float, list[int], list[float]]]:
         if lp is None or self.lp_idx is None:
             return {}

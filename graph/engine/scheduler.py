@@ -26,18 +26,18 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
-from graph.errors import InvalidRequest, NodeFailure, Overloaded
 from graph.engine.kvcache import BatchKVCache
+from graph.engine.runner import ModelRunner, release_openmp_pool
+from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
+from graph.errors import InvalidRequest, NodeFailure, Overloaded
+from graph.memory import malloc_trim
 from graph.params import GenerationParams
 from graph.results import FinishReason, GenerationResult, TokenLogprob, TopLogprob
-from graph.engine.runner import ModelRunner, release_openmp_pool
-from graph.memory import malloc_trim
-from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,16 @@ class Request:
     The queue receives `(index, text, result_or_None)` tuples, or an exception that ends the request.
     """
 
-    def __init__(self, rid: str, prompt_ids: list[int], params: GenerationParams, *, streaming: bool, decode,
-                 prompt_messages: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        rid: str,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        *,
+        streaming: bool,
+        decode,
+        prompt_messages: int | None = None,
+    ) -> None:
         self.id = rid
         self.prompt_ids = prompt_ids
         self.prompt_messages = prompt_messages  # a chat prompt's messages kept (reported in results)
@@ -84,14 +92,14 @@ class Row:
         p = req.params
         self.req = req
         self.index = index
-        self.generator: Optional[torch.Generator] = None
+        self.generator: torch.Generator | None = None
         if p.do_sample and p.seed is not None:
             # Seeds seed, seed+1, ... for the samples of one request.
             self.generator = torch.Generator().manual_seed(p.seed + index)
         self.tokens: list[int] = []
         self.detok = IncrementalDetokenizer(decode, req.prompt_ids)
         self.stop = StopMatcher(p.stop)
-        self.logprobs: Optional[list[TokenLogprob]] = [] if p.logprobs else None
+        self.logprobs: list[TokenLogprob] | None = [] if p.logprobs else None
         self.finished = False
 
     @property
@@ -130,10 +138,23 @@ def _deliver(items: list[tuple[Request, Any]]) -> None:
 class Scheduler:
     """Owns the model while running: the waiting queue, the batch, the decode thread, counters."""
 
-    def __init__(self, runner: ModelRunner, tokenizer, *, name: str, eos_ids: frozenset[int], pad_id: int,
-                 max_batch_size: int, max_queue: int, max_prompt_tokens: int, threads: Optional[int],
-                 max_request_share: float = 1.0, max_wait_s: Optional[float] = None,
-                 max_kv_mb: Optional[float] = None, kv_bytes_per_token: int = 0) -> None:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        tokenizer,
+        *,
+        name: str,
+        eos_ids: frozenset[int],
+        pad_id: int,
+        max_batch_size: int,
+        max_queue: int,
+        max_prompt_tokens: int,
+        threads: int | None,
+        max_request_share: float = 1.0,
+        max_wait_s: float | None = None,
+        max_kv_mb: float | None = None,
+        kv_bytes_per_token: int = 0,
+    ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.name = name
@@ -154,18 +175,25 @@ class Scheduler:
         self._wake = threading.Condition(self.lock)
         self._waiting: deque[Request] = deque()
         self._by_id: dict[str, list[Request]] = {}
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._closing = False
         self.closed = False
         self.ready = threading.Event()  # set once the decode thread has warmed up
         # Owned by the decode thread.
         self.rows: list[Row] = []
-        self._cache: Optional[BatchKVCache] = None
-        self._sampler: Optional[BatchSampler] = None
+        self._cache: BatchKVCache | None = None
+        self._sampler: BatchSampler | None = None
         self._token_texts: dict[int, str] = {}
         self.counters = dict(
-            generated_tokens_total=0, prompt_tokens_total=0, requests_total=0, batch_steps_total=0,
-            prefill_steps_total=0, cancelled_total=0, rejected_total=0, shed_total=0, failed_rows_total=0,
+            generated_tokens_total=0,
+            prompt_tokens_total=0,
+            requests_total=0,
+            batch_steps_total=0,
+            prefill_steps_total=0,
+            cancelled_total=0,
+            rejected_total=0,
+            shed_total=0,
+            failed_rows_total=0,
             malloc_trims_total=0,
         )
 
@@ -202,7 +230,10 @@ class Scheduler:
         was admitted: only the queue bound applies to them)."""
         self.start()
         n = req.params.num_return_sequences
-        if self.kv_budget is not None and self.kv_bytes(n, len(req.prompt_ids) + req.params.max_new_tokens) > self.kv_budget:
+        if (
+            self.kv_budget is not None
+            and self.kv_bytes(n, len(req.prompt_ids) + req.params.max_new_tokens) > self.kv_budget
+        ):
             raise InvalidRequest(
                 f"max_new_tokens: {n} rows x ({len(req.prompt_ids)} prompt + {req.params.max_new_tokens} new tokens) "
                 f"need {self.kv_bytes(n, len(req.prompt_ids) + req.params.max_new_tokens) / 2**20:.0f} MB of KV cache, "
@@ -406,8 +437,11 @@ class Scheduler:
                     p = max(longest, len(req.prompt_ids))
                     new_span = max(span, len(req.prompt_ids) + req.params.max_new_tokens)
                     rows = self.max_batch_size - free + n
-                    if (n > free or (taken and p * (len(taken) + 1) > PREFILL_TOKEN_BUDGET)
-                            or (self.kv_budget is not None and rows > n and self.kv_bytes(rows, new_span) > self.kv_budget)):
+                    if (
+                        n > free
+                        or (taken and p * (len(taken) + 1) > PREFILL_TOKEN_BUDGET)
+                        or (self.kv_budget is not None and rows > n and self.kv_bytes(rows, new_span) > self.kv_budget)
+                    ):
                         groups.clear()
                         break
                     groups[rid].popleft()
@@ -449,7 +483,9 @@ class Scheduler:
             return
         if self._cache is None:
             self._cache = BatchKVCache(
-                self.runner.num_layers, self.max_batch_size, self.max_prompt_tokens + RIGHT_ROOM,
+                self.runner.num_layers,
+                self.max_batch_size,
+                self.max_prompt_tokens + RIGHT_ROOM,
                 left_room=self.max_prompt_tokens,
             )
         self._cache.add_rows(cache, [src[j] for j in keep], RIGHT_ROOM)
@@ -540,9 +576,7 @@ class Scheduler:
                 TokenLogprob(
                     token=self._token_text(token),
                     logprob=chosen,
-                    top_logprobs=[
-                        TopLogprob(token=self._token_text(t), logprob=v) for t, v in zip(top_ids, top_vals)
-                    ],
+                    top_logprobs=[TopLogprob(token=self._token_text(t), logprob=v) for t, v in zip(top_ids, top_vals)],
                 )
             )
         if token in self.eos_ids:
@@ -561,7 +595,9 @@ class Scheduler:
         elif row.req.deadline is not None and now >= row.req.deadline:
             self._finish(row, "time", out)
 
-    def _finish(self, row: Row, reason: FinishReason, out: Outbox, *, sent_now: str = "", stopped: bool = False) -> None:
+    def _finish(
+        self, row: Row, reason: FinishReason, out: Outbox, *, sent_now: str = "", stopped: bool = False
+    ) -> None:
         if row.finished:
             return
         row.finished = True

@@ -1,17 +1,18 @@
 """The one place a graph error becomes a gRPC status (both gRPC services, unary and streaming).
 
-    validation -> INVALID_ARGUMENT (the message names the field; `x-error-field` trailer too)
-    overloaded, rate_limited -> RESOURCE_EXHAUSTED (`retry-after` trailer, seconds)
-    node_timeout -> DEADLINE_EXCEEDED
-    node_failure -> UNAVAILABLE (the `x-error-node` trailer names the node)
-    unauthorized -> UNAUTHENTICATED; anything else -> INTERNAL
+validation -> INVALID_ARGUMENT (the message names the field; `x-error-field` trailer too)
+overloaded, rate_limited -> RESOURCE_EXHAUSTED (`retry-after` trailer, seconds)
+node_timeout -> DEADLINE_EXCEEDED
+node_failure -> UNAVAILABLE (the `x-error-node` trailer names the node)
+unauthorized -> UNAUTHENTICATED; anything else -> INTERNAL
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable, ParamSpec, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 from pydantic import BaseModel, ValidationError

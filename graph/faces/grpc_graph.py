@@ -8,7 +8,8 @@ events go out as their proto messages field by field (json_format refuses a fiel
 from __future__ import annotations
 
 import uuid
-from typing import Any, AsyncIterator, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -80,7 +81,8 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
         )
         try:
             async for ev in events:
-                yield json_format.ParseDict({ev.type: ev.model_dump(mode="json", exclude_none=True, exclude={"type"})},
-                                            pb.GraphEvent())
+                yield json_format.ParseDict(
+                    {ev.type: ev.model_dump(mode="json", exclude_none=True, exclude={"type"})}, pb.GraphEvent()
+                )
         finally:  # cancelled or deadline passed: close the graph stream, which cancels the nodes' work
             background(events.aclose())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -65,20 +65,21 @@ def _refusing(handler: Any, err: GraphError) -> Any:
         (False, True): (grpc.unary_stream_rpc_method_handler, streaming),
     }
     make, behaviour = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(behaviour, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    return make(
+        behaviour, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
 
 
 class GrpcFaces:
     """`await GrpcFaces(graph, config.grpc).start()` ... `await faces.stop()`."""
 
-    def __init__(self, graph: Graph, config: GrpcConfig, *, keys: Optional[ApiKeys] = None, poll_s: float = 1.0) -> None:
+    def __init__(self, graph: Graph, config: GrpcConfig, *, keys: ApiKeys | None = None, poll_s: float = 1.0) -> None:
         self.graph, self.config, self.poll_s = graph, config, poll_s
         self.keys = keys or ApiKeys(AuthConfig())
-        self.server: Optional[grpc.aio.Server] = None
+        self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
-        self._watch: Optional[asyncio.Task[None]] = None
-        self.port: Optional[int] = None
+        self._watch: asyncio.Task[None] | None = None
+        self.port: int | None = None
 
     async def start(self) -> bool:
         """Bind and serve (False, with an error logged, when the port is taken: HTTP goes on)."""
@@ -92,7 +93,9 @@ class GrpcFaces:
             ),
             server,
         )
-        inference_graph_pb2_grpc.add_InferenceGraphServicer_to_server(grpc_graph.InferenceGraphServicer(self.graph), server)
+        inference_graph_pb2_grpc.add_InferenceGraphServicer_to_server(
+            grpc_graph.InferenceGraphServicer(self.graph), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"{self.config.host}:{self.config.port}"

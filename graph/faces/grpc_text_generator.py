@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -36,8 +37,8 @@ class SeedCall(BaseModel):
     text: str = Field("", min_length=1)
     max_length: int = Field(0, ge=0, description="Prompt + generated tokens; 0 = the node's default.")
     intermediate_result_interval_ms: int = Field(0, ge=0, le=60_000)
-    model: Optional[str] = Field(None, alias="x-model")
-    seed: Optional[int] = Field(None, alias="x-seed", ge=0, le=2**32 - 1)
+    model: str | None = Field(None, alias="x-model")
+    seed: int | None = Field(None, alias="x-seed", ge=0, le=2**32 - 1)
 
     @field_validator("text")
     @classmethod
@@ -57,7 +58,7 @@ def seed_call(request: Any, context: Any) -> SeedCall:
 class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
     """TextGenerator over a `Graph` (the same object the HTTP face calls)."""
 
-    def __init__(self, graph: Graph, *, default_node: Optional[str], stream_interval_ms: int) -> None:
+    def __init__(self, graph: Graph, *, default_node: str | None, stream_interval_ms: int) -> None:
         self.graph = graph
         self.default_node = default_node or next(iter(graph.generators))
         self.stream_interval_ms = stream_interval_ms
@@ -122,7 +123,7 @@ async def paced(source: AsyncIterator[str], interval_s: float) -> AsyncIterator[
     when `source` ends comes at once (the last fragment)."""
     it = source.__aiter__()
     pending, last = "", float("-inf")
-    nxt: Optional[asyncio.Task[str]] = None
+    nxt: asyncio.Task[str] | None = None
     try:
         while True:
             if nxt is None:

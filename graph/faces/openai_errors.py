@@ -11,8 +11,8 @@ the request's OpenAI names (max_tokens, messages) in `param` and in the message.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from openai.types.shared import ErrorObject
 from pydantic import BaseModel
@@ -68,10 +68,14 @@ def error_object(body: ErrorBody, names: Mapping[str, str]) -> ErrorResponse:
     message = rename(body.message, names)
     if body.node and f"{body.node!r}" not in message:
         message = f"node {body.node!r}: {message}"
-    return ErrorResponse(error=ErrorObject(
-        message=message, type=_TYPES.get(body.error, "server_error"),
-        param=rename(body.field, names) if body.field else None, code=body.error,
-    ))
+    return ErrorResponse(
+        error=ErrorObject(
+            message=message,
+            type=_TYPES.get(body.error, "server_error"),
+            param=rename(body.field, names) if body.field else None,
+            code=body.error,
+        )
+    )
 
 
 def openai_error(err: GraphError, names: Mapping[str, str] | None = None) -> OpenAIError:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Literal, Optional, Union
+from typing import Literal
 
 from openai.types import Completion, CompletionChoice, CompletionUsage, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice
-from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice, ChoiceDelta
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from pydantic import BaseModel
 
 from graph.chat_format import Prompt, score_text
@@ -35,10 +37,17 @@ Charge = Callable[[int], None]  # counts a caller's generated tokens (graph/auth
 
 def free(tokens: int) -> None:
     """The charge when nobody counts tokens (API keys off, tests)."""
+
+
 OWNER = "inference-graph"
 # stop/length as OpenAI has them; a wall-clock budget ran out like a token budget; cancelled is
 # only seen by a client that has gone.
-_FINISH: dict[str, Literal["stop", "length"]] = {"stop": "stop", "length": "length", "time": "length", "cancelled": "stop"}
+_FINISH: dict[str, Literal["stop", "length"]] = {
+    "stop": "stop",
+    "length": "length",
+    "time": "length",
+    "cancelled": "stop",
+}
 
 
 @dataclass(frozen=True)
@@ -46,9 +55,9 @@ class Route:
     """What a `model` name runs: one generator node (or every one: None), scored or not, or a
     named graph of the config's policies (`graph:<name>`: its one decided answer)."""
 
-    node: Optional[str]
+    node: str | None
     scored: bool
-    policy: Optional[str] = None
+    policy: str | None = None
 
 
 class ModelList(BaseModel):
@@ -81,7 +90,7 @@ class OpenAIFace:
     # ---- chat ----------------------------------------------------------------------------------
     async def chat(
         self, req: ChatCompletionRequest, rid: str, charge: Charge = free
-    ) -> Union[ChatCompletion, AsyncIterator[str]]:
+    ) -> ChatCompletion | AsyncIterator[str]:
         """A ChatCompletion, or (stream=true) the SSE lines of its chunks; validated before any node works.
         `charge` is told the completion tokens generated (per-key token rates)."""
         route, prompt = self.route(req.model), req.prompt()
@@ -91,11 +100,20 @@ class OpenAIFace:
             return self._stream(req, route, prompt, rid, charge, chat=True)
         choices = await self._run([prompt], route, req, rid, charge)
         return ChatCompletion(
-            id=f"chatcmpl-{rid}", object="chat.completion", created=int(time.time()), model=req.model,
+            id=f"chatcmpl-{rid}",
+            object="chat.completion",
+            created=int(time.time()),
+            model=req.model,
             choices=[
-                _with(Choice(index=i, message=ChatCompletionMessage(role="assistant", content=c.result.text),
-                             finish_reason=_FINISH[c.result.finish_reason], logprobs=_chat_logprobs(c.result.logprobs)),
-                      _extras(c))
+                _with(
+                    Choice(
+                        index=i,
+                        message=ChatCompletionMessage(role="assistant", content=c.result.text),
+                        finish_reason=_FINISH[c.result.finish_reason],
+                        logprobs=_chat_logprobs(c.result.logprobs),
+                    ),
+                    _extras(c),
+                )
                 for i, c in enumerate(choices)
             ],
             usage=_usage(choices),
@@ -104,7 +122,7 @@ class OpenAIFace:
     # ---- completions ---------------------------------------------------------------------------
     async def completions(
         self, req: CompletionRequest, rid: str, charge: Charge = free
-    ) -> Union[Completion, AsyncIterator[str]]:
+    ) -> Completion | AsyncIterator[str]:
         route, prompts = self.route(req.model), req.prompts()
         log.info("request_id=%s openai completions model=%s user=%s", rid, req.model, req.user)
         if req.stream:
@@ -112,20 +130,31 @@ class OpenAIFace:
             return self._stream(req, route, prompts[0], rid, charge, chat=False)
         choices = await self._run(list(prompts), route, req, rid, charge)
         return Completion(
-            id=f"cmpl-{rid}", object="text_completion", created=int(time.time()), model=req.model,
+            id=f"cmpl-{rid}",
+            object="text_completion",
+            created=int(time.time()),
+            model=req.model,
             choices=[
-                _with(CompletionChoice(
-                    index=i, finish_reason=_FINISH[c.result.finish_reason],
-                    text=(prompts[c.prompt_index] if req.echo else "") + c.result.text,
-                    logprobs=_text_logprobs(c.result.logprobs),
-                ), _extras(c))
+                _with(
+                    CompletionChoice(
+                        index=i,
+                        finish_reason=_FINISH[c.result.finish_reason],
+                        text=(prompts[c.prompt_index] if req.echo else "") + c.result.text,
+                        logprobs=_text_logprobs(c.result.logprobs),
+                    ),
+                    _extras(c),
+                )
                 for i, c in enumerate(choices)
             ],
             usage=_usage(choices),
         )
 
     async def _run(
-        self, prompts: list[Prompt], route: Route, req: Union[ChatCompletionRequest, CompletionRequest], rid: str,
+        self,
+        prompts: list[Prompt],
+        route: Route,
+        req: ChatCompletionRequest | CompletionRequest,
+        rid: str,
         charge: Charge,
     ) -> list[Scored]:
         """Every completion of the route, scored and ordered by score (per prompt) for `graph`;
@@ -144,11 +173,17 @@ class OpenAIFace:
     @staticmethod
     def _streamable(route: Route) -> None:
         if route.policy is not None:
-            raise InvalidRequest(f"stream: graph:{route.policy} answers once it has decided; set stream=false",
-                                 field="stream")
+            raise InvalidRequest(
+                f"stream: graph:{route.policy} answers once it has decided; set stream=false", field="stream"
+            )
 
     async def _decide(
-        self, name: str, prompt: Prompt, index: int, req: Union[ChatCompletionRequest, CompletionRequest], rid: str,
+        self,
+        name: str,
+        prompt: Prompt,
+        index: int,
+        req: ChatCompletionRequest | CompletionRequest,
+        rid: str,
         charge: Charge,
     ) -> Scored:
         if not isinstance(prompt, str):
@@ -157,14 +192,26 @@ class OpenAIFace:
         assert not isinstance(out, list)  # a named graph answers with its decision
         charge(out.trace.tokens_total)
         a = out.answer
-        result = GenerationResult(index=0, text=a.completion, finish_reason=out.finish_reason, prompt_tokens=a.prompt_tokens,
-                                  completion_tokens=a.completion_tokens, created=time.time())
+        result = GenerationResult(
+            index=0,
+            text=a.completion,
+            finish_reason=out.finish_reason,
+            prompt_tokens=a.prompt_tokens,
+            completion_tokens=a.completion_tokens,
+            created=time.time(),
+        )
         return Scored(a.model, index, result, Classification(label=a.label, score=a.score, labels=a.labels))
 
     # ---- streaming -----------------------------------------------------------------------------
     def _stream(
-        self, req: Union[ChatCompletionRequest, CompletionRequest], route: Route, prompt: Prompt, rid: str,
-        charge: Charge, *, chat: bool,
+        self,
+        req: ChatCompletionRequest | CompletionRequest,
+        route: Route,
+        prompt: Prompt,
+        rid: str,
+        charge: Charge,
+        *,
+        chat: bool,
     ) -> AsyncIterator[str]:
         """Validate now (bad input is a 4xx, not a broken stream), then the chunks as SSE, then [DONE]."""
         events = self.graph.stream(prompt, route.node, req.overrides(), 0, rid, route.scored)
@@ -190,8 +237,9 @@ class OpenAIFace:
 class _Chunks:
     """Graph stream events -> OpenAI chunks of one response (choice indexes, first-delta role, usage)."""
 
-    def __init__(self, req: Union[ChatCompletionRequest, CompletionRequest], rid: str, nodes: list[str], *,
-                 chat: bool, echo: bool) -> None:
+    def __init__(
+        self, req: ChatCompletionRequest | CompletionRequest, rid: str, nodes: list[str], *, chat: bool, echo: bool
+    ) -> None:
         self.req, self.chat, self.nodes = req, chat, nodes
         self.echo = req.prompts()[0] if echo and isinstance(req, CompletionRequest) else None
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{rid}"
@@ -204,10 +252,14 @@ class _Chunks:
         """Choice index in the stream: node order, then sequence (unique across a graph's nodes)."""
         return self.nodes.index(node) * self.req.n + seq
 
-    def of(self, ev: Union[TokenEvent, FinalEvent, ScoreEvent, ErrorEvent]) -> list[str]:
+    def of(self, ev: TokenEvent | FinalEvent | ScoreEvent | ErrorEvent) -> list[str]:
         """The JSON of each chunk this event makes (as OpenAI writes them: explicit nulls kept)."""
         if isinstance(ev, ErrorEvent):  # a node failed mid-stream: OpenAI's error object, as vLLM sends it
-            return [error_object(ErrorBody.model_validate(ev.model_dump()), self.req.names()).model_dump_json(exclude_unset=True)]
+            return [
+                error_object(ErrorBody.model_validate(ev.model_dump()), self.req.names()).model_dump_json(
+                    exclude_unset=True
+                )
+            ]
         extras: dict[str, object] = {"model": ev.model} if len(self.nodes) > 1 or isinstance(ev, ScoreEvent) else {}
         idx = self.index(ev.model, ev.index)
         if isinstance(ev, ScoreEvent):
@@ -223,33 +275,46 @@ class _Chunks:
         return [self._chunk(idx, ev.text, finish, extras).model_dump_json(exclude_unset=True)]
 
     def _chunk(
-        self, idx: int, text: str, finish: Optional[Literal["stop", "length"]], extras: dict[str, object]
-    ) -> Union[ChatCompletionChunk, Completion]:
+        self, idx: int, text: str, finish: Literal["stop", "length"] | None, extras: dict[str, object]
+    ) -> ChatCompletionChunk | Completion:
         first = idx not in self.started
         self.started.add(idx)
         if self.chat:
             delta = ChoiceDelta(role="assistant", content=text) if first else ChoiceDelta(content=text)
             choice = _with(ChunkChoice(index=idx, delta=delta, finish_reason=finish), extras)
-            return ChatCompletionChunk(id=self.id, object="chat.completion.chunk", created=self.created,
-                                       model=self.req.model, choices=[choice])
+            return ChatCompletionChunk(
+                id=self.id, object="chat.completion.chunk", created=self.created, model=self.req.model, choices=[choice]
+            )
         if first and self.echo is not None:
             text = self.echo + text
         # OpenAI streams finish_reason null until the last chunk, which the non-streamed type does not
         # admit: built unvalidated, with every field the SDK reads.
-        completion_choice = _with(CompletionChoice.model_construct(index=idx, text=text, finish_reason=finish, logprobs=None),
-                                  extras)
-        return Completion(id=self.id, object="text_completion", created=self.created, model=self.req.model,
-                          choices=[completion_choice])
+        completion_choice = _with(
+            CompletionChoice.model_construct(index=idx, text=text, finish_reason=finish, logprobs=None), extras
+        )
+        return Completion(
+            id=self.id,
+            object="text_completion",
+            created=self.created,
+            model=self.req.model,
+            choices=[completion_choice],
+        )
 
-    def usage_chunk(self) -> Union[ChatCompletionChunk, Completion]:
+    def usage_chunk(self) -> ChatCompletionChunk | Completion:
         """The last chunk with stream_options.include_usage: no choices, the whole response's usage."""
         prompt = sum(self.prompt_tokens.values())
-        usage = CompletionUsage(prompt_tokens=prompt, completion_tokens=self.completion_tokens,
-                                total_tokens=prompt + self.completion_tokens)
+        usage = CompletionUsage(
+            prompt_tokens=prompt, completion_tokens=self.completion_tokens, total_tokens=prompt + self.completion_tokens
+        )
         if self.chat:
-            return ChatCompletionChunk(id=self.id, object="chat.completion.chunk", created=self.created,
-                                       model=self.req.model, choices=[], usage=usage)
-        return Completion(id=self.id, object="text_completion", created=self.created, model=self.req.model,
-                          choices=[], usage=usage)
-
-
+            return ChatCompletionChunk(
+                id=self.id,
+                object="chat.completion.chunk",
+                created=self.created,
+                model=self.req.model,
+                choices=[],
+                usage=usage,
+            )
+        return Completion(
+            id=self.id, object="text_completion", created=self.created, model=self.req.model, choices=[], usage=usage
+        )

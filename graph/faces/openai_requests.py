@@ -8,7 +8,7 @@ refused with InvalidRequest naming it, never dropped: a neutral value (`None`, `
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -21,13 +21,28 @@ MAX_PROMPTS = 64  # as /generate's `prompts`
 
 # Fields of the OpenAI API this server does not serve, each with the values that change nothing.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []), "function_call": (None, "none"),
-    "parallel_tool_calls": (None,), "logit_bias": (None, {}), "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0), "response_format": (None, {"type": "text"}), "audio": (None,),
-    "modalities": (None, ["text"]), "prediction": (None,), "store": (None, False), "metadata": (None, {}),
-    "reasoning_effort": (None,), "service_tier": (None, "auto", "default"), "web_search_options": (None,),
-    "verbosity": (None,), "prompt_cache_key": (None,), "safety_identifier": (None,),
-    "best_of": (None, 1), "suffix": (None, ""),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "parallel_tool_calls": (None,),
+    "logit_bias": (None, {}),
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "response_format": (None, {"type": "text"}),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "store": (None, False),
+    "metadata": (None, {}),
+    "reasoning_effort": (None,),
+    "service_tier": (None, "auto", "default"),
+    "web_search_options": (None,),
+    "verbosity": (None,),
+    "prompt_cache_key": (None,),
+    "safety_identifier": (None,),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
 }
 
 
@@ -44,7 +59,7 @@ class Message(_Strict):
     """A chat message: system / developer / user / assistant, content a string or text parts."""
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart]]
+    content: str | list[TextPart]
 
     @field_validator("content", mode="before")
     @classmethod
@@ -68,25 +83,25 @@ class _Controls(_Strict):
     """The controls both endpoints share, with OpenAI's ranges where ours are no tighter."""
 
     model: str = Field(min_length=1, description="A generator node, or `graph` (every node, each choice scored).")
-    max_tokens: Optional[int] = Field(None, ge=1, le=MAX_NEW_TOKENS)
-    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, description="0 = greedy; omitted = the node's default.")
-    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 = greedy; omitted = the node's default.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=MAX_N)
-    stop: Union[str, list[str], None] = None
-    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
-    user: Optional[str] = Field(None, max_length=256, description="The caller's end-user id (logged).")
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=256, description="The caller's end-user id (logged).")
 
     @field_validator("stop")
     @classmethod
-    def _stop_list(cls, value: Union[str, list[str], None]) -> Union[str, list[str], None]:
+    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
         return value
 
     @model_validator(mode="after")
-    def _rules(self) -> "_Controls":
+    def _rules(self) -> _Controls:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed with stream=true")
         if self.temperature == 0.0 and self.n > 1:
@@ -97,17 +112,17 @@ class _Controls(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def new_tokens(self) -> Optional[int]:
+    def new_tokens(self) -> int | None:
         return self.max_tokens
 
-    def top_logprobs_count(self) -> Optional[int]:
+    def top_logprobs_count(self) -> int | None:
         """None: no logprobs; else alternatives per token (0 = the chosen token only)."""
         return None
 
     def overrides(self) -> GenerationOverrides:
         """These controls as overrides of each node's defaults (omitted: the node's default).
         temperature 0 is greedy; a temperature above 0, top_p or n > 1 turn sampling on."""
-        sample: Optional[bool] = None
+        sample: bool | None = None
         if self.temperature == 0.0:
             sample = False
         elif self.temperature is not None or self.top_p is not None or self.n > 1:
@@ -117,11 +132,19 @@ class _Controls(_Strict):
         # GenerationOverrides comes from pydantic's create_model (GenerationParams' fields, each optional),
         # which type checkers see as GenerationParams: validate the mapping of the fields set here.
         try:
-            return GenerationOverrides.model_validate({
-                "max_new_tokens": self.new_tokens(), "temperature": self.temperature or None, "top_p": self.top_p,
-                "do_sample": sample, "num_return_sequences": self.n, "seed": self.seed, "stop": stop,
-                "logprobs": None if top is None else True, "top_logprobs": top,
-            })
+            return GenerationOverrides.model_validate(
+                {
+                    "max_new_tokens": self.new_tokens(),
+                    "temperature": self.temperature or None,
+                    "top_p": self.top_p,
+                    "do_sample": sample,
+                    "num_return_sequences": self.n,
+                    "seed": self.seed,
+                    "stop": stop,
+                    "logprobs": None if top is None else True,
+                    "top_logprobs": top,
+                }
+            )
         except ValidationError as exc:  # a bound of the graph's params (named in the request's terms by the face)
             raise _invalid(exc) from None
 
@@ -134,12 +157,12 @@ class ChatCompletionRequest(_Controls):
     """POST /v1/chat/completions."""
 
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     logprobs: bool = False
-    top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
 
     @model_validator(mode="after")
-    def _chat_rules(self) -> "ChatCompletionRequest":
+    def _chat_rules(self) -> ChatCompletionRequest:
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise ValueError("max_completion_tokens: give max_tokens or max_completion_tokens, not both")
         if self.top_logprobs is not None and not self.logprobs:
@@ -148,10 +171,10 @@ class ChatCompletionRequest(_Controls):
             raise ValueError("logprobs: not supported with stream=true (ask without streaming)")
         return self
 
-    def new_tokens(self) -> Optional[int]:
+    def new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
-    def top_logprobs_count(self) -> Optional[int]:
+    def top_logprobs_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
     def names(self) -> dict[str, str]:
@@ -160,17 +183,19 @@ class ChatCompletionRequest(_Controls):
 
     def prompt(self) -> ChatPrompt:
         """The conversation for the nodes (a `developer` message is a system message to them)."""
-        return ChatPrompt(messages=[
-            ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in self.messages
-        ])
+        return ChatPrompt(
+            messages=[
+                ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in self.messages
+            ]
+        )
 
 
 class CompletionRequest(_Controls):
     """POST /v1/completions."""
 
-    prompt: Union[str, list[str]] = Field(description="Text, or a list of texts (one completion set each).")
+    prompt: str | list[str] = Field(description="Text, or a list of texts (one completion set each).")
     echo: bool = False
-    logprobs: Optional[int] = Field(None, ge=0, le=5, description="Alternatives per token (legacy logprobs).")
+    logprobs: int | None = Field(None, ge=0, le=5, description="Alternatives per token (legacy logprobs).")
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -181,7 +206,7 @@ class CompletionRequest(_Controls):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_count(cls, value: Union[str, list[str]]) -> Union[str, list[str]]:
+    def _prompt_count(cls, value: str | list[str]) -> str | list[str]:
         texts = [value] if isinstance(value, str) else value
         if not 1 <= len(texts) <= MAX_PROMPTS:
             raise ValueError(f"give 1 to {MAX_PROMPTS} prompts")
@@ -190,7 +215,7 @@ class CompletionRequest(_Controls):
         return value
 
     @model_validator(mode="after")
-    def _completion_rules(self) -> "CompletionRequest":
+    def _completion_rules(self) -> CompletionRequest:
         if self.stream and len(self.prompts()) > 1:
             raise ValueError("prompt: stream=true takes one prompt")
         if self.echo and self.logprobs is not None:
@@ -200,7 +225,7 @@ class CompletionRequest(_Controls):
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
-    def top_logprobs_count(self) -> Optional[int]:
+    def top_logprobs_count(self) -> int | None:
         return self.logprobs
 
 

@@ -4,13 +4,12 @@ and logprobs in the chat and legacy completion layouts (the `openai` package's t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, TypeVar
+from typing import TypeVar
 
 from openai.types import CompletionUsage
 from openai.types.chat.chat_completion import ChoiceLogprobs
 from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
 from openai.types.completion_choice import Logprobs
-
 from pydantic import BaseModel
 
 from graph.results import Classification, GenerationResult, TokenLogprob
@@ -25,7 +24,7 @@ class Scored:
     node: str
     prompt_index: int
     result: GenerationResult
-    score: Optional[Classification]
+    score: Classification | None
 
 
 def _with(choice: M, extras: dict[str, object]) -> M:
@@ -50,19 +49,25 @@ def _usage(choices: list[Scored]) -> CompletionUsage:
     return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def _chat_logprobs(tokens: Optional[list[TokenLogprob]]) -> Optional[ChoiceLogprobs]:
+def _chat_logprobs(tokens: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
     if tokens is None:
         return None
-    return ChoiceLogprobs(content=[
-        ChatCompletionTokenLogprob(
-            token=t.token, logprob=t.logprob, bytes=list(t.token.encode()),
-            top_logprobs=[TopLogprob(token=a.token, logprob=a.logprob, bytes=list(a.token.encode())) for a in t.top_logprobs],
-        )
-        for t in tokens
-    ])
+    return ChoiceLogprobs(
+        content=[
+            ChatCompletionTokenLogprob(
+                token=t.token,
+                logprob=t.logprob,
+                bytes=list(t.token.encode()),
+                top_logprobs=[
+                    TopLogprob(token=a.token, logprob=a.logprob, bytes=list(a.token.encode())) for a in t.top_logprobs
+                ],
+            )
+            for t in tokens
+        ]
+    )
 
 
-def _text_logprobs(tokens: Optional[list[TokenLogprob]]) -> Optional[Logprobs]:
+def _text_logprobs(tokens: list[TokenLogprob] | None) -> Logprobs | None:
     """Legacy completions logprobs: parallel lists, text_offset into the choice's text."""
     if tokens is None:
         return None
@@ -71,6 +76,8 @@ def _text_logprobs(tokens: Optional[list[TokenLogprob]]) -> Optional[Logprobs]:
         offsets.append(at)
         at += len(t.token)
     return Logprobs(
-        tokens=[t.token for t in tokens], token_logprobs=[t.logprob for t in tokens],
-        top_logprobs=[{a.token: a.logprob for a in t.top_logprobs} for t in tokens], text_offset=offsets,
+        tokens=[t.token for t in tokens],
+        token_logprobs=[t.logprob for t in tokens],
+        top_logprobs=[{a.token: a.logprob for a in t.top_logprobs} for t in tokens],
+        text_offset=offsets,
     )

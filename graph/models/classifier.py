@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Sequence
-
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from graph.errors import ConfigError
 from graph.results import Classification
@@ -36,8 +36,7 @@ def _results(probs: Any, labels: list[str], score_label: str) -> list[Classifica
 def _check_score_label(score_label: str, labels: list[str], source: str) -> None:
     if score_label not in labels:
         raise ConfigError(
-            f"classifier.score_label: {score_label!r} is not a label of {source}; "
-            f"its labels are {labels}",
+            f"classifier.score_label: {score_label!r} is not a label of {source}; its labels are {labels}",
             field="classifier.score_label",
         )
 
@@ -45,8 +44,16 @@ def _check_score_label(score_label: str, labels: list[str], source: str) -> None
 class SequenceClassifier:
     """A fine-tuned AutoModelForSequenceClassification; labels come from config.id2label."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, score_label: str, max_batch_size: int = 64,
-                 max_length: int = 256, source: str = "model") -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        score_label: str,
+        max_batch_size: int = 64,
+        max_length: int = 256,
+        source: str = "model",
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         id2label = model.config.id2label
@@ -57,8 +64,9 @@ class SequenceClassifier:
         self.max_length = min(max_length, _max_positions(model, tokenizer))
 
     @classmethod
-    def from_pretrained(cls, source: str, *, score_label: str, max_batch_size: int = 64,
-                        max_length: int = 256, **hf_kwargs: Any) -> "SequenceClassifier":
+    def from_pretrained(
+        cls, source: str, *, score_label: str, max_batch_size: int = 64, max_length: int = 256, **hf_kwargs: Any
+    ) -> SequenceClassifier:
         """Load a checkpoint; warn loudly if its classification head had to be initialised at random."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -68,8 +76,14 @@ class SequenceClassifier:
             source, dtype=torch.float32, output_loading_info=True, **hf_kwargs
         )
         warn_if_untrained_head(info, source)
-        return cls(model, tokenizer, score_label=score_label, max_batch_size=max_batch_size,
-                   max_length=max_length, source=source)
+        return cls(
+            model,
+            tokenizer,
+            score_label=score_label,
+            max_batch_size=max_batch_size,
+            max_length=max_length,
+            source=source,
+        )
 
     def classify(self, texts: list[str]) -> list[Classification]:
         import torch
@@ -77,8 +91,9 @@ class SequenceClassifier:
         results: list[Classification] = []
         with torch.inference_mode():
             for chunk in _chunks(texts, self.max_batch_size):
-                enc = self.tokenizer(chunk, padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt")
+                enc = self.tokenizer(
+                    chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                )
                 probs = torch.softmax(self.model(**enc).logits.float(), dim=-1)
                 results += _results(probs, self.labels, self.score_label)
         return results
@@ -92,7 +107,8 @@ def warn_if_untrained_head(loading_info: dict[str, Any], source: str) -> bool:
             "classifier %s has no trained classification head (newly initialised: %s): its scores "
             "are random and meaningless. Use a fine-tuned checkpoint (e.g. "
             "distilbert/distilbert-base-uncased-finetuned-sst-2-english) or mode: zero_shot.",
-            source, ", ".join(sorted(missing)),
+            source,
+            ", ".join(sorted(missing)),
         )
     return bool(missing)
 
@@ -100,8 +116,17 @@ def warn_if_untrained_head(loading_info: dict[str, Any], source: str) -> bool:
 class ZeroShotEmbeddingClassifier:
     """Embed texts (mean pooling, L2-normalised) and softmax their cosine to label descriptions / T."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, labels: dict[str, str], score_label: str,
-                 temperature: float = 0.05, max_batch_size: int = 64, max_length: int = 256) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        labels: dict[str, str],
+        score_label: str,
+        temperature: float = 0.05,
+        max_batch_size: int = 64,
+        max_length: int = 256,
+    ) -> None:
         import torch
 
         if len(labels) < 2:
@@ -123,8 +148,9 @@ class ZeroShotEmbeddingClassifier:
         parts = []
         with torch.inference_mode():
             for chunk in _chunks(texts, self.max_batch_size):
-                enc = self.tokenizer(chunk, padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt")
+                enc = self.tokenizer(
+                    chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                )
                 hidden = self.model(**enc).last_hidden_state.float()
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

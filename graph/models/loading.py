@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from graph.models import embedded
 from graph.config import ROOT, ClassifierNode, ModelRef, RuntimeConfig
 from graph.errors import ConfigError
+from graph.models import embedded
 
 log = logging.getLogger(__name__)
 Lookup = Callable[[str], str]
@@ -23,8 +24,8 @@ HUB_PROBE_TIMEOUT_S = 3.0
 def resolve_model_dir(
     ref: ModelRef,
     *,
-    store_lookup: Optional[Lookup] = None,
-    embedded_lookup: Optional[Lookup] = None,
+    store_lookup: Lookup | None = None,
+    embedded_lookup: Lookup | None = None,
     embedded_cache: str | Path | None = None,
 ) -> str:
     """What to give `from_pretrained`: the hub id as-is, or a local directory that exists.
@@ -61,8 +62,7 @@ def _checked_dir(path: Path, what: str, fix: str, field: str) -> str:
     if not path.is_dir():
         raise ConfigError(f"{what}: directory {path} does not exist; {fix}", field=field)
     if not (path / "config.json").is_file():
-        raise ConfigError(f"{what}: {path} has no config.json, so it is not a transformers model folder",
-                          field=field)
+        raise ConfigError(f"{what}: {path} has no config.json, so it is not a transformers model folder", field=field)
     return str(path)
 
 
@@ -108,7 +108,7 @@ def _load(ref: ModelRef, source: str, loader: Callable[..., T], **kwargs: Any) -
 
 
 def native_dtype(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """"bfloat16" where the CPU computes it natively (x86 AMX or AVX512-BF16), else "float32"."""
+    """ "bfloat16" where the CPU computes it natively (x86 AMX or AVX512-BF16), else "float32"."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
@@ -117,8 +117,9 @@ def native_dtype(cpuinfo: str = "/proc/cpuinfo") -> str:
     return "bfloat16" if flags & {"amx_bf16", "avx512_bf16"} else "float32"
 
 
-def resolve_runtime(runtime: Optional[RuntimeConfig] = None, *, name: str = "model",
-                    model: Optional[ModelRef] = None) -> RuntimeConfig:
+def resolve_runtime(
+    runtime: RuntimeConfig | None = None, *, name: str = "model", model: ModelRef | None = None
+) -> RuntimeConfig:
     """A runtime with nothing left on auto: quantize auto from graph.models.runtimes' table (logged
     with the reason; `compile: true` is kept), dtype auto from native_dtype()."""
     runtime = runtime or RuntimeConfig()
@@ -129,17 +130,23 @@ def resolve_runtime(runtime: Optional[RuntimeConfig] = None, *, name: str = "mod
         key = "" if model is None else (model.ref if model.kind == "embedded" else model.ref.split(":")[0])
         kind, choice = choose(model=key, goal=runtime.optimize)
         updates = dict(dtype=choice.dtype, quantize=choice.quantize, compile=runtime.compile or choice.compile)
-        log.warning("%s: runtime auto for %s on %s (CPU kind %s): dtype %s, quantize %s, compile %s -- %s",
-                    name, runtime.optimize, cpu_description(), kind, updates["dtype"], updates["quantize"],
-                    updates["compile"], choice.why)
+        log.warning(
+            "%s: runtime auto for %s on %s (CPU kind %s): dtype %s, quantize %s, compile %s -- %s",
+            name,
+            runtime.optimize,
+            cpu_description(),
+            kind,
+            updates["dtype"],
+            updates["quantize"],
+            updates["compile"],
+            choice.why,
+        )
     elif runtime.dtype == "auto":
         updates["dtype"] = "float32" if runtime.quantize == "int8" else native_dtype()
     return runtime.model_copy(update=updates) if updates else runtime
 
 
-def load_causal_lm(
-    ref: ModelRef, runtime: Optional[RuntimeConfig] = None, **lookups: Any
-) -> tuple[Any, Any]:
+def load_causal_lm(ref: ModelRef, runtime: RuntimeConfig | None = None, **lookups: Any) -> tuple[Any, Any]:
     """(model, tokenizer): eval mode, left padding, pad token set (eos when it has none).
 
     runtime (validated by graph.config.RuntimeConfig; float32, no quantization if None; auto values
@@ -158,8 +165,9 @@ def load_causal_lm(
     model = _load(ref, source, AutoModelForCausalLM.from_pretrained, dtype=getattr(torch, runtime.dtype)).eval()
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ConfigError(f"model {ref.describe()}: its tokenizer has neither a pad nor an eos token",
-                              field="model")
+            raise ConfigError(
+                f"model {ref.describe()}: its tokenizer has neither a pad nor an eos token", field="model"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     if model.generation_config.pad_token_id is None:
@@ -183,13 +191,24 @@ def load_classifier(node: ClassifierNode, **lookups: Any):
     ref = node.model
     source = resolve_model_dir(ref, **lookups)
     if node.mode == "sequence_classification":
-        return _load(ref, source, SequenceClassifier.from_pretrained, score_label=node.score_label,
-                     max_batch_size=node.max_batch_size, max_length=node.max_length)
+        return _load(
+            ref,
+            source,
+            SequenceClassifier.from_pretrained,
+            score_label=node.score_label,
+            max_batch_size=node.max_batch_size,
+            max_length=node.max_length,
+        )
     tokenizer = _load(ref, source, AutoTokenizer.from_pretrained)
     model = _load(ref, source, AutoModel.from_pretrained, dtype=torch.float32)
     return ZeroShotEmbeddingClassifier(
-        model, tokenizer, labels=dict(node.labels), score_label=node.score_label,
-        temperature=node.temperature, max_batch_size=node.max_batch_size, max_length=node.max_length,
+        model,
+        tokenizer,
+        labels=dict(node.labels),
+        score_label=node.score_label,
+        temperature=node.temperature,
+        max_batch_size=node.max_batch_size,
+        max_length=node.max_length,
     )
 
 

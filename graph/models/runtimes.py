@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 QUALITY_BOUND = 0.03  # perplexity at most 3% above float32's
 
@@ -27,7 +27,7 @@ class Choice:
     quantize: str  # none | int8 | int8_weight | int4_weight
     compile: bool
     why: str
-    models: Optional[frozenset[str]] = None  # measured within the bound for these models only; None = any
+    models: frozenset[str] | None = None  # measured within the bound for these models only; None = any
 
 
 Goal = Literal["latency", "throughput"]
@@ -47,32 +47,57 @@ Goal = Literal["latency", "throughput"]
 # 149-161 -> 118-123 tokens/s.)
 SMOLLM2 = frozenset({"smollm2-135m-instruct"})
 _EPYC = "measured on AMD EPYC with AVX-512 + AVX512-BF16 (make bench-node, 2 threads)"
-_AMX = Choice("bfloat16", "none", False,
-              "measured on Intel with AMX (make bench-engine): bfloat16 32 ms/token single stream, "
-              "436 tokens/s at 64 streams; weight-only int4 not measured there yet")
-_FLOAT32_AVX2 = Choice("float32", "none", False,
-                       "measured on AMD EPYC with AVX2 only (MODELS.md): ATen weight-only kernels slower than "
-                       "float32; dynamic int8 2x faster but fails the perplexity bound (+232% on SmolLM2)")
-_FLOAT32_AVX512 = Choice("float32", "none", False,
-                         "not measured; AVX-512 without bfloat16: the weight-only kernels' bfloat16 activations "
-                         "are emulated there, so float32 as on avx2")
+_AMX = Choice(
+    "bfloat16",
+    "none",
+    False,
+    "measured on Intel with AMX (make bench-engine): bfloat16 32 ms/token single stream, "
+    "436 tokens/s at 64 streams; weight-only int4 not measured there yet",
+)
+_FLOAT32_AVX2 = Choice(
+    "float32",
+    "none",
+    False,
+    "measured on AMD EPYC with AVX2 only (MODELS.md): ATen weight-only kernels slower than "
+    "float32; dynamic int8 2x faster but fails the perplexity bound (+232% on SmolLM2)",
+)
+_FLOAT32_AVX512 = Choice(
+    "float32",
+    "none",
+    False,
+    "not measured; AVX-512 without bfloat16: the weight-only kernels' bfloat16 activations "
+    "are emulated there, so float32 as on avx2",
+)
 # kind -> goal -> choices, fastest first; the first whose `models` admits the node's model is taken.
 TABLE: dict[str, dict[Goal, tuple[Choice, ...]]] = {
     "amx": {"latency": (_AMX,), "throughput": (_AMX,)},
     "avx512_bf16": {
         "latency": (
-            Choice("bfloat16", "int4_weight", False,
-                   f"{_EPYC}: SmolLM2 with int4 weights and bfloat16 activations the fastest single stream "
-                   "(17.2 ms/token; bfloat16 33.6, float32 61.9), perplexity -0.2%", SMOLLM2),
-            Choice("bfloat16", "int8_weight", False,
-                   f"{_EPYC}: int8 weights, bfloat16 activations: the fastest single stream within the bound, "
-                   "perplexity +0.2% (SmolLM2) / +0.4% (Gemma 3; its int4 was +27%, outside the bound)"),
+            Choice(
+                "bfloat16",
+                "int4_weight",
+                False,
+                f"{_EPYC}: SmolLM2 with int4 weights and bfloat16 activations the fastest single stream "
+                "(17.2 ms/token; bfloat16 33.6, float32 61.9), perplexity -0.2%",
+                SMOLLM2,
+            ),
+            Choice(
+                "bfloat16",
+                "int8_weight",
+                False,
+                f"{_EPYC}: int8 weights, bfloat16 activations: the fastest single stream within the bound, "
+                "perplexity +0.2% (SmolLM2) / +0.4% (Gemma 3; its int4 was +27%, outside the bound)",
+            ),
         ),
         "throughput": (
-            Choice("bfloat16", "none", False,
-                   f"{_EPYC}: bfloat16 the most tokens/s at 16 and 64 streams on both models (SmolLM2 470 "
-                   "tokens/s at 64 against 281 with int4 weights, Gemma 272 against 129 with int8 weights), "
-                   "perplexity +0.1% / +0.5%"),
+            Choice(
+                "bfloat16",
+                "none",
+                False,
+                f"{_EPYC}: bfloat16 the most tokens/s at 16 and 64 streams on both models (SmolLM2 470 "
+                "tokens/s at 64 against 281 with int4 weights, Gemma 272 against 129 with int8 weights), "
+                "perplexity +0.1% / +0.5%",
+            ),
         ),
     },
     "avx512": {"latency": (_FLOAT32_AVX512,), "throughput": (_FLOAT32_AVX512,)},
@@ -88,7 +113,7 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
 
 
-def cpu_kind(flags: Optional[set[str]] = None) -> str:
+def cpu_kind(flags: set[str] | None = None) -> str:
     """amx, avx512_bf16, avx512 or avx2 (anything below AVX-512 counts as avx2)."""
     flags = cpu_flags() if flags is None else flags
     if "amx_bf16" in flags:
@@ -100,22 +125,34 @@ def cpu_kind(flags: Optional[set[str]] = None) -> str:
     return "avx2"
 
 
-def cpu_description(flags: Optional[set[str]] = None) -> str:
+def cpu_description(flags: set[str] | None = None) -> str:
     """'AMD EPYC ...; AVX-512, AVX512-BF16, no AMX' — what benchmarks print beside their figures."""
     flags = cpu_flags() if flags is None else flags
     model = "unknown CPU"
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    have = [name for flag, name in (("amx_bf16", "AMX"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
-                                    ("avx512_vnni", "AVX512-VNNI"), ("avx2", "AVX2")) if flag in flags]
+    have = [
+        name
+        for flag, name in (
+            ("amx_bf16", "AMX"),
+            ("avx512f", "AVX-512"),
+            ("avx512_bf16", "AVX512-BF16"),
+            ("avx512_vnni", "AVX512-VNNI"),
+            ("avx2", "AVX2"),
+        )
+        if flag in flags
+    ]
     missing = [name for flag, name in (("amx_bf16", "AMX"), ("avx512f", "AVX-512")) if flag not in flags]
     return f"{model}; {', '.join(have) or 'no AVX2'}" + (f"; no {', no '.join(missing)}" if missing else "")
 
 
-def choose(flags: Optional[set[str]] = None, model: str = "", goal: Goal = "latency") -> tuple[str, Choice]:
+def choose(flags: set[str] | None = None, model: str = "", goal: Goal = "latency") -> tuple[str, Choice]:
     """(CPU kind, the first choice for it and `goal` measured within the bound for `model`: an
     embedded model's name or a store tag's name; unknown models get the choices measured on every
     model)."""

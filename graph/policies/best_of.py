@@ -53,13 +53,19 @@ async def best_of(run: Run, g: BestOf) -> PolicyResponse:
     answer = max(eligible, key=lambda c: c.score)  # the first of equals wins
     timed_out = run.deadline is not None and any(c.finish_reason == "time" for c in cands)
     trace = Trace(
-        nodes_run=list(run.nodes_run), tokens_total=sum(c.completion_tokens for c in cands),
-        prune_rounds=streams.rounds, elapsed_ms=run.elapsed_ms(),
+        nodes_run=list(run.nodes_run),
+        tokens_total=sum(c.completion_tokens for c in cands),
+        prune_rounds=streams.rounds,
+        elapsed_ms=run.elapsed_ms(),
         budget=run.deadline.budget(specs[0].params.max_time_ms or 0) if run.deadline is not None else None,
     )
     return PolicyResponse(
-        graph=run.graph, policy="best_of", answer=answer, finish_reason="time" if timed_out else answer.finish_reason,
-        candidates=cands if g.return_candidates else [], trace=trace,
+        graph=run.graph,
+        policy="best_of",
+        answer=answer,
+        finish_reason="time" if timed_out else answer.finish_reason,
+        candidates=cands if g.return_candidates else [],
+        trace=trace,
     )
 
 

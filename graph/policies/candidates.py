@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from graph.errors import GraphError, NodeFailure
 from graph.policies.config import Prune
@@ -15,7 +14,7 @@ from graph.policies.schemas import PruneEvent, PruneRound
 from graph.results import GenerationResult, StreamEvent
 
 log = logging.getLogger("graph")
-Item = tuple[int, Union[StreamEvent, BaseException, None]]  # None: that candidate's stream is over
+Item = tuple[int, StreamEvent | BaseException | None]  # None: that candidate's stream is over
 
 
 @dataclass
@@ -24,10 +23,10 @@ class Streams:
 
     run: Run
     specs: list[Spec]
-    prune: Optional[Prune] = None
+    prune: Prune | None = None
     texts: list[str] = field(init=False)
     tokens: list[int] = field(init=False)
-    results: list[Optional[GenerationResult]] = field(init=False)
+    results: list[GenerationResult | None] = field(init=False)
     pruned: dict[str, int] = field(default_factory=dict)  # candidate id -> tokens when cancelled
     rounds: list[PruneRound] = field(default_factory=list)
     queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
@@ -51,7 +50,12 @@ class Streams:
                     open_streams -= 1
                     continue
                 live = self.live()
-                if every and len(live) > 1 and min(self.tokens[i] for i in live) >= next_round and self._time_for_round():
+                if (
+                    every
+                    and len(live) > 1
+                    and min(self.tokens[i] for i in live) >= next_round
+                    and self._time_for_round()
+                ):
                     await self._round(live)
                     live = self.live()
                     low = min((self.tokens[i] for i in live), default=0)
@@ -62,7 +66,9 @@ class Streams:
         out = [r for r in self.results if r is not None]
         if len(out) != len(self.specs):
             missing = next(s for s, r in zip(self.specs, self.results) if r is None)
-            raise NodeFailure(f"node {missing.node!r} ended candidate {missing.id}'s stream without a result", node=missing.node)
+            raise NodeFailure(
+                f"node {missing.node!r} ended candidate {missing.id}'s stream without a result", node=missing.node
+            )
         return out
 
     async def _pump(self, i: int) -> None:
@@ -74,7 +80,9 @@ class Streams:
             await self.queue.put((i, exc))
         except Exception as exc:  # a node died mid-stream: say which one
             log.exception("stream of %s from node %s failed", spec.id, spec.node)
-            await self.queue.put((i, NodeFailure(f"node {spec.node!r} failed: {type(exc).__name__}: {exc}", node=spec.node)))
+            await self.queue.put(
+                (i, NodeFailure(f"node {spec.node!r} failed: {type(exc).__name__}: {exc}", node=spec.node))
+            )
         finally:
             await self.queue.put((i, None))
 
@@ -118,8 +126,11 @@ class Streams:
         await asyncio.gather(*[self.run.cancel(self.specs[i]) for i in cut])
         ids = {i: self.specs[i].id for i in live}
         rnd = PruneRound(
-            round=len(self.rounds) + 1, tokens={ids[i]: snapshot[i] for i in live},
-            scores={ids[i]: by_index[i] for i in live}, leader=ids[leader], cancelled=[ids[i] for i in cut],
+            round=len(self.rounds) + 1,
+            tokens={ids[i]: snapshot[i] for i in live},
+            scores={ids[i]: by_index[i] for i in live},
+            leader=ids[leader],
+            cancelled=[ids[i] for i in cut],
         )
         self.rounds.append(rnd)
         await self.run.send(PruneEvent(**rnd.model_dump()))

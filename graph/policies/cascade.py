@@ -4,7 +4,6 @@ best of every stage. The trace says which nodes ran, their gate values and the t
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 from graph.errors import ConfigError
 from graph.policies.candidates import Streams
@@ -26,7 +25,7 @@ async def cascade(run: Run, g: Cascade) -> PolicyResponse:
     logprobs = g.gate.min_mean_logprob is not None
     stages: list[Stage] = []
     cands: list[Candidate] = []
-    answer: Optional[Candidate] = None
+    answer: Candidate | None = None
     cut_short = False
     first_cap = 0
     for i, node in enumerate(g.order):
@@ -56,12 +55,19 @@ async def cascade(run: Run, g: Cascade) -> PolicyResponse:
         answer = max(cands, key=lambda c: c.score)
     timed_out = cut_short or (run.deadline is not None and any(c.finish_reason == "time" for c in cands))
     trace = Trace(
-        nodes_run=list(run.nodes_run), tokens_total=sum(c.completion_tokens for c in cands), stages=stages,
-        elapsed_ms=run.elapsed_ms(), budget=run.deadline.budget(first_cap) if run.deadline is not None else None,
+        nodes_run=list(run.nodes_run),
+        tokens_total=sum(c.completion_tokens for c in cands),
+        stages=stages,
+        elapsed_ms=run.elapsed_ms(),
+        budget=run.deadline.budget(first_cap) if run.deadline is not None else None,
     )
     return PolicyResponse(
-        graph=run.graph, policy="cascade", answer=answer, finish_reason="time" if timed_out else answer.finish_reason,
-        candidates=cands, trace=trace,
+        graph=run.graph,
+        policy="cascade",
+        answer=answer,
+        finish_reason="time" if timed_out else answer.finish_reason,
+        candidates=cands,
+        trace=trace,
     )
 
 
@@ -74,7 +80,7 @@ async def _one(run: Run, spec: Spec) -> GenerationResult:
 
 def _gate(g: Cascade, cand: Candidate, c: Classification, result: GenerationResult, ms: float) -> Stage:
     gate = g.gate
-    label_score: Optional[float] = None
+    label_score: float | None = None
     passed = True
     if gate.label is not None and gate.min_score is not None:
         if gate.label not in c.labels:
@@ -84,6 +90,12 @@ def _gate(g: Cascade, cand: Candidate, c: Classification, result: GenerationResu
     if gate.min_mean_logprob is not None:
         passed = passed and cand.mean_logprob is not None and cand.mean_logprob >= gate.min_mean_logprob
     return Stage(
-        model=cand.model, candidate=cand.id, score=cand.score, gate_label_score=label_score,
-        mean_logprob=cand.mean_logprob, passed=passed, completion_tokens=result.completion_tokens, ms=ms,
+        model=cand.model,
+        candidate=cand.id,
+        score=cand.score,
+        gate_label_score=label_score,
+        mean_logprob=cand.mean_logprob,
+        passed=passed,
+        completion_tokens=result.completion_tokens,
+        ms=ms,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,10 +34,10 @@ class BestOf(_Strict):
         min_length=1, description="Candidates per generator node, e.g. {smollm2: 2, gemma3: 1}."
     )
     return_candidates: bool = Field(True, description="Return every candidate with its score, not only the answer.")
-    prune: Optional[Prune] = Field(None, description="Prune trailing candidates while generating; none = off.")
+    prune: Prune | None = Field(None, description="Prune trailing candidates while generating; none = off.")
 
     @model_validator(mode="after")
-    def _counts(self) -> "BestOf":
+    def _counts(self) -> BestOf:
         for node, k in self.nodes.items():
             if not 1 <= k <= 16:
                 raise ValueError(f"nodes.{node}: {k} candidates; give 1 to 16")
@@ -52,14 +52,14 @@ class BestOf(_Strict):
 class Gate(_Strict):
     """When a cascade stage's completion is good enough; every condition given must hold."""
 
-    label: Optional[str] = Field(None, description="Classifier label whose probability is gated (with min_score).")
-    min_score: Optional[float] = Field(None, ge=0.0, le=1.0, description="Pass when the label's probability >= this.")
-    min_mean_logprob: Optional[float] = Field(
+    label: str | None = Field(None, description="Classifier label whose probability is gated (with min_score).")
+    min_score: float | None = Field(None, ge=0.0, le=1.0, description="Pass when the label's probability >= this.")
+    min_mean_logprob: float | None = Field(
         None, le=0.0, description="Pass when the completion's mean token log-probability >= this."
     )
 
     @model_validator(mode="after")
-    def _some_condition(self) -> "Gate":
+    def _some_condition(self) -> Gate:
         if self.min_score is None and self.min_mean_logprob is None:
             raise ValueError("gate: give min_score (with label) or min_mean_logprob, or both")
         if (self.label is None) != (self.min_score is None):
@@ -75,7 +75,7 @@ class Cascade(_Strict):
     gate: Gate
 
     @model_validator(mode="after")
-    def _unique(self) -> "Cascade":
+    def _unique(self) -> Cascade:
         if len(set(self.order)) != len(self.order):
             raise ValueError(f"order: a node appears twice in {self.order}")
         return self
@@ -84,7 +84,7 @@ class Cascade(_Strict):
         return list(self.order)
 
 
-NamedGraph = Annotated[Union[BestOf, Cascade], Field(discriminator="policy")]
+NamedGraph = Annotated[BestOf | Cascade, Field(discriminator="policy")]
 
 
 class Policies(_Strict):
@@ -94,7 +94,7 @@ class Policies(_Strict):
     graphs: dict[str, NamedGraph] = Field(default_factory=dict, description="name -> policy and its settings.")
 
     @model_validator(mode="after")
-    def _names(self) -> "Policies":
+    def _names(self) -> Policies:
         for name in self.graphs:
             if name == ALL:
                 raise ValueError(f"graphs.{ALL}: `{ALL}` is the built-in graph; pick another name")
@@ -112,7 +112,7 @@ class Policies(_Strict):
         """Graphs that run several candidates on one node (a request may not make them greedy)."""
         return [n for n, g in self.graphs.items() if isinstance(g, BestOf) and max(g.nodes.values()) > 1]
 
-    def check_nodes(self, generators: set[str], labels: Optional[set[str]]) -> None:
+    def check_nodes(self, generators: set[str], labels: set[str] | None) -> None:
         """Every node a graph names is a generator of the config; a gate's label is a classifier label
         (when the labels are known from the config: zero_shot). ValueError names the key."""
         for name, g in self.graphs.items():
@@ -122,7 +122,12 @@ class Policies(_Strict):
                     raise ValueError(
                         f"policies.graphs.{name}.{key}: unknown node {node!r}; generators: {sorted(generators)}"
                     )
-            if isinstance(g, Cascade) and g.gate.label is not None and labels is not None and g.gate.label not in labels:
+            if (
+                isinstance(g, Cascade)
+                and g.gate.label is not None
+                and labels is not None
+                and g.gate.label not in labels
+            ):
                 raise ValueError(
                     f"policies.graphs.{name}.gate.label: {g.gate.label!r} is not a classifier label {sorted(labels)}"
                 )

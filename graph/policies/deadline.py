@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional
 
 from pydantic import BaseModel
 
@@ -58,12 +57,12 @@ class Deadline:
     deadline_ms: int
     score_ms: float
     overrun_ms: float = DEFAULT_OVERRUN_MS
-    latencies: Optional[Latencies] = None
+    latencies: Latencies | None = None
     started: float = field(default_factory=time.monotonic)
     cap_ends: float = 0.0  # when the last time cap given to generators runs out (monotonic)
 
     @classmethod
-    def of(cls, deadline_ms: Optional[int], latencies: Latencies) -> Optional["Deadline"]:
+    def of(cls, deadline_ms: int | None, latencies: Latencies) -> Deadline | None:
         if deadline_ms is None:
             return None
         return cls(deadline_ms, latencies.score_ms(), latencies.overrun_ms(), latencies)
@@ -96,11 +95,15 @@ class Deadline:
         return self.left_ms() > self.reserve_ms(reserve_calls)
 
     def budget(self, generate_ms: int) -> Budget:
-        return Budget(deadline_ms=self.deadline_ms, generate_ms=generate_ms, score_ms=int(self.score_ms),
-                      overrun_ms=int(self.overrun_ms))
+        return Budget(
+            deadline_ms=self.deadline_ms,
+            generate_ms=generate_ms,
+            score_ms=int(self.score_ms),
+            overrun_ms=int(self.overrun_ms),
+        )
 
     @staticmethod
-    def capped(deadline: Optional["Deadline"], overrides: Optional[BaseModel]) -> Optional[BaseModel]:
+    def capped(deadline: Deadline | None, overrides: BaseModel | None) -> BaseModel | None:
         """The request's overrides with max_time_ms at most the generators' share of the deadline."""
         if deadline is None:
             return overrides

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncGenerator, Optional, Union
+from collections.abc import AsyncGenerator
 
 from pydantic import BaseModel
 
@@ -26,7 +26,7 @@ def graph_names(config: GraphConfig) -> list[str]:
     return config.policies.names()
 
 
-def resolve(config: GraphConfig, name: Optional[str], field: str = "graph") -> Optional[NamedGraph]:
+def resolve(config: GraphConfig, name: str | None, field: str = "graph") -> NamedGraph | None:
     """The named graph a request chose (None: the built-in `all`); a 400 naming the field if unknown."""
     chosen = config.policies.default if name is None else name
     if chosen == ALL:
@@ -36,8 +36,15 @@ def resolve(config: GraphConfig, name: Optional[str], field: str = "graph") -> O
     return config.policies.graphs[chosen]
 
 
-def start(host: Host, graph: Optional[str], prompt: str, overrides: Optional[BaseModel], request_id: str,
-          deadline: Optional[Deadline], model: Optional[str] = None) -> Optional[tuple[Run, NamedGraph]]:
+def start(
+    host: Host,
+    graph: str | None,
+    prompt: str,
+    overrides: BaseModel | None,
+    request_id: str,
+    deadline: Deadline | None,
+    model: str | None = None,
+) -> tuple[Run, NamedGraph] | None:
     """The run of one request on the named graph it chose (None for `all`), its parameters checked
     against the policy: on bad input a 400 naming the field, before anything starts."""
     g = resolve(host.config, graph)
@@ -65,9 +72,9 @@ async def execute(run: Run, g: NamedGraph) -> PolicyResponse:
         raise
 
 
-async def events(run: Run, g: NamedGraph) -> AsyncGenerator[Union[PolicyEvent, ErrorEvent], None]:
+async def events(run: Run, g: NamedGraph) -> AsyncGenerator[PolicyEvent | ErrorEvent, None]:
     """The policy's events as they happen (candidates, tokens, pruning, gates, scores), then the decision."""
-    queue: asyncio.Queue[Optional[Union[PolicyEvent, ErrorEvent]]] = asyncio.Queue()
+    queue: asyncio.Queue[PolicyEvent | ErrorEvent | None] = asyncio.Queue()
     run.emit = queue.put
 
     async def main() -> None:
@@ -77,7 +84,9 @@ async def events(run: Run, g: NamedGraph) -> AsyncGenerator[Union[PolicyEvent, E
             await queue.put(ErrorEvent(**exc.body().model_dump()))
         except Exception as exc:  # a bug or a dead node: an error event, not a broken stream
             log.exception("policy graph %s failed", run.graph)
-            await queue.put(ErrorEvent(**NodeFailure(f"graph {run.graph!r} failed: {exc}", node="graph").body().model_dump()))
+            await queue.put(
+                ErrorEvent(**NodeFailure(f"graph {run.graph!r} failed: {exc}", node="graph").body().model_dump())
+            )
         finally:
             await queue.put(None)
 
@@ -91,4 +100,3 @@ async def events(run: Run, g: NamedGraph) -> AsyncGenerator[Union[PolicyEvent, E
         if not done:  # the client left: stop the policy and its candidates
             task.cancel()
             detach(run.cancel_all())
-

@@ -6,8 +6,9 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Mapping, Optional, Protocol, TypeVar, Union
+from typing import Protocol, TypeVar, Union
 
 from pydantic import BaseModel
 
@@ -34,7 +35,7 @@ class Host(Protocol):
     generators: Mapping[str, GeneratorClient]
     latencies: Latencies
 
-    def params_for(self, node: str, overrides: Optional[BaseModel]) -> GenerationParams: ...
+    def params_for(self, node: str, overrides: BaseModel | None) -> GenerationParams: ...
 
     async def classify(self, texts: list[str]) -> list[Classification]: ...
 
@@ -60,9 +61,9 @@ class Run:
     graph: str
     prompt: str
     request_id: str
-    overrides: Optional[BaseModel]
-    deadline: Optional[Deadline]
-    emit: Optional[Emit] = None
+    overrides: BaseModel | None
+    deadline: Deadline | None
+    emit: Emit | None = None
     started: float = field(default_factory=time.monotonic)
     started_rids: list[tuple[str, str]] = field(default_factory=list)  # (node, candidate request id)
     nodes_run: list[str] = field(default_factory=list)
@@ -94,8 +95,8 @@ class Run:
             p = p.model_copy(update={"do_sample": True})
         return p.model_copy(update={"logprobs": True}) if logprobs and not p.logprobs else p
 
-    def spec(self, index: int, node: str, params: GenerationParams, seed: Optional[int], cap_ms: Optional[int]) -> Spec:
-        update: dict[str, Optional[int]] = {"seed": seed}
+    def spec(self, index: int, node: str, params: GenerationParams, seed: int | None, cap_ms: int | None) -> Spec:
+        update: dict[str, int | None] = {"seed": seed}
         if cap_ms is not None:
             update["max_time_ms"] = min(cap_ms, params.max_time_ms or cap_ms)
         cid = f"c{index}"
@@ -149,13 +150,23 @@ class Run:
         """One classifier call for all `texts` (the graph records its duration for the deadline splitter)."""
         return await self.host.classify(texts)
 
-    def candidate(self, spec: Spec, result: GenerationResult, c: Classification,
-                  pruned_at: Optional[int] = None) -> Candidate:
+    def candidate(
+        self, spec: Spec, result: GenerationResult, c: Classification, pruned_at: int | None = None
+    ) -> Candidate:
         return Candidate(
-            id=spec.id, model=spec.node, seed=spec.params.seed, generated=self.prompt + result.text,
-            completion=result.text, score=c.score, label=c.label, labels=c.labels,
-            finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens, mean_logprob=mean_logprob(result), pruned_at_tokens=pruned_at,
+            id=spec.id,
+            model=spec.node,
+            seed=spec.params.seed,
+            generated=self.prompt + result.text,
+            completion=result.text,
+            score=c.score,
+            label=c.label,
+            labels=c.labels,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            mean_logprob=mean_logprob(result),
+            pruned_at_tokens=pruned_at,
         )
 
 
@@ -169,7 +180,7 @@ def detach(aw: Awaitable[None]) -> None:
     fut.add_done_callback(_DETACHED.discard)
 
 
-def mean_logprob(result: GenerationResult) -> Optional[float]:
+def mean_logprob(result: GenerationResult) -> float | None:
     if not result.logprobs:
         return None
     return sum(t.logprob for t in result.logprobs) / len(result.logprobs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -21,7 +20,9 @@ class _Strict(BaseModel):
 class SampleParams(_Strict):
     """Sample generations written to the run's generated.jsonl at every evaluation."""
 
-    num_samples: int = Field(3, ge=0, le=32, description="Prompts sampled (control prefixes of validation documents; 0 = none).")
+    num_samples: int = Field(
+        3, ge=0, le=32, description="Prompts sampled (control prefixes of validation documents; 0 = none)."
+    )
     max_new_tokens: int = Field(48, ge=1, le=512)
     do_sample: bool = True
     temperature: float = Field(0.7, gt=0.0, le=10.0, description="1.0 = no change.")
@@ -44,23 +45,29 @@ class TrainConfig(_Strict):
         description="How `meta` becomes the control prefix in front of the body ({meta} is replaced).",
     )
     resume: bool = Field(False, description="Continue from the last checkpoint in output_dir (same step count).")
-    ignore_meta_prob: float = Field(0.1, ge=0.0, le=1.0, description="Chance a training document goes in without its prefix.")
+    ignore_meta_prob: float = Field(
+        0.1, ge=0.0, le=1.0, description="Chance a training document goes in without its prefix."
+    )
     max_meta_len: int = Field(16, ge=0, le=4096, description="Meta tokens kept (0 = never a prefix).")
     max_body_len: int = Field(128, ge=1, le=32768, description="Body tokens kept (then an end-of-sequence token).")
     learning_rate: float = Field(5e-5, gt=0.0, le=1.0)
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up from 0 to learning_rate, then linear decay.")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     epochs: float = Field(1.0, gt=0.0, le=1000.0, description="Used when max_steps is not set.")
-    max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps in all; overrides epochs.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps in all; overrides epochs.")
     batch_size: int = Field(4, ge=1, le=1024)
     grad_accum: int = Field(1, ge=1, le=1024, description="Batches per optimizer step.")
-    unlikelihood_alpha: float = Field(0.0, ge=0.0, le=100.0, description="Weight of the token-level unlikelihood loss (0 = off).")
-    eval_steps: int = Field(20, ge=1, description="Evaluate (loss, perplexity, samples) every this many steps, and at the start.")
+    unlikelihood_alpha: float = Field(
+        0.0, ge=0.0, le=100.0, description="Weight of the token-level unlikelihood loss (0 = off)."
+    )
+    eval_steps: int = Field(
+        20, ge=1, description="Evaluate (loss, perplexity, samples) every this many steps, and at the start."
+    )
     save_steps: int = Field(20, ge=1, description="Checkpoint every this many steps (resume from the last).")
     save_total_limit: int = Field(2, ge=1, le=100, description="Checkpoints kept.")
     samples: SampleParams = Field(default_factory=SampleParams)
     seed: int = Field(0, ge=0)
-    threads: Optional[int] = Field(None, ge=1, le=256, description="torch threads (None = torch's default).")
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads (None = torch's default).")
     progress: bool = Field(True, description="Show a progress bar.")
 
     @field_validator("control_format")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from graph.training.documents import Document
 
@@ -18,7 +19,7 @@ class Encoded:
     prefix: list[int]  # with its meta; what a serving prompt carrying this control code tokenizes to
     bare: list[int]  # without meta (only what the tokenizer adds to any prompt, e.g. a BOS)
     body: list[int]
-    meta: Optional[str]
+    meta: str | None
 
     def example(self, with_meta: bool) -> dict[str, list[int]]:
         head = self.prefix if with_meta and self.meta is not None else self.bare
@@ -29,8 +30,9 @@ class Encoded:
 class DocumentEncoder:
     """Tokenizes documents the way the serving engine tokenizes a plain prompt (add_special_tokens=True)."""
 
-    def __init__(self, tokenizer: Any, *, control_prefix: Callable[[str], str], max_meta_len: int,
-                 max_body_len: int) -> None:
+    def __init__(
+        self, tokenizer: Any, *, control_prefix: Callable[[str], str], max_meta_len: int, max_body_len: int
+    ) -> None:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no end-of-sequence token")
         self.tokenizer = tokenizer
@@ -42,7 +44,7 @@ class DocumentEncoder:
     def _ids(self, text: str, *, special: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
 
-    def meta_text(self, meta: Optional[str]) -> Optional[str]:
+    def meta_text(self, meta: str | None) -> str | None:
         """The meta cut to max_meta_len tokens (None when there is none or the cap is 0)."""
         if not meta or self.max_meta_len == 0:
             return None
@@ -51,7 +53,7 @@ class DocumentEncoder:
             meta = self.tokenizer.decode(ids[: self.max_meta_len]).strip()
         return meta or None
 
-    def prompt(self, meta: Optional[str]) -> str:
+    def prompt(self, meta: str | None) -> str:
         """The serving prompt that carries this control code ("" without one)."""
         text = self.meta_text(meta)
         return self.control_prefix(text) if text else ""

@@ -6,7 +6,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from graph.errors import ConfigError
 
@@ -16,7 +15,7 @@ KEYS = {"body", "meta"}
 @dataclass(frozen=True)
 class Document:
     body: str
-    meta: Optional[str] = None
+    meta: str | None = None
 
 
 @dataclass(frozen=True)
@@ -57,11 +56,12 @@ def _parse_line(line: str, where: str, what: str) -> Document:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})", field=what) from None
     if not isinstance(obj, dict):
-        raise ConfigError(f'{where}: expected a JSON object {{"body": ..., "meta": ...}}, got {type(obj).__name__}',
-                          field=what)
+        raise ConfigError(
+            f'{where}: expected a JSON object {{"body": ..., "meta": ...}}, got {type(obj).__name__}', field=what
+        )
     unknown = sorted(set(obj) - KEYS)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; a document has only \"body\" and \"meta\"", field=what)
+        raise ConfigError(f'{where}: unknown key(s) {unknown}; a document has only "body" and "meta"', field=what)
     body, meta = obj.get("body"), obj.get("meta")
     if not isinstance(body, str) or not body.strip():
         raise ConfigError(f'{where}: "body" must be a non-empty string', field=what)

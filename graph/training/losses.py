@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from graph.training.dataset import IGNORE
 
 
-def unlikelihood_loss(logits: Any, labels: Any, num_items: Optional[Any] = None) -> Any:
+def unlikelihood_loss(logits: Any, labels: Any, num_items: Any | None = None) -> Any:
     """-sum log(1 - p(c | x_<t)) over the negative candidates c of every target position t.
 
     logits (B, T, V) and labels (B, T) as the model sees them (targets are labels shifted by one);

@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from graph.config import RuntimeConfig
 from graph.errors import ConfigError
@@ -27,7 +27,7 @@ class Inputs:
     train: DocumentFile
     valid: DocumentFile
     source: str  # the base model's directory (or hub id)
-    resume_from: Optional[str]
+    resume_from: str | None
 
 
 @dataclass
@@ -44,7 +44,7 @@ class TrainResult:
     train_sha256: str
     valid_sha256: str
     args: dict[str, Any] = field(default_factory=dict)
-    resumed_from: Optional[str] = None
+    resumed_from: str | None = None
 
     @property
     def final_perplexity(self) -> float:
@@ -55,8 +55,11 @@ class TrainResult:
     def metadata(self) -> dict[str, Any]:
         from graph.training.samples import perplexity
 
-        return {**asdict(self), "initial_perplexity": perplexity(self.initial_eval_loss),
-                "final_perplexity": self.final_perplexity}
+        return {
+            **asdict(self),
+            "initial_perplexity": perplexity(self.initial_eval_loss),
+            "final_perplexity": self.final_perplexity,
+        }
 
 
 def check_inputs(cfg: TrainConfig, **lookups: Any) -> Inputs:
@@ -72,15 +75,17 @@ def check_inputs(cfg: TrainConfig, **lookups: Any) -> Inputs:
     run_dir = cfg.path("output_dir")
     last = _last_checkpoint(run_dir)
     if cfg.resume and last is None:
-        raise ConfigError(f"resume: no checkpoint-* folder in {run_dir} to resume from (--output-dir?)",
-                          field="resume")
+        raise ConfigError(f"resume: no checkpoint-* folder in {run_dir} to resume from (--output-dir?)", field="resume")
     if not cfg.resume and last is not None:
-        raise ConfigError(f"output_dir: {run_dir} already holds {Path(last).name}; continue it with resume "
-                          "(--resume) or choose another output_dir (--output-dir)", field="output_dir")
+        raise ConfigError(
+            f"output_dir: {run_dir} already holds {Path(last).name}; continue it with resume "
+            "(--resume) or choose another output_dir (--output-dir)",
+            field="output_dir",
+        )
     return Inputs(train, valid, source, last if cfg.resume else None)
 
 
-def _last_checkpoint(run_dir: Path) -> Optional[str]:
+def _last_checkpoint(run_dir: Path) -> str | None:
     if not run_dir.is_dir():
         return None
     from transformers.trainer_utils import get_last_checkpoint
@@ -88,7 +93,7 @@ def _last_checkpoint(run_dir: Path) -> Optional[str]:
     return get_last_checkpoint(str(run_dir))
 
 
-def train(cfg: TrainConfig, inputs: Optional[Inputs] = None, **lookups: Any) -> TrainResult:
+def train(cfg: TrainConfig, inputs: Inputs | None = None, **lookups: Any) -> TrainResult:
     """Run the training (resuming if cfg.resume) and save the model and tokenizer to output_dir/final/."""
     inputs = inputs or check_inputs(cfg, **lookups)  # before the heavy imports: bad input fails at once
     import torch
@@ -108,12 +113,21 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None, **lookups: Any) -> 
     model, tokenizer = load_causal_lm(cfg.base, RuntimeConfig(dtype="float32"), **lookups)
     model.train()
     tokenizer.padding_side = "right"
-    encoder = DocumentEncoder(tokenizer, control_prefix=cfg.control_prefix, max_meta_len=cfg.max_meta_len,
-                              max_body_len=cfg.max_body_len)
-    train_set = DocumentDataset([encoder.encode(d) for d in inputs.train.documents],
-                                ignore_meta_prob=cfg.ignore_meta_prob, seed=cfg.seed, fixed=False)
-    valid_set = DocumentDataset([encoder.encode(d) for d in inputs.valid.documents],
-                                ignore_meta_prob=cfg.ignore_meta_prob, seed=cfg.seed + 1, fixed=True)
+    encoder = DocumentEncoder(
+        tokenizer, control_prefix=cfg.control_prefix, max_meta_len=cfg.max_meta_len, max_body_len=cfg.max_body_len
+    )
+    train_set = DocumentDataset(
+        [encoder.encode(d) for d in inputs.train.documents],
+        ignore_meta_prob=cfg.ignore_meta_prob,
+        seed=cfg.seed,
+        fixed=False,
+    )
+    valid_set = DocumentDataset(
+        [encoder.encode(d) for d in inputs.valid.documents],
+        ignore_meta_prob=cfg.ignore_meta_prob,
+        seed=cfg.seed + 1,
+        fixed=True,
+    )
     prompts = sample_prompts(encoder, inputs.valid, cfg.samples.num_samples)
     trainer = DocumentTrainer(
         model=model,
@@ -135,11 +149,17 @@ def train(cfg: TrainConfig, inputs: Optional[Inputs] = None, **lookups: Any) -> 
     model.save_pretrained(final_dir, safe_serialization=True)
     tokenizer.save_pretrained(final_dir)
     result = TrainResult(
-        final_dir=str(final_dir), base_model=cfg.base.describe(), steps=trainer.state.global_step,
-        epochs=float(trainer.state.epoch or 0.0), initial_eval_loss=float(evals[0]["eval_loss"]),
-        final_eval_loss=float(evals[-1]["eval_loss"]), wall_s=round(time.perf_counter() - start, 1),
-        train_sha256=inputs.train.sha256, valid_sha256=inputs.valid.sha256,
-        args=cfg.model_dump(mode="json"), resumed_from=inputs.resume_from,
+        final_dir=str(final_dir),
+        base_model=cfg.base.describe(),
+        steps=trainer.state.global_step,
+        epochs=float(trainer.state.epoch or 0.0),
+        initial_eval_loss=float(evals[0]["eval_loss"]),
+        final_eval_loss=float(evals[-1]["eval_loss"]),
+        wall_s=round(time.perf_counter() - start, 1),
+        train_sha256=inputs.train.sha256,
+        valid_sha256=inputs.valid.sha256,
+        args=cfg.model_dump(mode="json"),
+        resumed_from=inputs.resume_from,
     )
     (run_dir / RESULT_FILE).write_text(json.dumps(result.metadata(), indent=2))
     (final_dir / "training.json").write_text(json.dumps(result.metadata(), indent=2))

@@ -6,7 +6,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -33,15 +33,21 @@ def generate_samples(model: Any, tokenizer: Any, prompts: list[str], params: Sam
             for prompt in prompts:
                 ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"]) or [start_id]
                 input_ids = torch.tensor([ids], device=model.device)
-                sampling = dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p) \
-                    if params.do_sample else {}
+                sampling = (
+                    dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+                    if params.do_sample
+                    else {}
+                )
                 gen = model.generate(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                    max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
-                    repetition_penalty=params.repetition_penalty, pad_token_id=tokenizer.pad_token_id,
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    max_new_tokens=params.max_new_tokens,
+                    do_sample=params.do_sample,
+                    repetition_penalty=params.repetition_penalty,
+                    pad_token_id=tokenizer.pad_token_id,
                     **sampling,
                 )
-                out.append(tokenizer.decode(gen[0, len(ids):], skip_special_tokens=True))
+                out.append(tokenizer.decode(gen[0, len(ids) :], skip_special_tokens=True))
     finally:
         model.train(was_training)
     return out
@@ -54,8 +60,9 @@ class SampleLogger(TrainerCallback):
         self.path = Path(run_dir) / GENERATED_LOG
         self.tokenizer, self.prompts, self.params = tokenizer, prompts, params
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Optional[dict] = None,
-                    model: Any = None, **kwargs: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict | None = None, model: Any = None, **kwargs: Any
+    ) -> None:
         loss = float((metrics or {}).get("eval_loss", float("nan")))
         texts = generate_samples(model, self.tokenizer, self.prompts, self.params) if self.prompts and model else []
         record = {

@@ -23,8 +23,9 @@ class DocumentTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.unlikelihood_alpha = unlikelihood_alpha
 
-    def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: Any, inputs: dict, return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         if not (self.unlikelihood_alpha and model.training):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)

@@ -8,7 +8,6 @@ import pytest
 from tests.server import Server
 
 
-
 def test_baseline_generate_score() -> None:
     import bentoml
     from bentoml.exceptions import NotFound
@@ -19,8 +18,11 @@ def test_baseline_generate_score() -> None:
         except NotFound:
             pytest.fail(f"{tag} is not in the BentoML model store; run `make prepare`")
     with Server("bench.baseline_service:BaselineGraph", name="baseline") as srv:
-        r = httpx.post(srv.url + "/generate_score",
-                       json={"original_sentence": "The weather today is", "max_new_tokens": 4}, timeout=120)
+        r = httpx.post(
+            srv.url + "/generate_score",
+            json={"original_sentence": "The weather today is", "max_new_tokens": 4},
+            timeout=120,
+        )
     assert r.status_code == 200, r.text
     items = r.json()
     assert [i["model"] for i in items] == ["smollm2", "gemma3"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -61,8 +61,10 @@ def live(request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytes
         url = f"sqlite:///{tmp}/db/chat.sqlite3"
     else:
         if postgres_bin() is None:
-            pytest.skip("PostgreSQL IS NOT INSTALLED: run `make postgres` (apt-get install postgresql); "
-                        "the PostgreSQL half of the chat tests did not run")
+            pytest.skip(
+                "PostgreSQL IS NOT INSTALLED: run `make postgres` (apt-get install postgresql); "
+                "the PostgreSQL half of the chat tests did not run"
+            )
         pg = PostgresServer().start()
         url = pg.url
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
@@ -107,7 +109,10 @@ def test_users_apart_and_chat_reply(live: Live) -> None:
     reply = r.json()
     assert reply["user_id"] == "alice" and reply["turn"] == 2 and reply["model"] == "tiny_a"
     assert reply["context_turns"] == 1 and reply["usage"]["prompt_tokens"] > 0
-    assert [m["content"] for m in history(live, "alice")["messages"] if m["role"] == "user"] == ["I am Alice", "Still Alice"]
+    assert [m["content"] for m in history(live, "alice")["messages"] if m["role"] == "user"] == [
+        "I am Alice",
+        "Still Alice",
+    ]
     assert [m["content"] for m in history(live, "bob")["messages"] if m["role"] == "user"] == ["I am Bob"]
 
 
@@ -130,8 +135,9 @@ def test_max_turns_and_token_budget_cut_the_prompt(live: Live) -> None:
 
 
 def test_streamed_turn_is_stored(live: Live) -> None:
-    with httpx.stream("POST", live.server.url + "/chat_stream", json={"user_id": "streamer", "message": "hi"},
-                      timeout=120) as r:
+    with httpx.stream(
+        "POST", live.server.url + "/chat_stream", json={"user_id": "streamer", "message": "hi"}, timeout=120
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         data = [d for _, d in sse_events(r)]
@@ -147,9 +153,9 @@ def test_streamed_turn_is_stored(live: Live) -> None:
 def test_concurrent_messages_of_one_user_are_ordered_and_kept(live: Live) -> None:
     async def both() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=live.server.url, timeout=120) as client:
-            return await asyncio.gather(*[
-                client.post("/chat", json={"user_id": "carol", "message": text}) for text in ("first", "second")
-            ])
+            return await asyncio.gather(
+                *[client.post("/chat", json={"user_id": "carol", "message": text}) for text in ("first", "second")]
+            )
 
     replies = asyncio.run(both())
     assert [r.status_code for r in replies] == [200, 200], [r.text for r in replies]
@@ -162,19 +168,24 @@ def test_concurrent_messages_of_one_user_are_ordered_and_kept(live: Live) -> Non
     assert {msgs[0]["content"], msgs[2]["content"]} == {"first", "second"}
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"user_id": "bad", "message": ""}, "message"),
-    ({"user_id": "bad", "message": "   "}, "message"),
-    ({"user_id": "bad", "message": "x" * 4001}, "message"),
-    ({"user_id": "bad", "message": "hi", "model": "nope"}, "model"),
-    ({"user_id": 5, "message": "hi"}, "user_id"),
-    ({"user_id": "bad", "message": ["hi"]}, "message"),
-    ({"user_id": "", "message": "hi"}, "user_id"),
-    ({"user_id": "bad", "message": "hi", "params": {"temperature": "hot"}}, "params.temperature"),
-    ({"user_id": "bad", "message": "hi", "params": {"num_return_sequences": 2, "do_sample": True}},
-     "params.num_return_sequences"),
-    ({"user_id": "bad", "message": "hi", "mesage": "typo"}, "mesage"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"user_id": "bad", "message": ""}, "message"),
+        ({"user_id": "bad", "message": "   "}, "message"),
+        ({"user_id": "bad", "message": "x" * 4001}, "message"),
+        ({"user_id": "bad", "message": "hi", "model": "nope"}, "model"),
+        ({"user_id": 5, "message": "hi"}, "user_id"),
+        ({"user_id": "bad", "message": ["hi"]}, "message"),
+        ({"user_id": "", "message": "hi"}, "user_id"),
+        ({"user_id": "bad", "message": "hi", "params": {"temperature": "hot"}}, "params.temperature"),
+        (
+            {"user_id": "bad", "message": "hi", "params": {"num_return_sequences": 2, "do_sample": True}},
+            "params.num_return_sequences",
+        ),
+        ({"user_id": "bad", "message": "hi", "mesage": "typo"}, "mesage"),
+    ],
+)
 @pytest.mark.parametrize("path", ["/infer", "/chat"])
 def test_bad_input_is_a_4xx_and_writes_nothing(live: Live, path: str, body: dict, field: str) -> None:
     before = live.messages_in_db()

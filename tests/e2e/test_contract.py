@@ -34,15 +34,31 @@ def test_spec_documents_errors_and_sse(server):
 
 def test_schemathesis_finds_nothing(server, tmp_path):
     cmd = [
-        str(SCHEMATHESIS), "run", f"{server.url}/docs.json",
-        "--checks", "all", "--seed", "20261124", "--max-examples", "25",
+        str(SCHEMATHESIS),
+        "run",
+        f"{server.url}/docs.json",
+        "--checks",
+        "all",
+        "--seed",
+        "20261124",
+        "--max-examples",
+        "25",
         # A prompt's limit in *tokens* (max_prompt_tokens) depends on each node's tokenizer: no schema can
         # say it, so a schema-valid prompt may still get its 400 naming the field. Every other check runs:
         # no server error, every status, header, media type and body as documented, bad data refused.
-        "--exclude-checks", "positive_data_acceptance",
-        "--request-timeout", "300", "--workers", "1", "--no-shrink",
-        "--exclude-path", "/metrics",  # Prometheus text, not a JSON API
-        "--report", "junit", "--report-dir", str(tmp_path),
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--request-timeout",
+        "300",
+        "--workers",
+        "1",
+        "--no-shrink",
+        "--exclude-path",
+        "/metrics",  # Prometheus text, not a JSON API
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
     ]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     print(run.stdout[-6000:])

@@ -10,7 +10,6 @@ import pytest
 from tests.server import Server
 
 
-
 @pytest.fixture(scope="module")
 def server():
     with Server(config="configs/default.yaml", name="default") as srv:
@@ -44,8 +43,11 @@ def test_zero_shot_classifier_tells_sentiment(server: Server) -> None:
 
 
 def test_seeded_sampling_is_reproducible(server: Server) -> None:
-    body = {"prompt": "The best thing about the sea is", "model": "smollm2",
-            "params": {"do_sample": True, "seed": 1234, "temperature": 1.0, "max_new_tokens": 16}}
+    body = {
+        "prompt": "The best thing about the sea is",
+        "model": "smollm2",
+        "params": {"do_sample": True, "seed": 1234, "temperature": 1.0, "max_new_tokens": 16},
+    }
     first = httpx.post(server.url + "/generate", json=body, timeout=120)
     second = httpx.post(server.url + "/generate", json=body, timeout=120)
     assert first.status_code == second.status_code == 200, first.text
@@ -56,7 +58,11 @@ def test_seeded_sampling_is_reproducible(server: Server) -> None:
 
 
 def test_stop_string_on_a_real_tokenizer(server: Server) -> None:
-    body = {"prompt": "List three colours: red,", "model": "gemma3", "params": {"max_new_tokens": 24, "do_sample": False}}
+    body = {
+        "prompt": "List three colours: red,",
+        "model": "gemma3",
+        "params": {"max_new_tokens": 24, "do_sample": False},
+    }
     full = httpx.post(server.url + "/generate", json=body, timeout=120).json()[0]["results"][0]["text"]
     words = full.split()
     assert len(words) >= 4, full
@@ -64,23 +70,39 @@ def test_stop_string_on_a_real_tokenizer(server: Server) -> None:
     body["params"]["stop"] = [stop]
     res = httpx.post(server.url + "/generate", json=body, timeout=120).json()[0]["results"][0]
     assert res["finish_reason"] == "stop", res
-    assert full.startswith(res["text"]) and full[len(res["text"]):].startswith(stop)
+    assert full.startswith(res["text"]) and full[len(res["text"]) :].startswith(stop)
 
 
 def test_openai_face_on_real_models(server: Server) -> None:
     """/v1 on the default config: SmolLM2 formats a chat with its own template exactly once (the same
     prompt tokens as /generate's one-user-message wrap), Gemma (no template) gets the transcript."""
     models = httpx.get(server.url + "/v1/models", timeout=30).json()
-    assert [m["id"] for m in models["data"]] == ["smollm2", "gemma3", "graph", "graph:best_of_3", "graph:best_of_3_pruned", "graph:cascade"]
+    assert [m["id"] for m in models["data"]] == [
+        "smollm2",
+        "gemma3",
+        "graph",
+        "graph:best_of_3",
+        "graph:best_of_3_pruned",
+        "graph:cascade",
+    ]
     question = "Name a colour."
-    plain = httpx.post(server.url + "/generate", timeout=120, json={
-        "prompt": question, "model": "smollm2", "params": {"max_new_tokens": 4}}).json()[0]["results"][0]
-    chat = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
-        "model": "smollm2", "messages": [{"role": "user", "content": question}], "max_tokens": 4})
+    plain = httpx.post(
+        server.url + "/generate",
+        timeout=120,
+        json={"prompt": question, "model": "smollm2", "params": {"max_new_tokens": 4}},
+    ).json()[0]["results"][0]
+    chat = httpx.post(
+        server.url + "/v1/chat/completions",
+        timeout=120,
+        json={"model": "smollm2", "messages": [{"role": "user", "content": question}], "max_tokens": 4},
+    )
     assert chat.status_code == 200, chat.text
     assert chat.json()["usage"]["prompt_tokens"] == plain["prompt_tokens"]
-    scored = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
-        "model": "graph", "messages": [{"role": "user", "content": "I have an idea!"}], "max_tokens": 8})
+    scored = httpx.post(
+        server.url + "/v1/chat/completions",
+        timeout=300,
+        json={"model": "graph", "messages": [{"role": "user", "content": "I have an idea!"}], "max_tokens": 8},
+    )
     assert scored.status_code == 200, scored.text
     choices = scored.json()["choices"]
     assert {c["model"] for c in choices} == {"smollm2", "gemma3"}

@@ -69,8 +69,12 @@ def test_openai_face_needs_the_key_and_answers_in_its_shape(server):
     assert "graph" in [m.id for m in client.models.list()]
     out = client.completions.create(model="tiny_a", prompt="hi", max_tokens=2)
     assert out.usage is not None and out.usage.completion_tokens >= 1
-    r = httpx.post(server.url + "/v1/completions", content=b"prompt=hi", timeout=10,
-                   headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"})
+    r = httpx.post(
+        server.url + "/v1/completions",
+        content=b"prompt=hi",
+        timeout=10,
+        headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 415 and r.json()["error"]["param"] == "content-type"
 
 
@@ -107,18 +111,26 @@ def test_grpc_needs_the_key_too(server):
             stub.Generate(tg.GenerateRequest(text="hi"), timeout=30)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "authorization" in err.value.details()
         with pytest.raises(grpc.RpcError) as err:
-            list(stub.GenerateStreamed(tg.GenerateRequest(text="hi"), timeout=30,
-                                       metadata=[("authorization", "Bearer wrong-key-0123456789")]))
+            list(
+                stub.GenerateStreamed(
+                    tg.GenerateRequest(text="hi"),
+                    timeout=30,
+                    metadata=[("authorization", "Bearer wrong-key-0123456789")],
+                )
+            )
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         reply = stub.Generate(tg.GenerateRequest(text="hi"), timeout=60, metadata=[("authorization", f"Bearer {KEY}")])
         assert reply.text.startswith("hi")
 
 
-@pytest.mark.parametrize("ctype, body", [
-    ("multipart/form-data", b"--x\r\n"),  # no boundary: starlette used to raise KeyError -> 500
-    ("text/plain", b'{"prompt": "hi"}'),
-    ("application/x-www-form-urlencoded", b"prompt=hi"),
-])
+@pytest.mark.parametrize(
+    "ctype, body",
+    [
+        ("multipart/form-data", b"--x\r\n"),  # no boundary: starlette used to raise KeyError -> 500
+        ("text/plain", b'{"prompt": "hi"}'),
+        ("application/x-www-form-urlencoded", b"prompt=hi"),
+    ],
+)
 def test_bodies_must_be_json(server, ctype, body):
     for path in ("/generate", "/generate_score", "/classify", "/generate_stream"):
         r = httpx.post(server.url + path, content=body, headers={**AUTH, "Content-Type": ctype}, timeout=10)

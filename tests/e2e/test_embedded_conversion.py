@@ -28,7 +28,7 @@ def _greedy_ids(model, tokenizer, prompts: list[str], n: int = 6) -> list[list[i
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=n, do_sample=False)
-    return out[:, enc["input_ids"].shape[1]:].tolist()
+    return out[:, enc["input_ids"].shape[1] :].tolist()
 
 
 def test_smollm2_converts_to_float32_safetensors_matching_gguf(smol_dir):

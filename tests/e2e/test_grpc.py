@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import httpx
@@ -58,8 +59,12 @@ class Booted:
 
 @pytest.fixture(scope="module")
 def booted(tiny_dir, tmp_path_factory) -> Iterator[Booted]:
-    config, port = grpc_config("configs/tiny.yaml", tmp_path_factory.mktemp("grpc") / "tiny_grpc.yaml",
-                               default_node="tiny_a", stream_interval_ms=1000)
+    config, port = grpc_config(
+        "configs/tiny.yaml",
+        tmp_path_factory.mktemp("grpc") / "tiny_grpc.yaml",
+        default_node="tiny_a",
+        stream_interval_ms=1000,
+    )
     server = Server(config=config, name="grpc")
     starting = threading.Thread(target=server.start, daemon=True)
     starting.start()  # the health service is watched while the workers start and load their models
@@ -140,8 +145,9 @@ def test_generate_is_prompt_plus_text_and_max_length_counts_the_prompt(booted: B
     assert out.text == LONG + ref["text"]
     default = seed_stub.Generate(tg.GenerateRequest(text=LONG), timeout=60)  # 0: the node default (8 new tokens)
     assert default.text == LONG + http_completion(booted.server, LONG, 8)["text"]
-    other = seed_stub.Generate(tg.GenerateRequest(text=LONG, max_length=total), metadata=[("x-model", "tiny_b")],
-                               timeout=60)
+    other = seed_stub.Generate(
+        tg.GenerateRequest(text=LONG, max_length=total), metadata=[("x-model", "tiny_b")], timeout=60
+    )
     assert other.text.startswith(LONG) and other.text != out.text  # x-model picks the other generator
 
 
@@ -164,30 +170,56 @@ def test_streamed_fragments_are_paced_and_add_up_to_generate(booted: Booted, see
 
 def test_seed_style_client_from_the_seeds_protoc_command(booted: Booted, tmp_path) -> None:
     """Stubs generated the way the seed's README says, imported as its clients import them."""
-    gen = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}", f"--python_out={tmp_path}",
-                          f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", str(ROOT / "protos/text_generator.proto")],
-                         capture_output=True, text=True, timeout=60)
+    gen = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'protos'}",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            str(ROOT / "protos/text_generator.proto"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert gen.returncode == 0, gen.stderr
-    run = subprocess.run([sys.executable, "-c", seed_client_script(booted.port, "Once upon a time")], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", seed_client_script(booted.port, "Once upon a time")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     unary, streamed = [eval(line) for line in run.stdout.splitlines()]
     assert unary.startswith("Once upon a time") and len(unary) > len("Once upon a time")
     assert streamed == unary  # greedy tiny_a: the stream adds up to the same text
 
 
-@pytest.mark.parametrize("request_, metadata, field", [
-    (tg.GenerateRequest(text=""), [], "text"),
-    (tg.GenerateRequest(text="   "), [], "text"),
-    (tg.GenerateRequest(text="hi", max_length=-1), [], "max_length"),
-    (tg.GenerateRequest(text="hi", max_length=1), [], "max_length"),  # not even the prompt fits
-    (tg.GenerateRequest(text="hi", max_length=5000), [], "max_length"),  # above the node's limit
-    (tg.GenerateRequest(text="hi"), [("x-model", "nope")], "x-model"),
-    (tg.GenerateRequest(text="hi"), [("x-seed", "abc")], "x-seed"),
-    (tg.GenerateStreamedRequest(text="hi", intermediate_result_interval_ms=-5), [], "intermediate_result_interval_ms"),
-    (tg.GenerateStreamedRequest(text=""), [], "text"),
-])
-def test_bad_seed_input_is_invalid_argument_naming_the_field(booted: Booted, seed_stub, request_, metadata, field) -> None:
+@pytest.mark.parametrize(
+    "request_, metadata, field",
+    [
+        (tg.GenerateRequest(text=""), [], "text"),
+        (tg.GenerateRequest(text="   "), [], "text"),
+        (tg.GenerateRequest(text="hi", max_length=-1), [], "max_length"),
+        (tg.GenerateRequest(text="hi", max_length=1), [], "max_length"),  # not even the prompt fits
+        (tg.GenerateRequest(text="hi", max_length=5000), [], "max_length"),  # above the node's limit
+        (tg.GenerateRequest(text="hi"), [("x-model", "nope")], "x-model"),
+        (tg.GenerateRequest(text="hi"), [("x-seed", "abc")], "x-seed"),
+        (
+            tg.GenerateStreamedRequest(text="hi", intermediate_result_interval_ms=-5),
+            [],
+            "intermediate_result_interval_ms",
+        ),
+        (tg.GenerateStreamedRequest(text=""), [], "text"),
+    ],
+)
+def test_bad_seed_input_is_invalid_argument_naming_the_field(
+    booted: Booted, seed_stub, request_, metadata, field
+) -> None:
     before = node_stats(booted.server)
     call = seed_stub.Generate if isinstance(request_, tg.GenerateRequest) else seed_stub.GenerateStreamed
     err = rpc_error(call, request_, metadata=metadata, timeout=30)
@@ -195,8 +227,9 @@ def test_bad_seed_input_is_invalid_argument_naming_the_field(booted: Booted, see
     assert err.details().startswith(f"{field}: "), err.details()
     assert trailers(err)["x-error-field"] == field
     after = node_stats(booted.server)
-    assert [after[n]["requests_total"] for n in after] == [before[n]["requests_total"] for n in before], \
+    assert [after[n]["requests_total"] for n in after] == [before[n]["requests_total"] for n in before], (
         "a node got work from a rejected request"
+    )
 
 
 def test_cancelled_stream_and_deadline_stop_the_node(booted: Booted, seed_stub) -> None:
@@ -206,7 +239,8 @@ def test_cancelled_stream_and_deadline_stop_the_node(booted: Booted, seed_stub) 
     total = http_completion(booted.server, LONG, 1)["prompt_tokens"] + 900
     before = tokens()
     stream = seed_stub.GenerateStreamed(
-        tg.GenerateStreamedRequest(text=LONG, max_length=total, intermediate_result_interval_ms=100), timeout=120)
+        tg.GenerateStreamedRequest(text=LONG, max_length=total, intermediate_result_interval_ms=100), timeout=120
+    )
     next(stream), next(stream)
     stream.cancel()
     time.sleep(2.0)
@@ -278,15 +312,22 @@ def test_graph_stream_has_token_final_and_score_events(booted: Booted, graph_stu
         assert 0.0 <= mine[-1].score.score <= 1.0
 
 
-@pytest.mark.parametrize("call, request_, field", [
-    ("Generate", ig.GenerateRequest(prompt="hi", params=ig.GenerationParams(temperature=-1)), "params.temperature"),
-    ("Generate", ig.GenerateRequest(prompt="hi", params=ig.GenerationParams(max_new_tokens=901)), "params.max_new_tokens"),
-    ("Generate", ig.GenerateRequest(prompt="hi", model="nope"), "model"),
-    ("Generate", ig.GenerateRequest(), "prompt"),
-    ("GenerateScore", ig.GenerateScoreRequest(original_sentence=""), "original_sentence"),
-    ("GenerateScoreStream", ig.StreamRequest(params=ig.GenerationParams(top_p=2.0)), "params.top_p"),
-    ("Classify", ig.ClassifyRequest(), "texts"),
-])
+@pytest.mark.parametrize(
+    "call, request_, field",
+    [
+        ("Generate", ig.GenerateRequest(prompt="hi", params=ig.GenerationParams(temperature=-1)), "params.temperature"),
+        (
+            "Generate",
+            ig.GenerateRequest(prompt="hi", params=ig.GenerationParams(max_new_tokens=901)),
+            "params.max_new_tokens",
+        ),
+        ("Generate", ig.GenerateRequest(prompt="hi", model="nope"), "model"),
+        ("Generate", ig.GenerateRequest(), "prompt"),
+        ("GenerateScore", ig.GenerateScoreRequest(original_sentence=""), "original_sentence"),
+        ("GenerateScoreStream", ig.StreamRequest(params=ig.GenerationParams(top_p=2.0)), "params.top_p"),
+        ("Classify", ig.ClassifyRequest(), "texts"),
+    ],
+)
 def test_bad_graph_input_is_invalid_argument(booted: Booted, graph_stub, call, request_, field) -> None:
     before = node_stats(booted.server)
     err = rpc_error(getattr(graph_stub, call), request_, timeout=30)

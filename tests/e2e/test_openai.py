@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import openai
 import pytest
@@ -58,8 +56,9 @@ def test_chat_formats_messages_once_as_a_transcript(client: openai.OpenAI, serve
     assert chat.usage.prompt_tokens == plain.usage.prompt_tokens
     parts = [{"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "world"}]}]
     a = client.chat.completions.create(model="tiny_b", messages=parts, max_tokens=4, temperature=0)
-    b = client.chat.completions.create(model="tiny_b", messages=[{"role": "user", "content": "Hello world"}],
-                                       max_tokens=4, temperature=0)
+    b = client.chat.completions.create(
+        model="tiny_b", messages=[{"role": "user", "content": "Hello world"}], max_tokens=4, temperature=0
+    )
     assert a.choices[0].message.content == b.choices[0].message.content
 
 
@@ -70,8 +69,9 @@ def test_chat_n_2(client: openai.OpenAI) -> None:
 
 
 def test_chat_logprobs(client: openai.OpenAI) -> None:
-    out = client.chat.completions.create(model="tiny_a", messages=HI, max_tokens=4, logprobs=True, top_logprobs=2,
-                                         temperature=0)
+    out = client.chat.completions.create(
+        model="tiny_a", messages=HI, max_tokens=4, logprobs=True, top_logprobs=2, temperature=0
+    )
     (choice,) = out.choices
     assert choice.logprobs is not None and choice.logprobs.content
     assert "".join(t.token for t in choice.logprobs.content) == choice.message.content
@@ -82,8 +82,9 @@ def test_chat_logprobs(client: openai.OpenAI) -> None:
 
 
 def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(model="tiny_a", messages=HI, max_tokens=6, temperature=0, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="tiny_a", messages=HI, max_tokens=6, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     for c in chunks:
         ChatCompletionChunk.model_validate(c.model_dump())
@@ -105,7 +106,7 @@ def test_stream_is_sse_ending_with_done(server: Server) -> None:
     assert events[-1][1] == "[DONE]"
     chunks = [ChatCompletionChunk.model_validate_json(d) for _, d in events[:-1]]
     scored = [c.choices[0] for c in chunks if c.choices and getattr(c.choices[0], "score", None) is not None]
-    assert {getattr(c, "model") for c in scored} == NODES  # each node's completion scored in the stream
+    assert {c.model for c in scored} == NODES  # each node's completion scored in the stream
 
 
 def test_completions(client: openai.OpenAI) -> None:
@@ -115,13 +116,17 @@ def test_completions(client: openai.OpenAI) -> None:
     assert choice.logprobs is not None and choice.logprobs.tokens is not None
     assert "".join(choice.logprobs.tokens) == choice.text
     assert choice.logprobs.text_offset is not None and choice.logprobs.text_offset[0] == 0
-    echo = client.completions.create(model="tiny_b", prompt=["The cat", "A dog"], max_tokens=3, echo=True, temperature=0)
+    echo = client.completions.create(
+        model="tiny_b", prompt=["The cat", "A dog"], max_tokens=3, echo=True, temperature=0
+    )
     assert echo.choices[0].text.startswith("The cat") and echo.choices[1].text.startswith("A dog")
     assert echo.choices[0].text == "The cat" + choice.text[: len(echo.choices[0].text) - 7]  # greedy: same start
 
 
 def test_completions_stream(client: openai.OpenAI) -> None:
-    chunks = list(client.completions.create(model="tiny_a", prompt="Once upon", max_tokens=5, temperature=0, stream=True))
+    chunks = list(
+        client.completions.create(model="tiny_a", prompt="Once upon", max_tokens=5, temperature=0, stream=True)
+    )
     plain = client.completions.create(model="tiny_a", prompt="Once upon", max_tokens=5, temperature=0)
     assert "".join(c.choices[0].text for c in chunks) == plain.choices[0].text
 
@@ -133,8 +138,11 @@ def test_named_graph_answers_its_decision(client: openai.OpenAI, server: Server)
     extra = out.choices[0].model_extra or {}
     assert extra["model"] in ("tiny_a", "tiny_b") and 0.0 <= extra["score"] <= 1.0
     # the same decision through /generate_score names the same kind of answer
-    direct = httpx.post(server.url + "/generate_score", json={"original_sentence": "The cat", "graph": "best",
-                                                             "params": {"max_new_tokens": 4}}, timeout=60).json()
+    direct = httpx.post(
+        server.url + "/generate_score",
+        json={"original_sentence": "The cat", "graph": "best", "params": {"max_new_tokens": 4}},
+        timeout=60,
+    ).json()
     assert direct["policy"] == "best_of" and set(direct["trace"]["nodes_run"]) == {"tiny_a", "tiny_b"}
     assert 1 <= out.usage.completion_tokens <= 4
     with pytest.raises(openai.BadRequestError) as err:
@@ -161,12 +169,15 @@ def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
     assert isinstance(exc.value.body, dict) and exc.value.body["param"] == "model"
 
 
-@pytest.mark.parametrize("extra, field", [
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
-    ({"logit_bias": {"1": 5}}, "logit_bias"),
-    ({"bogus": 1}, "bogus"),
-])
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logit_bias": {"1": 5}}, "logit_bias"),
+        ({"bogus": 1}, "bogus"),
+    ],
+)
 def test_unsupported_field_is_refused_by_name(client: openai.OpenAI, extra: dict, field: str) -> None:
     with pytest.raises(openai.BadRequestError) as exc:
         client.chat.completions.create(model="tiny_a", messages=HI, extra_body=extra)
@@ -176,24 +187,45 @@ def test_unsupported_field_is_refused_by_name(client: openai.OpenAI, extra: dict
         client.completions.create(model="tiny_a", prompt="hi", best_of=3)
 
 
-@pytest.mark.parametrize("path, body, param", [
-    ("/v1/chat/completions", {"model": "tiny_a", "messages": []}, "messages"),
-    ("/v1/chat/completions", {"model": "tiny_a", "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
-    ("/v1/chat/completions", {"model": "tiny_a", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-     "messages[0].content"),
-    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "temperature": 3}, "temperature"),
-    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "max_tokens": 901}, "max_tokens"),
-    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "max_completion_tokens": 901}, "max_completion_tokens"),
-    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "n": 9}, "n"),
-    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "top_logprobs": 2}, "top_logprobs"),
-    ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "stream_options": {"include_usage": True}},
-     "stream_options"),
-    ("/v1/chat/completions", {"model": "tiny_a", "messages": [{"role": "user", "content": "x" * 5000}]}, "messages"),
-    ("/v1/completions", {"model": "tiny_a", "prompt": [1, 2, 3]}, "prompt"),
-    ("/v1/completions", {"model": "tiny_a", "prompt": "hi", "stop": [""]}, "stop[0]"),
-    ("/v1/completions", {"model": "tiny_a", "prompt": "hi", "logprobs": 6}, "logprobs"),
-    ("/v1/completions", {"prompt": "hi"}, "model"),
-])
+@pytest.mark.parametrize(
+    "path, body, param",
+    [
+        ("/v1/chat/completions", {"model": "tiny_a", "messages": []}, "messages"),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny_a", "messages": [{"role": "tool", "content": "x"}]},
+            "messages[0].role",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny_a", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages[0].content",
+        ),
+        ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "temperature": 3}, "temperature"),
+        ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "max_tokens": 901}, "max_tokens"),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny_a", "messages": HI, "max_completion_tokens": 901},
+            "max_completion_tokens",
+        ),
+        ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "n": 9}, "n"),
+        ("/v1/chat/completions", {"model": "tiny_a", "messages": HI, "top_logprobs": 2}, "top_logprobs"),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny_a", "messages": HI, "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "tiny_a", "messages": [{"role": "user", "content": "x" * 5000}]},
+            "messages",
+        ),
+        ("/v1/completions", {"model": "tiny_a", "prompt": [1, 2, 3]}, "prompt"),
+        ("/v1/completions", {"model": "tiny_a", "prompt": "hi", "stop": [""]}, "stop[0]"),
+        ("/v1/completions", {"model": "tiny_a", "prompt": "hi", "logprobs": 6}, "logprobs"),
+        ("/v1/completions", {"prompt": "hi"}, "model"),
+    ],
+)
 def test_bad_input_is_400_naming_the_field(server: Server, path: str, body: dict, param: str) -> None:
     before = node_tokens(server, "tiny_a")
     r = httpx.post(server.url + path, json=body, timeout=30)

@@ -31,7 +31,10 @@ def test_best_of_answers_the_best_with_every_candidate(server: Server) -> None:
     out = r.json()
     assert out["graph"] == "best" and out["policy"] == "best_of"
     assert [(c["id"], c["model"], c["seed"]) for c in out["candidates"]] == [
-        ("c0", "tiny_a", 7), ("c1", "tiny_a", 8), ("c2", "tiny_b", 9)]
+        ("c0", "tiny_a", 7),
+        ("c1", "tiny_a", 8),
+        ("c2", "tiny_b", 9),
+    ]
     assert out["answer"]["score"] == max(c["score"] for c in out["candidates"])
     assert out["answer"]["generated"] == "I have an idea!" + out["answer"]["completion"]
     assert out["trace"]["tokens_total"] == sum(c["completion_tokens"] for c in out["candidates"])

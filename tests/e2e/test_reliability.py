@@ -45,16 +45,31 @@ async def timed(client: httpx.AsyncClient, path: str, body: dict) -> tuple[httpx
 
 def test_poison_request_does_not_fail_its_neighbours(server: Server) -> None:
     """Issue #13, item 1: four ordinary requests, then the poison ones 0.2 s later, all in one batch."""
-    poison = [{"top_p": 1e-308, "do_sample": True}, {"repetition_penalty": 1e-308},
-              {"temperature": 1e-308, "do_sample": True, "top_k": 5}]
+    poison = [
+        {"top_p": 1e-308, "do_sample": True},
+        {"repetition_penalty": 1e-308},
+        {"temperature": 1e-308, "do_sample": True, "top_k": 5},
+    ]
 
     async def fire():
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-            ordinary = [asyncio.create_task(client.post("/generate_score", json={
-                "original_sentence": f"ordinary {i}", "params": {"max_new_tokens": 64}})) for i in range(4)]
+            ordinary = [
+                asyncio.create_task(
+                    client.post(
+                        "/generate_score", json={"original_sentence": f"ordinary {i}", "params": {"max_new_tokens": 64}}
+                    )
+                )
+                for i in range(4)
+            ]
             await asyncio.sleep(0.2)
-            bad = [asyncio.create_task(client.post("/generate_score", json={
-                "original_sentence": "hi", "params": {**p, "max_new_tokens": 16}})) for p in poison]
+            bad = [
+                asyncio.create_task(
+                    client.post(
+                        "/generate_score", json={"original_sentence": "hi", "params": {**p, "max_new_tokens": 16}}
+                    )
+                )
+                for p in poison
+            ]
             return await asyncio.gather(*ordinary), await asyncio.gather(*bad)
 
     ordinary, bad = asyncio.run(fire())
@@ -65,8 +80,10 @@ def test_poison_request_does_not_fail_its_neighbours(server: Server) -> None:
 
 def test_oversized_requests_get_a_400_naming_the_budget(server: Server) -> None:
     """Issue #13, item 2: 64 prompts x 8 sequences x 256 tokens is refused before any work."""
-    body = {"prompts": [f"p{i}" for i in range(64)], "params": {"num_return_sequences": 8, "do_sample": True,
-                                                                "max_new_tokens": 256}}
+    body = {
+        "prompts": [f"p{i}" for i in range(64)],
+        "params": {"num_return_sequences": 8, "do_sample": True, "max_new_tokens": 256},
+    }
     r = httpx.post(server.url + "/generate", json=body, timeout=30)
     assert r.status_code == 400, r.text
     assert "budget.max_rows" in r.json()["message"] and r.json()["field"] == "prompts"
@@ -130,7 +147,14 @@ def test_overload_is_shed_fast_with_retry_after(server: Server) -> None:
     refused = [(r, s) for r, s in results if r.status_code == 429]
     served = [s for r, s in results if r.status_code == 200]
     assert refused and served, codes
-    print("429 latencies", sorted(round(s, 3) for _, s in refused), "200 latencies", sorted(round(s, 2) for s in served), "alone", alone)
+    print(
+        "429 latencies",
+        sorted(round(s, 3) for _, s in refused),
+        "200 latencies",
+        sorted(round(s, 2) for s in served),
+        "alone",
+        alone,
+    )
     for r, s in refused:
         assert s < MAX_WAIT_S, f"a 429 took {s:.2f}s, longer than the wait bound it enforces"
         assert int(r.headers["retry-after"]) >= 1

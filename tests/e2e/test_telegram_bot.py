@@ -7,8 +7,8 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -44,9 +44,21 @@ def rig(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ri
     log = ARTIFACTS / "logs" / f"telegram-bot-{api.port}.log"
     with Server(config=tmp / "bot.yaml", name="bot-graph") as graph:
         bot = subprocess.Popen(
-            [sys.executable, "-m", "clients.telegram_bot", "--token", api.token, "--graph-url", graph.url,
-             "--api-url", api.url],
-            cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            [
+                sys.executable,
+                "-m",
+                "clients.telegram_bot",
+                "--token",
+                api.token,
+                "--graph-url",
+                graph.url,
+                "--api-url",
+                api.url,
+            ],
+            cwd=ROOT,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         try:
             yield Rig(graph, api, bot, log)

@@ -11,8 +11,7 @@ import time
 import httpx
 import pytest
 
-from tests.server import Server, assert_dropped_stream_stops, node_tokens, sse_events
-
+from tests.server import Server, assert_dropped_stream_stops, sse_events
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +48,9 @@ def test_default_sentence_when_omitted(server: Server) -> None:
 
 
 def test_generators_overlap_in_time(server: Server) -> None:
-    r = post(server, "/generate_score", {"original_sentence": "Overlap?", "params": {"max_new_tokens": 64}},
-             timeout=120)
+    r = post(
+        server, "/generate_score", {"original_sentence": "Overlap?", "params": {"max_new_tokens": 64}}, timeout=120
+    )
     assert r.status_code == 200, r.text
     rid = r.headers["x-request-id"]
     line = next(l for l in server.log().splitlines() if f"request_id={rid} generate_score spans=" in l)
@@ -123,7 +123,12 @@ def test_classify(server: Server) -> None:
 def test_stream_matches_non_streamed(server: Server) -> None:
     params = {"max_new_tokens": 12, "do_sample": True, "seed": 7, "temperature": 1.0}
     full = post(server, "/generate", {"prompt": "Once upon", "model": "tiny_a", "params": params}).json()
-    with httpx.stream("POST", server.url + "/generate_stream", json={"prompt": "Once upon", "model": "tiny_a", "params": params}, timeout=60) as r:
+    with httpx.stream(
+        "POST",
+        server.url + "/generate_stream",
+        json={"prompt": "Once upon", "model": "tiny_a", "params": params},
+        timeout=60,
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = sse_events(r)
@@ -161,8 +166,9 @@ def test_health_and_docs(server: Server) -> None:
     for path in ("/generate_score", "/generate", "/classify", "/generate_stream", "/generate_score_stream"):
         assert path in spec["paths"]
     rid = f"health{time.time_ns()}"  # this request's own id, so earlier tests' lines cannot match
-    r = httpx.post(server.url + "/generate_score", json={"original_sentence": "hi"}, headers={"x-request-id": rid},
-                   timeout=60)
+    r = httpx.post(
+        server.url + "/generate_score", json={"original_sentence": "hi"}, headers={"x-request-id": rid}, timeout=60
+    )
     assert r.status_code == 200 and r.headers["x-request-id"] == rid
     deadline = time.time() + 5
     while not re.search(rf"request_id={rid} generate_score spans=", server.log()) and time.time() < deadline:
@@ -175,8 +181,12 @@ LONG = "Hello world, this is"  # the tiny llama (tiny_a) runs it greedily for 10
 
 
 def test_stream_interval_spaces_events(server: Server) -> None:
-    body = {"prompt": LONG, "model": "tiny_a", "intermediate_result_interval_ms": 500,
-            "params": {"max_new_tokens": 900}}
+    body = {
+        "prompt": LONG,
+        "model": "tiny_a",
+        "intermediate_result_interval_ms": 500,
+        "params": {"max_new_tokens": 900},
+    }
     with httpx.stream("POST", server.url + "/generate_stream", json=body, timeout=120) as r:
         assert r.status_code == 200
         events = sse_events(r)
@@ -241,7 +251,7 @@ def test_classifier_batches_across_requests(server: Server) -> None:
         """Cumulative histogram of the classifier's batch sizes: {upper bound: count}."""
         text = httpx.get(server.url + "/metrics", timeout=10).text
         out = {}
-        for labels, value in re.findall(r'^bentoml_service_adaptive_batch_size_bucket\{(.*)\} (\S+)$', text, re.M):
+        for labels, value in re.findall(r"^bentoml_service_adaptive_batch_size_bucket\{(.*)\} (\S+)$", text, re.M):
             le = re.search(r'le="([^"]+)"', labels)
             if 'service_name="classifier"' in labels and le:  # float("+Inf") is inf: the total
                 out[float(le.group(1))] = out.get(float(le.group(1)), 0.0) + float(value)
@@ -267,8 +277,10 @@ def test_metrics_per_node(server: Server) -> None:
     deadline = time.time() + 5
     while True:  # the node copies its counters into Prometheus every 0.5 s
         text = httpx.get(server.url + "/metrics", timeout=10).text
-        tokens = {m.group(1): float(m.group(2)) for m in re.finditer(
-            r'^graph_node_generated_tokens_total\{node="(\w+)"\} ([0-9.e+]+)$', text, re.M)}
+        tokens = {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(r'^graph_node_generated_tokens_total\{node="(\w+)"\} ([0-9.e+]+)$', text, re.M)
+        }
         if set(tokens) >= {"tiny_a", "tiny_b"} or time.time() > deadline:
             break
         time.sleep(0.5)
@@ -279,8 +291,12 @@ def test_metrics_per_node(server: Server) -> None:
 
 
 def test_request_id_follows_the_request(server: Server) -> None:
-    r = httpx.post(server.url + "/generate_score", json={"original_sentence": "Trace me"},
-                   headers={"X-Request-Id": "trace-me-42"}, timeout=60)
+    r = httpx.post(
+        server.url + "/generate_score",
+        json={"original_sentence": "Trace me"},
+        headers={"X-Request-Id": "trace-me-42"},
+        timeout=60,
+    )
     assert r.status_code == 200 and r.headers["x-request-id"] == "trace-me-42"
     time.sleep(0.5)
     lines = [l for l in server.log().splitlines() if "request_id=trace-me-42" in l]

@@ -11,8 +11,12 @@ TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-MESSAGES = [ChatMessage(role="system", content="Be terse."), ChatMessage(role="user", content="The cat"),
-            ChatMessage(role="assistant", content="sat."), ChatMessage(role="user", content="Then?")]
+MESSAGES = [
+    ChatMessage(role="system", content="Be terse."),
+    ChatMessage(role="user", content="The cat"),
+    ChatMessage(role="assistant", content="sat."),
+    ChatMessage(role="user", content="Then?"),
+]
 
 
 def make(tiny_dir, *, template: bool):
@@ -53,8 +57,9 @@ def test_chat_prompt_generates_like_its_fitted_ids(tiny_dir) -> None:
         ids, fitted, kept = engine._fit(ChatPrompt(messages=MESSAGES), params)
 
         async def both():
-            return await asyncio.gather(engine.generate(ChatPrompt(messages=MESSAGES), params),
-                                        engine.generate(ids, fitted))
+            return await asyncio.gather(
+                engine.generate(ChatPrompt(messages=MESSAGES), params), engine.generate(ids, fitted)
+            )
 
         (chat,), (raw,) = asyncio.run(both())
         assert chat.text == raw.text and chat.prompt_tokens == raw.prompt_tokens == len(ids)

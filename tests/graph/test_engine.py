@@ -461,10 +461,19 @@ def test_sliding_window_model_matches_generate(tiny_dir, tmp_path):
     _, tok = load(tiny_dir / "causal_lm")
     torch.manual_seed(0)
     cfg = Gemma3TextConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=6,
-        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
         initializer_range=0.5,
     )
     model = Gemma3ForCausalLM(cfg).eval()
@@ -647,9 +656,8 @@ def test_sampler_draws_follow_the_distribution():
 
 
 def test_chat_template_without_one_is_a_config_error(tiny_dir):
-    from graph.errors import ConfigError
-
     from graph.engine import GenerationEngine
+    from graph.errors import ConfigError
 
     model, tok = load(tiny_dir / "causal_lm")
     with pytest.raises(ConfigError) as err:

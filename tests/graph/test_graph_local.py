@@ -160,7 +160,9 @@ def test_leaving_a_stream_early_cancels_the_nodes(graph, engines):
     from graph.params import GenerationOverrides
 
     async def leave_early():
-        events = graph.stream("Hello world, this is", "tiny_a", GenerationOverrides(max_new_tokens=900), 0, "rid-x", False)
+        events = graph.stream(
+            "Hello world, this is", "tiny_a", GenerationOverrides(max_new_tokens=900), 0, "rid-x", False
+        )
         n = 0
         async for _ in events:
             n += 1

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from graph.models.classifier import SequenceClassifier, ZeroShotEmbeddingClassifier
 from graph.config import ClassifierNode, ModelRef
 from graph.errors import ConfigError
+from graph.models.classifier import SequenceClassifier, ZeroShotEmbeddingClassifier
 from graph.models.loading import load_causal_lm, load_classifier, resolve_model_dir
 
 SMOL = "smollm2-135m-instruct"
@@ -72,8 +72,9 @@ def test_folder_model_is_used_in_place():
 
 def _minilm_node(**kw) -> ClassifierNode:
     labels = {"positive": "This is positive, good and happy.", "negative": "This is negative, bad and sad."}
-    return ClassifierNode(model=ModelRef(embedded="all-minilm-l6-v2"), mode="zero_shot", labels=labels,
-                          score_label="positive", **kw)
+    return ClassifierNode(
+        model=ModelRef(embedded="all-minilm-l6-v2"), mode="zero_shot", labels=labels, score_label="positive", **kw
+    )
 
 
 def test_zero_shot_minilm_separates_sentiment():
@@ -101,9 +102,16 @@ def _tiny_bert(tmp_path: Path, *, with_head: bool) -> Path:
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizer
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64,
-                        id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    config = BertConfig(
+        vocab_size=len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )
     model = BertForSequenceClassification(config) if with_head else BertModel(config)
     model.save_pretrained(tmp_path)
     BertTokenizer(vocab={w: i for i, w in enumerate(WORDS)}).save_pretrained(tmp_path)

@@ -49,8 +49,10 @@ class _Raising:
     def __call__(self, rows, vocab):
         sampler = self.real(rows, vocab)
         if any(r.params.seed == 4242 for r in rows):
+
             def boom(logits):
                 raise RuntimeError("injected sampling bug")
+
             sampler.step = boom
         return sampler
 
@@ -136,8 +138,9 @@ def test_a_large_request_id_leaves_rows_for_small_ones(tiny_dir):
         big = [asyncio.create_task(e.generate(LONG, GP(max_new_tokens=300), request_id="big")) for _ in range(8)]
         while e.stats()["active_rows"] < 4:
             await asyncio.sleep(0.001)
-        smalls = await asyncio.gather(*(e.generate(p, GP(max_new_tokens=8), request_id=f"small{i}")
-                                        for i, p in enumerate(PROMPTS)))
+        smalls = await asyncio.gather(
+            *(e.generate(p, GP(max_new_tokens=8), request_id=f"small{i}") for i, p in enumerate(PROMPTS))
+        )
         big_open = sum(1 for t in big if not t.done())
         e.cancel("big")
         await asyncio.gather(*big)

@@ -62,8 +62,9 @@ def agreement(a: list[str], b: list[str]) -> float:
     return same / max(total, 1)
 
 
-@pytest.mark.parametrize("quantize,dtype", [("int8_weight", "bfloat16"), ("int4_weight", "float32"),
-                                            ("none", "bfloat16")])
+@pytest.mark.parametrize(
+    "quantize,dtype", [("int8_weight", "bfloat16"), ("int4_weight", "float32"), ("none", "bfloat16")]
+)
 def test_weight_only_batched_equals_solo_and_close_to_float32(tiny_dir, float32_texts, quantize, dtype):
     engine = engine_for(tiny_dir, RuntimeConfig(quantize=quantize, dtype=dtype))
     try:

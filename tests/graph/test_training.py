@@ -30,28 +30,45 @@ def write_docs(path: Path, docs: list) -> Path:
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("docs")
-    return {"train": write_docs(d / "train.documents", [CAT, DOG] * 20),
-            "valid": write_docs(d / "valid.documents", [DOG, CAT, CAT, DOG])}
+    return {
+        "train": write_docs(d / "train.documents", [CAT, DOG] * 20),
+        "valid": write_docs(d / "valid.documents", [DOG, CAT, CAT, DOG]),
+    }
 
 
 def tiny_args(tiny_dir: Path, docs: dict[str, Path], out: Path, **over) -> dict:
-    return {"base": f"path:{tiny_dir / 'causal_lm'}", "train_file": str(docs["train"]),
-            "valid_file": str(docs["valid"]), "output_dir": str(out), "max_steps": 30,
-            "learning_rate": 1e-2, "warmup_steps": 3, "batch_size": 8, "eval_steps": 15, "save_steps": 15,
-            "ignore_meta_prob": 0.0, "progress": False, "samples": {"max_new_tokens": 12}, **over}
+    return {
+        "base": f"path:{tiny_dir / 'causal_lm'}",
+        "train_file": str(docs["train"]),
+        "valid_file": str(docs["valid"]),
+        "output_dir": str(out),
+        "max_steps": 30,
+        "learning_rate": 1e-2,
+        "warmup_steps": 3,
+        "batch_size": 8,
+        "eval_steps": 15,
+        "save_steps": 15,
+        "ignore_meta_prob": 0.0,
+        "progress": False,
+        "samples": {"max_new_tokens": 12},
+        **over,
+    }
 
 
 # --- bad input stops before any training, naming the line or the argument ----------------------
 
 
-@pytest.mark.parametrize("line, why", [
-    ('{"body": "ok", "meta": "x"', "not valid JSON"),
-    ('["body"]', "expected a JSON object"),
-    ('{"meta": "x"}', '"body" must be a non-empty string'),
-    ('{"body": "  "}', '"body" must be a non-empty string'),
-    ('{"body": "ok", "meta": 3}', '"meta" must be a string'),
-    ('{"body": "ok", "title": "x"}', "unknown key(s) ['title']"),
-])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ('{"body": "ok", "meta": "x"', "not valid JSON"),
+        ('["body"]', "expected a JSON object"),
+        ('{"meta": "x"}', '"body" must be a non-empty string'),
+        ('{"body": "  "}', '"body" must be a non-empty string'),
+        ('{"body": "ok", "meta": 3}', '"meta" must be a string'),
+        ('{"body": "ok", "title": "x"}', "unknown key(s) ['title']"),
+    ],
+)
 def test_bad_line_is_named_by_file_and_number(tmp_path, line, why):
     path = write_docs(tmp_path / "d.documents", [CAT, "", line, DOG])
     with pytest.raises(ConfigError) as err:
@@ -65,20 +82,27 @@ def test_documents_read_with_sha256(tmp_path):
     got = read_documents(path)
     assert got.documents == [Document("The cat sat on the mat.", "cat"), Document("no meta"), Document("x")]
     import hashlib
+
     assert got.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     with pytest.raises(ConfigError, match="holds no documents"):
         read_documents(write_docs(tmp_path / "e.documents", [""]))
 
 
 def test_missing_file_and_bad_values_name_the_flag(tmp_path, docs):
-    args = {"base": "path:x", "train_file": str(docs["train"]), "valid_file": str(tmp_path / "nope.documents"),
-            "output_dir": str(tmp_path / "run")}
+    args = {
+        "base": "path:x",
+        "train_file": str(docs["train"]),
+        "valid_file": str(tmp_path / "nope.documents"),
+        "output_dir": str(tmp_path / "run"),
+    }
     with pytest.raises(ConfigError) as err:
         parse_train_config(args, flags=True)
     assert "--valid-file: file not found" in err.value.message and "nope.documents" in err.value.message
     with pytest.raises(ConfigError) as err:
-        parse_train_config({**args, "valid_file": str(docs["valid"]), "learning_rate": -1,
-                            "samples": {"top_p": 2}, "lr": 1}, flags=True)
+        parse_train_config(
+            {**args, "valid_file": str(docs["valid"]), "learning_rate": -1, "samples": {"top_p": 2}, "lr": 1},
+            flags=True,
+        )
     msg = err.value.message
     assert "--learning-rate: Input should be greater than 0" in msg
     assert "--sample-top-p: Input should be less than or equal to 1" in msg and "--lr: unknown argument" in msg
@@ -99,9 +123,11 @@ def test_unknown_base_model_stops_before_loading(tmp_path, docs, tiny_dir, monke
     from graph.training.run import check_inputs, train
 
     monkeypatch.setattr(loading, "load_causal_lm", lambda *a, **k: pytest.fail("model loaded"))
-    for base, words in [("embedded:gpt-17", ["gpt-17", "smollm2-135m-instruct"]),
-                        (f"path:{tmp_path / 'nowhere'}", ["does not exist"]),
-                        ("bentoml:fables:latest", ["store_lookup"])]:
+    for base, words in [
+        ("embedded:gpt-17", ["gpt-17", "smollm2-135m-instruct"]),
+        (f"path:{tmp_path / 'nowhere'}", ["does not exist"]),
+        ("bentoml:fables:latest", ["store_lookup"]),
+    ]:
         cfg = parse_train_config(tiny_args(tiny_dir, docs, tmp_path / "run", base=base))
         with pytest.raises(ConfigError) as err:
             train(cfg)
@@ -117,8 +143,19 @@ def test_cli_reports_the_bad_line(tmp_path, docs, tiny_dir, capsys):
     from scripts.train import main
 
     bad = write_docs(tmp_path / "bad.documents", [CAT, DOG, '{"body": 1}'])
-    code = main(["--base", f"path:{tiny_dir / 'causal_lm'}", "--train-file", str(bad), "--valid-file",
-                 str(docs["valid"]), "--output-dir", str(tmp_path / "run"), "--no-store"])
+    code = main(
+        [
+            "--base",
+            f"path:{tiny_dir / 'causal_lm'}",
+            "--train-file",
+            str(bad),
+            "--valid-file",
+            str(docs["valid"]),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--no-store",
+        ]
+    )
     assert code == 2
     assert f'error: {bad}:3: "body" must be a non-empty string' in capsys.readouterr().err
     assert main(["--config", str(tmp_path / "none.yaml")]) == 2
@@ -143,7 +180,7 @@ def test_prefix_goes_in_front_of_the_body_and_out_of_the_loss(tokenizer):
     assert ex["input_ids"][: len(prefix)] == prefix and enc.prompt("cat") == PREFIX.format("cat")
     assert ex["labels"][: len(prefix)] == [IGNORE] * len(prefix)
     assert len(e.body) == 4 + 1 and e.body[-1] == tokenizer.eos_token_id  # capped body + end of sequence
-    assert ex["labels"][len(prefix):] == e.body
+    assert ex["labels"][len(prefix) :] == e.body
     bare = e.example(with_meta=False)
     assert bare["input_ids"] == e.bare + e.body and "meta" not in tokenizer.decode(bare["input_ids"])
 
@@ -204,9 +241,9 @@ def run(tiny_dir, docs, tmp_path_factory):
 
 
 def greedy(model_dir: str, prompt: str, tokens: int = 8) -> str:
-    from graph.training.samples import generate_samples
-    from graph.training.config import SampleParams
     from graph.models.loading import load_causal_lm
+    from graph.training.config import SampleParams
+    from graph.training.samples import generate_samples
 
     model, tok = load_causal_lm(ModelRef(path=model_dir))
     return generate_samples(model, tok, [prompt], SampleParams(do_sample=False, max_new_tokens=tokens))[0]

@@ -10,8 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -30,7 +31,10 @@ def build(bentofile: str) -> Any:
 
     out = subprocess.run(
         [str(BENTOML), "build", "-f", bentofile, "-o", "tag"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, f"bentoml build -f {bentofile} failed:\n{out.stdout}\n{out.stderr}"
     found = re.search(r"__tag__:(\S+)", out.stdout)
@@ -53,7 +57,10 @@ def prepared() -> None:
     """The default config's embedded models in the store (what `make prepare` does; quick when done)."""
     out = subprocess.run(
         [sys.executable, "scripts/prepare_models.py", "--config", str(DEFAULT_CONFIG)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -90,15 +97,30 @@ def service_names() -> set[str]:
 
 def test_bento_carries_code_and_configs_only(bento: Any) -> None:
     src = Path(bento.path) / "src"
-    for rel in ["services/graph.py", "services/node.py", "graph/config.py", "graph/engine/generation.py", "graph/models/loading.py",
-                "configs/default.yaml", "configs/tiny.yaml", "scripts/prepare_models.py", "requirements.txt",
-                "services/playground/index.html", "services/playground/playground.js",
-                "services/playground/playground.css"]:
+    for rel in [
+        "services/graph.py",
+        "services/node.py",
+        "graph/config.py",
+        "graph/engine/generation.py",
+        "graph/models/loading.py",
+        "configs/default.yaml",
+        "configs/tiny.yaml",
+        "scripts/prepare_models.py",
+        "requirements.txt",
+        "services/playground/index.html",
+        "services/playground/playground.js",
+        "services/playground/playground.css",
+    ]:
         assert (src / rel).is_file(), f"{rel} missing from the Bento"
     tops = {p.name for p in src.iterdir()}
     assert tops == {"services", "graph", "protos", "configs", "scripts", "requirements.txt", "bentofile.yaml"}, tops
-    for rel in ["protos/text_generator.proto", "protos/inference_graph.proto", "protos/text_generator_pb2_grpc.py",
-                "protos/inference_graph_pb2_grpc.py", "graph/faces/grpc_server.py"]:
+    for rel in [
+        "protos/text_generator.proto",
+        "protos/inference_graph.proto",
+        "protos/text_generator_pb2_grpc.py",
+        "protos/inference_graph_pb2_grpc.py",
+        "graph/faces/grpc_server.py",
+    ]:
         assert (src / rel).is_file(), f"{rel} missing from the Bento"
     assert not list(src.rglob("__pycache__")) and not list(src.rglob("*.pyc"))
     assert bento.info.entry_service == "InferenceGraph"
@@ -197,9 +219,7 @@ def parse_deployment(path: Path, entry_service: str, bento_tag: str) -> dict[str
     from bentoml._internal.cloud.schemas.schemasv2 import CreateDeploymentSchema
     from bentoml._internal.utils.cattr import bentoml_cattr
 
-    params = DeploymentConfigParameters(
-        config_file=str(path), path_context=str(ROOT), service_name=entry_service
-    )
+    params = DeploymentConfigParameters(config_file=str(path), path_context=str(ROOT), service_name=entry_service)
     params.verify(create=False, _client=None)  # reads the YAML; the Bento part needs BentoCloud
     config = params.get_config_dict(_client=None)
     params.get_cluster()
@@ -245,9 +265,11 @@ def test_deployment_check_catches_mistakes(bento: Any, tmp_path: Path) -> None:
 
 
 def check_generate_score(server: Server) -> None:
-    r = httpx.post(server.url + "/generate_score",
-                   json={"original_sentence": "The weather today", "params": {"max_new_tokens": 4}},
-                   timeout=120)
+    r = httpx.post(
+        server.url + "/generate_score",
+        json={"original_sentence": "The weather today", "params": {"max_new_tokens": 4}},
+        timeout=120,
+    )
     assert r.status_code == 200, r.text
     items = r.json()
     assert {i["model"] for i in items} == set(default_graph().generators)
@@ -264,8 +286,11 @@ def check_openai(server: Server) -> None:
     assert r.status_code == 200, r.text
     named = [f"graph:{n}" for n in default_graph().policies.graphs]
     assert [m["id"] for m in r.json()["data"]] == [*default_graph().generators, "graph", *named]
-    r = httpx.post(server.url + "/v1/chat/completions", timeout=120, json={
-        "model": "smollm2", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4})
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        timeout=120,
+        json={"model": "smollm2", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["role"] == "assistant"
 
@@ -280,7 +305,9 @@ def check_grpc(port: int) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         deadline = time.time() + 120
-        while health.Check(health_pb2.HealthCheckRequest(), timeout=10).status != health_pb2.HealthCheckResponse.SERVING:
+        while (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10).status != health_pb2.HealthCheckResponse.SERVING
+        ):
             assert time.time() < deadline, "gRPC health never said SERVING"
             time.sleep(0.5)
         stub = text_generator_pb2_grpc.TextGeneratorStub(channel)

@@ -7,14 +7,14 @@ The test sends a generate_score request through the page and saves a screenshot 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 
 from tests.server import ARTIFACTS, Server
-
 
 SCREENSHOTS = ARTIFACTS / "screenshots"
 GRAPH_ENDPOINTS = ["/generate_score", "/generate", "/classify", "/generate_stream", "/generate_score_stream"]
@@ -31,8 +31,9 @@ def page(browser: Any, server: Server) -> Iterator[Any]:
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     local = urlparse(server.url).netloc
     # Only the server itself: the page's third-party tags would wait on a network these machines lack.
-    page.route("**/*", lambda route: route.continue_() if urlparse(route.request.url).netloc == local
-               else route.abort())
+    page.route(
+        "**/*", lambda route: route.continue_() if urlparse(route.request.url).netloc == local else route.abort()
+    )
     yield page
     page.close()
 

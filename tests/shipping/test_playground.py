@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -80,7 +81,10 @@ def test_graph_endpoint_describes_the_config(server: Server) -> None:
     assert [g.name for g in info.generators] == ["tiny_a", "tiny_b"]
     assert info.generators[0].max_new_tokens_limit == 900 and info.generators[0].defaults.max_new_tokens == 8
     assert {(e.source, e.target) for e in info.edges} == {
-        ("prompt", "tiny_a"), ("prompt", "tiny_b"), ("tiny_a", "classifier"), ("tiny_b", "classifier"),
+        ("prompt", "tiny_a"),
+        ("prompt", "tiny_b"),
+        ("tiny_a", "classifier"),
+        ("tiny_b", "classifier"),
         ("classifier", "output"),
     }
 
@@ -92,16 +96,23 @@ def test_page_draws_the_graph_and_streams_every_model(server: Server, page: Any,
     assert page.locator("#edges path[data-source]").count() == len(describe(CONFIG).edges)
     assert CONFIG.generators["tiny_a"].model.describe() in page.inner_text('.node[data-node="tiny_a"]')
     # live state from /node_stats (polled every playground.refresh_ms)
-    page.wait_for_function("""() => ['tiny_a', 'tiny_b'].every(n =>
-        document.querySelector(`.node[data-node="${n}"] .state`).textContent.includes('tok/s'))""", timeout=15_000)
+    page.wait_for_function(
+        """() => ['tiny_a', 'tiny_b'].every(n =>
+        document.querySelector(`.node[data-node="${n}"] .state`).textContent.includes('tok/s'))""",
+        timeout=15_000,
+    )
     # the parameter form comes from the API's schema: bounds of GenerationParams, no copy in the page
     assert page.get_attribute("#p-temperature", "max") == "5" and page.get_attribute("#p-top_k", "max") == "1000"
 
     run_prompt(page, LONG_PROMPT, max_new_tokens="900")
     # text in every model's column while at least one completion is still streaming
-    page.wait_for_function("""() => {
+    page.wait_for_function(
+        """() => {
         const texts = [...document.querySelectorAll('.column .completion .text')];
-        return texts.length === 2 && texts.every(t => t.textContent.length > 0); }""", timeout=60_000, polling=20)
+        return texts.length === 2 && texts.every(t => t.textContent.length > 0); }""",
+        timeout=60_000,
+        polling=20,
+    )
     done_when_all_had_text = page.locator(".completion.done").count()
     assert done_when_all_had_text < 2, "both completions had finished before text showed in every column"
 
@@ -145,7 +156,8 @@ def test_stop_cancels_the_nodes_work(server: Server, page: Any) -> None:
     run_prompt(page, LONG_PROMPT, model="tiny_a", max_new_tokens="900")
     page.wait_for_function(
         "document.querySelector('.column[data-model=\"tiny_a\"] .text')?.textContent.length > 0",
-        timeout=60_000, polling=20,
+        timeout=60_000,
+        polling=20,
     )
     page.click("#stop-button")
     stopped_at = time.monotonic()

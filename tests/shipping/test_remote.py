@@ -7,16 +7,15 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
 import yaml
 
 from tests.server import BENTOML, ROOT, Server, free_port, sse_events
-
 
 
 @dataclass
@@ -37,9 +36,23 @@ def build_node_bento(args: Path, name: str, folder: Path) -> str:
     bentofile.pop("models")
     (folder / "bentofile.node.yaml").write_text(yaml.safe_dump(bentofile))
     out = subprocess.run(
-        [str(BENTOML), "build", "-f", str(folder / "bentofile.node.yaml"), "--name", name,
-         "--arg-file", str(args), "-o", "tag", str(ROOT)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            str(BENTOML),
+            "build",
+            "-f",
+            str(folder / "bentofile.node.yaml"),
+            "--name",
+            name,
+            "--arg-file",
+            str(args),
+            "-o",
+            "tag",
+            str(ROOT),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     found = re.search(r"__tag__:(\S+)", out.stdout)
@@ -71,8 +84,9 @@ def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     tag = build_node_bento(node_args("tiny_a"), "generator_tiny_a", folder)
     servers = [
         Server(target=tag, name="node-tiny_a", port=node_port),
-        Server(target="services.node:Node", config=node_args("classifier"), name="node-classifier",
-               port=classifier_port),
+        Server(
+            target="services.node:Node", config=node_args("classifier"), name="node-classifier", port=classifier_port
+        ),
         Server(config=config, name="graph-remote"),
     ]
     started: list[Server] = []

@@ -10,8 +10,10 @@ from graph.chat_format import PLAIN_STOP, ChatMessage, chat_params, clean_reply,
 from graph.errors import InvalidRequest
 from graph.params import GenerationParams
 
-TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,8 @@ def conversation(turns: int) -> list[ChatMessage]:
 def test_plain_transcript_format(tok) -> None:
     ids = render(tok, conversation(1), template=False)
     assert tok.decode(ids, skip_special_tokens=True).replace(" ", "") == (
-        "System:bebrief\nUser:question0\nAssistant:answer0\nUser:lastquestion\nAssistant:").replace(" ", "")
+        "System:bebrief\nUser:question0\nAssistant:answer0\nUser:lastquestion\nAssistant:"
+    ).replace(" ", "")
 
 
 def test_template_is_applied_once(tok) -> None:
@@ -49,12 +52,14 @@ def test_cut_oldest_turns_first_to_the_budget(tok, template: bool) -> None:
     cut = fit_chat(tok, msgs, GenerationParams(), template=template, max_tokens=budget)
     assert len(cut.ids) <= budget and cut.kept < len(msgs)
     assert (cut.kept - 1) % 2 == 1  # system + whole turns + the last message: starts at a user message
-    assert cut.ids == render(tok, [msgs[0], *msgs[len(msgs) - cut.kept + 1:]], template=template)
+    assert cut.ids == render(tok, [msgs[0], *msgs[len(msgs) - cut.kept + 1 :]], template=template)
 
 
 def test_a_message_too_long_alone_is_a_400(tok) -> None:
     with pytest.raises(InvalidRequest) as err:
-        fit_chat(tok, [ChatMessage(role="user", content="word " * 500)], GenerationParams(), template=False, max_tokens=50)
+        fit_chat(
+            tok, [ChatMessage(role="user", content="word " * 500)], GenerationParams(), template=False, max_tokens=50
+        )
     assert err.value.field == "message" and "send a shorter message" in err.value.message
 
 

@@ -20,8 +20,14 @@ from graph.params import GenerationParams
 from protos import inference_graph_pb2, text_generator_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
-STUBS = ["text_generator_pb2.py", "text_generator_pb2.pyi", "text_generator_pb2_grpc.py",
-         "inference_graph_pb2.py", "inference_graph_pb2.pyi", "inference_graph_pb2_grpc.py"]
+STUBS = [
+    "text_generator_pb2.py",
+    "text_generator_pb2.pyi",
+    "text_generator_pb2_grpc.py",
+    "inference_graph_pb2.py",
+    "inference_graph_pb2.pyi",
+    "inference_graph_pb2_grpc.py",
+]
 
 
 def test_committed_stubs_are_grpc_tools_output(tmp_path: Path) -> None:
@@ -29,9 +35,23 @@ def test_committed_stubs_are_grpc_tools_output(tmp_path: Path) -> None:
     (tmp_path / "protos").mkdir()
     for proto in ("text_generator.proto", "inference_graph.proto"):
         (tmp_path / "protos" / proto).write_bytes((ROOT / "protos" / proto).read_bytes())
-    out = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I.", "--python_out=.", "--pyi_out=.",
-                          "--grpc_python_out=.", "protos/text_generator.proto", "protos/inference_graph.proto"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I.",
+            "--python_out=.",
+            "--pyi_out=.",
+            "--grpc_python_out=.",
+            "protos/text_generator.proto",
+            "protos/inference_graph.proto",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     stale = [s for s in STUBS if (tmp_path / "protos" / s).read_bytes() != (ROOT / "protos" / s).read_bytes()]
     assert stale == [], f"run `make protos`: {stale} differ from the .proto files"
@@ -42,8 +62,9 @@ def test_text_generator_proto_is_the_seeds_contract() -> None:
     f = text_generator_pb2.DESCRIPTOR
     assert f.package == ""  # the seed's proto has no package: the service is /TextGenerator/...
     service = f.services_by_name["TextGenerator"]
-    methods = {m.name: (m.input_type.name, m.output_type.name, m.server_streaming, m.client_streaming)
-               for m in service.methods}
+    methods = {
+        m.name: (m.input_type.name, m.output_type.name, m.server_streaming, m.client_streaming) for m in service.methods
+    }
     assert methods == {
         "Generate": ("GenerateRequest", "GenerateResponse", False, False),
         "GenerateStreamed": ("GenerateStreamedRequest", "GenerateStreamedResponse", True, False),
@@ -53,8 +74,11 @@ def test_text_generator_proto_is_the_seeds_contract() -> None:
     assert messages == {
         "GenerateRequest": {("text", 1, string), ("max_length", 2, int32)},
         "GenerateResponse": {("text", 1, string)},
-        "GenerateStreamedRequest": {("text", 1, string), ("max_length", 2, int32),
-                                    ("intermediate_result_interval_ms", 3, int32)},
+        "GenerateStreamedRequest": {
+            ("text", 1, string),
+            ("max_length", 2, int32),
+            ("intermediate_result_interval_ms", 3, int32),
+        },
         "GenerateStreamedResponse": {("text_fragment", 1, string)},
     }
 
@@ -66,12 +90,15 @@ def test_params_message_mirrors_generation_params() -> None:
         assert fd.has_presence or fd.is_repeated, name
 
 
-@pytest.mark.parametrize("err, code", [
-    (InvalidRequest("text: must not be empty", field="text"), grpc.StatusCode.INVALID_ARGUMENT),
-    (Overloaded("queue full", retry_after_s=2), grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (NodeFailure("boom", node="tiny_a"), grpc.StatusCode.UNAVAILABLE),
-    (NodeTimeout("slow", node="tiny_a"), grpc.StatusCode.DEADLINE_EXCEEDED),
-])
+@pytest.mark.parametrize(
+    "err, code",
+    [
+        (InvalidRequest("text: must not be empty", field="text"), grpc.StatusCode.INVALID_ARGUMENT),
+        (Overloaded("queue full", retry_after_s=2), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (NodeFailure("boom", node="tiny_a"), grpc.StatusCode.UNAVAILABLE),
+        (NodeTimeout("slow", node="tiny_a"), grpc.StatusCode.DEADLINE_EXCEEDED),
+    ],
+)
 def test_error_codes(err, code) -> None:
     got, trailers = status_of(err.body())
     assert got == code

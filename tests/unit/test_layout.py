@@ -45,7 +45,7 @@ def test_no_import_cycle_in_graph():
 
     def visit(module: str, path: list[str]) -> None:
         if module in path:
-            cycle = path[path.index(module):] + [module]
+            cycle = path[path.index(module) :] + [module]
             raise AssertionError("import cycle: " + " -> ".join(cycle))
         if module in done:
             return
@@ -59,8 +59,11 @@ def test_no_import_cycle_in_graph():
 
 
 def test_graph_never_imports_bentoml():
-    offenders = [str(p.relative_to(ROOT)) for p in GRAPH.rglob("*.py")
-                 if any(m == "bentoml" or m.startswith("bentoml.") for m in imports_of(p))]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in GRAPH.rglob("*.py")
+        if any(m == "bentoml" or m.startswith("bentoml.") for m in imports_of(p))
+    ]
     assert offenders == []
 
 
@@ -75,6 +78,10 @@ def test_files_stay_short():
 
 
 def test_every_module_says_its_job_first():
-    missing = [str(p.relative_to(ROOT)) for folder in ("graph", "services") for p in (ROOT / folder).rglob("*.py")
-               if ast.get_docstring(ast.parse(p.read_text())) is None]
+    missing = [
+        str(p.relative_to(ROOT))
+        for folder in ("graph", "services")
+        for p in (ROOT / folder).rglob("*.py")
+        if ast.get_docstring(ast.parse(p.read_text())) is None
+    ]
     assert missing == []

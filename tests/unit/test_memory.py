@@ -17,8 +17,9 @@ PROBE = "import os, graph, graph.memory as m; print(m.allocator(), os.environ['O
 
 def probe(**env: str) -> list[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ONEDNN_PRIMITIVE_CACHE_CAPACITY")}
-    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env={**base, **env}, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, check=True
+    )
     return out.stdout.split()
 
 

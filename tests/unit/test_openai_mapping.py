@@ -25,16 +25,31 @@ def refused(model, body) -> InvalidRequest:
 
 
 def test_messages_become_a_chat_prompt_with_text_parts_joined() -> None:
-    req = chat(messages=[{"role": "developer", "content": "S"},
-                         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}])
+    req = chat(
+        messages=[
+            {"role": "developer", "content": "S"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        ]
+    )
     # a developer message is a system message to the nodes
-    assert req.prompt() == ChatPrompt(messages=[ChatMessage(role="system", content="S"), ChatMessage(role="user", content="ab")])
+    assert req.prompt() == ChatPrompt(
+        messages=[ChatMessage(role="system", content="S"), ChatMessage(role="user", content="ab")]
+    )
     assert score_text(req.prompt(), "!") == "ab!"  # a chat's scored text: its last user message + the reply
 
 
 def test_controls_map_to_overrides() -> None:
-    o = chat(max_tokens=7, temperature=0.5, top_p=0.9, n=2, stop="END", seed=3, logprobs=True, top_logprobs=2).overrides()
-    assert (o.max_new_tokens, o.temperature, o.top_p, o.num_return_sequences, o.stop, o.seed) == (7, 0.5, 0.9, 2, ["END"], 3)
+    o = chat(
+        max_tokens=7, temperature=0.5, top_p=0.9, n=2, stop="END", seed=3, logprobs=True, top_logprobs=2
+    ).overrides()
+    assert (o.max_new_tokens, o.temperature, o.top_p, o.num_return_sequences, o.stop, o.seed) == (
+        7,
+        0.5,
+        0.9,
+        2,
+        ["END"],
+        3,
+    )
     assert o.do_sample is True and o.logprobs is True and o.top_logprobs == 2
     assert chat(max_completion_tokens=9).overrides().max_new_tokens == 9
     greedy = chat(temperature=0).overrides()
@@ -48,11 +63,19 @@ def test_controls_map_to_overrides() -> None:
     assert merged.do_sample and merged.num_return_sequences == 2
 
 
-@pytest.mark.parametrize("field, value", [
-    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "auto"),
-    ("response_format", {"type": "json_object"}), ("logit_bias", {"50256": -100}), ("frequency_penalty", 0.5),
-    ("presence_penalty", 1), ("parallel_tool_calls", True), ("audio", {"voice": "x"}),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("tool_choice", "auto"),
+        ("response_format", {"type": "json_object"}),
+        ("logit_bias", {"50256": -100}),
+        ("frequency_penalty", 0.5),
+        ("presence_penalty", 1),
+        ("parallel_tool_calls", True),
+        ("audio", {"voice": "x"}),
+    ],
+)
 def test_unsupported_fields_are_refused_by_name(field, value) -> None:
     err = refused(ChatCompletionRequest, {"model": "m", "messages": USER, field: value})
     assert err.field == field and err.message == f"{field}: not supported by this server"
@@ -65,33 +88,46 @@ def test_neutral_values_of_unsupported_fields_pass() -> None:
     assert refused(CompletionRequest, {"model": "m", "prompt": "x", "suffix": "end"}).field == "suffix"
 
 
-@pytest.mark.parametrize("fields, field, words", [
-    ({"bogus": 1}, "bogus", "unknown field"),
-    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "Input should be"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content",
-     "only text parts"),
-    ({"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages[0].name", "unknown field"),
-    ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
-    ({"temperature": "1"}, "temperature", "valid number"),
-    ({"n": 9}, "n", "less than or equal to 8"),
-    ({"n": 2, "temperature": 0}, "n", "greedy"),
-    ({"max_tokens": 3, "max_completion_tokens": 3}, "max_completion_tokens", "not both"),
-    ({"top_logprobs": 1}, "top_logprobs", "logprobs=true"),
-    ({"logprobs": True, "stream": True}, "logprobs", "stream"),
-    ({"stream_options": {"include_usage": True}}, "stream_options", "stream=true"),
-    ({"stop": ["a"] * 9}, "stop", "at most 8"),
-    ({"seed": -1}, "seed", "greater than or equal to 0"),
-])
+@pytest.mark.parametrize(
+    "fields, field, words",
+    [
+        ({"bogus": 1}, "bogus", "unknown field"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "Input should be"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            "messages[0].content",
+            "only text parts",
+        ),
+        ({"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages[0].name", "unknown field"),
+        ({"temperature": 2.5}, "temperature", "less than or equal to 2"),
+        ({"temperature": "1"}, "temperature", "valid number"),
+        ({"n": 9}, "n", "less than or equal to 8"),
+        ({"n": 2, "temperature": 0}, "n", "greedy"),
+        ({"max_tokens": 3, "max_completion_tokens": 3}, "max_completion_tokens", "not both"),
+        ({"top_logprobs": 1}, "top_logprobs", "logprobs=true"),
+        ({"logprobs": True, "stream": True}, "logprobs", "stream"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "stream=true"),
+        ({"stop": ["a"] * 9}, "stop", "at most 8"),
+        ({"seed": -1}, "seed", "greater than or equal to 0"),
+    ],
+)
 def test_bad_chat_fields_are_named(fields, field, words) -> None:
     err = refused(ChatCompletionRequest, {"model": "m", "messages": USER, **fields})
     assert err.field == field and words in err.message, err.message
 
 
-@pytest.mark.parametrize("fields, field", [
-    ({"prompt": [1, 2]}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": []}, "prompt"),
-    ({"prompt": ["a", "b"], "stream": True}, "prompt"), ({"prompt": "a", "echo": True, "logprobs": 1}, "echo"),
-    ({"prompt": "a", "logprobs": 6}, "logprobs"), ({"prompt": "a", "logprobs": True}, "logprobs"),
-])
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"prompt": [1, 2]}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ["a", "b"], "stream": True}, "prompt"),
+        ({"prompt": "a", "echo": True, "logprobs": 1}, "echo"),
+        ({"prompt": "a", "logprobs": 6}, "logprobs"),
+        ({"prompt": "a", "logprobs": True}, "logprobs"),
+    ],
+)
 def test_bad_completion_fields_are_named(fields, field) -> None:
     assert refused(CompletionRequest, {"model": "m", **fields}).field == field
 
@@ -100,13 +136,16 @@ def test_body_must_be_an_object() -> None:
     assert refused(ChatCompletionRequest, ["not", "an", "object"]).field == "body"
 
 
-@pytest.mark.parametrize("err, status, kind, code", [
-    (InvalidRequest("temperature: too hot", field="temperature"), 400, "invalid_request_error", "validation"),
-    (UnknownModel("model: 'x' does not exist", field="model"), 404, "invalid_request_error", "model_not_found"),
-    (Overloaded("node 'a' is overloaded", retry_after_s=3), 429, "rate_limit_error", "overloaded"),
-    (NodeFailure("node 'a' failed: boom", node="a"), 500, "server_error", "node_failure"),
-    (NodeTimeout("node 'a' timed out", node="a"), 500, "server_error", "node_timeout"),
-])
+@pytest.mark.parametrize(
+    "err, status, kind, code",
+    [
+        (InvalidRequest("temperature: too hot", field="temperature"), 400, "invalid_request_error", "validation"),
+        (UnknownModel("model: 'x' does not exist", field="model"), 404, "invalid_request_error", "model_not_found"),
+        (Overloaded("node 'a' is overloaded", retry_after_s=3), 429, "rate_limit_error", "overloaded"),
+        (NodeFailure("node 'a' failed: boom", node="a"), 500, "server_error", "node_failure"),
+        (NodeTimeout("node 'a' timed out", node="a"), 500, "server_error", "node_timeout"),
+    ],
+)
 def test_error_mapping(err, status, kind, code) -> None:
     mapped = openai_error(err)
     assert mapped.status == status
@@ -121,7 +160,9 @@ def test_error_names_become_the_requests() -> None:
     mapped = openai_error(err, req.names()).body.error
     assert mapped.param == "max_completion_tokens"
     assert mapped.message == "max_completion_tokens: 900 is above this node's limit of 256"
-    node = InvalidRequest("node 'a' rejected the request: prompt: 600 tokens is above this node's limit", field="prompt")
+    node = InvalidRequest(
+        "node 'a' rejected the request: prompt: 600 tokens is above this node's limit", field="prompt"
+    )
     assert openai_error(node, req.names()).body.error.param == "messages"
     stop = InvalidRequest("params.stop: stop strings must be non-empty", field="params.stop")
     assert openai_error(stop, req.names()).body.error.message == "stop: stop strings must be non-empty"
@@ -138,19 +179,30 @@ def test_stream_chunks_index_nodes_and_carry_errors_and_usage() -> None:
     first = json.loads(chunks.of(TokenEvent(model="b", index=1, text="Hi"))[0])
     (choice,) = first["choices"]
     assert (choice["index"], choice["model"], choice["delta"]) == (3, "b", {"role": "assistant", "content": "Hi"})
-    final = json.loads(chunks.of(FinalEvent(model="b", index=1, text="!", finish_reason="time",
-                                            usage=Usage(prompt_tokens=4, completion_tokens=5)))[0])
+    final = json.loads(
+        chunks.of(
+            FinalEvent(
+                model="b", index=1, text="!", finish_reason="time", usage=Usage(prompt_tokens=4, completion_tokens=5)
+            )
+        )[0]
+    )
     assert final["choices"][0]["finish_reason"] == "length" and final["choices"][0]["delta"] == {"content": "!"}
-    score = json.loads(chunks.of(ScoreEvent(model="b", index=1, label="positive", score=0.7,
-                                            labels={"positive": 0.7, "negative": 0.3}))[0])
+    score = json.loads(
+        chunks.of(
+            ScoreEvent(model="b", index=1, label="positive", score=0.7, labels={"positive": 0.7, "negative": 0.3})
+        )[0]
+    )
     assert score["choices"][0]["score"] == 0.7 and score["choices"][0]["index"] == 3
-    chunks.of(FinalEvent(model="a", index=0, text="", finish_reason="stop", usage=Usage(prompt_tokens=6, completion_tokens=2)))
+    chunks.of(
+        FinalEvent(model="a", index=0, text="", finish_reason="stop", usage=Usage(prompt_tokens=6, completion_tokens=2))
+    )
     usage = chunks.usage_chunk()
     assert usage.choices == [] and usage.usage is not None
     assert (usage.usage.prompt_tokens, usage.usage.completion_tokens, usage.usage.total_tokens) == (10, 7, 17)
     err = json.loads(chunks.of(ErrorEvent(error="node_failure", message="node 'a' failed: boom", node="a"))[0])
-    assert err == {"error": {"message": "node 'a' failed: boom", "type": "server_error", "param": None,
-                             "code": "node_failure"}}
+    assert err == {
+        "error": {"message": "node 'a' failed: boom", "type": "server_error", "param": None, "code": "node_failure"}
+    }
 
 
 @pytest.mark.parametrize("stop, field", [([""], "stop[0]"), ("", "stop[0]"), (["x" * 65], "stop[0]")])

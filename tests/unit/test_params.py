@@ -18,14 +18,17 @@ def merge(**kw):
     return merge_params(DEFAULTS, GenerationOverrides.model_construct(**kw), max_new_tokens_limit=64)
 
 
-@pytest.mark.parametrize("kw, loc", [
-    ({"temperature": -1}, ("temperature",)),
-    ({"top_p": 1.5}, ("top_p",)),
-    ({"max_new_tokens": "8"}, ("max_new_tokens",)),   # strict: a string is not a number
-    ({"top_logprobs": False}, ("top_logprobs",)),     # strict: a flag is not a number
-    ({"do_sample": 1}, ("do_sample",)),               # strict: a number is not a flag
-    ({"max_new_tokens": 5000}, ("max_new_tokens",)),
-])
+@pytest.mark.parametrize(
+    "kw, loc",
+    [
+        ({"temperature": -1}, ("temperature",)),
+        ({"top_p": 1.5}, ("top_p",)),
+        ({"max_new_tokens": "8"}, ("max_new_tokens",)),  # strict: a string is not a number
+        ({"top_logprobs": False}, ("top_logprobs",)),  # strict: a flag is not a number
+        ({"do_sample": 1}, ("do_sample",)),  # strict: a number is not a flag
+        ({"max_new_tokens": 5000}, ("max_new_tokens",)),
+    ],
+)
 def test_overrides_carry_the_bounds_and_are_strict(kw, loc) -> None:
     """The request's own schema refuses what GenerationParams refuses (and the API spec shows it)."""
     with pytest.raises(ValidationError) as exc:
@@ -78,9 +81,15 @@ def test_frozen() -> None:
 def test_transformers_names_in_one_place() -> None:
     kw = merge(top_k=0, top_p=0.9, stop=["\n"], max_time_ms=1500).transformers_kwargs()
     assert kw == {
-        "max_new_tokens": 16, "do_sample": True, "num_return_sequences": 1,
-        "repetition_penalty": 1.0, "temperature": 0.7, "top_k": None, "top_p": 0.9,
-        "stop_strings": ["\n"], "max_time": 1.5,
+        "max_new_tokens": 16,
+        "do_sample": True,
+        "num_return_sequences": 1,
+        "repetition_penalty": 1.0,
+        "temperature": 0.7,
+        "top_k": None,
+        "top_p": 0.9,
+        "stop_strings": ["\n"],
+        "max_time": 1.5,
     }
     greedy = GenerationParams().transformers_kwargs()
     assert "temperature" not in greedy and greedy["do_sample"] is False

@@ -37,8 +37,11 @@ def test_unknown_graph_is_a_400_listing_the_graphs():
     "graphs, default, names",
     [
         ({"x": {"policy": "best_of", "nodes": {"gpt5": 1}}}, "all", ["policies.graphs.x.nodes", "gpt5"]),
-        ({"x": {"policy": "cascade", "order": ["tiny_a"], "gate": {"label": "happy", "min_score": 0.5}}}, "all",
-         ["policies.graphs.x.gate.label", "happy"]),
+        (
+            {"x": {"policy": "cascade", "order": ["tiny_a"], "gate": {"label": "happy", "min_score": 0.5}}},
+            "all",
+            ["policies.graphs.x.gate.label", "happy"],
+        ),
         ({"x": {"policy": "best_of", "nodes": {"tiny_a": 1}, "prune": {"every": 4}}}, "all", ["prune.every"]),
         ({"x": {"policy": "best_of", "nodes": {"tiny_a": 0}}}, "all", ["nodes.tiny_a"]),
         ({"x": {"policy": "vote", "nodes": {"tiny_a": 1}}}, "all", ["policies.graphs.x", "vote"]),
@@ -50,8 +53,6 @@ def test_bad_graph_settings_fail_at_startup_naming_them(graphs, default, names):
         tiny_config(graphs, default)
     for name in names:
         assert name in str(err.value), str(err.value)
-
-
 
 
 def test_deadline_keeps_scoring_and_overrun_shares_from_recent_calls():
