@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from graph import tracing
 from graph.chat_format import Prompt, prompt_chars, score_text
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
@@ -91,7 +92,10 @@ class Graph:
         start = time.time()
         deadline = self.config.graph_timeout_s
         try:
-            return await asyncio.wait_for(coro, deadline)
+            with tracing.node_span(node) as span:
+                out = await asyncio.wait_for(coro, deadline)
+                tracing.record(span, out)
+                return out
         except GraphError:
             raise
         except TimeoutError:
