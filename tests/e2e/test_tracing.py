@@ -157,3 +157,19 @@ def test_a_named_graph_records_its_decisions_as_events(traced: tuple[Server, Rec
     generators = [s for s in spans if s["name"] in ("node tiny_a", "node tiny_b")]
     assert {s["name"] for s in generators} == {"node tiny_a", "node tiny_b"}
     assert sum(s["attrs"]["graph.completions"] for s in generators) == 3  # best: tiny_a x2, tiny_b x1
+
+
+def test_a_stream_has_a_span_per_node_too(traced: tuple[Server, Receiver]) -> None:
+    server, receiver = traced
+    body = {"prompt": "Stream and trace", "model": "tiny_b", "params": {"max_new_tokens": 5}}
+    with httpx.stream("POST", server.url + "/generate_score_stream", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        rid = r.headers["x-request-id"]
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    spans = receiver.trace_of(lambda s: s["service"] == "InferenceGraph" and "/generate_score_stream" in s["name"])
+    names = [s["name"] for s in spans if s["name"].startswith("node ")]
+    assert sorted(names) == ["node classifier", "node tiny_b"], (rid, names)
+    (node,) = [s for s in spans if s["name"] == "node tiny_b"]
+    assert 1 <= node["attrs"]["graph.completion_tokens"] <= 5 and node["attrs"]["graph.first_token_ms"] >= 0
+    assert any(s["service"] == "generator_tiny_b" and s["parent"] == node["id"] for s in spans)
