@@ -163,8 +163,10 @@ class Renderer:
 
     # ---- one workload ---------------------------------------------------------------------------
     def probes(self, startup_s: int, *, entry: bool) -> dict[str, Any]:
-        """Readiness on /readyz (the entry's asks every node), liveness on /livez, and a start-up
-        probe that gives the model its load time before liveness counts."""
+        """A node: ready on /readyz (its model loaded), live on /livez, and a start-up probe that gives
+        the model its load time before liveness counts. The entry: /livez for all three, since its
+        /readyz asks every node: one node down would take the whole graph out of its Service, where
+        the entry should answer 503 naming that node and keep serving the others."""
 
         def get(path: str, period: int, timeout: int, failures: int) -> dict[str, Any]:
             return {
@@ -177,7 +179,7 @@ class Renderer:
         return {
             "startupProbe": get("/livez" if entry else "/readyz", 5, 3, max(1, startup_s // 5)),
             "livenessProbe": get("/livez", 10, 5, 3),
-            "readinessProbe": get("/readyz", 5, 3, 2),
+            "readinessProbe": get("/livez" if entry else "/readyz", 5, 3, 2),
         }
 
     def workload(self, component: str, node: str | None, deploy: DeployConfig) -> list[dict[str, Any]]:
@@ -325,7 +327,7 @@ class Renderer:
             "kind": "NetworkPolicy",
             "metadata": {"name": dns_name(self.prefix, "nodes-from-entry"), "labels": self.labels("network")},
             "spec": {
-                "podSelector": {"matchLabels": self.labels("node") | {}},
+                "podSelector": {"matchLabels": self.labels("node")},
                 "policyTypes": ["Ingress"],
                 "ingress": [
                     {
