@@ -80,6 +80,8 @@ def dump(docs: list[dict[str, Any]]) -> str:
 def dns_name(*parts: str) -> str:
     """A Kubernetes object name (RFC 1035 label: lowercase, digits, '-', at most 63 characters)."""
     name = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+    if not name[:1].isalpha():  # a label starts with a letter
+        name = f"g-{name}"
     return name[:63].rstrip("-")
 
 
