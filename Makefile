@@ -16,7 +16,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Evaluated when a recipe runs (after `make jemalloc`); empty, so glibc, where it is missing.
 PRELOAD = LD_PRELOAD=$$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -n 1)
 
-.PHONY: install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp
+.PHONY: install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp k8s bento-nodes
 
 install: $(STAMPS)/install
 
@@ -126,6 +126,21 @@ bento: install
 bento-gpu: install
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/bentoml build -f bentofile.gpu.yaml
+
+# One Bento per node of CONFIG (bentofile.node.yaml), the images graph/k8s.py's Deployments name.
+bento-nodes: install
+	$(BIN)/python scripts/prepare_models.py --config configs/$(CONFIG).yaml
+	for node in $$($(BIN)/python -m graph.k8s --config configs/$(CONFIG).yaml --list-nodes); do \
+	  name=$$( [ $$node = classifier ] && echo classifier || echo generator_$$node ); \
+	  $(BIN)/bentoml build -f bentofile.node.yaml --name $$name --arg config=configs/$(CONFIG).yaml --arg node=$$node || exit 1; \
+	done
+
+# Kubernetes manifests of CONFIG (docs/kubernetes.md): no cluster, no network. Images REGISTRY/NAME:TAG.
+K8S_OUT  ?= artifacts/k8s/$(CONFIG)
+REGISTRY ?=
+TAG      ?= latest
+k8s: install
+	$(BIN)/python -m graph.k8s --config configs/$(CONFIG).yaml --out $(K8S_OUT) --registry "$(REGISTRY)" --tag $(TAG)
 
 # Needs a container engine (docker); see README.md, "Containerize".
 containerize: bento

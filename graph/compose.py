@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from graph import tracing
 from graph.chat_format import Prompt, prompt_chars, score_text
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
@@ -91,7 +92,10 @@ class Graph:
         start = time.time()
         deadline = self.config.graph_timeout_s
         try:
-            return await asyncio.wait_for(coro, deadline)
+            with tracing.node_span(node) as span:
+                out = await asyncio.wait_for(coro, deadline)
+                tracing.record(span, out)
+                return out
         except GraphError:
             raise
         except TimeoutError:
@@ -216,11 +220,16 @@ class Graph:
         async def pump(node: str) -> None:
             nonlocal outstanding
             try:
-                async for ev in self.generators[node].stream(prompt, plan[node], request_id, interval_ms):
-                    await queue.put(stream_event(node, ev))
-                    if score and ev.result is not None:
-                        outstanding += 1
-                        tasks.append(asyncio.create_task(score_one(node, ev.index, ev.result)))
+                with tracing.node_span(node) as span:
+                    results = []
+                    async for ev in self.generators[node].stream(prompt, plan[node], request_id, interval_ms):
+                        await queue.put(stream_event(node, ev))
+                        if ev.result is not None:
+                            results.append(ev.result)
+                        if score and ev.result is not None:
+                            outstanding += 1
+                            tasks.append(asyncio.create_task(score_one(node, ev.index, ev.result)))
+                    tracing.record(span, results)
             except GraphError as exc:
                 await queue.put(error_event(exc))
             except Exception as exc:

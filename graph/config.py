@@ -130,6 +130,30 @@ class Resources(_Strict):
     timeout_s: int = Field(300, ge=1, le=3600, description="BentoML traffic timeout.")
 
 
+class DeployConfig(_Strict):
+    """`deploy:` of a node (or of the graph, for the entry): its Kubernetes pods (graph/k8s.py renders
+    them). Every field left out takes the measured default of the node's role (graph/k8s.py ROLE_DEFAULTS)."""
+
+    cpu: str | None = Field(None, description="CPU request per pod (Kubernetes quantity, e.g. '2' or '500m').")
+    cpu_limit: str | None = Field(None, description="CPU limit per pod; None = no limit (no CFS throttling).")
+    memory: str | None = Field(None, description="Memory request per pod, e.g. '2Gi'; the limit is memory_limit.")
+    memory_limit: str | None = Field(None, description="Memory limit per pod (the OOM line), e.g. '3Gi'.")
+    min_replicas: int | None = Field(None, ge=1, le=1000, description="Pods at least (the HPA's floor).")
+    max_replicas: int | None = Field(None, ge=1, le=1000, description="Pods at most (the HPA's ceiling).")
+    target_cpu_utilization: int | None = Field(
+        None, ge=1, le=100, description="HPA target: average CPU use in % of the request."
+    )
+    startup_s: int | None = Field(
+        None, ge=10, le=7200, description="Time the pod has to load its model before liveness applies."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DeployConfig:
+        if self.min_replicas and self.max_replicas and self.min_replicas > self.max_replicas:
+            raise ValueError(f"deploy.min_replicas: {self.min_replicas} is above max_replicas {self.max_replicas}")
+        return self
+
+
 class GeneratorNode(_Strict):
     """One text-generator node: its model, defaults, limits and batching."""
 
@@ -145,6 +169,7 @@ class GeneratorNode(_Strict):
     budget: RequestBudget = Field(default_factory=RequestBudget)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     resources: Resources = Field(default_factory=Resources)
+    deploy: DeployConfig = Field(default_factory=DeployConfig, description="Kubernetes pods (make k8s).")
 
     @model_validator(mode="after")
     def _defaults_within_limit(self) -> GeneratorNode:
@@ -176,6 +201,7 @@ class ClassifierNode(_Strict):
         1, ge=1, le=256, description="torch threads (its batches are short; keep the cores for the generators)."
     )
     resources: Resources = Field(default_factory=Resources)
+    deploy: DeployConfig = Field(default_factory=DeployConfig, description="Kubernetes pods (make k8s).")
 
     @model_validator(mode="after")
     def _labels_fit_mode(self) -> ClassifierNode:
@@ -256,6 +282,7 @@ class GraphConfig(_Strict):
     playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig, description="The entry's Kubernetes pods (make k8s).")
 
     def generator_threads(self, name: str, cpus: int | None = None) -> int:
         """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over

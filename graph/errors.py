@@ -80,6 +80,14 @@ class NodeFailure(GraphError):
         return super().body().model_copy(update={"node": self.node})
 
 
+class NodeUnavailable(NodeFailure):
+    """A node cannot be reached (its process or pod is down or restarting). 503, kind node_unavailable:
+    the issue asks for 503 here, so a caller or load balancer retries elsewhere or later."""
+
+    status = 503
+    kind = "node_unavailable"
+
+
 class NodeTimeout(NodeFailure):
     """A node did not answer within the graph's deadline (graph_timeout_s). 500, kind node_timeout."""
 

@@ -49,6 +49,8 @@ class GenerationResult(BaseModel):
         "prompt-token budget.",
     )
     created: float = Field(description="Unix time when the completion finished.")
+    queue_ms: float | None = Field(None, description="Time the request waited for batch rows (ms); None if never run.")
+    first_token_ms: float | None = Field(None, description="Time from arrival to its first token (ms).")
 
 
 class StreamEvent(BaseModel):

@@ -17,7 +17,7 @@ from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
 from graph.chat_format import Prompt
-from graph.errors import ErrorBody, GraphError, NodeFailure, error_from_body, error_from_status
+from graph.errors import ErrorBody, GraphError, NodeFailure, NodeUnavailable, error_from_body, error_from_status
 from graph.params import GenerationParams
 from graph.results import Classification, GenerationResult, StreamEvent
 from graph.wire import StreamDecoder
@@ -66,7 +66,7 @@ async def _retrying(call: Callable[[], Awaitable[Any]], node: str, request_id: s
         except BentoMLException as exc:
             raise node_error(exc, node) from None
         except aiohttp.ClientConnectorError as exc:  # nothing listens there (a remote node is down): no retry
-            raise NodeFailure(f"node {node!r} cannot be reached: {exc}", node=node) from None
+            raise NodeUnavailable(f"node {node!r} cannot be reached: {exc}", node=node) from None
         except WORKER_GONE as exc:
             attempt += 1
             log.warning(

@@ -64,6 +64,14 @@ HEALTH = NodeHealth()
 DRAIN = Drain(CONFIG.shutdown_grace_s)
 
 
+def use_bentoml_tracing() -> None:
+    """BentoML's tracer provider (its `tracing:` configuration: exporter, sample rate) as this process's."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from opentelemetry import trace
+
+    trace.set_tracer_provider(BentoMLContainer.tracer_provider.get())
+
+
 def _node(service: Any, url: str | None) -> Any:
     """A node's dependency: its own service here, or the Bento already running at `url`."""
     return bentoml.depends(url=url) if url else bentoml.depends(service)
@@ -91,6 +99,7 @@ class InferenceGraph(ChatEndpoints):
 
     def __init__(self) -> None:
         setup_logging()
+        use_bentoml_tracing()  # node-call spans (graph/tracing.py) go where BentoML's `tracing:` config says
         generators = {
             name: GeneratorNodeClient(dep.__get__(self, type(self)), name) for name, dep in GENERATORS.items()
         }

@@ -74,6 +74,9 @@ class Request:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         now = time.monotonic()
+        self.submitted = now  # the times a trace reports (graph/tracing.py): queue wait, first token
+        self.admitted: float | None = None
+        self.first_token: float | None = None
         # max_time_ms counts from submission: time spent waiting in the queue is part of the budget.
         self.deadline = now + params.max_time_ms / 1000.0 if params.max_time_ms is not None else None
         self.cancelled = False
@@ -81,6 +84,14 @@ class Request:
         self.open_rows = params.num_return_sequences  # rows not finished yet (decode side)
         self.results_seen = 0  # final results the consumer has taken (consumer side)
         self.rows = [Row(self, i, decode) for i in range(params.num_return_sequences)]
+
+    def timings(self) -> dict[str, float | None]:
+        """Milliseconds from submission to admission (queue wait) and to the first token; None if never."""
+
+        def since(t: float | None) -> float | None:
+            return None if t is None else round((t - self.submitted) * 1000.0, 3)
+
+        return {"queue_ms": since(self.admitted), "first_token_ms": since(self.first_token)}
 
 
 class Row:
@@ -448,6 +459,7 @@ class Scheduler:
                     if not groups[rid]:
                         del groups[rid]
                     taken.append(req)
+                    req.admitted = now
                     held[rid] += n
                     free -= n
                     longest, span = p, new_span
@@ -475,6 +487,8 @@ class Scheduler:
             logits = logits.index_select(0, torch.tensor(src, dtype=torch.long))
         step = self._choose(BatchSampler([r.sampling() for r in rows], logits.shape[-1]), rows, logits, out)
         now = time.monotonic()
+        for req in reqs:
+            req.first_token = now
         for j, row in enumerate(rows):
             if not row.finished:  # a failed row is finished already
                 self._accept(row, step.tokens[j], step.logprobs.get(j), out, now)
@@ -623,6 +637,7 @@ class Scheduler:
             logprobs=row.logprobs,
             prompt_messages=row.req.prompt_messages,
             created=time.time(),
+            **row.req.timings(),
         )
         out.put(row.req, (row.index, text, result))
         row.req.open_rows -= 1

@@ -30,6 +30,7 @@ _CODES = {
     "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "node_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
     "node_failure": grpc.StatusCode.UNAVAILABLE,
+    "node_unavailable": grpc.StatusCode.UNAVAILABLE,
     "unauthorized": grpc.StatusCode.UNAUTHENTICATED,
 }
 

@@ -25,6 +25,10 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceGraph"].full_name
 Msg = TypeVar("Msg", bound=Message)
 
 
+# GenerationResult's timings (traces: graph/tracing.py) that the proto's Completion does not carry.
+TIMINGS = {"queue_ms", "first_token_ms"}
+
+
 def fields_of(message: Message) -> dict[str, Any]:
     """The fields a request message sets (proto3 `optional` ones only when present), by proto name."""
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
@@ -60,7 +64,9 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
         prompts = req.prompt_list()
         per_node = await self.graph.generate(prompts, req.model, req.params, request_id(context))
         items = [
-            pb.GenerateItem(model=node, prompt=p, results=[to_proto(r, pb.Completion()) for r in rows[i]])
+            pb.GenerateItem(
+                model=node, prompt=p, results=[to_proto(r, pb.Completion(), exclude=TIMINGS) for r in rows[i]]
+            )
             for node, rows in per_node.items()
             for i, p in enumerate(prompts)
         ]

@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator
 
 from pydantic import BaseModel
 
+from graph import tracing
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure
 from graph.policies import best_of as best_of_policy
@@ -65,8 +66,11 @@ async def execute(run: Run, g: NamedGraph) -> PolicyResponse:
     """Run the policy; if it fails or is cancelled, stop every candidate it started."""
     try:
         if isinstance(g, BestOf):
-            return await best_of_policy.best_of(run, g)
-        return await cascade_policy.cascade(run, g)
+            out = await best_of_policy.best_of(run, g)
+        else:
+            out = await cascade_policy.cascade(run, g)
+        tracing.event(DecisionEvent(result=out))
+        return out
     except BaseException:
         detach(run.cancel_all())
         raise

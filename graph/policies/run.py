@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar, Union
 
 from pydantic import BaseModel
 
+from graph import tracing
 from graph.config import GraphConfig
 from graph.errors import InvalidRequest
 from graph.nodes import GeneratorClient
@@ -72,6 +73,7 @@ class Run:
         return (time.monotonic() - self.started) * 1000.0
 
     async def send(self, event: PolicyEvent) -> None:
+        tracing.event(event)
         if self.emit is not None:
             await self.emit(event)
 

@@ -12,6 +12,7 @@ MAX_LINES = 300
 LONG_FILES = {
     "graph/engine/scheduler.py": "the decode loop's state machine: admission, prefill, decode and finishing share "
     "the batch's invariants (rows <-> KV rows <-> sampler), kept in one class on purpose",
+    "graph/k8s.py": "one renderer: every manifest of a config shares its names, labels and URLs, read top to bottom",
 }
 
 
