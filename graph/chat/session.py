@@ -20,6 +20,7 @@ from graph.chat.schemas import ChatReply, ChatRequest, Forgotten, History, Infer
 from graph.chat.store import ChatStore
 from graph.chat_format import ChatMessage, ChatPrompt, clean_reply
 from graph.compose import Graph, error_event, stream_event
+from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest
 from graph.params import GenerationParams
 from graph.results import GenerationResult
@@ -54,35 +55,38 @@ class ChatSessions:
         return [*kept, ChatMessage(role="user", content=message)]
 
     # ---- turns ----------------------------------------------------------------------------------
-    async def reply(self, owner: str | None, req: InferRequest, request_id: str) -> ChatReply:
+    async def reply(self, ctx: RequestContext, req: InferRequest) -> ChatReply:
+        """One turn of the caller's conversation (`ctx.key_id` owns it); its tokens charged to the caller."""
         node, params = self.plan(req)
+        owner = ctx.key_id
         async with self.store.turn_lock(owner, req.user_id):
             messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
             prompt = ChatPrompt(messages=messages)
-            per_prompt = await self.graph.call(node, self.nodes[node].generate([prompt], params, request_id))
+            gen = self.graph.node(ctx, node)
+            per_prompt = await self.graph.call(node, gen.generate([prompt], params, ctx.request_id), ctx)
             (result,) = per_prompt[0]
             return await self._store(owner, req, node, result, result.prompt_messages)
 
-    def stream(self, owner: str | None, req: ChatRequest, request_id: str) -> AsyncIterator[BaseModel]:
+    def stream(self, ctx: RequestContext, req: ChatRequest) -> AsyncIterator[BaseModel]:
         """Validate now (bad input is a 4xx, not a broken stream), then stream the turn's events:
         token and final events as generate_stream's, then a `turn` event once it is stored."""
         node, params = self.plan(req)
-        return self._events(owner, req, node, params, request_id)
+        return self._events(ctx, req, node, params)
 
     async def _events(
         self,
-        owner: str | None,
+        ctx: RequestContext,
         req: ChatRequest,
         node: str,
         params: GenerationParams,
-        request_id: str,
     ) -> AsyncIterator[TokenEvent | FinalEvent | ErrorEvent | TurnEvent]:
+        owner = ctx.key_id
         async with self.store.turn_lock(owner, req.user_id):
             messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
             result: GenerationResult | None = None
             try:
-                async for ev in self.nodes[node].stream(
-                    ChatPrompt(messages=messages), params, request_id, req.intermediate_result_interval_ms
+                async for ev in self.graph.node(ctx, node).stream(
+                    ChatPrompt(messages=messages), params, ctx.request_id, req.intermediate_result_interval_ms
                 ):
                     yield stream_event(node, ev)
                     result = ev.result or result

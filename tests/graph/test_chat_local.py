@@ -13,6 +13,7 @@ from graph.chat.schemas import InferRequest
 from graph.chat.session import ChatSessions
 from graph.chat.store import SCHEMA_VERSION, ChatStore
 from graph.config import load_config
+from graph.context import RequestContext
 from graph.errors import GraphError
 from graph.local import build_local_graph
 
@@ -24,11 +25,15 @@ def test_failed_node_rolls_the_turn_back_and_schema_is_versioned(tiny_dir: Path,
     async def run() -> tuple[int, int]:
         store = ChatStore(f"sqlite:///{db}")
         chat = ChatSessions(graph, store)
-        ok = await chat.reply(None, InferRequest(user_id="u", message="hello", model="tiny_a"), "r1")
+        ok = await chat.reply(
+            RequestContext.make(timeout_s=60), InferRequest(user_id="u", message="hello", model="tiny_a")
+        )
         assert ok.turn == 1
         engines["tiny_b"].close()  # the node dies: its requests fail with NodeFailure
         with pytest.raises(GraphError) as err:
-            await chat.reply(None, InferRequest(user_id="u", message="lost?", model="tiny_b"), "r2")
+            await chat.reply(
+                RequestContext.make(timeout_s=60), InferRequest(user_id="u", message="lost?", model="tiny_b")
+            )
         assert err.value.status == 500
         turns = (await chat.history(None, "u")).turns
         count = await store.count_messages()

@@ -12,6 +12,8 @@ MAX_LINES = 300
 LONG_FILES = {
     "graph/engine/scheduler.py": "the decode loop's state machine: admission, prefill, decode and finishing share "
     "the batch's invariants (rows <-> KV rows <-> sampler), kept in one class on purpose",
+    "graph/compose.py": "the Graph of one request: fan-out, scoring, streaming and cancellation share its "
+    "in-flight bookkeeping and its request context",
 }
 
 
