@@ -99,9 +99,10 @@ class InferenceGraph(ChatEndpoints):
     def __init__(self) -> None:
         setup_logging()
         generators = {
-            name: GeneratorNodeClient(dep.__get__(self, type(self)), name) for name, dep in GENERATORS.items()
+            name: GeneratorNodeClient(dep.__get__(self, type(self)), name, CONFIG.node_retries)
+            for name, dep in GENERATORS.items()
         }
-        classifier = ClassifierNodeClient(CLASSIFIER.__get__(self, type(self)))
+        classifier = ClassifierNodeClient(CLASSIFIER.__get__(self, type(self)), CONFIG.node_retries)
         for client in [*generators.values(), classifier]:
             keep_sessions_open(client.dep)
         self.nodes = generators
