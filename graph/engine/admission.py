@@ -1,7 +1,8 @@
 """Admission by expected completion: measured step times per batch size, and the estimate a node sheds load by.
 
 A request that joins a batch of b rows decodes its tokens at that batch's step time, which grows with b.
-`StepTimes` keeps a moving average of the measured step time per batch-size bucket (powers of two);
+`StepTimes` keeps the median of the recent measured step times per batch-size bucket (powers of two: a
+median, so a step slowed by a prefill or by a neighbour process does not swing the estimate);
 `extra_latency_s` is how much later than alone a request would finish if admitted now: its wait for rows
 plus its expected new tokens x (step time of the batch it joins - step time alone). The scheduler answers
 Overloaded (429 + Retry-After) when that is above `max_wait_s`, so every answer comes within max_wait_s plus
@@ -11,9 +12,11 @@ its own decode, and a node keeps admitting while the bound holds (a busy node st
 from __future__ import annotations
 
 import math
+import statistics
 import threading
+from collections import deque
 
-ALPHA = 0.2  # weight of the newest measurement in a bucket's moving average
+WINDOW = 32  # recent steps kept per bucket
 
 
 def bucket(rows: int) -> int:
@@ -25,7 +28,8 @@ class StepTimes:
     """Measured step seconds per batch-size bucket (the decode thread records, submitters read)."""
 
     def __init__(self) -> None:
-        self._by_bucket: dict[int, float] = {}
+        self._steps: dict[int, deque[float]] = {}
+        self._by_bucket: dict[int, float] = {}  # the median of each bucket's recent steps
         self._lock = threading.Lock()
 
     def record(self, rows: int, seconds: float) -> None:
@@ -33,13 +37,15 @@ class StepTimes:
             return
         b = bucket(rows)
         with self._lock:
-            old = self._by_bucket.get(b)
-            self._by_bucket[b] = seconds if old is None else old + ALPHA * (seconds - old)
+            steps = self._steps.setdefault(b, deque(maxlen=WINDOW))
+            steps.append(seconds)
+            self._by_bucket[b] = statistics.median(steps)
 
     def at(self, rows: int) -> float:
-        """Expected step seconds with `rows` rows: the bucket's measurement; an unmeasured bucket from the
-        nearest measured one (a larger batch's time as it is: an upper bound; a smaller one's scaled by the
-        size ratio: an upper bound too, a step costs less than linear in rows); 0.0 before any step."""
+        """Expected step seconds with `rows` rows: the bucket's measurement. An unmeasured bucket: a larger
+        measured batch's time (an upper bound); one bucket past the largest measured, that one's time (the
+        node explores: it admits the larger batch and measures it, so a busy node grows to full rather
+        than refusing on a guess); further out, grown in proportion to rows from there. 0.0 before any step."""
         b = bucket(rows)
         with self._lock:
             known = dict(self._by_bucket)
@@ -48,11 +54,10 @@ class StepTimes:
         above = [k for k in known if k > b]
         if above:
             return known[min(above)]
-        below = [k for k in known if k < b]
-        if below:
-            k = max(below)
-            return known[k] * b / k
-        return 0.0
+        if not known:
+            return 0.0
+        k = max(known)
+        return known[k] * max(1.0, b / (2 * k))
 
     def snapshot(self) -> dict[int, float]:
         with self._lock:

@@ -18,9 +18,11 @@ def test_step_times_are_measured_per_batch_size_and_bounded_where_unmeasured() -
     steps.record(8, 0.020)
     assert steps.at(1) == pytest.approx(0.010) and steps.at(7) == pytest.approx(0.020)
     assert steps.at(2) == pytest.approx(0.020)  # unmeasured: the next larger batch's time (an upper bound)
-    assert steps.at(64) == pytest.approx(0.020 * 64 / 8)  # unmeasured and larger: scaled by the size ratio
-    steps.record(8, 0.030)  # a moving average, not the last value
-    assert 0.020 < steps.at(8) < 0.030
+    assert steps.at(16) == pytest.approx(0.020)  # one bucket past the measured: explored at the measured time
+    assert steps.at(64) == pytest.approx(0.020 * 64 / 16)  # further: grown in proportion from the explored one
+    for seconds in (0.030, 0.5, 0.022):  # the median of the recent steps: one slow step does not swing it
+        steps.record(8, seconds)
+    assert steps.at(8) == pytest.approx(0.026)
 
 
 def test_extra_latency_is_the_wait_plus_the_slower_batch() -> None:
