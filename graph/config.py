@@ -213,6 +213,16 @@ class ChatConfig(_Strict):
     )
     max_turns: int = Field(5, ge=0, le=1000, description="Past turns (user message + reply) a prompt holds at most.")
     default_model: str | None = Field(None, description="Generator node of a chat that names none; None = the first.")
+    pool_size: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections of one entry replica. A turn holds one for its lock, reads and write; "
+        "turns beyond it wait for one.",
+    )
+    pool_timeout_s: float = Field(
+        30.0, gt=0.0, le=600.0, description="How long a turn waits for a connection before a 503 with Retry-After."
+    )
 
     @model_validator(mode="after")
     def _known_database(self) -> ChatConfig:

@@ -18,7 +18,10 @@ from services.common import http_errors, request_context
 
 def open_chat(graph: Graph) -> ChatSessions:
     """Chat sessions over `graph`, histories in the config's chat.database_url (opened on first use)."""
-    return ChatSessions(graph, ChatStore(graph.config.chat.database_url))
+    chat = graph.config.chat
+    return ChatSessions(
+        graph, ChatStore(chat.database_url, pool_size=chat.pool_size, pool_timeout_s=chat.pool_timeout_s)
+    )
 
 
 def owner(ctx: bentoml.Context) -> str | None:

@@ -168,6 +168,23 @@ def test_concurrent_messages_of_one_user_are_ordered_and_kept(live: Live) -> Non
     assert {msgs[0]["content"], msgs[2]["content"]} == {"first", "second"}
 
 
+def test_32_concurrent_turns_on_one_replica_all_answered(live: Live) -> None:
+    """32 chat turns at once, each on its own conversation, on one entry replica: every one answered
+    (a turn takes one database connection for its lock, reads and write; more turns than the pool holds
+    wait for one), none a 5xx, each stored."""
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=live.server.url, timeout=120) as client:
+            return await asyncio.gather(
+                *[client.post("/chat", json={"user_id": f"crowd{i}", "message": f"hello {i}"}) for i in range(32)]
+            )
+
+    responses = asyncio.run(fire())
+    assert [r.status_code for r in responses] == [200] * 32, sorted({(r.status_code, r.text[:300]) for r in responses})
+    assert all(r.json()["turn"] == 1 for r in responses)
+    assert live.rows_of("crowd31") == 2
+
+
 @pytest.mark.parametrize(
     "body, field",
     [

@@ -48,3 +48,30 @@ def test_failed_node_rolls_the_turn_back_and_schema_is_versioned(tiny_dir: Path,
     assert (turns, count) == (1, 2)  # the failed turn left nothing behind: resend it
     with create_engine(f"sqlite:///{db}").connect() as conn:
         assert conn.execute(text("SELECT max(version) FROM chat_schema_version")).scalar() == SCHEMA_VERSION
+
+
+def test_a_busy_postgresql_pool_is_a_503_with_retry_after() -> None:
+    """A turn holds its one connection (lock, reads, write); with every connection held, another caller
+    waits chat.pool_timeout_s and gets Unavailable (503 + Retry-After), not a 500."""
+    from graph.errors import Unavailable
+    from tests.postgres import PostgresServer, postgres_bin
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL IS NOT INSTALLED: run `make postgres`")
+
+    async def run(url: str) -> Unavailable:
+        store = ChatStore(url, pool_size=1, pool_timeout_s=0.5)
+        try:
+            async with store.turn("k", "u") as turn:
+                assert await turn.history() == []
+                assert await turn.add("hi", "hello", "tiny_a", 3, 2) == 1  # reads and write on the lock's connection
+                with pytest.raises(Unavailable) as err:
+                    await store.history("k", "other")
+            assert len(await store.history("k", "u")) == 2  # the connection is back once the turn ends
+            return err.value
+        finally:
+            await store.close()
+
+    with PostgresServer() as pg:
+        err = asyncio.run(run(pg.url))
+    assert err.status == 503 and err.retry_after_s >= 1 and "chat.pool_size" in err.message
