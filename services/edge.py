@@ -259,12 +259,19 @@ class DocsContract:
             return
         if self._spec is None:
             chunks: list[bytes] = []
+            started: dict[str, Any] = {}
 
             async def keep(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    started.update(message)
                 if message["type"] == "http.response.body":
                     chunks.append(message.get("body", b""))
 
             await self.app(scope, receive, keep)
+            if started.get("status") != 200:  # refused (no API key): pass the refusal on, keep nothing
+                await send(started)
+                await send({"type": "http.response.body", "body": b"".join(chunks)})
+                return
             from services.openapi import exact_spec
 
             self._spec = json.dumps(exact_spec(json.loads(b"".join(chunks)), **self.limits)).encode()
