@@ -69,6 +69,7 @@ def live(request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytes
         url = pg.url
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     config["generators"]["tiny_b"]["max_prompt_tokens"] = SMALL_BUDGET
+    config["generators"]["tiny_a"]["scheduler"] = {"max_batch_size": 8, "max_queue": 64}  # 32 turns at once fit
     config["chat"] = {"database_url": url, "max_turns": MAX_TURNS, "default_model": "tiny_a"}
     path = tmp / f"chat_{request.param}.yaml"
     path.write_text(yaml.safe_dump(config))
