@@ -184,3 +184,33 @@ def test_stream_of_a_named_graph_refuses_model(graph):
     with pytest.raises(InvalidRequest) as err:
         graph.stream(RequestContext.make(timeout_s=120), PROMPT, "tiny_a", SAMPLED, score=True, graph="best")
     assert err.value.field == "model"
+
+
+class Ledger:
+    """Where a request's tokens are charged (graph/auth.py ApiKeys in the server): it keeps them."""
+
+    def __init__(self) -> None:
+        self.charged: list[tuple[str | None, int]] = []
+
+    def charge(self, caller, tokens: int) -> None:
+        self.charged.append((caller.key_id, tokens))
+
+
+def test_the_graph_charges_every_candidate_pruned_ones_included(graph):
+    """The request's account gets every token its candidates generated: a named graph's pruned candidates
+    (charged for what they made before the cut) and `all`'s completions, to the caller's key."""
+    from graph.auth import Caller
+
+    ledger = Ledger()
+    ctx = RequestContext.make(timeout_s=120, caller=Caller(key_id="k1"), meter=ledger)
+
+    async def collect():
+        return [ev async for ev in graph.stream(ctx, PROMPT, None, SAMPLED, score=True, graph="pruned")]
+
+    decision = asyncio.run(collect())[-1].result
+    assert decision.trace.prune_rounds and any(c.pruned_at_tokens is not None for c in decision.candidates)
+    assert ctx.account.tokens == decision.trace.tokens_total == sum(n for _, n in ledger.charged)
+    assert {k for k, _ in ledger.charged} == {"k1"}
+    plain = RequestContext.make(timeout_s=120, meter=ledger)
+    out = asyncio.run(graph.generate_score(plain, PROMPT, SAMPLED))
+    assert plain.account.tokens == sum(c.completion_tokens for c in out) > 0
