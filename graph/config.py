@@ -74,8 +74,8 @@ class SchedulerConfig(_Strict):
         None,
         gt=0.0,
         le=3600.0,
-        description="Shedding: 429 + Retry-After at once "
-        "when the expected wait for rows (measured step time x work ahead / max_batch_size) is above this. None = off.",
+        description="Shedding: 429 + Retry-After at once when a request would finish more than this later than "
+        "alone (its wait for rows, then its tokens at the measured step time of the batch it joins). None = off.",
     )
     max_kv_mb: float | None = Field(
         None,
@@ -239,6 +239,16 @@ class ChatConfig(_Strict):
     )
     max_turns: int = Field(5, ge=0, le=1000, description="Past turns (user message + reply) a prompt holds at most.")
     default_model: str | None = Field(None, description="Generator node of a chat that names none; None = the first.")
+    pool_size: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections of one entry replica. A turn holds one for its lock, reads and write; "
+        "turns beyond it wait for one.",
+    )
+    pool_timeout_s: float = Field(
+        30.0, gt=0.0, le=600.0, description="How long a turn waits for a connection before a 503 with Retry-After."
+    )
 
     @model_validator(mode="after")
     def _known_database(self) -> ChatConfig:
@@ -271,7 +281,14 @@ class GraphConfig(_Strict):
     generators: dict[str, GeneratorNode] = Field(min_length=1, max_length=16)
     classifier: ClassifierNode
     prompt: PromptLimits = Field(default_factory=PromptLimits)
-    graph_timeout_s: int = Field(300, ge=1, le=3600)
+    graph_timeout_s: int = Field(300, ge=1, le=3600, description="A request's deadline in the graph (seconds).")
+    node_retries: int = Field(
+        1,
+        ge=0,
+        le=3,
+        description="Times one request's node call is sent again after the node's worker died under it, each "
+        "once the node answers its readiness probe; past that, an error naming the node. 0 = never.",
+    )
     policies: Policies = Field(
         default_factory=Policies, description="Named graphs (best_of, cascade) over these nodes."
     )

@@ -53,7 +53,8 @@ class InvalidRequest(GraphError):
 
 
 class Overloaded(GraphError):
-    """A node's queue is full, or its expected wait is too long. 429 with Retry-After (our own errors stay at or below 500: STYLE.md)."""
+    """A node's queue is full, or a request would finish too late. 429 with Retry-After (our own errors stay
+    at or below 500: STYLE.md; the chat pool's Unavailable is the one 503, as issue #20 asks)."""
 
     status = 429
     kind = "overloaded"
@@ -64,6 +65,14 @@ class Overloaded(GraphError):
 
     def body(self) -> ErrorBody:
         return super().body().model_copy(update={"retry_after_s": self.retry_after_s})
+
+
+class Unavailable(Overloaded):
+    """A shared resource of the entry (the chat database's connection pool) stayed busy past its timeout.
+    503 with Retry-After, as issue #20 asks: a moment's shortage, not a server fault."""
+
+    status = 503
+    kind = "unavailable"
 
 
 class NodeFailure(GraphError):

@@ -13,20 +13,20 @@ from graph.chat.schemas import ChatReply, ChatRequest, Forgotten, History, Infer
 from graph.chat.session import ChatSessions
 from graph.chat.store import ChatStore
 from graph.compose import Graph, background, sse
-from services.common import http_errors, request_id
+from services.common import http_errors, request_context
 
 
 def open_chat(graph: Graph) -> ChatSessions:
     """Chat sessions over `graph`, histories in the config's chat.database_url (opened on first use)."""
-    return ChatSessions(graph, ChatStore(graph.config.chat.database_url))
+    chat = graph.config.chat
+    return ChatSessions(
+        graph, ChatStore(chat.database_url, pool_size=chat.pool_size, pool_timeout_s=chat.pool_timeout_s)
+    )
 
 
-def caller(ctx: bentoml.Context) -> str | None:
-    """The API key id that owns the conversations this request may touch (the edge's KeyCheck
-    found it); None when the graph has no API keys."""
-    from services.edge import caller_of
-
-    return caller_of(ctx.request.state).key_id
+def owner(ctx: bentoml.Context) -> str | None:
+    """The API key id that owns the conversations this request may touch (None: no API keys)."""
+    return request_context(ctx).key_id
 
 
 class ChatEndpoints:
@@ -38,21 +38,20 @@ class ChatEndpoints:
     @http_errors
     async def infer(self, ctx: bentoml.Context, **fields: Any) -> InferReply:
         """The seed's chat API: {user_id, message} -> {message}; each user's history is kept."""
-        reply = await self.chat.reply(caller(ctx), InferRequest(**fields), request_id(ctx))
+        reply = await self.chat.reply(request_context(ctx), InferRequest(**fields))
         return InferReply(message=reply.message)
 
     @bentoml.api(route="/chat", name="chat", input_spec=ChatRequest)
     @http_errors
     async def chat_turn(self, ctx: bentoml.Context, **fields: Any) -> ChatReply:
         """One chat turn: the reply, its turn number, the model and token usage."""
-        return await self.chat.reply(caller(ctx), ChatRequest(**fields), request_id(ctx))
+        return await self.chat.reply(request_context(ctx), ChatRequest(**fields))
 
     @bentoml.api(input_spec=ChatRequest)
     @http_errors
     async def chat_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """A chat turn as server-sent events: token and final events, a `turn` event once stored, [DONE]."""
-        rid = request_id(ctx)
-        events = self.chat.stream(caller(ctx), ChatRequest(**fields), rid)
+        events = self.chat.stream(request_context(ctx), ChatRequest(**fields))
 
         async def body() -> AsyncIterator[str]:
             try:
@@ -65,7 +64,7 @@ class ChatEndpoints:
         response: Any = StreamingResponse(
             body(),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "x-request-id": rid},
+            headers={"Cache-Control": "no-cache"},
         )
         return response
 
@@ -74,13 +73,11 @@ class ChatEndpoints:
     async def chat_history(self, ctx: bentoml.Context, **fields: Any) -> History:
         """A user's kept conversation, oldest message first."""
         req = UserRequest(**fields)
-        request_id(ctx)
-        return await self.chat.history(caller(ctx), req.user_id)
+        return await self.chat.history(owner(ctx), req.user_id)
 
     @bentoml.api(input_spec=UserRequest)
     @http_errors
     async def chat_delete(self, ctx: bentoml.Context, **fields: Any) -> Forgotten:
         """Delete a user's conversation from the database (the right to be forgotten)."""
         req = UserRequest(**fields)
-        request_id(ctx)
-        return await self.chat.forget(caller(ctx), req.user_id)
+        return await self.chat.forget(owner(ctx), req.user_id)

@@ -41,7 +41,14 @@ from graph.schemas import (
 from services.chat import ChatEndpoints, open_chat
 from services.classifier import make_classifier_service
 from services.clients import ClassifierNodeClient, GeneratorNodeClient
-from services.common import graph_config, http_errors, keep_sessions_open, request_id, setup_logging, with_dependencies
+from services.common import (
+    graph_config,
+    http_errors,
+    keep_sessions_open,
+    request_context,
+    setup_logging,
+    with_dependencies,
+)
 from services.edge import (
     DocsContract,
     Draining,
@@ -49,8 +56,8 @@ from services.edge import (
     KeyCheck,
     NodeHealth,
     ReadyProbe,
+    RequestContexts,
     ValidationErrors,
-    caller_of,
 )
 from services.generator import make_generator_service
 from services.openai_app import OpenAIFace, make_openai_app, openai_response
@@ -101,9 +108,10 @@ class InferenceGraph(ChatEndpoints):
         setup_logging()
         use_bentoml_tracing()  # node-call spans (graph/tracing.py) go where BentoML's `tracing:` config says
         generators = {
-            name: GeneratorNodeClient(dep.__get__(self, type(self)), name) for name, dep in GENERATORS.items()
+            name: GeneratorNodeClient(dep.__get__(self, type(self)), name, CONFIG.node_retries)
+            for name, dep in GENERATORS.items()
         }
-        classifier = ClassifierNodeClient(CLASSIFIER.__get__(self, type(self)))
+        classifier = ClassifierNodeClient(CLASSIFIER.__get__(self, type(self)), CONFIG.node_retries)
         for client in [*generators.values(), classifier]:
             keep_sessions_open(client.dep)
         self.nodes = generators
@@ -111,7 +119,6 @@ class InferenceGraph(ChatEndpoints):
         self.graph = Graph(CONFIG, generators, classifier)
         self.chat = open_chat(self.graph)  # /infer, /chat...: services/chat.py
         OPENAI.state.face = OpenAIFace(self.graph)
-        OPENAI.state.keys = KEYS
         self.grpc = GrpcFaces(self.graph, CONFIG.grpc, keys=KEYS)
         log.info("graph %s ready: generators=%s", CONFIG.name, list(CONFIG.generators))
 
@@ -130,14 +137,12 @@ class InferenceGraph(ChatEndpoints):
         """Graph `all`: every model at once, each completion scored (`generated`, `score`, ...); a named graph
         (`graph`): its decision (answer, candidates, trace). `deadline_ms`: answer in time."""
         req = GenerateScoreRequest(**fields)
-        rid = request_id(ctx)
+        rctx = request_context(ctx).asking(req.deadline_ms)
         timeline = Timeline()
         out = await self.graph.generate_score(
-            req.original_sentence, req.params, rid, timeline, req.graph, req.deadline_ms
+            rctx, req.original_sentence, req.params, graph=req.graph, timeline=timeline
         )
-        spent = out.trace.tokens_total if isinstance(out, PolicyResponse) else sum(c.completion_tokens for c in out)
-        KEYS.charge(caller_of(ctx.request.state), spent)
-        log.info("request_id=%s generate_score spans=%s", rid, json.dumps(timeline.rounded()))
+        log.info("request_id=%s generate_score spans=%s", rctx.request_id, json.dumps(timeline.rounded()))
         return out
 
     @bentoml.api(input_spec=GenerateRequest)
@@ -146,11 +151,7 @@ class InferenceGraph(ChatEndpoints):
         """Generate from `prompt` (or `prompts`) on `model` (or every model); one item per model and prompt."""
         req = GenerateRequest(**fields)
         prompts = req.prompt_list()
-        per_node = await self.graph.generate(prompts, req.model, req.params, request_id(ctx))
-        KEYS.charge(
-            caller_of(ctx.request.state),
-            sum(r.completion_tokens for rows in per_node.values() for seqs in rows for r in seqs),
-        )
+        per_node = await self.graph.generate(request_context(ctx), prompts, req.model, req.params)
         return [
             GenerateItem(model=node, prompt=p, results=rows[i])
             for node, rows in per_node.items()
@@ -162,7 +163,6 @@ class InferenceGraph(ChatEndpoints):
     async def classify(self, ctx: bentoml.Context, **fields: Any) -> list[Classification]:
         """Score texts with the classifier node: one {label, score, labels} per text."""
         req = ClassifyRequest(**fields)
-        request_id(ctx)
         return await self.graph.classify(req.texts)
 
     @bentoml.api(input_spec=StreamRequest)
@@ -180,18 +180,16 @@ class InferenceGraph(ChatEndpoints):
 
     def _sse(self, ctx: bentoml.Context, req: StreamRequest, *, score: bool) -> Any:
         """Validated now (bad input is a 4xx, not a broken stream); the events flow afterwards."""
-        rid = request_id(ctx)
-        caller = caller_of(ctx.request.state)
         graph, deadline = (req.graph, req.deadline_ms) if isinstance(req, ScoreStreamRequest) else (None, None)
+        rctx = request_context(ctx).asking(deadline)
+        interval = req.intermediate_result_interval_ms
         events = self.graph.stream(
-            req.prompt, req.model, req.params, req.intermediate_result_interval_ms, rid, score, graph, deadline
+            rctx, req.prompt, req.model, req.params, interval_ms=interval, score=score, graph=graph
         )
 
         async def body() -> AsyncIterator[str]:
             try:
                 async for ev in events:
-                    if ev.type == "final":
-                        KEYS.charge(caller, ev.usage.completion_tokens)
                     yield sse(ev)
                 yield sse("[DONE]")
             finally:  # client gone while we were sending: close the graph stream (cancels the nodes)
@@ -200,7 +198,7 @@ class InferenceGraph(ChatEndpoints):
         return StreamingResponse(
             body(),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "x-request-id": rid},
+            headers={"Cache-Control": "no-cache"},
         )
 
     @bentoml.api
@@ -212,6 +210,7 @@ class InferenceGraph(ChatEndpoints):
 
 
 # The HTTP edge (services/edge.py), outermost first: Starlette puts the first one added outside.
+InferenceGraph.add_asgi_middleware(RequestContexts, timeout_s=float(CONFIG.graph_timeout_s))
 InferenceGraph.add_asgi_middleware(Draining, drain=DRAIN)
 InferenceGraph.add_asgi_middleware(ReadyProbe, health=HEALTH)
 InferenceGraph.add_asgi_middleware(

@@ -1,7 +1,7 @@
 """The one place a graph error becomes a gRPC status (both gRPC services, unary and streaming).
 
 validation -> INVALID_ARGUMENT (the message names the field; `x-error-field` trailer too)
-overloaded, rate_limited -> RESOURCE_EXHAUSTED (`retry-after` trailer, seconds)
+overloaded, rate_limited -> RESOURCE_EXHAUSTED (`retry-after` trailer, seconds); unavailable -> UNAVAILABLE
 node_timeout -> DEADLINE_EXCEEDED
 node_failure -> UNAVAILABLE (the `x-error-node` trailer names the node)
 unauthorized -> UNAUTHENTICATED; anything else -> INTERNAL
@@ -28,6 +28,7 @@ _CODES = {
     "validation": grpc.StatusCode.INVALID_ARGUMENT,
     "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
     "node_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
     "node_failure": grpc.StatusCode.UNAVAILABLE,
     "node_unavailable": grpc.StatusCode.UNAVAILABLE,

@@ -7,7 +7,6 @@ events go out as their proto messages field by field (json_format refuses a fiel
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -16,6 +15,7 @@ from google.protobuf.message import Message
 from pydantic import BaseModel
 
 from graph.compose import Graph, background
+from graph.faces.grpc_context import request_context
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
 from graph.schemas import ClassifyRequest, GenerateRequest, GenerateScoreRequest, StreamRequest
 from protos import inference_graph_pb2 as pb
@@ -40,12 +40,6 @@ def to_proto(model: BaseModel, message: Msg, *, exclude: set[str] | None = None)
     return json_format.ParseDict(data, message)
 
 
-def request_id(context: Any) -> str:
-    """The caller's `x-request-id` metadata, or a new id (it follows the call across nodes in the logs)."""
-    metadata = dict(context.invocation_metadata() or ())
-    return str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])
-
-
 class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
     """inference_graph.v1.InferenceGraph over a `Graph` (the same object the HTTP face calls)."""
 
@@ -55,14 +49,14 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
     @unary_errors
     async def GenerateScore(self, request: pb.GenerateScoreRequest, context: Any) -> pb.GenerateScoreResponse:
         req = validated(GenerateScoreRequest, fields_of(request))
-        out = await self.graph.generate_score(req.original_sentence, req.params, request_id(context))
+        out = await self.graph.generate_score(request_context(context), req.original_sentence, req.params)
         return pb.GenerateScoreResponse(completions=[to_proto(c, pb.ScoredCompletion()) for c in out])
 
     @unary_errors
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
         req = validated(GenerateRequest, fields_of(request))
         prompts = req.prompt_list()
-        per_node = await self.graph.generate(prompts, req.model, req.params, request_id(context))
+        per_node = await self.graph.generate(request_context(context), prompts, req.model, req.params)
         items = [
             pb.GenerateItem(
                 model=node, prompt=p, results=[to_proto(r, pb.Completion(), exclude=TIMINGS) for r in rows[i]]
@@ -83,7 +77,12 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
         """Token, final and score events (and error events of a failed node) as the SSE stream has."""
         req = validated(StreamRequest, fields_of(request))
         events = self.graph.stream(
-            req.prompt, req.model, req.params, req.intermediate_result_interval_ms, request_id(context), True
+            request_context(context),
+            req.prompt,
+            req.model,
+            req.params,
+            interval_ms=req.intermediate_result_interval_ms,
+            score=True,
         )
         try:
             async for ev in events:

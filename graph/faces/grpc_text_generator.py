@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from graph.compose import Graph, background
 from graph.errors import ErrorBody, InvalidRequest, error_from_body
+from graph.faces.grpc_context import request_context
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
-from graph.faces.grpc_graph import request_id
 from graph.params import GenerationOverrides
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, TokenEvent
 from protos import text_generator_pb2 as pb
@@ -87,7 +87,7 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
         call = seed_call(request, context)
         node, overrides = await self._plan(call)
-        per_node = await self.graph.generate([call.text], node, overrides, request_id(context))
+        per_node = await self.graph.generate(request_context(context), [call.text], node, overrides)
         return pb.GenerateResponse(text=call.text + per_node[node][0][0].text)
 
     @stream_errors
@@ -97,7 +97,7 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
         call = seed_call(request, context)
         node, overrides = await self._plan(call)
         interval_ms = call.intermediate_result_interval_ms or self.stream_interval_ms
-        events = self.graph.stream(call.text, node, overrides, interval_ms, request_id(context), False)
+        events = self.graph.stream(request_context(context), call.text, node, overrides, interval_ms=interval_ms)
         prefix = call.text  # the first fragment carries the prompt: fragments add up to Generate's text
         try:
             async for fragment in paced(texts(events, node), interval_ms / 1000.0):

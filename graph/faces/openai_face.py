@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from graph.chat_format import Prompt, score_text
 from graph.compose import Graph, background, sse
+from graph.context import RequestContext
 from graph.errors import ErrorBody, InvalidRequest
 from graph.faces.openai_errors import UnknownModel, error_object
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest
@@ -32,13 +33,6 @@ from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent
 
 log = logging.getLogger("graph")
 GRAPH_MODEL = "graph"
-Charge = Callable[[int], None]  # counts a caller's generated tokens (graph/auth.py ApiKeys.charge)
-
-
-def free(tokens: int) -> None:
-    """The charge when nobody counts tokens (API keys off, tests)."""
-
-
 OWNER = "inference-graph"
 # stop/length as OpenAI has them; a wall-clock budget ran out like a token budget; cancelled is
 # only seen by a client that has gone.
@@ -88,17 +82,15 @@ class OpenAIFace:
         return self.routes[model]
 
     # ---- chat ----------------------------------------------------------------------------------
-    async def chat(
-        self, req: ChatCompletionRequest, rid: str, charge: Charge = free
-    ) -> ChatCompletion | AsyncIterator[str]:
+    async def chat(self, ctx: RequestContext, req: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
         """A ChatCompletion, or (stream=true) the SSE lines of its chunks; validated before any node works.
-        `charge` is told the completion tokens generated (per-key token rates)."""
-        route, prompt = self.route(req.model), req.prompt()
+        Its `id` carries the request id; the graph charges the tokens to `ctx`'s caller."""
+        route, prompt, rid = self.route(req.model), req.prompt(), ctx.request_id
         log.info("request_id=%s openai chat model=%s user=%s", rid, req.model, req.user)
         if req.stream:
             self._streamable(route)
-            return self._stream(req, route, prompt, rid, charge, chat=True)
-        choices = await self._run([prompt], route, req, rid, charge)
+            return self._stream(ctx, req, route, prompt, chat=True)
+        choices = await self._run(ctx, [prompt], route, req)
         return ChatCompletion(
             id=f"chatcmpl-{rid}",
             object="chat.completion",
@@ -120,15 +112,13 @@ class OpenAIFace:
         )
 
     # ---- completions ---------------------------------------------------------------------------
-    async def completions(
-        self, req: CompletionRequest, rid: str, charge: Charge = free
-    ) -> Completion | AsyncIterator[str]:
-        route, prompts = self.route(req.model), req.prompts()
+    async def completions(self, ctx: RequestContext, req: CompletionRequest) -> Completion | AsyncIterator[str]:
+        route, prompts, rid = self.route(req.model), req.prompts(), ctx.request_id
         log.info("request_id=%s openai completions model=%s user=%s", rid, req.model, req.user)
         if req.stream:
             self._streamable(route)
-            return self._stream(req, route, prompts[0], rid, charge, chat=False)
-        choices = await self._run(list(prompts), route, req, rid, charge)
+            return self._stream(ctx, req, route, prompts[0], chat=False)
+        choices = await self._run(ctx, list(prompts), route, req)
         return Completion(
             id=f"cmpl-{rid}",
             object="text_completion",
@@ -151,19 +141,17 @@ class OpenAIFace:
 
     async def _run(
         self,
+        ctx: RequestContext,
         prompts: list[Prompt],
         route: Route,
         req: ChatCompletionRequest | CompletionRequest,
-        rid: str,
-        charge: Charge,
     ) -> list[Scored]:
         """Every completion of the route, scored and ordered by score (per prompt) for `graph`;
         a named graph's decided answer per prompt."""
         if route.policy is not None:
-            return [await self._decide(route.policy, p, i, req, rid, charge) for i, p in enumerate(prompts)]
-        per_node = await self.graph.generate(prompts, route.node, req.overrides(), rid)
+            return [await self._decide(ctx.part(str(i)), route.policy, p, i, req) for i, p in enumerate(prompts)]
+        per_node = await self.graph.generate(ctx, prompts, route.node, req.overrides())
         flat = [(node, i, r) for node, rows in per_node.items() for i, results in enumerate(rows) for r in results]
-        charge(sum(r.completion_tokens for _, _, r in flat))
         if not route.scored:
             return [Scored(node, i, r, None) for node, i, r in flat]
         verdicts = await self.graph.classify([score_text(prompts[i], r.text) for _, i, r in flat])
@@ -179,18 +167,16 @@ class OpenAIFace:
 
     async def _decide(
         self,
+        ctx: RequestContext,
         name: str,
         prompt: Prompt,
         index: int,
         req: ChatCompletionRequest | CompletionRequest,
-        rid: str,
-        charge: Charge,
     ) -> Scored:
         if not isinstance(prompt, str):
             raise InvalidRequest(f"model: graph:{name} answers text prompts; use /v1/completions", field="model")
-        out = await self.graph.generate_score(prompt, req.overrides(), f"{rid}-{index}", graph=name)
+        out = await self.graph.generate_score(ctx, prompt, req.overrides(), graph=name)
         assert not isinstance(out, list)  # a named graph answers with its decision
-        charge(out.trace.tokens_total)
         a = out.answer
         result = GenerationResult(
             index=0,
@@ -205,24 +191,21 @@ class OpenAIFace:
     # ---- streaming -----------------------------------------------------------------------------
     def _stream(
         self,
+        ctx: RequestContext,
         req: ChatCompletionRequest | CompletionRequest,
         route: Route,
         prompt: Prompt,
-        rid: str,
-        charge: Charge,
         *,
         chat: bool,
     ) -> AsyncIterator[str]:
         """Validate now (bad input is a 4xx, not a broken stream), then the chunks as SSE, then [DONE]."""
-        events = self.graph.stream(prompt, route.node, req.overrides(), 0, rid, route.scored)
+        events = self.graph.stream(ctx, prompt, route.node, req.overrides(), score=route.scored)
         nodes = list(self.graph.generators) if route.node is None else [route.node]
-        chunks = _Chunks(req, rid, nodes, chat=chat, echo=isinstance(req, CompletionRequest) and req.echo)
+        chunks = _Chunks(req, ctx.request_id, nodes, chat=chat, echo=isinstance(req, CompletionRequest) and req.echo)
 
         async def body() -> AsyncIterator[str]:
             try:
                 async for ev in events:
-                    if isinstance(ev, FinalEvent):
-                        charge(ev.usage.completion_tokens)
                     for chunk in chunks.of(ev):
                         yield sse(chunk)
                 if req.include_usage:

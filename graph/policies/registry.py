@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from graph import tracing
 from graph.config import GraphConfig
+from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest, NodeFailure
 from graph.policies import best_of as best_of_policy
 from graph.policies import cascade as cascade_policy
@@ -39,10 +40,10 @@ def resolve(config: GraphConfig, name: str | None, field: str = "graph") -> Name
 
 def start(
     host: Host,
+    ctx: RequestContext,
     graph: str | None,
     prompt: str,
     overrides: BaseModel | None,
-    request_id: str,
     deadline: Deadline | None,
     model: str | None = None,
 ) -> tuple[Run, NamedGraph] | None:
@@ -54,7 +55,7 @@ def start(
     if model is not None:
         raise InvalidRequest("model: a named graph chooses its own nodes; leave model out", field="model")
     name = graph or host.config.policies.default
-    run = Run(host=host, graph=name, prompt=prompt, request_id=request_id, overrides=overrides, deadline=deadline)
+    run = Run(host=host, ctx=ctx, graph=name, prompt=prompt, overrides=overrides, deadline=deadline)
     if isinstance(g, BestOf):
         best_of_policy.check(run, g)
     else:

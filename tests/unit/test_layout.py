@@ -13,6 +13,8 @@ LONG_FILES = {
     "graph/engine/scheduler.py": "the decode loop's state machine: admission, prefill, decode and finishing share "
     "the batch's invariants (rows <-> KV rows <-> sampler), kept in one class on purpose",
     "graph/k8s.py": "one renderer: every manifest of a config shares its names, labels and URLs, read top to bottom",
+    "graph/compose.py": "the Graph of one request: fan-out, scoring, streaming and cancellation share its "
+    "in-flight bookkeeping and its request context",
 }
 
 
