@@ -53,7 +53,10 @@ class InvalidRequest(GraphError):
 
 
 class Overloaded(GraphError):
-    """A node's queue is full, or its expected wait is too long. 429 with Retry-After (our own errors stay at or below 500: STYLE.md)."""
+    """A node's queue is full, or its expected wait is too long: 429 with Retry-After.
+
+    Our own errors stay at or below 500 (STYLE.md).
+    """
 
     status = 429
     kind = "overloaded"

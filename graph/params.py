@@ -93,7 +93,7 @@ def _optional_fields() -> dict[str, Any]:
     for name, info in GenerationParams.model_fields.items():
         optional = copy.copy(info)
         optional.default, optional.default_factory = None, None
-        fields[name] = (Union[info.annotation, None], optional)
+        fields[name] = (Union[info.annotation, None], optional)  # noqa: UP007  a runtime typing object: `|` is not defined for every form
     return fields
 
 

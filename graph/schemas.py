@@ -23,7 +23,10 @@ class StrictRequest(BaseModel):
 # A prompt must hold one character that is not white space. The class spells out Python's and
 # ECMAScript's white space alike, so the schema's pattern (read by JSON Schema tools with ECMAScript
 # regexes) and this check (Python) agree on every string.
-_SPACE = "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+_SPACE = (
+    "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680"
+    "\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+)
 NOT_BLANK = {"pattern": f"[^{_SPACE}]"}  # JSON Schema patterns search: "somewhere a non-space"
 _VISIBLE = re.compile(NOT_BLANK["pattern"])
 Text = Annotated[str, Field(min_length=1, json_schema_extra=NOT_BLANK)]

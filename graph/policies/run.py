@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, Union
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -24,7 +24,7 @@ from graph.schemas import FinalEvent, ScoreEvent, TokenEvent, Usage
 T = TypeVar("T")
 log = logging.getLogger("graph")
 
-PolicyEvent = Union[CandidatesEvent, TokenEvent, FinalEvent, ScoreEvent, PruneEvent, GateEvent, DecisionEvent]
+PolicyEvent = CandidatesEvent | TokenEvent | FinalEvent | ScoreEvent | PruneEvent | GateEvent | DecisionEvent
 Emit = Callable[[PolicyEvent], Awaitable[None]]
 
 
