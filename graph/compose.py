@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -49,7 +49,7 @@ class Graph:
     def __init__(
         self,
         config: GraphConfig,
-        generators: dict[str, GeneratorClient],
+        generators: Mapping[str, GeneratorClient],
         classifier: ClassifierClient,
     ) -> None:
         self.config = config
@@ -109,7 +109,7 @@ class Graph:
 
     async def generate(
         self,
-        prompts: list[Prompt],
+        prompts: Sequence[Prompt],
         model: str | None,
         overrides: BaseModel | None,
         request_id: str,
@@ -124,7 +124,7 @@ class Graph:
             async with asyncio.TaskGroup() as group:  # one node failing cancels the others' calls
                 tasks = {
                     n: group.create_task(
-                        self._call(n, self.generators[n].generate(prompts, plan[n], request_id), timeline)
+                        self._call(n, self.generators[n].generate(list(prompts), plan[n], request_id), timeline)
                     )
                     for n in plan
                 }
@@ -192,8 +192,11 @@ class Graph:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
         deadline = Deadline.of(deadline_ms, self.latencies)
-        named = score and isinstance(prompt, str)  # named graphs score plain prompts (not chat messages)
-        chosen = policies.start(self, graph, prompt, overrides, request_id, deadline, model) if named else None
+        chosen = (  # named graphs score plain prompts (not chat messages)
+            policies.start(self, graph, prompt, overrides, request_id, deadline, model)
+            if score and isinstance(prompt, str)
+            else None
+        )
         if chosen is not None:
             return policies.events(*chosen)
         overrides = Deadline.capped(deadline, overrides)

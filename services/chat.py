@@ -34,20 +34,20 @@ class ChatEndpoints:
 
     chat: ChatSessions
 
-    @bentoml.api(input_spec=InferRequest)
+    @bentoml.api(input_spec=InferRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def infer(self, ctx: bentoml.Context, **fields: Any) -> InferReply:
         """The seed's chat API: {user_id, message} -> {message}; each user's history is kept."""
         reply = await self.chat.reply(caller(ctx), InferRequest(**fields), request_id(ctx))
         return InferReply(message=reply.message)
 
-    @bentoml.api(route="/chat", name="chat", input_spec=ChatRequest)
+    @bentoml.api(route="/chat", name="chat", input_spec=ChatRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_turn(self, ctx: bentoml.Context, **fields: Any) -> ChatReply:
         """One chat turn: the reply, its turn number, the model and token usage."""
         return await self.chat.reply(caller(ctx), ChatRequest(**fields), request_id(ctx))
 
-    @bentoml.api(input_spec=ChatRequest)
+    @bentoml.api(input_spec=ChatRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """A chat turn as server-sent events: token and final events, a `turn` event once stored, [DONE]."""
@@ -69,7 +69,7 @@ class ChatEndpoints:
         )
         return response
 
-    @bentoml.api(input_spec=UserRequest)
+    @bentoml.api(input_spec=UserRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_history(self, ctx: bentoml.Context, **fields: Any) -> History:
         """A user's kept conversation, oldest message first."""
@@ -77,7 +77,7 @@ class ChatEndpoints:
         request_id(ctx)
         return await self.chat.history(caller(ctx), req.user_id)
 
-    @bentoml.api(input_spec=UserRequest)
+    @bentoml.api(input_spec=UserRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_delete(self, ctx: bentoml.Context, **fields: Any) -> Forgotten:
         """Delete a user's conversation from the database (the right to be forgotten)."""

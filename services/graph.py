@@ -115,7 +115,7 @@ class InferenceGraph(ChatEndpoints):
         """The gRPC faces (config `grpc:`), on the loop the HTTP APIs and the node clients use."""
         await self.grpc.start()
 
-    @bentoml.api(input_spec=GenerateScoreRequest)
+    @bentoml.api(input_spec=GenerateScoreRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate_score(self, ctx: bentoml.Context, **fields: Any) -> list[ScoredCompletion] | PolicyResponse:
         """Graph `all`: every model at once, each completion scored (`generated`, `score`, ...); a named graph
@@ -131,7 +131,7 @@ class InferenceGraph(ChatEndpoints):
         log.info("request_id=%s generate_score spans=%s", rid, json.dumps(timeline.rounded()))
         return out
 
-    @bentoml.api(input_spec=GenerateRequest)
+    @bentoml.api(input_spec=GenerateRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate(self, ctx: bentoml.Context, **fields: Any) -> list[GenerateItem]:
         """Generate from `prompt` (or `prompts`) on `model` (or every model); one item per model and prompt."""
@@ -148,7 +148,7 @@ class InferenceGraph(ChatEndpoints):
             for i, p in enumerate(prompts)
         ]
 
-    @bentoml.api(input_spec=ClassifyRequest)
+    @bentoml.api(input_spec=ClassifyRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def classify(self, ctx: bentoml.Context, **fields: Any) -> list[Classification]:
         """Score texts with the classifier node: one {label, score, labels} per text."""
@@ -156,13 +156,13 @@ class InferenceGraph(ChatEndpoints):
         request_id(ctx)
         return await self.graph.classify(req.texts)
 
-    @bentoml.api(input_spec=StreamRequest)
+    @bentoml.api(input_spec=StreamRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """Server-sent events: fragments tagged by model, a final event per completion, then [DONE]."""
         return self._sse(ctx, StreamRequest(**fields), score=False)
 
-    @bentoml.api(input_spec=ScoreStreamRequest)
+    @bentoml.api(input_spec=ScoreStreamRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate_score_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """Like generate_stream, plus a `score` event for each completion as soon as it ends; a named graph
@@ -203,10 +203,10 @@ class InferenceGraph(ChatEndpoints):
 
 
 # The HTTP edge (services/edge.py), outermost first: Starlette puts the first one added outside.
-InferenceGraph.add_asgi_middleware(Draining, drain=DRAIN)
-InferenceGraph.add_asgi_middleware(ReadyProbe, health=HEALTH)
+InferenceGraph.add_asgi_middleware(Draining, drain=DRAIN)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
+InferenceGraph.add_asgi_middleware(ReadyProbe, health=HEALTH)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
 InferenceGraph.add_asgi_middleware(
-    DocsContract,
+    DocsContract,  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
     keys=KEYS.enabled,
     models=list(CONFIG.generators),
     max_chars=CONFIG.prompt.max_chars,
@@ -216,6 +216,6 @@ InferenceGraph.add_asgi_middleware(
     sampling=tuple(CONFIG.policies.sampling()),
     default_graph=CONFIG.policies.default,
 )
-InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS, faces=FACES)
-InferenceGraph.add_asgi_middleware(JsonOnly, faces=FACES)
-InferenceGraph.add_asgi_middleware(ValidationErrors, faces=FACES)
+InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS, faces=FACES)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
+InferenceGraph.add_asgi_middleware(JsonOnly, faces=FACES)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
+InferenceGraph.add_asgi_middleware(ValidationErrors, faces=FACES)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory

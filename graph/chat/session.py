@@ -12,7 +12,7 @@ prompt-token budget (graph/chat_format.py, on the node, which has the tokenizer)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from pydantic import BaseModel
 
@@ -63,7 +63,7 @@ class ChatSessions:
             (result,) = per_prompt[0]
             return await self._store(owner, req, node, result, result.prompt_messages)
 
-    def stream(self, owner: str | None, req: ChatRequest, request_id: str) -> AsyncIterator[BaseModel]:
+    def stream(self, owner: str | None, req: ChatRequest, request_id: str) -> AsyncGenerator[BaseModel, None]:
         """Validate now (bad input is a 4xx, not a broken stream), then stream the turn's events:
         token and final events as generate_stream's, then a `turn` event once it is stored."""
         node, params = self.plan(req)
@@ -76,7 +76,7 @@ class ChatSessions:
         node: str,
         params: GenerationParams,
         request_id: str,
-    ) -> AsyncIterator[TokenEvent | FinalEvent | ErrorEvent | TurnEvent]:
+    ) -> AsyncGenerator[TokenEvent | FinalEvent | ErrorEvent | TurnEvent, None]:
         async with self.store.turn_lock(owner, req.user_id):
             messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
             result: GenerationResult | None = None

@@ -57,6 +57,9 @@ class ModelRunner:
         self._windows = _attention_windows(cfg)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
+    def warm_up(self, pad_id: int = 0) -> None:
+        """Nothing to prepare eagerly; the compiled runner compiles its shape buckets here."""
+
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, BatchKVCache]:
         """Left-padded prompts `ids` [rows, p] with `mask` (True = real token) -> last-position
         logits [rows, vocab] (float32) and a cache holding exactly these rows."""

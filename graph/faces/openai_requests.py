@@ -83,15 +83,17 @@ class _Controls(_Strict):
     """The controls both endpoints share, with OpenAI's ranges where ours are no tighter."""
 
     model: str = Field(min_length=1, description="A generator node, or `graph` (every node, each choice scored).")
-    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 = greedy; omitted = the node's default.")
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=MAX_N)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, description="0 = greedy; omitted = the node's default."
+    )
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = Field(None, max_length=256, description="The caller's end-user id (logged).")
+    user: str | None = Field(default=None, max_length=256, description="The caller's end-user id (logged).")
 
     @field_validator("stop")
     @classmethod
@@ -157,9 +159,9 @@ class ChatCompletionRequest(_Controls):
     """POST /v1/chat/completions."""
 
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @model_validator(mode="after")
     def _chat_rules(self) -> ChatCompletionRequest:
@@ -195,7 +197,7 @@ class CompletionRequest(_Controls):
 
     prompt: str | list[str] = Field(description="Text, or a list of texts (one completion set each).")
     echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=5, description="Alternatives per token (legacy logprobs).")
+    logprobs: int | None = Field(default=None, ge=0, le=5, description="Alternatives per token (legacy logprobs).")
 
     @field_validator("prompt", mode="before")
     @classmethod

@@ -177,7 +177,7 @@ def load_causal_lm(ref: ModelRef, runtime: RuntimeConfig | None = None, **lookup
     elif runtime.quantize in ("int8_weight", "int4_weight"):
         from graph.models.quantize import quantize_weights
 
-        model = quantize_weights(model, runtime.quantize.removesuffix("_weight"), runtime.group_size)
+        model = quantize_weights(model, "int8" if runtime.quantize == "int8_weight" else "int4", runtime.group_size)
     return model, tokenizer
 
 

@@ -32,8 +32,10 @@ class Host(Protocol):
     """What a policy needs of the graph (graph.compose.Graph has it)."""
 
     config: GraphConfig
-    generators: Mapping[str, GeneratorClient]
     latencies: Latencies
+
+    @property
+    def generators(self) -> Mapping[str, GeneratorClient]: ...
 
     def params_for(self, node: str, overrides: BaseModel | None) -> GenerationParams: ...
 
