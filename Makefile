@@ -50,7 +50,7 @@ lint: install
 # then a strict build (a warning or a broken link fails it). Offline: nothing is fetched.
 docs: install
 	$(BIN)/python scripts/docs_reference.py
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 tiny-models: install
 	$(BIN)/python tests/tiny_models.py --out artifacts/tiny
