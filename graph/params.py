@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from graph.errors import InvalidRequest
+from graph.field_errors import describe, field_errors
 
 MAX_STOP_STRINGS = 8
 
@@ -132,7 +133,8 @@ def merge_params(
     try:
         params = GenerationParams.model_validate(data)
     except ValidationError as exc:
-        raise InvalidRequest(_describe(exc, field_prefix), field=_first_field(exc, field_prefix)) from None
+        errors = field_errors(exc.errors(), prefix=field_prefix)
+        raise InvalidRequest(describe(errors), field=errors[0][0]) from None
     if params.max_new_tokens > max_new_tokens_limit:
         raise InvalidRequest(
             f"{field_prefix}.max_new_tokens: {params.max_new_tokens} is above this node's "
@@ -140,21 +142,3 @@ def merge_params(
             field=f"{field_prefix}.max_new_tokens",
         )
     return params
-
-
-def _first_field(exc: ValidationError, prefix: str) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    if not loc:
-        msg = str(err.get("msg", ""))
-        loc = msg.split(":", 1)[0].removeprefix("Value error, ").strip()
-    return f"{prefix}.{loc}" if loc else prefix
-
-
-def _describe(exc: ValidationError, prefix: str) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{prefix}.{loc}: {msg}" if loc else f"{prefix}.{msg}")
-    return "; ".join(parts)

@@ -7,13 +7,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import bentoml
-from starlette.responses import StreamingResponse
 
 from graph.chat.schemas import ChatReply, ChatRequest, Forgotten, History, InferReply, InferRequest, UserRequest
 from graph.chat.session import ChatSessions
 from graph.chat.store import ChatStore
-from graph.compose import Graph, background, sse
-from services.common import http_errors, request_id
+from graph.compose import Graph, sse
+from graph.tasks import background
+from services.common import http_errors, request_id, sse_response
 
 
 def open_chat(graph: Graph) -> ChatSessions:
@@ -62,11 +62,7 @@ class ChatEndpoints:
             finally:  # client gone: close the turn (rolled back, its lock released)
                 background(events.aclose())
 
-        response: Any = StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "x-request-id": rid},
-        )
+        response: Any = sse_response(body(), rid)
         return response
 
     @bentoml.api(input_spec=UserRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works

@@ -6,12 +6,12 @@ import functools
 import logging
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from functools import lru_cache
 from typing import Any, ParamSpec, TypeVar
 
 import bentoml
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
 from graph.config import GraphConfig, config_from_arguments
 from graph.errors import GraphError, Overloaded
@@ -102,3 +102,10 @@ def request_id(ctx: bentoml.Context) -> str:
     rid = ctx.request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
     ctx.response.metadata["x-request-id"] = rid
     return rid
+
+
+def sse_response(body: AsyncIterable[str], request_id: str) -> StreamingResponse:
+    """A stream of server-sent events (`data: ...` lines) as every face sends it: uncached, with its request id."""
+    return StreamingResponse(
+        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "x-request-id": request_id}
+    )

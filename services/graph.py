@@ -21,10 +21,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import bentoml
-from starlette.responses import StreamingResponse
 
 from graph.auth import ApiKeys
-from graph.compose import Graph, Timeline, background, sse
+from graph.compose import Graph, Timeline, sse
 from graph.faces.grpc_server import GrpcFaces
 from graph.policies.schemas import PolicyResponse
 from graph.schemas import (
@@ -38,10 +37,19 @@ from graph.schemas import (
     ScoreStreamRequest,
     StreamRequest,
 )
+from graph.tasks import background
 from services.chat import ChatEndpoints, open_chat
 from services.classifier import make_classifier_service
 from services.clients import ClassifierNodeClient, GeneratorNodeClient
-from services.common import graph_config, http_errors, keep_sessions_open, request_id, setup_logging, with_dependencies
+from services.common import (
+    graph_config,
+    http_errors,
+    keep_sessions_open,
+    request_id,
+    setup_logging,
+    sse_response,
+    with_dependencies,
+)
 from services.edge import (
     DocsContract,
     Draining,
@@ -188,11 +196,7 @@ class InferenceGraph(ChatEndpoints):
             finally:  # client gone while we were sending: close the graph stream (cancels the nodes)
                 background(events.aclose())
 
-        return StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "x-request-id": rid},
-        )
+        return sse_response(body(), rid)
 
     @bentoml.api
     async def node_stats(self) -> dict[str, NodeStats]:

@@ -1,4 +1,4 @@
-"""Calls a transformers causal LM over the batch layout of graph/kvcache.py: prefill and decode steps.
+"""Calls a transformers causal LM over the batch layout of graph/engine/kvcache.py: prefill and decode steps.
 
 The runner passes explicit position ids and ready 4-D attention masks, so transformers' own mask
 construction and cache bookkeeping are skipped (cheaper per step, and exact for rows that joined the

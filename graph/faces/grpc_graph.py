@@ -15,9 +15,10 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from pydantic import BaseModel
 
-from graph.compose import Graph, background
+from graph.compose import Graph
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
 from graph.schemas import ClassifyRequest, GenerateRequest, GenerateScoreRequest, StreamRequest
+from graph.tasks import background
 from protos import inference_graph_pb2 as pb
 from protos import inference_graph_pb2_grpc as pb_grpc
 

@@ -17,12 +17,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from graph.compose import Graph, background
+from graph.compose import Graph
 from graph.errors import ErrorBody, InvalidRequest, error_from_body
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
 from graph.faces.grpc_graph import request_id
 from graph.params import GenerationOverrides
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, TokenEvent
+from graph.tasks import background
 from protos import text_generator_pb2 as pb
 from protos import text_generator_pb2_grpc as pb_grpc
 

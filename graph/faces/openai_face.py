@@ -22,13 +22,14 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from pydantic import BaseModel
 
 from graph.chat_format import Prompt, score_text
-from graph.compose import Graph, background, sse
+from graph.compose import Graph, sse
 from graph.errors import ErrorBody, InvalidRequest
 from graph.faces.openai_errors import UnknownModel, error_object
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest
 from graph.faces.openai_shapes import Scored, chat_logprobs, extras_of, text_logprobs, usage_of, with_extras
 from graph.results import Classification, GenerationResult
 from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent
+from graph.tasks import background
 
 log = logging.getLogger("graph")
 GRAPH_MODEL = "graph"

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graph.chat_format import ChatMessage, ChatPrompt
 from graph.errors import InvalidRequest
+from graph.field_errors import describe, field_errors
 from graph.params import MAX_NEW_TOKENS, MAX_STOP_STRINGS, GenerationOverrides
 
 MAX_N = 8  # GenerationParams.num_return_sequences' bound
@@ -246,17 +247,9 @@ def parse_request(model: type[_Controls], body: Any) -> Any:
 
 def _invalid(exc: ValidationError) -> InvalidRequest:
     """pydantic's errors as one InvalidRequest naming each field and rule (the first field in `field`)."""
-    fields, parts = [], []
-    for err in exc.errors():
-        loc = _loc(err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (this server serves the OpenAI fields listed in the README)"
-        if not loc and ": " in msg:  # a cross-field rule names its field first
-            loc, msg = msg.split(": ", 1)
-        fields.append(loc or "body")
-        parts.append(f"{loc or 'body'}: {msg}")
-    return InvalidRequest("; ".join(dict.fromkeys(parts)), field=fields[0])
+    unknown = "unknown field (this server serves the OpenAI fields listed in the README)"
+    errors = field_errors(exc.errors(), unknown=unknown, path=_loc)
+    return InvalidRequest(describe(errors, root="body"), field=errors[0][0] or "body")
 
 
 def _loc(parts: tuple[Any, ...]) -> str:

@@ -70,7 +70,7 @@ def _hub_error(ref: ModelRef, why: str) -> ConfigError:
     return ConfigError(
         f"model.hub {ref.hub!r}: the Hugging Face hub could not be reached ({why}) and the model is "
         "not in the local cache. Use a model that works offline instead: "
-        "model: {embedded: smollm2-135m-instruct} (see graph/embedded.py) or model: {path: <dir>}",
+        "model: {embedded: smollm2-135m-instruct} (see graph/models/embedded.py) or model: {path: <dir>}",
         field="model.hub",
     )
 

@@ -172,16 +172,6 @@ class Run:
         )
 
 
-_DETACHED: set[asyncio.Future[None]] = set()
-
-
-def detach(aw: Awaitable[None]) -> None:
-    """Run `aw` on its own, not cancelled with the caller (stopping a cancelled request's candidates)."""
-    fut = asyncio.ensure_future(aw)
-    _DETACHED.add(fut)
-    fut.add_done_callback(_DETACHED.discard)
-
-
 def mean_logprob(result: GenerationResult) -> float | None:
     if not result.logprobs:
         return None

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graph.config import ROOT, ModelRef
 from graph.errors import ConfigError
+from graph.field_errors import describe, field_errors
 
 STORE_NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"  # BentoML's model-name rule (lowercase)
 REF_KINDS = ("embedded", "hub", "path", "bentoml")
@@ -125,16 +126,10 @@ def parse_train_config(data: dict, *, flags: bool = False) -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as exc:
-        lines, first = [], None
-        for err in exc.errors():
-            loc = [str(p) for p in err["loc"]]
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown argument"
-            key = ".".join(loc)
-            first = first or key
-            lines.append(f"{_name(key, flags)}: {msg}")
-        raise ConfigError("invalid training arguments:\n  " + "\n  ".join(lines), field=first) from None
+        errors = field_errors(exc.errors(), unknown="unknown argument")
+        named = [(_name(key, flags), msg) for key, msg in errors]
+        message = "invalid training arguments:\n  " + describe(named, sep="\n  ")
+        raise ConfigError(message, field=errors[0][0] or None) from None
 
 
 def _name(key: str, flags: bool) -> str:
