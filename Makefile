@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Served processes run on jemalloc where Debian's libjemalloc2 is installed (`make jemalloc`): under
-# continuous load glibc's malloc keeps freed buffers and a node's RSS climbs (README, "Soak").
+# continuous load glibc's malloc keeps freed buffers and a node's RSS climbs (docs/operations.md, "Soak").
 # Evaluated when a recipe runs (after `make jemalloc`); empty, so glibc, where it is missing.
 PRELOAD = LD_PRELOAD=$$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -n 1)
 
@@ -58,7 +58,7 @@ tiny-models: install
 serve: prepare jemalloc
 	$(PRELOAD) $(BIN)/bentoml serve services.graph:InferenceGraph --arg-file configs/$(CONFIG).yaml --port $(PORT)
 
-# Fine-tune a generator on document files and save it to the model store (README: "Fine-tune and serve").
+# Fine-tune a generator on document files and save it to the model store (docs/training.md).
 # Another run: make train TRAIN_CONFIG=... or TRAIN_ARGS="--max-steps 10 --output-dir artifacts/train/x".
 TRAIN_CONFIG ?= configs/training/fables.yaml
 TRAIN_ARGS   ?=
@@ -107,7 +107,7 @@ jemalloc:
 	@ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y libjemalloc2 || \
 	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y libjemalloc2; } || \
-	  echo "make jemalloc: libjemalloc2 could not be installed; serving on glibc malloc (README, Soak)"
+	  echo "make jemalloc: libjemalloc2 could not be installed; serving on glibc malloc (docs/operations.md, Soak)"
 
 # Debian's chromium for tests/shipping/test_browser.py (Playwright never downloads its own); only when missing.
 browser: $(CHROMIUM)
@@ -141,7 +141,7 @@ bento-gpu: install
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/bentoml build -f bentofile.gpu.yaml
 
-# Needs a container engine (docker); see README.md, "Containerize".
+# Needs a container engine (docker); see docs/deployment.md, "Containerize".
 containerize: bento
 	$(BIN)/bentoml containerize inference_graph:latest -t inference_graph:latest
 

@@ -16,7 +16,7 @@ class _Request(StrictRequest):
         min_length=1,
         max_length=256,
         json_schema_extra=NOT_BLANK,
-        description="Whose conversation: any string the caller chooses (not a secret: see the README on API keys).",
+        description="Whose conversation: any string the caller chooses (not a secret: docs/operations.md, API keys).",
         examples=["alice"],
     )
 

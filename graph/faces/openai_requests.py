@@ -247,7 +247,7 @@ def parse_request(model: type[_Controls], body: Any) -> Any:
 
 def _invalid(exc: ValidationError) -> InvalidRequest:
     """pydantic's errors as one InvalidRequest naming each field and rule (the first field in `field`)."""
-    unknown = "unknown field (this server serves the OpenAI fields listed in the README)"
+    unknown = "unknown field (this server serves the OpenAI fields listed in docs/faces/openai.md)"
     errors = field_errors(exc.errors(), unknown=unknown, path=_loc)
     return InvalidRequest(describe(errors, root="body"), field=errors[0][0] or "body")
 
