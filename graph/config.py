@@ -130,27 +130,37 @@ class RuntimeConfig(_Strict):
 class Resources(_Strict):
     """Resources declared to BentoML for this node's service."""
 
-    cpu: str = "1"
-    memory: str = "2Gi"
-    workers: int = Field(default=1, ge=1, le=16)
+    cpu: str = Field(
+        default="1", description="CPUs BentoML gives each worker of this node (a Kubernetes-style quantity)."
+    )
+    memory: str = Field(default="2Gi", description="Memory BentoML gives each worker of this node.")
+    workers: int = Field(default=1, ge=1, le=16, description="Worker processes of this node.")
     timeout_s: int = Field(default=300, ge=1, le=3600, description="BentoML traffic timeout.")
 
 
 class GeneratorNode(_Strict):
     """One text-generator node: its model, defaults, limits and batching."""
 
-    model: ModelRef
+    model: ModelRef = Field(description="Where the model comes from: the hub, a path, the model store or a package.")
     url: str | None = Field(default=None, description="Use a running Bento at this URL instead of a local service.")
     chat_template: bool = Field(default=False, description="Wrap the prompt with the tokenizer's chat template.")
-    defaults: GenerationParams = Field(default_factory=GenerationParams)
+    defaults: GenerationParams = Field(
+        default_factory=GenerationParams, description="Generation parameters a request does not set."
+    )
     max_new_tokens_limit: int = Field(
         default=256, ge=1, le=MAX_NEW_TOKENS, description="Most max_new_tokens a request may ask of this node."
     )
-    max_prompt_tokens: int = Field(default=512, ge=1, le=32768)
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    budget: RequestBudget = Field(default_factory=RequestBudget)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    resources: Resources = Field(default_factory=Resources)
+    max_prompt_tokens: int = Field(
+        default=512, ge=1, le=32768, description="Longest prompt in tokens (after the chat template)."
+    )
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="The decode batch and its queue.")
+    budget: RequestBudget = Field(
+        default_factory=RequestBudget, description="The most work one request may ask of this node."
+    )
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="How the model runs: threads, dtype, quantization."
+    )
+    resources: Resources = Field(default_factory=Resources, description="What BentoML gives this node's workers.")
 
     @model_validator(mode="after")
     def _defaults_within_limit(self) -> GeneratorNode:
@@ -165,9 +175,11 @@ class GeneratorNode(_Strict):
 class ClassifierNode(_Strict):
     """The scoring node: a fine-tuned sequence classifier or zero-shot embedding similarity."""
 
-    model: ModelRef
-    url: str | None = None
-    mode: Literal["sequence_classification", "zero_shot"]
+    model: ModelRef = Field(description="Where the model comes from: the hub, a path, the model store or a package.")
+    url: str | None = Field(default=None, description="Use a running Bento at this URL instead of a local service.")
+    mode: Literal["sequence_classification", "zero_shot"] = Field(
+        description="A fine-tuned sequence classifier, or zero-shot similarity to the labels' descriptions."
+    )
     labels: dict[str, str] = Field(
         default_factory=dict,
         description="zero_shot: label -> description embedded for comparison.",
@@ -176,12 +188,12 @@ class ClassifierNode(_Strict):
     temperature: float = Field(
         default=0.05, gt=0.0, le=10.0, description="zero_shot: softmax temperature over cosine similarities."
     )
-    max_batch_size: int = Field(default=64, ge=1, le=1024)
+    max_batch_size: int = Field(default=64, ge=1, le=1024, description="Texts scored in one call at most.")
     max_length: int = Field(default=256, ge=8, le=4096, description="Tokens per text given to the classifier.")
     threads: int = Field(
         default=1, ge=1, le=256, description="torch threads (its batches are short; keep the cores for the generators)."
     )
-    resources: Resources = Field(default_factory=Resources)
+    resources: Resources = Field(default_factory=Resources, description="What BentoML gives this node's workers.")
 
     @model_validator(mode="after")
     def _labels_fit_mode(self) -> ClassifierNode:
@@ -198,7 +210,9 @@ class ClassifierNode(_Strict):
 class PromptLimits(_Strict):
     """Rules for prompts at the entry service."""
 
-    max_chars: int = Field(default=4000, ge=1, le=1_000_000)
+    max_chars: int = Field(
+        default=4000, ge=1, le=1_000_000, description="Longest prompt in characters, checked at the edge."
+    )
 
 
 class PlaygroundConfig(_Strict):
@@ -253,10 +267,14 @@ class GraphConfig(_Strict):
     """A whole inference graph: generator nodes fanned out in parallel, then one classifier."""
 
     name: str = Field(description="Name of this graph config (shown in logs and /docs).")
-    generators: dict[str, GeneratorNode] = Field(min_length=1, max_length=16)
-    classifier: ClassifierNode
-    prompt: PromptLimits = Field(default_factory=PromptLimits)
-    graph_timeout_s: int = Field(default=300, ge=1, le=3600)
+    generators: dict[str, GeneratorNode] = Field(
+        min_length=1, max_length=16, description="The text-generator nodes by name; a prompt goes to each of them."
+    )
+    classifier: ClassifierNode = Field(description="The node that scores every completion, in one batched call.")
+    prompt: PromptLimits = Field(default_factory=PromptLimits, description="Limits on a request's prompt.")
+    graph_timeout_s: int = Field(
+        default=300, ge=1, le=3600, description="A node call that takes longer fails the request (node_timeout, 500)."
+    )
     policies: Policies = Field(
         default_factory=Policies, description="Named graphs (best_of, cascade) over these nodes."
     )
@@ -267,9 +285,9 @@ class GraphConfig(_Strict):
         description="After SIGTERM, in-flight requests get this long before they are cancelled.",
     )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (off unless keys_env or keys_file).")
-    playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
-    chat: ChatConfig = Field(default_factory=ChatConfig)
-    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig, description="The /playground page.")
+    chat: ChatConfig = Field(default_factory=ChatConfig, description="Chat sessions and their database.")
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig, description="The gRPC faces.")
 
     def generator_threads(self, name: str, cpus: int | None = None) -> int:
         """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over
