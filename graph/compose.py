@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 
@@ -26,6 +26,7 @@ from graph.policies.run import PolicyEvent
 from graph.policies.schemas import PolicyResponse
 from graph.results import Classification, GenerationResult, StreamEvent
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
+from graph.tasks import background
 
 T = TypeVar("T")
 
@@ -52,7 +53,7 @@ class Graph:
     def __init__(
         self,
         config: GraphConfig,
-        generators: dict[str, GeneratorClient],
+        generators: Mapping[str, GeneratorClient],
         classifier: ClassifierClient,
     ) -> None:
         self.config = config
@@ -124,7 +125,7 @@ class Graph:
     async def generate(
         self,
         ctx: RequestContext,
-        prompts: list[Prompt],
+        prompts: Sequence[Prompt],
         model: str | None,
         overrides: BaseModel | None,
         *,
@@ -140,7 +141,7 @@ class Graph:
             async with asyncio.TaskGroup() as group:  # one node failing cancels the others' calls
                 tasks = {
                     n: group.create_task(
-                        self._call(n, self.node(ctx, n).generate(prompts, plan[n], request_id), timeline, ctx)
+                        self._call(n, self.node(ctx, n).generate(list(prompts), plan[n], request_id), timeline, ctx)
                     )
                     for n in plan
                 }
@@ -209,8 +210,11 @@ class Graph:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
         deadline = Deadline.of(ctx.deadline_ms, self.latencies)
-        named = score and isinstance(prompt, str)  # named graphs score plain prompts (not chat messages)
-        chosen = policies.start(self, ctx, graph, prompt, overrides, deadline, model) if named else None
+        chosen = (  # named graphs score plain prompts (not chat messages)
+            policies.start(self, ctx, graph, prompt, overrides, deadline, model)
+            if score and isinstance(prompt, str)
+            else None
+        )
         if chosen is not None:
             return policies.events(*chosen)
         overrides = Deadline.capped(deadline, overrides)
@@ -323,17 +327,6 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
         else:
             leaves.append(err)
     return next((e for e in leaves if isinstance(e, GraphError)), leaves[0])
-
-
-_BACKGROUND: set[asyncio.Future[Any]] = set()
-
-
-def background(aw: Awaitable[Any]) -> asyncio.Future[Any]:
-    """Run `aw` on its own (not cancelled with the caller), keeping a reference until it ends."""
-    fut = asyncio.ensure_future(aw)
-    _BACKGROUND.add(fut)
-    fut.add_done_callback(_BACKGROUND.discard)
-    return fut
 
 
 def stream_event(node: str, ev: StreamEvent) -> TokenEvent | FinalEvent:

@@ -22,9 +22,9 @@ class ErrorBody(BaseModel):
         description="What went wrong, naming the field and the rule.",
         examples=["params.temperature: Input should be less than or equal to 5"],
     )
-    field: str | None = Field(None, description="The request field at fault, when there is one.")
-    node: str | None = Field(None, description="The node that failed, for node errors.")
-    retry_after_s: int | None = Field(None, description="For overloaded: seconds to wait before retrying.")
+    field: str | None = Field(default=None, description="The request field at fault, when there is one.")
+    node: str | None = Field(default=None, description="The node that failed, for node errors.")
+    retry_after_s: int | None = Field(default=None, description="For overloaded: seconds to wait before retrying.")
 
 
 class GraphError(Exception):
@@ -53,8 +53,10 @@ class InvalidRequest(GraphError):
 
 
 class Overloaded(GraphError):
-    """A node's queue is full, or a request would finish too late. 429 with Retry-After (our own errors stay
-    at or below 500: STYLE.md; the chat pool's Unavailable is the one 503, as issue #20 asks)."""
+    """A node's queue is full, or its expected wait is too long: 429 with Retry-After.
+
+    Our own errors stay at or below 500 (STYLE.md).
+    """
 
     status = 429
     kind = "overloaded"

@@ -204,7 +204,7 @@ class Renderer:
             {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
             {"name": "OMP_NUM_THREADS", "value": str(cpu_threads(deploy.cpu))},
         ]
-        mounts = [
+        mounts: list[dict[str, Any]] = [
             {"name": "graph-config", "mountPath": f"{BENTO_SRC}/{self.config_file}", "subPath": "graph.yaml"},
         ]
         volumes: list[dict[str, Any]] = [
@@ -399,7 +399,7 @@ def render(config_path: str | Path, out: Path, registry: str = "", tag: str = "l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m graph.k8s", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m graph.k8s", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--config", default="configs/default.yaml", help="graph config (YAML)")
     parser.add_argument("--out", type=Path, help="folder for the manifests")
     parser.add_argument("--registry", default="", help="image registry prefix, e.g. ghcr.io/me (empty: none)")

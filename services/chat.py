@@ -7,13 +7,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import bentoml
-from starlette.responses import StreamingResponse
 
 from graph.chat.schemas import ChatReply, ChatRequest, Forgotten, History, InferReply, InferRequest, UserRequest
 from graph.chat.session import ChatSessions
 from graph.chat.store import ChatStore
-from graph.compose import Graph, background, sse
-from services.common import http_errors, request_context
+from graph.compose import Graph, sse
+from graph.tasks import background
+from services.common import http_errors, request_context, sse_response
 
 
 def open_chat(graph: Graph) -> ChatSessions:
@@ -34,24 +34,25 @@ class ChatEndpoints:
 
     chat: ChatSessions
 
-    @bentoml.api(input_spec=InferRequest)
+    @bentoml.api(input_spec=InferRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def infer(self, ctx: bentoml.Context, **fields: Any) -> InferReply:
         """The seed's chat API: {user_id, message} -> {message}; each user's history is kept."""
         reply = await self.chat.reply(request_context(ctx), InferRequest(**fields))
         return InferReply(message=reply.message)
 
-    @bentoml.api(route="/chat", name="chat", input_spec=ChatRequest)
+    @bentoml.api(route="/chat", name="chat", input_spec=ChatRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_turn(self, ctx: bentoml.Context, **fields: Any) -> ChatReply:
         """One chat turn: the reply, its turn number, the model and token usage."""
         return await self.chat.reply(request_context(ctx), ChatRequest(**fields))
 
-    @bentoml.api(input_spec=ChatRequest)
+    @bentoml.api(input_spec=ChatRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """A chat turn as server-sent events: token and final events, a `turn` event once stored, [DONE]."""
-        events = self.chat.stream(request_context(ctx), ChatRequest(**fields))
+        rctx = request_context(ctx)
+        events = self.chat.stream(rctx, ChatRequest(**fields))
 
         async def body() -> AsyncIterator[str]:
             try:
@@ -61,21 +62,17 @@ class ChatEndpoints:
             finally:  # client gone: close the turn (rolled back, its lock released)
                 background(events.aclose())
 
-        response: Any = StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-        )
+        response: Any = sse_response(body(), rctx.request_id)
         return response
 
-    @bentoml.api(input_spec=UserRequest)
+    @bentoml.api(input_spec=UserRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_history(self, ctx: bentoml.Context, **fields: Any) -> History:
         """A user's kept conversation, oldest message first."""
         req = UserRequest(**fields)
         return await self.chat.history(owner(ctx), req.user_id)
 
-    @bentoml.api(input_spec=UserRequest)
+    @bentoml.api(input_spec=UserRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_delete(self, ctx: bentoml.Context, **fields: Any) -> Forgotten:
         """Delete a user's conversation from the database (the right to be forgotten)."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from functools import lru_cache
 from typing import Any, ParamSpec, TypeVar
 
 import bentoml
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
 from graph.config import GraphConfig, config_from_arguments
 from graph.context import RequestContext
@@ -107,3 +107,10 @@ def context_of(state: Any, timeout_s: float = 300.0) -> RequestContext:
 def request_context(ctx: bentoml.Context) -> RequestContext:
     """The context of the request a BentoML API is answering."""
     return context_of(ctx.request.state, graph_config().graph_timeout_s)
+
+
+def sse_response(body: AsyncIterable[str], request_id: str) -> StreamingResponse:
+    """A stream of server-sent events (`data: ...` lines) as every face sends it: uncached, with its request id."""
+    return StreamingResponse(
+        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "x-request-id": request_id}
+    )

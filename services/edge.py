@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from graph.auth import ApiKeys, Unauthorized
 from graph.context import REQUEST_ID_HEADER, RequestContext, request_id_from
 from graph.errors import GraphError, InvalidRequest
+from graph.field_errors import describe, field_errors
 from services.common import context_of, error_response
 
 log = logging.getLogger("graph")
@@ -238,12 +239,8 @@ def _rewrite_validation(body: bytes) -> bytes:
     if not (isinstance(detail, list) and detail):
         message = str(data.get("error") if isinstance(data, dict) else data)
         return bytes(error_response(InvalidRequest(f"body: {message}", field="body")).body)
-    parts, fields = [], []
-    for err in detail:
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "body"
-        fields.append(loc)
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    return bytes(error_response(InvalidRequest("; ".join(parts), field=fields[0])).body)
+    errors = field_errors(detail)
+    return bytes(error_response(InvalidRequest(describe(errors, root="body"), field=errors[0][0] or "body")).body)
 
 
 class DocsContract:

@@ -21,10 +21,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import bentoml
-from starlette.responses import StreamingResponse
 
 from graph.auth import ApiKeys
-from graph.compose import Graph, Timeline, background, sse
+from graph.compose import Graph, Timeline, sse
 from graph.faces.grpc_server import GrpcFaces
 from graph.policies.schemas import PolicyResponse
 from graph.schemas import (
@@ -38,6 +37,7 @@ from graph.schemas import (
     ScoreStreamRequest,
     StreamRequest,
 )
+from graph.tasks import background
 from services.chat import ChatEndpoints, open_chat
 from services.classifier import make_classifier_service
 from services.clients import ClassifierNodeClient, GeneratorNodeClient
@@ -47,6 +47,7 @@ from services.common import (
     keep_sessions_open,
     request_context,
     setup_logging,
+    sse_response,
     with_dependencies,
 )
 from services.edge import (
@@ -131,7 +132,7 @@ class InferenceGraph(ChatEndpoints):
         """The gRPC faces (config `grpc:`), on the loop the HTTP APIs and the node clients use."""
         await self.grpc.start()
 
-    @bentoml.api(input_spec=GenerateScoreRequest)
+    @bentoml.api(input_spec=GenerateScoreRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate_score(self, ctx: bentoml.Context, **fields: Any) -> list[ScoredCompletion] | PolicyResponse:
         """Graph `all`: every model at once, each completion scored (`generated`, `score`, ...); a named graph
@@ -145,7 +146,7 @@ class InferenceGraph(ChatEndpoints):
         log.info("request_id=%s generate_score spans=%s", rctx.request_id, json.dumps(timeline.rounded()))
         return out
 
-    @bentoml.api(input_spec=GenerateRequest)
+    @bentoml.api(input_spec=GenerateRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate(self, ctx: bentoml.Context, **fields: Any) -> list[GenerateItem]:
         """Generate from `prompt` (or `prompts`) on `model` (or every model); one item per model and prompt."""
@@ -158,20 +159,20 @@ class InferenceGraph(ChatEndpoints):
             for i, p in enumerate(prompts)
         ]
 
-    @bentoml.api(input_spec=ClassifyRequest)
+    @bentoml.api(input_spec=ClassifyRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def classify(self, ctx: bentoml.Context, **fields: Any) -> list[Classification]:
         """Score texts with the classifier node: one {label, score, labels} per text."""
         req = ClassifyRequest(**fields)
         return await self.graph.classify(req.texts)
 
-    @bentoml.api(input_spec=StreamRequest)
+    @bentoml.api(input_spec=StreamRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """Server-sent events: fragments tagged by model, a final event per completion, then [DONE]."""
         return self._sse(ctx, StreamRequest(**fields), score=False)
 
-    @bentoml.api(input_spec=ScoreStreamRequest)
+    @bentoml.api(input_spec=ScoreStreamRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate_score_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """Like generate_stream, plus a `score` event for each completion as soon as it ends; a named graph
@@ -195,11 +196,7 @@ class InferenceGraph(ChatEndpoints):
             finally:  # client gone while we were sending: close the graph stream (cancels the nodes)
                 background(events.aclose())
 
-        return StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-        )
+        return sse_response(body(), rctx.request_id)
 
     @bentoml.api
     async def node_stats(self) -> dict[str, NodeStats]:
@@ -210,11 +207,11 @@ class InferenceGraph(ChatEndpoints):
 
 
 # The HTTP edge (services/edge.py), outermost first: Starlette puts the first one added outside.
-InferenceGraph.add_asgi_middleware(RequestContexts, timeout_s=float(CONFIG.graph_timeout_s))
-InferenceGraph.add_asgi_middleware(Draining, drain=DRAIN)
-InferenceGraph.add_asgi_middleware(ReadyProbe, health=HEALTH)
+InferenceGraph.add_asgi_middleware(RequestContexts, timeout_s=float(CONFIG.graph_timeout_s))  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
+InferenceGraph.add_asgi_middleware(Draining, drain=DRAIN)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
+InferenceGraph.add_asgi_middleware(ReadyProbe, health=HEALTH)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
 InferenceGraph.add_asgi_middleware(
-    DocsContract,
+    DocsContract,  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
     keys=KEYS.enabled,
     models=list(CONFIG.generators),
     max_chars=CONFIG.prompt.max_chars,
@@ -224,6 +221,6 @@ InferenceGraph.add_asgi_middleware(
     sampling=tuple(CONFIG.policies.sampling()),
     default_graph=CONFIG.policies.default,
 )
-InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS, faces=FACES)
-InferenceGraph.add_asgi_middleware(JsonOnly, faces=FACES)
-InferenceGraph.add_asgi_middleware(ValidationErrors, faces=FACES)
+InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS, faces=FACES)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
+InferenceGraph.add_asgi_middleware(JsonOnly, faces=FACES)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
+InferenceGraph.add_asgi_middleware(ValidationErrors, faces=FACES)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from graph.context import RequestContext
@@ -24,7 +24,7 @@ from graph.errors import GraphError, InvalidRequest
 from graph.faces.openai_errors import openai_error
 from graph.faces.openai_face import OpenAIFace
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest, parse_request
-from services.common import context_of
+from services.common import context_of, sse_response
 
 log = logging.getLogger("graph")
 
@@ -46,9 +46,7 @@ def _error(err: GraphError, rid: str, names: Mapping[str, str] | None = None) ->
 def _answer(result: Any, rid: str) -> Response:
     if isinstance(result, BaseModel):
         return JSONResponse(result.model_dump(mode="json", exclude_unset=True), headers={"x-request-id": rid})
-    return StreamingResponse(
-        result, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "x-request-id": rid}
-    )
+    return sse_response(result, rid)
 
 
 async def _body(request: Request) -> Any:

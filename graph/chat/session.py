@@ -12,7 +12,7 @@ prompt-token budget (graph/chat_format.py, on the node, which has the tokenizer)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from pydantic import BaseModel
 
@@ -67,7 +67,7 @@ class ChatSessions:
             (result,) = per_prompt[0]
             return await self._store(turn, req, node, result, result.prompt_messages)
 
-    def stream(self, ctx: RequestContext, req: ChatRequest) -> AsyncIterator[BaseModel]:
+    def stream(self, ctx: RequestContext, req: ChatRequest) -> AsyncGenerator[BaseModel, None]:
         """Validate now (bad input is a 4xx, not a broken stream), then stream the turn's events:
         token and final events as generate_stream's, then a `turn` event once it is stored."""
         node, params = self.plan(req)
@@ -79,7 +79,7 @@ class ChatSessions:
         req: ChatRequest,
         node: str,
         params: GenerationParams,
-    ) -> AsyncIterator[TokenEvent | FinalEvent | ErrorEvent | TurnEvent]:
+    ) -> AsyncGenerator[TokenEvent | FinalEvent | ErrorEvent | TurnEvent, None]:
         owner = ctx.key_id
         async with self.store.turn(owner, req.user_id) as turn:
             messages = self.prompt(await turn.history(), req.message)

@@ -397,8 +397,7 @@ class Scheduler:
             cache.add_rows(pre, [0], steps)
             for i in range(steps):
                 logits = self.runner.decode(logits.argmax(-1, keepdim=True), torch.tensor([[4 + i]]), cache, steps)
-            if hasattr(self.runner, "warm_up"):  # graph/engine/compiled.py: compile the shape buckets
-                self.runner.warm_up(self.pad_id)
+            self.runner.warm_up(self.pad_id)  # graph/engine/compiled.py: compile the shape buckets
         except Exception:  # not fatal: the first real request pays the setup instead
             log.exception("%s: warm-up failed", self.name)
         finally:

@@ -18,6 +18,7 @@ import grpc
 from pydantic import BaseModel, ValidationError
 
 from graph.errors import ErrorBody, GraphError, InvalidRequest
+from graph.field_errors import describe, field_errors
 
 log = logging.getLogger("graph")
 M = TypeVar("M", bound=BaseModel)
@@ -59,14 +60,8 @@ def validated(model: type[M], data: dict[str, Any]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        parts, fields = [], []
-        for err in errors:
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            fields.append(loc)
-            parts.append(f"{loc}: {msg}" if loc else msg)
-        raise InvalidRequest("; ".join(parts), field=fields[0] or None) from None
+        errors = field_errors(exc.errors())
+        raise InvalidRequest(describe(errors), field=errors[0][0] or None) from None
 
 
 def unary_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

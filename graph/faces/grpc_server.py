@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,7 +36,7 @@ class GrpcFaces:
         self.graph, self.config, self.poll_s = graph, config, poll_s
         self.keys = keys or ApiKeys(AuthConfig())
         self.server: grpc.aio.Server | None = None
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # pyright: ignore[reportAttributeAccessIssue]  health.py imports _async as aio
         self._watch: asyncio.Task[None] | None = None
         self.port: int | None = None
 
@@ -84,7 +85,7 @@ class GrpcFaces:
 
     async def nodes_ready(self, *, classifier: bool = True) -> bool:
         """Every node answers: each generator's stats, and (at boot) the classifier on one text."""
-        probes = [g.stats() for g in self.graph.generators.values()]
+        probes: list[Awaitable[object]] = [g.stats() for g in self.graph.generators.values()]
         if classifier:
             probes.append(self.graph.classifier.classify(["ready?"]))
         try:

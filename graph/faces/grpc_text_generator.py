@@ -17,12 +17,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from graph.compose import Graph, background
+from graph.compose import Graph
 from graph.errors import ErrorBody, InvalidRequest, error_from_body
 from graph.faces.grpc_context import request_context
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
 from graph.params import GenerationOverrides
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, TokenEvent
+from graph.tasks import background
 from protos import text_generator_pb2 as pb
 from protos import text_generator_pb2_grpc as pb_grpc
 
@@ -34,11 +35,11 @@ class SeedCall(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    text: str = Field("", min_length=1)
-    max_length: int = Field(0, ge=0, description="Prompt + generated tokens; 0 = the node's default.")
-    intermediate_result_interval_ms: int = Field(0, ge=0, le=60_000)
-    model: str | None = Field(None, alias="x-model")
-    seed: int | None = Field(None, alias="x-seed", ge=0, le=2**32 - 1)
+    text: str = Field(default="", min_length=1)
+    max_length: int = Field(default=0, ge=0, description="Prompt + generated tokens; 0 = the node's default.")
+    intermediate_result_interval_ms: int = Field(default=0, ge=0, le=60_000)
+    model: str | None = Field(default=None, alias="x-model")
+    seed: int | None = Field(default=None, alias="x-seed", ge=0, le=2**32 - 1)
 
     @field_validator("text")
     @classmethod
@@ -100,7 +101,7 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
         events = self.graph.stream(request_context(context), call.text, node, overrides, interval_ms=interval_ms)
         prefix = call.text  # the first fragment carries the prompt: fragments add up to Generate's text
         try:
-            async for fragment in paced(texts(events, node), interval_ms / 1000.0):
+            async for fragment in paced(texts(events, node), interval_ms / 1000.0):  # pyright: ignore[reportArgumentType]  score=False: no policy events
                 yield pb.GenerateStreamedResponse(text_fragment=prefix + fragment)
                 prefix = ""
             if prefix:  # nothing was generated: the text is the prompt alone

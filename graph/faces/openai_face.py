@@ -22,14 +22,15 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from pydantic import BaseModel
 
 from graph.chat_format import Prompt, score_text
-from graph.compose import Graph, background, sse
+from graph.compose import Graph, sse
 from graph.context import RequestContext
 from graph.errors import ErrorBody, InvalidRequest
 from graph.faces.openai_errors import UnknownModel, error_object
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest
-from graph.faces.openai_shapes import Scored, _chat_logprobs, _extras, _text_logprobs, _usage, _with
+from graph.faces.openai_shapes import Scored, chat_logprobs, extras_of, text_logprobs, usage_of, with_extras
 from graph.results import Classification, GenerationResult
 from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent
+from graph.tasks import background
 
 log = logging.getLogger("graph")
 GRAPH_MODEL = "graph"
@@ -97,18 +98,18 @@ class OpenAIFace:
             created=int(time.time()),
             model=req.model,
             choices=[
-                _with(
+                with_extras(
                     Choice(
                         index=i,
                         message=ChatCompletionMessage(role="assistant", content=c.result.text),
                         finish_reason=_FINISH[c.result.finish_reason],
-                        logprobs=_chat_logprobs(c.result.logprobs),
+                        logprobs=chat_logprobs(c.result.logprobs),
                     ),
-                    _extras(c),
+                    extras_of(c),
                 )
                 for i, c in enumerate(choices)
             ],
-            usage=_usage(choices),
+            usage=usage_of(choices),
         )
 
     # ---- completions ---------------------------------------------------------------------------
@@ -125,18 +126,18 @@ class OpenAIFace:
             created=int(time.time()),
             model=req.model,
             choices=[
-                _with(
+                with_extras(
                     CompletionChoice(
                         index=i,
                         finish_reason=_FINISH[c.result.finish_reason],
                         text=(prompts[c.prompt_index] if req.echo else "") + c.result.text,
-                        logprobs=_text_logprobs(c.result.logprobs),
+                        logprobs=text_logprobs(c.result.logprobs),
                     ),
-                    _extras(c),
+                    extras_of(c),
                 )
                 for i, c in enumerate(choices)
             ],
-            usage=_usage(choices),
+            usage=usage_of(choices),
         )
 
     async def _run(
@@ -206,7 +207,7 @@ class OpenAIFace:
         async def body() -> AsyncIterator[str]:
             try:
                 async for ev in events:
-                    for chunk in chunks.of(ev):
+                    for chunk in chunks.of(ev):  # pyright: ignore[reportArgumentType]  no graph= here: no policy events
                         yield sse(chunk)
                 if req.include_usage:
                     yield sse(chunks.usage_chunk().model_dump_json(exclude_unset=True))
@@ -264,7 +265,7 @@ class _Chunks:
         self.started.add(idx)
         if self.chat:
             delta = ChoiceDelta(role="assistant", content=text) if first else ChoiceDelta(content=text)
-            choice = _with(ChunkChoice(index=idx, delta=delta, finish_reason=finish), extras)
+            choice = with_extras(ChunkChoice(index=idx, delta=delta, finish_reason=finish), extras)
             return ChatCompletionChunk(
                 id=self.id, object="chat.completion.chunk", created=self.created, model=self.req.model, choices=[choice]
             )
@@ -272,7 +273,7 @@ class _Chunks:
             text = self.echo + text
         # OpenAI streams finish_reason null until the last chunk, which the non-streamed type does not
         # admit: built unvalidated, with every field the SDK reads.
-        completion_choice = _with(
+        completion_choice = with_extras(
             CompletionChoice.model_construct(index=idx, text=text, finish_reason=finish, logprobs=None), extras
         )
         return Completion(

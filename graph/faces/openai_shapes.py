@@ -27,7 +27,7 @@ class Scored:
     score: Classification | None
 
 
-def _with(choice: M, extras: dict[str, object]) -> M:
+def with_extras(choice: M, extras: dict[str, object]) -> M:
     """`choice` carrying our extra fields: the openai types keep extras (extra="allow") and dump them,
     though their typed constructors do not name them."""
     for name, value in extras.items():
@@ -35,21 +35,21 @@ def _with(choice: M, extras: dict[str, object]) -> M:
     return choice
 
 
-def _extras(c: Scored) -> dict[str, object]:
+def extras_of(c: Scored) -> dict[str, object]:
     """A scored choice's extra fields (OpenAI clients ignore them; ours read them)."""
     if c.score is None:
         return {}
     return {"model": c.node, "score": c.score.score, "label": c.score.label}
 
 
-def _usage(choices: list[Scored]) -> CompletionUsage:
+def usage_of(choices: list[Scored]) -> CompletionUsage:
     """Each node's prompt counted once per prompt, every choice's completion tokens."""
     prompt = sum({(c.node, c.prompt_index): c.result.prompt_tokens for c in choices}.values())
     completion = sum(c.result.completion_tokens for c in choices)
     return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def _chat_logprobs(tokens: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
+def chat_logprobs(tokens: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
     if tokens is None:
         return None
     return ChoiceLogprobs(
@@ -67,7 +67,7 @@ def _chat_logprobs(tokens: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
     )
 
 
-def _text_logprobs(tokens: list[TokenLogprob] | None) -> Logprobs | None:
+def text_logprobs(tokens: list[TokenLogprob] | None) -> Logprobs | None:
     """Legacy completions logprobs: parallel lists, text_offset into the choice's text."""
     if tokens is None:
         return None

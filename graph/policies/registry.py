@@ -16,9 +16,10 @@ from graph.policies import best_of as best_of_policy
 from graph.policies import cascade as cascade_policy
 from graph.policies.config import ALL, BestOf, NamedGraph
 from graph.policies.deadline import Deadline
-from graph.policies.run import Host, PolicyEvent, Run, detach
+from graph.policies.run import Host, PolicyEvent, Run
 from graph.policies.schemas import DecisionEvent, PolicyResponse
 from graph.schemas import ErrorEvent
+from graph.tasks import background
 
 log = logging.getLogger("graph")
 
@@ -73,7 +74,7 @@ async def execute(run: Run, g: NamedGraph) -> PolicyResponse:
         tracing.event(DecisionEvent(result=out))
         return out
     except BaseException:
-        detach(run.cancel_all())
+        background(run.cancel_all())
         raise
 
 
@@ -104,4 +105,4 @@ async def events(run: Run, g: NamedGraph) -> AsyncGenerator[PolicyEvent | ErrorE
     finally:
         if not done:  # the client left: stop the policy and its candidates
             task.cancel()
-            detach(run.cancel_all())
+            background(run.cancel_all())

@@ -34,8 +34,10 @@ class Host(Protocol):
     """What a policy needs of the graph (graph.compose.Graph has it)."""
 
     config: GraphConfig
-    generators: Mapping[str, GeneratorClient]
     latencies: Latencies
+
+    @property
+    def generators(self) -> Mapping[str, GeneratorClient]: ...
 
     def params_for(self, node: str, overrides: BaseModel | None) -> GenerationParams: ...
 
@@ -177,16 +179,6 @@ class Run:
             mean_logprob=mean_logprob(result),
             pruned_at_tokens=pruned_at,
         )
-
-
-_DETACHED: set[asyncio.Future[None]] = set()
-
-
-def detach(aw: Awaitable[None]) -> None:
-    """Run `aw` on its own, not cancelled with the caller (stopping a cancelled request's candidates)."""
-    fut = asyncio.ensure_future(aw)
-    _DETACHED.add(fut)
-    fut.add_done_callback(_DETACHED.discard)
 
 
 def mean_logprob(result: GenerationResult) -> float | None:

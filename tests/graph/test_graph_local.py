@@ -55,7 +55,7 @@ class CountingClassifier:
 class FailingGenerator(LocalGenerator):
     """A real node that breaks after `after_s` (fault injection)."""
 
-    def __init__(self, engine, after_s=0.05, exc=None):
+    def __init__(self, engine, after_s=0.05, exc: Exception | None = None):
         super().__init__(engine)
         self.after_s, self.exc = after_s, exc or RuntimeError("CUDA fell off the bus")
 
