@@ -23,11 +23,14 @@ QUALITY_BOUND = 0.03  # perplexity at most 3% above float32's
 
 @dataclass(frozen=True)
 class Choice:
-    dtype: str  # float32 | bfloat16
-    quantize: str  # none | int8 | int8_weight | int4_weight
+    dtype: str  # float32 | bfloat16 (torch backend)
+    quantize: str  # none | int8 | int8_weight | int4_weight (torch backend)
     compile: bool
     why: str
     models: frozenset[str] | None = None  # measured within the bound for these models only; None = any
+    backend: str = "torch"  # torch | onnx (graph/engine/onnx_runner.py)
+    onnx_precision: str = "int4"  # backend onnx: int4 | int8 | fp32
+    onnx_accuracy_level: int | None = None  # backend onnx: the builder's accuracy_level (None = its default)
 
 
 Goal = Literal["latency", "throughput"]
@@ -152,9 +155,12 @@ def cpu_description(flags: set[str] | None = None) -> str:
     return f"{model}; {', '.join(have) or 'no AVX2'}" + (f"; no {', no '.join(missing)}" if missing else "")
 
 
-def choose(flags: set[str] | None = None, model: str = "", goal: Goal = "latency") -> tuple[str, Choice]:
-    """(CPU kind, the first choice for it and `goal` measured within the bound for `model`: an
-    embedded model's name or a store tag's name; unknown models get the choices measured on every
-    model)."""
+def choose(
+    flags: set[str] | None = None, model: str = "", goal: Goal = "latency", backends: tuple[str, ...] = ("torch",)
+) -> tuple[str, Choice]:
+    """(CPU kind, the first choice for it and `goal` on one of `backends` measured within the bound
+    for `model`: an embedded model's name or a store tag's name; unknown models get the choices
+    measured on every model). `runtime: {backend: auto}` passes ("onnx", "torch"); `quantize: auto` on
+    the torch backend passes ("torch",)."""
     kind = cpu_kind(flags)
-    return kind, next(c for c in TABLE[kind][goal] if c.models is None or model in c.models)
+    return kind, next(c for c in TABLE[kind][goal] if c.backend in backends and (c.models is None or model in c.models))
