@@ -115,7 +115,7 @@ class GenerationEngine:
             lookups.pop("onnx_lookup", None)
             model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
         sched = node.scheduler
-        return cls(
+        engine = cls(
             model,
             tokenizer,
             name=name,
@@ -129,6 +129,10 @@ class GenerationEngine:
             max_kv_mb=sched.max_kv_mb,
             compile=runtime.compile,
         )
+        if runtime.backend == "torch":
+            quant = "" if runtime.quantize == "none" else f", {runtime.quantize}"
+            engine.runtime_name = f"torch {runtime.dtype}{quant}" + (", compiled" if runtime.compile else "")
+        return engine
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:

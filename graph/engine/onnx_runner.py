@@ -198,6 +198,22 @@ class OnnxRunner:
         cache.rows = rows
         return torch.from_numpy(got["logits"].reshape(rows, -1)), cache
 
+    def sequence_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [p, vocab] at every position of one sequence `ids` [1, p] (for perplexity)."""
+        p = ids.shape[1]
+        feed: dict[str, np.ndarray] = {
+            "input_ids": ids.numpy().astype(np.int64),
+            "attention_mask": np.ones((1, p), dtype=np.int64),
+            LOGITS_INDEX: np.arange(p, dtype=np.int64),
+        }
+        if self._has_positions:
+            feed["position_ids"] = np.arange(p, dtype=np.int64)[None]
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
+        for k, v in self._past:
+            feed[k] = feed[v] = empty
+        logits = self.session.run(["logits"], feed)[0]
+        return torch.from_numpy(logits.reshape(p, -1))
+
     def decode(self, ids: torch.Tensor, positions: torch.Tensor, cache: OnnxKVCache, right_room: int) -> torch.Tensor:
         """One token per row (`ids`: [rows, 1]) -> logits [rows, vocab] (float32). Positions come
         from the rows' lengths (GroupQueryAttention's rotary embedding), which equal `positions`."""

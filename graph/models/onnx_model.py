@@ -237,6 +237,7 @@ def prepare_local(
         shutil.rmtree(tmp)
     convert(hf_dir, tmp, precision=precision, accuracy_level=accuracy_level, progress=progress)
     tmp.rename(out)
+    progress(f"[onnx] kept in {out}")
     return out
 
 

@@ -71,6 +71,19 @@ _FLOAT32_AVX512 = Choice(
     "not measured; AVX-512 without bfloat16: the weight-only kernels' bfloat16 activations "
     "are emulated there, so float32 as on avx2",
 )
+GEMMA3 = frozenset({"gemma-3-270m"})
+# backend onnx (graph/engine/onnx_runner.py) on AVX2: entered per model, for the models whose
+# perplexity on the onnx conversion was measured within the bound (docs/performance-avx2.md).
+_ONNX_AVX2 = Choice(
+    "float32",
+    "none",
+    False,
+    "measured on AMD EPYC with AVX2 only (make bench-node, 2 threads): onnx int4 (MatMulNBits) under the "
+    "project's scheduler, see docs/performance-avx2.md",
+    SMOLLM2 | GEMMA3,
+    backend="onnx",
+    onnx_precision="int4",
+)
 # kind -> goal -> choices, fastest first; the first whose `models` admits the node's model is taken.
 TABLE: dict[str, dict[Goal, tuple[Choice, ...]]] = {
     "amx": {"latency": (_AMX,), "throughput": (_AMX,)},
@@ -104,7 +117,7 @@ TABLE: dict[str, dict[Goal, tuple[Choice, ...]]] = {
         ),
     },
     "avx512": {"latency": (_FLOAT32_AVX512,), "throughput": (_FLOAT32_AVX512,)},
-    "avx2": {"latency": (_FLOAT32_AVX2,), "throughput": (_FLOAT32_AVX2,)},
+    "avx2": {"latency": (_ONNX_AVX2, _FLOAT32_AVX2), "throughput": (_ONNX_AVX2, _FLOAT32_AVX2)},
 }
 
 
