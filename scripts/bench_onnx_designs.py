@@ -67,8 +67,10 @@ def design_a(onnx_dir: Path, prompts: list[list[int]], new_tokens: int, threads:
         model = og.Model(config)
         engine = og.Engine(model)
         buf = engine.create_event_buffer(1024)
+        requests = []  # a Request that is garbage-collected is closed: keep every one
         for ids in prompts:
             req = engine.create_request()
+            requests.append(req)
             turn = og.TurnOptions(req)
             turn.set_max_generated_tokens(new_tokens)
             turn.set_do_sample(False)

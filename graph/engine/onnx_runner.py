@@ -144,6 +144,8 @@ class OnnxRunner:
         self.kv_heads: int = dec["num_key_value_heads"]
         self.head_dim: int = dec["head_size"]
         self.vocab_size: int = cfg["vocab_size"]
+        # Sliding-window layers (Gemma 3) need KV buffers of at least the window, prefill included.
+        self.min_capacity: int = int((dec.get("sliding_window") or {}).get("window_size") or 0)
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -164,7 +166,7 @@ class OnnxRunner:
         self._has_positions = "position_ids" in names
 
     def new_cache(self, num_layers: int, row_capacity: int, capacity: int, left_room: int = 0) -> OnnxKVCache:
-        return OnnxKVCache(num_layers, row_capacity, capacity, left_room)
+        return OnnxKVCache(num_layers, row_capacity, max(capacity, self.min_capacity), left_room)
 
     def kv_bytes_per_token(self) -> int:
         return 2 * self.num_layers * self.kv_heads * self.head_dim * np.dtype(self.kv_dtype).itemsize
@@ -185,18 +187,12 @@ class OnnxRunner:
         }
         if self._has_positions:
             feed["position_ids"] = np.broadcast_to(np.arange(p, dtype=np.int64), (rows, p)).copy()
-        empty = np.zeros((rows, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
-        for k, v in self._past:
-            feed[k] = feed[v] = empty
-        outs = self.session.run(None, feed)
-        names = [o.name for o in self.session.get_outputs()]
-        got = dict(zip(names, outs))
-        cache = OnnxKVCache(self.num_layers, rows, p)
-        cache.keys = [got[k] for k, _ in self._present]
-        cache.values = [got[v] for _, v in self._present]
+        cache = OnnxKVCache(self.num_layers, rows, max(p, self.min_capacity))
+        cache._allocate(self.kv_heads, self.head_dim, self.kv_dtype)
         cache.lens[:] = lens
         cache.rows = rows
-        return torch.from_numpy(got["logits"].reshape(rows, -1)), cache
+        logits = self._run(feed, cache, rows)
+        return logits, cache
 
     def sequence_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [p, vocab] at every position of one sequence `ids` [1, p] (for perplexity)."""
@@ -208,37 +204,48 @@ class OnnxRunner:
         }
         if self._has_positions:
             feed["position_ids"] = np.arange(p, dtype=np.int64)[None]
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.kv_dtype)
-        for k, v in self._past:
-            feed[k] = feed[v] = empty
-        logits = self.session.run(["logits"], feed)[0]
-        return torch.from_numpy(logits.reshape(p, -1))
+        cache = OnnxKVCache(self.num_layers, 1, max(p, self.min_capacity))
+        cache._allocate(self.kv_heads, self.head_dim, self.kv_dtype)
+        return self._run(feed, cache, 1, logits_rows=p)
 
     def decode(self, ids: torch.Tensor, positions: torch.Tensor, cache: OnnxKVCache, right_room: int) -> torch.Tensor:
         """One token per row (`ids`: [rows, 1]) -> logits [rows, vocab] (float32). Positions come
         from the rows' lengths (GroupQueryAttention's rotary embedding), which equal `positions`."""
-        import onnxruntime as ort
 
         cache.reserve(1, right_room)
         b = cache.rows
         lens = cache.lens[:b]
         total = int(lens.max()) + 1
-        io = self.session.io_binding()
-        tokens = ids.numpy().astype(np.int64).reshape(b, 1)
-        am = (np.arange(total)[None, :] <= lens[:, None]).astype(np.int64)
-        io.bind_cpu_input("input_ids", tokens)
-        io.bind_cpu_input("attention_mask", am)
-        io.bind_cpu_input(LOGITS_INDEX, np.arange(b, dtype=np.int64))
+        feed = {
+            "input_ids": ids.numpy().astype(np.int64).reshape(b, 1),
+            "attention_mask": (np.arange(total)[None, :] <= lens[:, None]).astype(np.int64),
+            LOGITS_INDEX: np.arange(b, dtype=np.int64),
+        }
         if self._has_positions:
-            io.bind_cpu_input("position_ids", lens.reshape(b, 1).copy())
+            feed["position_ids"] = lens.reshape(b, 1).copy()
+        logits = self._run(feed, cache, b)
+        cache.lens[:b] += 1
+        return logits
+
+    def _run(
+        self, feed: dict[str, np.ndarray], cache: OnnxKVCache, b: int, logits_rows: int | None = None
+    ) -> torch.Tensor:
+        """One forward with each layer's past and present bound to the same rows [0, b) of the
+        cache's buffers (GroupQueryAttention's shared-buffer mode: it writes the new columns in
+        place). Returns logits [logits_rows or b, vocab] (float32)."""
+        import onnxruntime as ort
+
+        io = self.session.io_binding()
+        for name, value in feed.items():
+            io.bind_cpu_input(name, value)
         shape = [b, self.kv_heads, cache.capacity, self.head_dim]
         for (pk, pv), (ok, ov), kbuf, vbuf in zip(self._past, self._present, cache.keys, cache.values):
-            for src, name_in, name_out in ((kbuf, pk, ok), (vbuf, pv, ov)):
-                ptr = src.ctypes.data
+            for buf, name_in, name_out in ((kbuf, pk, ok), (vbuf, pv, ov)):
+                ptr = buf.ctypes.data
                 io.bind_input(name_in, "cpu", 0, self.kv_dtype, shape, ptr)
                 io.bind_output(name_out, "cpu", 0, self.kv_dtype, shape, ptr)
-        logits = np.empty((b, 1, self.vocab_size), dtype=np.float32)
+        n = logits_rows or b
+        logits = np.empty((n, 1, self.vocab_size), dtype=np.float32)
         io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         self.session.run_with_iobinding(io, ort.RunOptions())
-        cache.lens[:b] += 1
-        return torch.from_numpy(logits.reshape(b, -1))
+        return torch.from_numpy(logits.reshape(n, -1))

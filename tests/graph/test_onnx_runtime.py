@@ -68,7 +68,10 @@ def torch_llama(onnx_source):
     eng.close()
 
 
-def greedy(engine, params=GP(max_new_tokens=16, logprobs=True)) -> tuple[list[list[str]], list[list[str]]]:
+GREEDY = GP(max_new_tokens=16, logprobs=True)
+
+
+def greedy(engine, params: GP = GREEDY) -> tuple[list[list[str]], list[list[str]]]:
     """(solo, batched) greedy tokens of PROMPTS."""
 
     async def one(p):
