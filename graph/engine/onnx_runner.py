@@ -179,20 +179,37 @@ class OnnxRunner:
         # GroupQueryAttention wants each row's tokens first: move the left padding to the right.
         order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)
         right = torch.gather(ids, 1, order).numpy().astype(np.int64)
-        am = (np.arange(p)[None, :] < lens[:, None]).astype(np.int64)
-        feed: dict[str, np.ndarray] = {
-            "input_ids": right,
-            "attention_mask": am,
-            LOGITS_INDEX: np.arange(rows, dtype=np.int64) * p + lens - 1,
-        }
-        if self._has_positions:
-            feed["position_ids"] = np.broadcast_to(np.arange(p, dtype=np.int64), (rows, p)).copy()
         cache = OnnxKVCache(self.num_layers, rows, max(p, self.min_capacity))
         cache._allocate(self.kv_heads, self.head_dim, self.kv_dtype)
         cache.lens[:] = lens
         cache.rows = rows
-        logits = self._run(feed, cache, rows)
+        if not self.min_capacity or len(set(lens.tolist())) == 1:
+            return self._prefill_rows(right, lens, cache), cache
+        # Sliding-window layers refuse right padding in a prompt (seqlens_k must cover the whole
+        # sequence): prompts of each length run together, then their rows are put in place.
+        logits = torch.empty(rows, self.vocab_size)
+        for n in sorted(set(lens.tolist())):
+            idx = np.flatnonzero(lens == n)
+            part = OnnxKVCache(self.num_layers, len(idx), max(n, self.min_capacity))
+            part._allocate(self.kv_heads, self.head_dim, self.kv_dtype)
+            part.lens[:] = n
+            part.rows = len(idx)
+            logits[torch.from_numpy(idx)] = self._prefill_rows(right[idx, :n], part.lens, part)
+            for dst, src in ((cache.keys, part.keys), (cache.values, part.values)):
+                for d, s in zip(dst, src):
+                    d[idx, :, :n] = s[:, :, :n]
         return logits, cache
+
+    def _prefill_rows(self, right: np.ndarray, lens: np.ndarray, cache: OnnxKVCache) -> torch.Tensor:
+        rows, p = right.shape
+        feed: dict[str, np.ndarray] = {
+            "input_ids": right,
+            "attention_mask": (np.arange(p)[None, :] < lens[:rows, None]).astype(np.int64),
+            LOGITS_INDEX: np.arange(rows, dtype=np.int64) * p + lens[:rows] - 1,
+        }
+        if self._has_positions:
+            feed["position_ids"] = np.broadcast_to(np.arange(p, dtype=np.int64), (rows, p)).copy()
+        return self._run(feed, cache, rows)
 
     def sequence_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [p, vocab] at every position of one sequence `ids` [1, p] (for perplexity)."""

@@ -76,14 +76,15 @@ GEMMA3 = frozenset({"gemma-3-270m"})
 # bench/heldout.txt was measured within the bound (docs/performance-avx2.md). Perplexity (float32 torch
 # = reference) on AMD EPYC, AVX2 only: SmolLM2 20.63; onnx int8 20.86 (+1.1%), onnx int4 27.65 (+34%,
 # the builder's default RTN, symmetric, block 32; `accuracy_level` 1 gave the same 27.65; asymmetric
-# int4 and an int8 lm_head failed to load in onnxruntime 1.32). Gemma 3 18.89; onnx int4 28.36 (+50%).
+# int4 and an int8 lm_head failed to load in onnxruntime 1.32). Gemma 3 18.89; onnx int8 18.94 (+0.3%),
+# onnx int4 28.36 (+50%).
 _ONNX_INT8_AVX2 = Choice(
     "float32",
     "none",
     False,
     "measured on AMD EPYC with AVX2 only (2 threads): onnx int8 (MatMulNBits) under the project's scheduler, "
-    "perplexity +1.1% (SmolLM2; int4 was +34%); docs/performance-avx2.md",
-    SMOLLM2,
+    "perplexity +1.1% (SmolLM2) / +0.3% (Gemma 3); int4 was +34% / +50%; docs/performance-avx2.md",
+    SMOLLM2 | GEMMA3,
     backend="onnx",
     onnx_precision="int8",
 )
