@@ -266,7 +266,9 @@ def llama_cpp(gguf: Path, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m")
-    ap.add_argument("--runtimes", default="float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile")
+    ap.add_argument(
+        "--runtimes", default="float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int8,onnx-int4"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
