@@ -119,11 +119,27 @@ class RuntimeConfig(_Strict):
         description="latency = fastest single stream; "
         "throughput = most tokens/s at 16-64 rows: what quantize: auto picks (graph/models/runtimes.py).",
     )
+    backend: Literal["torch", "onnx", "auto"] = Field(
+        "torch",
+        description="torch = the project's engine on transformers; onnx = the same scheduler and sampler over an "
+        "ONNX Runtime model converted once by onnxruntime-genai's builder (docs/runtimes.md); auto = per CPU kind "
+        "and model from graph/models/runtimes.py (then dtype/quantize come from the table too).",
+    )
+    onnx_precision: Literal["int4", "int8", "fp32"] = Field(
+        "int4", description="backend onnx: weight precision of the conversion (MatMulNBits int4/int8, or float32)."
+    )
+    onnx_accuracy_level: Literal[1, 2, 3, 4] | None = Field(
+        None,
+        description="backend onnx, int4/int8: the builder's accuracy_level (1 = float32 activations, "
+        "4 = int8 activations); None = the builder's default (4 on CPU).",
+    )
 
     @model_validator(mode="after")
     def _int8_is_float32(self) -> RuntimeConfig:
         if self.quantize == "int8" and self.dtype == "bfloat16":
             raise ValueError("quantize: int8 needs dtype float32 (or auto)")
+        if self.backend == "onnx" and self.compile:
+            raise ValueError("compile: true is a torch backend option; backend onnx runs a compiled ONNX graph already")
         return self
 
 

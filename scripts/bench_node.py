@@ -1,9 +1,11 @@
 """Per-node speed and quality of every runtime option, beside llama.cpp on the same GGUF files.
 
     .venv/bin/python scripts/bench_node.py [--models smollm2-135m-instruct,gemma-3-270m] [--threads 2]
-        [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile]
+        [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int4,onnx-int8,onnx-fp32]
 
-For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile), one
+For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile, or
+backend onnx with its precision: onnx-int4, onnx-int4-acc1 (int4 weights, float32 activations),
+onnx-int8, onnx-fp32; converted once into the BentoML store like `make prepare` does), one
 engine (graph/engine) runs greedy, prompts of exactly --prompt-tokens tokens, --new-tokens new
 tokens each, and prints: ms/token of a single stream, tokens/s at 1, 16 and 64 streams (generated
 tokens over wall time, prefill included), start-up (load + warm-up) seconds, perplexity on
@@ -57,6 +59,11 @@ RUNTIMES = {
     "int4_weight": RuntimeConfig(quantize="int4_weight", dtype="bfloat16"),
     "int8_weight+compile": RuntimeConfig(quantize="int8_weight", dtype="bfloat16", compile=True),
     "int4_weight+compile": RuntimeConfig(quantize="int4_weight", dtype="bfloat16", compile=True),
+    # backend onnx (graph/engine/onnx_runner.py): the project's engine over an ONNX Runtime conversion
+    "onnx-int4": RuntimeConfig(backend="onnx", onnx_precision="int4"),
+    "onnx-int4-acc1": RuntimeConfig(backend="onnx", onnx_precision="int4", onnx_accuracy_level=1),
+    "onnx-int8": RuntimeConfig(backend="onnx", onnx_precision="int8"),
+    "onnx-fp32": RuntimeConfig(backend="onnx", onnx_precision="fp32"),
 }
 
 
@@ -100,6 +107,9 @@ def fixed_prompts(tok, n: int, length: int) -> list[str]:
 
 def perplexity(model, tok, max_tokens: int = 512) -> float:
     ids = tok(HELDOUT.read_text(), return_tensors="pt").input_ids[:, :max_tokens]
+    if hasattr(model, "sequence_logits"):  # the onnx runner
+        logits = model.sequence_logits(ids)[:-1]
+        return math.exp(torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item())
     with torch.inference_mode():
         logits = model(input_ids=ids).logits[0, :-1].float()
     return math.exp(torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item())
@@ -141,7 +151,13 @@ def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids) -> dict
     from graph.models.loading import load_causal_lm
 
     t0 = time.perf_counter()
-    model, tok = load_causal_lm(ModelRef(path=path), runtime)
+    if runtime.backend == "onnx":
+        from graph.models.onnx_model import load
+        from services.store import onnx_lookup
+
+        model, tok = load(ModelRef(path=path), runtime, threads=args.threads, onnx_lookup=onnx_lookup)
+    else:
+        model, tok = load_causal_lm(ModelRef(path=path), runtime)
     loaded = time.perf_counter() - t0
     # Perplexity runs here, on this thread, before the engine starts: the engine's start dismisses
     # this thread's OpenMP pool (graph/engine/runner.py:release_openmp_pool). Run after the start,
@@ -250,7 +266,9 @@ def llama_cpp(gguf: Path, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m")
-    ap.add_argument("--runtimes", default="float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile")
+    ap.add_argument(
+        "--runtimes", default="float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int8,onnx-int4"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -306,12 +324,18 @@ def main() -> None:
                 "latency": min(passing, key=lambda rt: passing[rt]["ms"]),
                 "throughput": max(passing, key=lambda rt: passing[rt][busiest]),
             }
-            picks = {goal: choose(model=name, goal=goal)[1] for goal in fastest}
+            picks = {goal: choose(model=name, goal=goal, backends=("onnx", "torch"))[1] for goal in fastest}
             print(
                 f"fastest within the bound: latency (ms/tok) {fastest['latency']}, throughput ({busiest} str) "
-                f"{fastest['throughput']}; quantize: auto picks on this CPU: "
-                + ", ".join(f"{goal} {c.quantize if c.quantize != 'none' else c.dtype}" for goal, c in picks.items())
+                f"{fastest['throughput']}; backend: auto picks on this CPU: "
+                + ", ".join(f"{goal} {_label(c)}" for goal, c in picks.items())
             )
+
+
+def _label(c) -> str:
+    if c.backend == "onnx":
+        return f"onnx-{c.onnx_precision}" + (f"-acc{c.onnx_accuracy_level}" if c.onnx_accuracy_level else "")
+    return c.quantize if c.quantize != "none" else c.dtype
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Put every embedded model a graph config uses into the BentoML model store, converted once (idempotent)."""
+"""Put every embedded model a graph config uses into the BentoML model store, converted once (idempotent);
+then the ONNX conversion of each generator whose runtime resolves to the onnx backend (also once)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,36 @@ def embedded_names(config_path: str) -> list[str]:
     cfg = load_config(config_path)
     refs = [node.model for node in cfg.generators.values()] + [cfg.classifier.model]
     return list(dict.fromkeys(r.embedded for r in refs if r.embedded))
+
+
+def prepare_onnx(config_path: str) -> int:
+    """Convert (once) the model of every generator whose runtime resolves to backend onnx on this CPU;
+    returns how many conversions are ready."""
+    import logging
+
+    from graph.models.loading import resolve_model_dir, resolve_runtime
+    from services.store import embedded_lookup, onnx_lookup, store_lookup
+
+    logging.getLogger("graph.models.loading").setLevel(logging.ERROR)  # the node logs the choice at start-up
+    ready = 0
+    for gname, node in load_config(config_path).generators.items():
+        runtime = resolve_runtime(node.runtime, name=gname, model=node.model)
+        if runtime.backend != "onnx":
+            continue
+        t0 = time.perf_counter()
+        hf_dir = resolve_model_dir(node.model, store_lookup=store_lookup, embedded_lookup=embedded_lookup)
+        if not Path(hf_dir).is_dir():
+            print(f"{gname}: backend onnx needs a local folder, {hf_dir} is a hub id: the node will say so", flush=True)
+            continue
+        path = onnx_lookup(
+            hf_dir,
+            runtime.onnx_precision,
+            runtime.onnx_accuracy_level,
+            progress=lambda m: print(m, flush=True),
+        )
+        print(f"{gname}: onnx {runtime.onnx_precision} ready: {path} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        ready += 1
+    return ready
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,10 +73,14 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 state = "ready folder, used in place"
             print(f"{name}: {state}: {path} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        onnx_ready = prepare_onnx(args.config)
     except GraphError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
-    print(f"{len(names)} embedded model(s) ready for {args.config} ({time.perf_counter() - start:.1f} s)")
+    print(
+        f"{len(names)} embedded model(s) and {onnx_ready} ONNX conversion(s) ready for {args.config} "
+        f"({time.perf_counter() - start:.1f} s)"
+    )
     return 0
 
 

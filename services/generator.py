@@ -86,11 +86,16 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
         def __init__(self) -> None:
             setup_logging()
             from graph.engine import GenerationEngine
-            from services.store import embedded_lookup, store_lookup
+            from services.store import embedded_lookup, onnx_lookup, store_lookup
 
             start = time.time()
             self.engine = GenerationEngine.from_node(
-                name, node, threads=threads, store_lookup=store_lookup, embedded_lookup=embedded_lookup
+                name,
+                node,
+                threads=threads,
+                store_lookup=store_lookup,
+                embedded_lookup=embedded_lookup,
+                onnx_lookup=onnx_lookup,
             )
             if not self.engine.warmup():
                 log.warning("node %s: warm-up did not finish in time", name)
@@ -99,11 +104,11 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
                 target=sync_metrics, args=(name, self.engine, self._stop), name=f"metrics-{name}", daemon=True
             ).start()
             log.info(
-                "node %s loaded %s in %.1fs (%s, torch threads: %s)",
+                "node %s loaded %s in %.1fs (runtime: %s, threads: %s)",
                 name,
                 node.model.describe(),
                 time.time() - start,
-                str(getattr(self.engine.model, "dtype", "?")).replace("torch.", ""),
+                self.engine.runtime_name,
                 threads or "all cores",
             )
             (log.warning if allocator() == "glibc" else log.info)("node %s memory: %s", name, describe_memory())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import bentoml
 from bentoml.exceptions import NotFound
@@ -67,3 +69,34 @@ def embedded_lookup(name: str) -> str:
         name,
     )
     return prepare(name, progress=log.warning)[0]
+
+
+def _onnx_store_name(hf_dir: str) -> str:
+    """`<model>-onnx`: the torch copy's store name when `hf_dir` is in the store, else the folder's name."""
+    path = Path(hf_dir).resolve()
+    base = path.parent.name if (path / "model.yaml").is_file() else path.name  # a store entry: <name>/<version>
+    return re.sub(r"[^a-z0-9_.-]+", "-", base.lower()).strip("-.")[:50] + "-onnx"
+
+
+def onnx_lookup(
+    hf_dir: str, precision: str, accuracy_level: int | None, *, progress: Callable[[str], None] | None = None
+) -> str:
+    """Directory of the ONNX conversion of transformers folder `hf_dir` (graph/models/onnx_model.py),
+    kept in the BentoML store beside the torch copy as `<model>-onnx` with the source fingerprint
+    and options as labels; converted now (logged) when missing."""
+    from graph.models import onnx_model
+
+    progress = progress or log.warning
+    name = _onnx_store_name(hf_dir)
+    want = {k: str(v) for k, v in onnx_model._marker(hf_dir, precision, accuracy_level).items()}
+    try:
+        found = [m for m in bentoml.models.list(name) if all(m.info.labels.get(k) == v for k, v in want.items())]
+    except NotFound:
+        found = []
+    if found:
+        return max(found, key=lambda m: m.creation_time).path
+    start = time.perf_counter()
+    with bentoml.models.create(name, labels=want, metadata={"source_dir": str(hf_dir)}) as model:
+        onnx_model.convert(hf_dir, model.path, precision=precision, accuracy_level=accuracy_level, progress=progress)
+    progress(f"[onnx] saved to the BentoML store as {model.tag} ({time.perf_counter() - start:.1f} s)")
+    return bentoml.models.get(model.tag).path

@@ -33,7 +33,7 @@ def build_tokenizer():
     return tok
 
 
-def build_causal_lm(out: Path, *, arch: str = "llama", seed: int = 0) -> Path:
+def build_causal_lm(out: Path, *, arch: str = "llama", seed: int = 0, heads: int = 4, kv_heads: int = 2) -> Path:
     """A 2-layer, 32-dim causal LM (llama or gpt2 architecture) saved as safetensors."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -51,8 +51,8 @@ def build_causal_lm(out: Path, *, arch: str = "llama", seed: int = 0) -> Path:
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
             max_position_embeddings=1024,
             tie_word_embeddings=True,
             initializer_range=0.3,
@@ -102,6 +102,15 @@ def build_all(root: Path) -> Path:
     build_encoder(root / "encoder", seed=2)
     marker.write_text("ok\n")
     return root
+
+
+def build_onnx_source(root: Path) -> Path:
+    """The tiny llama with 16-dim heads (ONNX Runtime's GroupQueryAttention needs head_size % 16 == 0),
+    for the onnx backend's tests (graph/engine/onnx_runner.py); idempotent."""
+    out = root / "causal_lm_h16"
+    if not (out / "config.json").is_file():
+        build_causal_lm(out, arch="llama", seed=3, heads=2, kv_heads=1)
+    return out
 
 
 if __name__ == "__main__":

@@ -58,7 +58,9 @@ class GenerationEngine:
         `max_request_share`, `max_wait_s`, `max_kv_mb`: see graph.config.SchedulerConfig. With
         `compile`, decode steps run compiled on shape buckets (graph/engine/compiled.py), compiled
         during warm-up."""
-        self.model = model.eval()
+        # A ready runner (graph/engine/onnx_runner.py) or a transformers model run by ModelRunner.
+        self.model = model if hasattr(model, "prefill") else model.eval()
+        self.runtime_name: str = getattr(model, "runtime_name", "") or f"torch {str(model.dtype).replace('torch.', '')}"
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
@@ -71,12 +73,12 @@ class GenerationEngine:
         self.chat_template = chat_template
         if threads is not None:
             torch.set_num_threads(threads)
-        if compile:
+        if hasattr(model, "prefill"):
+            self._runner: ModelRunner = model
+        elif compile:
             from graph.engine.compiled import CompiledRunner
 
-            self._runner: ModelRunner = CompiledRunner(
-                model, max_batch_size=max_batch_size, max_length=max_prompt_tokens
-            )
+            self._runner = CompiledRunner(model, max_batch_size=max_batch_size, max_length=max_prompt_tokens)
         else:
             self._runner = ModelRunner(model)
         eos = _eos_ids(model, tokenizer)
@@ -96,7 +98,7 @@ class GenerationEngine:
             max_request_share=max_request_share,
             max_wait_s=max_wait_s,
             max_kv_mb=max_kv_mb,
-            kv_bytes_per_token=kv_bytes_per_token(model),
+            kv_bytes_per_token=model.kv_bytes_per_token() if hasattr(model, "prefill") else kv_bytes_per_token(model),
         )
 
     @classmethod
@@ -106,9 +108,15 @@ class GenerationEngine:
         from graph.models.loading import load_causal_lm, resolve_runtime
 
         runtime = resolve_runtime(node.runtime, name=name, model=node.model)
-        model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
+        if runtime.backend == "onnx":
+            from graph.models.onnx_model import load
+
+            model, tokenizer = load(node.model, runtime, threads=threads, **lookups)
+        else:
+            lookups.pop("onnx_lookup", None)
+            model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
         sched = node.scheduler
-        return cls(
+        engine = cls(
             model,
             tokenizer,
             name=name,
@@ -122,6 +130,10 @@ class GenerationEngine:
             max_kv_mb=sched.max_kv_mb,
             compile=runtime.compile,
         )
+        if runtime.backend == "torch":
+            quant = "" if runtime.quantize == "none" else f", {runtime.quantize}"
+            engine.runtime_name = f"torch {runtime.dtype}{quant}" + (", compiled" if runtime.compile else "")
+        return engine
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:

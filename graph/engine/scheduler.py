@@ -169,6 +169,8 @@ class Scheduler:
         kv_bytes_per_token: int = 0,
     ) -> None:
         self.runner = runner
+        # The runner's own cache layout where it has one (graph/engine/onnx_runner.py), else BatchKVCache.
+        self._new_cache = getattr(runner, "new_cache", BatchKVCache)
         self.tokenizer = tokenizer
         self.name = name
         self.eos_ids = eos_ids
@@ -393,7 +395,7 @@ class Scheduler:
         """A short prefill and a few decode steps (the first calls pay one-time kernel setup)."""
         try:
             logits, pre = self.runner.prefill(torch.full((1, 4), self.pad_id), torch.ones(1, 4, dtype=torch.bool))
-            cache = BatchKVCache(self.runner.num_layers, 1, 4 + steps, left_room=4)
+            cache = self._new_cache(self.runner.num_layers, 1, 4 + steps, left_room=4)
             cache.add_rows(pre, [0], steps)
             for i in range(steps):
                 logits = self.runner.decode(logits.argmax(-1, keepdim=True), torch.tensor([[4 + i]]), cache, steps)
@@ -511,7 +513,7 @@ class Scheduler:
         if not keep:
             return
         if self._cache is None:
-            self._cache = BatchKVCache(
+            self._cache = self._new_cache(
                 self.runner.num_layers,
                 self.max_batch_size,
                 self.max_prompt_tokens + RIGHT_ROOM,

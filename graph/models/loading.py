@@ -120,25 +120,40 @@ def native_dtype(cpuinfo: str = "/proc/cpuinfo") -> str:
 def resolve_runtime(
     runtime: RuntimeConfig | None = None, *, name: str = "model", model: ModelRef | None = None
 ) -> RuntimeConfig:
-    """A runtime with nothing left on auto: quantize auto from graph.models.runtimes' table (logged
-    with the reason; `compile: true` is kept), dtype auto from native_dtype()."""
+    """A runtime with nothing left on auto: backend auto (and quantize auto on the torch backend)
+    from graph.models.runtimes' table (logged with the reason; `compile: true` is kept), dtype auto
+    from native_dtype()."""
     runtime = runtime or RuntimeConfig()
     updates: dict[str, Any] = {}
-    if runtime.quantize == "auto":
+    if runtime.backend == "auto" or (runtime.backend == "torch" and runtime.quantize == "auto"):
         from graph.models.runtimes import choose, cpu_description
 
         key = "" if model is None else (model.ref if model.kind == "embedded" else model.ref.split(":")[0])
-        kind, choice = choose(model=key, goal=runtime.optimize)
-        updates = dict(dtype=choice.dtype, quantize=choice.quantize, compile=runtime.compile or choice.compile)
+        backends = ("onnx", "torch") if runtime.backend == "auto" else ("torch",)
+        kind, choice = choose(model=key, goal=runtime.optimize, backends=backends)
+        if choice.backend == "onnx":
+            updates = dict(
+                backend="onnx",
+                compile=False,
+                onnx_precision=choice.onnx_precision,
+                onnx_accuracy_level=choice.onnx_accuracy_level,
+            )
+            what = f"backend onnx, precision {choice.onnx_precision}, accuracy_level {choice.onnx_accuracy_level}"
+        else:
+            updates = dict(
+                backend="torch",
+                dtype=choice.dtype,
+                quantize=choice.quantize,
+                compile=runtime.compile or choice.compile,
+            )
+            what = f"backend torch, dtype {choice.dtype}, quantize {choice.quantize}, compile {updates['compile']}"
         log.warning(
-            "%s: runtime auto for %s on %s (CPU kind %s): dtype %s, quantize %s, compile %s -- %s",
+            "%s: runtime auto for %s on %s (CPU kind %s): %s -- %s",
             name,
             runtime.optimize,
             cpu_description(),
             kind,
-            updates["dtype"],
-            updates["quantize"],
-            updates["compile"],
+            what,
             choice.why,
         )
     elif runtime.dtype == "auto":

@@ -23,11 +23,14 @@ QUALITY_BOUND = 0.03  # perplexity at most 3% above float32's
 
 @dataclass(frozen=True)
 class Choice:
-    dtype: str  # float32 | bfloat16
-    quantize: str  # none | int8 | int8_weight | int4_weight
+    dtype: str  # float32 | bfloat16 (torch backend)
+    quantize: str  # none | int8 | int8_weight | int4_weight (torch backend)
     compile: bool
     why: str
     models: frozenset[str] | None = None  # measured within the bound for these models only; None = any
+    backend: str = "torch"  # torch | onnx (graph/engine/onnx_runner.py)
+    onnx_precision: str = "int4"  # backend onnx: int4 | int8 | fp32
+    onnx_accuracy_level: int | None = None  # backend onnx: the builder's accuracy_level (None = its default)
 
 
 Goal = Literal["latency", "throughput"]
@@ -68,6 +71,23 @@ _FLOAT32_AVX512 = Choice(
     "not measured; AVX-512 without bfloat16: the weight-only kernels' bfloat16 activations "
     "are emulated there, so float32 as on avx2",
 )
+GEMMA3 = frozenset({"gemma-3-270m"})
+# backend onnx (graph/engine/onnx_runner.py) on AVX2, entered per model: only where its perplexity on
+# bench/heldout.txt was measured within the bound (docs/performance-avx2.md). Perplexity (float32 torch
+# = reference) on AMD EPYC, AVX2 only: SmolLM2 20.63; onnx int8 20.86 (+1.1%), onnx int4 27.65 (+34%,
+# the builder's default RTN, symmetric, block 32; `accuracy_level` 1 gave the same 27.65; asymmetric
+# int4 and an int8 lm_head failed to load in onnxruntime 1.32). Gemma 3 18.89; onnx int8 18.94 (+0.3%),
+# onnx int4 28.36 (+50%).
+_ONNX_INT8_AVX2 = Choice(
+    "float32",
+    "none",
+    False,
+    "measured on AMD EPYC with AVX2 only (2 threads): onnx int8 (MatMulNBits) under the project's scheduler, "
+    "perplexity +1.1% (SmolLM2) / +0.3% (Gemma 3); int4 was +34% / +50%; docs/performance-avx2.md",
+    SMOLLM2 | GEMMA3,
+    backend="onnx",
+    onnx_precision="int8",
+)
 # kind -> goal -> choices, fastest first; the first whose `models` admits the node's model is taken.
 TABLE: dict[str, dict[Goal, tuple[Choice, ...]]] = {
     "amx": {"latency": (_AMX,), "throughput": (_AMX,)},
@@ -101,7 +121,7 @@ TABLE: dict[str, dict[Goal, tuple[Choice, ...]]] = {
         ),
     },
     "avx512": {"latency": (_FLOAT32_AVX512,), "throughput": (_FLOAT32_AVX512,)},
-    "avx2": {"latency": (_FLOAT32_AVX2,), "throughput": (_FLOAT32_AVX2,)},
+    "avx2": {"latency": (_ONNX_INT8_AVX2, _FLOAT32_AVX2), "throughput": (_ONNX_INT8_AVX2, _FLOAT32_AVX2)},
 }
 
 
@@ -152,9 +172,12 @@ def cpu_description(flags: set[str] | None = None) -> str:
     return f"{model}; {', '.join(have) or 'no AVX2'}" + (f"; no {', no '.join(missing)}" if missing else "")
 
 
-def choose(flags: set[str] | None = None, model: str = "", goal: Goal = "latency") -> tuple[str, Choice]:
-    """(CPU kind, the first choice for it and `goal` measured within the bound for `model`: an
-    embedded model's name or a store tag's name; unknown models get the choices measured on every
-    model)."""
+def choose(
+    flags: set[str] | None = None, model: str = "", goal: Goal = "latency", backends: tuple[str, ...] = ("torch",)
+) -> tuple[str, Choice]:
+    """(CPU kind, the first choice for it and `goal` on one of `backends` measured within the bound
+    for `model`: an embedded model's name or a store tag's name; unknown models get the choices
+    measured on every model). `runtime: {backend: auto}` passes ("onnx", "torch"); `quantize: auto` on
+    the torch backend passes ("torch",)."""
     kind = cpu_kind(flags)
-    return kind, next(c for c in TABLE[kind][goal] if c.models is None or model in c.models)
+    return kind, next(c for c in TABLE[kind][goal] if c.backend in backends and (c.models is None or model in c.models))

@@ -1,0 +1,268 @@
+"""Runs an ONNX Runtime GenAI builder model as the engine's model runner: prefill and decode steps.
+
+Design B of docs/runtimes.md: the project's scheduler, sampler and KV management stay in charge;
+only the forward pass moves to ONNX Runtime. The builder's decoder (graph/models/onnx_model.py
+converts it) uses GroupQueryAttention, which takes each row's length from the attention mask
+(seqlens = sum(mask) - 1) and writes a row's new key/value at that column. So its KV cache layout is
+not BatchKVCache's right-aligned one: here every row starts at column 0 and has its own length
+(`OnnxKVCache`). The scheduler builds its cache through `runner.new_cache(...)`, which is the one
+hook it needs; everything else (rows joining and leaving, cancel, fair share) works unchanged.
+
+Decode steps run in place: each layer's past and present are the same buffer (GroupQueryAttention's
+shared-buffer mode, as ORT GenAI itself runs it), bound by pointer with an IOBinding, so a step
+writes one column per row and copies nothing. The converted graph computes logits only at one
+position per row (`logits_index`, added at conversion), so a prefill does not pay the vocabulary
+projection for every prompt token (Gemma's 262k-entry vocabulary costs more than its layers).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+LOGITS_INDEX = "logits_index"  # the input graph/models/onnx_model.py adds: flat row*seq index per row
+
+
+class OnnxKVCache:
+    """KV cache of a batch of left-aligned rows: row i holds its `lens[i]` tokens in columns [0, lens[i]).
+
+    Per layer, keys and values are numpy buffers of shape [row_capacity, kv_heads, capacity,
+    head_dim]; rows [0, rows) are live. The first `rows` rows of a buffer are contiguous, which is
+    what lets one buffer be bound as both a layer's past and present.
+    """
+
+    def __init__(self, num_layers: int, row_capacity: int, capacity: int, left_room: int = 0) -> None:
+        self.num_layers = num_layers
+        self.row_capacity = row_capacity
+        self.capacity = capacity
+        self.rows = 0
+        self.lens = np.zeros(row_capacity, dtype=np.int64)
+        self.keys: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+
+    @property
+    def length(self) -> int:
+        """Columns in use by the longest row (what the KV gauges report)."""
+        return int(self.lens[: self.rows].max()) if self.rows else 0
+
+    def _allocate(self, kv_heads: int, head_dim: int, dtype) -> None:
+        shape = (self.row_capacity, kv_heads, self.capacity, head_dim)
+        self.keys = [np.empty(shape, dtype=dtype) for _ in range(self.num_layers)]
+        self.values = [np.empty(shape, dtype=dtype) for _ in range(self.num_layers)]
+
+    def reserve(self, n: int, right_room: int) -> None:
+        """Make sure every row can take `n` more columns; otherwise move into a larger buffer."""
+        if self.length + n > self.capacity:
+            self._grow(self.length + n + right_room)
+
+    def add_rows(self, prefill: OnnxKVCache, src_rows: Sequence[int], right_room: int) -> None:
+        """Append rows `src_rows` of a finished prefill cache (an index may repeat: the samples of
+        one prompt share its prefill) at the bottom of this batch."""
+        n = len(src_rows)
+        if self.rows + n > self.row_capacity:
+            raise ValueError("batch is full")
+        p = int(prefill.lens[list(src_rows)].max())
+        if not self.keys:
+            k = prefill.keys[0]
+            self.capacity = max(self.capacity, p + 1 + right_room)
+            self._allocate(k.shape[1], k.shape[3], k.dtype)
+        elif p + 1 > self.capacity:
+            self._grow(max(p, self.length) + 1 + right_room)
+        b = self.rows
+        idx = np.asarray(src_rows, dtype=np.int64)
+        for dst, src in ((self.keys, prefill.keys), (self.values, prefill.values)):
+            for d, s in zip(dst, src):
+                d[b : b + n, :, :p] = s[idx, :, :p]
+        self.lens[b : b + n] = prefill.lens[idx]
+        self.rows += n
+
+    def _grow(self, capacity: int) -> None:
+        """Move into buffers of `capacity` columns (keeps the live rows)."""
+        used, b = self.length, self.rows
+        for bufs in (self.keys, self.values):
+            for i, old in enumerate(bufs):
+                new = np.empty((self.row_capacity, old.shape[1], capacity, old.shape[3]), dtype=old.dtype)
+                new[:b, :, :used] = old[:b, :, :used]
+                bufs[i] = new
+        self.capacity = capacity
+
+    def remove_rows(self, rows: Sequence[int]) -> list[int]:
+        """Drop `rows`; each is replaced by the current last row. Returns, for each remaining
+        position, the old position of the row now there."""
+        order = list(range(self.rows))
+        for i in sorted(set(rows), reverse=True):
+            last = self.rows - 1
+            if i != last:
+                n = int(self.lens[last])
+                for bufs in (self.keys, self.values):
+                    for buf in bufs:
+                        buf[i, :, :n] = buf[last, :, :n]
+                self.lens[i] = self.lens[last]
+                order[i] = order[last]
+            order.pop()
+            self.rows -= 1
+        return order
+
+
+class OnnxRunner:
+    """Forward passes of one converted model on an ONNX Runtime InferenceSession."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        threads: int | None = None,
+        source_dir: str | Path | None = None,
+        precision: str = "int4",
+        accuracy_level: int | None = None,
+    ) -> None:
+        """`model_dir`: a conversion by graph/models/onnx_model.py; `source_dir`: the transformers
+        folder it came from (its generation_config.json gives the eos ids); `threads`: ONNX
+        Runtime's intra-op threads (None = all cores)."""
+        import json
+        from types import SimpleNamespace
+
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        cfg = json.loads((model_dir / "genai_config.json").read_text())["model"]
+        dec = cfg["decoder"]
+        self.num_layers: int = dec["num_hidden_layers"]
+        self.max_positions: int | None = cfg.get("context_length")
+        eos = cfg.get("eos_token_id")
+        if source_dir is not None and (Path(source_dir) / "generation_config.json").is_file():
+            eos = json.loads((Path(source_dir) / "generation_config.json").read_text()).get("eos_token_id", eos)
+        self.generation_config = SimpleNamespace(eos_token_id=eos)
+        level = f", accuracy_level {accuracy_level}" if accuracy_level else ""
+        self.runtime_name = f"onnx {precision}{level} (onnxruntime {ort.__version__})"
+        self.kv_heads: int = dec["num_key_value_heads"]
+        self.head_dim: int = dec["head_size"]
+        self.vocab_size: int = cfg["vocab_size"]
+        # Sliding-window layers (Gemma 3) need KV buffers of at least the window, prefill included.
+        self.min_capacity: int = int((dec.get("sliding_window") or {}).get("window_size") or 0)
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_dir / dec["filename"]), opts, providers=["CPUExecutionProvider"])
+        names = {i.name for i in self.session.get_inputs()}
+        if LOGITS_INDEX not in names:
+            raise ValueError(f"{model_dir}: not converted by graph/models/onnx_model.py (no {LOGITS_INDEX} input)")
+        inputs = dec["inputs"]
+        outputs = dec["outputs"]
+        self._past = [(inputs["past_key_names"] % i, inputs["past_value_names"] % i) for i in range(self.num_layers)]
+        self._present = [
+            (outputs["present_key_names"] % i, outputs["present_value_names"] % i) for i in range(self.num_layers)
+        ]
+        kv_type = next(i.type for i in self.session.get_inputs() if i.name == self._past[0][0])
+        self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
+        self._has_positions = "position_ids" in names
+
+    def new_cache(self, num_layers: int, row_capacity: int, capacity: int, left_room: int = 0) -> OnnxKVCache:
+        return OnnxKVCache(num_layers, row_capacity, max(capacity, self.min_capacity), left_room)
+
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.kv_heads * self.head_dim * np.dtype(self.kv_dtype).itemsize
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, OnnxKVCache]:
+        """Left-padded prompts `ids` [rows, p] with `mask` (True = real token) -> last-position
+        logits [rows, vocab] (float32) and a cache holding exactly these rows."""
+        rows, p = ids.shape
+        lens = mask.sum(-1).numpy().astype(np.int64)
+        # GroupQueryAttention wants each row's tokens first: move the left padding to the right.
+        order = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True)
+        right = torch.gather(ids, 1, order).numpy().astype(np.int64)
+        cache = OnnxKVCache(self.num_layers, rows, max(p, self.min_capacity))
+        cache._allocate(self.kv_heads, self.head_dim, self.kv_dtype)
+        cache.lens[:] = lens
+        cache.rows = rows
+        if not self.min_capacity or len(set(lens.tolist())) == 1:
+            return self._prefill_rows(right, lens, cache), cache
+        # Sliding-window layers refuse right padding in a prompt (seqlens_k must cover the whole
+        # sequence): prompts of each length run together, then their rows are put in place.
+        logits = torch.empty(rows, self.vocab_size)
+        for n in sorted(set(lens.tolist())):
+            idx = np.flatnonzero(lens == n)
+            part = OnnxKVCache(self.num_layers, len(idx), max(n, self.min_capacity))
+            part._allocate(self.kv_heads, self.head_dim, self.kv_dtype)
+            part.lens[:] = n
+            part.rows = len(idx)
+            logits[torch.from_numpy(idx)] = self._prefill_rows(right[idx, :n], part.lens, part)
+            for dst, src in ((cache.keys, part.keys), (cache.values, part.values)):
+                for d, s in zip(dst, src):
+                    d[idx, :, :n] = s[:, :, :n]
+        return logits, cache
+
+    def _prefill_rows(self, right: np.ndarray, lens: np.ndarray, cache: OnnxKVCache) -> torch.Tensor:
+        rows, p = right.shape
+        feed: dict[str, np.ndarray] = {
+            "input_ids": right,
+            "attention_mask": (np.arange(p)[None, :] < lens[:rows, None]).astype(np.int64),
+            LOGITS_INDEX: np.arange(rows, dtype=np.int64) * p + lens[:rows] - 1,
+        }
+        if self._has_positions:
+            feed["position_ids"] = np.broadcast_to(np.arange(p, dtype=np.int64), (rows, p)).copy()
+        return self._run(feed, cache, rows)
+
+    def sequence_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [p, vocab] at every position of one sequence `ids` [1, p] (for perplexity)."""
+        p = ids.shape[1]
+        feed: dict[str, np.ndarray] = {
+            "input_ids": ids.numpy().astype(np.int64),
+            "attention_mask": np.ones((1, p), dtype=np.int64),
+            LOGITS_INDEX: np.arange(p, dtype=np.int64),
+        }
+        if self._has_positions:
+            feed["position_ids"] = np.arange(p, dtype=np.int64)[None]
+        cache = OnnxKVCache(self.num_layers, 1, max(p, self.min_capacity))
+        cache._allocate(self.kv_heads, self.head_dim, self.kv_dtype)
+        return self._run(feed, cache, 1, logits_rows=p)
+
+    def decode(self, ids: torch.Tensor, positions: torch.Tensor, cache: OnnxKVCache, right_room: int) -> torch.Tensor:
+        """One token per row (`ids`: [rows, 1]) -> logits [rows, vocab] (float32). Positions come
+        from the rows' lengths (GroupQueryAttention's rotary embedding), which equal `positions`."""
+
+        cache.reserve(1, right_room)
+        b = cache.rows
+        lens = cache.lens[:b]
+        total = int(lens.max()) + 1
+        feed = {
+            "input_ids": ids.numpy().astype(np.int64).reshape(b, 1),
+            "attention_mask": (np.arange(total)[None, :] <= lens[:, None]).astype(np.int64),
+            LOGITS_INDEX: np.arange(b, dtype=np.int64),
+        }
+        if self._has_positions:
+            feed["position_ids"] = lens.reshape(b, 1).copy()
+        logits = self._run(feed, cache, b)
+        cache.lens[:b] += 1
+        return logits
+
+    def _run(
+        self, feed: dict[str, np.ndarray], cache: OnnxKVCache, b: int, logits_rows: int | None = None
+    ) -> torch.Tensor:
+        """One forward with each layer's past and present bound to the same rows [0, b) of the
+        cache's buffers (GroupQueryAttention's shared-buffer mode: it writes the new columns in
+        place). Returns logits [logits_rows or b, vocab] (float32)."""
+        import onnxruntime as ort
+
+        io = self.session.io_binding()
+        for name, value in feed.items():
+            io.bind_cpu_input(name, value)
+        shape = [b, self.kv_heads, cache.capacity, self.head_dim]
+        for (pk, pv), (ok, ov), kbuf, vbuf in zip(self._past, self._present, cache.keys, cache.values):
+            for buf, name_in, name_out in ((kbuf, pk, ok), (vbuf, pv, ov)):
+                ptr = buf.ctypes.data
+                io.bind_input(name_in, "cpu", 0, self.kv_dtype, shape, ptr)
+                io.bind_output(name_out, "cpu", 0, self.kv_dtype, shape, ptr)
+        n = logits_rows or b
+        logits = np.empty((n, 1, self.vocab_size), dtype=np.float32)
+        io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        self.session.run_with_iobinding(io, ort.RunOptions())
+        return torch.from_numpy(logits.reshape(n, -1))

@@ -1,0 +1,283 @@
+"""Converts a transformers causal-LM folder to an ONNX Runtime model once (ORT GenAI's builder) for onnx_runner.
+
+    out = convert(hf_dir, out_dir, precision="int4", progress=print)
+
+What it does, in order:
+1. Config adapter (Gemma 3 under transformers 5): the builder's rope reader expects a flat
+   `rope_parameters` with a `rope_type`, and Gemma 3's reader a `rope_local_base_freq`; transformers
+   5 writes `rope_parameters` keyed by layer type. The adapter writes an adapted config.json into a
+   temporary copy of the folder (weights symlinked) and gives the config class the
+   `rope_local_base_freq` attribute inside the conversion process only (transformers 5 folds that
+   key into `rope_parameters` on load, so a config.json alone cannot carry it). The library itself
+   is not patched.
+2. `onnxruntime_genai.models.builder.create_model(...)` in a child process (its output goes to
+   `build.log` in the output folder; a failure raises ConfigError with its last lines).
+3. One graph change: an input `logits_index` (int64, one flat row*seq index per row) gathers the
+   final hidden states before the vocabulary projection, so logits are [rows, 1, vocab] for a
+   prefill as for a decode step (graph/engine/onnx_runner.py feeds it).
+4. A `graph-onnx.json` marker (source fingerprint, precision, builder version): `find` trusts a
+   folder only when the marker matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from graph.errors import ConfigError
+
+CONVERTER_VERSION = "1"  # bump when convert() writes something different
+MARKER = "graph-onnx.json"
+PRECISIONS = ("int4", "int8", "fp32")
+
+
+def source_fingerprint(hf_dir: str | Path) -> str:
+    """Identity of a transformers folder: its config.json and each weight file's size and first MiB."""
+    hf_dir = Path(hf_dir)
+    h = hashlib.sha256((hf_dir / "config.json").read_bytes())
+    for f in sorted(hf_dir.glob("*.safetensors")) + sorted(hf_dir.glob("*.bin")):
+        h.update(f.name.encode())
+        h.update(str(f.stat().st_size).encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(2**20))
+    return h.hexdigest()[:16]
+
+
+def _marker(hf_dir: str | Path, precision: str, accuracy_level: int | None) -> dict[str, str]:
+    import importlib.metadata
+
+    return {
+        "source": source_fingerprint(hf_dir),
+        "precision": precision,
+        "accuracy_level": str(accuracy_level or "default"),
+        "builder": importlib.metadata.version("onnxruntime-genai"),
+        "converter": CONVERTER_VERSION,
+    }
+
+
+def is_current(out_dir: str | Path, hf_dir: str | Path, precision: str, accuracy_level: int | None = None) -> bool:
+    """True when `out_dir` holds a finished conversion of `hf_dir` with these options."""
+    path = Path(out_dir) / MARKER
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()) == _marker(hf_dir, precision, accuracy_level)
+    except (OSError, ValueError):
+        return False
+
+
+def _adapted_source(hf_dir: Path, workdir: Path) -> Path:
+    """`hf_dir` itself, or a copy (weights symlinked) whose config.json the builder can read."""
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    rope = cfg.get("rope_parameters")
+    if not (isinstance(rope, dict) and "rope_type" not in rope and rope):
+        return hf_dir
+    full = rope.get("full_attention") or next(iter(rope.values()))
+    adapted = workdir / "source"
+    adapted.mkdir()
+    for f in hf_dir.iterdir():
+        if f.name != "config.json":
+            (adapted / f.name).symlink_to(f.resolve())
+    # Flat keys for the builder's rope reader; transformers keeps the per-layer-type entries beside them.
+    cfg["rope_parameters"] = {**rope, "rope_type": full.get("rope_type", "default"), "rope_theta": full["rope_theta"]}
+    (adapted / "config.json").write_text(json.dumps(cfg, indent=1))
+    return adapted
+
+
+def _build_child(src: str, out: str, precision: str, accuracy_level: str, cache: str) -> None:
+    """Runs in the child process: the builder, with Gemma 3's rope_local_base_freq provided."""
+    from transformers import Gemma3TextConfig
+
+    def local_theta(self):
+        rope = self.rope_parameters or {}
+        return (rope.get("sliding_attention") or {}).get("rope_theta", getattr(self, "rope_theta", 10000.0))
+
+    if not hasattr(Gemma3TextConfig, "rope_local_base_freq"):
+        Gemma3TextConfig.rope_local_base_freq = property(local_theta)
+    import runpy
+
+    argv = [
+        "builder",
+        "-i",
+        src,
+        "-o",
+        out,
+        "-p",
+        precision,
+        "-e",
+        "cpu",
+        "-c",
+        cache,
+        "--extra_options",
+        "hf_token=false",
+    ]
+    if accuracy_level != "default":
+        argv.append(f"int4_accuracy_level={accuracy_level}")
+    sys.argv = argv
+    runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")
+
+
+def add_logits_index(model_path: Path) -> None:
+    """Insert Reshape + Gather before the vocabulary projection, driven by a new `logits_index` input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    g = model.graph
+    if any(i.name == "logits_index" for i in g.input):
+        return
+    head = next(
+        (n for n in g.node if n.name.startswith("/lm_head/") and n.op_type in ("MatMul", "MatMulNBits", "Gemm")), None
+    )
+    if head is None:
+        raise ConfigError(f"{model_path}: no /lm_head/ MatMul found to gather before", field="runtime.backend")
+    hidden = head.input[0]
+    hidden_size = next(
+        (i.type.tensor_type.shape.dim[-1].dim_value for i in g.value_info if i.name == hidden), 0
+    ) or _hidden_size(model_path)
+    g.input.append(helper.make_tensor_value_info("logits_index", TensorProto.INT64, ["batch_size"]))
+    g.initializer.append(helper.make_tensor("/graph/flat_shape", TensorProto.INT64, [2], [-1, hidden_size]))
+    g.initializer.append(helper.make_tensor("/graph/axis1", TensorProto.INT64, [1], [1]))
+    nodes = [
+        helper.make_node("Reshape", [hidden, "/graph/flat_shape"], ["/graph/flat_hidden"], name="/graph/Reshape"),
+        helper.make_node(
+            "Gather", ["/graph/flat_hidden", "logits_index"], ["/graph/last_hidden"], name="/graph/Gather", axis=0
+        ),
+        helper.make_node(
+            "Unsqueeze", ["/graph/last_hidden", "/graph/axis1"], ["/graph/last_hidden3"], name="/graph/Unsqueeze"
+        ),
+    ]
+    head.input[0] = "/graph/last_hidden3"
+    at = list(g.node).index(head)
+    for k, node in enumerate(nodes):
+        g.node.insert(at + k, node)
+    for out in g.output:
+        if out.name == "logits":
+            out.type.tensor_type.shape.dim[1].dim_param = ""
+            out.type.tensor_type.shape.dim[1].dim_value = 1
+    onnx.save(model, str(model_path))
+
+
+def _hidden_size(model_path: Path) -> int:
+    return int(json.loads((model_path.parent / "genai_config.json").read_text())["model"]["decoder"]["hidden_size"])
+
+
+def convert(
+    hf_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    precision: str = "int4",
+    accuracy_level: int | None = None,
+    progress: Callable[[str], None] = print,
+) -> Path:
+    """Convert `hf_dir` into `out_dir` (created; must be empty or absent). Returns `out_dir`."""
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"runtime.onnx_precision: {precision!r} is not one of {PRECISIONS}", field="runtime.onnx_precision"
+        )
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    start = time.perf_counter()
+    progress(f"[onnx] converting {hf_dir} to ONNX ({precision}, CPU) with onnxruntime-genai's builder ...")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="graph-onnx-") as tmp:
+        src = _adapted_source(hf_dir, Path(tmp))
+        if src != hf_dir:
+            progress("[onnx] config adapter: flat rope_parameters + rope_local_base_freq for the builder")
+        log_path = out_dir / "build.log"
+        code = "import sys; from graph.models.onnx_model import _build_child; _build_child(*sys.argv[1:])"
+        args = [sys.executable, "-c", code, str(src), str(out_dir), precision, str(accuracy_level or "default"), tmp]
+        root = str(Path(__file__).resolve().parents[2])
+        with log_path.open("w") as log:
+            rc = subprocess.run(args, stdout=log, stderr=subprocess.STDOUT, cwd=root, check=False).returncode
+        if rc != 0:
+            tail = log_path.read_text(errors="replace").splitlines()[-5:]
+            raise ConfigError(
+                f"runtime.backend: onnx: converting {hf_dir} failed (exit {rc}): {' | '.join(tail)}",
+                field="runtime.backend",
+            )
+    progress(f"[onnx] built in {time.perf_counter() - start:.1f} s; adding the logits_index input")
+    add_logits_index(out_dir / "model.onnx")
+    (out_dir / MARKER).write_text(json.dumps(_marker(hf_dir, precision, accuracy_level)))
+    progress(f"[onnx] ready: {out_dir} ({time.perf_counter() - start:.1f} s)")
+    return out_dir
+
+
+def local_dir(hf_dir: str | Path, cache_dir: str | Path, precision: str, accuracy_level: int | None = None) -> Path:
+    """Where `prepare_local` keeps the conversion of `hf_dir` (outside the BentoML store)."""
+    key = f"{source_fingerprint(hf_dir)}-{precision}-{accuracy_level or 'default'}"
+    return Path(cache_dir) / key
+
+
+def prepare_local(
+    hf_dir: str | Path,
+    cache_dir: str | Path,
+    *,
+    precision: str = "int4",
+    accuracy_level: int | None = None,
+    progress: Callable[[str], None] = print,
+) -> Path:
+    """The conversion of `hf_dir` under `cache_dir`, converted now if missing (tests, scripts)."""
+    out = local_dir(hf_dir, cache_dir, precision, accuracy_level)
+    if is_current(out, hf_dir, precision, accuracy_level):
+        return out
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    convert(hf_dir, tmp, precision=precision, accuracy_level=accuracy_level, progress=progress)
+    tmp.rename(out)
+    progress(f"[onnx] kept in {out}")
+    return out
+
+
+DEFAULT_ONNX_CACHE = Path(__file__).resolve().parents[2] / "artifacts" / "onnx"
+
+
+def load(ref, runtime, *, threads: int | None = None, onnx_lookup=None, **lookups):
+    """(runner, tokenizer) of `ref` on the onnx backend: the tokenizer from the transformers folder
+    the torch backend loads, the model from its conversion. `onnx_lookup(hf_dir, precision,
+    accuracy_level) -> dir` finds or makes the conversion (services pass the BentoML store's);
+    without one it lives under artifacts/onnx/."""
+    import logging
+
+    from transformers import AutoTokenizer
+
+    from graph.engine.onnx_runner import OnnxRunner
+    from graph.models.loading import _load, resolve_model_dir
+
+    source = resolve_model_dir(ref, **lookups)
+    if not Path(source).is_dir():
+        raise ConfigError(
+            f"runtime.backend: onnx needs a local model folder; {ref.describe()} is a hub id not in a local folder "
+            "(download it to a folder and use model: {path: ...}, or use backend: torch)",
+            field="runtime.backend",
+        )
+    tokenizer = _load(ref, source, AutoTokenizer.from_pretrained)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(
+                f"model {ref.describe()}: its tokenizer has neither a pad nor an eos token", field="model"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    precision, level = runtime.onnx_precision, runtime.onnx_accuracy_level
+    if onnx_lookup is not None:
+        onnx_dir = Path(onnx_lookup(source, precision, level))
+    else:
+        log = logging.getLogger(__name__)
+        onnx_dir = prepare_local(
+            source, DEFAULT_ONNX_CACHE, precision=precision, accuracy_level=level, progress=log.warning
+        )
+    runner = OnnxRunner(onnx_dir, threads=threads, source_dir=source, precision=precision, accuracy_level=level)
+    return runner, tokenizer
