@@ -512,14 +512,15 @@ class Scheduler:
         keep = [j for j, row in enumerate(rows) if not row.finished]
         if not keep:
             return
-        if self._cache is None:
-            self._cache = self._new_cache(
+        batch_cache = self._cache
+        if batch_cache is None:
+            batch_cache = self._cache = self._new_cache(
                 self.runner.num_layers,
                 self.max_batch_size,
                 self.max_prompt_tokens + RIGHT_ROOM,
                 left_room=self.max_prompt_tokens,
             )
-        self._cache.add_rows(cache, [src[j] for j in keep], RIGHT_ROOM)
+        batch_cache.add_rows(cache, [src[j] for j in keep], RIGHT_ROOM)
         self.rows.extend(rows[j] for j in keep)
         self._sampler = None
 

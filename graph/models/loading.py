@@ -93,7 +93,7 @@ def _check_hub(ref: ModelRef) -> None:
         raise _hub_error(ref, f"{host}:{port}: {exc}") from None
 
 
-def _load(ref: ModelRef, source: str, loader: Callable[..., T], **kwargs: Any) -> T:
+def load_with(ref: ModelRef, source: str, loader: Callable[..., T], **kwargs: Any) -> T:
     """Call a from_pretrained-like loader, turning its OSErrors into a ConfigError naming the model."""
     if ref.hub:
         _check_hub(ref)
@@ -175,9 +175,9 @@ def load_causal_lm(ref: ModelRef, runtime: RuntimeConfig | None = None, **lookup
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model_dir(ref, **lookups)
-    tokenizer = _load(ref, source, AutoTokenizer.from_pretrained)
+    tokenizer = load_with(ref, source, AutoTokenizer.from_pretrained)
     runtime = resolve_runtime(runtime, name=ref.describe(), model=ref)
-    model = _load(ref, source, AutoModelForCausalLM.from_pretrained, dtype=getattr(torch, runtime.dtype)).eval()
+    model = load_with(ref, source, AutoModelForCausalLM.from_pretrained, dtype=getattr(torch, runtime.dtype)).eval()
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ConfigError(
@@ -206,7 +206,7 @@ def load_classifier(node: ClassifierNode, **lookups: Any):
     ref = node.model
     source = resolve_model_dir(ref, **lookups)
     if node.mode == "sequence_classification":
-        return _load(
+        return load_with(
             ref,
             source,
             SequenceClassifier.from_pretrained,
@@ -214,8 +214,8 @@ def load_classifier(node: ClassifierNode, **lookups: Any):
             max_batch_size=node.max_batch_size,
             max_length=node.max_length,
         )
-    tokenizer = _load(ref, source, AutoTokenizer.from_pretrained)
-    model = _load(ref, source, AutoModel.from_pretrained, dtype=torch.float32)
+    tokenizer = load_with(ref, source, AutoTokenizer.from_pretrained)
+    model = load_with(ref, source, AutoModel.from_pretrained, dtype=torch.float32)
     return ZeroShotEmbeddingClassifier(
         model,
         tokenizer,

@@ -99,7 +99,7 @@ def _build_child(src: str, out: str, precision: str, accuracy_level: str, cache:
         return (rope.get("sliding_attention") or {}).get("rope_theta", getattr(self, "rope_theta", 10000.0))
 
     if not hasattr(Gemma3TextConfig, "rope_local_base_freq"):
-        Gemma3TextConfig.rope_local_base_freq = property(local_theta)
+        Gemma3TextConfig.rope_local_base_freq = property(local_theta)  # pyright: ignore[reportAttributeAccessIssue]  added for the builder, which reads it
     import runpy
 
     argv = [
@@ -254,7 +254,7 @@ def load(ref, runtime, *, threads: int | None = None, onnx_lookup=None, **lookup
     from transformers import AutoTokenizer
 
     from graph.engine.onnx_runner import OnnxRunner
-    from graph.models.loading import _load, resolve_model_dir
+    from graph.models.loading import load_with, resolve_model_dir
 
     source = resolve_model_dir(ref, **lookups)
     if not Path(source).is_dir():
@@ -263,7 +263,7 @@ def load(ref, runtime, *, threads: int | None = None, onnx_lookup=None, **lookup
             "(download it to a folder and use model: {path: ...}, or use backend: torch)",
             field="runtime.backend",
         )
-    tokenizer = _load(ref, source, AutoTokenizer.from_pretrained)
+    tokenizer = load_with(ref, source, AutoTokenizer.from_pretrained)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ConfigError(
