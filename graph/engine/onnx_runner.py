@@ -171,6 +171,9 @@ class OnnxRunner:
     def kv_bytes_per_token(self) -> int:
         return 2 * self.num_layers * self.kv_heads * self.head_dim * np.dtype(self.kv_dtype).itemsize
 
+    def warm_up(self, pad_id: int = 0) -> None:
+        """Nothing more to prepare: the scheduler's warm-up prefill and decode steps already ran the session."""
+
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, OnnxKVCache]:
         """Left-padded prompts `ids` [rows, p] with `mask` (True = real token) -> last-position
         logits [rows, vocab] (float32) and a cache holding exactly these rows."""

@@ -186,3 +186,14 @@ def test_node_on_onnx_names_its_runtime(onnx_source, onnx_dir):
         assert r[0].completion_tokens >= 1
     finally:
         engine.close()
+
+
+def test_warm_up_runs_without_a_failure(onnx_source, onnx_dir, caplog):
+    """The node's start-up warm-up (a prefill, decode steps, the runner's own warm_up) runs on onnx."""
+    with caplog.at_level("ERROR", logger="graph"):
+        eng = onnx_engine(onnx_source, onnx_dir)
+        try:
+            assert eng.warmup(timeout=120)
+        finally:
+            eng.close()
+    assert not [r for r in caplog.records if "warm-up failed" in r.getMessage()], caplog.text
