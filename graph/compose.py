@@ -139,9 +139,10 @@ class Graph:
             self.inflight.pop(request_id, None)
         return {n: t.result() for n, t in tasks.items()}
 
-    async def count_tokens(self, node: str, prompt: str) -> int:
-        """Tokens `prompt` takes on generator `node` (its chat template and special tokens included)."""
-        return await self._call(node, self.generators[node].count_tokens(prompt), None)
+    async def count_tokens(self, node: str, prompt: str, template: bool = True) -> int:
+        """Tokens `prompt` takes on generator `node` (its chat template and special tokens included);
+        `template` false: the text's own tokens, whatever template the node wraps around it."""
+        return await self._call(node, self.generators[node].count_tokens(prompt, template), None)
 
     async def classify(self, texts: list[str]) -> list[Classification]:
         if not texts:

@@ -31,8 +31,8 @@ class LocalGenerator:
     async def cancel(self, request_id: str) -> bool:
         return bool(self.engine.cancel(request_id))
 
-    async def count_tokens(self, prompt: str) -> int:
-        return int(self.engine.count_tokens(prompt))
+    async def count_tokens(self, prompt: str, template: bool = True) -> int:
+        return int(self.engine.count_tokens(prompt, template))
 
     async def stats(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.engine.stats().items()}

@@ -120,8 +120,9 @@ class GeneratorNodeClient:
     async def cancel(self, request_id: str) -> bool:
         return bool(await self.dep.to_async.cancel(request_id=request_id))
 
-    async def count_tokens(self, prompt: str) -> int:
-        return int(await _retrying(lambda: self.dep.to_async.count_tokens(prompt=prompt), self.node, ""))
+    async def count_tokens(self, prompt: str, template: bool = True) -> int:
+        call = lambda: self.dep.to_async.count_tokens(prompt=prompt, template=template)  # noqa: E731
+        return int(await _retrying(call, self.node, ""))
 
     async def stats(self) -> dict[str, float]:
         return dict(await self.dep.to_async.stats())

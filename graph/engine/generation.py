@@ -268,8 +268,11 @@ class GenerationEngine:
             budget = min(budget, self._runner.max_positions - params.max_new_tokens)
         return fit_chat(self.tokenizer, messages, params, template=self.chat_template, max_tokens=budget)
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens `text` takes as a prompt (special tokens included, as in generate)."""
+    def count_tokens(self, text: str, template: bool = True) -> int:
+        """Tokens `text` takes as a prompt (special tokens included, as in generate); with `template`
+        False, the text's own tokens as the tokenizer encodes it, without the node's chat template."""
+        if not template:
+            return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
         return len(self._encode(text))
 
     # -- submission ----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The seed's gRPC TextGenerator service (protos/text_generator.proto) over the graph's generator nodes.
 
-Semantics as the seed describes them: `max_length` counts prompt plus generated tokens, as in
-transformers (0: the node's default max_new_tokens); `Generate` answers the prompt followed by the
+Semantics as the seed describes them: `max_length` counts the text's own tokens plus generated tokens,
+as in transformers, whatever chat template the node wraps around the text (0: the node's default
+max_new_tokens); `Generate` answers the prompt followed by the
 generated text; `GenerateStreamed` sends fragments no more often than `intermediate_result_interval_ms`
 (0: the config's grpc.stream_interval_ms), the last one at once, and they concatenate to that same text.
 Which generator answers: the `x-model` metadata, else the config's grpc.default_node (else the first).
@@ -69,12 +70,12 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
         self.graph.check_prompt(call.text, "text")
         fields: dict[str, Any] = {} if call.seed is None else {"seed": call.seed}
         if call.max_length:
-            prompt_tokens = await self.graph.count_tokens(node, call.text)
+            prompt_tokens = await self.graph.count_tokens(node, call.text, template=False)
             new_tokens = call.max_length - prompt_tokens
             limit = self.graph.config.generators[node].max_new_tokens_limit
             if not 1 <= new_tokens <= limit:
                 raise InvalidRequest(
-                    f"max_length: {call.max_length} leaves {new_tokens} new tokens after the prompt's "
+                    f"max_length: {call.max_length} leaves {new_tokens} new tokens after the text's "
                     f"{prompt_tokens} on node {node!r}; give {prompt_tokens + 1}..{prompt_tokens + limit} (or 0)",
                     field="max_length",
                 )

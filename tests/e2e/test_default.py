@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
+from protos import text_generator_pb2 as tg
+from protos import text_generator_pb2_grpc as tg_grpc
+from tests.grpc_client import grpc_config
 from tests.server import Server
 
 
 @pytest.fixture(scope="module")
-def server():
-    with Server(config="configs/default.yaml", name="default") as srv:
+def default_config(tmp_path_factory) -> tuple[Path, int]:
+    """configs/default.yaml with its gRPC faces at a free port (not the fixed 50051 others may hold)."""
+    return grpc_config("configs/default.yaml", tmp_path_factory.mktemp("default") / "default.yaml")
+
+
+@pytest.fixture(scope="module")
+def server(default_config):
+    with Server(config=default_config[0], name="default") as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def seed_stub(server: Server, default_config):
+    with grpc.insecure_channel(f"127.0.0.1:{default_config[1]}") as channel:
+        yield tg_grpc.TextGeneratorStub(channel)
 
 
 def test_generate_score_two_real_models(server: Server) -> None:
@@ -107,3 +124,17 @@ def test_openai_face_on_real_models(server: Server) -> None:
     choices = scored.json()["choices"]
     assert {c["model"] for c in choices} == {"smollm2", "gemma3"}
     assert [c["score"] for c in choices] == sorted((c["score"] for c in choices), reverse=True)
+
+
+def test_seed_example_calls_answer_with_new_text(server: Server, seed_stub) -> None:
+    """The seed's own calls (max_length 7 and 20 on "Let me say something") on SmolLM2, whose chat
+    template the caller never sees: max_length counts the text's own tokens plus the new ones."""
+    text = "Let me say something"
+    for max_length in (7, 20):
+        out = seed_stub.Generate(tg.GenerateRequest(text=text, max_length=max_length), timeout=120).text
+        assert out.startswith(text) and out[len(text) :].strip(), (max_length, out)
+    request = tg.GenerateStreamedRequest(text=text, max_length=20, intermediate_result_interval_ms=100)
+    streamed = "".join(r.text_fragment for r in seed_stub.GenerateStreamed(request, timeout=120))
+    assert streamed.startswith(text) and streamed[len(text) :].strip(), streamed
+    r = httpx.post(server.url + "/generate", timeout=120, json={"prompt": text, "model": "smollm2"})
+    assert r.json()[0]["results"][0]["prompt_tokens"] > 7  # the template's tokens are not the caller's
