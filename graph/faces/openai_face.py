@@ -200,7 +200,8 @@ class OpenAIFace:
             completion_tokens=a.completion_tokens,
             created=time.time(),
         )
-        return Scored(a.model, index, result, Classification(label=a.label, score=a.score, labels=a.labels))
+        verdict = Classification(label=a.label, score=a.score, labels=a.labels)
+        return Scored(a.model, index, result, verdict, out.usage)
 
     # ---- streaming -----------------------------------------------------------------------------
     def _stream(

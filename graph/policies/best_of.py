@@ -10,7 +10,7 @@ import asyncio
 from graph.policies.candidates import Streams
 from graph.policies.config import BestOf
 from graph.policies.run import Run, Spec
-from graph.policies.schemas import CandidateRef, CandidatesEvent, PolicyResponse, Trace
+from graph.policies.schemas import CandidateRef, CandidatesEvent, PolicyResponse, PolicyUsage, Trace
 from graph.results import GenerationResult
 from graph.schemas import ScoreEvent
 
@@ -66,6 +66,7 @@ async def best_of(run: Run, g: BestOf) -> PolicyResponse:
         finish_reason="time" if timed_out else answer.finish_reason,
         candidates=cands if g.return_candidates else [],
         trace=trace,
+        usage=PolicyUsage.of(cands, answer),
     )
 
 

@@ -9,7 +9,16 @@ from graph.errors import ConfigError
 from graph.policies.candidates import Streams
 from graph.policies.config import Cascade
 from graph.policies.run import Run, Spec
-from graph.policies.schemas import Candidate, CandidateRef, CandidatesEvent, GateEvent, PolicyResponse, Stage, Trace
+from graph.policies.schemas import (
+    Candidate,
+    CandidateRef,
+    CandidatesEvent,
+    GateEvent,
+    PolicyResponse,
+    PolicyUsage,
+    Stage,
+    Trace,
+)
 from graph.results import Classification, GenerationResult
 from graph.schemas import ScoreEvent
 
@@ -68,6 +77,7 @@ async def cascade(run: Run, g: Cascade) -> PolicyResponse:
         finish_reason="time" if timed_out else answer.finish_reason,
         candidates=cands,
         trace=trace,
+        usage=PolicyUsage.of(cands, answer),
     )
 
 

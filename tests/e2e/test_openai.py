@@ -133,18 +133,23 @@ def test_completions_stream(client: openai.OpenAI) -> None:
 
 def test_named_graph_answers_its_decision(client: openai.OpenAI, server: Server) -> None:
     """graph:<name> runs the config's policy graph: one choice, the decided answer, with its score."""
-    out = client.completions.create(model="graph:best", prompt="The cat", max_tokens=4)
+    out = client.completions.create(model="graph:best", prompt="The cat", max_tokens=4, seed=7)
     assert out.model == "graph:best" and len(out.choices) == 1
     extra = out.choices[0].model_extra or {}
     assert extra["model"] in ("tiny_a", "tiny_b") and 0.0 <= extra["score"] <= 1.0
-    # the same decision through /generate_score names the same kind of answer
+    # the same decision through /generate_score (same seed): the same answer and the same usage
     direct = httpx.post(
         server.url + "/generate_score",
-        json={"original_sentence": "The cat", "graph": "best", "params": {"max_new_tokens": 4}},
+        json={"original_sentence": "The cat", "graph": "best", "params": {"max_new_tokens": 4, "seed": 7}},
         timeout=60,
     ).json()
     assert direct["policy"] == "best_of" and set(direct["trace"]["nodes_run"]) == {"tiny_a", "tiny_b"}
-    assert 1 <= out.usage.completion_tokens <= 4
+    assert direct["usage"]["completion_tokens"] == sum(c["completion_tokens"] for c in direct["candidates"])
+    assert direct["usage"]["winner"] == direct["answer"]["id"] and direct["usage"]["candidates"] == 3
+    # usage counts every candidate's tokens (three of up to 4), and says which candidate won
+    assert out.usage.completion_tokens == direct["usage"]["completion_tokens"]
+    assert (out.usage.model_extra or {})["candidates"] == 3
+    assert (out.usage.model_extra or {})["winners"] == [extra["candidate"]] == [direct["answer"]["id"]]
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="graph:best", prompt="The cat", max_tokens=4, stream=True)
     assert err.value.body["param"] == "stream"
