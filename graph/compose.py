@@ -21,7 +21,7 @@ from graph.policies import registry as policies
 from graph.policies.deadline import Deadline, Latencies
 from graph.policies.run import PolicyEvent
 from graph.policies.schemas import PolicyResponse
-from graph.results import Classification, GenerationResult, StreamEvent
+from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
 
 T = TypeVar("T")
@@ -152,6 +152,13 @@ class Graph:
         self.latencies.record((time.monotonic() - start) * 1000.0)
         if len(out) != len(texts):
             raise NodeFailure(f"classifier returned {len(out)} results for {len(texts)} texts", node="classifier")
+        return out
+
+    async def embed(self, texts: list[str]) -> list[Embedding]:
+        """Sentence embeddings from the classifier node's encoder, one per text."""
+        out = await self._call("classifier", self.classifier.embed(texts), None)
+        if len(out) != len(texts):
+            raise NodeFailure(f"classifier returned {len(out)} embeddings for {len(texts)} texts", node="classifier")
         return out
 
     async def generate_score(

@@ -8,7 +8,7 @@ from typing import Any
 
 from graph.chat_format import Prompt
 from graph.params import GenerationParams
-from graph.results import Classification, GenerationResult, StreamEvent
+from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 
 
 class LocalGenerator:
@@ -46,6 +46,9 @@ class LocalClassifier:
 
     async def classify(self, texts: list[str]) -> list[Classification]:
         return await asyncio.to_thread(self.classifier.classify, texts)
+
+    async def embed(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self.classifier.embeddings, texts)
 
 
 def build_local_graph(config: Any, **lookups: Any) -> tuple[Any, dict[str, Any]]:

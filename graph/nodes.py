@@ -8,7 +8,7 @@ from typing import Protocol
 
 from graph.chat_format import Prompt
 from graph.params import GenerationParams
-from graph.results import Classification, GenerationResult, StreamEvent
+from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 
 
 class GeneratorClient(Protocol):
@@ -31,3 +31,5 @@ class GeneratorClient(Protocol):
 
 class ClassifierClient(Protocol):
     async def classify(self, texts: list[str]) -> list[Classification]: ...
+
+    async def embed(self, texts: list[str]) -> list[Embedding]: ...

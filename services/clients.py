@@ -19,11 +19,12 @@ from pydantic import TypeAdapter, ValidationError
 from graph.chat_format import Prompt
 from graph.errors import ErrorBody, GraphError, NodeFailure, error_from_body, error_from_status
 from graph.params import GenerationParams
-from graph.results import Classification, GenerationResult, StreamEvent
+from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 from graph.wire import StreamDecoder
 
 _RESULTS = TypeAdapter(list[list[GenerationResult]])
 _CLASSIFICATIONS = TypeAdapter(list[Classification])
+_EMBEDDINGS = TypeAdapter(list[Embedding])
 _ERROR = TypeAdapter(ErrorBody | list[ErrorBody])  # BentoML wraps a 4xx body in a one-element list
 # A node's worker died under the call (kill -9, out of memory): the supervisor starts a new one on the
 # same socket, so the same call, sent again, waits for it. The graph's deadline bounds the retries.
@@ -135,3 +136,7 @@ class ClassifierNodeClient:
     async def classify(self, texts: list[str]) -> list[Classification]:
         out = await _retrying(lambda: self.dep.to_async.classify(texts), "classifier", "")
         return _typed(_CLASSIFICATIONS, out, "classifier")
+
+    async def embed(self, texts: list[str]) -> list[Embedding]:
+        out = await _retrying(lambda: self.dep.to_async.embed(texts), "classifier", "")
+        return _typed(_EMBEDDINGS, out, "classifier")

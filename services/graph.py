@@ -25,6 +25,7 @@ from starlette.responses import StreamingResponse
 
 from graph.auth import ApiKeys
 from graph.compose import Graph, Timeline, background, sse
+from graph.faces.embeddings import EmbedRequest, EmbedResponse
 from graph.faces.grpc_server import GrpcFaces
 from graph.policies.schemas import PolicyResponse
 from graph.schemas import (
@@ -155,6 +156,14 @@ class InferenceGraph(ChatEndpoints):
         req = ClassifyRequest(**fields)
         request_id(ctx)
         return await self.graph.classify(req.texts)
+
+    @bentoml.api(input_spec=EmbedRequest)
+    @http_errors
+    async def embed(self, ctx: bentoml.Context, **fields: Any) -> EmbedResponse:
+        """Sentence embeddings of the classifier node's encoder: one unit-length vector per text."""
+        req = EmbedRequest(**fields)
+        request_id(ctx)
+        return EmbedResponse.of(await self.graph.embed(req.texts))
 
     @bentoml.api(input_spec=StreamRequest)
     @http_errors

@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from graph.errors import GraphError, InvalidRequest
+from graph.faces.embeddings import EmbeddingRequest, parse_embedding_request
 from graph.faces.openai_errors import openai_error
 from graph.faces.openai_face import Charge, OpenAIFace, free
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest, parse_request
@@ -71,7 +72,7 @@ def _charge(request: Request) -> Charge:
 
 
 def _endpoint(
-    model: type, call: Callable[[OpenAIFace, Any, str, Charge], Awaitable[Any]]
+    model: type, call: Callable[[OpenAIFace, Any, str, Charge], Awaitable[Any]], parse: Callable[..., Any] | None = None
 ) -> Callable[[Request], Awaitable[Response]]:
     """One POST endpoint: parse `model` from the body, run `call`, map any error in one place."""
 
@@ -79,7 +80,10 @@ def _endpoint(
         rid = _rid(request)
         names: Mapping[str, str] | None = None
         try:
-            req = parse_request(model, await _body(request))
+            body = await _body(request)
+            if parse is not None:
+                return _answer(await call(face(request), parse(body), rid, _charge(request)), rid)
+            req = parse_request(model, body)
             names = req.names()
             return _answer(await call(face(request), req, rid, _charge(request)), rid)
         except GraphError as err:
@@ -118,6 +122,11 @@ def make_openai_app() -> Starlette:
             Route(
                 "/completions",
                 _endpoint(CompletionRequest, lambda f, r, rid, c: f.completions(r, rid, c)),
+                methods=["POST"],
+            ),
+            Route(
+                "/embeddings",
+                _endpoint(EmbeddingRequest, lambda f, r, rid, c: f.embeddings(r, rid), parse=parse_embedding_request),
                 methods=["POST"],
             ),
         ]

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from openai.types import Completion, CompletionChoice, CompletionUsage, Model
+from openai.types import Completion, CompletionChoice, CompletionUsage, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from graph.chat_format import Prompt, score_text
 from graph.compose import Graph, background, sse
 from graph.errors import ErrorBody, InvalidRequest
+from graph.faces.embeddings import EMBEDDING_MODEL, EmbeddingRequest, openai_embeddings
 from graph.faces.openai_errors import UnknownModel, error_object
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest
 from graph.faces.openai_shapes import Scored, _chat_logprobs, _extras, _text_logprobs, _usage, _with
@@ -80,12 +81,21 @@ class OpenAIFace:
         }
 
     def models(self) -> ModelList:
-        return ModelList(data=[Model(id=m, created=self.created, object="model", owned_by=OWNER) for m in self.routes])
+        names = [*self.routes, EMBEDDING_MODEL]
+        return ModelList(data=[Model(id=m, created=self.created, object="model", owned_by=OWNER) for m in names])
 
     def route(self, model: str) -> Route:
+        if model == EMBEDDING_MODEL:
+            raise InvalidRequest(f"model: {model!r} embeds text; use /v1/embeddings", field="model")
         if model not in self.routes:
             raise UnknownModel(f"model: {model!r} does not exist; this server has {list(self.routes)}", field="model")
         return self.routes[model]
+
+    # ---- embeddings ----------------------------------------------------------------------------
+    async def embeddings(self, req: EmbeddingRequest, rid: str) -> CreateEmbeddingResponse:
+        """The classifier node's sentence encoder on every input (batched with concurrent requests)."""
+        log.info("request_id=%s openai embeddings inputs=%d user=%s", rid, len(req.texts()), req.user)
+        return openai_embeddings(req, await self.graph.embed(req.texts()))
 
     # ---- chat ----------------------------------------------------------------------------------
     async def chat(

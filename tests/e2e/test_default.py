@@ -101,6 +101,7 @@ def test_openai_face_on_real_models(server: Server) -> None:
         "graph:best_of_3",
         "graph:best_of_3_pruned",
         "graph:cascade",
+        "classifier",
     ]
     question = "Name a colour."
     plain = httpx.post(
@@ -138,3 +139,18 @@ def test_seed_example_calls_answer_with_new_text(server: Server, seed_stub) -> N
     assert streamed.startswith(text) and streamed[len(text) :].strip(), streamed
     r = httpx.post(server.url + "/generate", timeout=120, json={"prompt": text, "model": "smollm2"})
     assert r.json()[0]["results"][0]["prompt_tokens"] > 7  # the template's tokens are not the caller's
+
+
+def test_embeddings_put_similar_sentences_closer(server: Server) -> None:
+    """The classifier's MiniLM through the unmodified `openai` SDK: one vector per input, and the
+    cosine of two sentences about the same thing above that of unrelated ones."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    texts = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Quarterly tax filings are due in April."]
+    out = client.embeddings.create(model="classifier", input=texts)
+    assert len(out.data) == 3 and all(len(d.embedding) == 384 for d in out.data)  # MiniLM-L6's size
+    cat, kitten, tax = (d.embedding for d in out.data)
+    cosine = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731 (unit vectors)
+    assert cosine(cat, kitten) > cosine(cat, tax) + 0.2, (cosine(cat, kitten), cosine(cat, tax))
+    assert out.usage.prompt_tokens > 3

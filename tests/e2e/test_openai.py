@@ -29,7 +29,7 @@ def client(server: Server) -> openai.OpenAI:
 
 def test_models_list_every_node_and_the_graph(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
-    assert ids == ["tiny_a", "tiny_b", "graph", "graph:best", "graph:pruned", "graph:cheap_first"]
+    assert ids == ["tiny_a", "tiny_b", "graph", "graph:best", "graph:pruned", "graph:cheap_first", "classifier"]
     assert all(m.object == "model" and m.owned_by for m in client.models.list())
 
 
@@ -251,3 +251,48 @@ LONG = "Hello world, this is"  # tiny_a runs it greedily for 900 tokens without 
 def test_dropped_stream_stops_node_work(server: Server) -> None:
     body = {"model": "tiny_a", "prompt": LONG, "max_tokens": 900, "temperature": 0, "stream": True}
     assert_dropped_stream_stops(server, "tiny_a", "/v1/completions", body, tokens=900)
+
+
+def test_embeddings_one_vector_per_input(client: openai.OpenAI, server: Server) -> None:
+    """The SDK asks for base64 and decodes it; float is asked for explicitly; /embed gives the same vectors."""
+    texts = ["good happy", "bad sad", "a third text"]
+    out = client.embeddings.create(model="classifier", input=texts)
+    assert [d.index for d in out.data] == [0, 1, 2] and out.model == "classifier"
+    dims = {len(d.embedding) for d in out.data}
+    assert len(dims) == 1 and dims.pop() > 8
+    assert all(abs(sum(x * x for x in d.embedding) - 1.0) < 1e-3 for d in out.data)  # unit length
+    assert out.usage.prompt_tokens == out.usage.total_tokens >= len(texts)
+    floats = client.embeddings.create(model="classifier", input=texts, encoding_format="float")
+    for a, b in zip(out.data, floats.data):
+        assert max(abs(x - y) for x, y in zip(a.embedding, b.embedding)) < 1e-6
+    one = client.embeddings.create(model="classifier", input="good happy", encoding_format="float")
+    assert (
+        len(one.data) == 1 and max(abs(x - y) for x, y in zip(one.data[0].embedding, floats.data[0].embedding)) < 1e-5
+    )
+    r = httpx.post(server.url + "/embed", json={"texts": texts}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "classifier" and len(body["embeddings"]) == 3
+    assert body["prompt_tokens"] == floats.usage.prompt_tokens
+    assert max(abs(x - y) for x, y in zip(body["embeddings"][2], floats.data[2].embedding)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"model": "tiny_a", "input": "hi"}, "model"),
+        ({"model": "classifier", "input": []}, "input"),
+        ({"model": "classifier", "input": [[1, 2, 3]]}, "input"),
+        ({"model": "classifier", "input": "hi", "dimensions": 3}, "dimensions"),
+    ],
+)
+def test_bad_embeddings_request_names_the_field(client: openai.OpenAI, kwargs: dict, param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(**kwargs, encoding_format="float")
+    assert err.value.body["param"] == param, err.value.body
+
+
+def test_chat_on_the_embedding_model_is_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="classifier", messages=HI, max_tokens=2)
+    assert err.value.body["param"] == "model" and "/v1/embeddings" in err.value.body["message"]
