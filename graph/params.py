@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from graph.errors import InvalidRequest
+from graph.response_format import ResponseFormat
 
 MAX_STOP_STRINGS = 8
 
@@ -52,6 +53,11 @@ class GenerationParams(BaseModel):
     )
     logprobs: bool = Field(False, description="Return the log-probability of each generated token.")
     top_logprobs: Int = Field(0, ge=0, le=20, description="Alternatives per token with their log-probabilities.")
+    response_format: ResponseFormat | None = Field(
+        None,
+        description="Structured output (OpenAI's shape): json_object, or json_schema with a schema; None = text.",
+        examples=[{"type": "json_object"}],
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> GenerationParams:

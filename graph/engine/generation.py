@@ -21,6 +21,7 @@ import torch
 
 from graph.chat_format import ChatMessage, ChatPrompt, FittedChat, fit_chat
 from graph.engine.detok import make_decoder
+from graph.engine.grammar import Grammars
 from graph.engine.kvcache import kv_bytes_per_token
 from graph.engine.runner import ModelRunner
 from graph.engine.scheduler import Request, Scheduler
@@ -81,6 +82,7 @@ class GenerationEngine:
         eos = _eos_ids(model, tokenizer)
         pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, *sorted(eos)) if t is not None), 0)
         self._bos_id = tokenizer.bos_token_id
+        self._grammars = Grammars(tokenizer, _vocab_size(model, tokenizer), eos)  # response_format
         self._decode = make_decoder(tokenizer)
         self._scheduler = Scheduler(
             self._runner,
@@ -323,6 +325,7 @@ class GenerationEngine:
             streaming=streaming,
             decode=self._decode,
             prompt_messages=prompt_messages,
+            grammars=self._grammars.matchers(params.response_format, params.num_return_sequences),
         )
         self._scheduler.submit(req)
         return req
@@ -337,3 +340,10 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
         elif value is not None:
             ids.update(int(v) for v in value)
     return frozenset(ids)
+
+
+def _vocab_size(model, tokenizer) -> int:
+    """Width of the model's logits (its output embedding; the tokenizer's size if it has none)."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(out, "weight", None)
+    return int(weight.shape[0]) if weight is not None else len(tokenizer)

@@ -26,11 +26,13 @@ import math
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
+from graph.engine.grammar import RowGrammar
 from graph.engine.kvcache import BatchKVCache
 from graph.engine.runner import ModelRunner, release_openmp_pool
 from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
@@ -65,6 +67,7 @@ class Request:
         streaming: bool,
         decode,
         prompt_messages: int | None = None,
+        grammars: Sequence[RowGrammar | None] = (),
     ) -> None:
         self.id = rid
         self.prompt_ids = prompt_ids
@@ -81,12 +84,14 @@ class Request:
         self.open_rows = params.num_return_sequences  # rows not finished yet (decode side)
         self.results_seen = 0  # final results the consumer has taken (consumer side)
         self.rows = [Row(self, i, decode) for i in range(params.num_return_sequences)]
+        for row, grammar in zip(self.rows, grammars):  # response_format: one matcher per row
+            row.grammar = grammar
 
 
 class Row:
     """One sequence being generated (a request has num_return_sequences of them)."""
 
-    __slots__ = ("req", "index", "generator", "tokens", "detok", "stop", "logprobs", "finished")
+    __slots__ = ("req", "index", "generator", "tokens", "detok", "stop", "logprobs", "finished", "grammar")
 
     def __init__(self, req: Request, index: int, decode) -> None:
         p = req.params
@@ -101,6 +106,7 @@ class Row:
         self.stop = StopMatcher(p.stop)
         self.logprobs: list[TokenLogprob] | None = [] if p.logprobs else None
         self.finished = False
+        self.grammar: RowGrammar | None = None
 
     @property
     def position(self) -> int:
@@ -108,7 +114,7 @@ class Row:
         return len(self.req.prompt_ids) + len(self.tokens) - 1
 
     def sampling(self) -> RowSampling:
-        return RowSampling(self.req.params, self.generator, [*self.req.prompt_ids, *self.tokens])
+        return RowSampling(self.req.params, self.generator, [*self.req.prompt_ids, *self.tokens], self.grammar)
 
 
 class Outbox:

@@ -26,8 +26,24 @@ Msg = TypeVar("Msg", bound=Message)
 
 
 def fields_of(message: Message) -> dict[str, Any]:
-    """The fields a request message sets (proto3 `optional` ones only when present), by proto name."""
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    """The fields a request message sets (proto3 `optional` ones only when present), by proto name.
+    `params.response_format` (a Struct, whose numbers are all doubles) gets its whole numbers back
+    as integers, as JSON Schema keywords like maxLength need them."""
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    params = data.get("params")
+    if isinstance(params, dict) and "response_format" in params:
+        params["response_format"] = _whole_numbers(params["response_format"])
+    return data
+
+
+def _whole_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
 
 
 def to_proto(model: BaseModel, message: Msg, *, exclude: set[str] | None = None) -> Msg:
