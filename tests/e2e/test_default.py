@@ -154,3 +154,20 @@ def test_embeddings_put_similar_sentences_closer(server: Server) -> None:
     cosine = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731 (unit vectors)
     assert cosine(cat, kitten) > cosine(cat, tax) + 0.2, (cosine(cat, kitten), cosine(cat, tax))
     assert out.usage.prompt_tokens > 3
+
+
+def test_parse_on_each_real_node_returns_a_parsed_object(server: Server) -> None:
+    """`chat.completions.parse(response_format=<pydantic model>)` on SmolLM2 and Gemma 3."""
+    import openai
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    messages = [{"role": "user", "content": "Name one large city and its country, as JSON."}]
+    for model in ("smollm2", "gemma3"):
+        out = client.chat.completions.parse(model=model, messages=messages, max_tokens=64, response_format=City)
+        city = out.choices[0].message.parsed
+        assert isinstance(city, City) and city.name.strip(), (model, out.choices[0].message.content)
