@@ -161,6 +161,16 @@ class Graph:
             raise NodeFailure(f"classifier returned {len(out)} embeddings for {len(texts)} texts", node="classifier")
         return out
 
+    async def decide(
+        self, prompt: Prompt, overrides: BaseModel | None, request_id: str, graph: str, deadline_ms: int | None = None
+    ) -> PolicyResponse:
+        """Named graph `graph`'s decision on a text or a chat (chat faces: messages through each node's template)."""
+        self.check_prompt(prompt, "prompt")
+        chosen = policies.start(self, graph, prompt, overrides, request_id, Deadline.of(deadline_ms, self.latencies))
+        if chosen is None:
+            raise InvalidRequest(f"graph: {graph!r} is not a named graph (best_of, cascade)", field="graph")
+        return await policies.execute(*chosen)
+
     async def generate_score(
         self,
         sentence: str,
@@ -200,8 +210,7 @@ class Graph:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
         deadline = Deadline.of(deadline_ms, self.latencies)
-        named = score and isinstance(prompt, str)  # named graphs score plain prompts (not chat messages)
-        chosen = policies.start(self, graph, prompt, overrides, request_id, deadline, model) if named else None
+        chosen = policies.start(self, graph, prompt, overrides, request_id, deadline, model) if score else None
         if chosen is not None:
             return policies.events(*chosen)
         overrides = Deadline.capped(deadline, overrides)

@@ -26,9 +26,9 @@ from graph.compose import Graph, background, sse
 from graph.errors import ErrorBody, InvalidRequest
 from graph.faces.embeddings import EMBEDDING_MODEL, EmbeddingRequest, openai_embeddings
 from graph.faces.openai_errors import UnknownModel, error_object
+from graph.faces.openai_policy import decided, decision_stream
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest
 from graph.faces.openai_shapes import Scored, _chat_logprobs, _extras, _text_logprobs, _usage, _with
-from graph.results import Classification, GenerationResult
 from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent
 
 log = logging.getLogger("graph")
@@ -106,7 +106,6 @@ class OpenAIFace:
         route, prompt = self.route(req.model), req.prompt()
         log.info("request_id=%s openai chat model=%s user=%s", rid, req.model, req.user)
         if req.stream:
-            self._streamable(route)
             return self._stream(req, route, prompt, rid, charge, chat=True)
         choices = await self._run([prompt], route, req, rid, charge)
         return ChatCompletion(
@@ -136,7 +135,6 @@ class OpenAIFace:
         route, prompts = self.route(req.model), req.prompts()
         log.info("request_id=%s openai completions model=%s user=%s", rid, req.model, req.user)
         if req.stream:
-            self._streamable(route)
             return self._stream(req, route, prompts[0], rid, charge, chat=False)
         choices = await self._run(list(prompts), route, req, rid, charge)
         return Completion(
@@ -180,13 +178,6 @@ class OpenAIFace:
         scored = [Scored(node, i, r, c) for (node, i, r), c in zip(flat, verdicts)]
         return sorted(scored, key=lambda s: (s.prompt_index, -(s.score.score if s.score else 0.0)))
 
-    @staticmethod
-    def _streamable(route: Route) -> None:
-        if route.policy is not None:
-            raise InvalidRequest(
-                f"stream: graph:{route.policy} answers once it has decided; set stream=false", field="stream"
-            )
-
     async def _decide(
         self,
         name: str,
@@ -196,22 +187,9 @@ class OpenAIFace:
         rid: str,
         charge: Charge,
     ) -> Scored:
-        if not isinstance(prompt, str):
-            raise InvalidRequest(f"model: graph:{name} answers text prompts; use /v1/completions", field="model")
-        out = await self.graph.generate_score(prompt, req.overrides(), f"{rid}-{index}", graph=name)
-        assert not isinstance(out, list)  # a named graph answers with its decision
+        out = await self.graph.decide(prompt, req.overrides(), f"{rid}-{index}", name)
         charge(out.trace.tokens_total)
-        a = out.answer
-        result = GenerationResult(
-            index=0,
-            text=a.completion,
-            finish_reason=out.finish_reason,
-            prompt_tokens=a.prompt_tokens,
-            completion_tokens=a.completion_tokens,
-            created=time.time(),
-        )
-        verdict = Classification(label=a.label, score=a.score, labels=a.labels)
-        return Scored(a.model, index, result, verdict, out.usage)
+        return decided(out, index)
 
     # ---- streaming -----------------------------------------------------------------------------
     def _stream(
@@ -225,7 +203,11 @@ class OpenAIFace:
         chat: bool,
     ) -> AsyncIterator[str]:
         """Validate now (bad input is a 4xx, not a broken stream), then the chunks as SSE, then [DONE]."""
+        if route.policy is not None:
+            chunks = _Chunks(req, rid, [f"graph:{route.policy}"], chat=chat, echo=False)
+            return decision_stream(self.graph, req, route.policy, prompt, rid, charge, chunks, _FINISH.__getitem__)
         events = self.graph.stream(prompt, route.node, req.overrides(), 0, rid, route.scored)
+
         nodes = list(self.graph.generators) if route.node is None else [route.node]
         chunks = _Chunks(req, rid, nodes, chat=chat, echo=isinstance(req, CompletionRequest) and req.echo)
 

@@ -50,7 +50,7 @@ async def cascade(run: Run, g: Cascade) -> PolicyResponse:
         result = await _one(run, spec)
         if d is not None:
             d.generated()
-        (c,) = await run.score([run.prompt + result.text])
+        (c,) = await run.score([run.scored(result.text)])
         await run.send(ScoreEvent(model=node, index=i, **c.model_dump()))
         cand = run.candidate(spec, result, c)
         stage = _gate(g, cand, c, result, (time.monotonic() - t0) * 1000.0)

@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator
 
 from pydantic import BaseModel
 
+from graph.chat_format import Prompt
 from graph.config import GraphConfig
 from graph.errors import GraphError, InvalidRequest, NodeFailure
 from graph.policies import best_of as best_of_policy
@@ -39,7 +40,7 @@ def resolve(config: GraphConfig, name: str | None, field: str = "graph") -> Name
 def start(
     host: Host,
     graph: str | None,
-    prompt: str,
+    prompt: Prompt,
     overrides: BaseModel | None,
     request_id: str,
     deadline: Deadline | None,

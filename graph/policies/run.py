@@ -12,6 +12,7 @@ from typing import Protocol, TypeVar, Union
 
 from pydantic import BaseModel
 
+from graph.chat_format import Prompt, score_text
 from graph.config import GraphConfig
 from graph.errors import InvalidRequest
 from graph.nodes import GeneratorClient
@@ -59,7 +60,7 @@ class Run:
 
     host: Host
     graph: str
-    prompt: str
+    prompt: Prompt  # a text, or a chat (messages through each node's chat template)
     request_id: str
     overrides: BaseModel | None
     deadline: Deadline | None
@@ -67,6 +68,10 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     started_rids: list[tuple[str, str]] = field(default_factory=list)  # (node, candidate request id)
     nodes_run: list[str] = field(default_factory=list)
+
+    def scored(self, completion: str) -> str:
+        """What the classifier scores (and `generated` shows): the prompt (a chat's last user message) + it."""
+        return score_text(self.prompt, completion)
 
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000.0
@@ -157,7 +162,7 @@ class Run:
             id=spec.id,
             model=spec.node,
             seed=spec.params.seed,
-            generated=self.prompt + result.text,
+            generated=self.scored(result.text),
             completion=result.text,
             score=c.score,
             label=c.label,

@@ -153,9 +153,41 @@ def test_named_graph_answers_its_decision(client: openai.OpenAI, server: Server)
     assert out.usage.completion_tokens == direct["usage"]["completion_tokens"]
     assert (out.usage.model_extra or {})["candidates"] == 3
     assert (out.usage.model_extra or {})["winners"] == [extra["candidate"]] == [direct["answer"]["id"]]
-    with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model="graph:best", prompt="The cat", max_tokens=4, stream=True)
-    assert err.value.body["param"] == "stream"
+    streamed = list(client.completions.create(model="graph:best", prompt="The cat", max_tokens=4, seed=7, stream=True))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == out.choices[0].text  # same seed, same answer
+
+
+@pytest.mark.parametrize("model", ["graph:best", "graph:pruned", "graph:cheap_first"])
+def test_named_graph_chat_streamed_and_not(client: openai.OpenAI, model: str) -> None:
+    """Messages go through each node's chat template as for a node; the stream sends the decided answer
+    (the policy's progress goes as SSE comments the SDK skips) and usage counts every candidate."""
+    out = client.chat.completions.create(model=model, messages=HI, max_tokens=6, seed=11)
+    (choice,) = out.choices
+    assert out.model == model and choice.message.role == "assistant"
+    assert (choice.model_extra or {})["model"] in NODES and choice.finish_reason in ("stop", "length")
+    usage = out.usage.model_extra or {}
+    assert usage["winners"] == [(choice.model_extra or {})["candidate"]] and usage["candidates"] >= 1
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=HI, max_tokens=6, seed=11, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= len(chunks[-2].choices)
+    if model != "graph:pruned":  # which candidates a pruning round stops depends on timing
+        assert text == choice.message.content  # seeded: the same decision
+        assert chunks[-1].usage.completion_tokens == out.usage.completion_tokens
+
+
+def test_named_graph_stream_carries_the_policy_as_sse_comments(server: Server) -> None:
+    body = {"model": "graph:cheap_first", "messages": HI, "max_tokens": 6, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        raw = r.read().decode()
+    comments = [line for line in raw.split("\n") if line.startswith(": ")]
+    kinds = [line.split(" ", 2)[1] for line in comments]
+    assert "policy" in kinds and kinds[-1] == "decision"
+    assert any('"type":"gate"' in line for line in comments) and any('"type":"candidates"' in line for line in comments)
 
 
 def test_graph_model_scores_every_node(client: openai.OpenAI) -> None:
@@ -309,7 +341,7 @@ class Thing(BaseModel):
     color: Literal["red", "green"]
 
 
-@pytest.mark.parametrize("model", ["tiny_a", "tiny_b"])
+@pytest.mark.parametrize("model", ["tiny_a", "tiny_b", "graph:best", "graph:cheap_first"])
 def test_parse_with_a_pydantic_model(client: openai.OpenAI, model: str) -> None:
     out = client.chat.completions.parse(model=model, messages=HI, max_tokens=120, response_format=Thing)
     thing = out.choices[0].message.parsed
