@@ -38,12 +38,14 @@ class GenerationParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., do_sample: _Optional[bool] = ..., num_return_sequences: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., max_time_ms: _Optional[int] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., response_format: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GenerateScoreRequest(_message.Message):
-    __slots__ = ("original_sentence", "params")
+    __slots__ = ("original_sentence", "params", "graph")
     ORIGINAL_SENTENCE_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
     original_sentence: str
     params: GenerationParams
-    def __init__(self, original_sentence: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ...) -> None: ...
+    graph: str
+    def __init__(self, original_sentence: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., graph: _Optional[str] = ...) -> None: ...
 
 class ScoredCompletion(_message.Message):
     __slots__ = ("model", "index", "generated", "completion", "score", "label", "labels", "finish_reason", "prompt_tokens", "completion_tokens")
@@ -77,10 +79,16 @@ class ScoredCompletion(_message.Message):
     def __init__(self, model: _Optional[str] = ..., index: _Optional[int] = ..., generated: _Optional[str] = ..., completion: _Optional[str] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., labels: _Optional[_Mapping[str, float]] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateScoreResponse(_message.Message):
-    __slots__ = ("completions",)
+    __slots__ = ("completions", "graph", "winner", "completion_tokens_total")
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    WINNER_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     completions: _containers.RepeatedCompositeFieldContainer[ScoredCompletion]
-    def __init__(self, completions: _Optional[_Iterable[_Union[ScoredCompletion, _Mapping]]] = ...) -> None: ...
+    graph: str
+    winner: str
+    completion_tokens_total: int
+    def __init__(self, completions: _Optional[_Iterable[_Union[ScoredCompletion, _Mapping]]] = ..., graph: _Optional[str] = ..., winner: _Optional[str] = ..., completion_tokens_total: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("prompt", "prompts", "model", "params")

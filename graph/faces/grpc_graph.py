@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from graph.compose import Graph, background
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
+from graph.policies.schemas import PolicyResponse
 from graph.schemas import ClassifyRequest, GenerateRequest, GenerateScoreRequest, StreamRequest
 from protos import inference_graph_pb2 as pb
 from protos import inference_graph_pb2_grpc as pb_grpc
@@ -66,8 +67,21 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
 
     @unary_errors
     async def GenerateScore(self, request: pb.GenerateScoreRequest, context: Any) -> pb.GenerateScoreResponse:
-        req = validated(GenerateScoreRequest, fields_of(request))
-        out = await self.graph.generate_score(req.original_sentence, req.params, request_id(context))
+        fields = fields_of(request)
+        metadata = dict(context.invocation_metadata() or ())
+        if "graph" not in fields and "x-graph" in metadata:  # the metadata names a graph, as x-model a node
+            fields["graph"] = metadata["x-graph"]
+        req = validated(GenerateScoreRequest, fields)
+        out = await self.graph.generate_score(req.original_sentence, req.params, request_id(context), graph=req.graph)
+        if isinstance(out, PolicyResponse):
+            rest = [c for c in out.candidates if c.id != out.answer.id]
+            extra = {"id", "seed", "mean_logprob", "pruned_at_tokens"}
+            return pb.GenerateScoreResponse(
+                completions=[to_proto(c, pb.ScoredCompletion(), exclude=extra) for c in [out.answer, *rest]],
+                graph=out.graph,
+                winner=out.usage.winner,
+                completion_tokens_total=out.usage.completion_tokens,
+            )
         return pb.GenerateScoreResponse(completions=[to_proto(c, pb.ScoredCompletion()) for c in out])
 
     @unary_errors
