@@ -34,6 +34,11 @@ class InferRequest(_Request):
         min_length=1, description="The user's message.", examples=["Hello! How are you?"], json_schema_extra=NOT_BLANK
     )
     model: str | None = Field(None, description="Generator node; omit for the config's chat.default_model.")
+    graph: str | None = Field(
+        None,
+        description="A named graph of the config (best_of, cascade) that answers instead of one node.",
+        examples=[None],
+    )
     params: GenerationOverrides | None = Field(None, description="Overrides of the node's generation defaults.")
 
     _message_not_blank = field_validator("message")(not_blank)
@@ -62,6 +67,8 @@ class ChatReply(BaseModel):
     model: str = Field(description="The generator node that answered.")
     finish_reason: FinishReason
     usage: Usage
+    graph: str | None = Field(None, description="The named graph that decided (its winner's node is `model`).")
+    candidate: str | None = Field(None, description="The named graph's winning candidate (usage: all candidates').")
     context_turns: int | None = Field(
         None,
         description="Past turns the node kept in the prompt (after max_turns, then its token budget).",
