@@ -213,7 +213,6 @@ def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
     "extra, field",
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"logit_bias": {"1": 5}}, "logit_bias"),
         ({"bogus": 1}, "bogus"),
     ],
