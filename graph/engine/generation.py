@@ -346,4 +346,9 @@ def _vocab_size(model, tokenizer) -> int:
     """Width of the model's logits (its output embedding; the tokenizer's size if it has none)."""
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(out, "weight", None)
-    return int(weight.shape[0]) if weight is not None else len(tokenizer)
+    if callable(weight):  # a dynamically quantized Linear: its weight is a method
+        weight = weight()
+    if weight is not None and hasattr(weight, "shape"):
+        return int(weight.shape[0])
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(getattr(config, "vocab_size", None) or len(tokenizer))
