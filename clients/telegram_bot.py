@@ -2,6 +2,10 @@
 
     TELEGRAM_BOT_TOKEN=123:abc python -m clients.telegram_bot --graph-url http://127.0.0.1:3000
 
+With API keys on the graph, give the bot its key (`--graph-key` or $GRAPH_API_KEY): it is sent as a
+Bearer token, so the bot's chats are charged to that key. Every call carries an `x-request-id`
+(`tg-<16 hex digits>`), which an error message shows, so a user's report finds the server's log lines.
+
 Commands: /start, /reset (deletes this chat's history), /model <name> (which generator answers),
 /score <text> (every model's completion with its score), and any other text is a chat message.
 Replies longer than Telegram's 4096 characters are split; a graph error is shown as a short message
@@ -21,6 +25,7 @@ from telegram import Update
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, ContextTypes, MessageHandler, filters
 
 from graph.chat.schemas import ChatReply, Forgotten
+from graph.context import new_request_id
 from graph.errors import ErrorBody
 from graph.schemas import ScoredCompletion
 
@@ -48,22 +53,26 @@ def split_message(text: str, limit: int = TELEGRAM_LIMIT) -> list[str]:
 class GraphClient:
     """The graph's HTTP API as the bot uses it (typed replies, errors as GraphReplyError)."""
 
-    def __init__(self, url: str, timeout_s: float = 300) -> None:
-        self.http = httpx.AsyncClient(base_url=url, timeout=timeout_s)
+    def __init__(self, url: str, timeout_s: float = 300, api_key: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.AsyncClient(base_url=url, timeout=timeout_s, headers=headers)
 
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        rid = f"tg-{new_request_id()}"
         try:
-            r = await self.http.post(path, json=body)
+            r = await self.http.post(path, json=body, headers={"x-request-id": rid})
         except httpx.HTTPError as exc:
             raise GraphReplyError(f"the graph is not reachable ({type(exc).__name__})") from None
         if r.status_code == 200:
             return r.json()
+        rid = r.headers.get("x-request-id", rid)
         try:
             err = _ERROR.validate_json(r.content)
             err = err[0] if isinstance(err, list) else err
-            raise GraphReplyError(f"{err.error}: {err.message}"[:300])
+            wait = f"; retry in {r.headers['retry-after']} s" if "retry-after" in r.headers else ""
+            raise GraphReplyError(f"{err.error}: {err.message}"[:300] + f"{wait} (request {rid})")
         except ValidationError:
-            raise GraphReplyError(f"the graph answered HTTP {r.status_code}") from None
+            raise GraphReplyError(f"the graph answered HTTP {r.status_code} (request {rid})") from None
 
     async def chat(self, user_id: str, message: str, model: str | None) -> ChatReply:
         body = {"user_id": user_id, "message": message, **({"model": model} if model else {})}
@@ -91,9 +100,11 @@ async def say(update: Update, text: str) -> None:
         await update.effective_chat.send_message(piece)
 
 
-def build_app(token: str, graph_url: str, api_url: str = "https://api.telegram.org") -> Application:
+def build_app(
+    token: str, graph_url: str, api_url: str = "https://api.telegram.org", graph_key: str | None = None
+) -> Application:
     """The bot's Application (handlers registered), talking to the Bot API at `api_url`."""
-    graph = GraphClient(graph_url)
+    graph = GraphClient(graph_url, api_key=graph_key)
     api = api_url.rstrip("/")
     app = ApplicationBuilder().token(token).base_url(f"{api}/bot").base_file_url(f"{api}/file/bot").build()
 
@@ -162,12 +173,17 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("TELEGRAM_API_URL", "https://api.telegram.org"),
         help="Bot API server (default: Telegram's)",
     )
+    p.add_argument(
+        "--graph-key",
+        default=os.environ.get("GRAPH_API_KEY"),
+        help="The graph's API key, if it has keys on (default: $GRAPH_API_KEY)",
+    )
     args = p.parse_args(argv)
     if not args.token:
         p.error("no bot token: pass --token or set TELEGRAM_BOT_TOKEN (from @BotFather)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    build_app(args.token, args.graph_url, args.api_url).run_polling(allowed_updates=Update.ALL_TYPES)
+    build_app(args.token, args.graph_url, args.api_url, args.graph_key).run_polling(allowed_updates=Update.ALL_TYPES)
 
 
 if __name__ == "__main__":

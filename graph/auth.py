@@ -30,18 +30,18 @@ class AuthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     keys_env: str | None = Field(
-        None, description="Environment variable holding the keys, comma-separated (`name:secret` or `secret`)."
+        default=None, description="Environment variable holding the keys, comma-separated (`name:secret` or `secret`)."
     )
     keys_file: str | None = Field(
-        None, description="File with one key per line (`name:secret` or `secret`; # comments)."
+        default=None, description="File with one key per line (`name:secret` or `secret`; # comments)."
     )
     open_paths: list[str] = Field(
         default_factory=lambda: list(DEFAULT_OPEN_PATHS),
         description="HTTP paths answered without a key (exact paths; a trailing * matches a prefix).",
     )
-    requests_per_minute: int | None = Field(None, ge=1, le=1_000_000, description="Per key; None = no limit.")
+    requests_per_minute: int | None = Field(default=None, ge=1, le=1_000_000, description="Per key; None = no limit.")
     tokens_per_minute: int | None = Field(
-        None, ge=1, le=100_000_000, description="Generated tokens per key per minute; None = no limit."
+        default=None, ge=1, le=100_000_000, description="Generated tokens per key per minute; None = no limit."
     )
 
     @model_validator(mode="after")

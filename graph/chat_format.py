@@ -22,7 +22,7 @@ always starts at a user message); leading system messages and the last message a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -116,7 +116,7 @@ class ChatPrompt(BaseModel):
 
 
 # What crosses the node boundary as a prompt of generate/generate_stream: text (/generate), or a chat.
-Prompt = Union[str, ChatPrompt]
+Prompt = str | ChatPrompt
 
 
 def prompt_chars(prompt: Prompt) -> int:

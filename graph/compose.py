@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 
+from graph import tracing
 from graph.chat_format import Prompt, prompt_chars, score_text
 from graph.config import GraphConfig
+from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
 from graph.limits import check_budget
+from graph.metering import Metered
 from graph.nodes import ClassifierClient, GeneratorClient
 from graph.params import GenerationParams, merge_params
 from graph.policies import registry as policies
@@ -23,6 +26,7 @@ from graph.policies.run import PolicyEvent
 from graph.policies.schemas import PolicyResponse
 from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
+from graph.tasks import background
 
 T = TypeVar("T")
 
@@ -49,7 +53,7 @@ class Graph:
     def __init__(
         self,
         config: GraphConfig,
-        generators: dict[str, GeneratorClient],
+        generators: Mapping[str, GeneratorClient],
         classifier: ClassifierClient,
     ) -> None:
         self.config = config
@@ -87,15 +91,26 @@ class Graph:
         return plan
 
     # ---- calls -----------------------------------------------------------------------------
-    async def _call(self, node: str, coro: Awaitable[T], timeline: Timeline | None) -> T:
+    def node(self, ctx: RequestContext, name: str) -> Metered:
+        """Generator `name` for request `ctx`: every token it generates is charged to the request."""
+        return Metered(self.generators[name], ctx)
+
+    async def _call(self, node: str, coro: Awaitable[T], timeline: Timeline | None, ctx: RequestContext | None) -> T:
         start = time.time()
-        deadline = self.config.graph_timeout_s
+        timeout = ctx.left_s() if ctx is not None else float(self.config.graph_timeout_s)
         try:
-            return await asyncio.wait_for(coro, deadline)
+            with tracing.node_span(node) as span:
+                out = await asyncio.wait_for(coro, timeout)
+                tracing.record(span, out)
+                return out
         except GraphError:
             raise
         except TimeoutError:
-            raise NodeTimeout(f"node {node!r} did not answer within graph_timeout_s={deadline}s", node=node) from None
+            raise NodeTimeout(
+                f"node {node!r} did not answer within the request's deadline "
+                f"({timeout:.0f}s left of graph_timeout_s={self.config.graph_timeout_s}s)",
+                node=node,
+            ) from None
         except Exception as exc:  # a node died or answered garbage: say which one
             log.exception("node %s failed", node)
             raise NodeFailure(f"node {node!r} failed: {type(exc).__name__}: {exc}", node=node) from exc
@@ -103,28 +118,30 @@ class Graph:
             if timeline is not None:
                 timeline.spans[node] = (start, time.time())
 
-    async def call(self, node: str, coro: Awaitable[T]) -> T:
-        """One node call under the graph's deadline; a failure becomes a GraphError naming the node."""
-        return await self._call(node, coro, None)
+    async def call(self, node: str, coro: Awaitable[T], ctx: RequestContext | None = None) -> T:
+        """One node call under the request's deadline; a failure becomes a GraphError naming the node."""
+        return await self._call(node, coro, None, ctx)
 
     async def generate(
         self,
-        prompts: list[Prompt],
+        ctx: RequestContext,
+        prompts: Sequence[Prompt],
         model: str | None,
         overrides: BaseModel | None,
-        request_id: str,
+        *,
         timeline: Timeline | None = None,
     ) -> dict[str, list[list[GenerationResult]]]:
         """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}."""
         for i, p in enumerate(prompts):
             self.check_prompt(p, "prompt" if len(prompts) == 1 else f"prompts[{i}]")
         plan = self.plan(self.select(model), overrides, len(prompts))
+        request_id = ctx.request_id
         self.inflight.setdefault(request_id, set()).update(plan)
         try:
             async with asyncio.TaskGroup() as group:  # one node failing cancels the others' calls
                 tasks = {
                     n: group.create_task(
-                        self._call(n, self.generators[n].generate(prompts, plan[n], request_id), timeline)
+                        self._call(n, self.node(ctx, n).generate(list(prompts), plan[n], request_id), timeline, ctx)
                     )
                     for n in plan
                 }
@@ -142,52 +159,54 @@ class Graph:
     async def count_tokens(self, node: str, prompt: str, template: bool = True) -> int:
         """Tokens `prompt` takes on generator `node` (its chat template and special tokens included);
         `template` false: the text's own tokens, whatever template the node wraps around it."""
-        return await self._call(node, self.generators[node].count_tokens(prompt, template), None)
+        return await self._call(node, self.generators[node].count_tokens(prompt, template), None, None)
 
     async def classify(self, texts: list[str]) -> list[Classification]:
         if not texts:
             return []
         start = time.monotonic()
-        out = await self._call("classifier", self.classifier.classify(texts), None)
+        out = await self._call("classifier", self.classifier.classify(texts), None, None)
         self.latencies.record((time.monotonic() - start) * 1000.0)
         if len(out) != len(texts):
             raise NodeFailure(f"classifier returned {len(out)} results for {len(texts)} texts", node="classifier")
         return out
 
-    async def embed(self, texts: list[str]) -> list[Embedding]:
+    async def embed(self, ctx: RequestContext, texts: list[str]) -> list[Embedding]:
         """Sentence embeddings from the classifier node's encoder, one per text."""
-        out = await self._call("classifier", self.classifier.embed(texts), None)
+        out = await self._call("classifier", self.classifier.embed(texts), None, ctx)
         if len(out) != len(texts):
             raise NodeFailure(f"classifier returned {len(out)} embeddings for {len(texts)} texts", node="classifier")
         return out
 
     async def decide(
-        self, prompt: Prompt, overrides: BaseModel | None, request_id: str, graph: str, deadline_ms: int | None = None
+        self, ctx: RequestContext, prompt: Prompt, overrides: BaseModel | None, graph: str
     ) -> PolicyResponse:
-        """Named graph `graph`'s decision on a text or a chat (chat faces: messages through each node's template)."""
+        """Named graph `graph`'s decision on a text or a chat (chat faces: messages through each node's template);
+        `ctx.deadline_ms`: answer in time."""
         self.check_prompt(prompt, "prompt")
-        chosen = policies.start(self, graph, prompt, overrides, request_id, Deadline.of(deadline_ms, self.latencies))
+        chosen = policies.start(self, ctx, graph, prompt, overrides, Deadline.of(ctx.deadline_ms, self.latencies))
         if chosen is None:
             raise InvalidRequest(f"graph: {graph!r} is not a named graph (best_of, cascade)", field="graph")
         return await policies.execute(*chosen)
 
     async def generate_score(
         self,
+        ctx: RequestContext,
         sentence: str,
         overrides: BaseModel | None,
-        request_id: str,
-        timeline: Timeline | None = None,
+        *,
         graph: str | None = None,
-        deadline_ms: int | None = None,
+        timeline: Timeline | None = None,
     ) -> list[ScoredCompletion] | PolicyResponse:
-        """`all` (every node, every completion scored, all returned) or the named graph's decision."""
+        """`all` (every node, every completion scored, all returned) or the named graph's decision;
+        `ctx.deadline_ms`: answer in time."""
         self.check_prompt(sentence, "original_sentence")
-        deadline = Deadline.of(deadline_ms, self.latencies)
-        chosen = policies.start(self, graph, sentence, overrides, request_id, deadline)
+        deadline = Deadline.of(ctx.deadline_ms, self.latencies)
+        chosen = policies.start(self, ctx, graph, sentence, overrides, deadline)
         if chosen is not None:  # a named graph (best_of, cascade) decides
             return await policies.execute(*chosen)
         overrides = Deadline.capped(deadline, overrides)  # generators: the deadline less scoring, as max_time_ms
-        per_node = await self.generate([sentence], None, overrides, request_id, timeline)
+        per_node = await self.generate(ctx, [sentence], None, overrides, timeline=timeline)
         if deadline is not None:
             deadline.generated()
         flat = [(node, r) for node, rows in per_node.items() for r in rows[0]]
@@ -198,34 +217,36 @@ class Graph:
     # ---- streaming -------------------------------------------------------------------------
     def stream(
         self,
+        ctx: RequestContext,
         prompt: Prompt,
         model: str | None,
         overrides: BaseModel | None,
-        interval_ms: int,
-        request_id: str,
-        score: bool,
+        *,
+        interval_ms: int = 0,
+        score: bool = False,
         graph: str | None = None,
-        deadline_ms: int | None = None,
     ) -> AsyncGenerator[GraphEvent | PolicyEvent, None]:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
-        deadline = Deadline.of(deadline_ms, self.latencies)
-        chosen = policies.start(self, graph, prompt, overrides, request_id, deadline, model) if score else None
+        deadline = Deadline.of(ctx.deadline_ms, self.latencies)
+        chosen = policies.start(self, ctx, graph, prompt, overrides, deadline, model) if score else None
         if chosen is not None:
             return policies.events(*chosen)
         overrides = Deadline.capped(deadline, overrides)
         plan = self.plan(self.select(model), overrides)
-        return self._events(prompt, plan, interval_ms, request_id, score)
+        return self._events(ctx, prompt, plan, interval_ms, score)
 
     async def _events(
         self,
+        ctx: RequestContext,
         prompt: Prompt,
         plan: dict[str, GenerationParams],
         interval_ms: int,
-        request_id: str,
         score: bool,
     ) -> AsyncGenerator[GraphEvent, None]:
-        """Interleave every selected node's events tagged by model; score each completion as it ends."""
+        """Interleave every selected node's events tagged by model; score each completion as it ends.
+        At the request's deadline the stream ends with a node_timeout error event."""
+        request_id = ctx.request_id
         queue: asyncio.Queue[GraphEvent | None] = asyncio.Queue()  # None: a producer is done
         outstanding = len(plan)  # producers (node pumps, scorers) that have not said "done" yet
         tasks: list[asyncio.Task[None]] = []
@@ -233,11 +254,16 @@ class Graph:
         async def pump(node: str) -> None:
             nonlocal outstanding
             try:
-                async for ev in self.generators[node].stream(prompt, plan[node], request_id, interval_ms):
-                    await queue.put(stream_event(node, ev))
-                    if score and ev.result is not None:
-                        outstanding += 1
-                        tasks.append(asyncio.create_task(score_one(node, ev.index, ev.result)))
+                with tracing.node_span(node) as span:
+                    results = []
+                    async for ev in self.node(ctx, node).stream(prompt, plan[node], request_id, interval_ms):
+                        await queue.put(stream_event(node, ev))
+                        if ev.result is not None:
+                            results.append(ev.result)
+                        if score and ev.result is not None:
+                            outstanding += 1
+                            tasks.append(asyncio.create_task(score_one(node, ev.index, ev.result)))
+                    tracing.record(span, results)
             except GraphError as exc:
                 await queue.put(error_event(exc))
             except Exception as exc:
@@ -262,7 +288,18 @@ class Graph:
         completed = False
         try:
             while outstanding:
-                item = await queue.get()
+                try:
+                    item = await asyncio.wait_for(queue.get(), ctx.left_s())
+                except TimeoutError:
+                    late = next(iter(plan))
+                    yield error_event(
+                        NodeTimeout(
+                            f"node {late!r} did not finish within the request's deadline "
+                            f"(graph_timeout_s={self.config.graph_timeout_s}s)",
+                            node=late,
+                        )
+                    )
+                    break
                 if item is None:
                     outstanding -= 1
                 else:
@@ -305,17 +342,6 @@ def _first_error(group: BaseExceptionGroup) -> BaseException:
         else:
             leaves.append(err)
     return next((e for e in leaves if isinstance(e, GraphError)), leaves[0])
-
-
-_BACKGROUND: set[asyncio.Future[Any]] = set()
-
-
-def background(aw: Awaitable[Any]) -> asyncio.Future[Any]:
-    """Run `aw` on its own (not cancelled with the caller), keeping a reference until it ends."""
-    fut = asyncio.ensure_future(aw)
-    _BACKGROUND.add(fut)
-    fut.add_done_callback(_BACKGROUND.discard)
-    return fut
 
 
 def stream_event(node: str, ev: StreamEvent) -> TokenEvent | FinalEvent:

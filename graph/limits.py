@@ -14,10 +14,10 @@ class RequestBudget(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_rows: int = Field(
-        64, ge=1, le=100_000, description="Rows = prompts x num_return_sequences (the default fits 64 prompts)."
+        default=64, ge=1, le=100_000, description="Rows = prompts x num_return_sequences (the default fits 64 prompts)."
     )
     max_new_tokens: int = Field(
-        16_384,
+        default=16_384,
         ge=1,
         le=100_000_000,
         description="Rows x max_new_tokens (the default fits 64 prompts x 256 tokens).",

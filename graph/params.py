@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from graph.errors import InvalidRequest
+from graph.field_errors import describe, field_errors
 from graph.response_format import ResponseFormat
 
 MAX_STOP_STRINGS = 8
@@ -32,16 +33,22 @@ class GenerationParams(BaseModel):
     # strict: a number is a number (no "8", no true for 1), a flag is a flag.
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    max_new_tokens: Int = Field(32, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate at most.")
-    temperature: float = Field(1.0, ge=0.0, le=5.0, description="Softmax temperature when sampling; 1.0 = no change.")
-    top_k: Int = Field(0, ge=0, le=1000, description="Keep the k most likely tokens; 0 = off.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass to keep; 1.0 = off.")
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="Penalty on tokens already present; 1.0 = off.")
-    do_sample: bool = Field(False, description="Sample (true) or take the most likely token (false).")
-    num_return_sequences: Int = Field(1, ge=1, le=8, description="Completions per prompt; more than 1 needs do_sample.")
+    max_new_tokens: Int = Field(default=32, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate at most.")
+    temperature: float = Field(
+        default=1.0, ge=0.0, le=5.0, description="Softmax temperature when sampling; 1.0 = no change."
+    )
+    top_k: Int = Field(default=0, ge=0, le=1000, description="Keep the k most likely tokens; 0 = off.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass to keep; 1.0 = off.")
+    repetition_penalty: float = Field(
+        default=1.0, gt=0.0, le=10.0, description="Penalty on tokens already present; 1.0 = off."
+    )
+    do_sample: bool = Field(default=False, description="Sample (true) or take the most likely token (false).")
+    num_return_sequences: Int = Field(
+        default=1, ge=1, le=8, description="Completions per prompt; more than 1 needs do_sample."
+    )
     # Bounds next to int, inside the Optional: elsewhere pydantic writes them as "ge"/"le" in the schema.
     seed: Annotated[int, Field(ge=0, le=2**32 - 1), BeforeValidator(_whole_number)] | None = Field(
-        None, description="Seed for sampling; same seed, same text."
+        default=None, description="Seed for sampling; same seed, same text."
     )
     stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list,
@@ -49,12 +56,14 @@ class GenerationParams(BaseModel):
         description="Generation ends when the completion contains one of these strings.",
     )
     max_time_ms: Annotated[int, Field(ge=1, le=600000), BeforeValidator(_whole_number)] | None = Field(
-        None, description="Wall-clock budget; ends with finish_reason 'time'."
+        default=None, description="Wall-clock budget; ends with finish_reason 'time'."
     )
-    logprobs: bool = Field(False, description="Return the log-probability of each generated token.")
-    top_logprobs: Int = Field(0, ge=0, le=20, description="Alternatives per token with their log-probabilities.")
+    logprobs: bool = Field(default=False, description="Return the log-probability of each generated token.")
+    top_logprobs: Int = Field(
+        default=0, ge=0, le=20, description="Alternatives per token with their log-probabilities."
+    )
     response_format: ResponseFormat | None = Field(
-        None,
+        default=None,
         description="Structured output (OpenAI's shape): json_object, or json_schema with a schema; None = text.",
         examples=[{"type": "json_object"}],
     )
@@ -99,7 +108,7 @@ def _optional_fields() -> dict[str, Any]:
     for name, info in GenerationParams.model_fields.items():
         optional = copy.copy(info)
         optional.default, optional.default_factory = None, None
-        fields[name] = (Union[info.annotation, None], optional)
+        fields[name] = (Union[info.annotation, None], optional)  # noqa: UP007  a runtime typing object: `|` is not defined for every form
     return fields
 
 
@@ -130,7 +139,8 @@ def merge_params(
     try:
         params = GenerationParams.model_validate(data)
     except ValidationError as exc:
-        raise InvalidRequest(_describe(exc, field_prefix), field=_first_field(exc, field_prefix)) from None
+        errors = field_errors(exc.errors(), prefix=field_prefix)
+        raise InvalidRequest(describe(errors), field=errors[0][0]) from None
     if params.max_new_tokens > max_new_tokens_limit:
         raise InvalidRequest(
             f"{field_prefix}.max_new_tokens: {params.max_new_tokens} is above this node's "
@@ -138,21 +148,3 @@ def merge_params(
             field=f"{field_prefix}.max_new_tokens",
         )
     return params
-
-
-def _first_field(exc: ValidationError, prefix: str) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    if not loc:
-        msg = str(err.get("msg", ""))
-        loc = msg.split(":", 1)[0].removeprefix("Value error, ").strip()
-    return f"{prefix}.{loc}" if loc else prefix
-
-
-def _describe(exc: ValidationError, prefix: str) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{prefix}.{loc}: {msg}" if loc else f"{prefix}.{msg}")
-    return "; ".join(parts)

@@ -42,13 +42,19 @@ class GenerationResult(BaseModel):
         description="Tokens the model generated for this completion (an end-of-sequence token counts; "
         "tokens after a stop string count too)."
     )
-    logprobs: list[TokenLogprob] | None = Field(None, description="One entry per generated token when logprobs=true.")
+    logprobs: list[TokenLogprob] | None = Field(
+        default=None, description="One entry per generated token when logprobs=true."
+    )
     prompt_messages: int | None = Field(
-        None,
+        default=None,
         description="For a chat prompt: the messages the node kept after cutting the oldest to fit its "
         "prompt-token budget.",
     )
     created: float = Field(description="Unix time when the completion finished.")
+    queue_ms: float | None = Field(
+        default=None, description="Time the request waited for batch rows (ms); None if never run."
+    )
+    first_token_ms: float | None = Field(default=None, description="Time from arrival to its first token (ms).")
 
 
 class StreamEvent(BaseModel):
@@ -58,9 +64,10 @@ class StreamEvent(BaseModel):
 
     index: int = Field(description="Sequence index (0-based).")
     text: str = Field(description="New text since the previous event of this sequence; may be empty.")
-    result: GenerationResult | None = Field(None, description="Set on the final event of this sequence.")
+    result: GenerationResult | None = Field(default=None, description="Set on the final event of this sequence.")
     tokens: int | None = Field(
-        None, description="Tokens generated in this sequence so far (pruning reads it); final: completion_tokens."
+        default=None,
+        description="Tokens generated in this sequence so far (pruning reads it); final: completion_tokens.",
     )
 
 

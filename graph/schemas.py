@@ -6,6 +6,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import JsonDict
 
 from graph.params import GenerationOverrides, Int
 from graph.results import Classification, FinishReason, GenerationResult
@@ -23,11 +24,16 @@ class StrictRequest(BaseModel):
 # A prompt must hold one character that is not white space. The class spells out Python's and
 # ECMAScript's white space alike, so the schema's pattern (read by JSON Schema tools with ECMAScript
 # regexes) and this check (Python) agree on every string.
-_SPACE = "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
-NOT_BLANK = {"pattern": f"[^{_SPACE}]"}  # JSON Schema patterns search: "somewhere a non-space"
-_VISIBLE = re.compile(NOT_BLANK["pattern"])
+_SPACE = (
+    "\\t\\n\\u000b\\u000c\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680"
+    "\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000\\ufeff"
+)
+_NOT_BLANK_PATTERN = f"[^{_SPACE}]"  # JSON Schema patterns search: "somewhere a non-space"
+NOT_BLANK: JsonDict = {"pattern": _NOT_BLANK_PATTERN}
+_VISIBLE = re.compile(_NOT_BLANK_PATTERN)
 Text = Annotated[str, Field(min_length=1, json_schema_extra=NOT_BLANK)]
-DeadlineMs = Annotated[int, Field(ge=1, le=600_000), *Int.__metadata__]  # bounds first: the schema shows them
+# bounds first: the schema shows them
+DeadlineMs = Annotated[int, Field(ge=1, le=600_000), *Int.__metadata__]  # pyright: ignore[reportAttributeAccessIssue]  Annotated aliases carry __metadata__
 
 
 def not_blank(value: str) -> str:
@@ -40,22 +46,22 @@ class GenerateScoreRequest(StrictRequest):
     """Fan a sentence out to every generator, score every completion."""
 
     original_sentence: str = Field(
-        DEFAULT_PROMPT,
+        default=DEFAULT_PROMPT,
         min_length=1,
         description="Prompt given to every generator.",
         examples=[DEFAULT_PROMPT],
         json_schema_extra=NOT_BLANK,
     )
     params: GenerationOverrides | None = Field(
-        None, description="Overrides of the generators' defaults (same for every node)."
+        default=None, description="Overrides of the generators' defaults (same for every node)."
     )
     graph: str | None = Field(
-        None,
+        default=None,
         description="Named graph of the config (`all`, or a best_of / cascade graph); omit for the config's default.",
         examples=["all"],
     )
     deadline_ms: DeadlineMs | None = Field(
-        None,
+        default=None,
         description="Answer within this time with what the graph has (finish_reason `time`).",
     )
 
@@ -86,11 +92,11 @@ class GenerateRequest(StrictRequest):
         },
     )
 
-    prompt: str | None = Field(None, min_length=1, examples=["Once upon a time"], json_schema_extra=NOT_BLANK)
+    prompt: str | None = Field(default=None, min_length=1, examples=["Once upon a time"], json_schema_extra=NOT_BLANK)
     prompts: list[Text] | None = Field(
-        None, min_length=1, max_length=64, description="A batch of prompts instead of `prompt`."
+        default=None, min_length=1, max_length=64, description="A batch of prompts instead of `prompt`."
     )
-    model: str | None = Field(None, description="Generator node name; omit for every node.")
+    model: str | None = Field(default=None, description="Generator node name; omit for every node.")
     params: GenerationOverrides | None = None
 
     @field_validator("prompt")
@@ -118,11 +124,11 @@ class GenerateRequest(StrictRequest):
 class StreamRequest(StrictRequest):
     """Streamed generation as server-sent events."""
 
-    prompt: str = Field(DEFAULT_PROMPT, min_length=1, examples=[DEFAULT_PROMPT], json_schema_extra=NOT_BLANK)
-    model: str | None = Field(None, description="Generator node name; omit for every node.")
+    prompt: str = Field(default=DEFAULT_PROMPT, min_length=1, examples=[DEFAULT_PROMPT], json_schema_extra=NOT_BLANK)
+    model: str | None = Field(default=None, description="Generator node name; omit for every node.")
     params: GenerationOverrides | None = None
     intermediate_result_interval_ms: Int = Field(
-        0, ge=0, le=60_000, description="Send fragments no more often than this; 0 = every token."
+        default=0, ge=0, le=60_000, description="Send fragments no more often than this; 0 = every token."
     )
 
     _blank = field_validator("prompt")(not_blank)
@@ -131,8 +137,8 @@ class StreamRequest(StrictRequest):
 class ScoreStreamRequest(StreamRequest):
     """generate_score_stream: like StreamRequest, on a named graph, within a deadline."""
 
-    graph: str | None = Field(None, description="Named graph of the config; omit for the config's default.")
-    deadline_ms: DeadlineMs | None = Field(None, description="Answer within this time (finish_reason `time`).")
+    graph: str | None = Field(default=None, description="Named graph of the config; omit for the config's default.")
+    deadline_ms: DeadlineMs | None = Field(default=None, description="Answer within this time (finish_reason `time`).")
 
 
 class ClassifyRequest(StrictRequest):

@@ -27,7 +27,9 @@ class GeneratorInfo(_Frozen):
 
     name: str = Field(description="Node name (the `model` of requests and stream events).")
     model: str = Field(description="Where its weights come from, e.g. `path:artifacts/tiny/causal_lm`.")
-    remote_url: str | None = Field(None, description="Served by another Bento at this URL (else a local worker).")
+    remote_url: str | None = Field(
+        default=None, description="Served by another Bento at this URL (else a local worker)."
+    )
     chat_template: bool = Field(description="Prompts go through the tokenizer's chat template.")
     defaults: GenerationParams = Field(description="The node's generation defaults; a request overrides them.")
     max_new_tokens_limit: int = Field(description="Most max_new_tokens a request may ask of this node.")

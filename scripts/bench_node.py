@@ -166,14 +166,14 @@ def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids) -> dict
     texts = fixed_prompts(tok, max(args.levels), args.prompt_tokens)
     out: dict = {"startup_s": startup, "ppl": ppl}
 
-    async def run() -> None:
+    async def run(engine: GenerationEngine) -> None:
         out["greedy"] = await greedy_ids(engine, AGREE_PROMPTS, 32)
         await concurrent(engine, texts[:4], 8)  # warm the batched paths
         out["ms"] = statistics.median([await single_stream(engine, texts[0], args.new_tokens) for _ in range(2)])
         for c in args.levels:
             out[c] = await concurrent(engine, texts[:c], args.new_tokens)
 
-    asyncio.run(run())
+    asyncio.run(run(engine))
     runner = engine._runner
     out["compiles_after_warmup"] = None if warm_compiles is None else runner.compiles - warm_compiles
     engine.close()
@@ -281,10 +281,11 @@ def main() -> None:
         for rt, r in rows.items():
             d = f"{(r['ppl'] / base_ppl - 1) * 100:+.1f}%" if base_ppl else "-"
             flag = " " if not base_ppl or r["ppl"] <= base_ppl * (1 + QUALITY_BOUND) else "!"
+            recompiles = "-" if r["compiles_after_warmup"] is None else r["compiles_after_warmup"]
             print(
                 f"{rt:<22}{r['startup_s']:>8.1f}{r['ms']:>8.1f}"
                 + "".join(f"{r[c]:>9.1f}" for c in args.levels)
-                + f"{r['ppl']:>8.2f}{d:>7}{flag}{r['agree']:>7.0%}{'-' if r['compiles_after_warmup'] is None else r['compiles_after_warmup']:>9}"
+                + f"{r['ppl']:>8.2f}{d:>7}{flag}{r['agree']:>7.0%}{recompiles:>9}"
             )
         if theirs:
             print(

@@ -7,26 +7,26 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import bentoml
-from starlette.responses import StreamingResponse
 
 from graph.chat.schemas import ChatReply, ChatRequest, Forgotten, History, InferReply, InferRequest, UserRequest
 from graph.chat.session import ChatSessions
 from graph.chat.store import ChatStore
-from graph.compose import Graph, background, sse
-from services.common import http_errors, request_id
+from graph.compose import Graph, sse
+from graph.tasks import background
+from services.common import http_errors, request_context, sse_response
 
 
 def open_chat(graph: Graph) -> ChatSessions:
     """Chat sessions over `graph`, histories in the config's chat.database_url (opened on first use)."""
-    return ChatSessions(graph, ChatStore(graph.config.chat.database_url))
+    chat = graph.config.chat
+    return ChatSessions(
+        graph, ChatStore(chat.database_url, pool_size=chat.pool_size, pool_timeout_s=chat.pool_timeout_s)
+    )
 
 
-def caller(ctx: bentoml.Context) -> str | None:
-    """The API key id that owns the conversations this request may touch (the edge's KeyCheck
-    found it); None when the graph has no API keys."""
-    from services.edge import caller_of
-
-    return caller_of(ctx.request.state).key_id
+def owner(ctx: bentoml.Context) -> str | None:
+    """The API key id that owns the conversations this request may touch (None: no API keys)."""
+    return request_context(ctx).key_id
 
 
 class ChatEndpoints:
@@ -34,25 +34,25 @@ class ChatEndpoints:
 
     chat: ChatSessions
 
-    @bentoml.api(input_spec=InferRequest)
+    @bentoml.api(input_spec=InferRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def infer(self, ctx: bentoml.Context, **fields: Any) -> InferReply:
         """The seed's chat API: {user_id, message} -> {message}; each user's history is kept."""
-        reply = await self.chat.reply(caller(ctx), InferRequest(**fields), request_id(ctx))
+        reply = await self.chat.reply(request_context(ctx), InferRequest(**fields))
         return InferReply(message=reply.message)
 
-    @bentoml.api(route="/chat", name="chat", input_spec=ChatRequest)
+    @bentoml.api(route="/chat", name="chat", input_spec=ChatRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_turn(self, ctx: bentoml.Context, **fields: Any) -> ChatReply:
         """One chat turn: the reply, its turn number, the model and token usage."""
-        return await self.chat.reply(caller(ctx), ChatRequest(**fields), request_id(ctx))
+        return await self.chat.reply(request_context(ctx), ChatRequest(**fields))
 
-    @bentoml.api(input_spec=ChatRequest)
+    @bentoml.api(input_spec=ChatRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """A chat turn as server-sent events: token and final events, a `turn` event once stored, [DONE]."""
-        rid = request_id(ctx)
-        events = self.chat.stream(caller(ctx), ChatRequest(**fields), rid)
+        rctx = request_context(ctx)
+        events = self.chat.stream(rctx, ChatRequest(**fields))
 
         async def body() -> AsyncIterator[str]:
             try:
@@ -62,25 +62,19 @@ class ChatEndpoints:
             finally:  # client gone: close the turn (rolled back, its lock released)
                 background(events.aclose())
 
-        response: Any = StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "x-request-id": rid},
-        )
+        response: Any = sse_response(body(), rctx.request_id)
         return response
 
-    @bentoml.api(input_spec=UserRequest)
+    @bentoml.api(input_spec=UserRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_history(self, ctx: bentoml.Context, **fields: Any) -> History:
         """A user's kept conversation, oldest message first."""
         req = UserRequest(**fields)
-        request_id(ctx)
-        return await self.chat.history(caller(ctx), req.user_id)
+        return await self.chat.history(owner(ctx), req.user_id)
 
-    @bentoml.api(input_spec=UserRequest)
+    @bentoml.api(input_spec=UserRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def chat_delete(self, ctx: bentoml.Context, **fields: Any) -> Forgotten:
         """Delete a user's conversation from the database (the right to be forgotten)."""
         req = UserRequest(**fields)
-        request_id(ctx)
-        return await self.chat.forget(caller(ctx), req.user_id)
+        return await self.chat.forget(owner(ctx), req.user_id)

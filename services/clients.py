@@ -17,7 +17,7 @@ from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
 from graph.chat_format import Prompt
-from graph.errors import ErrorBody, GraphError, NodeFailure, error_from_body, error_from_status
+from graph.errors import ErrorBody, GraphError, NodeFailure, NodeUnavailable, error_from_body, error_from_status
 from graph.params import GenerationParams
 from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 from graph.wire import StreamDecoder
@@ -27,7 +27,8 @@ _CLASSIFICATIONS = TypeAdapter(list[Classification])
 _EMBEDDINGS = TypeAdapter(list[Embedding])
 _ERROR = TypeAdapter(ErrorBody | list[ErrorBody])  # BentoML wraps a 4xx body in a one-element list
 # A node's worker died under the call (kill -9, out of memory): the supervisor starts a new one on the
-# same socket, so the same call, sent again, waits for it. The graph's deadline bounds the retries.
+# same socket. The call is sent again at most `retries` times (config node_retries), each once the node
+# answers its readiness probe: a request that itself kills the worker takes it down a bounded number of times.
 WORKER_GONE = (
     aiohttp.ServerDisconnectedError,
     aiohttp.ClientOSError,
@@ -35,7 +36,7 @@ WORKER_GONE = (
     ConnectionResetError,
     BrokenPipeError,
 )
-RETRY_PAUSE_S = 0.5
+READY_POLL_S = 0.25
 log = logging.getLogger("graph")
 
 
@@ -57,27 +58,48 @@ def _typed(adapter: TypeAdapter[Any], value: Any, node: str) -> Any:
         raise NodeFailure(f"node {node!r} answered an unexpected shape: {exc}", node=node) from None
 
 
-async def _retrying(call: Callable[[], Awaitable[Any]], node: str, request_id: str) -> Any:
-    """`call()`, sent again while the node's worker is gone (died, or dropped a kept-alive
-    connection), until the graph's deadline (Graph._call) gives up; a node's own error is raised."""
-    attempt = 0
+async def _until_ready(dep: Any) -> None:
+    """Wait until the node answers its readiness probe (its new worker is up); the graph's deadline bounds it.
+    A local (in-process) node has no probe: it is ready."""
+    is_ready = getattr(dep, "is_ready", None)
+    while is_ready is not None:
+        try:
+            if await is_ready(timeout=1):
+                return
+        except Exception:  # refused or disconnected while the worker restarts: not ready yet
+            pass
+        await asyncio.sleep(READY_POLL_S)
+
+
+async def _retrying(call: Callable[[], Awaitable[Any]], node: str, request_id: str, dep: Any, retries: int) -> Any:
+    """`call()`, sent again at most `retries` times when the node's worker went away under it, each
+    once the node is ready again; a node's own error is raised, and so is a NodeFailure naming the
+    node once the retries are spent."""
+    failures = 0
     while True:
         try:
             return await call()
         except BentoMLException as exc:
             raise node_error(exc, node) from None
         except aiohttp.ClientConnectorError as exc:  # nothing listens there (a remote node is down): no retry
-            raise NodeFailure(f"node {node!r} cannot be reached: {exc}", node=node) from None
+            raise NodeUnavailable(f"node {node!r} cannot be reached: {exc}", node=node) from None
         except WORKER_GONE as exc:
-            attempt += 1
+            failures += 1
+            if failures > retries:
+                raise NodeFailure(
+                    f"node {node!r} failed {failures} times under request {request_id} (its worker went away: "
+                    f"{type(exc).__name__}); not sent again (node_retries={retries})",
+                    node=node,
+                ) from None
             log.warning(
-                "request_id=%s node %s: worker gone (%s); retry %d once it is back",
+                "request_id=%s node %s: worker gone (%s); retry %d of %d once it answers its readiness probe",
                 request_id,
                 node,
                 type(exc).__name__,
-                attempt,
+                failures,
+                retries,
             )
-            await asyncio.sleep(min(RETRY_PAUSE_S * attempt, 5.0))
+            await _until_ready(dep)
 
 
 async def _events(chunks: AsyncIterator[str | bytes], node: str) -> AsyncIterator[StreamEvent]:
@@ -94,11 +116,11 @@ async def _events(chunks: AsyncIterator[str | bytes], node: str) -> AsyncIterato
 
 class GeneratorNodeClient:
     """A generator node reached through bentoml.depends (local worker or remote Bento by URL).
-    Non-streaming calls are sent again when the node's worker died under them (same params and
-    seed: the same answer); a stream cut off that way ends with the error."""
+    Non-streaming calls are sent again (at most `retries` times) when the node's worker died under
+    them (same params and seed: the same answer); a stream cut off that way ends with the error."""
 
-    def __init__(self, dep: Any, node: str) -> None:
-        self.dep, self.node = dep, node
+    def __init__(self, dep: Any, node: str, retries: int = 1) -> None:
+        self.dep, self.node, self.retries = dep, node, retries
 
     async def generate(
         self, prompts: list[Prompt], params: GenerationParams, request_id: str
@@ -107,6 +129,8 @@ class GeneratorNodeClient:
             lambda: self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id),
             self.node,
             request_id,
+            self.dep,
+            self.retries,
         )
         return _typed(_RESULTS, out, self.node)
 
@@ -122,21 +146,27 @@ class GeneratorNodeClient:
         return bool(await self.dep.to_async.cancel(request_id=request_id))
 
     async def count_tokens(self, prompt: str, template: bool = True) -> int:
-        call = lambda: self.dep.to_async.count_tokens(prompt=prompt, template=template)  # noqa: E731
-        return int(await _retrying(call, self.node, ""))
+        count = await _retrying(
+            lambda: self.dep.to_async.count_tokens(prompt=prompt, template=template),
+            self.node,
+            "",
+            self.dep,
+            self.retries,
+        )
+        return int(count)
 
     async def stats(self) -> dict[str, float]:
         return dict(await self.dep.to_async.stats())
 
 
 class ClassifierNodeClient:
-    def __init__(self, dep: Any) -> None:
-        self.dep = dep
+    def __init__(self, dep: Any, retries: int = 1) -> None:
+        self.dep, self.retries = dep, retries
 
     async def classify(self, texts: list[str]) -> list[Classification]:
-        out = await _retrying(lambda: self.dep.to_async.classify(texts), "classifier", "")
+        out = await _retrying(lambda: self.dep.to_async.classify(texts), "classifier", "", self.dep, self.retries)
         return _typed(_CLASSIFICATIONS, out, "classifier")
 
     async def embed(self, texts: list[str]) -> list[Embedding]:
-        out = await _retrying(lambda: self.dep.to_async.embed(texts), "classifier", "")
+        out = await _retrying(lambda: self.dep.to_async.embed(texts), "classifier", "", self.dep, self.retries)
         return _typed(_EMBEDDINGS, out, "classifier")

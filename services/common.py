@@ -1,19 +1,19 @@
-"""Shared pieces of the BentoML shells: the graph config from --arg-file, the HTTP error boundary, request ids."""
+"""Shared pieces of the BentoML shells: the graph config from --arg-file, the HTTP error boundary, request contexts."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import sys
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from functools import lru_cache
 from typing import Any, ParamSpec, TypeVar
 
 import bentoml
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
 from graph.config import GraphConfig, config_from_arguments
+from graph.context import RequestContext
 from graph.errors import GraphError, Overloaded
 
 P = ParamSpec("P")
@@ -97,8 +97,20 @@ def with_dependencies(deps: dict[str, Any]) -> Callable[[type[R]], type[R]]:
     return declare
 
 
-def request_id(ctx: bentoml.Context) -> str:
-    """The caller's X-Request-Id, or a new one; it follows the request across nodes in the logs."""
-    rid = ctx.request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-    ctx.response.metadata["x-request-id"] = rid
-    return rid
+def context_of(state: Any, timeout_s: float = 300.0) -> RequestContext:
+    """The request's context, made once by the edge (services/edge.py RequestContexts, KeyCheck), from the
+    request's state (a Starlette State or the raw scope dict); a new one where the edge did not run."""
+    ctx = state.get("context") if isinstance(state, dict) else getattr(state, "context", None)
+    return ctx if isinstance(ctx, RequestContext) else RequestContext.make(timeout_s=timeout_s)
+
+
+def request_context(ctx: bentoml.Context) -> RequestContext:
+    """The context of the request a BentoML API is answering."""
+    return context_of(ctx.request.state, graph_config().graph_timeout_s)
+
+
+def sse_response(body: AsyncIterable[str], request_id: str) -> StreamingResponse:
+    """A stream of server-sent events (`data: ...` lines) as every face sends it: uncached, with its request id."""
+    return StreamingResponse(
+        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "x-request-id": request_id}
+    )

@@ -1,8 +1,9 @@
-"""The entry's HTTP edge, as ASGI middlewares: readiness, API keys, content types, schema errors.
+"""The entry's HTTP edge, as ASGI middlewares: request contexts, readiness, API keys, content types, schema errors.
 
 Refusals answer through `error_response` (services/common.py), so each has the graph's ErrorBody.
-Order, outermost first (services/graph.py adds them): Draining, ReadyProbe, DocsContract, KeyCheck,
-JsonOnly, ValidationErrors.
+Order, outermost first (services/graph.py adds them): RequestContexts, Draining, ReadyProbe, DocsContract,
+KeyCheck, JsonOnly, ValidationErrors. RequestContexts makes each request's `RequestContext` (graph/context.py)
+once, KeyCheck fills in its caller, and the endpoints of every face read it with `context_of`.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from graph.auth import ApiKeys, Caller, Unauthorized
+from graph.auth import ApiKeys, Unauthorized
+from graph.context import REQUEST_ID_HEADER, RequestContext, request_id_from
 from graph.errors import GraphError, InvalidRequest
-from services.common import error_response
+from graph.field_errors import describe, field_errors
+from services.common import context_of, error_response
 
 log = logging.getLogger("graph")
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
@@ -68,6 +71,32 @@ async def _send_json(send: Any, response: JSONResponse) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
+class RequestContexts:
+    """Outermost: each HTTP request's RequestContext (the caller's `x-request-id` when it is a sane one,
+    else a new id; the deadline graph_timeout_s from now), left in the request's state; every response,
+    refusals and /readyz included, carries the id in an `x-request-id` header."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app, self.timeout_s = app, timeout_s
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        ctx = RequestContext.make(timeout_s=self.timeout_s, request_id=request_id_from(given or None))
+        scope.setdefault("state", {})["context"] = ctx
+        stamp = (REQUEST_ID_HEADER.encode(), ctx.request_id.encode())
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != stamp[0]]
+                message = {**message, "headers": [*headers, stamp]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 class Draining:
     """While the entry shuts down (services/shutdown.py), new requests get 503 + Retry-After and
     /readyz says so; /livez and /metrics still answer."""
@@ -109,8 +138,8 @@ class ReadyProbe:
 
 class KeyCheck:
     """API keys (graph/auth.py): a request to a path that is not open needs `Authorization: Bearer
-    <key>` (401 otherwise) and must be within its key's rates (429). The caller is left in the
-    request's state for the endpoints (services.common.caller_of)."""
+    <key>` (401 otherwise) and must be within its key's rates (429). The request's context then
+    names the caller, and its generated tokens are charged to the key (by the graph)."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys, faces: FaceErrors | None = None) -> None:
         self.app, self.keys, self.faces = app, keys, faces or {}
@@ -129,7 +158,8 @@ class KeyCheck:
                 response.headers["WWW-Authenticate"] = "Bearer"
             await _send_json(send, response)
             return
-        scope.setdefault("state", {})["caller"] = caller
+        state = scope.setdefault("state", {})
+        state["context"] = context_of(state).by(caller, self.keys)
         await self.app(scope, receive, send)
 
 
@@ -209,12 +239,8 @@ def _rewrite_validation(body: bytes) -> bytes:
     if not (isinstance(detail, list) and detail):
         message = str(data.get("error") if isinstance(data, dict) else data)
         return bytes(error_response(InvalidRequest(f"body: {message}", field="body")).body)
-    parts, fields = [], []
-    for err in detail:
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "body"
-        fields.append(loc)
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    return bytes(error_response(InvalidRequest("; ".join(parts), field=fields[0])).body)
+    errors = field_errors(detail)
+    return bytes(error_response(InvalidRequest(describe(errors, root="body"), field=errors[0][0] or "body")).body)
 
 
 class DocsContract:
@@ -230,12 +256,19 @@ class DocsContract:
             return
         if self._spec is None:
             chunks: list[bytes] = []
+            started: dict[str, Any] = {}
 
             async def keep(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    started.update(message)
                 if message["type"] == "http.response.body":
                     chunks.append(message.get("body", b""))
 
             await self.app(scope, receive, keep)
+            if started.get("status") != 200:  # refused (no API key): pass the refusal on, keep nothing
+                await send(started)
+                await send({"type": "http.response.body", "body": b"".join(chunks)})
+                return
             from services.openapi import exact_spec
 
             self._spec = json.dumps(exact_spec(json.loads(b"".join(chunks)), **self.limits)).encode()
@@ -247,8 +280,3 @@ class DocsContract:
             }
         )
         await send({"type": "http.response.body", "body": self._spec})
-
-
-def caller_of(state: Any) -> Caller:
-    """The caller KeyCheck found for this request (Caller() when keys are off)."""
-    return getattr(state, "caller", None) or Caller()

@@ -35,6 +35,18 @@ ENGINE_COUNTERS = {
     "shed_total": "Requests refused at once because their expected wait was over scheduler.max_wait_s (429).",
     "failed_rows_total": "Rows that failed alone (their sampling failed); the rest of the batch went on.",
 }
+ENGINE_GAUGES = {
+    "active_rows": "Rows in this node's decode batch now.",
+    "queued_requests": "Requests waiting for batch rows now (the queue depth an autoscaler can follow).",
+    "step_ms": "Moving average of one batched decode step (ms).",
+    "kv_mb": "MiB of KV cache the live rows use.",
+}
+_GAUGES = {
+    key: bentoml.metrics.Gauge(
+        name=f"graph_node_{key}", documentation=doc, labelnames=["node"], multiprocess_mode="livemax"
+    )
+    for key, doc in ENGINE_GAUGES.items()
+}
 _METRICS = {
     key: bentoml.metrics.Counter(name=f"graph_node_{key[: -len('_total')]}", documentation=doc, labelnames=["node"])
     for key, doc in ENGINE_COUNTERS.items()
@@ -42,7 +54,7 @@ _METRICS = {
 
 
 def sync_metrics(node: str, engine: Any, stop: threading.Event, every_s: float = 0.5) -> None:
-    """Copy the engine's counters into Prometheus counters until `stop` is set (own thread)."""
+    """Copy the engine's counters and gauges into Prometheus until `stop` is set (own thread)."""
     seen = {key: 0.0 for key in ENGINE_COUNTERS}
     while True:
         stats = engine.stats()
@@ -51,6 +63,8 @@ def sync_metrics(node: str, engine: Any, stop: threading.Event, every_s: float =
             if value > seen[key]:
                 counter.labels(node=node).inc(value - seen[key])
                 seen[key] = value
+        for key, gauge in _GAUGES.items():
+            gauge.labels(node=node).set(float(stats.get(key, 0)))
         if stop.wait(every_s):
             return
 

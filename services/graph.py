@@ -21,10 +21,9 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import bentoml
-from starlette.responses import StreamingResponse
 
 from graph.auth import ApiKeys
-from graph.compose import Graph, Timeline, background, sse
+from graph.compose import Graph, Timeline, sse
 from graph.faces.embeddings import EmbedRequest, EmbedResponse
 from graph.faces.grpc_server import GrpcFaces
 from graph.policies.schemas import PolicyResponse
@@ -39,10 +38,19 @@ from graph.schemas import (
     ScoreStreamRequest,
     StreamRequest,
 )
+from graph.tasks import background
 from services.chat import ChatEndpoints, open_chat
 from services.classifier import make_classifier_service
 from services.clients import ClassifierNodeClient, GeneratorNodeClient
-from services.common import graph_config, http_errors, keep_sessions_open, request_id, setup_logging, with_dependencies
+from services.common import (
+    graph_config,
+    http_errors,
+    keep_sessions_open,
+    request_context,
+    setup_logging,
+    sse_response,
+    with_dependencies,
+)
 from services.edge import (
     DocsContract,
     Draining,
@@ -50,8 +58,8 @@ from services.edge import (
     KeyCheck,
     NodeHealth,
     ReadyProbe,
+    RequestContexts,
     ValidationErrors,
-    caller_of,
 )
 from services.generator import make_generator_service
 from services.openai_app import OpenAIFace, make_openai_app, openai_response
@@ -63,6 +71,14 @@ CONFIG = graph_config()
 KEYS = ApiKeys(CONFIG.auth)  # a key source that is configured but missing fails here, at start-up
 HEALTH = NodeHealth()
 DRAIN = Drain(CONFIG.shutdown_grace_s)
+
+
+def use_bentoml_tracing() -> None:
+    """BentoML's tracer provider (its `tracing:` configuration: exporter, sample rate) as this process's."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from opentelemetry import trace
+
+    trace.set_tracer_provider(BentoMLContainer.tracer_provider.get())
 
 
 def _node(service: Any, url: str | None) -> Any:
@@ -92,10 +108,12 @@ class InferenceGraph(ChatEndpoints):
 
     def __init__(self) -> None:
         setup_logging()
+        use_bentoml_tracing()  # node-call spans (graph/tracing.py) go where BentoML's `tracing:` config says
         generators = {
-            name: GeneratorNodeClient(dep.__get__(self, type(self)), name) for name, dep in GENERATORS.items()
+            name: GeneratorNodeClient(dep.__get__(self, type(self)), name, CONFIG.node_retries)
+            for name, dep in GENERATORS.items()
         }
-        classifier = ClassifierNodeClient(CLASSIFIER.__get__(self, type(self)))
+        classifier = ClassifierNodeClient(CLASSIFIER.__get__(self, type(self)), CONFIG.node_retries)
         for client in [*generators.values(), classifier]:
             keep_sessions_open(client.dep)
         self.nodes = generators
@@ -103,7 +121,6 @@ class InferenceGraph(ChatEndpoints):
         self.graph = Graph(CONFIG, generators, classifier)
         self.chat = open_chat(self.graph)  # /infer, /chat...: services/chat.py
         OPENAI.state.face = OpenAIFace(self.graph)
-        OPENAI.state.keys = KEYS
         self.grpc = GrpcFaces(self.graph, CONFIG.grpc, keys=KEYS)
         log.info("graph %s ready: generators=%s", CONFIG.name, list(CONFIG.generators))
 
@@ -116,62 +133,54 @@ class InferenceGraph(ChatEndpoints):
         """The gRPC faces (config `grpc:`), on the loop the HTTP APIs and the node clients use."""
         await self.grpc.start()
 
-    @bentoml.api(input_spec=GenerateScoreRequest)
+    @bentoml.api(input_spec=GenerateScoreRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate_score(self, ctx: bentoml.Context, **fields: Any) -> list[ScoredCompletion] | PolicyResponse:
         """Graph `all`: every model at once, each completion scored (`generated`, `score`, ...); a named graph
         (`graph`): its decision (answer, candidates, trace). `deadline_ms`: answer in time."""
         req = GenerateScoreRequest(**fields)
-        rid = request_id(ctx)
+        rctx = request_context(ctx).asking(req.deadline_ms)
         timeline = Timeline()
         out = await self.graph.generate_score(
-            req.original_sentence, req.params, rid, timeline, req.graph, req.deadline_ms
+            rctx, req.original_sentence, req.params, graph=req.graph, timeline=timeline
         )
-        spent = out.trace.tokens_total if isinstance(out, PolicyResponse) else sum(c.completion_tokens for c in out)
-        KEYS.charge(caller_of(ctx.request.state), spent)
-        log.info("request_id=%s generate_score spans=%s", rid, json.dumps(timeline.rounded()))
+        log.info("request_id=%s generate_score spans=%s", rctx.request_id, json.dumps(timeline.rounded()))
         return out
 
-    @bentoml.api(input_spec=GenerateRequest)
+    @bentoml.api(input_spec=GenerateRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate(self, ctx: bentoml.Context, **fields: Any) -> list[GenerateItem]:
         """Generate from `prompt` (or `prompts`) on `model` (or every model); one item per model and prompt."""
         req = GenerateRequest(**fields)
         prompts = req.prompt_list()
-        per_node = await self.graph.generate(prompts, req.model, req.params, request_id(ctx))
-        KEYS.charge(
-            caller_of(ctx.request.state),
-            sum(r.completion_tokens for rows in per_node.values() for seqs in rows for r in seqs),
-        )
+        per_node = await self.graph.generate(request_context(ctx), prompts, req.model, req.params)
         return [
             GenerateItem(model=node, prompt=p, results=rows[i])
             for node, rows in per_node.items()
             for i, p in enumerate(prompts)
         ]
 
-    @bentoml.api(input_spec=ClassifyRequest)
+    @bentoml.api(input_spec=ClassifyRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def classify(self, ctx: bentoml.Context, **fields: Any) -> list[Classification]:
         """Score texts with the classifier node: one {label, score, labels} per text."""
         req = ClassifyRequest(**fields)
-        request_id(ctx)
         return await self.graph.classify(req.texts)
 
-    @bentoml.api(input_spec=EmbedRequest)
+    @bentoml.api(input_spec=EmbedRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def embed(self, ctx: bentoml.Context, **fields: Any) -> EmbedResponse:
         """Sentence embeddings of the classifier node's encoder: one unit-length vector per text."""
         req = EmbedRequest(**fields)
-        request_id(ctx)
-        return EmbedResponse.of(await self.graph.embed(req.texts))
+        return EmbedResponse.of(await self.graph.embed(request_context(ctx), req.texts))
 
-    @bentoml.api(input_spec=StreamRequest)
+    @bentoml.api(input_spec=StreamRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """Server-sent events: fragments tagged by model, a final event per completion, then [DONE]."""
         return self._sse(ctx, StreamRequest(**fields), score=False)
 
-    @bentoml.api(input_spec=ScoreStreamRequest)
+    @bentoml.api(input_spec=ScoreStreamRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate_score_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """Like generate_stream, plus a `score` event for each completion as soon as it ends; a named graph
@@ -180,28 +189,22 @@ class InferenceGraph(ChatEndpoints):
 
     def _sse(self, ctx: bentoml.Context, req: StreamRequest, *, score: bool) -> Any:
         """Validated now (bad input is a 4xx, not a broken stream); the events flow afterwards."""
-        rid = request_id(ctx)
-        caller = caller_of(ctx.request.state)
         graph, deadline = (req.graph, req.deadline_ms) if isinstance(req, ScoreStreamRequest) else (None, None)
+        rctx = request_context(ctx).asking(deadline)
+        interval = req.intermediate_result_interval_ms
         events = self.graph.stream(
-            req.prompt, req.model, req.params, req.intermediate_result_interval_ms, rid, score, graph, deadline
+            rctx, req.prompt, req.model, req.params, interval_ms=interval, score=score, graph=graph
         )
 
         async def body() -> AsyncIterator[str]:
             try:
                 async for ev in events:
-                    if ev.type == "final":
-                        KEYS.charge(caller, ev.usage.completion_tokens)
                     yield sse(ev)
                 yield sse("[DONE]")
             finally:  # client gone while we were sending: close the graph stream (cancels the nodes)
                 background(events.aclose())
 
-        return StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "x-request-id": rid},
-        )
+        return sse_response(body(), rctx.request_id)
 
     @bentoml.api
     async def node_stats(self) -> dict[str, NodeStats]:
@@ -212,10 +215,11 @@ class InferenceGraph(ChatEndpoints):
 
 
 # The HTTP edge (services/edge.py), outermost first: Starlette puts the first one added outside.
-InferenceGraph.add_asgi_middleware(Draining, drain=DRAIN)
-InferenceGraph.add_asgi_middleware(ReadyProbe, health=HEALTH)
+InferenceGraph.add_asgi_middleware(RequestContexts, timeout_s=float(CONFIG.graph_timeout_s))  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
+InferenceGraph.add_asgi_middleware(Draining, drain=DRAIN)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
+InferenceGraph.add_asgi_middleware(ReadyProbe, health=HEALTH)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
 InferenceGraph.add_asgi_middleware(
-    DocsContract,
+    DocsContract,  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
     keys=KEYS.enabled,
     models=list(CONFIG.generators),
     max_chars=CONFIG.prompt.max_chars,
@@ -225,6 +229,6 @@ InferenceGraph.add_asgi_middleware(
     sampling=tuple(CONFIG.policies.sampling()),
     default_graph=CONFIG.policies.default,
 )
-InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS, faces=FACES)
-InferenceGraph.add_asgi_middleware(JsonOnly, faces=FACES)
-InferenceGraph.add_asgi_middleware(ValidationErrors, faces=FACES)
+InferenceGraph.add_asgi_middleware(KeyCheck, keys=KEYS, faces=FACES)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
+InferenceGraph.add_asgi_middleware(JsonOnly, faces=FACES)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory
+InferenceGraph.add_asgi_middleware(ValidationErrors, faces=FACES)  # pyright: ignore[reportArgumentType]  bentoml's stub types a factory

@@ -10,29 +10,24 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest
 from graph.faces.embeddings import EmbeddingRequest, parse_embedding_request
 from graph.faces.openai_errors import openai_error
-from graph.faces.openai_face import Charge, OpenAIFace, free
+from graph.faces.openai_face import OpenAIFace
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest, parse_request
-from services.edge import caller_of
+from services.common import context_of, sse_response
 
 log = logging.getLogger("graph")
-
-
-def _rid(request: Request) -> str:
-    """The caller's X-Request-Id, or a new one (as the JSON face does)."""
-    return request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
 
 
 def openai_response(err: GraphError, names: Mapping[str, str] | None = None) -> JSONResponse:
@@ -52,9 +47,7 @@ def _error(err: GraphError, rid: str, names: Mapping[str, str] | None = None) ->
 def _answer(result: Any, rid: str) -> Response:
     if isinstance(result, BaseModel):
         return JSONResponse(result.model_dump(mode="json", exclude_unset=True), headers={"x-request-id": rid})
-    return StreamingResponse(
-        result, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "x-request-id": rid}
-    )
+    return sse_response(result, rid)
 
 
 async def _body(request: Request) -> Any:
@@ -64,28 +57,25 @@ async def _body(request: Request) -> Any:
         raise InvalidRequest(f"body: not valid JSON ({exc})", field="body") from None
 
 
-def _charge(request: Request) -> Charge:
-    """Counts this caller's generated tokens against its key's token rate (API keys: the entry's
-    KeyCheck middleware has already admitted the request and left the caller in its state)."""
-    keys, caller = getattr(request.app.state, "keys", None), caller_of(request.state)
-    return (lambda tokens: keys.charge(caller, tokens)) if keys is not None else free
-
-
 def _endpoint(
-    model: type, call: Callable[[OpenAIFace, Any, str, Charge], Awaitable[Any]], parse: Callable[..., Any] | None = None
+    model: type,
+    call: Callable[[OpenAIFace, Any, RequestContext], Awaitable[Any]],
+    parse: Callable[[Any], Any] | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
-    """One POST endpoint: parse `model` from the body, run `call`, map any error in one place."""
+    """One POST endpoint: parse `model` from the body, run `call` with the request's context (the edge
+    made it: request id, caller, deadline; the graph charges the caller's tokens), map any error in one place."""
 
     async def endpoint(request: Request) -> Response:
-        rid = _rid(request)
+        ctx = context_of(request.state)
+        rid = ctx.request_id
         names: Mapping[str, str] | None = None
         try:
             body = await _body(request)
             if parse is not None:
-                return _answer(await call(face(request), parse(body), rid, _charge(request)), rid)
+                return _answer(await call(face(request), parse(body), ctx), rid)
             req = parse_request(model, body)
             names = req.names()
-            return _answer(await call(face(request), req, rid, _charge(request)), rid)
+            return _answer(await call(face(request), req, ctx), rid)
         except GraphError as err:
             return _error(err, rid, names)
         except Exception:
@@ -96,7 +86,7 @@ def _endpoint(
 
 
 async def list_models(request: Request) -> Response:
-    return _answer(face(request).models(), _rid(request))
+    return _answer(face(request).models(), context_of(request.state).request_id)
 
 
 def face(request: Request) -> OpenAIFace:
@@ -108,25 +98,25 @@ def face(request: Request) -> OpenAIFace:
 
 
 def make_openai_app() -> Starlette:
-    """The /v1 app; the entry service sets `app.state.face = OpenAIFace(graph)` and `app.state.keys`
-    (its ApiKeys) in its __init__. API keys are checked before this app by the entry's KeyCheck
-    middleware (services/edge.py), which answers /v1 refusals through `openai_response`."""
+    """The /v1 app; the entry service sets `app.state.face = OpenAIFace(graph)` in its __init__. API keys
+    are checked before this app by the entry's KeyCheck middleware (services/edge.py), which answers /v1
+    refusals through `openai_response`."""
     return Starlette(
         routes=[
             Route("/models", list_models, methods=["GET"]),
             Route(
                 "/chat/completions",
-                _endpoint(ChatCompletionRequest, lambda f, r, rid, c: f.chat(r, rid, c)),
+                _endpoint(ChatCompletionRequest, lambda f, r, ctx: f.chat(ctx, r)),
                 methods=["POST"],
             ),
             Route(
                 "/completions",
-                _endpoint(CompletionRequest, lambda f, r, rid, c: f.completions(r, rid, c)),
+                _endpoint(CompletionRequest, lambda f, r, ctx: f.completions(ctx, r)),
                 methods=["POST"],
             ),
             Route(
                 "/embeddings",
-                _endpoint(EmbeddingRequest, lambda f, r, rid, c: f.embeddings(r, rid), parse=parse_embedding_request),
+                _endpoint(EmbeddingRequest, lambda f, r, ctx: f.embeddings(ctx, r), parse=parse_embedding_request),
                 methods=["POST"],
             ),
         ]

@@ -65,7 +65,7 @@ def exact_spec(
     schemas["ErrorBody"] = ErrorBody.model_json_schema()
     _add_event_schemas(schemas)
     for path, methods in out.get("paths", {}).items():
-        for method, op in methods.items():
+        for op in methods.values():
             if "x-bentoml-name" in op:
                 _api(op, keys=keys)
                 _body(op, models, max_chars)
@@ -215,7 +215,10 @@ def _graph_rules(op: dict[str, Any], named: list[str], sampling: list[str], defa
 
 
 def _list_or_decision(op: dict[str, Any], schemas: dict[str, Any]) -> None:
-    """/generate_score answers graph `all`'s list or a named graph's PolicyResponse (BentoML documents the list only)."""
+    """/generate_score answers graph `all`'s list or a named graph's PolicyResponse.
+
+    BentoML documents the list only.
+    """
     from graph.policies.schemas import PolicyResponse
 
     schema = PolicyResponse.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -2,24 +2,53 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BENTOML = ROOT / ".venv" / "bin" / "bentoml"
 ARTIFACTS = ROOT / "artifacts"
+GRPC_FIXED_PORT = 50051  # the port the shipped configs (and GrpcConfig's default) give the gRPC faces
+START_ATTEMPTS = 3  # `bentoml serve` exiting early on an address already in use is retried this often in all
+IN_USE = re.compile(r"address already in use|errno 98", re.IGNORECASE)
+IN_USE_PORT = re.compile(r"(?:[Cc]ould not bind|cannot bind) [\w.\[\]:]*?:(\d+)|addr='[a-z]+://[^']*:(\d+)'")
+log = logging.getLogger("tests.server")
+
+
+class AddressInUse(RuntimeError):
+    """`bentoml serve` exited early because a port it (or a node, or BentoML itself) chose was taken."""
+
+    def __init__(self, message: str, port: int | None) -> None:
+        super().__init__(message)
+        self.port = port
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    """Whether `port` can be bound on every address now (as a server binding 0.0.0.0 needs)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
 
 
 class Server:
@@ -34,14 +63,99 @@ class Server:
         ready_path: str = "/readyz",
     ) -> None:
         self.target, self.config, self.name = target, config, name
+        self.fixed_port = port is not None
         self.port = port or free_port()
         self.ready_path = ready_path
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = ARTIFACTS / "logs" / f"{name}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.marker = ""  # in the environment of every process of the current start (see processes())
+        self.grpc_port: int | None = None
+        self.config = self._own_grpc_port(config)
+
+    def _own_grpc_port(self, config: str | Path | None) -> str | Path | None:
+        """A graph config whose gRPC faces are on the project's fixed port gets a free one of its own
+        (written beside the log), so two test servers, or one still shutting down, never share it."""
+        if config is None:
+            return None
+        path = Path(config) if Path(config).is_absolute() else ROOT / config
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            return config
+        if not isinstance(data, dict) or "generators" not in data:
+            return config  # not a graph config (a node's arguments)
+        grpc = data.get("grpc") or {}
+        if not grpc.get("enabled", True) or grpc.get("port", GRPC_FIXED_PORT) != GRPC_FIXED_PORT:
+            return config  # off, or a port the test chose
+        self.grpc_port = free_port()
+        data["grpc"] = {**grpc, "port": self.grpc_port}
+        own = ARTIFACTS / "logs" / f"{self.name}-{self.port}.config.yaml"
+        own.parent.mkdir(parents=True, exist_ok=True)
+        own.write_text(yaml.safe_dump(data, sort_keys=False))
+        return own
 
     def start(self, timeout_s: float = 240) -> Server:
+        """Start and wait until ready. An early exit on an address already in use (a port BentoML or a
+        node chose for itself, or one a server still shutting down holds) waits for this start's
+        processes to be gone and for the port to be free, then starts again: START_ATTEMPTS in all,
+        each retry said in the test log."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                return self._start_once(timeout_s, fresh_log=attempt == 1)
+            except AddressInUse as exc:
+                if attempt == START_ATTEMPTS:
+                    raise RuntimeError(
+                        f"bentoml serve exited early {attempt} times on an address in use:\n{exc}"
+                    ) from None
+                note = (
+                    f"tests.server: {self.name}: bentoml serve exited early on an address already in use "
+                    f"(port {exc.port or 'unknown'}); waiting for its processes to be gone, then starting again "
+                    f"(attempt {attempt + 1} of {START_ATTEMPTS})"
+                )
+                log.warning(note)
+                print(note, file=sys.stderr)
+                with self.log_path.open("a") as fh:
+                    fh.write(f"\n{note}\n")
+                self._wait_gone(exc.port)
+                if not self.fixed_port:
+                    self.port = free_port()
+                    self.url = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def processes(self) -> list[int]:
+        """PIDs of every process of the current start, wherever it was reparented: they carry its marker."""
+        needle = f"TESTS_SERVER_MARKER={self.marker}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if needle in (entry / "environ").read_bytes():
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+
+    def _wait_gone(self, port: int | None, timeout_s: float = 60) -> None:
+        """End what is left of the failed start, then wait (bounded) until its processes are gone and
+        `port` can be bound again."""
+        for pid in self.processes():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if not self.processes() and (port is None or port_free(port)):
+                return
+            time.sleep(0.5)
+
+    def _start_once(self, timeout_s: float, fresh_log: bool) -> Server:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if fresh_log:
+            self.log_path.write_bytes(b"")
+        offset = self.log_path.stat().st_size  # this start's lines begin here
+        self.marker = uuid.uuid4().hex
         cmd = [str(BENTOML), "serve", self.target, "--port", str(self.port), "--host", "127.0.0.1"]
         if self.config is not None:
             cmd += ["--arg-file", str(self.config)]
@@ -51,19 +165,24 @@ class Server:
             "TRANSFORMERS_OFFLINE": "1",
             "BENTOML_DO_NOT_TRACK": "true",
             "TOKENIZERS_PARALLELISM": "false",
+            "TESTS_SERVER_MARKER": self.marker,
         }
         self.proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
             env=env,
-            stdout=self.log_path.open("wb"),
+            stdout=self.log_path.open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         deadline = time.time() + timeout_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited early:\n{self.log()[-4000:]}")
+                tail = self.log_path.read_bytes()[offset:].decode(errors="replace")[-4000:]
+                if IN_USE.search(tail):
+                    found = [a or b for a, b in IN_USE_PORT.findall(tail)]
+                    raise AddressInUse(f"bentoml serve exited early:\n{tail}", int(found[-1]) if found else None)
+                raise RuntimeError(f"bentoml serve exited early:\n{tail}")
             try:
                 if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
                     return self
@@ -119,7 +238,7 @@ class Server:
             self.proc.wait()
         # The entry worker outlives `bentoml serve` by minutes (BentoML 1.4.39), orphaned and holding its
         # ports (the gRPC face's fixed one too): end the workers that are left.
-        for pid in workers:
+        for pid in {*workers, *self.processes()}:  # the marker finds the ones reparented elsewhere too
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

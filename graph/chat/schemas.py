@@ -16,7 +16,7 @@ class _Request(StrictRequest):
         min_length=1,
         max_length=256,
         json_schema_extra=NOT_BLANK,
-        description="Whose conversation: any string the caller chooses (not a secret: see the README on API keys).",
+        description="Whose conversation: any string the caller chooses (not a secret: docs/operations.md, API keys).",
         examples=["alice"],
     )
 
@@ -33,13 +33,13 @@ class InferRequest(_Request):
     message: str = Field(
         min_length=1, description="The user's message.", examples=["Hello! How are you?"], json_schema_extra=NOT_BLANK
     )
-    model: str | None = Field(None, description="Generator node; omit for the config's chat.default_model.")
+    model: str | None = Field(default=None, description="Generator node; omit for the config's chat.default_model.")
     graph: str | None = Field(
-        None,
+        default=None,
         description="A named graph of the config (best_of, cascade) that answers instead of one node.",
         examples=[None],
     )
-    params: GenerationOverrides | None = Field(None, description="Overrides of the node's generation defaults.")
+    params: GenerationOverrides | None = Field(default=None, description="Overrides of the node's generation defaults.")
 
     _message_not_blank = field_validator("message")(not_blank)
 
@@ -48,7 +48,10 @@ class ChatRequest(InferRequest):
     """/chat and /chat_stream: like /infer, with a richer reply."""
 
     intermediate_result_interval_ms: Int = Field(
-        0, ge=0, le=60_000, description="chat_stream only: send fragments no more often than this; 0 = every token."
+        default=0,
+        ge=0,
+        le=60_000,
+        description="chat_stream only: send fragments no more often than this; 0 = every token.",
     )
 
 
@@ -70,7 +73,7 @@ class ChatReply(BaseModel):
     graph: str | None = Field(None, description="The named graph that decided (its winner's node is `model`).")
     candidate: str | None = Field(None, description="The named graph's winning candidate (usage: all candidates').")
     context_turns: int | None = Field(
-        None,
+        default=None,
         description="Past turns the node kept in the prompt (after max_turns, then its token budget).",
     )
 
@@ -81,7 +84,7 @@ class StoredMessage(BaseModel):
     turn: int
     role: Literal["user", "assistant"]
     content: str
-    model: str | None = Field(None, description="The node that wrote it (assistant messages).")
+    model: str | None = Field(default=None, description="The node that wrote it (assistant messages).")
     created: float = Field(description="Unix time it was stored.")
 
 

@@ -1,6 +1,6 @@
 """Chat turns: a user's kept history + the new message -> one generator node -> the reply, stored.
 
-A turn holds the conversation's lock (graph/chat/store.py `turn_lock`) from reading the history to
+A turn holds the conversation's lock (graph/chat/store.py `turn`) from reading the history to
 storing the reply, so two messages of one user sent at once are answered one after the other, the
 second seeing the first's reply. The user's message and the reply are written together after the
 node answers: when the node fails (or a stream's client goes away) the whole turn is rolled back,
@@ -12,14 +12,15 @@ prompt-token budget (graph/chat_format.py, on the node, which has the tokenizer)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from pydantic import BaseModel
 
 from graph.chat.schemas import ChatReply, ChatRequest, Forgotten, History, InferRequest, StoredMessage, TurnEvent
-from graph.chat.store import ChatStore
+from graph.chat.store import ChatStore, Turn
 from graph.chat_format import ChatMessage, ChatPrompt, clean_reply
 from graph.compose import Graph, error_event, stream_event
+from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest
 from graph.params import GenerationParams
 from graph.policies import registry as policies
@@ -63,35 +64,38 @@ class ChatSessions:
         return [*kept, ChatMessage(role="user", content=message)]
 
     # ---- turns ----------------------------------------------------------------------------------
-    async def reply(self, owner: str | None, req: InferRequest, request_id: str) -> ChatReply:
+    async def reply(self, ctx: RequestContext, req: InferRequest) -> ChatReply:
+        """One turn of the caller's conversation (`ctx.key_id` owns it); its tokens charged to the caller."""
         node, params = self.plan(req)
-        async with self.store.turn_lock(owner, req.user_id):
-            messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
+        owner = ctx.key_id
+        async with self.store.turn(owner, req.user_id) as turn:
+            messages = self.prompt(await turn.history(), req.message)
             prompt = ChatPrompt(messages=messages)
             if req.graph is not None:
-                out = await self.graph.decide(prompt, req.params, request_id, req.graph)
-                return await self._store_decision(owner, req, out)
-            per_prompt = await self.graph.call(node, self.nodes[node].generate([prompt], params, request_id))
+                out = await self.graph.decide(ctx, prompt, req.params, req.graph)
+                return await self._store_decision(turn, req, out)
+            gen = self.graph.node(ctx, node)
+            per_prompt = await self.graph.call(node, gen.generate([prompt], params, ctx.request_id), ctx)
             (result,) = per_prompt[0]
-            return await self._store(owner, req, node, result, result.prompt_messages)
+            return await self._store(turn, req, node, result, result.prompt_messages)
 
-    def stream(self, owner: str | None, req: ChatRequest, request_id: str) -> AsyncIterator[BaseModel]:
+    def stream(self, ctx: RequestContext, req: ChatRequest) -> AsyncGenerator[BaseModel, None]:
         """Validate now (bad input is a 4xx, not a broken stream), then stream the turn's events:
         token and final events as generate_stream's, then a `turn` event once it is stored."""
         node, params = self.plan(req)
         if req.graph is not None:
-            return self._graph_events(owner, req, request_id)
-        return self._events(owner, req, node, params, request_id)
+            return self._graph_events(ctx, req)
+        return self._events(ctx, req, node, params)
 
-    async def _graph_events(self, owner: str | None, req: ChatRequest, request_id: str) -> AsyncIterator[BaseModel]:
+    async def _graph_events(self, ctx: RequestContext, req: ChatRequest) -> AsyncGenerator[BaseModel, None]:
         """A named graph's turn: its events (candidates, tokens, scores, pruning, gates, the decision)
         as /generate_score_stream sends them, then the `turn` event once the answer is stored."""
         assert req.graph is not None
-        async with self.store.turn_lock(owner, req.user_id):
-            messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
+        async with self.store.turn(ctx.key_id, req.user_id) as turn:
+            messages = self.prompt(await turn.history(), req.message)
             try:
                 events = self.graph.stream(
-                    ChatPrompt(messages=messages), None, req.params, 0, request_id, True, req.graph
+                    ctx, ChatPrompt(messages=messages), None, req.params, score=True, graph=req.graph
                 )
             except GraphError as exc:
                 yield error_event(exc)
@@ -107,9 +111,9 @@ class ChatSessions:
             finally:
                 await events.aclose()
             if decision is not None:
-                yield TurnEvent(reply=await self._store_decision(owner, req, decision))
+                yield TurnEvent(reply=await self._store_decision(turn, req, decision))
 
-    async def _store_decision(self, owner: str | None, req: InferRequest, out: PolicyResponse) -> ChatReply:
+    async def _store_decision(self, turn: Turn, req: InferRequest, out: PolicyResponse) -> ChatReply:
         """A named graph's answer stored as the turn's reply (usage: every candidate's tokens)."""
         a = out.answer
         result = GenerationResult(
@@ -120,23 +124,23 @@ class ChatSessions:
             completion_tokens=out.usage.completion_tokens,
             created=0.0,
         )
-        reply = await self._store(owner, req, a.model, result, None)
+        reply = await self._store(turn, req, a.model, result, None)
         return reply.model_copy(update={"graph": out.graph, "candidate": a.id})
 
     async def _events(
         self,
-        owner: str | None,
+        ctx: RequestContext,
         req: ChatRequest,
         node: str,
         params: GenerationParams,
-        request_id: str,
-    ) -> AsyncIterator[TokenEvent | FinalEvent | ErrorEvent | TurnEvent]:
-        async with self.store.turn_lock(owner, req.user_id):
-            messages = self.prompt(await self.store.history(owner, req.user_id), req.message)
+    ) -> AsyncGenerator[TokenEvent | FinalEvent | ErrorEvent | TurnEvent, None]:
+        owner = ctx.key_id
+        async with self.store.turn(owner, req.user_id) as turn:
+            messages = self.prompt(await turn.history(), req.message)
             result: GenerationResult | None = None
             try:
-                async for ev in self.nodes[node].stream(
-                    ChatPrompt(messages=messages), params, request_id, req.intermediate_result_interval_ms
+                async for ev in self.graph.node(ctx, node).stream(
+                    ChatPrompt(messages=messages), params, ctx.request_id, req.intermediate_result_interval_ms
                 ):
                     yield stream_event(node, ev)
                     result = ev.result or result
@@ -145,24 +149,22 @@ class ChatSessions:
                 return
             if result is None:
                 return
-            yield TurnEvent(reply=await self._store(owner, req, node, result, result.prompt_messages))
+            yield TurnEvent(reply=await self._store(turn, req, node, result, result.prompt_messages))
 
     async def _store(
         self,
-        owner: str | None,
+        turn: Turn,
         req: InferRequest,
         node: str,
         result: GenerationResult,
         kept: int | None,
     ) -> ChatReply:
         text = clean_reply(result.text)
-        turn = await self.store.add_turn(
-            owner, req.user_id, req.message, text, node, result.prompt_tokens, result.completion_tokens
-        )
+        number = await turn.add(req.message, text, node, result.prompt_tokens, result.completion_tokens)
         return ChatReply(
             user_id=req.user_id,
             message=text,
-            turn=turn,
+            turn=number,
             model=node,
             finish_reason=result.finish_reason,
             usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens),
@@ -175,5 +177,5 @@ class ChatSessions:
         return History(user_id=user_id, turns=len({m.turn for m in msgs}), messages=msgs)
 
     async def forget(self, owner: str | None, user_id: str) -> Forgotten:
-        async with self.store.turn_lock(owner, user_id):  # not in the middle of a turn
-            return Forgotten(user_id=user_id, deleted_messages=await self.store.forget(owner, user_id))
+        async with self.store.turn(owner, user_id) as turn:  # not in the middle of a turn
+            return Forgotten(user_id=user_id, deleted_messages=await turn.forget())

@@ -7,6 +7,11 @@ of (version, step) below, applied in order on first use, under a PostgreSQL advi
 replicas starting at once apply each step once. We keep this small table instead of Alembic: two
 tables, no migration scripts to generate, nothing to run by hand; a later schema change appends one
 step (explicit DDL for that version) to MIGRATIONS.
+
+A turn (`ChatStore.turn`) takes one connection from the pool for its PostgreSQL advisory lock, its reads
+and its write, so N turns at once need N connections, never more: the pool (chat.pool_size) cannot run
+dry by turns waiting on each other. A turn that waits past chat.pool_timeout_s for a connection is an
+`Unavailable` (503 + Retry-After).
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from graph.chat.schemas import StoredMessage
-from graph.errors import ConfigError
+from graph.errors import ConfigError, Unavailable
 
 metadata = MetaData()
 schema_version = Table(
@@ -120,10 +126,12 @@ def _owner_is(owner: str | None) -> Any:
 class ChatStore:
     """Conversations in the database at `url` (created and migrated on first use)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 16, pool_timeout_s: float = 30.0) -> None:
         self.url = async_url(url)
         sqlite = self.url.startswith("sqlite")
-        self.engine = create_async_engine(self.url, connect_args={"timeout": 30} if sqlite else {})
+        self.pool_size = pool_size
+        pool = {} if sqlite else {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": pool_timeout_s}
+        self.engine = create_async_engine(self.url, connect_args={"timeout": 30} if sqlite else {}, **pool)
         self.dialect = "sqlite" if sqlite else "postgresql"
         if sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -145,39 +153,51 @@ class ChatStore:
         await self.engine.dispose()
 
     @asynccontextmanager
-    async def turn_lock(self, owner: str | None, user_id: str) -> AsyncIterator[None]:
-        """One turn at a time per conversation, in arrival order: an asyncio lock (FIFO) in this
-        process and, on PostgreSQL, an advisory lock across every replica sharing the database."""
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection; Unavailable (503 + Retry-After) when none frees up within the pool timeout."""
+        conn = self.engine.connect()
+        try:
+            await conn.start()
+        except PoolTimeout:
+            raise Unavailable(
+                f"chat database: all {self.pool_size} connections (chat.pool_size) stayed busy; retry shortly",
+                retry_after_s=1,
+            ) from None
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    @asynccontextmanager
+    async def turn(self, owner: str | None, user_id: str) -> AsyncIterator[Turn]:
+        """One turn at a time per conversation, in arrival order: an asyncio lock (FIFO) in this process
+        and, on PostgreSQL, an advisory lock across every replica sharing the database, held on the one
+        connection the turn's reads and write use."""
         key = (owner, user_id)
         lock = self._turn_locks.get(key)
         if lock is None:
             lock = self._turn_locks[key] = asyncio.Lock()
         async with lock:
-            if self.dialect != "postgresql":
-                yield
-                return
             await self.ready()
+            if self.dialect != "postgresql":
+                yield Turn(self, None, owner, user_id)
+                return
             k = int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "big", signed=True)
-            async with self.engine.connect() as conn:
+            async with self._connect() as conn:
                 await conn.execute(select(func.pg_advisory_lock(k)))
                 await conn.commit()
                 try:
-                    yield
+                    yield Turn(self, conn, owner, user_id)
                 finally:
+                    await conn.rollback()  # whatever the turn left open
                     await conn.execute(select(func.pg_advisory_unlock(k)))
                     await conn.commit()
 
     async def history(self, owner: str | None, user_id: str) -> list[StoredMessage]:
         """The conversation's messages, oldest first ([] when there is none)."""
         await self.ready()
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(messages.c.turn, messages.c.role, messages.c.content, messages.c.model, messages.c.created)
-                .join(conversations, conversations.c.id == messages.c.conversation_id)
-                .where(conversations.c.user_id == user_id, _owner_is(owner))
-                .order_by(messages.c.turn, messages.c.id)
-            )
-            return [StoredMessage.model_validate(dict(r._mapping)) for r in rows]
+        async with self._connect() as conn:
+            return await _history(conn, owner, user_id)
 
     async def add_turn(
         self,
@@ -191,43 +211,18 @@ class ChatStore:
     ) -> int:
         """Store one turn (the user's message and the reply) in one transaction; its turn number."""
         await self.ready()
-        async with self.engine.begin() as conn:
-            cid = await self._conversation(conn, owner, user_id)
-            last = await conn.execute(select(func.max(messages.c.turn)).where(messages.c.conversation_id == cid))
-            turn = (last.scalar() or 0) + 1
-            now = time.time()
-            row = {"conversation_id": cid, "turn": turn, "created": now}  # every row has every key
-            await conn.execute(
-                insert(messages),
-                [
-                    {
-                        **row,
-                        "role": "user",
-                        "content": message,
-                        "model": None,
-                        "prompt_tokens": None,
-                        "completion_tokens": None,
-                    },
-                    {
-                        **row,
-                        "role": "assistant",
-                        "content": reply,
-                        "model": model,
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": completion_tokens,
-                    },
-                ],
-            )
-        return turn
+        async with self._connect() as conn:
+            turn = await _add_turn(conn, owner, user_id, message, reply, model, prompt_tokens, completion_tokens)
+            await conn.commit()
+            return turn
 
     async def forget(self, owner: str | None, user_id: str) -> int:
         """Delete the conversation and its messages; how many messages were deleted."""
         await self.ready()
-        async with self.engine.begin() as conn:
-            ids = select(conversations.c.id).where(conversations.c.user_id == user_id, _owner_is(owner))
-            gone = await conn.execute(delete(messages).where(messages.c.conversation_id.in_(ids)))
-            await conn.execute(delete(conversations).where(conversations.c.user_id == user_id, _owner_is(owner)))
-            return int(gone.rowcount or 0)
+        async with self._connect() as conn:
+            gone = await _forget(conn, owner, user_id)
+            await conn.commit()
+            return gone
 
     async def count_messages(self) -> int:
         """Messages kept for everyone (operators, tests)."""
@@ -235,17 +230,96 @@ class ChatStore:
         async with self.engine.connect() as conn:
             return int((await conn.execute(select(func.count()).select_from(messages))).scalar_one())
 
-    async def _conversation(self, conn: AsyncConnection, owner: str | None, user_id: str) -> int:
-        find = select(conversations.c.id).where(conversations.c.user_id == user_id, _owner_is(owner))
-        found = (await conn.execute(find)).scalar()
-        if found is not None:
-            return int(found)
-        try:
-            async with conn.begin_nested():  # another replica may create it at the same moment
-                await conn.execute(insert(conversations).values(user_id=user_id, owner=owner, created=time.time()))
-        except IntegrityError:
-            pass
-        return int((await conn.execute(find)).scalar_one())
+
+class Turn:
+    """One conversation under its turn lock: reads and the write on the lock's connection (PostgreSQL),
+    or on pooled connections of their own (SQLite, whose lock is this process's)."""
+
+    def __init__(self, store: ChatStore, conn: AsyncConnection | None, owner: str | None, user_id: str) -> None:
+        self.store, self.conn, self.owner, self.user_id = store, conn, owner, user_id
+
+    async def history(self) -> list[StoredMessage]:
+        if self.conn is None:
+            return await self.store.history(self.owner, self.user_id)
+        out = await _history(self.conn, self.owner, self.user_id)
+        await self.conn.commit()
+        return out
+
+    async def add(self, message: str, reply: str, model: str, prompt_tokens: int, completion_tokens: int) -> int:
+        """Store the turn (the user's message and the reply) in one transaction; its turn number."""
+        if self.conn is None:
+            return await self.store.add_turn(
+                self.owner, self.user_id, message, reply, model, prompt_tokens, completion_tokens
+            )
+        turn = await _add_turn(
+            self.conn, self.owner, self.user_id, message, reply, model, prompt_tokens, completion_tokens
+        )
+        await self.conn.commit()
+        return turn
+
+    async def forget(self) -> int:
+        if self.conn is None:
+            return await self.store.forget(self.owner, self.user_id)
+        gone = await _forget(self.conn, self.owner, self.user_id)
+        await self.conn.commit()
+        return gone
+
+
+async def _history(conn: AsyncConnection, owner: str | None, user_id: str) -> list[StoredMessage]:
+    rows = await conn.execute(
+        select(messages.c.turn, messages.c.role, messages.c.content, messages.c.model, messages.c.created)
+        .join(conversations, conversations.c.id == messages.c.conversation_id)
+        .where(conversations.c.user_id == user_id, _owner_is(owner))
+        .order_by(messages.c.turn, messages.c.id)
+    )
+    return [StoredMessage.model_validate(dict(r._mapping)) for r in rows]
+
+
+async def _add_turn(
+    conn: AsyncConnection,
+    owner: str | None,
+    user_id: str,
+    message: str,
+    reply: str,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> int:
+    """The turn's two rows (uncommitted: the caller commits); its turn number."""
+    cid = await _conversation(conn, owner, user_id)
+    last = await conn.execute(select(func.max(messages.c.turn)).where(messages.c.conversation_id == cid))
+    turn = (last.scalar() or 0) + 1
+    row = {"conversation_id": cid, "turn": turn, "created": time.time()}  # every row has every key
+    user = {"role": "user", "content": message, "model": None, "prompt_tokens": None, "completion_tokens": None}
+    assistant = {
+        "role": "assistant",
+        "content": reply,
+        "model": model,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+    }
+    await conn.execute(insert(messages), [{**row, **user}, {**row, **assistant}])
+    return turn
+
+
+async def _forget(conn: AsyncConnection, owner: str | None, user_id: str) -> int:
+    ids = select(conversations.c.id).where(conversations.c.user_id == user_id, _owner_is(owner))
+    gone = await conn.execute(delete(messages).where(messages.c.conversation_id.in_(ids)))
+    await conn.execute(delete(conversations).where(conversations.c.user_id == user_id, _owner_is(owner)))
+    return int(gone.rowcount or 0)
+
+
+async def _conversation(conn: AsyncConnection, owner: str | None, user_id: str) -> int:
+    find = select(conversations.c.id).where(conversations.c.user_id == user_id, _owner_is(owner))
+    found = (await conn.execute(find)).scalar()
+    if found is not None:
+        return int(found)
+    try:
+        async with conn.begin_nested():  # another replica may create it at the same moment
+            await conn.execute(insert(conversations).values(user_id=user_id, owner=owner, created=time.time()))
+    except IntegrityError:
+        pass
+    return int((await conn.execute(find)).scalar_one())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

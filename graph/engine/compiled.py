@@ -22,7 +22,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -62,10 +62,11 @@ class _BucketLayer(DynamicLayer):
 
     def __init__(self) -> None:
         super().__init__()
-        self.past_k: torch.Tensor | None = None
-        self.past_v: torch.Tensor | None = None
-        self.new_k: torch.Tensor | None = None
-        self.new_v: torch.Tensor | None = None
+        # Typed as used: None only until the runner sets past_* before a step and the step sets new_*.
+        self.past_k: torch.Tensor = None  # pyright: ignore[reportAttributeAccessIssue]  set before each step
+        self.past_v: torch.Tensor = None  # pyright: ignore[reportAttributeAccessIssue]  set before each step
+        self.new_k: torch.Tensor = None  # pyright: ignore[reportAttributeAccessIssue]  set by each step
+        self.new_v: torch.Tensor = None  # pyright: ignore[reportAttributeAccessIssue]  set by each step
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -80,8 +81,14 @@ class _BucketCache(Cache):
     def __init__(self, num_layers: int) -> None:
         super().__init__(layers=[_BucketLayer() for _ in range(num_layers)])
 
+    @property
+    def buckets(self) -> list[_BucketLayer]:
+        """The layers, as the bucket layers __init__ made them (Cache types them as its base layer)."""
+        return cast("list[_BucketLayer]", self.layers)
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.layers[0].get_seq_length()
+        # self.layers, not self.buckets: this runs inside the compiled step (no extra call to trace).
+        return self.layers[0].get_seq_length()  # pyright: ignore[reportAttributeAccessIssue]  a _BucketLayer
 
 
 def bucket(n: int, buckets: Sequence[int]) -> int | None:
@@ -126,16 +133,16 @@ class CompiledRunner(ModelRunner):
         rows = cache.rows
         b, length = bucket(rows, self.row_buckets), bucket(cache.length, self.length_buckets)
         cache.reserve(1, right_room)
-        if length is not None and cache.end - length < 0 and cache.layers[0].kbuf is not None:
+        if length is not None and cache.end - length < 0 and cache.slabs[0].kbuf is not None:
             # Too little room on the left for this bucket's view: move the batch once, for good.
             cache.left_room = max(cache.left_room, length)
             cache._relocate(cache.left_room + cache.length + 1 + right_room)
-        if b is None or length is None or b > cache.row_capacity or cache.layers[0].kbuf is None:
+        if b is None or length is None or b > cache.row_capacity or cache.slabs[0].kbuf is None:
             self.eager_steps += 1
             return super().decode(ids, positions, cache, right_room)
         end, start, lo = cache.end, cache.start, cache.end - length
         cache.mask[:rows, end] = True
-        for layer in cache.layers:  # finite numbers in every column the step reads
+        for layer in cache.slabs:  # finite numbers in every column the step reads
             for buf in (layer.kbuf, layer.vbuf):
                 if lo < start:
                     buf[:rows, :, lo:start] = 0
@@ -148,13 +155,13 @@ class CompiledRunner(ModelRunner):
         if b > rows:
             ids = torch.cat([ids, ids.new_zeros(b - rows, 1)])
             positions = torch.cat([positions, positions.new_zeros(b - rows, 1)])
-        for mine, layer in zip(self._cache.layers, cache.layers):
+        for mine, layer in zip(self._cache.buckets, cache.slabs):
             mine.past_k, mine.past_v = layer.kbuf[:b, :, lo:end], layer.vbuf[:b, :, lo:end]
         logits = self._step(ids, positions, self._bucket_mask(mask, length), self._cache)
-        for mine, layer in zip(self._cache.layers, cache.layers):
+        for mine, layer in zip(self._cache.buckets, cache.slabs):
             layer.kbuf[:rows, :, end] = mine.new_k[:rows, :, 0]
             layer.vbuf[:rows, :, end] = mine.new_v[:rows, :, 0]
-            mine.past_k = mine.past_v = mine.new_k = mine.new_v = None
+            mine.past_k = mine.past_v = mine.new_k = mine.new_v = None  # pyright: ignore[reportAttributeAccessIssue]  released between steps
         cache.advance(1)
         return logits[:rows].float()
 
@@ -182,7 +189,7 @@ class CompiledRunner(ModelRunner):
                 _, pre = self.prefill(torch.full((b, 1), pad_id), torch.ones(b, 1, dtype=torch.bool))
                 cache.add_rows(pre, list(range(b)), right_room=1)
                 cache.start = cache.end - length  # a batch whose KV length is exactly this bucket
-                for layer in cache.layers:
+                for layer in cache.slabs:
                     layer.kbuf[:, :, cache.start : cache.end - 1] = 0
                     layer.vbuf[:, :, cache.start : cache.end - 1] = 0
                 with torch.inference_mode():

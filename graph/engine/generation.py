@@ -6,7 +6,8 @@
     async for event in engine.stream(prompt, params, interval_ms=50): ...
 
 Requests from any asyncio loop are validated here, then queued (bounded: a full queue, or an
-expected wait above max_wait_s, raises Overloaded at once; admission is fair between request ids). scheduler.py runs the batch, runner.py the model, kvcache.py holds the KV cache,
+expected wait above max_wait_s, raises Overloaded at once; admission is fair between request ids).
+scheduler.py runs the batch, runner.py the model, kvcache.py holds the KV cache,
 sampling.py chooses tokens, detok.py makes text (all in this package).
 """
 

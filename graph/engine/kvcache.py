@@ -23,6 +23,7 @@ and a ready 4-D attention mask (so the cache is never asked for mask sizes or of
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -36,8 +37,9 @@ class _SlabLayer(DynamicLayer):
     def __init__(self, owner: BatchKVCache) -> None:
         super().__init__()
         self._owner = owner
-        self.kbuf: torch.Tensor | None = None
-        self.vbuf: torch.Tensor | None = None
+        # Typed as made: None only until the first update (lazy_initialization) makes them.
+        self.kbuf: torch.Tensor = None  # pyright: ignore[reportAttributeAccessIssue]  None until the first update
+        self.vbuf: torch.Tensor = None  # pyright: ignore[reportAttributeAccessIssue]  None until the first update
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         o = self._owner
@@ -74,6 +76,11 @@ class BatchKVCache(Cache):
         self.mask = torch.zeros(row_capacity, capacity, dtype=torch.bool)
 
     @property
+    def slabs(self) -> list[_SlabLayer]:
+        """The layers, as the slab layers __init__ made them (Cache types them as its base layer)."""
+        return cast("list[_SlabLayer]", self.layers)
+
+    @property
     def length(self) -> int:
         """Columns in use (what attention reads)."""
         return self.end - self.start
@@ -100,7 +107,7 @@ class BatchKVCache(Cache):
         start, end, b = self.start, self.end, self.rows
         new_start = self.left_room
         new_end = new_start + (end - start)
-        for layer in self.layers:
+        for layer in self.slabs:
             if layer.kbuf is None:
                 continue
             k = layer.kbuf.new_empty(self.row_capacity, layer.kbuf.shape[1], capacity, layer.kbuf.shape[-1])
@@ -130,7 +137,7 @@ class BatchKVCache(Cache):
         new_start = min(start, end - p)
         idx = torch.tensor(list(src_rows), dtype=torch.long)
         same = list(src_rows) == list(range(prefill.rows))
-        for dst, src in zip(self.layers, prefill.layers):
+        for dst, src in zip(self.slabs, prefill.slabs):
             if dst.kbuf is None:
                 dst.kbuf = src.kbuf.new_empty(self.row_capacity, src.kbuf.shape[1], self.capacity, src.kbuf.shape[-1])
                 dst.vbuf = src.vbuf.new_empty(self.row_capacity, src.vbuf.shape[1], self.capacity, src.vbuf.shape[-1])
@@ -160,7 +167,7 @@ class BatchKVCache(Cache):
         for i in sorted(set(rows), reverse=True):
             last = self.rows - 1
             if i != last:
-                for layer in self.layers:
+                for layer in self.slabs:
                     layer.kbuf[i, :, self.start : self.end] = layer.kbuf[last, :, self.start : self.end]
                     layer.vbuf[i, :, self.start : self.end] = layer.vbuf[last, :, self.start : self.end]
                 self.mask[i, self.start : self.end] = self.mask[last, self.start : self.end]

@@ -1,4 +1,4 @@
-"""Calls a transformers causal LM over the batch layout of graph/kvcache.py: prefill and decode steps.
+"""Calls a transformers causal LM over the batch layout of graph/engine/kvcache.py: prefill and decode steps.
 
 The runner passes explicit position ids and ready 4-D attention masks, so transformers' own mask
 construction and cache bookkeeping are skipped (cheaper per step, and exact for rows that joined the
@@ -56,6 +56,9 @@ class ModelRunner:
         self._eager = model.config._attn_implementation == "eager"
         self._windows = _attention_windows(cfg)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def warm_up(self, pad_id: int = 0) -> None:
+        """Nothing to prepare eagerly; the compiled runner compiles its shape buckets here."""
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, BatchKVCache]:
         """Left-padded prompts `ids` [rows, p] with `mask` (True = real token) -> last-position

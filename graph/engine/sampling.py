@@ -128,7 +128,7 @@ class BatchSampler:
         # raw logits, before repetition penalty, temperature, top-k and top-p.
         lp = logits[self.lp_idx].log_softmax(dim=-1) if self.lp_idx is not None else None
         original = None
-        if self.penalty is not None:
+        if self.penalty is not None and self.seen is not None:  # a penalty always comes with `seen`
             original = logits.gather(1, self.seen)
             scores = torch.where(original < 0, original * self.penalty, original / self.penalty)
             logits.scatter_(1, self.seen, scores.clamp_(min=-_F32.max, max=_F32.max))
@@ -140,7 +140,9 @@ class BatchSampler:
             self.grammar.advance(out.tokens)
             return out
         except Exception:
-            if original is not None:  # the caller may retry row by row on the model's own scores
+            if (
+                original is not None and self.seen is not None
+            ):  # the caller may retry row by row on the model's own scores
                 logits.scatter_(1, self.seen, original)
             raise
 

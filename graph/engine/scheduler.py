@@ -12,8 +12,9 @@ Reliability (issue #13):
 - Fairness: waiting requests are admitted round-robin by request id (the engine requests of one
   multi-prompt call share an id), and one id holds at most `max_request_share` of the batch rows,
   so a large call never takes every row from the small ones that come after it.
-- Shedding: with `max_wait_s`, a request whose expected wait for rows (the measured step time x the
-  work queued ahead of it / the batch size) is above the bound gets Overloaded at once.
+- Shedding: with `max_wait_s`, a request that would finish more than that bound later than alone (its
+  wait for rows, then its tokens at the measured step time of the batch it joins: graph/engine/admission.py)
+  gets Overloaded at once.
 - Memory: `max_kv_mb` bounds the KV cache admission may build up; after a second idle the decode
   thread returns freed heap memory to the OS (glibc malloc_trim; graph/memory.py).
 """
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 
+from graph.engine.admission import StepTimes, extra_latency_s
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
 from graph.engine.grammar import RowGrammar
 from graph.engine.kvcache import BatchKVCache
@@ -77,6 +79,9 @@ class Request:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         now = time.monotonic()
+        self.submitted = now  # the times a trace reports (graph/tracing.py): queue wait, first token
+        self.admitted: float | None = None
+        self.first_token: float | None = None
         # max_time_ms counts from submission: time spent waiting in the queue is part of the budget.
         self.deadline = now + params.max_time_ms / 1000.0 if params.max_time_ms is not None else None
         self.cancelled = False
@@ -86,6 +91,14 @@ class Request:
         self.rows = [Row(self, i, decode) for i in range(params.num_return_sequences)]
         for row, grammar in zip(self.rows, grammars):  # response_format: one matcher per row
             row.grammar = grammar
+
+    def timings(self) -> dict[str, float | None]:
+        """Milliseconds from submission to admission (queue wait) and to the first token; None if never."""
+
+        def since(t: float | None) -> float | None:
+            return None if t is None else round((t - self.submitted) * 1000.0, 3)
+
+        return {"queue_ms": since(self.admitted), "first_token_ms": since(self.first_token)}
 
 
 class Row:
@@ -176,6 +189,8 @@ class Scheduler:
         self.kv_budget = int(max_kv_mb * 2**20) if max_kv_mb else None
         self.kv_bytes_per_token = kv_bytes_per_token  # one row, one position, all layers, keys + values
         self.step_s = 0.0  # moving average of a step's wall time (prefill + decode), for expected waits
+        self.step_times = StepTimes()  # measured step time per batch size, for expected completions
+        self._stepped_rows = 0  # rows the last step decoded
         self.length_ratio = 1.0  # moving average of completion tokens / max_new_tokens of finished rows
         self.lock = threading.RLock()
         self._wake = threading.Condition(self.lock)
@@ -250,13 +265,14 @@ class Scheduler:
             if self.closed:
                 raise NodeFailure(f"{self.name}: the generation engine is closed", node=self.name)
             if self.max_wait_s is not None and req.id not in self._by_id:
-                wait = self.expected_wait_s(req)
-                if wait > self.max_wait_s:
+                late = self.expected_extra_s(req)
+                if late > self.max_wait_s:
                     self.counters["rejected_total"] += 1
                     self.counters["shed_total"] += 1
                     raise Overloaded(
-                        f"{self.name}: expected wait {wait:.1f}s is above max_wait_s={self.max_wait_s:g}; retry later",
-                        retry_after_s=max(1, math.ceil(wait - self.max_wait_s)),
+                        f"{self.name}: expected to finish {late:.1f}s later than alone (wait for rows + a slower "
+                        f"batch), above max_wait_s={self.max_wait_s:g}; retry later",
+                        retry_after_s=max(1, math.ceil(late - self.max_wait_s)),
                     )
             # Rows that are free now count as room: between two steps the batch may have just
             # emptied while its replacements wait for the next step (measured: 20 clients against
@@ -328,6 +344,15 @@ class Scheduler:
         running = sum(max(1.0, r.req.params.max_new_tokens * self.length_ratio - len(r.tokens)) for r in rows)
         return self.step_s * (1 + (running + ahead_work) / self.max_batch_size)
 
+    def expected_extra_s(self, req: Request) -> float:
+        """Seconds later than alone `req` would finish if admitted now (call with the lock held): its
+        wait for rows, then its expected new tokens at the step time of the batch it would join."""
+        n = req.params.num_return_sequences
+        waiting = sum(w.params.num_return_sequences for w in self._waiting)
+        join = min(self.max_batch_size, len(self.rows) + waiting + n)
+        tokens = max(1.0, req.params.max_new_tokens * self.length_ratio)
+        return extra_latency_s(self.expected_wait_s(req), tokens, self.step_times, join, n)
+
     def _unregister(self, req: Request) -> None:
         with self.lock:
             same = self._by_id.get(req.id)
@@ -368,6 +393,7 @@ class Scheduler:
                     self._fail_all(admitted, exc)
                 took = time.monotonic() - start
                 self.step_s = took if not self.step_s else self.step_s + 0.2 * (took - self.step_s)
+                self.step_times.record(self._stepped_rows, took)
 
     def _warmup(self, steps: int = 2) -> None:
         """A short prefill and a few decode steps (the first calls pay one-time kernel setup)."""
@@ -377,8 +403,7 @@ class Scheduler:
             cache.add_rows(pre, [0], steps)
             for i in range(steps):
                 logits = self.runner.decode(logits.argmax(-1, keepdim=True), torch.tensor([[4 + i]]), cache, steps)
-            if hasattr(self.runner, "warm_up"):  # graph/engine/compiled.py: compile the shape buckets
-                self.runner.warm_up(self.pad_id)
+            self.runner.warm_up(self.pad_id)  # graph/engine/compiled.py: compile the shape buckets
         except Exception:  # not fatal: the first real request pays the setup instead
             log.exception("%s: warm-up failed", self.name)
         finally:
@@ -411,6 +436,7 @@ class Scheduler:
         if admitted:
             self._prefill(admitted, out)
             out.send()  # first tokens go out before the next forward
+        self._stepped_rows = len(self.rows)
         if self.rows:
             self._decode(out)
         out.send()
@@ -454,6 +480,7 @@ class Scheduler:
                     if not groups[rid]:
                         del groups[rid]
                     taken.append(req)
+                    req.admitted = now
                     held[rid] += n
                     free -= n
                     longest, span = p, new_span
@@ -481,6 +508,8 @@ class Scheduler:
             logits = logits.index_select(0, torch.tensor(src, dtype=torch.long))
         step = self._choose(BatchSampler([r.sampling() for r in rows], logits.shape[-1]), rows, logits, out)
         now = time.monotonic()
+        for req in reqs:
+            req.first_token = now
         for j, row in enumerate(rows):
             if not row.finished:  # a failed row is finished already
                 self._accept(row, step.tokens[j], step.logprobs.get(j), out, now)
@@ -629,6 +658,7 @@ class Scheduler:
             logprobs=row.logprobs,
             prompt_messages=row.req.prompt_messages,
             created=time.time(),
+            **row.req.timings(),
         )
         out.put(row.req, (row.index, text, result))
         row.req.open_rows -= 1

@@ -1,7 +1,7 @@
 """The one place a graph error becomes a gRPC status (both gRPC services, unary and streaming).
 
 validation -> INVALID_ARGUMENT (the message names the field; `x-error-field` trailer too)
-overloaded, rate_limited -> RESOURCE_EXHAUSTED (`retry-after` trailer, seconds)
+overloaded, rate_limited -> RESOURCE_EXHAUSTED (`retry-after` trailer, seconds); unavailable -> UNAVAILABLE
 node_timeout -> DEADLINE_EXCEEDED
 node_failure -> UNAVAILABLE (the `x-error-node` trailer names the node)
 unauthorized -> UNAUTHENTICATED; anything else -> INTERNAL
@@ -18,6 +18,7 @@ import grpc
 from pydantic import BaseModel, ValidationError
 
 from graph.errors import ErrorBody, GraphError, InvalidRequest
+from graph.field_errors import describe, field_errors
 
 log = logging.getLogger("graph")
 M = TypeVar("M", bound=BaseModel)
@@ -28,8 +29,10 @@ _CODES = {
     "validation": grpc.StatusCode.INVALID_ARGUMENT,
     "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "rate_limited": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
     "node_timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
     "node_failure": grpc.StatusCode.UNAVAILABLE,
+    "node_unavailable": grpc.StatusCode.UNAVAILABLE,
     "unauthorized": grpc.StatusCode.UNAUTHENTICATED,
 }
 
@@ -57,14 +60,8 @@ def validated(model: type[M], data: dict[str, Any]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        parts, fields = [], []
-        for err in errors:
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            fields.append(loc)
-            parts.append(f"{loc}: {msg}" if loc else msg)
-        raise InvalidRequest("; ".join(parts), field=fields[0] or None) from None
+        errors = field_errors(exc.errors())
+        raise InvalidRequest(describe(errors), field=errors[0][0] or None) from None
 
 
 def unary_errors(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

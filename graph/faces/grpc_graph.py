@@ -7,7 +7,6 @@ events go out as their proto messages field by field (json_format refuses a fiel
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -15,15 +14,21 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from pydantic import BaseModel
 
-from graph.compose import Graph, background
+from graph.compose import Graph
+from graph.faces.grpc_context import request_context
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
 from graph.policies.schemas import PolicyResponse
 from graph.schemas import ClassifyRequest, GenerateRequest, GenerateScoreRequest, StreamRequest
+from graph.tasks import background
 from protos import inference_graph_pb2 as pb
 from protos import inference_graph_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceGraph"].full_name
 Msg = TypeVar("Msg", bound=Message)
+
+
+# GenerationResult's timings (traces: graph/tracing.py) that the proto's Completion does not carry.
+TIMINGS = {"queue_ms", "first_token_ms"}
 
 
 def fields_of(message: Message) -> dict[str, Any]:
@@ -53,12 +58,6 @@ def to_proto(model: BaseModel, message: Msg, *, exclude: set[str] | None = None)
     return json_format.ParseDict(data, message)
 
 
-def request_id(context: Any) -> str:
-    """The caller's `x-request-id` metadata, or a new id (it follows the call across nodes in the logs)."""
-    metadata = dict(context.invocation_metadata() or ())
-    return str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])
-
-
 class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
     """inference_graph.v1.InferenceGraph over a `Graph` (the same object the HTTP face calls)."""
 
@@ -72,7 +71,7 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
         if "graph" not in fields and "x-graph" in metadata:  # the metadata names a graph, as x-model a node
             fields["graph"] = metadata["x-graph"]
         req = validated(GenerateScoreRequest, fields)
-        out = await self.graph.generate_score(req.original_sentence, req.params, request_id(context), graph=req.graph)
+        out = await self.graph.generate_score(request_context(context), req.original_sentence, req.params, graph=req.graph)
         if isinstance(out, PolicyResponse):
             rest = [c for c in out.candidates if c.id != out.answer.id]
             extra = {"id", "seed", "mean_logprob", "pruned_at_tokens"}
@@ -88,9 +87,11 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
         req = validated(GenerateRequest, fields_of(request))
         prompts = req.prompt_list()
-        per_node = await self.graph.generate(prompts, req.model, req.params, request_id(context))
+        per_node = await self.graph.generate(request_context(context), prompts, req.model, req.params)
         items = [
-            pb.GenerateItem(model=node, prompt=p, results=[to_proto(r, pb.Completion()) for r in rows[i]])
+            pb.GenerateItem(
+                model=node, prompt=p, results=[to_proto(r, pb.Completion(), exclude=TIMINGS) for r in rows[i]]
+            )
             for node, rows in per_node.items()
             for i, p in enumerate(prompts)
         ]
@@ -107,7 +108,12 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
         """Token, final and score events (and error events of a failed node) as the SSE stream has."""
         req = validated(StreamRequest, fields_of(request))
         events = self.graph.stream(
-            req.prompt, req.model, req.params, req.intermediate_result_interval_ms, request_id(context), True
+            request_context(context),
+            req.prompt,
+            req.model,
+            req.params,
+            interval_ms=req.intermediate_result_interval_ms,
+            score=True,
         )
         try:
             async for ev in events:

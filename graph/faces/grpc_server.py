@@ -1,5 +1,6 @@
 """The gRPC server of the entry service: both gRPC faces, the standard health service and reflection.
 
+Every call gets its request context (caller, request id, deadline) from graph/faces/grpc_context.py.
 It runs on the event loop of the entry's worker (started from its on_startup hook), so its calls
 on `Graph` share the node clients' sessions with the HTTP face. Health (grpc.health.v1) says
 NOT_SERVING until every node answers (each generator's `stats`, one classifier call), then SERVING.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,55 +20,13 @@ from grpc_reflection.v1alpha import reflection
 from graph.auth import ApiKeys, AuthConfig
 from graph.compose import Graph
 from graph.config import GrpcConfig
-from graph.errors import GraphError
 from graph.faces import grpc_graph, grpc_text_generator
-from graph.faces.grpc_errors import abort
+from graph.faces.grpc_context import Contexts
 from protos import inference_graph_pb2_grpc, text_generator_pb2_grpc
 
 log = logging.getLogger("graph")
 SERVICES = (grpc_text_generator.SERVICE_NAME, grpc_graph.SERVICE_NAME)
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-class KeyCheck(grpc.aio.ServerInterceptor):
-    """API keys (graph/auth.py) on the gRPC faces: `authorization: Bearer <key>` metadata, else
-    UNAUTHENTICATED; over a key's rate, RESOURCE_EXHAUSTED. Health and reflection stay open."""
-
-    OPEN = ("/grpc.health.", "/grpc.reflection.")
-
-    def __init__(self, keys: ApiKeys) -> None:
-        self.keys = keys
-
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
-        handler = await continuation(details)
-        if handler is None or not self.keys.enabled or details.method.startswith(self.OPEN):
-            return handler
-        metadata = dict(details.invocation_metadata or ())
-        try:
-            self.keys.admit(self.keys.authenticate(metadata.get("authorization")))
-        except GraphError as err:
-            return _refusing(handler, err)
-        return handler
-
-
-def _refusing(handler: Any, err: GraphError) -> Any:
-    """A handler of the same kind as `handler` that ends every call with `err`."""
-
-    async def unary(request: Any, context: Any) -> Any:
-        await abort(context, err)
-
-    async def streaming(request: Any, context: Any) -> Any:
-        await abort(context, err)
-        yield  # pragma: no cover  (abort raises; this makes it an async generator)
-
-    kinds = {
-        (False, False): (grpc.unary_unary_rpc_method_handler, unary),
-        (False, True): (grpc.unary_stream_rpc_method_handler, streaming),
-    }
-    make, behaviour = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(
-        behaviour, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
 
 
 class GrpcFaces:
@@ -77,7 +36,7 @@ class GrpcFaces:
         self.graph, self.config, self.poll_s = graph, config, poll_s
         self.keys = keys or ApiKeys(AuthConfig())
         self.server: grpc.aio.Server | None = None
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # pyright: ignore[reportAttributeAccessIssue]  health.py imports _async as aio
         self._watch: asyncio.Task[None] | None = None
         self.port: int | None = None
 
@@ -86,7 +45,8 @@ class GrpcFaces:
         if not self.config.enabled:
             return False
         # no SO_REUSEPORT: a second server on a taken port must fail, not share it silently
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=[KeyCheck(self.keys)])
+        contexts = Contexts(self.keys, float(self.graph.config.graph_timeout_s))  # keys, request ids, deadlines
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], interceptors=[contexts])
         text_generator_pb2_grpc.add_TextGeneratorServicer_to_server(
             grpc_text_generator.TextGeneratorServicer(
                 self.graph, default_node=self.config.default_node, stream_interval_ms=self.config.stream_interval_ms
@@ -125,7 +85,7 @@ class GrpcFaces:
 
     async def nodes_ready(self, *, classifier: bool = True) -> bool:
         """Every node answers: each generator's stats, and (at boot) the classifier on one text."""
-        probes = [g.stats() for g in self.graph.generators.values()]
+        probes: list[Awaitable[object]] = [g.stats() for g in self.graph.generators.values()]
         if classifier:
             probes.append(self.graph.classifier.classify(["ready?"]))
         try:

@@ -20,13 +20,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from graph.compose import Graph, background
+from graph.compose import Graph
 from graph.errors import ErrorBody, InvalidRequest, error_from_body
+from graph.faces.grpc_context import request_context
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
-from graph.faces.grpc_graph import request_id
 from graph.params import GenerationOverrides
 from graph.policies.config import BestOf
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, TokenEvent
+from graph.tasks import background
 from protos import text_generator_pb2 as pb
 from protos import text_generator_pb2_grpc as pb_grpc
 
@@ -38,12 +39,12 @@ class SeedCall(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    text: str = Field("", min_length=1)
-    max_length: int = Field(0, ge=0, description="Prompt + generated tokens; 0 = the node's default.")
-    intermediate_result_interval_ms: int = Field(0, ge=0, le=60_000)
-    model: str | None = Field(None, alias="x-model")
-    graph: str | None = Field(None, alias="x-graph", description="A named graph of the config that decides.")
-    seed: int | None = Field(None, alias="x-seed", ge=0, le=2**32 - 1)
+    text: str = Field(default="", min_length=1)
+    max_length: int = Field(default=0, ge=0, description="Prompt + generated tokens; 0 = the node's default.")
+    intermediate_result_interval_ms: int = Field(default=0, ge=0, le=60_000)
+    model: str | None = Field(default=None, alias="x-model")
+    graph: str | None = Field(default=None, alias="x-graph", description="A named graph of the config that decides.")
+    seed: int | None = Field(default=None, alias="x-seed", ge=0, le=2**32 - 1)
 
     @field_validator("text")
     @classmethod
@@ -105,10 +106,11 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
         call = seed_call(request, context)
         node, overrides = await self._plan(call)
+        ctx = request_context(context)
         if call.graph is not None:  # the named graph's decided answer
-            out = await self.graph.decide(call.text, overrides, request_id(context), call.graph)
+            out = await self.graph.decide(ctx, call.text, overrides, call.graph)
             return pb.GenerateResponse(text=call.text + out.answer.completion)
-        per_node = await self.graph.generate([call.text], node, overrides, request_id(context))
+        per_node = await self.graph.generate(ctx, [call.text], node, overrides)
         return pb.GenerateResponse(text=call.text + per_node[node][0][0].text)
 
     @stream_errors
@@ -117,15 +119,16 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
     ) -> AsyncIterator[pb.GenerateStreamedResponse]:
         call = seed_call(request, context)
         node, overrides = await self._plan(call)
+        ctx = request_context(context)
         if call.graph is not None:  # a named graph's text is final once it has decided: one fragment
-            out = await self.graph.decide(call.text, overrides, request_id(context), call.graph)
+            out = await self.graph.decide(ctx, call.text, overrides, call.graph)
             yield pb.GenerateStreamedResponse(text_fragment=call.text + out.answer.completion)
             return
         interval_ms = call.intermediate_result_interval_ms or self.stream_interval_ms
-        events = self.graph.stream(call.text, node, overrides, interval_ms, request_id(context), False)
+        events = self.graph.stream(ctx, call.text, node, overrides, interval_ms=interval_ms)
         prefix = call.text  # the first fragment carries the prompt: fragments add up to Generate's text
         try:
-            async for fragment in paced(texts(events, node), interval_ms / 1000.0):
+            async for fragment in paced(texts(events, node), interval_ms / 1000.0):  # pyright: ignore[reportArgumentType]  score=False: no policy events
                 yield pb.GenerateStreamedResponse(text_fragment=prefix + fragment)
                 prefix = ""
             if prefix:  # nothing was generated: the text is the prompt alone

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,24 +22,19 @@ from openai.types.chat.chat_completion_chunk import ChoiceDelta
 from pydantic import BaseModel
 
 from graph.chat_format import Prompt, score_text
-from graph.compose import Graph, background, sse
+from graph.compose import Graph, sse
+from graph.context import RequestContext
 from graph.errors import ErrorBody, InvalidRequest
 from graph.faces.embeddings import EMBEDDING_MODEL, EmbeddingRequest, openai_embeddings
 from graph.faces.openai_errors import UnknownModel, error_object
 from graph.faces.openai_policy import decided, decision_stream
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest
-from graph.faces.openai_shapes import Scored, _chat_logprobs, _extras, _text_logprobs, _usage, _with
+from graph.faces.openai_shapes import Scored, chat_logprobs, extras_of, text_logprobs, usage_of, with_extras
 from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent
+from graph.tasks import background
 
 log = logging.getLogger("graph")
 GRAPH_MODEL = "graph"
-Charge = Callable[[int], None]  # counts a caller's generated tokens (graph/auth.py ApiKeys.charge)
-
-
-def free(tokens: int) -> None:
-    """The charge when nobody counts tokens (API keys off, tests)."""
-
-
 OWNER = "inference-graph"
 # stop/length as OpenAI has them; a wall-clock budget ran out like a token budget; cancelled is
 # only seen by a client that has gone.
@@ -92,86 +87,80 @@ class OpenAIFace:
         return self.routes[model]
 
     # ---- embeddings ----------------------------------------------------------------------------
-    async def embeddings(self, req: EmbeddingRequest, rid: str) -> CreateEmbeddingResponse:
+    async def embeddings(self, ctx: RequestContext, req: EmbeddingRequest) -> CreateEmbeddingResponse:
         """The classifier node's sentence encoder on every input (batched with concurrent requests)."""
-        log.info("request_id=%s openai embeddings inputs=%d user=%s", rid, len(req.texts()), req.user)
-        return openai_embeddings(req, await self.graph.embed(req.texts()))
+        log.info("request_id=%s openai embeddings inputs=%d user=%s", ctx.request_id, len(req.texts()), req.user)
+        return openai_embeddings(req, await self.graph.embed(ctx, req.texts()))
 
     # ---- chat ----------------------------------------------------------------------------------
-    async def chat(
-        self, req: ChatCompletionRequest, rid: str, charge: Charge = free
-    ) -> ChatCompletion | AsyncIterator[str]:
+    async def chat(self, ctx: RequestContext, req: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
         """A ChatCompletion, or (stream=true) the SSE lines of its chunks; validated before any node works.
-        `charge` is told the completion tokens generated (per-key token rates)."""
-        route, prompt = self.route(req.model), req.prompt()
+        Its `id` carries the request id; the graph charges the tokens to `ctx`'s caller."""
+        route, prompt, rid = self.route(req.model), req.prompt(), ctx.request_id
         log.info("request_id=%s openai chat model=%s user=%s", rid, req.model, req.user)
         if req.stream:
-            return self._stream(req, route, prompt, rid, charge, chat=True)
-        choices = await self._run([prompt], route, req, rid, charge)
+            return self._stream(ctx, req, route, prompt, chat=True)
+        choices = await self._run(ctx, [prompt], route, req)
         return ChatCompletion(
             id=f"chatcmpl-{rid}",
             object="chat.completion",
             created=int(time.time()),
             model=req.model,
             choices=[
-                _with(
+                with_extras(
                     Choice(
                         index=i,
                         message=ChatCompletionMessage(role="assistant", content=c.result.text),
                         finish_reason=_FINISH[c.result.finish_reason],
-                        logprobs=_chat_logprobs(c.result.logprobs),
+                        logprobs=chat_logprobs(c.result.logprobs),
                     ),
-                    _extras(c),
+                    extras_of(c),
                 )
                 for i, c in enumerate(choices)
             ],
-            usage=_usage(choices),
+            usage=usage_of(choices),
         )
 
     # ---- completions ---------------------------------------------------------------------------
-    async def completions(
-        self, req: CompletionRequest, rid: str, charge: Charge = free
-    ) -> Completion | AsyncIterator[str]:
-        route, prompts = self.route(req.model), req.prompts()
+    async def completions(self, ctx: RequestContext, req: CompletionRequest) -> Completion | AsyncIterator[str]:
+        route, prompts, rid = self.route(req.model), req.prompts(), ctx.request_id
         log.info("request_id=%s openai completions model=%s user=%s", rid, req.model, req.user)
         if req.stream:
-            return self._stream(req, route, prompts[0], rid, charge, chat=False)
-        choices = await self._run(list(prompts), route, req, rid, charge)
+            return self._stream(ctx, req, route, prompts[0], chat=False)
+        choices = await self._run(ctx, list(prompts), route, req)
         return Completion(
             id=f"cmpl-{rid}",
             object="text_completion",
             created=int(time.time()),
             model=req.model,
             choices=[
-                _with(
+                with_extras(
                     CompletionChoice(
                         index=i,
                         finish_reason=_FINISH[c.result.finish_reason],
                         text=(prompts[c.prompt_index] if req.echo else "") + c.result.text,
-                        logprobs=_text_logprobs(c.result.logprobs),
+                        logprobs=text_logprobs(c.result.logprobs),
                     ),
-                    _extras(c),
+                    extras_of(c),
                 )
                 for i, c in enumerate(choices)
             ],
-            usage=_usage(choices),
+            usage=usage_of(choices),
         )
 
     async def _run(
         self,
+        ctx: RequestContext,
         prompts: list[Prompt],
         route: Route,
         req: ChatCompletionRequest | CompletionRequest,
-        rid: str,
-        charge: Charge,
     ) -> list[Scored]:
         """Every completion of the route, scored and ordered by score (per prompt) for `graph`;
         a named graph's decided answer per prompt."""
         if route.policy is not None:
-            return [await self._decide(route.policy, p, i, req, rid, charge) for i, p in enumerate(prompts)]
-        per_node = await self.graph.generate(prompts, route.node, req.overrides(), rid)
+            return [await self._decide(ctx.part(str(i)), route.policy, p, i, req) for i, p in enumerate(prompts)]
+        per_node = await self.graph.generate(ctx, prompts, route.node, req.overrides())
         flat = [(node, i, r) for node, rows in per_node.items() for i, results in enumerate(rows) for r in results]
-        charge(sum(r.completion_tokens for _, _, r in flat))
         if not route.scored:
             return [Scored(node, i, r, None) for node, i, r in flat]
         verdicts = await self.graph.classify([score_text(prompts[i], r.text) for _, i, r in flat])
@@ -180,43 +169,38 @@ class OpenAIFace:
 
     async def _decide(
         self,
+        ctx: RequestContext,
         name: str,
         prompt: Prompt,
         index: int,
         req: ChatCompletionRequest | CompletionRequest,
-        rid: str,
-        charge: Charge,
     ) -> Scored:
-        out = await self.graph.decide(prompt, req.overrides(), f"{rid}-{index}", name)
-        charge(out.trace.tokens_total)
+        """A named graph's decided answer to one prompt (every candidate's tokens charged to `ctx`)."""
+        out = await self.graph.decide(ctx, prompt, req.overrides(), name)
         return decided(out, index)
 
     # ---- streaming -----------------------------------------------------------------------------
     def _stream(
         self,
+        ctx: RequestContext,
         req: ChatCompletionRequest | CompletionRequest,
         route: Route,
         prompt: Prompt,
-        rid: str,
-        charge: Charge,
         *,
         chat: bool,
     ) -> AsyncIterator[str]:
         """Validate now (bad input is a 4xx, not a broken stream), then the chunks as SSE, then [DONE]."""
         if route.policy is not None:
-            chunks = _Chunks(req, rid, [f"graph:{route.policy}"], chat=chat, echo=False)
-            return decision_stream(self.graph, req, route.policy, prompt, rid, charge, chunks, _FINISH.__getitem__)
-        events = self.graph.stream(prompt, route.node, req.overrides(), 0, rid, route.scored)
-
+            chunks = _Chunks(req, ctx.request_id, [f"graph:{route.policy}"], chat=chat, echo=False)
+            return decision_stream(self.graph, ctx, req, route.policy, prompt, chunks, _FINISH.__getitem__)
+        events = self.graph.stream(ctx, prompt, route.node, req.overrides(), score=route.scored)
         nodes = list(self.graph.generators) if route.node is None else [route.node]
-        chunks = _Chunks(req, rid, nodes, chat=chat, echo=isinstance(req, CompletionRequest) and req.echo)
+        chunks = _Chunks(req, ctx.request_id, nodes, chat=chat, echo=isinstance(req, CompletionRequest) and req.echo)
 
         async def body() -> AsyncIterator[str]:
             try:
                 async for ev in events:
-                    if isinstance(ev, FinalEvent):
-                        charge(ev.usage.completion_tokens)
-                    for chunk in chunks.of(ev):
+                    for chunk in chunks.of(ev):  # pyright: ignore[reportArgumentType]  no graph= here: no policy events
                         yield sse(chunk)
                 if req.include_usage:
                     yield sse(chunks.usage_chunk().model_dump_json(exclude_unset=True))
@@ -274,7 +258,7 @@ class _Chunks:
         self.started.add(idx)
         if self.chat:
             delta = ChoiceDelta(role="assistant", content=text) if first else ChoiceDelta(content=text)
-            choice = _with(ChunkChoice(index=idx, delta=delta, finish_reason=finish), extras)
+            choice = with_extras(ChunkChoice(index=idx, delta=delta, finish_reason=finish), extras)
             return ChatCompletionChunk(
                 id=self.id, object="chat.completion.chunk", created=self.created, model=self.req.model, choices=[choice]
             )
@@ -282,7 +266,7 @@ class _Chunks:
             text = self.echo + text
         # OpenAI streams finish_reason null until the last chunk, which the non-streamed type does not
         # admit: built unvalidated, with every field the SDK reads.
-        completion_choice = _with(
+        completion_choice = with_extras(
             CompletionChoice.model_construct(index=idx, text=text, finish_reason=finish, logprobs=None), extras
         )
         return Completion(

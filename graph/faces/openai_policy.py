@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from graph.chat_format import Prompt
-from graph.compose import Graph, background, sse
-from graph.faces.openai_shapes import Scored, _with
+from graph.compose import Graph, sse
+from graph.context import RequestContext
+from graph.faces.openai_shapes import Scored, with_extras
 from graph.policies.schemas import DecisionEvent, PolicyResponse
 from graph.results import Classification, GenerationResult
 from graph.schemas import ErrorEvent, TokenEvent
+from graph.tasks import background
 
 Finish = Callable[[str], Literal["stop", "length"]]
 
@@ -44,17 +46,17 @@ def comment(kind: str, payload: str) -> str:
 
 def decision_stream(
     graph: Graph,
+    ctx: RequestContext,
     req: Any,
     name: str,
     prompt: Prompt,
-    rid: str,
-    charge: Callable[[int], None],
     chunks: Any,
     finish: Finish,
 ) -> AsyncIterator[str]:
     """Validate now (a 4xx, not a broken stream); then the policy's progress as comments, the answer
-    as a chunk when decided, usage (with stream_options.include_usage), [DONE]."""
-    events = graph.stream(prompt, None, req.overrides(), 0, rid, True, name)
+    as a chunk when decided, usage (with stream_options.include_usage), [DONE]. Every candidate's
+    tokens are charged to `ctx` as they are generated."""
+    events = graph.stream(ctx, prompt, None, req.overrides(), score=True, graph=name)
 
     async def body() -> AsyncIterator[str]:
         try:
@@ -64,7 +66,6 @@ def decision_stream(
                         yield sse(chunk)
                 elif isinstance(ev, DecisionEvent):
                     out = ev.result
-                    charge(out.usage.completion_tokens)
                     yield comment("decision", out.model_dump_json(exclude={"candidates"}, exclude_none=True))
                     a = out.answer
                     extras = {"model": a.model, "score": a.score, "label": a.label, "candidate": a.id}
@@ -81,7 +82,7 @@ def decision_stream(
             if req.include_usage:
                 last = chunks.usage_chunk()
                 if getattr(chunks, "winner", None) is not None:
-                    _with(last.usage, {"candidates": chunks.winner[0], "winners": [chunks.winner[1]]})
+                    with_extras(last.usage, {"candidates": chunks.winner[0], "winners": [chunks.winner[1]]})
                 yield sse(last.model_dump_json(exclude_unset=True))
             yield sse("[DONE]")
         finally:  # the client went away (or the stream ended): stop the policy and its candidates

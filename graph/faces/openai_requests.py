@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graph.chat_format import ChatMessage, ChatPrompt
 from graph.errors import InvalidRequest
+from graph.field_errors import describe, field_errors
 from graph.params import MAX_NEW_TOKENS, MAX_STOP_STRINGS, GenerationOverrides
 from graph.response_format import ResponseFormat
 
@@ -84,16 +85,18 @@ class _Controls(_Strict):
     """The controls both endpoints share, with OpenAI's ranges where ours are no tighter."""
 
     model: str = Field(min_length=1, description="A generator node, or `graph` (every node, each choice scored).")
-    max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="0 = greedy; omitted = the node's default.")
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=MAX_N)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, description="0 = greedy; omitted = the node's default."
+    )
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = Field(None, max_length=256, description="The caller's end-user id (logged).")
-    response_format: ResponseFormat | None = Field(None, description="text, json_object, or json_schema.")
+    user: str | None = Field(default=None, max_length=256, description="The caller's end-user id (logged).")
+    response_format: ResponseFormat | None = Field(default=None, description="text, json_object, or json_schema.")
 
     @field_validator("stop")
     @classmethod
@@ -160,9 +163,9 @@ class ChatCompletionRequest(_Controls):
     """POST /v1/chat/completions."""
 
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     @model_validator(mode="after")
     def _chat_rules(self) -> ChatCompletionRequest:
@@ -198,7 +201,7 @@ class CompletionRequest(_Controls):
 
     prompt: str | list[str] = Field(description="Text, or a list of texts (one completion set each).")
     echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=5, description="Alternatives per token (legacy logprobs).")
+    logprobs: int | None = Field(default=None, ge=0, le=5, description="Alternatives per token (legacy logprobs).")
 
     @field_validator("prompt", mode="before")
     @classmethod
@@ -247,17 +250,9 @@ def parse_request(model: type[_Controls], body: Any) -> Any:
 
 def _invalid(exc: ValidationError) -> InvalidRequest:
     """pydantic's errors as one InvalidRequest naming each field and rule (the first field in `field`)."""
-    fields, parts = [], []
-    for err in exc.errors():
-        loc = _loc(err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (this server serves the OpenAI fields listed in the README)"
-        if not loc and ": " in msg:  # a cross-field rule names its field first
-            loc, msg = msg.split(": ", 1)
-        fields.append(loc or "body")
-        parts.append(f"{loc or 'body'}: {msg}")
-    return InvalidRequest("; ".join(dict.fromkeys(parts)), field=fields[0])
+    unknown = "unknown field (this server serves the OpenAI fields listed in docs/faces/openai.md)"
+    errors = field_errors(exc.errors(), unknown=unknown, path=_loc)
+    return InvalidRequest(describe(errors, root="body"), field=errors[0][0] or "body")
 
 
 def _loc(parts: tuple[Any, ...]) -> str:

@@ -29,7 +29,7 @@ class Scored:
     spent: PolicyUsage | None = None  # a named graph's answer: the tokens of all its candidates
 
 
-def _with(choice: M, extras: dict[str, object]) -> M:
+def with_extras(choice: M, extras: dict[str, object]) -> M:
     """`choice` carrying our extra fields: the openai types keep extras (extra="allow") and dump them,
     though their typed constructors do not name them."""
     for name, value in extras.items():
@@ -37,7 +37,7 @@ def _with(choice: M, extras: dict[str, object]) -> M:
     return choice
 
 
-def _extras(c: Scored) -> dict[str, object]:
+def extras_of(c: Scored) -> dict[str, object]:
     """A scored choice's extra fields (OpenAI clients ignore them; ours read them)."""
     if c.score is None:
         return {}
@@ -47,7 +47,7 @@ def _extras(c: Scored) -> dict[str, object]:
     return extras
 
 
-def _usage(choices: list[Scored]) -> CompletionUsage:
+def usage_of(choices: list[Scored]) -> CompletionUsage:
     """Each node's prompt counted once per prompt, every choice's completion tokens; a named graph's
     choice counts all its candidates' tokens, and the usage says how many there were and which won."""
     if any(c.spent is not None for c in choices):
@@ -55,13 +55,13 @@ def _usage(choices: list[Scored]) -> CompletionUsage:
         prompt = sum(u.prompt_tokens for u in spent)
         completion = sum(u.completion_tokens for u in spent)
         usage = CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-        return _with(usage, {"candidates": sum(u.candidates for u in spent), "winners": [u.winner for u in spent]})
+        return with_extras(usage, {"candidates": sum(u.candidates for u in spent), "winners": [u.winner for u in spent]})
     prompt = sum({(c.node, c.prompt_index): c.result.prompt_tokens for c in choices}.values())
     completion = sum(c.result.completion_tokens for c in choices)
     return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
-def _chat_logprobs(tokens: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
+def chat_logprobs(tokens: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
     if tokens is None:
         return None
     return ChoiceLogprobs(
@@ -79,7 +79,7 @@ def _chat_logprobs(tokens: list[TokenLogprob] | None) -> ChoiceLogprobs | None:
     )
 
 
-def _text_logprobs(tokens: list[TokenLogprob] | None) -> Logprobs | None:
+def text_logprobs(tokens: list[TokenLogprob] | None) -> Logprobs | None:
     """Legacy completions logprobs: parallel lists, text_offset into the choice's text."""
     if tokens is None:
         return None

@@ -70,7 +70,7 @@ def _hub_error(ref: ModelRef, why: str) -> ConfigError:
     return ConfigError(
         f"model.hub {ref.hub!r}: the Hugging Face hub could not be reached ({why}) and the model is "
         "not in the local cache. Use a model that works offline instead: "
-        "model: {embedded: smollm2-135m-instruct} (see graph/embedded.py) or model: {path: <dir>}",
+        "model: {embedded: smollm2-135m-instruct} (see graph/models/embedded.py) or model: {path: <dir>}",
         field="model.hub",
     )
 
@@ -177,7 +177,7 @@ def load_causal_lm(ref: ModelRef, runtime: RuntimeConfig | None = None, **lookup
     elif runtime.quantize in ("int8_weight", "int4_weight"):
         from graph.models.quantize import quantize_weights
 
-        model = quantize_weights(model, runtime.quantize.removesuffix("_weight"), runtime.group_size)
+        model = quantize_weights(model, "int8" if runtime.quantize == "int8_weight" else "int4", runtime.group_size)
     return model, tokenizer
 
 

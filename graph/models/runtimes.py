@@ -32,8 +32,8 @@ class Choice:
 
 Goal = Literal["latency", "throughput"]
 
-# Measured with `make bench-node` (SmolLM2-135M-Instruct and Gemma 3 270M, 2 threads); see README
-# "Performance". Dynamic int8 (`quantize: int8`) is never entered: its perplexity on
+# Measured with `make bench-node` (SmolLM2-135M-Instruct and Gemma 3 270M, 2 threads); see
+# docs/performance.md. Dynamic int8 (`quantize: int8`) is never entered: its perplexity on
 # bench/heldout.txt was +232% over float32 on SmolLM2 (+93% on Gemma), far outside the bound. The
 # compiled step is not entered either: it measured no faster than eager on the AVX-512 EPYC and its
 # warm-up took 42-76 s there (SmolLM2 int8 weights 22.1 vs 20.6 ms/token).

@@ -20,9 +20,9 @@ class Prune(_Strict):
     """Pruning while generating: every `every_tokens` tokens the classifier scores the text so far of
     every live candidate in one call; a candidate trailing the leader by more than `margin` stops."""
 
-    every_tokens: int = Field(8, ge=1, le=4096, description="Tokens between pruning rounds.")
+    every_tokens: int = Field(default=8, ge=1, le=4096, description="Tokens between pruning rounds.")
     margin: float = Field(
-        0.1, ge=0.0, description="Score gap to the leader beyond which a candidate is cancelled; .inf = never."
+        default=0.1, ge=0.0, description="Score gap to the leader beyond which a candidate is cancelled; .inf = never."
     )
 
 
@@ -33,8 +33,10 @@ class BestOf(_Strict):
     nodes: dict[str, int] = Field(
         min_length=1, description="Candidates per generator node, e.g. {smollm2: 2, gemma3: 1}."
     )
-    return_candidates: bool = Field(True, description="Return every candidate with its score, not only the answer.")
-    prune: Prune | None = Field(None, description="Prune trailing candidates while generating; none = off.")
+    return_candidates: bool = Field(
+        default=True, description="Return every candidate with its score, not only the answer."
+    )
+    prune: Prune | None = Field(default=None, description="Prune trailing candidates while generating; none = off.")
 
     @model_validator(mode="after")
     def _counts(self) -> BestOf:
@@ -52,10 +54,12 @@ class BestOf(_Strict):
 class Gate(_Strict):
     """When a cascade stage's completion is good enough; every condition given must hold."""
 
-    label: str | None = Field(None, description="Classifier label whose probability is gated (with min_score).")
-    min_score: float | None = Field(None, ge=0.0, le=1.0, description="Pass when the label's probability >= this.")
+    label: str | None = Field(default=None, description="Classifier label whose probability is gated (with min_score).")
+    min_score: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Pass when the label's probability >= this."
+    )
     min_mean_logprob: float | None = Field(
-        None, le=0.0, description="Pass when the completion's mean token log-probability >= this."
+        default=None, le=0.0, description="Pass when the completion's mean token log-probability >= this."
     )
 
     @model_validator(mode="after")
@@ -90,7 +94,9 @@ NamedGraph = Annotated[BestOf | Cascade, Field(discriminator="policy")]
 class Policies(_Strict):
     """Named graphs over the config's nodes, and the one a request gets when it names none."""
 
-    default: str = Field(ALL, description="Graph used when a request names none; `all` = every node, all returned.")
+    default: str = Field(
+        default=ALL, description="Graph used when a request names none; `all` = every node, all returned."
+    )
     graphs: dict[str, NamedGraph] = Field(default_factory=dict, description="name -> policy and its settings.")
 
     @model_validator(mode="after")

@@ -8,16 +8,19 @@ from collections.abc import AsyncGenerator
 
 from pydantic import BaseModel
 
+from graph import tracing
 from graph.chat_format import Prompt
 from graph.config import GraphConfig
+from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest, NodeFailure
 from graph.policies import best_of as best_of_policy
 from graph.policies import cascade as cascade_policy
 from graph.policies.config import ALL, BestOf, NamedGraph
 from graph.policies.deadline import Deadline
-from graph.policies.run import Host, PolicyEvent, Run, detach
+from graph.policies.run import Host, PolicyEvent, Run
 from graph.policies.schemas import DecisionEvent, PolicyResponse
 from graph.schemas import ErrorEvent
+from graph.tasks import background
 
 log = logging.getLogger("graph")
 
@@ -39,10 +42,10 @@ def resolve(config: GraphConfig, name: str | None, field: str = "graph") -> Name
 
 def start(
     host: Host,
+    ctx: RequestContext,
     graph: str | None,
     prompt: Prompt,
     overrides: BaseModel | None,
-    request_id: str,
     deadline: Deadline | None,
     model: str | None = None,
 ) -> tuple[Run, NamedGraph] | None:
@@ -54,7 +57,7 @@ def start(
     if model is not None:
         raise InvalidRequest("model: a named graph chooses its own nodes; leave model out", field="model")
     name = graph or host.config.policies.default
-    run = Run(host=host, graph=name, prompt=prompt, request_id=request_id, overrides=overrides, deadline=deadline)
+    run = Run(host=host, ctx=ctx, graph=name, prompt=prompt, overrides=overrides, deadline=deadline)
     if isinstance(g, BestOf):
         best_of_policy.check(run, g)
     else:
@@ -66,10 +69,13 @@ async def execute(run: Run, g: NamedGraph) -> PolicyResponse:
     """Run the policy; if it fails or is cancelled, stop every candidate it started."""
     try:
         if isinstance(g, BestOf):
-            return await best_of_policy.best_of(run, g)
-        return await cascade_policy.cascade(run, g)
+            out = await best_of_policy.best_of(run, g)
+        else:
+            out = await cascade_policy.cascade(run, g)
+        tracing.event(DecisionEvent(result=out))
+        return out
     except BaseException:
-        detach(run.cancel_all())
+        background(run.cancel_all())
         raise
 
 
@@ -100,4 +106,4 @@ async def events(run: Run, g: NamedGraph) -> AsyncGenerator[PolicyEvent | ErrorE
     finally:
         if not done:  # the client left: stop the policy and its candidates
             task.cancel()
-            detach(run.cancel_all())
+            background(run.cancel_all())

@@ -8,12 +8,14 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, Union
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from graph import tracing
 from graph.chat_format import Prompt, score_text
 from graph.config import GraphConfig
+from graph.context import RequestContext
 from graph.errors import InvalidRequest
 from graph.nodes import GeneratorClient
 from graph.params import GenerationParams
@@ -25,7 +27,7 @@ from graph.schemas import FinalEvent, ScoreEvent, TokenEvent, Usage
 T = TypeVar("T")
 log = logging.getLogger("graph")
 
-PolicyEvent = Union[CandidatesEvent, TokenEvent, FinalEvent, ScoreEvent, PruneEvent, GateEvent, DecisionEvent]
+PolicyEvent = CandidatesEvent | TokenEvent | FinalEvent | ScoreEvent | PruneEvent | GateEvent | DecisionEvent
 Emit = Callable[[PolicyEvent], Awaitable[None]]
 
 
@@ -33,14 +35,18 @@ class Host(Protocol):
     """What a policy needs of the graph (graph.compose.Graph has it)."""
 
     config: GraphConfig
-    generators: Mapping[str, GeneratorClient]
     latencies: Latencies
+
+    @property
+    def generators(self) -> Mapping[str, GeneratorClient]: ...
 
     def params_for(self, node: str, overrides: BaseModel | None) -> GenerationParams: ...
 
+    def node(self, ctx: RequestContext, name: str) -> GeneratorClient: ...
+
     async def classify(self, texts: list[str]) -> list[Classification]: ...
 
-    async def call(self, node: str, coro: Awaitable[T]) -> T: ...
+    async def call(self, node: str, coro: Awaitable[T], ctx: RequestContext | None = None) -> T: ...
 
 
 @dataclass
@@ -59,15 +65,19 @@ class Run:
     """The state of one policy request."""
 
     host: Host
+    ctx: RequestContext
     graph: str
     prompt: Prompt  # a text, or a chat (messages through each node's chat template)
-    request_id: str
     overrides: BaseModel | None
     deadline: Deadline | None
     emit: Emit | None = None
     started: float = field(default_factory=time.monotonic)
     started_rids: list[tuple[str, str]] = field(default_factory=list)  # (node, candidate request id)
     nodes_run: list[str] = field(default_factory=list)
+
+    @property
+    def request_id(self) -> str:
+        return self.ctx.request_id
 
     def scored(self, completion: str) -> str:
         """What the classifier scores (and `generated` shows): the prompt (a chat's last user message) + it."""
@@ -77,6 +87,7 @@ class Run:
         return (time.monotonic() - self.started) * 1000.0
 
     async def send(self, event: PolicyEvent) -> None:
+        tracing.event(event)
         if self.emit is not None:
             await self.emit(event)
 
@@ -114,8 +125,8 @@ class Run:
     async def generate(self, spec: Spec) -> GenerationResult:
         """One candidate, whole (no stream)."""
         self._started(spec)
-        gen = self.host.generators[spec.node]
-        (rows,) = await self.host.call(spec.node, gen.generate([self.prompt], spec.params, spec.request_id))
+        gen = self.host.node(self.ctx, spec.node)  # charged to the request, whatever becomes of it
+        (rows,) = await self.host.call(spec.node, gen.generate([self.prompt], spec.params, spec.request_id), self.ctx)
         return rows[0]
 
     async def generate_many(self, specs: list[Spec]) -> list[GenerationResult]:
@@ -126,13 +137,13 @@ class Run:
         params = first.params.model_copy(update={"num_return_sequences": len(specs)})
         spec = Spec(first.index, first.id, first.node, params, f"{first.request_id}-{specs[-1].id}")
         self._started(spec)
-        gen = self.host.generators[spec.node]
-        (rows,) = await self.host.call(spec.node, gen.generate([self.prompt], params, spec.request_id))
+        gen = self.host.node(self.ctx, spec.node)
+        (rows,) = await self.host.call(spec.node, gen.generate([self.prompt], params, spec.request_id), self.ctx)
         return list(rows)
 
     def stream(self, spec: Spec) -> AsyncIterator[StreamEvent]:
-        self._started(spec)
-        return self.host.generators[spec.node].stream(self.prompt, spec.params, spec.request_id, 0)
+        self._started(spec)  # a pruned candidate's stream is charged for what it generated before the cut
+        return self.host.node(self.ctx, spec.node).stream(self.prompt, spec.params, spec.request_id, 0)
 
     def _started(self, spec: Spec) -> None:
         self.started_rids.append((spec.node, spec.request_id))
@@ -173,16 +184,6 @@ class Run:
             mean_logprob=mean_logprob(result),
             pruned_at_tokens=pruned_at,
         )
-
-
-_DETACHED: set[asyncio.Future[None]] = set()
-
-
-def detach(aw: Awaitable[None]) -> None:
-    """Run `aw` on its own, not cancelled with the caller (stopping a cancelled request's candidates)."""
-    fut = asyncio.ensure_future(aw)
-    _DETACHED.add(fut)
-    fut.add_done_callback(_DETACHED.discard)
 
 
 def mean_logprob(result: GenerationResult) -> float | None:

@@ -32,7 +32,8 @@ class DocumentTrainer(Trainer):
         # Same normalisation as the cross-entropy above: by the accumulated batch's target count when
         # the model took num_items_in_batch, else per batch (Trainer then divides by grad_accum).
         items = num_items_in_batch if self.model_accepts_loss_kwargs else None
-        loss = loss + self.unlikelihood_alpha * unlikelihood_loss(outputs.logits, inputs["labels"], items)
+        logits = outputs.logits  # pyright: ignore[reportAttributeAccessIssue]  return_outputs=True: a ModelOutput
+        loss = loss + self.unlikelihood_alpha * unlikelihood_loss(logits, inputs["labels"], items)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -77,7 +78,7 @@ def tensorboard_callbacks(run_dir: Path) -> list[Any]:
     """A TensorBoard writer into run_dir/tb when tensorboard or tensorboardX is installed."""
     if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
         return []
-    from transformers.integrations import TensorBoardCallback
+    from transformers.integrations import TensorBoardCallback  # pyright: ignore[reportPrivateImportUsage]  its public home
 
     try:
         from torch.utils.tensorboard import SummaryWriter

@@ -17,9 +17,41 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// ---- the API key: kept in this tab's session storage, sent as a Bearer token, never logged -------------
+const KEY_STORE = "inference-graph-api-key";
+
+function apiKey() {
+  return sessionStorage.getItem(KEY_STORE) || "";
+}
+
+// Headers for a call to the graph's API: the key (when one is set) and any `extra` headers.
+function withKey(extra = {}) {
+  const key = apiKey();
+  return key ? { ...extra, authorization: `Bearer ${key}` } : { ...extra };
+}
+
+function setupKey() {
+  const input = $("#api-key");
+  input.value = apiKey();
+  $("#key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = input.value.trim();
+    if (key) sessionStorage.setItem(KEY_STORE, key);
+    else sessionStorage.removeItem(KEY_STORE);
+    location.reload(); // every call from here on carries it (or none)
+  });
+}
+
+class HttpError extends Error {
+  constructor(url, status) {
+    super(`${url}: HTTP ${status}`);
+    this.status = status;
+  }
+}
+
 async function getJSON(url) {
-  const r = await fetch(url, { cache: "no-store" });
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  const r = await fetch(url, { cache: "no-store", headers: withKey() });
+  if (!r.ok) throw new HttpError(url, r.status);
   return r.json();
 }
 
@@ -47,9 +79,13 @@ function showError(status, body, retryAfter) {
     $(".field-error", field).textContent = message;
     return;
   }
-  if (status === 429 || err.error === "overloaded") {
+  if (status === 401) {
+    notice(`Unauthorized (401): ${message} — enter an API key above`, "warn");
+    $("#api-key").focus();
+  } else if (status === 429 || err.error === "overloaded" || err.error === "rate_limited") {
     const wait = err.retry_after_s ?? retryAfter;
-    notice(`Overloaded (429): ${message}${wait ? ` — retry in ${wait} s` : ""}`, "warn");
+    const what = err.error === "rate_limited" ? "Rate limited" : "Overloaded";
+    notice(`${what} (429): ${message}${wait ? ` — retry in ${wait} s` : ""}`, "warn");
   } else if (err.node) {
     notice(`Node ${err.node} failed (${err.error || status}): ${message}`);
     document.querySelector(`.node[data-node="${CSS.escape(err.node)}"]`)?.classList.add("down");
@@ -112,7 +148,7 @@ async function pollState() {
     const cls = $(".node[data-node=classifier]");
     cls.classList.toggle("ready", ready.ok);
     $(".state", cls).textContent = ready.ok ? "loaded" : "loading";
-    const r = await fetch("node_stats", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    const r = await fetch("node_stats", { method: "POST", headers: withKey({ "content-type": "application/json" }), body: "{}" });
     if (!r.ok) throw new Error(`node_stats: HTTP ${r.status}`);
     const stats = await r.json();
     for (const [name, s] of Object.entries(stats)) {
@@ -337,7 +373,7 @@ async function run(event) {
   const t0 = performance.now();
   try {
     const r = await fetch("generate_score_stream", { method: "POST", signal: controller.signal,
-      headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+      headers: withKey({ "content-type": "application/json" }), body: JSON.stringify(body) });
     if (!r.ok) {
       const text = await r.text();
       let parsed;
@@ -414,7 +450,7 @@ function setupChat() {
     if (keys.user) body[keys.user] = state.chat.user;
     if (keys.id && state.chat.id) body[keys.id] = state.chat.id;
     log.append(el("div", { class: "msg user", text }));
-    const r = await fetch("chat", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const r = await fetch("chat", { method: "POST", headers: withKey({ "content-type": "application/json" }), body: JSON.stringify(body) });
     const answer = await r.json().catch(() => ({}));
     if (!r.ok) {
       if (answer.field) answer.field = `chat.${answer.field === keys.model ? "model" : "message"}`;
@@ -435,10 +471,13 @@ function showTab(name) {
 }
 
 async function main() {
+  setupKey();
   try {
     [state.info, state.spec] = await Promise.all([getJSON("graph"), getJSON("docs.json")]);
   } catch (exc) {
-    notice(`Cannot load the graph: ${exc.message}`);
+    if (exc.status === 401) notice("This graph needs an API key (401): enter it above.", "warn");
+    else notice(`Cannot load the graph: ${exc.message}`);
+    $("#api-key").focus();
     return;
   }
   $("#graph-name").textContent = state.info.name;

@@ -70,6 +70,7 @@ def live(request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytes
         url = pg.url
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     config["generators"]["tiny_b"]["max_prompt_tokens"] = SMALL_BUDGET
+    config["generators"]["tiny_a"]["scheduler"] = {"max_batch_size": 8, "max_queue": 64}  # 32 turns at once fit
     config["chat"] = {"database_url": url, "max_turns": MAX_TURNS, "default_model": "tiny_a"}
     path = tmp / f"chat_{request.param}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -192,6 +193,23 @@ def test_concurrent_messages_of_one_user_are_ordered_and_kept(live: Live) -> Non
     msgs = history(live, "carol")["messages"]
     assert [(m["turn"], m["role"]) for m in msgs] == [(1, "user"), (1, "assistant"), (2, "user"), (2, "assistant")]
     assert {msgs[0]["content"], msgs[2]["content"]} == {"first", "second"}
+
+
+def test_32_concurrent_turns_on_one_replica_all_answered(live: Live) -> None:
+    """32 chat turns at once, each on its own conversation, on one entry replica: every one answered
+    (a turn takes one database connection for its lock, reads and write; more turns than the pool holds
+    wait for one), none a 5xx, each stored."""
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=live.server.url, timeout=120) as client:
+            return await asyncio.gather(
+                *[client.post("/chat", json={"user_id": f"crowd{i}", "message": f"hello {i}"}) for i in range(32)]
+            )
+
+    responses = asyncio.run(fire())
+    assert [r.status_code for r in responses] == [200] * 32, sorted({(r.status_code, r.text[:300]) for r in responses})
+    assert all(r.json()["turn"] == 1 for r in responses)
+    assert live.rows_of("crowd31") == 2
 
 
 @pytest.mark.parametrize(

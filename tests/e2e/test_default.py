@@ -44,7 +44,7 @@ def test_generate_score_two_real_models(server: Server) -> None:
         assert 0.0 <= item["score"] <= 1.0
         assert set(item["labels"]) == {"positive", "negative"}
     rid = r.headers["x-request-id"]
-    line = next(l for l in server.log().splitlines() if f"request_id={rid} generate_score spans=" in l)
+    line = next(ln for ln in server.log().splitlines() if f"request_id={rid} generate_score spans=" in ln)
     spans, _ = json.JSONDecoder().raw_decode(line.split("spans=", 1)[1])
     (a0, a1), (b0, b1) = spans["smollm2"], spans["gemma3"]
     assert min(a1, b1) - max(a0, b0) > 0, spans  # both generators ran at the same time

@@ -53,7 +53,7 @@ def test_generators_overlap_in_time(server: Server) -> None:
     )
     assert r.status_code == 200, r.text
     rid = r.headers["x-request-id"]
-    line = next(l for l in server.log().splitlines() if f"request_id={rid} generate_score spans=" in l)
+    line = next(ln for ln in server.log().splitlines() if f"request_id={rid} generate_score spans=" in ln)
     spans, _ = json.JSONDecoder().raw_decode(line.split("spans=", 1)[1])
     (a0, a1), (b0, b1) = spans["tiny_a"], spans["tiny_b"]
     assert min(a1, b1) - max(a0, b0) > 0, spans
@@ -224,8 +224,8 @@ def test_full_queue_answers_429_with_retry_after(server: Server) -> None:
 
 
 def test_many_concurrent_requests_all_succeed(server: Server) -> None:
-    # More than 100 calls per dependency while 20 are in flight (the tiny nodes hold 8 + 16): BentoML's client used to close its
-    # session under them every 100 requests (services.common.keep_sessions_open).
+    # More than 100 calls per dependency while 20 are in flight (the tiny nodes hold 8 + 16): BentoML's client
+    # used to close its session under them every 100 requests (services.common.keep_sessions_open).
     body = {"prompt": "The cat", "params": {"max_new_tokens": 2}}
 
     async def fire() -> list[httpx.Response]:
@@ -299,8 +299,8 @@ def test_request_id_follows_the_request(server: Server) -> None:
     )
     assert r.status_code == 200 and r.headers["x-request-id"] == "trace-me-42"
     time.sleep(0.5)
-    lines = [l for l in server.log().splitlines() if "request_id=trace-me-42" in l]
-    services = {m.group(1) for l in lines for m in [re.search(r"\[(?:entry_)?service:(\w+):", l)] if m}
+    lines = [ln for ln in server.log().splitlines() if "request_id=trace-me-42" in ln]
+    services = {m.group(1) for ln in lines for m in [re.search(r"\[(?:entry_)?service:(\w+):", ln)] if m}
     assert {"InferenceGraph", "generator_tiny_a", "generator_tiny_b"} <= services, lines
 
 

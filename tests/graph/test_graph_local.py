@@ -9,12 +9,18 @@ import pytest
 
 from graph.compose import Timeline
 from graph.config import load_config
+from graph.context import RequestContext
 from graph.errors import InvalidRequest, NodeFailure, NodeTimeout
 from graph.local import LocalGenerator, build_local_graph
 
 
 def run(coro):
     return asyncio.run(coro)
+
+
+def rc(request_id: str, timeout_s: float = 120.0) -> RequestContext:
+    """A request's context as a face's edge makes it."""
+    return RequestContext.make(timeout_s=timeout_s, request_id=request_id)
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +55,9 @@ class CountingClassifier:
 class FailingGenerator(LocalGenerator):
     """A real node that breaks after `after_s` (fault injection)."""
 
-    def __init__(self, engine, after_s=0.05, exc=RuntimeError("CUDA fell off the bus")):
+    def __init__(self, engine, after_s=0.05, exc: Exception | None = None):
         super().__init__(engine)
-        self.after_s, self.exc = after_s, exc
+        self.after_s, self.exc = after_s, exc or RuntimeError("CUDA fell off the bus")
 
     async def generate(self, prompts, params, request_id):
         await asyncio.sleep(self.after_s)
@@ -73,7 +79,7 @@ def test_generate_score_all_nodes_one_classifier_call(graph):
     counting = CountingClassifier(graph.classifier)
     g = type(graph)(graph.config, graph.generators, counting)
     timeline = Timeline()
-    out = run(g.generate_score("I have an idea!", None, "rid-1", timeline))
+    out = run(g.generate_score(rc("rid-1"), "I have an idea!", None, timeline=timeline))
     assert {c.model for c in out} == {"tiny_a", "tiny_b"}
     for c in out:
         assert c.generated == "I have an idea!" + c.completion
@@ -89,7 +95,7 @@ def test_num_return_sequences_all_scored_together(graph):
     from graph.params import GenerationOverrides
 
     params = GenerationOverrides(num_return_sequences=3, do_sample=True, seed=1, max_new_tokens=4)
-    out = run(g.generate_score("The cat", params, "rid-2"))
+    out = run(g.generate_score(rc("rid-2"), "The cat", params))
     assert sorted((c.model, c.index) for c in out) == [(m, i) for m in ("tiny_a", "tiny_b") for i in range(3)]
     assert counting.calls == [6]
 
@@ -99,13 +105,13 @@ def test_bad_input_rejected_before_any_work(graph, engines):
 
     before = {n: e.stats()["requests_total"] for n, e in engines.items()}
     with pytest.raises(InvalidRequest) as err:
-        run(graph.generate(["hi"], "gpt5", None, "r"))
+        run(graph.generate(rc("r"), ["hi"], "gpt5", None))
     assert err.value.field == "model" and "tiny_a" in err.value.message
     with pytest.raises(InvalidRequest) as err:
-        run(graph.generate_score("x" * 4001, None, "r"))
+        run(graph.generate_score(rc("r"), "x" * 4001, None))
     assert err.value.field == "original_sentence"
     with pytest.raises(InvalidRequest) as err:
-        run(graph.generate_score("hi", GenerationOverrides(max_new_tokens=901), "r"))
+        run(graph.generate_score(rc("r"), "hi", GenerationOverrides(max_new_tokens=901)))
     assert err.value.field == "params.max_new_tokens" and "900" in err.value.message
     assert {n: e.stats()["requests_total"] for n, e in engines.items()} == before
 
@@ -116,7 +122,7 @@ def test_failing_node_is_named_and_siblings_are_cancelled(graph, engines):
 
     long = GenerationOverrides(max_new_tokens=900)
     with pytest.raises(NodeFailure) as err:
-        run(g.generate_score("Hello world, this is", long, "rid-fail"))
+        run(g.generate_score(rc("rid-fail"), "Hello world, this is", long))
     assert err.value.node == "tiny_b" and err.value.status == 500
     assert "CUDA fell off the bus" in err.value.message
     time.sleep(0.3)
@@ -130,21 +136,21 @@ def test_hung_node_times_out(graph, engines):
     g = Graph(cfg, {**graph.generators, "tiny_b": HungGenerator(engines["tiny_b"])}, graph.classifier)
     t0 = time.time()
     with pytest.raises(NodeTimeout) as err:
-        run(g.generate_score("hi", None, "rid-hang"))
+        run(g.generate_score(rc("rid-hang", cfg.graph_timeout_s), "hi", None))
     assert err.value.node == "tiny_b" and err.value.status == 500 and err.value.kind == "node_timeout"
     assert time.time() - t0 < 5
 
 
 def test_stream_interleaves_models_and_scores_each_completion(graph):
     async def collect():
-        return [e async for e in graph.stream("The dog", None, None, 0, "rid-s", True)]
+        return [e async for e in graph.stream(rc("rid-s"), "The dog", None, None, score=True)]
 
     events = run(collect())
     finals = [e for e in events if e.type == "final"]
     scores = [e for e in events if e.type == "score"]
     assert {e.model for e in finals} == {e.model for e in scores} == {"tiny_a", "tiny_b"}
     # The same request without streaming (greedy, so the same text), and its scores.
-    plain = run(graph.generate(["The dog"], None, None, "rid-plain"))
+    plain = run(graph.generate(rc("rid-plain"), ["The dog"], None, None))
     expected_scores = [run(graph.classify(["The dog" + plain[n][0][0].text]))[0] for n in ("tiny_a", "tiny_b")]
     for node, expected_score in zip(("tiny_a", "tiny_b"), expected_scores):
         text = "".join(e.text for e in events if e.model == node and e.type in ("token", "final"))
@@ -160,9 +166,7 @@ def test_leaving_a_stream_early_cancels_the_nodes(graph, engines):
     from graph.params import GenerationOverrides
 
     async def leave_early():
-        events = graph.stream(
-            "Hello world, this is", "tiny_a", GenerationOverrides(max_new_tokens=900), 0, "rid-x", False
-        )
+        events = graph.stream(rc("rid-x"), "Hello world, this is", "tiny_a", GenerationOverrides(max_new_tokens=900))
         n = 0
         async for _ in events:
             n += 1

@@ -10,6 +10,7 @@ import yaml
 
 from graph.compose import Graph
 from graph.config import ROOT, parse_config
+from graph.context import RequestContext
 from graph.errors import InvalidRequest
 from graph.local import build_local_graph
 from graph.params import GenerationOverrides
@@ -43,7 +44,8 @@ def graph(tiny_dir):
 
 
 def run(graph: Graph, name: str, params=SAMPLED, **kw) -> PolicyResponse:
-    out = asyncio.run(graph.generate_score(PROMPT, params, f"rid-{name}", graph=name, **kw))
+    ctx = RequestContext.make(timeout_s=120, request_id=f"rid-{name}").asking(kw.pop("deadline_ms", None))
+    out = asyncio.run(graph.generate_score(ctx, PROMPT, params, graph=name, **kw))
     assert isinstance(out, PolicyResponse)
     return out
 
@@ -110,7 +112,7 @@ def test_cascade_gate_that_never_passes_runs_all_and_returns_the_best(graph):
 
 def test_bad_graph_name_is_a_400_naming_it(graph):
     with pytest.raises(InvalidRequest) as err:
-        asyncio.run(graph.generate_score(PROMPT, SAMPLED, "rid", graph="best_off"))
+        asyncio.run(graph.generate_score(RequestContext.make(timeout_s=120), PROMPT, SAMPLED, graph="best_off"))
     assert err.value.field == "graph" and "best_off" in err.value.message and "pruned" in err.value.message
 
 
@@ -145,7 +147,7 @@ def test_deadline_answers_in_time_with_what_it_has(graph, name):
 
 
 def test_deadline_on_all_keeps_the_list_response(graph):
-    out = asyncio.run(graph.generate_score(PROMPT, LONG, "rid-all", graph="all", deadline_ms=400))
+    out = asyncio.run(graph.generate_score(RequestContext.make(timeout_s=120).asking(400), PROMPT, LONG, graph="all"))
     assert isinstance(out, list) and {c.model for c in out} == {"tiny_a", "tiny_b"}
     assert any(c.finish_reason == "time" for c in out)  # (a tiny random model may also stop on its own)
     assert all(c.finish_reason in ("time", "stop") and c.completion_tokens < 900 for c in out)
@@ -153,7 +155,12 @@ def test_deadline_on_all_keeps_the_list_response(graph):
 
 def test_stream_shows_candidates_pruning_and_decision(graph):
     async def collect():
-        return [ev async for ev in graph.stream(PROMPT, None, SAMPLED, 0, "rid-s", True, graph="pruned")]
+        return [
+            ev
+            async for ev in graph.stream(
+                RequestContext.make(timeout_s=120), PROMPT, None, SAMPLED, score=True, graph="pruned"
+            )
+        ]
 
     events = asyncio.run(collect())
     types = [e.type for e in events]
@@ -175,5 +182,35 @@ def test_stream_shows_candidates_pruning_and_decision(graph):
 
 def test_stream_of_a_named_graph_refuses_model(graph):
     with pytest.raises(InvalidRequest) as err:
-        graph.stream(PROMPT, "tiny_a", SAMPLED, 0, "rid", True, graph="best")
+        graph.stream(RequestContext.make(timeout_s=120), PROMPT, "tiny_a", SAMPLED, score=True, graph="best")
     assert err.value.field == "model"
+
+
+class Ledger:
+    """Where a request's tokens are charged (graph/auth.py ApiKeys in the server): it keeps them."""
+
+    def __init__(self) -> None:
+        self.charged: list[tuple[str | None, int]] = []
+
+    def charge(self, caller, tokens: int) -> None:
+        self.charged.append((caller.key_id, tokens))
+
+
+def test_the_graph_charges_every_candidate_pruned_ones_included(graph):
+    """The request's account gets every token its candidates generated: a named graph's pruned candidates
+    (charged for what they made before the cut) and `all`'s completions, to the caller's key."""
+    from graph.auth import Caller
+
+    ledger = Ledger()
+    ctx = RequestContext.make(timeout_s=120, caller=Caller(key_id="k1"), meter=ledger)
+
+    async def collect():
+        return [ev async for ev in graph.stream(ctx, PROMPT, None, SAMPLED, score=True, graph="pruned")]
+
+    decision = asyncio.run(collect())[-1].result
+    assert decision.trace.prune_rounds and any(c.pruned_at_tokens is not None for c in decision.candidates)
+    assert ctx.account.tokens == decision.trace.tokens_total == sum(n for _, n in ledger.charged)
+    assert {k for k, _ in ledger.charged} == {"k1"}
+    plain = RequestContext.make(timeout_s=120, meter=ledger)
+    out = asyncio.run(graph.generate_score(plain, PROMPT, SAMPLED))
+    assert plain.account.tokens == sum(c.completion_tokens for c in out) > 0

@@ -246,7 +246,7 @@ def test_idle_engine_trims_the_heap(eng):
 
 def test_kv_gauges_show_the_live_part_and_the_whole_buffer(eng):
     """kv_mb is the live rows' part; kv_buffer_mb the buffers as allocated (every row slot x the buffer's
-    columns): what a busy node's RSS converges to above its idle size (README, Soak). Both 0 when idle."""
+    columns): what a busy node's RSS converges to above its idle size (docs/operations.md, Soak). Both 0 when idle."""
 
     async def during():
         seen = None

@@ -1,12 +1,12 @@
 """Runtime options on the tiny llama: quantized weights and the compiled decode step.
 
-Tolerances (also in README "Configs"): weight-only int8 and bfloat16 change the logits, so their
+Tolerances (also in docs/configuration.md): weight-only int8 and bfloat16 change the logits, so their
 greedy text must agree with float32's on at least half the characters of short completions of the
 tiny random model (its logits are nearly flat, the worst case for rounding; on SmolLM2 the
 benchmark prints the agreement and perplexity). int4 is held to the same bound against float32
-running on its dequantized weights (4 bits on random weights change the model itself). Batched greedy equals solo greedy exactly under every option
-except dynamic int8 (its activation scale is per batch), and the compiled step gives exactly the
-eager step's tokens.
+running on its dequantized weights (4 bits on random weights change the model itself). Batched greedy
+equals solo greedy exactly under every option except dynamic int8 (its activation scale is per batch),
+and the compiled step gives exactly the eager step's tokens.
 """
 
 from __future__ import annotations

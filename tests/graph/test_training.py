@@ -254,7 +254,7 @@ def test_validation_loss_falls_and_is_logged(run):
     assert result.steps == 30 and result.final_eval_loss < result.initial_eval_loss / 4
     assert result.final_perplexity == pytest.approx(math.exp(result.final_eval_loss))
     out = cfg.path("output_dir")
-    records = [json.loads(l) for l in (out / "generated.jsonl").read_text().splitlines()]
+    records = [json.loads(ln) for ln in (out / "generated.jsonl").read_text().splitlines()]
     assert [r["global_step"] for r in records] == [0, 15, 30]
     assert records[0]["eval_loss"] == pytest.approx(result.initial_eval_loss)
     assert records[-1]["eval_perplexity"] == pytest.approx(math.exp(records[-1]["eval_loss"]))
@@ -287,7 +287,7 @@ def test_resume_continues_the_step_count(run, tmp_path, docs, tiny_dir):
         train(parse_train_config(tiny_args(tiny_dir, docs, tmp_path / "other", resume=True)))
     result = train(parse_train_config(tiny_args(tiny_dir, docs, out, resume=True)))
     assert result.resumed_from.endswith("checkpoint-15") and result.steps == 30
-    steps = [json.loads(l)["global_step"] for l in (out / "generated.jsonl").read_text().splitlines()]
+    steps = [json.loads(ln)["global_step"] for ln in (out / "generated.jsonl").read_text().splitlines()]
     assert steps == [15, 30]  # evaluated where it resumed, then at 30: no step 0 again
     state = json.loads((out / "checkpoint-30" / "trainer_state.json").read_text())
     losses = [e["step"] for e in state["log_history"] if "loss" in e]

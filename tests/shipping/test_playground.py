@@ -267,3 +267,62 @@ def test_named_graph_runs_and_shows_its_decisions(server: Server, page: Any) -> 
     assert page.locator(".completion.winner").count() == 1
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "playground-named-graph.png"), full_page=True)
+
+
+PLAYGROUND_KEY = "playground-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keyed(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """configs/tiny.yaml with API keys and a small token rate per key."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("playground-keys")
+    (folder / "keys.txt").write_text(f"page:{PLAYGROUND_KEY}\n")
+    cfg = yaml.safe_load(Path("configs/tiny.yaml").read_text())
+    cfg["auth"] = {"keys_file": str(folder / "keys.txt"), "tokens_per_minute": 50}
+    cfg["chat"] = {"database_url": f"sqlite:///{folder}/chat.sqlite3"}
+    (folder / "tiny_keys.yaml").write_text(yaml.safe_dump(cfg))
+    with Server(config=folder / "tiny_keys.yaml", name="playground-keys") as srv:
+        yield srv
+
+
+def test_the_page_takes_an_api_key_and_shows_401_and_429(browser: Any, keyed: Server) -> None:
+    """With keys on: the page says it needs a key (401); given one (kept in sessionStorage, sent as a Bearer
+    token) it loads and runs; once the key spent its tokens per minute, a run shows the 429 as a notice
+    with the retry time. The key is never written to the console."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(msg.text))
+    page.on("pageerror", lambda exc: console.append(f"pageerror {exc}"))
+    try:
+        page.goto(keyed.url + "/playground", wait_until="domcontentloaded")
+        warning = page.locator(".notice.warn")
+        warning.wait_for(state="visible", timeout=30_000)
+        assert "API key" in warning.inner_text() and "401" in warning.inner_text()
+        page.fill("#api-key", PLAYGROUND_KEY)
+        page.click("#key-form button")
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        assert page.evaluate("sessionStorage.getItem('inference-graph-api-key')") == PLAYGROUND_KEY
+        run_prompt(page, LONG_PROMPT, model="tiny_a", max_new_tokens="60")
+        page.wait_for_selector(".completion.scored", timeout=60_000)
+        deadline = time.monotonic() + 60
+        refused = None
+        while refused is None and time.monotonic() < deadline:  # the key is over its 50 tokens a minute
+            r = httpx.post(
+                keyed.url + "/generate",
+                json={"prompt": "hi", "model": "tiny_a", "params": {"max_new_tokens": 30}},
+                headers={"Authorization": f"Bearer {PLAYGROUND_KEY}"},
+                timeout=60,
+            )
+            refused = r if r.status_code == 429 else None
+        assert refused is not None and refused.json()["error"] == "rate_limited"
+        page.locator(".notice").evaluate_all("ns => ns.forEach(n => n.remove())")
+        run_prompt(page, "hi", model="tiny_a", max_new_tokens="4")
+        warning = page.locator(".notice.warn")
+        warning.wait_for(state="visible", timeout=30_000)
+        text = warning.inner_text()
+        assert "Rate limited (429)" in text and "retry in" in text, text
+    finally:
+        page.close()
+    assert not any(PLAYGROUND_KEY in line for line in console), console

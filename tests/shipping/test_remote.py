@@ -172,8 +172,9 @@ def test_remote_node_down_is_a_clear_error(cluster: Cluster) -> None:
     """Runs last in this file: it stops the tiny_a server."""
     cluster.node.stop()
     r = post(cluster.graph, "/generate_score", {"original_sentence": "Anyone there?"})
-    assert r.status_code == 500, r.text
+    assert r.status_code == 503, r.text
     assert r.json()["node"] == "tiny_a" and "tiny_a" in r.json()["message"]
+    assert r.json()["error"] == "node_unavailable"
     # The local node and the remote classifier still answer.
     r = post(cluster.graph, "/generate", {"prompt": "still here", "model": "tiny_b"})
     assert r.status_code == 200, r.text

@@ -12,7 +12,10 @@ import pytest
 
 from tests.server import ROOT
 
-PROBE = "import os, graph, graph.memory as m; print(m.allocator(), os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], m.malloc_trim())"
+PROBE = (
+    "import os, graph, graph.memory as m; "
+    "print(m.allocator(), os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], m.malloc_trim())"
+)
 
 
 def probe(**env: str) -> list[str]:
