@@ -13,13 +13,16 @@ max_new_tokens is the only way to get invalid JSON, and it says finish_reason "l
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
 MAX_SCHEMA_CHARS = 64_000
 # Compact JSON: no free whitespace between tokens, so a weak model cannot spend its budget on blanks.
-_JSON_OPTIONS = {"whitespace_flexible": False}
+_JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 _ANY_OBJECT = {"type": "object"}
 
 
@@ -28,12 +31,14 @@ class JsonSchema(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
-    name: str = Field("response", min_length=1, max_length=64, description="The schema's name (for the caller).")
-    description: str | None = Field(None, max_length=2000)
+    name: str = Field(
+        default="response", min_length=1, max_length=64, description="The schema's name (for the caller)."
+    )
+    description: str | None = Field(default=None, max_length=2000)
     schema_: dict[str, Any] = Field(
         default_factory=dict, alias="schema", description="A JSON Schema; the output is an instance of it."
     )
-    strict: bool | None = Field(None, description="Accepted; the output always follows the schema here.")
+    strict: bool | None = Field(default=None, description="Accepted; the output always follows the schema here.")
 
 
 class ResponseFormat(BaseModel):
@@ -44,7 +49,7 @@ class ResponseFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema"] = Field(
         description="text = no constraint; json_object = any JSON object; json_schema = `json_schema.schema`."
     )
-    json_schema: JsonSchema | None = Field(None, description="With type json_schema: the schema.")
+    json_schema: JsonSchema | None = Field(default=None, description="With type json_schema: the schema.")
 
     @model_validator(mode="after")
     def _compiles(self) -> ResponseFormat:

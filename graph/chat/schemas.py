@@ -70,8 +70,10 @@ class ChatReply(BaseModel):
     model: str = Field(description="The generator node that answered.")
     finish_reason: FinishReason
     usage: Usage
-    graph: str | None = Field(None, description="The named graph that decided (its winner's node is `model`).")
-    candidate: str | None = Field(None, description="The named graph's winning candidate (usage: all candidates').")
+    graph: str | None = Field(default=None, description="The named graph that decided (its winner's node is `model`).")
+    candidate: str | None = Field(
+        default=None, description="The named graph's winning candidate (usage: all candidates')."
+    )
     context_turns: int | None = Field(
         default=None,
         description="Past turns the node kept in the prompt (after max_turns, then its token budget).",

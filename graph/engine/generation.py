@@ -349,7 +349,8 @@ def _vocab_size(model, tokenizer) -> int:
     weight = getattr(out, "weight", None)
     if callable(weight):  # a dynamically quantized Linear: its weight is a method
         weight = weight()
-    if weight is not None and hasattr(weight, "shape"):
-        return int(weight.shape[0])
+    shape = getattr(weight, "shape", None)
+    if shape is not None:
+        return int(shape[0])
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     return int(getattr(config, "vocab_size", None) or len(tokenizer))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ _BITS = torch.arange(32, dtype=torch.int32)
 class Grammars:
     """One engine's grammar compiler: the llguidance view of its tokenizer (built on first use, ~1 s)."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: Sequence[int]) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_ids: Collection[int]) -> None:
         self.tokenizer, self.vocab_size, self.eos_ids = tokenizer, vocab_size, sorted(eos_ids)
         self._ll: Any = None
         self._lock = threading.Lock()

@@ -33,7 +33,7 @@ class EmbeddingRequest(BaseModel):
     model: str
     input: str | list[str] = Field(description="A text or a list of texts (1..256).")
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, description="Only the encoder's own size (or unset).")
+    dimensions: int | None = Field(default=None, description="Only the encoder's own size (or unset).")
     user: str | None = None
 
     @field_validator("input", mode="before")
@@ -119,7 +119,7 @@ class EmbedRequest(StrictRequest):
 class EmbedResponse(BaseModel):
     """/embed's answer: one unit-length vector per text, in order."""
 
-    model: str = Field(EMBEDDING_MODEL, description="The encoder (the classifier node's).")
+    model: str = Field(default=EMBEDDING_MODEL, description="The encoder (the classifier node's).")
     dimensions: int
     embeddings: list[list[float]]
     prompt_tokens: int = Field(description="Tokens of every text in the encoder.")

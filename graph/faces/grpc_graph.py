@@ -71,7 +71,9 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
         if "graph" not in fields and "x-graph" in metadata:  # the metadata names a graph, as x-model a node
             fields["graph"] = metadata["x-graph"]
         req = validated(GenerateScoreRequest, fields)
-        out = await self.graph.generate_score(request_context(context), req.original_sentence, req.params, graph=req.graph)
+        out = await self.graph.generate_score(
+            request_context(context), req.original_sentence, req.params, graph=req.graph
+        )
         if isinstance(out, PolicyResponse):
             rest = [c for c in out.candidates if c.id != out.answer.id]
             extra = {"id", "seed", "mean_logprob", "pruned_at_tokens"}

@@ -55,7 +55,9 @@ def usage_of(choices: list[Scored]) -> CompletionUsage:
         prompt = sum(u.prompt_tokens for u in spent)
         completion = sum(u.completion_tokens for u in spent)
         usage = CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-        return with_extras(usage, {"candidates": sum(u.candidates for u in spent), "winners": [u.winner for u in spent]})
+        return with_extras(
+            usage, {"candidates": sum(u.candidates for u in spent), "winners": [u.winner for u in spent]}
+        )
     prompt = sum({(c.node, c.prompt_index): c.result.prompt_tokens for c in choices}.values())
     completion = sum(c.result.completion_tokens for c in choices)
     return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
