@@ -24,7 +24,7 @@ from graph.policies import registry as policies
 from graph.policies.deadline import Deadline, Latencies
 from graph.policies.run import PolicyEvent
 from graph.policies.schemas import PolicyResponse
-from graph.results import Classification, GenerationResult, StreamEvent
+from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
 from graph.tasks import background
 
@@ -156,9 +156,10 @@ class Graph:
             self.inflight.pop(request_id, None)
         return {n: t.result() for n, t in tasks.items()}
 
-    async def count_tokens(self, node: str, prompt: str) -> int:
-        """Tokens `prompt` takes on generator `node` (its chat template and special tokens included)."""
-        return await self._call(node, self.generators[node].count_tokens(prompt), None, None)
+    async def count_tokens(self, node: str, prompt: str, template: bool = True) -> int:
+        """Tokens `prompt` takes on generator `node` (its chat template and special tokens included);
+        `template` false: the text's own tokens, whatever template the node wraps around it."""
+        return await self._call(node, self.generators[node].count_tokens(prompt, template), None, None)
 
     async def classify(self, texts: list[str]) -> list[Classification]:
         if not texts:
@@ -169,6 +170,24 @@ class Graph:
         if len(out) != len(texts):
             raise NodeFailure(f"classifier returned {len(out)} results for {len(texts)} texts", node="classifier")
         return out
+
+    async def embed(self, ctx: RequestContext, texts: list[str]) -> list[Embedding]:
+        """Sentence embeddings from the classifier node's encoder, one per text."""
+        out = await self._call("classifier", self.classifier.embed(texts), None, ctx)
+        if len(out) != len(texts):
+            raise NodeFailure(f"classifier returned {len(out)} embeddings for {len(texts)} texts", node="classifier")
+        return out
+
+    async def decide(
+        self, ctx: RequestContext, prompt: Prompt, overrides: BaseModel | None, graph: str
+    ) -> PolicyResponse:
+        """Named graph `graph`'s decision on a text or a chat (chat faces: messages through each node's template);
+        `ctx.deadline_ms`: answer in time."""
+        self.check_prompt(prompt, "prompt")
+        chosen = policies.start(self, ctx, graph, prompt, overrides, Deadline.of(ctx.deadline_ms, self.latencies))
+        if chosen is None:
+            raise InvalidRequest(f"graph: {graph!r} is not a named graph (best_of, cascade)", field="graph")
+        return await policies.execute(*chosen)
 
     async def generate_score(
         self,
@@ -210,11 +229,7 @@ class Graph:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
         self.check_prompt(prompt, "prompt")
         deadline = Deadline.of(ctx.deadline_ms, self.latencies)
-        chosen = (  # named graphs score plain prompts (not chat messages)
-            policies.start(self, ctx, graph, prompt, overrides, deadline, model)
-            if score and isinstance(prompt, str)
-            else None
-        )
+        chosen = policies.start(self, ctx, graph, prompt, overrides, deadline, model) if score else None
         if chosen is not None:
             return policies.events(*chosen)
         overrides = Deadline.capped(deadline, overrides)

@@ -8,7 +8,7 @@ from typing import Any
 
 from graph.chat_format import Prompt
 from graph.params import GenerationParams
-from graph.results import Classification, GenerationResult, StreamEvent
+from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 
 
 class LocalGenerator:
@@ -31,8 +31,8 @@ class LocalGenerator:
     async def cancel(self, request_id: str) -> bool:
         return bool(self.engine.cancel(request_id))
 
-    async def count_tokens(self, prompt: str) -> int:
-        return int(self.engine.count_tokens(prompt))
+    async def count_tokens(self, prompt: str, template: bool = True) -> int:
+        return int(self.engine.count_tokens(prompt, template))
 
     async def stats(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.engine.stats().items()}
@@ -46,6 +46,9 @@ class LocalClassifier:
 
     async def classify(self, texts: list[str]) -> list[Classification]:
         return await asyncio.to_thread(self.classifier.classify, texts)
+
+    async def embed(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self.classifier.embeddings, texts)
 
 
 def build_local_graph(config: Any, **lookups: Any) -> tuple[Any, dict[str, Any]]:

@@ -44,8 +44,8 @@ class Metered:
     async def cancel(self, request_id: str) -> bool:
         return await self.client.cancel(request_id)
 
-    async def count_tokens(self, prompt: str) -> int:
-        return await self.client.count_tokens(prompt)
+    async def count_tokens(self, prompt: str, template: bool = True) -> int:
+        return await self.client.count_tokens(prompt, template)
 
     async def stats(self) -> dict[str, float]:
         return await self.client.stats()

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from graph.chat_format import Prompt
 from graph.params import GenerationParams
-from graph.results import Classification, GenerationResult, StreamEvent
+from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 
 
 class GeneratorClient(Protocol):
@@ -24,10 +24,12 @@ class GeneratorClient(Protocol):
 
     async def cancel(self, request_id: str) -> bool: ...
 
-    async def count_tokens(self, prompt: str) -> int: ...
+    async def count_tokens(self, prompt: str, template: bool = True) -> int: ...
 
     async def stats(self) -> dict[str, float]: ...
 
 
 class ClassifierClient(Protocol):
     async def classify(self, texts: list[str]) -> list[Classification]: ...
+
+    async def embed(self, texts: list[str]) -> list[Embedding]: ...

@@ -9,6 +9,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from graph.errors import InvalidRequest
 from graph.field_errors import describe, field_errors
+from graph.response_format import ResponseFormat
 
 MAX_STOP_STRINGS = 8
 
@@ -60,6 +61,11 @@ class GenerationParams(BaseModel):
     logprobs: bool = Field(default=False, description="Return the log-probability of each generated token.")
     top_logprobs: Int = Field(
         default=0, ge=0, le=20, description="Alternatives per token with their log-probabilities."
+    )
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="Structured output (OpenAI's shape): json_object, or json_schema with a schema; None = text.",
+        examples=[{"type": "json_object"}],
     )
 
     @model_validator(mode="after")

@@ -79,3 +79,12 @@ class Classification(BaseModel):
     label: str = Field(description="The most likely label.", examples=["positive"])
     score: float = Field(ge=0.0, le=1.0, description="Probability of the node's score_label.")
     labels: dict[str, float] = Field(description="Probability of every label; they sum to 1.")
+
+
+class Embedding(BaseModel):
+    """One text's sentence embedding from the classifier node's encoder (mean-pooled, L2-normalised)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vector: list[float] = Field(description="Unit-length embedding (cosine similarity = dot product).")
+    tokens: int = Field(ge=0, description="Tokens the text took in the encoder (after truncation).")

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graph.config import GraphConfig
 from graph.params import GenerationParams
+from graph.policies.config import BestOf
 
 CLASSIFIER = "classifier"  # the scoring node's name in the graph (also its service name)
 PROMPT = "prompt"  # the request entering the graph
@@ -54,6 +55,14 @@ class Edge(_Frozen):
     target: str
 
 
+class NamedGraphInfo(_Frozen):
+    """A named graph of the config's policies (a request picks it with `graph`)."""
+
+    name: str
+    policy: Literal["best_of", "cascade"]
+    nodes: list[str] = Field(description="best_of: one entry per candidate; cascade: the stages in order.")
+
+
 class GraphInfo(_Frozen):
     """The whole graph: every generator runs the prompt at once, the classifier scores every completion."""
 
@@ -61,6 +70,7 @@ class GraphInfo(_Frozen):
     generators: list[GeneratorInfo]
     classifier: ClassifierInfo
     edges: list[Edge]
+    graphs: list[NamedGraphInfo] = Field(default_factory=list, description="Named graphs (best_of, cascade).")
     refresh_ms: int = Field(description="How often a page should poll the nodes' state (config playground.refresh_ms).")
 
 
@@ -90,10 +100,19 @@ def describe(config: GraphConfig) -> GraphInfo:
     edges = [Edge(source=PROMPT, target=g.name) for g in gens]
     edges += [Edge(source=g.name, target=CLASSIFIER) for g in gens]
     edges.append(Edge(source=CLASSIFIER, target=OUTPUT))
+    graphs = [
+        NamedGraphInfo(
+            name=name,
+            policy=g.policy,
+            nodes=[n for n, k in g.nodes.items() for _ in range(k)] if isinstance(g, BestOf) else list(g.order),
+        )
+        for name, g in config.policies.graphs.items()
+    ]
     return GraphInfo(
         name=config.name,
         generators=gens,
         classifier=classifier,
         edges=edges,
+        graphs=graphs,
         refresh_ms=config.playground.refresh_ms,
     )

@@ -1,3 +1,4 @@
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -7,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerationParams(_message.Message):
-    __slots__ = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "do_sample", "num_return_sequences", "seed", "stop", "max_time_ms", "logprobs", "top_logprobs")
+    __slots__ = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "do_sample", "num_return_sequences", "seed", "stop", "max_time_ms", "logprobs", "top_logprobs", "response_format")
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +21,7 @@ class GenerationParams(_message.Message):
     MAX_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     max_new_tokens: int
     temperature: float
     top_k: int
@@ -32,15 +34,18 @@ class GenerationParams(_message.Message):
     max_time_ms: int
     logprobs: bool
     top_logprobs: int
-    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., do_sample: _Optional[bool] = ..., num_return_sequences: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., max_time_ms: _Optional[int] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ...) -> None: ...
+    response_format: _struct_pb2.Struct
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., do_sample: _Optional[bool] = ..., num_return_sequences: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., max_time_ms: _Optional[int] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ..., response_format: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class GenerateScoreRequest(_message.Message):
-    __slots__ = ("original_sentence", "params")
+    __slots__ = ("original_sentence", "params", "graph")
     ORIGINAL_SENTENCE_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
     original_sentence: str
     params: GenerationParams
-    def __init__(self, original_sentence: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ...) -> None: ...
+    graph: str
+    def __init__(self, original_sentence: _Optional[str] = ..., params: _Optional[_Union[GenerationParams, _Mapping]] = ..., graph: _Optional[str] = ...) -> None: ...
 
 class ScoredCompletion(_message.Message):
     __slots__ = ("model", "index", "generated", "completion", "score", "label", "labels", "finish_reason", "prompt_tokens", "completion_tokens")
@@ -74,10 +79,16 @@ class ScoredCompletion(_message.Message):
     def __init__(self, model: _Optional[str] = ..., index: _Optional[int] = ..., generated: _Optional[str] = ..., completion: _Optional[str] = ..., score: _Optional[float] = ..., label: _Optional[str] = ..., labels: _Optional[_Mapping[str, float]] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateScoreResponse(_message.Message):
-    __slots__ = ("completions",)
+    __slots__ = ("completions", "graph", "winner", "completion_tokens_total")
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_FIELD_NUMBER: _ClassVar[int]
+    WINNER_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     completions: _containers.RepeatedCompositeFieldContainer[ScoredCompletion]
-    def __init__(self, completions: _Optional[_Iterable[_Union[ScoredCompletion, _Mapping]]] = ...) -> None: ...
+    graph: str
+    winner: str
+    completion_tokens_total: int
+    def __init__(self, completions: _Optional[_Iterable[_Union[ScoredCompletion, _Mapping]]] = ..., graph: _Optional[str] = ..., winner: _Optional[str] = ..., completion_tokens_total: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("prompt", "prompts", "model", "params")

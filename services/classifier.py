@@ -1,4 +1,4 @@
-"""Classifier node: scores texts; adaptive batching merges calls from concurrent requests."""
+"""Classifier node: scores and embeds texts; adaptive batching merges calls from concurrent requests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import bentoml
 
 from graph.config import ClassifierNode
-from graph.results import Classification
+from graph.results import Classification, Embedding
 from services.common import setup_logging
 
 log = logging.getLogger("graph")
@@ -44,5 +44,10 @@ def make_classifier_service(node: ClassifierNode) -> bentoml.Service[Any]:
         def classify(self, texts: list[str]) -> list[Classification]:
             """Label and score each text."""
             return self.model.classify(texts)
+
+        @bentoml.api(batchable=True, max_batch_size=node.max_batch_size, max_latency_ms=60_000)
+        def embed(self, texts: list[str]) -> list[Embedding]:
+            """Sentence embeddings of the classifier's encoder (mean-pooled, unit length), one per text."""
+            return self.model.embeddings(texts)
 
     return Classifier

@@ -19,11 +19,12 @@ from pydantic import TypeAdapter, ValidationError
 from graph.chat_format import Prompt
 from graph.errors import ErrorBody, GraphError, NodeFailure, NodeUnavailable, error_from_body, error_from_status
 from graph.params import GenerationParams
-from graph.results import Classification, GenerationResult, StreamEvent
+from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 from graph.wire import StreamDecoder
 
 _RESULTS = TypeAdapter(list[list[GenerationResult]])
 _CLASSIFICATIONS = TypeAdapter(list[Classification])
+_EMBEDDINGS = TypeAdapter(list[Embedding])
 _ERROR = TypeAdapter(ErrorBody | list[ErrorBody])  # BentoML wraps a 4xx body in a one-element list
 # A node's worker died under the call (kill -9, out of memory): the supervisor starts a new one on the
 # same socket. The call is sent again at most `retries` times (config node_retries), each once the node
@@ -144,9 +145,13 @@ class GeneratorNodeClient:
     async def cancel(self, request_id: str) -> bool:
         return bool(await self.dep.to_async.cancel(request_id=request_id))
 
-    async def count_tokens(self, prompt: str) -> int:
+    async def count_tokens(self, prompt: str, template: bool = True) -> int:
         count = await _retrying(
-            lambda: self.dep.to_async.count_tokens(prompt=prompt), self.node, "", self.dep, self.retries
+            lambda: self.dep.to_async.count_tokens(prompt=prompt, template=template),
+            self.node,
+            "",
+            self.dep,
+            self.retries,
         )
         return int(count)
 
@@ -161,3 +166,7 @@ class ClassifierNodeClient:
     async def classify(self, texts: list[str]) -> list[Classification]:
         out = await _retrying(lambda: self.dep.to_async.classify(texts), "classifier", "", self.dep, self.retries)
         return _typed(_CLASSIFICATIONS, out, "classifier")
+
+    async def embed(self, texts: list[str]) -> list[Embedding]:
+        out = await _retrying(lambda: self.dep.to_async.embed(texts), "classifier", "", self.dep, self.retries)
+        return _typed(_EMBEDDINGS, out, "classifier")

@@ -160,9 +160,10 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
             return self.engine.cancel(request_id)
 
         @bentoml.api
-        async def count_tokens(self, prompt: str) -> int:
-            """Tokens `prompt` takes as this node's prompt (chat template and special tokens included)."""
-            return self.engine.count_tokens(prompt)
+        async def count_tokens(self, prompt: str, template: bool = True) -> int:
+            """Tokens `prompt` takes as this node's prompt (chat template and special tokens included);
+            `template` false: the text's own tokens, without the chat template."""
+            return self.engine.count_tokens(prompt, template)
 
         @bentoml.api
         async def stats(self) -> dict[str, float]:

@@ -24,6 +24,7 @@ import bentoml
 
 from graph.auth import ApiKeys
 from graph.compose import Graph, Timeline, sse
+from graph.faces.embeddings import EmbedRequest, EmbedResponse
 from graph.faces.grpc_server import GrpcFaces
 from graph.policies.schemas import PolicyResponse
 from graph.schemas import (
@@ -165,6 +166,13 @@ class InferenceGraph(ChatEndpoints):
         """Score texts with the classifier node: one {label, score, labels} per text."""
         req = ClassifyRequest(**fields)
         return await self.graph.classify(req.texts)
+
+    @bentoml.api(input_spec=EmbedRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
+    @http_errors
+    async def embed(self, ctx: bentoml.Context, **fields: Any) -> EmbedResponse:
+        """Sentence embeddings of the classifier node's encoder: one unit-length vector per text."""
+        req = EmbedRequest(**fields)
+        return EmbedResponse.of(await self.graph.embed(request_context(ctx), req.texts))
 
     @bentoml.api(input_spec=StreamRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest
+from graph.faces.embeddings import EmbeddingRequest, parse_embedding_request
 from graph.faces.openai_errors import openai_error
 from graph.faces.openai_face import OpenAIFace
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest, parse_request
@@ -57,7 +58,9 @@ async def _body(request: Request) -> Any:
 
 
 def _endpoint(
-    model: type, call: Callable[[OpenAIFace, Any, RequestContext], Awaitable[Any]]
+    model: type,
+    call: Callable[[OpenAIFace, Any, RequestContext], Awaitable[Any]],
+    parse: Callable[[Any], Any] | None = None,
 ) -> Callable[[Request], Awaitable[Response]]:
     """One POST endpoint: parse `model` from the body, run `call` with the request's context (the edge
     made it: request id, caller, deadline; the graph charges the caller's tokens), map any error in one place."""
@@ -67,7 +70,10 @@ def _endpoint(
         rid = ctx.request_id
         names: Mapping[str, str] | None = None
         try:
-            req = parse_request(model, await _body(request))
+            body = await _body(request)
+            if parse is not None:
+                return _answer(await call(face(request), parse(body), ctx), rid)
+            req = parse_request(model, body)
             names = req.names()
             return _answer(await call(face(request), req, ctx), rid)
         except GraphError as err:
@@ -106,6 +112,11 @@ def make_openai_app() -> Starlette:
             Route(
                 "/completions",
                 _endpoint(CompletionRequest, lambda f, r, ctx: f.completions(ctx, r)),
+                methods=["POST"],
+            ),
+            Route(
+                "/embeddings",
+                _endpoint(EmbeddingRequest, lambda f, r, ctx: f.embeddings(ctx, r), parse=parse_embedding_request),
                 methods=["POST"],
             ),
         ]

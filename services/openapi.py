@@ -69,6 +69,10 @@ def exact_spec(
             if "x-bentoml-name" in op:
                 _api(op, keys=keys)
                 _body(op, models, max_chars)
+                for reply in op.get("responses", {}).values():  # inline reply schemas (e.g. /chat's)
+                    _nullable(
+                        reply.get("content", {}).get("application/json", {}).get("schema", {}).get("properties", {})
+                    )
                 _enum(op, "graph", list(graphs), "Named graph of the config; omit for the config's default.")
                 if op["x-bentoml-name"] == "generate_score":
                     _list_or_decision(op, schemas)
@@ -86,6 +90,8 @@ def exact_spec(
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
                 }
+    for schema in schemas.values():  # replies too: a field that defaults to None may be null
+        _nullable(schema.get("properties", {}))
     overrides = schemas.get("GenerationOverrides", {})
     for option in overrides.get("properties", {}).get("max_new_tokens", {}).get("anyOf", []):
         if option.get("type") == "integer":
@@ -126,6 +132,14 @@ def _one_reply(op: dict[str, Any]) -> None:
     for i, option in enumerate(params.get("anyOf", [])):
         if "$ref" in option:
             params["anyOf"][i] = {"allOf": [option, one]}
+
+
+def _nullable(props: dict[str, Any]) -> None:
+    """Optional fields (default None) whose null BentoML dropped get it back."""
+    for name, prop in props.items():
+        if isinstance(prop, dict) and prop.get("default", "") is None and "anyOf" not in prop and "type" in prop:
+            keep = {k: prop.pop(k) for k in ("default", "description", "title", "examples") if k in prop}
+            props[name] = {"anyOf": [dict(prop), {"type": "null"}], **keep}
 
 
 def _body(op: dict[str, Any], models: list[str], max_chars: int) -> None:

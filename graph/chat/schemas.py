@@ -34,6 +34,11 @@ class InferRequest(_Request):
         min_length=1, description="The user's message.", examples=["Hello! How are you?"], json_schema_extra=NOT_BLANK
     )
     model: str | None = Field(default=None, description="Generator node; omit for the config's chat.default_model.")
+    graph: str | None = Field(
+        default=None,
+        description="A named graph of the config (best_of, cascade) that answers instead of one node.",
+        examples=[None],
+    )
     params: GenerationOverrides | None = Field(default=None, description="Overrides of the node's generation defaults.")
 
     _message_not_blank = field_validator("message")(not_blank)
@@ -65,6 +70,10 @@ class ChatReply(BaseModel):
     model: str = Field(description="The generator node that answered.")
     finish_reason: FinishReason
     usage: Usage
+    graph: str | None = Field(default=None, description="The named graph that decided (its winner's node is `model`).")
+    candidate: str | None = Field(
+        default=None, description="The named graph's winning candidate (usage: all candidates')."
+    )
     context_turns: int | None = Field(
         default=None,
         description="Past turns the node kept in the prompt (after max_turns, then its token budget).",

@@ -23,6 +23,8 @@ from graph.compose import Graph, error_event, stream_event
 from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest
 from graph.params import GenerationParams
+from graph.policies import registry as policies
+from graph.policies.schemas import DecisionEvent, PolicyResponse
 from graph.results import GenerationResult
 from graph.schemas import ErrorEvent, FinalEvent, TokenEvent, Usage
 
@@ -40,6 +42,13 @@ class ChatSessions:
     # ---- validation at the edge (before anything is read or written) ----------------------------
     def plan(self, req: InferRequest) -> tuple[str, GenerationParams]:
         self.graph.check_prompt(req.message, "message")
+        if req.graph is not None and req.model is not None:
+            raise InvalidRequest(
+                "graph: a named graph chooses its own nodes; give model or graph, not both", field="graph"
+            )
+        if req.graph is not None:  # the named graph checks its params when it starts; its name now
+            policies.resolve(self.graph.config, req.graph)
+            return "", GenerationParams()
         node = self.graph.select(req.model or self.config.default_model or next(iter(self.graph.generators)))[0]
         params = self.graph.params_for(node, req.params)
         if params.num_return_sequences != 1:
@@ -62,6 +71,9 @@ class ChatSessions:
         async with self.store.turn(owner, req.user_id) as turn:
             messages = self.prompt(await turn.history(), req.message)
             prompt = ChatPrompt(messages=messages)
+            if req.graph is not None:
+                out = await self.graph.decide(ctx, prompt, req.params, req.graph)
+                return await self._store_decision(turn, req, out)
             gen = self.graph.node(ctx, node)
             per_prompt = await self.graph.call(node, gen.generate([prompt], params, ctx.request_id), ctx)
             (result,) = per_prompt[0]
@@ -71,7 +83,49 @@ class ChatSessions:
         """Validate now (bad input is a 4xx, not a broken stream), then stream the turn's events:
         token and final events as generate_stream's, then a `turn` event once it is stored."""
         node, params = self.plan(req)
+        if req.graph is not None:
+            return self._graph_events(ctx, req)
         return self._events(ctx, req, node, params)
+
+    async def _graph_events(self, ctx: RequestContext, req: ChatRequest) -> AsyncGenerator[BaseModel, None]:
+        """A named graph's turn: its events (candidates, tokens, scores, pruning, gates, the decision)
+        as /generate_score_stream sends them, then the `turn` event once the answer is stored."""
+        assert req.graph is not None
+        async with self.store.turn(ctx.key_id, req.user_id) as turn:
+            messages = self.prompt(await turn.history(), req.message)
+            try:
+                events = self.graph.stream(
+                    ctx, ChatPrompt(messages=messages), None, req.params, score=True, graph=req.graph
+                )
+            except GraphError as exc:
+                yield error_event(exc)
+                return
+            decision: PolicyResponse | None = None
+            try:
+                async for ev in events:
+                    yield ev
+                    if isinstance(ev, ErrorEvent):
+                        return
+                    if isinstance(ev, DecisionEvent):
+                        decision = ev.result
+            finally:
+                await events.aclose()
+            if decision is not None:
+                yield TurnEvent(reply=await self._store_decision(turn, req, decision))
+
+    async def _store_decision(self, turn: Turn, req: InferRequest, out: PolicyResponse) -> ChatReply:
+        """A named graph's answer stored as the turn's reply (usage: every candidate's tokens)."""
+        a = out.answer
+        result = GenerationResult(
+            index=0,
+            text=a.completion,
+            finish_reason=out.finish_reason,
+            prompt_tokens=out.usage.prompt_tokens,
+            completion_tokens=out.usage.completion_tokens,
+            created=0.0,
+        )
+        reply = await self._store(turn, req, a.model, result, None)
+        return reply.model_copy(update={"graph": out.graph, "candidate": a.id})
 
     async def _events(
         self,

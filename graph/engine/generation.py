@@ -22,6 +22,7 @@ import torch
 
 from graph.chat_format import ChatMessage, ChatPrompt, FittedChat, fit_chat
 from graph.engine.detok import make_decoder
+from graph.engine.grammar import Grammars
 from graph.engine.kvcache import kv_bytes_per_token
 from graph.engine.runner import ModelRunner
 from graph.engine.scheduler import Request, Scheduler
@@ -84,6 +85,7 @@ class GenerationEngine:
         eos = _eos_ids(model, tokenizer)
         pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, *sorted(eos)) if t is not None), 0)
         self._bos_id = tokenizer.bos_token_id
+        self._grammars = Grammars(tokenizer, _vocab_size(model, tokenizer), eos)  # response_format
         self._decode = make_decoder(tokenizer)
         self._scheduler = Scheduler(
             self._runner,
@@ -281,8 +283,11 @@ class GenerationEngine:
             budget = min(budget, self._runner.max_positions - params.max_new_tokens)
         return fit_chat(self.tokenizer, messages, params, template=self.chat_template, max_tokens=budget)
 
-    def count_tokens(self, text: str) -> int:
-        """Tokens `text` takes as a prompt (special tokens included, as in generate)."""
+    def count_tokens(self, text: str, template: bool = True) -> int:
+        """Tokens `text` takes as a prompt (special tokens included, as in generate); with `template`
+        False, the text's own tokens as the tokenizer encodes it, without the node's chat template."""
+        if not template:
+            return len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
         return len(self._encode(text))
 
     # -- submission ----------------------------------------------------------------------------------
@@ -333,6 +338,7 @@ class GenerationEngine:
             streaming=streaming,
             decode=self._decode,
             prompt_messages=prompt_messages,
+            grammars=self._grammars.matchers(params.response_format, params.num_return_sequences),
         )
         self._scheduler.submit(req)
         return req
@@ -347,3 +353,16 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
         elif value is not None:
             ids.update(int(v) for v in value)
     return frozenset(ids)
+
+
+def _vocab_size(model, tokenizer) -> int:
+    """Width of the model's logits (its output embedding; the tokenizer's size if it has none)."""
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    weight = getattr(out, "weight", None)
+    if callable(weight):  # a dynamically quantized Linear: its weight is a method
+        weight = weight()
+    shape = getattr(weight, "shape", None)
+    if shape is not None:
+        return int(shape[0])
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(getattr(config, "vocab_size", None) or len(tokenizer))

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from graph.engine.grammar import GrammarMask, RowGrammar
 from graph.params import GenerationParams
 
 CANDIDATES = 256  # first look for top-p's nucleus among this many best tokens
@@ -43,6 +44,7 @@ class RowSampling:
     params: GenerationParams
     generator: torch.Generator | None
     seen_ids: Sequence[int] = field(default_factory=list)  # prompt + completion so far (for the penalty)
+    grammar: RowGrammar | None = None  # response_format's matcher (graph/engine/grammar.py)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class BatchSampler:
         n = self.n_rows = len(rows)
         self.vocab_size = vocab_size
         params = [r.params for r in rows]
+        self.grammar = GrammarMask.of([r.grammar for r in rows])  # structured output rows, if any
 
         # Repetition penalty (transformers' definition): the logits of tokens already in the prompt
         # or completion are divided by the penalty when positive, multiplied by it when negative.
@@ -130,7 +133,12 @@ class BatchSampler:
             scores = torch.where(original < 0, original * self.penalty, original / self.penalty)
             logits.scatter_(1, self.seen, scores.clamp_(min=-_F32.max, max=_F32.max))
         try:
-            return self._choose(logits, lp)
+            if self.grammar is None:
+                return self._choose(logits, lp)
+            self.grammar.mask(logits)  # only what each row's grammar allows now, EOS where it accepts
+            out = self._choose(logits, lp)
+            self.grammar.advance(out.tokens)
+            return out
         except Exception:
             if (
                 original is not None and self.seen is not None

@@ -27,12 +27,14 @@ import math
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from graph.engine.admission import StepTimes, extra_latency_s
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
+from graph.engine.grammar import RowGrammar
 from graph.engine.kvcache import BatchKVCache
 from graph.engine.runner import ModelRunner, release_openmp_pool
 from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
@@ -67,6 +69,7 @@ class Request:
         streaming: bool,
         decode,
         prompt_messages: int | None = None,
+        grammars: Sequence[RowGrammar | None] = (),
     ) -> None:
         self.id = rid
         self.prompt_ids = prompt_ids
@@ -86,6 +89,8 @@ class Request:
         self.open_rows = params.num_return_sequences  # rows not finished yet (decode side)
         self.results_seen = 0  # final results the consumer has taken (consumer side)
         self.rows = [Row(self, i, decode) for i in range(params.num_return_sequences)]
+        for row, grammar in zip(self.rows, grammars):  # response_format: one matcher per row
+            row.grammar = grammar
 
     def timings(self) -> dict[str, float | None]:
         """Milliseconds from submission to admission (queue wait) and to the first token; None if never."""
@@ -99,7 +104,7 @@ class Request:
 class Row:
     """One sequence being generated (a request has num_return_sequences of them)."""
 
-    __slots__ = ("req", "index", "generator", "tokens", "detok", "stop", "logprobs", "finished")
+    __slots__ = ("req", "index", "generator", "tokens", "detok", "stop", "logprobs", "finished", "grammar")
 
     def __init__(self, req: Request, index: int, decode) -> None:
         p = req.params
@@ -114,6 +119,7 @@ class Row:
         self.stop = StopMatcher(p.stop)
         self.logprobs: list[TokenLogprob] | None = [] if p.logprobs else None
         self.finished = False
+        self.grammar: RowGrammar | None = None
 
     @property
     def position(self) -> int:
@@ -121,7 +127,7 @@ class Row:
         return len(self.req.prompt_ids) + len(self.tokens) - 1
 
     def sampling(self) -> RowSampling:
-        return RowSampling(self.req.params, self.generator, [*self.req.prompt_ids, *self.tokens])
+        return RowSampling(self.req.params, self.generator, [*self.req.prompt_ids, *self.tokens], self.grammar)
 
 
 class Outbox:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from graph.compose import Graph
 from graph.faces.grpc_context import request_context
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
+from graph.policies.schemas import PolicyResponse
 from graph.schemas import ClassifyRequest, GenerateRequest, GenerateScoreRequest, StreamRequest
 from graph.tasks import background
 from protos import inference_graph_pb2 as pb
@@ -31,8 +32,24 @@ TIMINGS = {"queue_ms", "first_token_ms"}
 
 
 def fields_of(message: Message) -> dict[str, Any]:
-    """The fields a request message sets (proto3 `optional` ones only when present), by proto name."""
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    """The fields a request message sets (proto3 `optional` ones only when present), by proto name.
+    `params.response_format` (a Struct, whose numbers are all doubles) gets its whole numbers back
+    as integers, as JSON Schema keywords like maxLength need them."""
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    params = data.get("params")
+    if isinstance(params, dict) and "response_format" in params:
+        params["response_format"] = _whole_numbers(params["response_format"])
+    return data
+
+
+def _whole_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
 
 
 def to_proto(model: BaseModel, message: Msg, *, exclude: set[str] | None = None) -> Msg:
@@ -49,11 +66,24 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
 
     @unary_errors
     async def GenerateScore(self, request: pb.GenerateScoreRequest, context: Any) -> pb.GenerateScoreResponse:
-        req = validated(GenerateScoreRequest, fields_of(request))
-        out = await self.graph.generate_score(request_context(context), req.original_sentence, req.params)
-        # A PolicyResponse (the config's default is a named graph) is not handled here: pyright's finding, left open.
-        completions = [to_proto(c, pb.ScoredCompletion()) for c in out]  # pyright: ignore[reportArgumentType]  see above
-        return pb.GenerateScoreResponse(completions=completions)
+        fields = fields_of(request)
+        metadata = dict(context.invocation_metadata() or ())
+        if "graph" not in fields and "x-graph" in metadata:  # the metadata names a graph, as x-model a node
+            fields["graph"] = metadata["x-graph"]
+        req = validated(GenerateScoreRequest, fields)
+        out = await self.graph.generate_score(
+            request_context(context), req.original_sentence, req.params, graph=req.graph
+        )
+        if isinstance(out, PolicyResponse):
+            rest = [c for c in out.candidates if c.id != out.answer.id]
+            extra = {"id", "seed", "mean_logprob", "pruned_at_tokens"}
+            return pb.GenerateScoreResponse(
+                completions=[to_proto(c, pb.ScoredCompletion(), exclude=extra) for c in [out.answer, *rest]],
+                graph=out.graph,
+                winner=out.usage.winner,
+                completion_tokens_total=out.usage.completion_tokens,
+            )
+        return pb.GenerateScoreResponse(completions=[to_proto(c, pb.ScoredCompletion()) for c in out])
 
     @unary_errors
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:

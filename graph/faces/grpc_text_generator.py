@@ -1,10 +1,13 @@
 """The seed's gRPC TextGenerator service (protos/text_generator.proto) over the graph's generator nodes.
 
-Semantics as the seed describes them: `max_length` counts prompt plus generated tokens, as in
-transformers (0: the node's default max_new_tokens); `Generate` answers the prompt followed by the
+Semantics as the seed describes them: `max_length` counts the text's own tokens plus generated tokens,
+as in transformers, whatever chat template the node wraps around the text (0: the node's default
+max_new_tokens); `Generate` answers the prompt followed by the
 generated text; `GenerateStreamed` sends fragments no more often than `intermediate_result_interval_ms`
 (0: the config's grpc.stream_interval_ms), the last one at once, and they concatenate to that same text.
-Which generator answers: the `x-model` metadata, else the config's grpc.default_node (else the first).
+Which generator answers: the `x-model` metadata, else the config's grpc.default_node (else the first);
+`x-graph` metadata names a graph of the config's policies instead, whose decided answer comes back
+(streamed: as one fragment, once decided).
 `x-seed` metadata (an integer) fixes sampling, so a streamed call can repeat a `Generate` exactly.
 """
 
@@ -22,6 +25,7 @@ from graph.errors import ErrorBody, InvalidRequest, error_from_body
 from graph.faces.grpc_context import request_context
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
 from graph.params import GenerationOverrides
+from graph.policies.config import BestOf
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, TokenEvent
 from graph.tasks import background
 from protos import text_generator_pb2 as pb
@@ -39,6 +43,7 @@ class SeedCall(BaseModel):
     max_length: int = Field(default=0, ge=0, description="Prompt + generated tokens; 0 = the node's default.")
     intermediate_result_interval_ms: int = Field(default=0, ge=0, le=60_000)
     model: str | None = Field(default=None, alias="x-model")
+    graph: str | None = Field(default=None, alias="x-graph", description="A named graph of the config that decides.")
     seed: int | None = Field(default=None, alias="x-seed", ge=0, le=2**32 - 1)
 
     @field_validator("text")
@@ -52,7 +57,7 @@ class SeedCall(BaseModel):
 def seed_call(request: Any, context: Any) -> SeedCall:
     metadata = dict(context.invocation_metadata() or ())
     data: dict[str, Any] = {name.name: getattr(request, name.name) for name in request.DESCRIPTOR.fields}
-    data.update({k: metadata[k] for k in ("x-model", "x-seed") if k in metadata})
+    data.update({k: metadata[k] for k in ("x-model", "x-seed", "x-graph") if k in metadata})
     return validated(SeedCall, data)
 
 
@@ -64,31 +69,48 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
         self.default_node = default_node or next(iter(graph.generators))
         self.stream_interval_ms = stream_interval_ms
 
+    def _graph_nodes(self, call: SeedCall) -> list[str]:
+        """The nodes of the named graph the call's `x-graph` chose (a 400 naming it if unknown)."""
+        g = self.graph.config.policies.graphs.get(call.graph or "")
+        if g is None:
+            names = list(self.graph.config.policies.graphs)
+            raise InvalidRequest(f"x-graph: unknown graph {call.graph!r}; graphs: {names}", field="x-graph")
+        if call.model is not None:
+            raise InvalidRequest("x-model: a named graph chooses its own nodes; leave x-model out", field="x-model")
+        return list(g.nodes) if isinstance(g, BestOf) else list(g.order)
+
     async def _plan(self, call: SeedCall) -> tuple[str, GenerationOverrides]:
-        """The node and the overrides of a validated call; max_length checked against the prompt."""
-        (node,) = self.graph.select(call.model or self.default_node, field_name="x-model")
+        """The node and the overrides of a validated call; max_length checked against the prompt.
+        With `x-graph`, the node is the graph's first and the budget holds on each of its nodes."""
+        nodes = self._graph_nodes(call) if call.graph is not None else None
+        node = nodes[0] if nodes else self.graph.select(call.model or self.default_node, field_name="x-model")[0]
         self.graph.check_prompt(call.text, "text")
         fields: dict[str, Any] = {} if call.seed is None else {"seed": call.seed}
         if call.max_length:
-            prompt_tokens = await self.graph.count_tokens(node, call.text)
+            counts = [await self.graph.count_tokens(n, call.text, template=False) for n in nodes or [node]]
+            prompt_tokens = max(counts)
             new_tokens = call.max_length - prompt_tokens
             limit = self.graph.config.generators[node].max_new_tokens_limit
             if not 1 <= new_tokens <= limit:
                 raise InvalidRequest(
-                    f"max_length: {call.max_length} leaves {new_tokens} new tokens after the prompt's "
+                    f"max_length: {call.max_length} leaves {new_tokens} new tokens after the text's "
                     f"{prompt_tokens} on node {node!r}; give {prompt_tokens + 1}..{prompt_tokens + limit} (or 0)",
                     field="max_length",
                 )
             fields["max_new_tokens"] = new_tokens
         overrides = validated(GenerationOverrides, fields)
-        self.graph.plan([node], overrides)  # every rule checked before the node sees any work
+        self.graph.plan(nodes or [node], overrides)  # every rule checked before a node sees any work
         return node, overrides
 
     @unary_errors
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
         call = seed_call(request, context)
         node, overrides = await self._plan(call)
-        per_node = await self.graph.generate(request_context(context), [call.text], node, overrides)
+        ctx = request_context(context)
+        if call.graph is not None:  # the named graph's decided answer
+            out = await self.graph.decide(ctx, call.text, overrides, call.graph)
+            return pb.GenerateResponse(text=call.text + out.answer.completion)
+        per_node = await self.graph.generate(ctx, [call.text], node, overrides)
         return pb.GenerateResponse(text=call.text + per_node[node][0][0].text)
 
     @stream_errors
@@ -97,8 +119,13 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
     ) -> AsyncIterator[pb.GenerateStreamedResponse]:
         call = seed_call(request, context)
         node, overrides = await self._plan(call)
+        ctx = request_context(context)
+        if call.graph is not None:  # a named graph's text is final once it has decided: one fragment
+            out = await self.graph.decide(ctx, call.text, overrides, call.graph)
+            yield pb.GenerateStreamedResponse(text_fragment=call.text + out.answer.completion)
+            return
         interval_ms = call.intermediate_result_interval_ms or self.stream_interval_ms
-        events = self.graph.stream(request_context(context), call.text, node, overrides, interval_ms=interval_ms)
+        events = self.graph.stream(ctx, call.text, node, overrides, interval_ms=interval_ms)
         prefix = call.text  # the first fragment carries the prompt: fragments add up to Generate's text
         try:
             async for fragment in paced(texts(events, node), interval_ms / 1000.0):  # pyright: ignore[reportArgumentType]  score=False: no policy events

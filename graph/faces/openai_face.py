@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
-from openai.types import Completion, CompletionChoice, CompletionUsage, Model
+from openai.types import Completion, CompletionChoice, CompletionUsage, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
@@ -25,10 +25,11 @@ from graph.chat_format import Prompt, score_text
 from graph.compose import Graph, sse
 from graph.context import RequestContext
 from graph.errors import ErrorBody, InvalidRequest
+from graph.faces.embeddings import EMBEDDING_MODEL, EmbeddingRequest, openai_embeddings
 from graph.faces.openai_errors import UnknownModel, error_object
+from graph.faces.openai_policy import decided, decision_stream
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest
 from graph.faces.openai_shapes import Scored, chat_logprobs, extras_of, text_logprobs, usage_of, with_extras
-from graph.results import Classification, GenerationResult
 from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent
 from graph.tasks import background
 
@@ -75,12 +76,21 @@ class OpenAIFace:
         }
 
     def models(self) -> ModelList:
-        return ModelList(data=[Model(id=m, created=self.created, object="model", owned_by=OWNER) for m in self.routes])
+        names = [*self.routes, EMBEDDING_MODEL]
+        return ModelList(data=[Model(id=m, created=self.created, object="model", owned_by=OWNER) for m in names])
 
     def route(self, model: str) -> Route:
+        if model == EMBEDDING_MODEL:
+            raise InvalidRequest(f"model: {model!r} embeds text; use /v1/embeddings", field="model")
         if model not in self.routes:
             raise UnknownModel(f"model: {model!r} does not exist; this server has {list(self.routes)}", field="model")
         return self.routes[model]
+
+    # ---- embeddings ----------------------------------------------------------------------------
+    async def embeddings(self, ctx: RequestContext, req: EmbeddingRequest) -> CreateEmbeddingResponse:
+        """The classifier node's sentence encoder on every input (batched with concurrent requests)."""
+        log.info("request_id=%s openai embeddings inputs=%d user=%s", ctx.request_id, len(req.texts()), req.user)
+        return openai_embeddings(req, await self.graph.embed(ctx, req.texts()))
 
     # ---- chat ----------------------------------------------------------------------------------
     async def chat(self, ctx: RequestContext, req: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
@@ -89,7 +99,6 @@ class OpenAIFace:
         route, prompt, rid = self.route(req.model), req.prompt(), ctx.request_id
         log.info("request_id=%s openai chat model=%s user=%s", rid, req.model, req.user)
         if req.stream:
-            self._streamable(route)
             return self._stream(ctx, req, route, prompt, chat=True)
         choices = await self._run(ctx, [prompt], route, req)
         return ChatCompletion(
@@ -117,7 +126,6 @@ class OpenAIFace:
         route, prompts, rid = self.route(req.model), req.prompts(), ctx.request_id
         log.info("request_id=%s openai completions model=%s user=%s", rid, req.model, req.user)
         if req.stream:
-            self._streamable(route)
             return self._stream(ctx, req, route, prompts[0], chat=False)
         choices = await self._run(ctx, list(prompts), route, req)
         return Completion(
@@ -159,13 +167,6 @@ class OpenAIFace:
         scored = [Scored(node, i, r, c) for (node, i, r), c in zip(flat, verdicts)]
         return sorted(scored, key=lambda s: (s.prompt_index, -(s.score.score if s.score else 0.0)))
 
-    @staticmethod
-    def _streamable(route: Route) -> None:
-        if route.policy is not None:
-            raise InvalidRequest(
-                f"stream: graph:{route.policy} answers once it has decided; set stream=false", field="stream"
-            )
-
     async def _decide(
         self,
         ctx: RequestContext,
@@ -174,20 +175,9 @@ class OpenAIFace:
         index: int,
         req: ChatCompletionRequest | CompletionRequest,
     ) -> Scored:
-        if not isinstance(prompt, str):
-            raise InvalidRequest(f"model: graph:{name} answers text prompts; use /v1/completions", field="model")
-        out = await self.graph.generate_score(ctx, prompt, req.overrides(), graph=name)
-        assert not isinstance(out, list)  # a named graph answers with its decision
-        a = out.answer
-        result = GenerationResult(
-            index=0,
-            text=a.completion,
-            finish_reason=out.finish_reason,
-            prompt_tokens=a.prompt_tokens,
-            completion_tokens=a.completion_tokens,
-            created=time.time(),
-        )
-        return Scored(a.model, index, result, Classification(label=a.label, score=a.score, labels=a.labels))
+        """A named graph's decided answer to one prompt (every candidate's tokens charged to `ctx`)."""
+        out = await self.graph.decide(ctx, prompt, req.overrides(), name)
+        return decided(out, index)
 
     # ---- streaming -----------------------------------------------------------------------------
     def _stream(
@@ -200,6 +190,9 @@ class OpenAIFace:
         chat: bool,
     ) -> AsyncIterator[str]:
         """Validate now (bad input is a 4xx, not a broken stream), then the chunks as SSE, then [DONE]."""
+        if route.policy is not None:
+            chunks = _Chunks(req, ctx.request_id, [f"graph:{route.policy}"], chat=chat, echo=False)
+            return decision_stream(self.graph, ctx, req, route.policy, prompt, chunks, _FINISH.__getitem__)
         events = self.graph.stream(ctx, prompt, route.node, req.overrides(), score=route.scored)
         nodes = list(self.graph.generators) if route.node is None else [route.node]
         chunks = _Chunks(req, ctx.request_id, nodes, chat=chat, echo=isinstance(req, CompletionRequest) and req.echo)

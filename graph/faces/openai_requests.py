@@ -1,9 +1,10 @@
 """OpenAI request bodies, validated once at the edge: typed models, refused fields, and the mapping of
 OpenAI's controls onto the graph's GenerationOverrides (the one place OpenAI names meet ours).
 
-A field this server does not serve (`tools`, `logit_bias`, `response_format` other than text, ...) is
-refused with InvalidRequest naming it, never dropped: a neutral value (`None`, `0` penalties, `{}`,
-`best_of: 1`, `response_format: {"type": "text"}`) is accepted, as it changes nothing.
+A field this server does not serve (`tools`, `logit_bias`, ...) is refused with InvalidRequest naming
+it, never dropped: a neutral value (`None`, `0` penalties, `{}`, `best_of: 1`) is accepted, as it
+changes nothing. `response_format` (text, json_object, json_schema) constrains decoding
+(graph/response_format.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from graph.chat_format import ChatMessage, ChatPrompt
 from graph.errors import InvalidRequest
 from graph.field_errors import describe, field_errors
 from graph.params import MAX_NEW_TOKENS, MAX_STOP_STRINGS, GenerationOverrides
+from graph.response_format import ResponseFormat
 
 MAX_N = 8  # GenerationParams.num_return_sequences' bound
 MAX_PROMPTS = 64  # as /generate's `prompts`
@@ -30,7 +32,6 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logit_bias": (None, {}),
     "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0),
-    "response_format": (None, {"type": "text"}),
     "audio": (None,),
     "modalities": (None, ["text"]),
     "prediction": (None,),
@@ -95,6 +96,7 @@ class _Controls(_Strict):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256, description="The caller's end-user id (logged).")
+    response_format: ResponseFormat | None = Field(default=None, description="text, json_object, or json_schema.")
 
     @field_validator("stop")
     @classmethod
@@ -146,6 +148,7 @@ class _Controls(_Strict):
                     "stop": stop,
                     "logprobs": None if top is None else True,
                     "top_logprobs": top,
+                    "response_format": self.response_format,
                 }
             )
         except ValidationError as exc:  # a bound of the graph's params (named in the request's terms by the face)

@@ -12,6 +12,7 @@ from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenL
 from openai.types.completion_choice import Logprobs
 from pydantic import BaseModel
 
+from graph.policies.schemas import PolicyUsage
 from graph.results import Classification, GenerationResult, TokenLogprob
 
 M = TypeVar("M", bound=BaseModel)
@@ -25,6 +26,7 @@ class Scored:
     prompt_index: int
     result: GenerationResult
     score: Classification | None
+    spent: PolicyUsage | None = None  # a named graph's answer: the tokens of all its candidates
 
 
 def with_extras(choice: M, extras: dict[str, object]) -> M:
@@ -39,11 +41,23 @@ def extras_of(c: Scored) -> dict[str, object]:
     """A scored choice's extra fields (OpenAI clients ignore them; ours read them)."""
     if c.score is None:
         return {}
-    return {"model": c.node, "score": c.score.score, "label": c.score.label}
+    extras: dict[str, object] = {"model": c.node, "score": c.score.score, "label": c.score.label}
+    if c.spent is not None:
+        extras["candidate"] = c.spent.winner
+    return extras
 
 
 def usage_of(choices: list[Scored]) -> CompletionUsage:
-    """Each node's prompt counted once per prompt, every choice's completion tokens."""
+    """Each node's prompt counted once per prompt, every choice's completion tokens; a named graph's
+    choice counts all its candidates' tokens, and the usage says how many there were and which won."""
+    if any(c.spent is not None for c in choices):
+        spent = [c.spent for c in choices if c.spent is not None]
+        prompt = sum(u.prompt_tokens for u in spent)
+        completion = sum(u.completion_tokens for u in spent)
+        usage = CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        return with_extras(
+            usage, {"candidates": sum(u.candidates for u in spent), "winners": [u.winner for u in spent]}
+        )
     prompt = sum({(c.node, c.prompt_index): c.result.prompt_tokens for c in choices}.values())
     completion = sum(c.result.completion_tokens for c in choices)
     return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

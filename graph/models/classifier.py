@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from graph.errors import ConfigError
-from graph.results import Classification
+from graph.results import Classification, Embedding
 
 log = logging.getLogger(__name__)
 HEAD_PREFIXES = ("classifier.", "score.", "pre_classifier.", "classification_head.")
@@ -30,6 +30,31 @@ def _results(probs: Any, labels: list[str], score_label: str) -> list[Classifica
                 labels={name: float(p) for name, p in zip(labels, row)},
             )
         )
+    return out
+
+
+def _pooled(hidden: Any, mask: Any) -> Any:
+    """Mean of the unmasked token states, L2-normalised (sentence-transformers' MiniLM pooling)."""
+    import torch
+
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=-1)
+
+
+def _embeddings(encode: Any, tokenizer: Any, texts: list[str], max_batch_size: int, max_length: int) -> list[Embedding]:
+    """`texts` embedded in batches of `max_batch_size`: `encode(enc)` gives the last hidden states."""
+    import torch
+
+    out: list[Embedding] = []
+    with torch.inference_mode():
+        for chunk in _chunks(texts, max_batch_size):
+            enc = tokenizer(
+                chunk, padding=True, padding_side="right", truncation=True, max_length=max_length, return_tensors="pt"
+            )
+            vectors = _pooled(encode(enc).float(), enc["attention_mask"])
+            counts = enc["attention_mask"].sum(1).tolist()
+            out += [Embedding(vector=v, tokens=int(n)) for v, n in zip(vectors.tolist(), counts)]
     return out
 
 
@@ -98,6 +123,14 @@ class SequenceClassifier:
                 results += _results(probs, self.labels, self.score_label)
         return results
 
+    def embeddings(self, texts: list[str]) -> list[Embedding]:
+        """Sentence embeddings: the encoder's last hidden states, mean-pooled (the head is not used)."""
+
+        def encode(enc: Any) -> Any:
+            return self.model(**enc, output_hidden_states=True).hidden_states[-1]
+
+        return _embeddings(encode, self.tokenizer, texts, self.max_batch_size, self.max_length)
+
 
 def warn_if_untrained_head(loading_info: dict[str, Any], source: str) -> bool:
     """Log a WARNING when the classification head was missing from the checkpoint; True if so."""
@@ -148,14 +181,21 @@ class ZeroShotEmbeddingClassifier:
         parts = []
         with torch.inference_mode():
             for chunk in _chunks(texts, self.max_batch_size):
-                enc = self.tokenizer(
-                    chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                enc = self.tokenizer(  # right padding: absolute positions do not move with the batch
+                    chunk,
+                    padding=True,
+                    padding_side="right",
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
                 )
-                hidden = self.model(**enc).last_hidden_state.float()
-                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                parts.append(torch.nn.functional.normalize(pooled, p=2, dim=-1))
+                parts.append(_pooled(self.model(**enc).last_hidden_state.float(), enc["attention_mask"]))
         return torch.cat(parts) if parts else torch.empty(0, self.model.config.hidden_size)
+
+    def embeddings(self, texts: list[str]) -> list[Embedding]:
+        """Sentence embeddings with their token counts (the same vectors `classify` compares)."""
+        encode = lambda enc: self.model(**enc).last_hidden_state  # noqa: E731
+        return _embeddings(encode, self.tokenizer, texts, self.max_batch_size, self.max_length)
 
     def classify(self, texts: list[str]) -> list[Classification]:
         import torch

@@ -10,7 +10,7 @@ import asyncio
 from graph.policies.candidates import Streams
 from graph.policies.config import BestOf
 from graph.policies.run import Run, Spec
-from graph.policies.schemas import CandidateRef, CandidatesEvent, PolicyResponse, Trace
+from graph.policies.schemas import CandidateRef, CandidatesEvent, PolicyResponse, PolicyUsage, Trace
 from graph.results import GenerationResult
 from graph.schemas import ScoreEvent
 
@@ -45,7 +45,7 @@ async def best_of(run: Run, g: BestOf) -> PolicyResponse:
         results = await streams.run_all()
     if run.deadline is not None:
         run.deadline.generated()
-    scores = await run.score([run.prompt + r.text for r in results])  # one call for every candidate
+    scores = await run.score([run.scored(r.text) for r in results])  # one call for every candidate
     cands = [run.candidate(s, r, c, streams.pruned.get(s.id)) for s, r, c in zip(specs, results, scores)]
     for s, c in zip(specs, scores):
         await run.send(ScoreEvent(model=s.node, index=s.index, **c.model_dump()))
@@ -66,6 +66,7 @@ async def best_of(run: Run, g: BestOf) -> PolicyResponse:
         finish_reason="time" if timed_out else answer.finish_reason,
         candidates=cands if g.return_candidates else [],
         trace=trace,
+        usage=PolicyUsage.of(cands, answer),
     )
 
 

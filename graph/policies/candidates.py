@@ -112,7 +112,7 @@ class Streams:
         than the margin (each by its own request id)."""
         assert self.prune is not None
         snapshot = {i: self.tokens[i] for i in live}
-        scores = await self.run.score([self.run.prompt + self.texts[i] for i in live])
+        scores = await self.run.score([self.run.scored(self.texts[i]) for i in live])
         by_index = dict(zip(live, (c.score for c in scores)))
         leader = max(live, key=lambda i: (by_index[i], -i))
         while not self.queue.empty():  # catch up with what arrived while scoring (tokens, finished ones)

@@ -9,7 +9,16 @@ from graph.errors import ConfigError
 from graph.policies.candidates import Streams
 from graph.policies.config import Cascade
 from graph.policies.run import Run, Spec
-from graph.policies.schemas import Candidate, CandidateRef, CandidatesEvent, GateEvent, PolicyResponse, Stage, Trace
+from graph.policies.schemas import (
+    Candidate,
+    CandidateRef,
+    CandidatesEvent,
+    GateEvent,
+    PolicyResponse,
+    PolicyUsage,
+    Stage,
+    Trace,
+)
 from graph.results import Classification, GenerationResult
 from graph.schemas import ScoreEvent
 
@@ -41,7 +50,7 @@ async def cascade(run: Run, g: Cascade) -> PolicyResponse:
         result = await _one(run, spec)
         if d is not None:
             d.generated()
-        (c,) = await run.score([run.prompt + result.text])
+        (c,) = await run.score([run.scored(result.text)])
         await run.send(ScoreEvent(model=node, index=i, **c.model_dump()))
         cand = run.candidate(spec, result, c)
         stage = _gate(g, cand, c, result, (time.monotonic() - t0) * 1000.0)
@@ -68,6 +77,7 @@ async def cascade(run: Run, g: Cascade) -> PolicyResponse:
         finish_reason="time" if timed_out else answer.finish_reason,
         candidates=cands,
         trace=trace,
+        usage=PolicyUsage.of(cands, answer),
     )
 
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator
 from pydantic import BaseModel
 
 from graph import tracing
+from graph.chat_format import Prompt
 from graph.config import GraphConfig
 from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest, NodeFailure
@@ -43,7 +44,7 @@ def start(
     host: Host,
     ctx: RequestContext,
     graph: str | None,
-    prompt: str,
+    prompt: Prompt,
     overrides: BaseModel | None,
     deadline: Deadline | None,
     model: str | None = None,

@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 from pydantic import BaseModel
 
 from graph import tracing
+from graph.chat_format import Prompt, score_text
 from graph.config import GraphConfig
 from graph.context import RequestContext
 from graph.errors import InvalidRequest
@@ -66,7 +67,7 @@ class Run:
     host: Host
     ctx: RequestContext
     graph: str
-    prompt: str
+    prompt: Prompt  # a text, or a chat (messages through each node's chat template)
     overrides: BaseModel | None
     deadline: Deadline | None
     emit: Emit | None = None
@@ -77,6 +78,10 @@ class Run:
     @property
     def request_id(self) -> str:
         return self.ctx.request_id
+
+    def scored(self, completion: str) -> str:
+        """What the classifier scores (and `generated` shows): the prompt (a chat's last user message) + it."""
+        return score_text(self.prompt, completion)
 
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000.0
@@ -168,7 +173,7 @@ class Run:
             id=spec.id,
             model=spec.node,
             seed=spec.params.seed,
-            generated=self.prompt + result.text,
+            generated=self.scored(result.text),
             completion=result.text,
             score=c.score,
             label=c.label,

@@ -192,7 +192,10 @@ function paramInput(name, prop) {
   const s = (prop.anyOf || [prop]).find((x) => x.type !== "null");
   const bounds = [];
   let input;
-  if (s.type === "boolean") {
+  if (s.$ref || s.type === "object") {  // e.g. response_format: JSON, as the API takes it
+    input = el("textarea", { rows: 1, placeholder: '{"type": "json_object"}' });
+    s.type = "json";
+  } else if (s.type === "boolean") {
     input = el("select", {}, el("option", { value: "", text: "default" }),
       el("option", { value: "true", text: "true" }), el("option", { value: "false", text: "false" }));
   } else if (s.type === "array") {
@@ -224,6 +227,13 @@ function buildForm() {
     value: interval.default, title: interval.description });
   for (const g of state.info.generators) $("#model").append(el("option", { value: g.name, text: g.name }));
   $("#model").addEventListener("change", showDefaults);
+  for (const g of state.info.graphs) {
+    $("#graph-select").append(el("option", { value: g.name, text: `${g.name} (${g.policy}: ${g.nodes.join(", ")})` }));
+  }
+  $("#graph-select").addEventListener("change", () => {  // a named graph picks its own nodes
+    $("#model").disabled = Boolean($("#graph-select").value);
+    if ($("#model").disabled) $("#model").value = "";
+  });
   showDefaults();
 }
 
@@ -248,9 +258,39 @@ function readParams() {
     if (raw === "") return;
     const t = input.dataset.type;
     params[input.dataset.param] = t === "boolean" ? raw === "true" : t === "array" ? raw.split("\n").filter(Boolean)
-      : Number(raw);
+      : t === "json" ? parseJSON(raw) : Number(raw);
   });
   return params;
+}
+
+function parseJSON(raw) {
+  try { return JSON.parse(raw); } catch { return raw; }  // not JSON: sent as typed, the server names the field
+}
+
+// ---- a named graph's progress (candidates, pruned rows, gates, the deadline, the decision) ----------------
+function policyLine(text, kind) {
+  const li = el("li", { class: kind, text });
+  $("#policy").append(li);
+  return li;
+}
+
+function onPolicy(ev) {
+  if (ev.type === "candidates") {
+    policyLine(`candidates: ${ev.candidates.map((c) => `${c.id} on ${c.model}${c.seed != null ? ` (seed ${c.seed})` : ""}`).join(", ")}`, "candidates");
+    for (const c of ev.candidates) completion(c.model, Number(c.id.slice(1))).dataset.candidate = c.id;
+  } else if (ev.type === "prune") {
+    policyLine(`prune round ${ev.round}: leader ${ev.leader}; pruned ${ev.cancelled.join(", ") || "none"}`, "prune");
+    for (const id of ev.cancelled) document.querySelector(`.completion[data-candidate="${id}"]`)?.classList.add("pruned");
+  } else if (ev.type === "gate") {
+    const gate = ev.gate_label_score != null ? ` gate label ${ev.gate_label_score.toFixed(3)}` : "";
+    policyLine(`gate on ${ev.model} (${ev.candidate}): score ${ev.score.toFixed(3)}${gate} → ${ev.passed ? "passed" : "failed"}`, "gate");
+  } else if (ev.type === "decision") {
+    const r = ev.result, t = r.trace;
+    const budget = t.budget ? ` · deadline ${t.budget.deadline_ms} ms (generate ${t.budget.generate_ms} ms)` : "";
+    policyLine(`decision: ${r.answer.id} on ${r.answer.model}, score ${r.answer.score.toFixed(3)} · finish ${r.finish_reason} · ` +
+      `${r.usage.candidates} candidates, ${r.usage.completion_tokens} tokens · ${Math.round(t.elapsed_ms)} ms${budget}`, "decision");
+    document.querySelector(`.completion[data-candidate="${r.answer.id}"]`)?.classList.add("winner");
+  }
 }
 
 // ---- running a prompt: one column per model, filled as the SSE events arrive -----------------------
@@ -284,6 +324,7 @@ function onEvent(ev, t0) {
     if (ev.node) column(ev.node).classList.remove("streaming");
     return;
   }
+  if (["candidates", "prune", "gate", "decision"].includes(ev.type)) { onPolicy(ev); return; }
   const c = completion(ev.model, ev.index);
   if (ev.type === "token" || ev.type === "final") {
     const text = $(".text", c);
@@ -319,6 +360,10 @@ async function run(event) {
   clearErrors();
   const body = { prompt: $("#prompt").value, params: readParams() };
   if ($("#model").value) body.model = $("#model").value;
+  if ($("#graph-select").value) body.graph = $("#graph-select").value;
+  if ($("#deadline_ms").value !== "") body.deadline_ms = Number($("#deadline_ms").value);
+  $("#policy").replaceChildren();
+  $("#policy").hidden = !body.graph;
   const interval = $("#intermediate_result_interval_ms").value;
   if (interval !== "") body.intermediate_result_interval_ms = Number(interval);
   $("#columns").replaceChildren();
@@ -336,7 +381,8 @@ async function run(event) {
       showError(r.status, parsed, r.headers.get("retry-after"));
       return;
     }
-    for (const name of body.model ? [body.model] : state.info.generators.map((g) => g.name)) column(name);
+    const named = state.info.graphs.find((g) => g.name === body.graph);
+    for (const name of body.model ? [body.model] : named ? [...new Set(named.nodes)] : state.info.generators.map((g) => g.name)) column(name);
     const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from graph.chat.store import ChatStore
+from graph.chat_format import clean_reply
 from tests.postgres import PostgresServer, postgres_bin
 from tests.server import ROOT, Server, sse_events
 
@@ -151,6 +152,31 @@ def test_streamed_turn_is_stored(live: Live) -> None:
     assert history(live, "streamer")["messages"][1]["content"] == reply["message"]
 
 
+def test_a_named_graph_answers_chat_turns(live: Live) -> None:
+    """/infer, /chat and /chat_stream take a graph: its decided answer is the turn's reply."""
+    r = post(live, "/infer", {"user_id": "graphs", "message": "Hello", "graph": "best"})
+    assert r.status_code == 200, r.text
+    r = post(live, "/chat", {"user_id": "graphs", "message": "And then?", "graph": "cheap_first"})
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    assert reply["graph"] == "cheap_first" and reply["turn"] == 2 and reply["candidate"].startswith("c")
+    with httpx.stream(
+        "POST",
+        live.server.url + "/chat_stream",
+        json={"user_id": "graphs", "message": "More", "graph": "best"},
+        timeout=120,
+    ) as s:
+        assert s.status_code == 200
+        data = [d for _, d in sse_events(s)]
+    events = [json.loads(d) for d in data[:-1]]
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "candidates" and kinds[-2:] == ["decision", "turn"]
+    decision, turn = events[-2]["result"], events[-1]["reply"]
+    assert turn["message"] == clean_reply(decision["answer"]["completion"])  # the stored reply is the winner's
+    assert turn["turn"] == 3 and turn["model"] == decision["answer"]["model"]
+    assert [m["model"] for m in history(live, "graphs")["messages"] if m["role"] == "assistant"][2] == turn["model"]
+
+
 def test_concurrent_messages_of_one_user_are_ordered_and_kept(live: Live) -> None:
     async def both() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=live.server.url, timeout=120) as client:
@@ -202,6 +228,8 @@ def test_32_concurrent_turns_on_one_replica_all_answered(live: Live) -> None:
             "params.num_return_sequences",
         ),
         ({"user_id": "bad", "message": "hi", "mesage": "typo"}, "mesage"),
+        ({"user_id": "bad", "message": "hi", "graph": "nope"}, "graph"),
+        ({"user_id": "bad", "message": "hi", "graph": "best", "model": "tiny_a"}, "graph"),
     ],
 )
 @pytest.mark.parametrize("path", ["/infer", "/chat"])

@@ -256,6 +256,14 @@ def test_the_named_graph_charges_every_candidate(server: Server) -> None:
     spent = r.json()["trace"]["tokens_total"]
     assert spent == sum(c["completion_tokens"] for c in r.json()["candidates"]) and spent > TOKENS_PER_MINUTE
     assert post(server, "/generate", {"prompt": "hi"}, "load100").status_code == 429
+    # the OpenAI chat face's graph:<name>: its usage counts every candidate, and the key pays as much
+    messages = [{"role": "user", "content": LONG}]
+    r = post(
+        server, "/v1/chat/completions", {"model": "graph:best_of_3", "messages": messages, "max_tokens": 300}, "load300"
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["completion_tokens"] > TOKENS_PER_MINUTE, r.json()["usage"]
+    assert post(server, "/generate", {"prompt": "hi"}, "load300").status_code == 429
 
 
 # ---- admission by expected completion ------------------------------------------------------------

@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
+from protos import text_generator_pb2 as tg
+from protos import text_generator_pb2_grpc as tg_grpc
+from tests.grpc_client import grpc_config
 from tests.server import Server
 
 
 @pytest.fixture(scope="module")
-def server():
-    with Server(config="configs/default.yaml", name="default") as srv:
+def default_config(tmp_path_factory) -> tuple[Path, int]:
+    """configs/default.yaml with its gRPC faces at a free port (not the fixed 50051 others may hold)."""
+    return grpc_config("configs/default.yaml", tmp_path_factory.mktemp("default") / "default.yaml")
+
+
+@pytest.fixture(scope="module")
+def server(default_config):
+    with Server(config=default_config[0], name="default") as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def seed_stub(server: Server, default_config):
+    with grpc.insecure_channel(f"127.0.0.1:{default_config[1]}") as channel:
+        yield tg_grpc.TextGeneratorStub(channel)
 
 
 def test_generate_score_two_real_models(server: Server) -> None:
@@ -84,6 +101,7 @@ def test_openai_face_on_real_models(server: Server) -> None:
         "graph:best_of_3",
         "graph:best_of_3_pruned",
         "graph:cascade",
+        "classifier",
     ]
     question = "Name a colour."
     plain = httpx.post(
@@ -107,3 +125,49 @@ def test_openai_face_on_real_models(server: Server) -> None:
     choices = scored.json()["choices"]
     assert {c["model"] for c in choices} == {"smollm2", "gemma3"}
     assert [c["score"] for c in choices] == sorted((c["score"] for c in choices), reverse=True)
+
+
+def test_seed_example_calls_answer_with_new_text(server: Server, seed_stub) -> None:
+    """The seed's own calls (max_length 7 and 20 on "Let me say something") on SmolLM2, whose chat
+    template the caller never sees: max_length counts the text's own tokens plus the new ones."""
+    text = "Let me say something"
+    for max_length in (7, 20):
+        out = seed_stub.Generate(tg.GenerateRequest(text=text, max_length=max_length), timeout=120).text
+        assert out.startswith(text) and out[len(text) :].strip(), (max_length, out)
+    request = tg.GenerateStreamedRequest(text=text, max_length=20, intermediate_result_interval_ms=100)
+    streamed = "".join(r.text_fragment for r in seed_stub.GenerateStreamed(request, timeout=120))
+    assert streamed.startswith(text) and streamed[len(text) :].strip(), streamed
+    r = httpx.post(server.url + "/generate", timeout=120, json={"prompt": text, "model": "smollm2"})
+    assert r.json()[0]["results"][0]["prompt_tokens"] > 7  # the template's tokens are not the caller's
+
+
+def test_embeddings_put_similar_sentences_closer(server: Server) -> None:
+    """The classifier's MiniLM through the unmodified `openai` SDK: one vector per input, and the
+    cosine of two sentences about the same thing above that of unrelated ones."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    texts = ["A cat sits on the mat.", "A kitten is sitting on a rug.", "Quarterly tax filings are due in April."]
+    out = client.embeddings.create(model="classifier", input=texts)
+    assert len(out.data) == 3 and all(len(d.embedding) == 384 for d in out.data)  # MiniLM-L6's size
+    cat, kitten, tax = (d.embedding for d in out.data)
+    cosine = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731 (unit vectors)
+    assert cosine(cat, kitten) > cosine(cat, tax) + 0.2, (cosine(cat, kitten), cosine(cat, tax))
+    assert out.usage.prompt_tokens > 3
+
+
+def test_parse_on_each_real_node_returns_a_parsed_object(server: Server) -> None:
+    """`chat.completions.parse(response_format=<pydantic model>)` on SmolLM2 and Gemma 3."""
+    import openai
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    messages = [{"role": "user", "content": "Name one large city and its country, as JSON."}]
+    for model in ("smollm2", "gemma3"):
+        out = client.chat.completions.parse(model=model, messages=messages, max_tokens=64, response_format=City)
+        city = out.choices[0].message.parsed
+        assert isinstance(city, City) and city.name.strip(), (model, out.choices[0].message.content)

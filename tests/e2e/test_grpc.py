@@ -335,3 +335,55 @@ def test_bad_graph_input_is_invalid_argument(booted: Booted, graph_stub, call, r
     assert trailers(err)["x-error-field"] == field and field in err.details()
     after = node_stats(booted.server)
     assert [after[n]["requests_total"] for n in after] == [before[n]["requests_total"] for n in before]
+
+
+# --- named graphs and structured output -------------------------------------------------------------------
+
+
+def test_seed_text_generator_answers_with_a_named_graph(booted: Booted, seed_stub) -> None:
+    """`x-graph` metadata names a graph of the config, as `x-model` names a node."""
+    meta = [("x-graph", "best"), ("x-seed", "3")]
+    out = seed_stub.Generate(tg.GenerateRequest(text="The cat", max_length=8), metadata=meta, timeout=120).text
+    assert out.startswith("The cat") and len(out) > len("The cat")
+    request = tg.GenerateStreamedRequest(text="The cat", max_length=8)
+    (fragment,) = [r.text_fragment for r in seed_stub.GenerateStreamed(request, metadata=meta, timeout=120)]
+    assert fragment == out  # seeded: the same decision, sent once decided
+    err = rpc_error(seed_stub.Generate, tg.GenerateRequest(text="hi"), metadata=[("x-graph", "nope")], timeout=30)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and trailers(err)["x-error-field"] == "x-graph"
+
+
+def test_graph_service_generate_score_on_a_named_graph(booted: Booted, graph_stub) -> None:
+    params = ig.GenerationParams(max_new_tokens=4, seed=5)
+    by_field = graph_stub.GenerateScore(ig.GenerateScoreRequest(params=params, graph="cheap_first"), timeout=120)
+    assert by_field.graph == "cheap_first" and by_field.completions[0].model == "tiny_b"  # the cheap node first
+    by_meta = graph_stub.GenerateScore(
+        ig.GenerateScoreRequest(params=params), metadata=[("x-graph", "best")], timeout=120
+    )
+    assert by_meta.graph == "best" and len(by_meta.completions) == 3 and by_meta.winner.startswith("c")
+    answer = by_meta.completions[0]
+    assert answer.score == max(c.score for c in by_meta.completions)
+    assert by_meta.completion_tokens_total == sum(c.completion_tokens for c in by_meta.completions)
+
+
+def test_graph_service_response_format(booted: Booted, graph_stub) -> None:
+    import json
+
+    from google.protobuf import struct_pb2
+
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    fmt = struct_pb2.Struct()
+    fmt.update({"type": "json_schema", "json_schema": {"name": "t", "schema": schema}})
+    params = ig.GenerationParams(max_new_tokens=40, response_format=fmt)
+    gen = graph_stub.Generate(ig.GenerateRequest(prompt="hi", model="tiny_a", params=params), timeout=60)
+    assert isinstance(json.loads(gen.items[0].results[0].text)["ok"], bool)
+    bad = struct_pb2.Struct()
+    bad.update({"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "nosuch"}}})
+    params = ig.GenerationParams(response_format=bad)
+    err = rpc_error(graph_stub.Generate, ig.GenerateRequest(prompt="hi", params=params), timeout=30)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert trailers(err)["x-error-field"] == "params.response_format"

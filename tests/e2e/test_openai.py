@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import httpx
 import openai
 import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from pydantic import BaseModel, Field
 
 from tests.server import Server, assert_dropped_stream_stops, node_tokens, sse_events
 
@@ -29,7 +32,7 @@ def client(server: Server) -> openai.OpenAI:
 
 def test_models_list_every_node_and_the_graph(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
-    assert ids == ["tiny_a", "tiny_b", "graph", "graph:best", "graph:pruned", "graph:cheap_first"]
+    assert ids == ["tiny_a", "tiny_b", "graph", "graph:best", "graph:pruned", "graph:cheap_first", "classifier"]
     assert all(m.object == "model" and m.owned_by for m in client.models.list())
 
 
@@ -133,21 +136,58 @@ def test_completions_stream(client: openai.OpenAI) -> None:
 
 def test_named_graph_answers_its_decision(client: openai.OpenAI, server: Server) -> None:
     """graph:<name> runs the config's policy graph: one choice, the decided answer, with its score."""
-    out = client.completions.create(model="graph:best", prompt="The cat", max_tokens=4)
+    out = client.completions.create(model="graph:best", prompt="The cat", max_tokens=4, seed=7)
     assert out.model == "graph:best" and len(out.choices) == 1
     extra = out.choices[0].model_extra or {}
     assert extra["model"] in ("tiny_a", "tiny_b") and 0.0 <= extra["score"] <= 1.0
-    # the same decision through /generate_score names the same kind of answer
+    # the same decision through /generate_score (same seed): the same answer and the same usage
     direct = httpx.post(
         server.url + "/generate_score",
-        json={"original_sentence": "The cat", "graph": "best", "params": {"max_new_tokens": 4}},
+        json={"original_sentence": "The cat", "graph": "best", "params": {"max_new_tokens": 4, "seed": 7}},
         timeout=60,
     ).json()
     assert direct["policy"] == "best_of" and set(direct["trace"]["nodes_run"]) == {"tiny_a", "tiny_b"}
-    assert 1 <= out.usage.completion_tokens <= 4
-    with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model="graph:best", prompt="The cat", max_tokens=4, stream=True)
-    assert err.value.body["param"] == "stream"
+    assert direct["usage"]["completion_tokens"] == sum(c["completion_tokens"] for c in direct["candidates"])
+    assert direct["usage"]["winner"] == direct["answer"]["id"] and direct["usage"]["candidates"] == 3
+    # usage counts every candidate's tokens (three of up to 4), and says which candidate won
+    assert out.usage.completion_tokens == direct["usage"]["completion_tokens"]
+    assert (out.usage.model_extra or {})["candidates"] == 3
+    assert (out.usage.model_extra or {})["winners"] == [extra["candidate"]] == [direct["answer"]["id"]]
+    streamed = list(client.completions.create(model="graph:best", prompt="The cat", max_tokens=4, seed=7, stream=True))
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == out.choices[0].text  # same seed, same answer
+
+
+@pytest.mark.parametrize("model", ["graph:best", "graph:pruned", "graph:cheap_first"])
+def test_named_graph_chat_streamed_and_not(client: openai.OpenAI, model: str) -> None:
+    """Messages go through each node's chat template as for a node; the stream sends the decided answer
+    (the policy's progress goes as SSE comments the SDK skips) and usage counts every candidate."""
+    out = client.chat.completions.create(model=model, messages=HI, max_tokens=6, seed=11)
+    (choice,) = out.choices
+    assert out.model == model and choice.message.role == "assistant"
+    assert (choice.model_extra or {})["model"] in NODES and choice.finish_reason in ("stop", "length")
+    usage = out.usage.model_extra or {}
+    assert usage["winners"] == [(choice.model_extra or {})["candidate"]] and usage["candidates"] >= 1
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=HI, max_tokens=6, seed=11, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= len(chunks[-2].choices)
+    if model != "graph:pruned":  # which candidates a pruning round stops depends on timing
+        assert text == choice.message.content  # seeded: the same decision
+        assert chunks[-1].usage.completion_tokens == out.usage.completion_tokens
+
+
+def test_named_graph_stream_carries_the_policy_as_sse_comments(server: Server) -> None:
+    body = {"model": "graph:cheap_first", "messages": HI, "max_tokens": 6, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        raw = r.read().decode()
+    comments = [line for line in raw.split("\n") if line.startswith(": ")]
+    kinds = [line.split(" ", 2)[1] for line in comments]
+    assert "policy" in kinds and kinds[-1] == "decision"
+    assert any('"type":"gate"' in line for line in comments) and any('"type":"candidates"' in line for line in comments)
 
 
 def test_graph_model_scores_every_node(client: openai.OpenAI) -> None:
@@ -173,7 +213,6 @@ def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
     "extra, field",
     [
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"logit_bias": {"1": 5}}, "logit_bias"),
         ({"bogus": 1}, "bogus"),
     ],
@@ -246,3 +285,94 @@ LONG = "Hello world, this is"  # tiny_a runs it greedily for 900 tokens without 
 def test_dropped_stream_stops_node_work(server: Server) -> None:
     body = {"model": "tiny_a", "prompt": LONG, "max_tokens": 900, "temperature": 0, "stream": True}
     assert_dropped_stream_stops(server, "tiny_a", "/v1/completions", body, tokens=900)
+
+
+def test_embeddings_one_vector_per_input(client: openai.OpenAI, server: Server) -> None:
+    """The SDK asks for base64 and decodes it; float is asked for explicitly; /embed gives the same vectors."""
+    texts = ["good happy", "bad sad", "a third text"]
+    out = client.embeddings.create(model="classifier", input=texts)
+    assert [d.index for d in out.data] == [0, 1, 2] and out.model == "classifier"
+    dims = {len(d.embedding) for d in out.data}
+    assert len(dims) == 1 and dims.pop() > 8
+    assert all(abs(sum(x * x for x in d.embedding) - 1.0) < 1e-3 for d in out.data)  # unit length
+    assert out.usage.prompt_tokens == out.usage.total_tokens >= len(texts)
+    floats = client.embeddings.create(model="classifier", input=texts, encoding_format="float")
+    for a, b in zip(out.data, floats.data):
+        assert max(abs(x - y) for x, y in zip(a.embedding, b.embedding)) < 1e-6
+    one = client.embeddings.create(model="classifier", input="good happy", encoding_format="float")
+    assert (
+        len(one.data) == 1 and max(abs(x - y) for x, y in zip(one.data[0].embedding, floats.data[0].embedding)) < 1e-5
+    )
+    r = httpx.post(server.url + "/embed", json={"texts": texts}, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "classifier" and len(body["embeddings"]) == 3
+    assert body["prompt_tokens"] == floats.usage.prompt_tokens
+    assert max(abs(x - y) for x, y in zip(body["embeddings"][2], floats.data[2].embedding)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"model": "tiny_a", "input": "hi"}, "model"),
+        ({"model": "classifier", "input": []}, "input"),
+        ({"model": "classifier", "input": [[1, 2, 3]]}, "input"),
+        ({"model": "classifier", "input": "hi", "dimensions": 3}, "dimensions"),
+    ],
+)
+def test_bad_embeddings_request_names_the_field(client: openai.OpenAI, kwargs: dict, param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.embeddings.create(**kwargs, encoding_format="float")
+    assert err.value.body["param"] == param, err.value.body
+
+
+def test_chat_on_the_embedding_model_is_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="classifier", messages=HI, max_tokens=2)
+    assert err.value.body["param"] == "model" and "/v1/embeddings" in err.value.body["message"]
+
+
+class Thing(BaseModel):
+    """What `chat.completions.parse` asks for (bounded, so a random tiny model finishes it)."""
+
+    name: str = Field(max_length=8)
+    ok: bool
+    color: Literal["red", "green"]
+
+
+@pytest.mark.parametrize("model", ["tiny_a", "tiny_b", "graph:best", "graph:cheap_first"])
+def test_parse_with_a_pydantic_model(client: openai.OpenAI, model: str) -> None:
+    out = client.chat.completions.parse(model=model, messages=HI, max_tokens=120, response_format=Thing)
+    thing = out.choices[0].message.parsed
+    assert isinstance(thing, Thing) and out.choices[0].finish_reason == "stop"
+
+
+def test_json_schema_with_n_2_gives_two_valid_objects(client: openai.OpenAI) -> None:
+    strict = {**Thing.model_json_schema(), "additionalProperties": False}  # as the SDK sends it for parse()
+    schema = {"name": "thing", "schema": strict, "strict": True}
+    out = client.chat.completions.create(
+        model="tiny_a",
+        messages=HI,
+        max_tokens=120,
+        n=2,
+        seed=4,
+        response_format={"type": "json_schema", "json_schema": schema},
+    )
+    assert len(out.choices) == 2
+    things = [Thing.model_validate_json(c.message.content or "") for c in out.choices]
+    assert len(things) == 2
+
+
+def test_json_cut_by_max_tokens_says_length(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.LengthFinishReasonError):
+        client.chat.completions.parse(model="tiny_a", messages=HI, max_tokens=3, response_format=Thing)
+    fmt = {"response_format": {"type": "json_object"}}  # the legacy endpoint: not in the SDK signature
+    out = client.completions.create(model="tiny_a", prompt="Hi", max_tokens=3, extra_body=fmt)
+    assert out.choices[0].finish_reason == "length" and out.choices[0].text.startswith("{")
+
+
+def test_bad_schema_is_a_400_naming_response_format(client: openai.OpenAI) -> None:
+    bad = {"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "nosuch"}}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny_a", messages=HI, max_tokens=4, response_format=bad)
+    assert err.value.body["param"] == "response_format" and "nosuch" in err.value.body["message"]

@@ -329,3 +329,56 @@ def test_hung_node_gives_json_5xx_not_a_hang(tiny_dir, tmp_path) -> None:
         assert elapsed < 10
         r = post(srv, "/generate", {"prompt": "hi", "model": "tiny_a"})  # the healthy node still answers
         assert r.status_code == 200, r.text
+
+
+# --- structured output (params.response_format) ----------------------------------------------------------
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 8}, "ok": {"type": "boolean"}},
+    "required": ["name", "ok"],
+    "additionalProperties": False,
+}
+JSON_PARAMS = {
+    "max_new_tokens": 80,
+    "response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": SCHEMA, "strict": True}},
+}
+
+
+def _valid(text: str) -> None:
+    import jsonschema_rs
+
+    jsonschema_rs.validate(SCHEMA, json.loads(text))
+
+
+def test_response_format_on_generate_and_generate_score(server: Server) -> None:
+    """A random tiny model constrained by a schema writes schema-valid JSON on every node."""
+    r = post(server, "/generate", {"prompt": "The cat", "params": {**JSON_PARAMS, "do_sample": True, "seed": 3}})
+    assert r.status_code == 200, r.text
+    for item in r.json():
+        (res,) = item["results"]
+        assert res["finish_reason"] == "stop", res
+        _valid(res["text"])
+    r = post(server, "/generate_score", {"original_sentence": "The cat", "params": JSON_PARAMS}, timeout=120)
+    assert r.status_code == 200, r.text
+    for item in r.json():
+        _valid(item["completion"])
+
+
+@pytest.mark.parametrize("path", ["/generate_stream", "/generate_score_stream"])
+def test_response_format_on_the_streams(server: Server, path: str) -> None:
+    with httpx.stream("POST", server.url + path, json={"prompt": "The dog", "params": JSON_PARAMS}, timeout=120) as r:
+        assert r.status_code == 200
+        data = [json.loads(d) for _, d in sse_events(r)[:-1]]
+    for model in ("tiny_a", "tiny_b"):
+        text = "".join(e["text"] for e in data if e.get("model") == model and e["type"] in ("token", "final"))
+        _valid(text)
+
+
+@pytest.mark.parametrize("path", ["/generate", "/generate_score", "/generate_stream"])
+def test_bad_schema_is_a_400_naming_response_format(server: Server, path: str) -> None:
+    bad = {"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "nosuch"}}}
+    key = "original_sentence" if path == "/generate_score" else "prompt"
+    r = post(server, path, {key: "hi", "params": {"response_format": bad}})
+    assert r.status_code == 400, r.text
+    assert "params.response_format" in r.text and "nosuch" in r.text, r.text

@@ -234,6 +234,41 @@ def test_chat_tab_keeps_a_conversation_on_the_server(server: Server, page: Any) 
     assert page.locator("#chat-log .msg").count() == 0
 
 
+def test_named_graph_runs_and_shows_its_decisions(server: Server, page: Any) -> None:
+    """The graph selector runs a named graph: its candidates stream into their nodes' columns and its
+    progress shows (candidates, pruning rounds, the cascade's gate, the deadline, the decision)."""
+    assert [o for o in page.locator("#graph-select option").all_inner_texts()][1:] == [
+        f"{g.name} ({g.policy}: {', '.join(g.nodes)})" for g in describe(CONFIG).graphs
+    ]
+    page.fill("#prompt", LONG_PROMPT)
+    page.select_option("#graph-select", "pruned")
+    assert page.is_disabled("#model")  # a named graph chooses its own nodes
+    page.fill("#p-max_new_tokens", "40")
+    page.fill("#p-seed", "3")
+    page.fill("#deadline_ms", "120000")
+    page.click("#run-button")
+    page.wait_for_selector("#policy li.decision", timeout=120_000)
+    lines = page.locator("#policy li").all_inner_texts()
+    assert (
+        lines[0]
+        == "candidates: c0 on tiny_a (seed 3), c1 on tiny_a (seed 4), c2 on tiny_b (seed 5), c3 on tiny_b (seed 6)"
+    )
+    assert any(line.startswith("prune round 1: leader c") for line in lines), lines
+    assert "deadline 120000 ms" in lines[-1] and "4 candidates" in lines[-1], lines[-1]
+    assert page.locator(".completion.winner").count() == 1
+    assert page.locator(".completion[data-candidate]").count() == 4
+
+    page.select_option("#graph-select", "cheap_first")
+    page.fill("#deadline_ms", "")
+    page.click("#run-button")
+    page.wait_for_selector("#policy li.decision", timeout=120_000)
+    lines = page.locator("#policy li").all_inner_texts()
+    assert lines[0].startswith("candidates: c0 on tiny_b") and lines[1].startswith("gate on tiny_b (c0): score 0.")
+    assert page.locator(".completion.winner").count() == 1
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "playground-named-graph.png"), full_page=True)
+
+
 PLAYGROUND_KEY = "playground-secret-0123456789"
 
 

@@ -68,7 +68,6 @@ def test_controls_map_to_overrides() -> None:
     [
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
         ("tool_choice", "auto"),
-        ("response_format", {"type": "json_object"}),
         ("logit_bias", {"50256": -100}),
         ("frequency_penalty", 0.5),
         ("presence_penalty", 1),
@@ -210,3 +209,13 @@ def test_stop_strings_keep_the_graphs_bounds(stop, field) -> None:
     with pytest.raises(InvalidRequest) as exc:
         chat(stop=stop).overrides()
     assert exc.value.field == field
+
+
+def test_response_format_maps_to_the_params_and_a_bad_schema_names_it() -> None:
+    req = chat(response_format={"type": "json_object"})
+    assert req.overrides().response_format.type == "json_object"
+    bad = {"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "nosuch"}}}
+    err = refused(
+        ChatCompletionRequest, {"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": bad}
+    )
+    assert err.field == "response_format" and "nosuch" in str(err)
