@@ -356,7 +356,9 @@ def _eos_ids(model, tokenizer) -> frozenset[int]:
 
 
 def _vocab_size(model, tokenizer) -> int:
-    """Width of the model's logits (its output embedding; the tokenizer's size if it has none)."""
+    """Width of the model's logits (an onnx runner's vocab_size, or the output embedding; else the tokenizer's size)."""
+    if isinstance(getattr(model, "vocab_size", None), int):  # graph/engine/onnx_runner.py
+        return model.vocab_size
     out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     weight = getattr(out, "weight", None)
     if callable(weight):  # a dynamically quantized Linear: its weight is a method

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from graph.params import GenerationParams as GP
 from tests.graph.test_engine import make_engine
+from tests.graph.test_onnx_runtime import onnx_dir, onnx_engine, onnx_source  # noqa: F401  fixtures used by `engine`
 
 SCHEMA = {
     "type": "object",
@@ -26,9 +27,13 @@ SCHEMA = {
 FORMAT = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA, "strict": True}}
 
 
-@pytest.fixture(scope="module", params=["causal_lm", "causal_lm_b"], ids=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["causal_lm", "causal_lm_b", "onnx"], ids=["llama", "gpt2", "onnx"])
 def engine(request, tiny_dir):
-    eng = make_engine(tiny_dir / request.param)
+    """The torch engine on two tiny models, and the onnx backend (the same sampler, so the same grammar)."""
+    if request.param == "onnx":
+        eng = onnx_engine(request.getfixturevalue("onnx_source"), request.getfixturevalue("onnx_dir"))
+    else:
+        eng = make_engine(tiny_dir / request.param)
     yield eng
     eng.close()
 
