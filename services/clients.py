@@ -58,15 +58,19 @@ def _typed(adapter: TypeAdapter[Any], value: Any, node: str) -> Any:
         raise NodeFailure(f"node {node!r} answered an unexpected shape: {exc}", node=node) from None
 
 
-async def _until_ready(dep: Any) -> None:
+async def _until_ready(dep: Any, node: str) -> None:
     """Wait until the node answers its readiness probe (its new worker is up); the graph's deadline bounds it.
-    A local (in-process) node has no probe: it is ready."""
+    A local (in-process) node has no probe: it is ready. A node whose address refuses connections (a remote
+    node's process is gone, not restarting a worker behind its socket) is unavailable now: a 503 naming it,
+    not a wait until the deadline."""
     is_ready = getattr(dep, "is_ready", None)
     while is_ready is not None:
         try:
             if await is_ready(timeout=1):
                 return
-        except Exception:  # refused or disconnected while the worker restarts: not ready yet
+        except aiohttp.ClientConnectorError as exc:
+            raise NodeUnavailable(f"node {node!r} cannot be reached: {exc}", node=node) from None
+        except Exception:  # disconnected or timed out while the worker restarts: not ready yet
             pass
         await asyncio.sleep(READY_POLL_S)
 
@@ -99,7 +103,7 @@ async def _retrying(call: Callable[[], Awaitable[Any]], node: str, request_id: s
                 failures,
                 retries,
             )
-            await _until_ready(dep)
+            await _until_ready(dep, node)
 
 
 async def _events(chunks: AsyncIterator[str | bytes], node: str) -> AsyncIterator[StreamEvent]:

@@ -281,11 +281,12 @@ def check_generate_score(server: Server) -> None:
 
 
 def check_openai(server: Server) -> None:
-    """The OpenAI face answers from the Bento: /v1/models lists every node and the graph; a chat runs."""
+    """The OpenAI face answers from the Bento: /v1/models lists every node, the graph, the named graphs and the
+    embeddings model (the classifier); a chat runs."""
     r = httpx.get(server.url + "/v1/models", timeout=30)
     assert r.status_code == 200, r.text
     named = [f"graph:{n}" for n in default_graph().policies.graphs]
-    assert [m["id"] for m in r.json()["data"]] == [*default_graph().generators, "graph", *named]
+    assert [m["id"] for m in r.json()["data"]] == [*default_graph().generators, "graph", *named, "classifier"]
     r = httpx.post(
         server.url + "/v1/chat/completions",
         timeout=120,
