@@ -22,7 +22,7 @@ and a ready 4-D attention mask (so the cache is never asked for mask sizes or of
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -163,17 +163,16 @@ class BatchKVCache(Cache):
     def remove_rows(self, rows: Sequence[int]) -> list[int]:
         """Drop `rows`; each is replaced by the current last row. Returns, for each remaining
         position, the old position of the row now there."""
-        order = list(range(self.rows))
-        for i in sorted(set(rows), reverse=True):
-            last = self.rows - 1
-            if i != last:
-                for layer in self.slabs:
-                    layer.kbuf[i, :, self.start : self.end] = layer.kbuf[last, :, self.start : self.end]
-                    layer.vbuf[i, :, self.start : self.end] = layer.vbuf[last, :, self.start : self.end]
-                self.mask[i, self.start : self.end] = self.mask[last, self.start : self.end]
-                order[i] = order[last]
-            order.pop()
-            self.rows -= 1
+        cols = slice(self.start, self.end)
+
+        def move(dst: int, src: int) -> None:
+            for layer in self.slabs:
+                layer.kbuf[dst, :, cols] = layer.kbuf[src, :, cols]
+                layer.vbuf[dst, :, cols] = layer.vbuf[src, :, cols]
+            self.mask[dst, cols] = self.mask[src, cols]
+
+        order = swap_remove(self.rows, rows, move)
+        self.rows = len(order)
         self._trim()
         return order
 
@@ -194,3 +193,17 @@ def kv_bytes_per_token(model) -> int:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     size = next(model.parameters()).element_size()
     return 2 * cfg.num_hidden_layers * kv_heads * head_dim * size
+
+
+def swap_remove(count: int, rows: Sequence[int], move: Callable[[int, int], None]) -> list[int]:
+    """Drop `rows` out of `count` batch rows, each replaced by the current last row (`move(dst, src)`
+    copies a row's state). Returns, for each remaining position, the old position of the row now there.
+    Both KV-cache layouts (this one and the ONNX runner's) remove finished rows this way."""
+    order = list(range(count))
+    for i in sorted(set(rows), reverse=True):
+        last = len(order) - 1
+        if i != last:
+            move(i, last)
+            order[i] = order[last]
+        order.pop()
+    return order

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from graph.engine.kvcache import swap_remove
+
 log = logging.getLogger(__name__)
 
 LOGITS_INDEX = "logits_index"  # the input graph/models/onnx_model.py adds: flat row*seq index per row
@@ -95,18 +97,16 @@ class OnnxKVCache:
     def remove_rows(self, rows: Sequence[int]) -> list[int]:
         """Drop `rows`; each is replaced by the current last row. Returns, for each remaining
         position, the old position of the row now there."""
-        order = list(range(self.rows))
-        for i in sorted(set(rows), reverse=True):
-            last = self.rows - 1
-            if i != last:
-                n = int(self.lens[last])
-                for bufs in (self.keys, self.values):
-                    for buf in bufs:
-                        buf[i, :, :n] = buf[last, :, :n]
-                self.lens[i] = self.lens[last]
-                order[i] = order[last]
-            order.pop()
-            self.rows -= 1
+
+        def move(dst: int, src: int) -> None:
+            n = int(self.lens[src])
+            for bufs in (self.keys, self.values):
+                for buf in bufs:
+                    buf[dst, :, :n] = buf[src, :, :n]
+            self.lens[dst] = self.lens[src]
+
+        order = swap_remove(self.rows, rows, move)
+        self.rows = len(order)
         return order
 
 
