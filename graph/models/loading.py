@@ -107,6 +107,22 @@ def load_with(ref: ModelRef, source: str, loader: Callable[..., T], **kwargs: An
         raise ConfigError(f"model {ref.describe()}: could not load from {source}: {exc}", field="model") from None
 
 
+def load_generator_tokenizer(ref: ModelRef, source: str) -> Any:
+    """A generator's tokenizer as both backends batch with it: padded on the left, with a pad token
+    (its eos token when it has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = load_with(ref, source, AutoTokenizer.from_pretrained)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(
+                f"model {ref.describe()}: its tokenizer has neither a pad nor an eos token", field="model"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
 def native_dtype(cpuinfo: str = "/proc/cpuinfo") -> str:
     """ "bfloat16" where the CPU computes it natively (x86 AMX or AVX512-BF16), else "float32"."""
     try:
@@ -172,19 +188,12 @@ def load_causal_lm(ref: ModelRef, runtime: RuntimeConfig | None = None, **lookup
     lookups: store_lookup, embedded_lookup, embedded_cache as in resolve_model_dir.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     source = resolve_model_dir(ref, **lookups)
-    tokenizer = load_with(ref, source, AutoTokenizer.from_pretrained)
+    tokenizer = load_generator_tokenizer(ref, source)
     runtime = resolve_runtime(runtime, name=ref.describe(), model=ref)
     model = load_with(ref, source, AutoModelForCausalLM.from_pretrained, dtype=getattr(torch, runtime.dtype)).eval()
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ConfigError(
-                f"model {ref.describe()}: its tokenizer has neither a pad nor an eos token", field="model"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if runtime.quantize == "int8":

@@ -251,10 +251,8 @@ def load(ref, runtime, *, threads: int | None = None, onnx_lookup=None, **lookup
     without one it lives under artifacts/onnx/."""
     import logging
 
-    from transformers import AutoTokenizer
-
     from graph.engine.onnx_runner import OnnxRunner
-    from graph.models.loading import load_with, resolve_model_dir
+    from graph.models.loading import load_generator_tokenizer, resolve_model_dir
 
     source = resolve_model_dir(ref, **lookups)
     if not Path(source).is_dir():
@@ -263,14 +261,7 @@ def load(ref, runtime, *, threads: int | None = None, onnx_lookup=None, **lookup
             "(download it to a folder and use model: {path: ...}, or use backend: torch)",
             field="runtime.backend",
         )
-    tokenizer = load_with(ref, source, AutoTokenizer.from_pretrained)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ConfigError(
-                f"model {ref.describe()}: its tokenizer has neither a pad nor an eos token", field="model"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
+    tokenizer = load_generator_tokenizer(ref, source)
     precision, level = runtime.onnx_precision, runtime.onnx_accuracy_level
     if onnx_lookup is not None:
         onnx_dir = Path(onnx_lookup(source, precision, level))
