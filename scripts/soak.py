@@ -42,22 +42,6 @@ PROMPTS = [
 ]
 
 
-def workers(server: Server) -> dict[str, int]:
-    """{service name: pid} of the server's worker processes."""
-    out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if server.proc is not None and ppid == server.proc.pid and b"--service-name" in args:
-            out[args[args.index(b"--service-name") + 1].decode()] = int(entry.name)
-    return out
-
-
 def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -155,7 +139,7 @@ def main() -> None:
         f"soak: {args.clients} clients x {args.seconds:.0f}s against bentoml serve --arg-file {args.config}", flush=True
     )
     with Server(config=args.config, name="soak") as server:
-        pids = workers(server)
+        pids = server.services()
         # one request per endpoint first, so the start RSS is that of a warm, loaded server
         httpx.post(server.url + "/generate_score", json={"original_sentence": "warm up"}, timeout=300)
         time.sleep(3)

@@ -194,37 +194,40 @@ class Server:
 
     def worker_pid(self, service: str) -> int:
         """PID of the worker process serving `service` (e.g. "generator_tiny_b")."""
-        assert self.proc is not None
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                args = (entry / "cmdline").read_bytes().split(b"\0")
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == self.proc.pid and b"--service-name" in args:
-                if args[args.index(b"--service-name") + 1].decode() == service:
-                    return int(entry.name)
-        raise LookupError(f"no worker for service {service!r}")
+        try:
+            return self.services()[service]
+        except KeyError:
+            raise LookupError(f"no worker for service {service!r}") from None
+
+    def services(self) -> dict[str, int]:
+        """{service name: pid} of the worker processes that serve one service each."""
+        out = {}
+        for pid, args in self._children():
+            if b"--service-name" in args:
+                out[args[args.index(b"--service-name") + 1].decode()] = pid
+        return out
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def workers(self) -> list[int]:
         """PIDs of the worker processes (each in a session of its own, so not reached by killpg)."""
+        return [pid for pid, _ in self._children()]
+
+    def _children(self) -> list[tuple[int, list[bytes]]]:
+        """(pid, command-line arguments) of each process whose parent is `bentoml serve`."""
         assert self.proc is not None
-        pids = []
+        out = []
         for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
             try:
-                if (
-                    entry.name.isdigit()
-                    and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == self.proc.pid
-                ):
-                    pids.append(int(entry.name))
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == self.proc.pid:
+                    out.append((int(entry.name), (entry / "cmdline").read_bytes().split(b"\0")))
             except (OSError, ValueError, IndexError):
                 continue
-        return pids
+        return out
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
