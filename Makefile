@@ -134,16 +134,16 @@ bot: install
 
 # The Bento of configs/default.yaml, CPU image (bentofile.yaml) or CUDA image (bentofile.gpu.yaml).
 bento: install
-	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
+	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml --every-cpu-kind
 	$(BIN)/bentoml build
 
 bento-gpu: install
-	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
+	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml --every-cpu-kind
 	$(BIN)/bentoml build -f bentofile.gpu.yaml
 
 # One Bento per node of CONFIG (bentofile.node.yaml), the images graph/k8s.py's Deployments name.
 bento-nodes: install
-	$(BIN)/python scripts/prepare_models.py --config configs/$(CONFIG).yaml
+	$(BIN)/python scripts/prepare_models.py --config configs/$(CONFIG).yaml --every-cpu-kind
 	for node in $$($(BIN)/python -m graph.k8s --config configs/$(CONFIG).yaml --list-nodes); do \
 	  name=$$( [ $$node = classifier ] && echo classifier || echo generator_$$node ); \
 	  $(BIN)/bentoml build -f bentofile.node.yaml --name $$name --arg config=configs/$(CONFIG).yaml --arg node=$$node || exit 1; \

@@ -74,12 +74,6 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
     defaults to node.runtime.threads, else torch's default (all cores)."""
     threads = threads or node.runtime.threads
 
-    @bentoml.service(
-        name=f"generator_{name}",
-        workers=node.resources.workers,
-        resources={"cpu": node.resources.cpu, "memory": node.resources.memory},
-        traffic={"timeout": node.resources.timeout_s},
-    )
     class Generator:
         """A text generator over graph.engine.GenerationEngine (continuous batching on CPU)."""
 
@@ -170,4 +164,15 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
             """Counters of this node's engine: generated tokens, requests, active rows, queue."""
             return {k: float(v) for k, v in self.engine.stats().items()}
 
-    return Generator
+    # The ONNX conversions this node may load (on this CPU or another kind), as BentoML model attributes:
+    # a Bento built from the service carries them, so its image on an AVX2-only host does not convert.
+    from services.store import packed_onnx_tags
+
+    for i, tag in enumerate(packed_onnx_tags(node)):
+        setattr(Generator, f"onnx_model_{i}", bentoml.models.BentoModel(tag))
+    return bentoml.service(
+        name=f"generator_{name}",
+        workers=node.resources.workers,
+        resources={"cpu": node.resources.cpu, "memory": node.resources.memory},
+        traffic={"timeout": node.resources.timeout_s},
+    )(Generator)

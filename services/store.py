@@ -11,7 +11,8 @@ from pathlib import Path
 import bentoml
 from bentoml.exceptions import NotFound
 
-from graph.errors import ConfigError
+from graph.config import GeneratorNode
+from graph.errors import ConfigError, GraphError
 from graph.models import embedded
 
 log = logging.getLogger("graph")
@@ -78,6 +79,49 @@ def _onnx_store_name(hf_dir: str) -> str:
     return re.sub(r"[^a-z0-9_.-]+", "-", base.lower()).strip("-.")[:50] + "-onnx"
 
 
+def find_onnx(hf_dir: str, precision: str, accuracy_level: int | None) -> bentoml.Model | None:
+    """The newest store entry holding the ONNX conversion of `hf_dir` with these options (labels match)."""
+    from graph.models import onnx_model
+
+    want = {k: str(v) for k, v in onnx_model._marker(hf_dir, precision, accuracy_level).items()}
+    try:
+        found = [m for m in bentoml.models.list(_onnx_store_name(hf_dir)) if m.info.labels.items() >= want.items()]
+    except NotFound:
+        return None
+    return max(found, key=lambda m: m.creation_time, default=None)
+
+
+def packed_onnx_tags(node: GeneratorNode) -> list[str]:
+    """Store tags of the ONNX conversions generator `node` may load on some CPU kind (see
+    graph.models.loading.onnx_variants) that are in the store now. The node's service declares them,
+    so a Bento built from it carries them and its image never converts at start-up. Looks only:
+    converts nothing (`make prepare` / `make bento` do)."""
+    from graph.models.loading import onnx_variants, resolve_model_dir
+
+    variants = onnx_variants(node.runtime, node.model)
+    if not variants or node.model.hub:
+        return []
+
+    def prepared(name: str) -> str:
+        if not embedded.needs_conversion(name):
+            return str(embedded.folder_path(name))
+        found = find_prepared(name)
+        if found is None:
+            raise LookupError(name)
+        return found.path
+
+    try:
+        hf_dir = resolve_model_dir(node.model, store_lookup=store_lookup, embedded_lookup=prepared)
+    except (GraphError, LookupError, OSError):
+        return []  # not prepared yet: nothing to pack; the node converts (or says what is wrong) when it starts
+    tags = []
+    for precision, level in variants:
+        found = find_onnx(hf_dir, precision, level)
+        if found is not None:
+            tags.append(str(found.tag))
+    return tags
+
+
 def onnx_lookup(
     hf_dir: str, precision: str, accuracy_level: int | None, *, progress: Callable[[str], None] | None = None
 ) -> str:
@@ -87,14 +131,11 @@ def onnx_lookup(
     from graph.models import onnx_model
 
     progress = progress or log.warning
+    found = find_onnx(hf_dir, precision, accuracy_level)
+    if found is not None:
+        return found.path
     name = _onnx_store_name(hf_dir)
-    want = {k: str(v) for k, v in onnx_model._marker(hf_dir, precision, accuracy_level).items()}
-    try:
-        found = [m for m in bentoml.models.list(name) if all(m.info.labels.get(k) == v for k, v in want.items())]
-    except NotFound:
-        found = []
-    if found:
-        return max(found, key=lambda m: m.creation_time).path
+    want = onnx_model._marker(hf_dir, precision, accuracy_level)
     start = time.perf_counter()
     with bentoml.models.create(name, labels=want, metadata={"source_dir": str(hf_dir)}) as model:
         onnx_model.convert(hf_dir, model.path, precision=precision, accuracy_level=accuracy_level, progress=progress)

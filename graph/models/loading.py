@@ -144,7 +144,7 @@ def resolve_runtime(
     if runtime.backend == "auto" or (runtime.backend == "torch" and runtime.quantize == "auto"):
         from graph.models.runtimes import choose, cpu_description
 
-        key = "" if model is None else (model.ref if model.kind == "embedded" else model.ref.split(":")[0])
+        key = _table_key(model)
         backends = ("onnx", "torch") if runtime.backend == "auto" else ("torch",)
         kind, choice = choose(model=key, goal=runtime.optimize, backends=backends)
         if choice.backend == "onnx":
@@ -175,6 +175,26 @@ def resolve_runtime(
     elif runtime.dtype == "auto":
         updates["dtype"] = "float32" if runtime.quantize == "int8" else native_dtype()
     return runtime.model_copy(update=updates) if updates else runtime
+
+
+def _table_key(model: ModelRef | None) -> str:
+    """The name graph.models.runtimes' table admits models by: an embedded name or a store tag's name."""
+    return "" if model is None else (model.ref if model.kind == "embedded" else model.ref.split(":")[0])
+
+
+def onnx_variants(runtime: RuntimeConfig | None, model: ModelRef) -> list[tuple[str, int | None]]:
+    """(onnx_precision, onnx_accuracy_level) of each ONNX conversion a node may load, on any CPU: its
+    own with backend onnx; with backend auto, what the runtime table picks on each CPU kind where it
+    picks onnx (so a Bento built on one CPU kind carries what another kind's hosts load); none on torch."""
+    runtime = runtime or RuntimeConfig()
+    if runtime.backend == "onnx":
+        return [(runtime.onnx_precision, runtime.onnx_accuracy_level)]
+    if runtime.backend != "auto":
+        return []
+    from graph.models.runtimes import TABLE, choose_for_kind
+
+    choices = [choose_for_kind(kind, _table_key(model), runtime.optimize, ("onnx", "torch")) for kind in TABLE]
+    return list(dict.fromkeys((c.onnx_precision, c.onnx_accuracy_level) for c in choices if c.backend == "onnx"))
 
 
 def load_causal_lm(ref: ModelRef, runtime: RuntimeConfig | None = None, **lookups: Any) -> tuple[Any, Any]:

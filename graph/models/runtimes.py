@@ -180,4 +180,11 @@ def choose(
     measured on every model). `runtime: {backend: auto}` passes ("onnx", "torch"); `quantize: auto` on
     the torch backend passes ("torch",)."""
     kind = cpu_kind(flags)
-    return kind, next(c for c in TABLE[kind][goal] if c.backend in backends and (c.models is None or model in c.models))
+    return kind, choose_for_kind(kind, model, goal, backends)
+
+
+def choose_for_kind(
+    kind: str, model: str = "", goal: Goal = "latency", backends: tuple[str, ...] = ("torch",)
+) -> Choice:
+    """`choose` for a CPU kind (a key of TABLE) rather than this machine's."""
+    return next(c for c in TABLE[kind][goal] if c.backend in backends and (c.models is None or model in c.models))

@@ -159,6 +159,22 @@ def test_auto_picks_from_the_table_by_cpu_kind(tmp_path, caplog):
     assert resolve_runtime(RuntimeConfig(quantize="auto", dtype="float32")).dtype == choice.dtype  # auto picks it
 
 
+def test_onnx_variants_are_what_any_cpu_kind_loads():
+    """What a Bento packs for a node (services/store.py's packed_onnx_tags): the conversions `auto` picks on
+    any CPU kind (onnx int8 on AVX2 for the measured models), the configured one on backend onnx, none on torch."""
+    from graph.models.loading import onnx_variants
+
+    smol, gemma = ModelRef(embedded="smollm2-135m-instruct"), ModelRef(embedded="gemma-3-270m")
+    assert onnx_variants(RuntimeConfig(backend="auto"), smol) == [("int8", None)]
+    assert onnx_variants(RuntimeConfig(backend="auto", optimize="throughput"), gemma) == [("int8", None)]
+    assert onnx_variants(RuntimeConfig(backend="auto"), ModelRef(path="artifacts/some-model")) == []  # not measured
+    assert onnx_variants(RuntimeConfig(backend="onnx", onnx_precision="int4", onnx_accuracy_level=1), smol) == [
+        ("int4", 1)
+    ]
+    assert onnx_variants(RuntimeConfig(backend="torch"), smol) == []
+    assert onnx_variants(None, smol) == onnx_variants(RuntimeConfig(), smol)
+
+
 def test_compiled_step_equals_eager_and_recompiles_nothing_after_warm_up(tiny_dir, float32_texts, monkeypatch):
     import graph.engine.compiled as compiled
 

