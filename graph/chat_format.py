@@ -92,8 +92,9 @@ def fit_chat(
 
 
 def clean_reply(text: str) -> str:
-    """A reply as kept in the history: without the plain transcript's next-speaker tag, trimmed."""
-    return text.removesuffix(PLAIN_STOP).strip()
+    """A reply as kept in the history: without the plain transcript's next-speaker tag, trimmed, and
+    each NUL character (a byte token a model can sample; PostgreSQL text cannot hold it) as U+FFFD."""
+    return text.removesuffix(PLAIN_STOP).strip().replace("\x00", "\ufffd")
 
 
 # ---- a conversation as a prompt of the graph's fan-out (the OpenAI face) ----------------------------

@@ -11,6 +11,12 @@ from graph.results import FinishReason
 from graph.schemas import NOT_BLANK, StrictRequest, Usage, not_blank
 
 
+def no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000): conversations are stored as text")
+    return value
+
+
 class _Request(StrictRequest):
     user_id: str = Field(
         min_length=1,
@@ -21,6 +27,7 @@ class _Request(StrictRequest):
     )
 
     _user_id_not_blank = field_validator("user_id")(not_blank)
+    _user_id_no_nul = field_validator("user_id")(no_nul)
 
 
 class UserRequest(_Request):
@@ -42,6 +49,7 @@ class InferRequest(_Request):
     params: GenerationOverrides | None = Field(default=None, description="Overrides of the node's generation defaults.")
 
     _message_not_blank = field_validator("message")(not_blank)
+    _message_no_nul = field_validator("message")(no_nul)
 
 
 class ChatRequest(InferRequest):

@@ -230,6 +230,8 @@ def test_32_concurrent_turns_on_one_replica_all_answered(live: Live) -> None:
         ({"user_id": "bad", "message": "hi", "mesage": "typo"}, "mesage"),
         ({"user_id": "bad", "message": "hi", "graph": "nope"}, "graph"),
         ({"user_id": "bad", "message": "hi", "graph": "best", "model": "tiny_a"}, "graph"),
+        ({"user_id": "bad", "message": "a\u0000b"}, "message"),  # PostgreSQL text cannot hold NUL
+        ({"user_id": "b\u0000d", "message": "hi"}, "user_id"),
     ],
 )
 @pytest.mark.parametrize("path", ["/infer", "/chat"])

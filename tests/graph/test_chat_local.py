@@ -75,3 +75,25 @@ def test_a_busy_postgresql_pool_is_a_503_with_retry_after() -> None:
     with PostgresServer() as pg:
         err = asyncio.run(run(pg.url))
     assert err.status == 503 and err.retry_after_s >= 1 and "chat.pool_size" in err.message
+
+
+def test_a_reply_with_a_nul_byte_is_stored_on_postgresql() -> None:
+    """A model can sample a NUL byte token (a tiny model did, in a named graph's chat turn: psycopg's
+    DataError was a 500 and the turn was lost). The reply is kept with U+FFFD in its place."""
+    from graph.chat_format import clean_reply
+    from tests.postgres import PostgresServer, postgres_bin
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL IS NOT INSTALLED: run `make postgres`")
+
+    async def run(url: str) -> list[str]:
+        store = ChatStore(url)
+        try:
+            async with store.turn(None, "u") as turn:
+                await turn.add("hi", clean_reply("x\x00y"), "tiny_a", 3, 2)
+            return [m.content for m in await store.history(None, "u")]
+        finally:
+            await store.close()
+
+    with PostgresServer() as pg:
+        assert asyncio.run(run(pg.url)) == ["hi", "x\ufffdy"]

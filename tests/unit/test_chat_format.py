@@ -67,6 +67,7 @@ def test_plain_stop_string_and_cleaning() -> None:
     assert chat_params(GenerationParams(), template=False).stop == [PLAIN_STOP]
     assert chat_params(GenerationParams(), template=True).stop == []
     assert clean_reply(" Fine, thanks." + PLAIN_STOP) == "Fine, thanks."
+    assert clean_reply("a\x00b\x00") == "a\ufffdb\ufffd"  # a sampled NUL byte token: PostgreSQL text cannot hold it
 
 
 def test_split_message_at_telegrams_limit() -> None:
