@@ -257,19 +257,25 @@ def test_classifier_batches_across_requests(server: Server) -> None:
                 out[float(le.group(1))] = out.get(float(le.group(1)), 0.0) + float(value)
         return out
 
-    before = batch_sizes()
-
     async def fire() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=120) as client:
             body = {"original_sentence": "Batch me", "params": {"max_new_tokens": 2}}
             return await asyncio.gather(*[client.post(server.url + "/generate_score", json=body) for _ in range(16)])
 
-    assert all(r.status_code == 200 for r in asyncio.run(fire()))
-    after = batch_sizes()
-    small = {le: after[le] - before.get(le, 0.0) for le in after if le <= 2.0}
-    total = after[float("inf")] - before.get(float("inf"), 0.0)
-    assert total >= 1, after
-    assert max(small.values(), default=0.0) < total, (before, after)  # some batch held > 2 texts
+    # Whether calls meet in one batch window depends on timing: one burst of 16 requests once spread its
+    # classify calls out (14 calls of 1-2 texts) on a 2-core machine. Up to three bursts; one merged batch is enough.
+    seen = []
+    for _ in range(3):
+        before = batch_sizes()
+        assert all(r.status_code == 200 for r in asyncio.run(fire()))
+        after = batch_sizes()
+        small = {le: after[le] - before.get(le, 0.0) for le in after if le <= 2.0}
+        total = after[float("inf")] - before.get(float("inf"), 0.0)
+        assert total >= 1, after
+        if max(small.values(), default=0.0) < total:  # some batch held > 2 texts
+            return
+        seen.append((before, after))
+    pytest.fail(f"no classify batch held more than 2 texts in 3 bursts of 16 requests: {seen}")
 
 
 def test_metrics_per_node(server: Server) -> None:
