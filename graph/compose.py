@@ -22,6 +22,7 @@ from graph.nodes import ClassifierClient, GeneratorClient
 from graph.params import GenerationParams, merge_params
 from graph.policies import registry as policies
 from graph.policies.deadline import Deadline, Latencies
+from graph.policies.labels import LabelVectors
 from graph.policies.run import PolicyEvent
 from graph.policies.schemas import PolicyResponse
 from graph.results import Classification, Embedding, GenerationResult, StreamEvent
@@ -61,6 +62,7 @@ class Graph:
         self.classifier = classifier
         self.latencies = Latencies()  # recent classifier calls: the deadline splitter sizes scoring from them
         self.inflight: dict[str, set[str]] = {}  # request id -> nodes working on it (for shutdown)
+        self.label_vectors = LabelVectors()  # switch / guard label descriptions, embedded once
 
     # ---- validation at the edge -------------------------------------------------------------
     def select(self, model: str | None, *, field_name: str = "model") -> list[str]:

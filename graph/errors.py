@@ -105,6 +105,14 @@ class NodeTimeout(NodeFailure):
     kind = "node_timeout"
 
 
+class Refused(GraphError):
+    """A named graph's guard found the prompt or the answer over a blocked label's threshold. 422, kind refused:
+    the request was understood and will not be answered as it stands (`field`: prompt or output)."""
+
+    status = 422
+    kind = "refused"
+
+
 class ConfigError(GraphError):
     """A graph config file is wrong; raised at startup, names the key."""
 
