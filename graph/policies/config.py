@@ -28,11 +28,13 @@ class Prune(_Strict):
 
 
 class BestOf(_Strict):
-    """k candidates spread over nodes (distinct seeds); one classifier call scores them all; the best wins."""
+    """k candidates spread over nodes (distinct seeds); one classifier call scores them all; the best wins.
+    An entry may name another graph (a sequence, a cascade...): each of its k runs is one candidate."""
 
     policy: Literal["best_of"]
     nodes: dict[str, int] = Field(
-        min_length=1, description="Candidates per generator node, e.g. {smollm2: 2, gemma3: 1}."
+        min_length=1,
+        description="Candidates per generator node (or named graph), e.g. {smollm2: 2, gemma3: 1}.",
     )
     return_candidates: bool = Field(
         default=True, description="Return every candidate with its score, not only the answer."
@@ -296,8 +298,10 @@ class Policies(_Strict):
             g = self.graphs.get(item)
             if g is None:
                 out.append(item)  # a node branch
-            elif isinstance(g, BestOf | Cascade):
+            elif isinstance(g, Cascade):
                 out.extend(n for n in g.node_names() if n not in out)
+            elif isinstance(g, BestOf):
+                stack.extend(g.node_names())
             else:
                 stack.extend(g.branches().values())
         return list(dict.fromkeys(out))
@@ -309,8 +313,11 @@ class Policies(_Strict):
         for name, g in self.graphs.items():
             if isinstance(g, BestOf | Cascade):
                 key = "nodes" if isinstance(g, BestOf) else "order"
+                over_graphs = isinstance(g, BestOf) and any(n in self.graphs for n in g.nodes)
+                if over_graphs and isinstance(g, BestOf) and g.prune is not None:
+                    raise ValueError(f"policies.graphs.{name}.prune: pruning runs over nodes only, not over graphs")
                 for node in g.node_names():
-                    if node not in generators:
+                    if node not in generators and not (over_graphs and node in self.graphs):
                         raise ValueError(
                             f"policies.graphs.{name}.{key}: unknown node {node!r}; generators: {sorted(generators)}"
                         )
@@ -339,9 +346,9 @@ class Policies(_Strict):
         if name in path:
             return [*path[path.index(name) :], name]
         g = self.graphs.get(name)
-        if g is None or isinstance(g, BestOf | Cascade):
+        if g is None or isinstance(g, Cascade):
             return None
-        for branch in g.branches().values():
+        for branch in g.node_names() if isinstance(g, BestOf) else g.branches().values():
             found = self._cycle(branch, [*path, name])
             if found:
                 return found
@@ -351,11 +358,11 @@ class Policies(_Strict):
         """The first guard on output graph `name` runs through (its answer's tokens are held back until the
         guard has checked them: it cannot stream them as generated), or None."""
         g = self.graphs.get(name)
-        if g is None or isinstance(g, BestOf | Cascade):
+        if g is None or isinstance(g, Cascade):
             return None
         if isinstance(g, Guard) and "output" in g.check:
             return name
-        for branch in g.branches().values():
+        for branch in g.node_names() if isinstance(g, BestOf) else g.branches().values():
             found = self.holds_output(branch)
             if found:
                 return found

@@ -1,6 +1,8 @@
 """The composite step kinds of a named graph (switch, split, fallback, sequence, guard) and the one dispatcher that
-runs any named graph or node branch, nested to any depth. Each step names its choice in the answer's `path`,
-sends it as a step event, opens a tracing span and counts it per graph and branch (graph/policies/metrics.py).
+runs any named graph or node branch, nested to any depth.
+
+Each step names its choice in the answer's `path`, sends it as a step event, opens a tracing span and counts it
+per graph and branch (graph/policies/metrics.py).
 
 Every branch runs as a child of the request's `Run`: the same context (its account is charged every token each
 step generates), the same list of started candidates (a failure or a client gone stops them all), and the
@@ -17,7 +19,7 @@ from pydantic import BaseModel
 
 from graph import tracing
 from graph.chat_format import prompt_chars
-from graph.errors import NodeFailure, Overloaded, Refused
+from graph.errors import NodeFailure, Overloaded, Refused, first_error
 from graph.params import GenerationOverrides
 from graph.policies import best_of as best_of_policy
 from graph.policies import cascade as cascade_policy
@@ -44,7 +46,11 @@ def resolve(run: Run, name: str) -> tuple[NamedGraph, Kind]:
 def check(run: Run, g: NamedGraph) -> None:
     """Refuse a request the graph cannot serve before anything starts (a 4xx naming the field): every node
     any branch may run gets the request's parameters checked (the config has no cycles: start-up checks it)."""
-    if isinstance(g, BestOf):
+    graphs = run.host.config.policies.graphs
+    if isinstance(g, BestOf) and any(n in graphs for n in g.nodes):
+        for name in g.nodes:
+            check(run.child(name, ""), resolve(run, name)[0])
+    elif isinstance(g, BestOf):
         best_of_policy.check(run, g)
     elif isinstance(g, Cascade):
         cascade_policy.check(run, g)
@@ -58,7 +64,9 @@ async def run_graph(run: Run, g: NamedGraph, kind: Kind | None = None) -> Policy
     kind = kind or g.policy
     t0 = time.monotonic()
     with tracing.step_span(run.graph, kind, run.depth) as span:
-        if isinstance(g, BestOf):
+        if isinstance(g, BestOf) and any(n in run.host.config.policies.graphs for n in g.nodes):
+            out = await best_of_graphs(run, g)
+        elif isinstance(g, BestOf):
             out = await best_of_policy.best_of(run, g)
         elif isinstance(g, Cascade):
             out = await cascade_policy.cascade(run, g)
@@ -72,7 +80,7 @@ async def run_graph(run: Run, g: NamedGraph, kind: Kind | None = None) -> Policy
             out = await sequence(run, g)
         else:
             out = await guard(run, g)
-        if isinstance(g, BestOf | Cascade):
+        if isinstance(g, BestOf | Cascade) and not out.path:
             ms = (time.monotonic() - t0) * 1000.0
             out = out.model_copy(
                 update={
@@ -149,6 +157,37 @@ async def mark(run: Run, step: PathStep, t0: float) -> PathStep:
 
 def prompt_text(run: Run) -> str:
     return run.prompt if isinstance(run.prompt, str) else run.prompt.last_user_text()
+
+
+# ---- best_of over graphs -------------------------------------------------------------------------------
+
+
+async def best_of_graphs(run: Run, g: BestOf) -> PolicyResponse:
+    """best_of whose entries include graphs: every run of every entry at once (an entry with k > 1 runs k
+    times with distinct seeds), their answers scored against the request's prompt in one classifier call."""
+    t0 = time.monotonic()
+    entries = [(name, j) for name, k in g.nodes.items() for j in range(k)]
+    quiet = _quiet if run.emit is not None else None  # the branches' texts are not final: step events only
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(
+                branch(run, name, f"b{i}.", overrides=reseeded(run, j) if g.nodes[name] > 1 else None, emit=quiet)
+            )
+            for i, (name, j) in enumerate(entries)
+        ]
+    outs = [t.result() for t in tasks]
+    scores = await run.score([run.scored(o.answer.completion) for o in outs])
+    answers = [
+        o.answer.model_copy(update={"score": c.score, "label": c.label, "labels": c.labels, "generated": text})
+        for o, c, text in zip(outs, scores, [run.scored(o.answer.completion) for o in outs])
+    ]
+    win = max(range(len(answers)), key=lambda i: answers[i].score)  # the first of equals wins
+    name = entries[win][0]
+    why = f"score {answers[win].score:.2f}, best of {len(answers)}"
+    step = await mark(run, PathStep(graph=run.graph, kind="best_of", branch=name, why=why, depth=run.depth), t0)
+    served = outs[win].model_copy(update={"answer": answers[win]})
+    out = combine(run, "best_of", served, outs, [step, *[p for o in outs for p in o.path]])
+    return out.model_copy(update={"candidates": answers if g.return_candidates else []})
 
 
 # ---- switch ---------------------------------------------------------------------------------------------
@@ -233,7 +272,10 @@ async def fallback(run: Run, g: Fallback) -> PolicyResponse:
         since = len(run.started_rids)
         timeout = g.branch_timeout_ms / 1000.0 if g.branch_timeout_ms is not None and not last else None
         try:
-            out = await asyncio.wait_for(branch(run, name, f"f{i}."), timeout)
+            try:
+                out = await asyncio.wait_for(branch(run, name, f"f{i}."), timeout)
+            except BaseExceptionGroup as group:  # a branch's parallel calls (best_of): its first graph error
+                raise first_error(group) from None
         except (NodeFailure, Overloaded, Refused, TimeoutError) as exc:
             background(run.cancel_since(since))  # what the failed branch started stops
             if last:
