@@ -111,46 +111,46 @@ class ZeroShot(_Strict):
         return self
 
 
-SwitchOn = Literal["label", "key", "user", "metadata", "prompt_chars", "json_schema"]
+SwitchBy = Literal["label", "key", "user", "metadata", "prompt_chars", "json_schema"]
 
 
 class Switch(_Strict):
     """One branch per request, chosen by a rule over the request; `default` when no case matches.
 
-    on: label: the prompt's zero-shot label (cases: label -> branch; min_score below which `default` serves);
+    by: label: the prompt's zero-shot label (cases: label -> branch; min_score below which `default` serves);
     key / user: the caller's API key id or the request's `user` (cases: value -> branch);
     metadata: the request's metadata[`field`] (cases: value -> branch);
     prompt_chars: cases: "N" -> branch, the first N (ascending) the prompt's length is at most;
     json_schema: cases `yes` / `no`: whether the request asked for structured output (response_format)."""
 
     policy: Literal["switch"]
-    on: SwitchOn
+    by: SwitchBy = Field(description="What the switch routes by (`on` would read as true in YAML).")
     cases: dict[str, str] = Field(min_length=1, description=f"value -> branch ({BRANCH}).")
     default: str = Field(description=f"Branch when no case matches ({BRANCH}).")
-    zero_shot: ZeroShot | None = Field(default=None, description="on: label: the labels the prompt is sorted into.")
-    min_score: float = Field(default=0.0, ge=0.0, le=1.0, description="on: label: below this, `default` serves.")
-    field: str | None = Field(default=None, description="on: metadata: the metadata key routed on.")
+    zero_shot: ZeroShot | None = Field(default=None, description="by: label: the labels the prompt is sorted into.")
+    min_score: float = Field(default=0.0, ge=0.0, le=1.0, description="by: label: below this, `default` serves.")
+    field: str | None = Field(default=None, description="by: metadata: the metadata key routed on.")
 
     @model_validator(mode="after")
     def _rule(self) -> Switch:
-        if self.on == "label":
+        if self.by == "label":
             if self.zero_shot is None:
-                raise ValueError("zero_shot: on: label needs zero_shot.labels (label -> description)")
+                raise ValueError("zero_shot: by: label needs zero_shot.labels (label -> description)")
             for case in self.cases:
                 if case not in self.zero_shot.labels:
                     raise ValueError(f"cases.{case}: not a label of zero_shot.labels {sorted(self.zero_shot.labels)}")
         elif self.zero_shot is not None:
-            raise ValueError(f"zero_shot: only for on: label (this switch is on: {self.on})")
-        if (self.on == "metadata") != (self.field is not None):
-            raise ValueError("field: give it with on: metadata (the metadata key), and only then")
-        if self.on == "prompt_chars":
+            raise ValueError(f"zero_shot: only for by: label (this switch is by: {self.by})")
+        if (self.by == "metadata") != (self.field is not None):
+            raise ValueError("field: give it with by: metadata (the metadata key), and only then")
+        if self.by == "prompt_chars":
             for case in self.cases:
                 if not case.isdigit() or int(case) < 1:
-                    raise ValueError(f"cases.{case}: on: prompt_chars needs a whole number of characters >= 1")
-        if self.on == "json_schema":
+                    raise ValueError(f"cases.{case}: by: prompt_chars needs a whole number of characters >= 1")
+        if self.by == "json_schema":
             for case in self.cases:
                 if case not in ("yes", "no"):
-                    raise ValueError(f"cases.{case}: on: json_schema has cases yes and no")
+                    raise ValueError(f"cases.{case}: by: json_schema has cases yes and no")
         return self
 
     def branches(self) -> dict[str, str]:

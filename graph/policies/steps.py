@@ -203,31 +203,31 @@ async def switch(run: Run, g: Switch) -> PolicyResponse:
 
 async def route(run: Run, g: Switch) -> tuple[str, str]:
     """The branch a switch takes and why."""
-    if g.on == "label":
-        assert g.zero_shot is not None  # the config requires it for on: label
+    if g.by == "label":
+        assert g.zero_shot is not None  # the config requires it for by: label
         (c,) = await labels.classify(run.host, run.ctx, g.zero_shot, [prompt_text(run)])
         why = f"label {c.label} {c.score:.2f}"
         if c.label in g.cases and c.score >= g.min_score:
             return g.cases[c.label], why
         return g.default, why + (" < min_score" if c.label in g.cases else ": no case")
-    if g.on == "prompt_chars":
+    if g.by == "prompt_chars":
         n = prompt_chars(run.prompt)
         for limit in sorted(g.cases, key=int):
             if n <= int(limit):
                 return g.cases[limit], f"prompt_chars {n} <= {limit}"
         return g.default, f"prompt_chars {n}: above every case"
-    if g.on == "json_schema":
+    if g.by == "json_schema":
         asked = run.overrides.model_dump().get("response_format") if run.overrides is not None else None
         value = "yes" if isinstance(asked, dict) and asked.get("type") != "text" else "no"
-    elif g.on == "key":
+    elif g.by == "key":
         value = run.ctx.key_id
-    elif g.on == "user":
+    elif g.by == "user":
         value = run.ctx.user
     else:
         value = run.ctx.meta(g.field or "")
     if value is not None and value in g.cases:
-        return g.cases[value], f"{g.on} {value}"
-    return g.default, f"{g.on} {value}: no case" if value is not None else f"{g.on}: not given"
+        return g.cases[value], f"{g.by} {value}"
+    return g.default, f"{g.by} {value}: no case" if value is not None else f"{g.by}: not given"
 
 
 # ---- split ----------------------------------------------------------------------------------------------

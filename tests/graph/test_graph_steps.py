@@ -32,12 +32,12 @@ GRAPHS = {
     },
     "router": {
         "policy": "switch",
-        "on": "label",
+        "by": "label",
         "zero_shot": {"labels": TOPICS},
         "cases": {"greeting": "tiny_b", "sums": "best"},
         "default": "tiny_a",
     },
-    "by_tier": {"policy": "switch", "on": "metadata", "field": "tier", "cases": {"gold": "best"}, "default": "tiny_b"},
+    "by_tier": {"policy": "switch", "by": "metadata", "field": "tier", "cases": {"gold": "best"}, "default": "tiny_b"},
     "ab": {"policy": "split", "weights": {"tiny_a": 3, "tiny_b": 1}},
     "failover": {"policy": "fallback", "order": ["tiny_a", "cheap_first"]},
     "refine": {
@@ -118,7 +118,7 @@ def generated(graph: Graph) -> int:
             {
                 "x": {
                     "policy": "switch",
-                    "on": "label",
+                    "by": "label",
                     "zero_shot": {"labels": TOPICS},
                     "cases": {"code": "tiny_a"},
                     "default": "tiny_b",
@@ -128,7 +128,7 @@ def generated(graph: Graph) -> int:
             "not a label",
         ),
         (
-            {"x": {"policy": "switch", "on": "user", "cases": {"ann": "tiny_a"}, "default": "nope"}},
+            {"x": {"policy": "switch", "by": "user", "cases": {"ann": "tiny_a"}, "default": "nope"}},
             "policies.graphs.x.default",
             "unknown branch 'nope'",
         ),

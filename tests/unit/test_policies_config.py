@@ -20,7 +20,14 @@ def tiny_config(graphs, default="all"):
 
 
 def test_shipped_configs_list_their_graphs():
-    assert graph_names(load_config("configs/default.yaml")) == ["all", "best_of_3", "best_of_3_pruned", "cascade"]
+    assert graph_names(load_config("configs/default.yaml")) == [
+        "all",
+        "best_of_3",
+        "best_of_3_pruned",
+        "cascade",
+        "polite",
+        "router",
+    ]
     assert graph_names(load_config("configs/gpt2.yaml")) == ["all"]  # no policies key: only the built-in graph
 
 
