@@ -27,6 +27,9 @@ def test_shipped_configs_list_their_graphs():
         "cascade",
         "polite",
         "router",
+        "canary",
+        "failover",
+        "refine",
     ]
     assert graph_names(load_config("configs/gpt2.yaml")) == ["all"]  # no policies key: only the built-in graph
 
