@@ -267,6 +267,9 @@ def test_fallback_moves_on_when_its_first_branch_is_killed(tiny_dir):
             ("fallback", "cheap_first", "served"),
         ]
         assert out.path[0].why is not None and "tiny_a" in out.path[0].why
+        assert path_text(out.path) == (
+            "failover[fallback]:tiny_a!failed > failover[fallback]:cheap_first > cheap_first[cascade]"
+        )
         assert out.path[2].kind == "cascade" and out.answer.model in ("tiny_a", "tiny_b")
         assert out.answer.model == "tiny_b"  # tiny_a is dead: its cascade's first stage served
         assert c.account.tokens == out.usage.completion_tokens
