@@ -150,7 +150,7 @@ class InferenceGraph(ChatEndpoints):
         """Graph `all`: every model at once, each completion scored (`generated`, `score`, ...); a named graph
         (`graph`): its decision (answer, candidates, trace). `deadline_ms`: answer in time."""
         req = GenerateScoreRequest(**fields)
-        rctx = request_context(ctx).asking(req.deadline_ms)
+        rctx = request_context(ctx).asking(req.deadline_ms).tagged(req.user, req.metadata)
         timeline = Timeline()
         out = await self.graph.generate_score(
             rctx, req.original_sentence, req.params, graph=req.graph, timeline=timeline
@@ -202,6 +202,8 @@ class InferenceGraph(ChatEndpoints):
         """Validated now (bad input is a 4xx, not a broken stream); the events flow afterwards."""
         graph, deadline = (req.graph, req.deadline_ms) if isinstance(req, ScoreStreamRequest) else (None, None)
         rctx = request_context(ctx).asking(deadline)
+        if isinstance(req, ScoreStreamRequest):
+            rctx = rctx.tagged(req.user, req.metadata)
         interval = req.intermediate_result_interval_ms
         events = self.graph.stream(
             rctx, req.prompt, req.model, req.params, interval_ms=interval, score=score, graph=graph

@@ -44,6 +44,23 @@ def test_http_switch_names_its_path_and_counts_it(server: Server) -> None:
     assert 'graph_branch_total{branch="smollm2",graph="router",kind="switch",outcome="served"}' in metrics
 
 
+def test_http_split_sticks_to_the_user(server: Server) -> None:
+    from graph.config import load_config
+    from graph.policies.config import Split
+    from graph.policies.steps import pick
+
+    canary = load_config("configs/default.yaml").policies.graphs["canary"]
+    assert isinstance(canary, Split)
+    for user in ("user-1", "user-19"):  # pick: smollm2 and gemma3 (90/10 weights)
+        body = {"original_sentence": "Say hello.", "graph": "canary", "user": user, "params": {"max_new_tokens": 8}}
+        r = httpx.post(server.url + "/generate_score", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        step = r.json()["path"][0]
+        assert step["kind"] == "split" and step["branch"] == pick(canary, user)[0] and "sticky on user" in step["why"]
+    bad = httpx.post(server.url + "/generate_score", json={"graph": "canary", "metadata": {"k": 1}}, timeout=60)
+    assert bad.status_code == 400 and bad.json()["field"].startswith("metadata"), bad.text
+
+
 def test_openai_sdk_guard_answer_carries_its_path(server: Server) -> None:
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
     out = client.chat.completions.create(

@@ -394,3 +394,27 @@ def test_greedy_request_on_a_nested_best_of_is_a_400_before_anything_runs(graph)
         decide(graph, "nested", params=GenerationOverrides(do_sample=False))
     assert err.value.field == "params.do_sample"
     assert generated(graph) == before
+
+
+def test_a_span_per_step_nested_as_the_graph(graph, monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from graph import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "tracer", lambda: provider.get_tracer(tracing.TRACER_NAME))
+    decide(graph, "nested", prompt=TOPICS["sums"])
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    nested, router, best = spans["graph nested"], spans["graph router"], spans["graph best"]
+    assert router.parent is not None and router.parent.span_id == nested.context.span_id
+    assert best.parent is not None and best.parent.span_id == router.context.span_id
+    assert (nested.attributes or {})["graph.kind"] == "fallback" and (nested.attributes or {})[
+        "graph.branch"
+    ] == "router"
+    assert (router.attributes or {})["graph.branch"] == "best" and (best.attributes or {})["graph.depth"] == 2
+    node_spans = [s for s in exporter.get_finished_spans() if s.name.startswith("node tiny_")]
+    assert node_spans and all(s.parent is not None and s.parent.span_id == best.context.span_id for s in node_spans)
