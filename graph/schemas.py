@@ -59,7 +59,7 @@ class GenerateScoreRequest(StrictRequest):
     )
     graph: str | None = Field(
         default=None,
-        description="Named graph of the config (`all`, or a best_of / cascade graph); omit for the config's default.",
+        description="Named graph of the config (`all`, best_of, cascade, switch, split...); omit for the default.",
         examples=["all"],
     )
     deadline_ms: DeadlineMs | None = Field(
