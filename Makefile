@@ -16,7 +16,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Evaluated when a recipe runs (after `make jemalloc`); empty, so glibc, where it is missing.
 PRELOAD = LD_PRELOAD=$$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -n 1)
 
-.PHONY: lint docs install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp k8s bento-nodes
+.PHONY: lint docs install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies bench-steps soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp k8s bento-nodes
 
 install: $(STAMPS)/install
 
@@ -91,6 +91,11 @@ bench-engine: prepare jemalloc
 # (docs/policies.png). About 5 minutes on 2 cores.
 bench-policies: prepare jemalloc
 	$(PRELOAD) $(BIN)/python scripts/bench_policies.py
+
+# The graph layer's own time per step of each named-graph kind (switch, split, fallback, sequence, guard,
+# nested) beside node and classifier time, in-process on the tiny models. About a minute on 2 cores.
+bench-steps: tiny-models
+	$(BIN)/python scripts/bench_steps.py
 
 llama-cpp: install
 	PIP=$(BIN)/pip sh scripts/build_llama_cpp.sh

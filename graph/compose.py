@@ -15,13 +15,14 @@ from graph import tracing
 from graph.chat_format import Prompt, prompt_chars, score_text
 from graph.config import GraphConfig
 from graph.context import RequestContext
-from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
+from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout, first_error
 from graph.limits import check_budget
 from graph.metering import Metered
 from graph.nodes import ClassifierClient, GeneratorClient
 from graph.params import GenerationParams, merge_params
 from graph.policies import registry as policies
 from graph.policies.deadline import Deadline, Latencies
+from graph.policies.labels import LabelVectors
 from graph.policies.run import PolicyEvent
 from graph.policies.schemas import PolicyResponse
 from graph.results import Classification, Embedding, GenerationResult, StreamEvent
@@ -61,6 +62,7 @@ class Graph:
         self.classifier = classifier
         self.latencies = Latencies()  # recent classifier calls: the deadline splitter sizes scoring from them
         self.inflight: dict[str, set[str]] = {}  # request id -> nodes working on it (for shutdown)
+        self.label_vectors = LabelVectors()  # switch / guard label descriptions, embedded once
 
     # ---- validation at the edge -------------------------------------------------------------
     def select(self, model: str | None, *, field_name: str = "model") -> list[str]:
@@ -148,7 +150,7 @@ class Graph:
         except BaseExceptionGroup as group_err:
             # the nodes that were cut off may still be working on it: tell them to stop
             self._cancel_all(plan, request_id)
-            raise _first_error(group_err) from None
+            raise first_error(group_err) from None
         except asyncio.CancelledError:  # the caller went away (a gRPC cancel or deadline): same
             self._cancel_all(plan, request_id)
             raise
@@ -329,19 +331,6 @@ class Graph:
             await self.generators[node].cancel(request_id)
         except Exception:  # cancelling is best effort: the node may already be done
             log.debug("cancel on %s failed", node, exc_info=True)
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The error to report from a failed TaskGroup: a GraphError if there is one."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        err = stack.pop()
-        if isinstance(err, BaseExceptionGroup):
-            stack.extend(reversed(err.exceptions))
-        else:
-            leaves.append(err)
-    return next((e for e in leaves if isinstance(e, GraphError)), leaves[0])
 
 
 def stream_event(node: str, ev: StreamEvent) -> TokenEvent | FinalEvent:

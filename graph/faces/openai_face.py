@@ -97,6 +97,7 @@ class OpenAIFace:
         """A ChatCompletion, or (stream=true) the SSE lines of its chunks; validated before any node works.
         Its `id` carries the request id; the graph charges the tokens to `ctx`'s caller."""
         route, prompt, rid = self.route(req.model), req.prompt(), ctx.request_id
+        ctx = ctx.tagged(req.user, req.metadata)
         log.info("request_id=%s openai chat model=%s user=%s", rid, req.model, req.user)
         if req.stream:
             return self._stream(ctx, req, route, prompt, chat=True)
@@ -124,6 +125,7 @@ class OpenAIFace:
     # ---- completions ---------------------------------------------------------------------------
     async def completions(self, ctx: RequestContext, req: CompletionRequest) -> Completion | AsyncIterator[str]:
         route, prompts, rid = self.route(req.model), req.prompts(), ctx.request_id
+        ctx = ctx.tagged(req.user, req.metadata)
         log.info("request_id=%s openai completions model=%s user=%s", rid, req.model, req.user)
         if req.stream:
             return self._stream(ctx, req, route, prompts[0], chat=False)

@@ -13,9 +13,8 @@ from graph.chat_format import Prompt
 from graph.config import GraphConfig
 from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest, NodeFailure
-from graph.policies import best_of as best_of_policy
-from graph.policies import cascade as cascade_policy
-from graph.policies.config import ALL, BestOf, NamedGraph
+from graph.policies import steps
+from graph.policies.config import ALL, NamedGraph
 from graph.policies.deadline import Deadline
 from graph.policies.run import Host, PolicyEvent, Run
 from graph.policies.schemas import DecisionEvent, PolicyResponse
@@ -58,20 +57,14 @@ def start(
         raise InvalidRequest("model: a named graph chooses its own nodes; leave model out", field="model")
     name = graph or host.config.policies.default
     run = Run(host=host, ctx=ctx, graph=name, prompt=prompt, overrides=overrides, deadline=deadline)
-    if isinstance(g, BestOf):
-        best_of_policy.check(run, g)
-    else:
-        cascade_policy.check(run, g)
+    steps.check(run, g)
     return run, g
 
 
 async def execute(run: Run, g: NamedGraph) -> PolicyResponse:
     """Run the policy; if it fails or is cancelled, stop every candidate it started."""
     try:
-        if isinstance(g, BestOf):
-            out = await best_of_policy.best_of(run, g)
-        else:
-            out = await cascade_policy.cascade(run, g)
+        out = await steps.run_graph(run, g)
         tracing.event(DecisionEvent(result=out))
         return out
     except BaseException:
