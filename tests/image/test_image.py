@@ -86,8 +86,9 @@ def memory(*containers: str) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in out.strip().splitlines())
 
 
-def check_generate_score(url: str) -> list[dict[str, Any]]:
-    r = httpx.post(url + "/generate_score", json={"original_sentence": "I have an idea!"}, timeout=300)
+def check_generate_score(url: str, **params: Any) -> list[dict[str, Any]]:
+    body: dict[str, Any] = {"original_sentence": "I have an idea!", **({"params": params} if params else {})}
+    r = httpx.post(url + "/generate_score", json=body, timeout=300)
     assert r.status_code == 200, r.text
     results = r.json()
     assert {item["model"] for item in results} == {"smollm2", "gemma3"}
@@ -226,12 +227,14 @@ def test_memory_idle_and_under_load(graph: dict[str, Any]) -> None:
             time.sleep(1)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    with step("8 concurrent /generate_score under `podman stats`"):
+    with step("4 clients x 3 /generate_score (32 new tokens) under `podman stats`"):
         sampler.start()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda _: check_generate_score(graph["url"]), range(8)))
-        done.set()
-        sampler.join(timeout=30)
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(lambda _: check_generate_score(graph["url"], max_new_tokens=32), range(12)))
+        finally:
+            done.set()
+            sampler.join(timeout=30)
     print(f"[image] memory idle: {idle}; under load: {peak}")
     assert peak
 
