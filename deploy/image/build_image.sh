@@ -32,7 +32,7 @@ echo "make image: wheels ready in $(( $(date +%s) - start )) s ($(du -sh "$wheel
 ctx="$OUT/context-$(echo "$IMAGE" | tr ':/' '__')"
 $BIN/python deploy/image/context.py "$BENTO" "$ctx"
 cp -al "$wheels" "$ctx/wheels" 2>/dev/null || cp -a "$wheels" "$ctx/wheels"
-cp deploy/image/Containerfile "$ctx/Containerfile"
+cp deploy/image/Containerfile deploy/image/init.sh "$ctx/"
 build_start=$(date +%s)
 if [ "$ENGINE" = podman ]; then
   # docker format: OCI images have no HEALTHCHECK.
