@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from graph.chat_format import Prompt
@@ -23,10 +23,21 @@ class LocalGenerator:
         return list(await asyncio.gather(*[self.engine.generate(p, params, request_id=request_id) for p in prompts]))
 
     async def stream(
-        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        request_id: str,
+        interval_ms: int,
+        on_admitted: Callable[[], None] | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        async for ev in self.engine.stream(prompt, params, request_id=request_id, interval_ms=interval_ms):
-            yield ev
+        events = self.engine.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms)
+        try:
+            if on_admitted is not None:
+                on_admitted()
+            async for ev in events:
+                yield ev
+        finally:
+            await events.aclose()
 
     async def cancel(self, request_id: str) -> bool:
         return bool(self.engine.cancel(request_id))

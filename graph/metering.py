@@ -8,7 +8,7 @@ what it generated before the cut.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from graph.chat_format import Prompt
 from graph.context import RequestContext
@@ -31,10 +31,15 @@ class Metered:
         return out
 
     async def stream(
-        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        request_id: str,
+        interval_ms: int,
+        on_admitted: Callable[[], None] | None = None,
     ) -> AsyncIterator[StreamEvent]:
         seen: dict[int, int] = {}  # sequence index -> tokens charged so far
-        async for ev in self.client.stream(prompt, params, request_id, interval_ms):
+        async for ev in self.client.stream(prompt, params, request_id, interval_ms, on_admitted):
             now = ev.result.completion_tokens if ev.result is not None else ev.tokens
             if now is not None and now > seen.get(ev.index, 0):
                 self.ctx.charge(now - seen.get(ev.index, 0))

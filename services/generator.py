@@ -18,7 +18,7 @@ from graph.memory import allocator
 from graph.memory import describe as describe_memory
 from graph.params import GenerationParams
 from graph.results import GenerationResult
-from graph.wire import encode_error, encode_event
+from graph.wire import ADMITTED_LINE, encode_error, encode_event
 from services.common import http_errors, setup_logging
 
 log = logging.getLogger("graph")
@@ -139,14 +139,21 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
         async def generate_stream(
             self, prompt: Prompt, params: GenerationParams, request_id: str = "", interval_ms: int = 0
         ) -> AsyncGenerator[str, None]:
-            """Stream events as JSON lines (graph/wire.py; an error arrives as an `error` line)."""
+            """Stream events as JSON lines (graph/wire.py): first an `admitted` line once the scheduler
+            has queued the request (or its refusal as an `error` line), then the events."""
             try:
-                async for ev in self.engine.stream(
-                    prompt, params, request_id=request_id or None, interval_ms=interval_ms
-                ):
+                events = self.engine.open_stream(prompt, params, request_id=request_id or None, interval_ms=interval_ms)
+            except GraphError as err:
+                yield encode_error(err)
+                return
+            try:
+                yield ADMITTED_LINE
+                async for ev in events:
                     yield encode_event(ev)
             except GraphError as err:
                 yield encode_error(err)
+            finally:
+                await events.aclose()
 
         @bentoml.api
         async def cancel(self, request_id: str) -> bool:

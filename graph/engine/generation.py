@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import torch
 
@@ -31,6 +31,25 @@ from graph.params import GenerationParams
 from graph.results import GenerationResult, StreamEvent, TokenLogprob, TopLogprob
 
 __all__ = ["GenerationEngine", "GenerationResult", "StreamEvent", "TokenLogprob", "TopLogprob"]
+
+
+class RequestStream:
+    """A submitted request's stream events; aclose() cancels the request's rows, started or not."""
+
+    def __init__(self, events: AsyncGenerator[StreamEvent, None], release: Callable[[], None]) -> None:
+        self._events, self._release = events, release
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+        finally:
+            self._release()
 
 
 class GenerationEngine:
@@ -189,9 +208,34 @@ class GenerationEngine:
         a sequence's final event (carrying its result) is sent at once. Fragments of a sequence
         concatenate to its final text and never run past a stop string. Closing the iterator
         early (aclose, or cancelling the consuming task) cancels the request and frees its rows."""
+        events = self.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms)
+        try:
+            async for ev in events:
+                yield ev
+        finally:
+            await events.aclose()
+
+    def open_stream(
+        self,
+        prompt: str | list[int] | ChatPrompt,
+        params: GenerationParams,
+        *,
+        request_id: str | None = None,
+        interval_ms: int = 0,
+    ) -> RequestStream:
+        """`stream`, with the request submitted now: a refusal (Overloaded, InvalidRequest) raises here,
+        before the caller has sent anything. The returned stream's aclose() cancels the request,
+        whether it was iterated or not."""
         prompt, params, kept = self._fit(prompt, params)
         req = self._submit(prompt, params, request_id, streaming=True, prompt_messages=kept)
-        total = params.num_return_sequences
+        return RequestStream(self._events(req, interval_ms), lambda: self._release(req))
+
+    def _release(self, req: Request) -> None:
+        if req.results_seen < req.params.num_return_sequences:
+            self._scheduler.cancel(req)
+
+    async def _events(self, req: Request, interval_ms: int) -> AsyncGenerator[StreamEvent, None]:
+        total = req.params.num_return_sequences
         interval = interval_ms / 1000.0
         pending: dict[int, str] = {}
         last_flush = float("-inf")
@@ -236,8 +280,7 @@ class GenerationEngine:
                     req.results_seen += 1
                     yield event
         finally:
-            if req.results_seen < total:
-                self._scheduler.cancel(req)
+            self._release(req)
 
     def cancel(self, request_id: str) -> bool:
         """Cancel every row of the request(s) with this id; False if none is queued or running.
