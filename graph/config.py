@@ -195,8 +195,12 @@ class GeneratorNode(_Strict):
     max_new_tokens_limit: int = Field(
         default=256, ge=1, le=MAX_NEW_TOKENS, description="Most max_new_tokens a request may ask of this node."
     )
-    max_prompt_tokens: int = Field(
-        default=512, ge=1, le=32768, description="Longest prompt in tokens (after the chat template)."
+    max_prompt_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_048_576,
+        description="Longest prompt in tokens (after the chat template). None = the model's whole context less "
+        "the request's max_new_tokens.",
     )
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="The decode batch and its queue.")
     budget: RequestBudget = Field(

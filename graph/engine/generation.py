@@ -25,10 +25,20 @@ from graph.engine.detok import make_decoder
 from graph.engine.grammar import Grammars
 from graph.engine.runners.base import Runner
 from graph.engine.runners.torch_runner import ModelRunner
-from graph.engine.scheduler import Request, Scheduler
+from graph.engine.scheduler import PLANNED_PROMPT, Request, Scheduler
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
 from graph.results import GenerationResult, StreamEvent, TokenLogprob, TopLogprob
+
+# The longest prompt of a model that names no context (and a node that sets no max_prompt_tokens).
+NO_CONTEXT_LIMIT = 32768
+
+
+def planned_prompt(max_prompt_tokens: int | None) -> int:
+    """Prompt columns the batch cache (and the compiled runner's buckets) are sized for up front: not the
+    whole context, whose buffers every row would carry; longer prompts grow the cache when they come."""
+    return min(max_prompt_tokens or PLANNED_PROMPT, PLANNED_PROMPT)
+
 
 __all__ = ["GenerationEngine", "GenerationResult", "StreamEvent", "TokenLogprob", "TopLogprob"]
 
@@ -63,7 +73,7 @@ class GenerationEngine:
         name: str,
         max_batch_size: int = 32,
         max_queue: int = 256,
-        max_prompt_tokens: int = 512,
+        max_prompt_tokens: int | None = None,
         threads: int | None = None,
         chat_template: bool = False,
         compile: bool = False,
@@ -84,7 +94,7 @@ class GenerationEngine:
         elif compile:
             from graph.engine.runners.torch_compiled import CompiledRunner
 
-            runner = CompiledRunner(model, max_batch_size=max_batch_size, max_length=max_prompt_tokens)
+            runner = CompiledRunner(model, max_batch_size=max_batch_size, max_length=planned_prompt(max_prompt_tokens))
         else:
             runner = ModelRunner(model)
         self._runner = runner
@@ -92,7 +102,9 @@ class GenerationEngine:
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
-        self.max_prompt_tokens = max_prompt_tokens
+        # The longest prompt: the configured limit, else the model's context (a request's own limit is
+        # that less its max_new_tokens: `prompt_limit`).
+        self.max_prompt_tokens: int = max_prompt_tokens or runner.max_positions or NO_CONTEXT_LIMIT
         if chat_template and not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
                 f"generators.{name}.chat_template: true, but this model's tokenizer has no chat template",
@@ -114,7 +126,7 @@ class GenerationEngine:
             pad_id=pad,
             max_batch_size=max_batch_size,
             max_queue=max_queue,
-            max_prompt_tokens=max_prompt_tokens,
+            max_prompt_tokens=self.max_prompt_tokens,
             threads=threads,
             max_request_share=max_request_share,
             max_wait_s=max_wait_s,
@@ -294,7 +306,9 @@ class GenerationEngine:
         rejected_total (Overloaded), shed_total (of those, refused for max_wait_s), failed_rows_total
         (rows failed alone), malloc_trims_total; gauges: active_rows, queued_requests, step_ms
         (moving average), kv_mb (the live rows' part of the KV cache), kv_buffer_mb (the KV buffers as
-        allocated: every row slot x the buffer's columns; untouched pages of it cost no RSS)."""
+        allocated: every row slot x the buffer's columns; untouched pages of it cost no RSS), kv_budget_mb
+        (what admission may build up: scheduler.max_kv_mb, else a quarter of the machine's memory),
+        chunked_prefills (long prompts being prefilled a chunk per step)."""
         s = self._scheduler
         cache = s._cache
         kv = s.kv_bytes(len(s.rows), cache.length) if cache is not None else 0
@@ -306,6 +320,8 @@ class GenerationEngine:
             "step_ms": round(s.step_s * 1000, 3),
             "kv_mb": round(kv / 2**20, 3),
             "kv_buffer_mb": round(buffer / 2**20, 3),
+            "kv_budget_mb": round((s.kv_budget or 0) / 2**20, 3),
+            "chunked_prefills": len(s._chunking),
         }
 
     def _fit(
@@ -321,10 +337,16 @@ class GenerationEngine:
     def fit_chat(self, messages: list[ChatMessage], params: GenerationParams) -> FittedChat:
         """`messages` as this node's prompt ids (its chat template or the plain transcript), the
         oldest cut until it fits max_prompt_tokens and the model's context less max_new_tokens."""
-        budget = self.max_prompt_tokens
-        if self._runner.max_positions:
-            budget = min(budget, self._runner.max_positions - params.max_new_tokens)
+        budget = self.prompt_limit(params)
         return fit_chat(self.tokenizer, messages, params, template=self.chat_template, max_tokens=budget)
+
+    def prompt_limit(self, params: GenerationParams) -> int:
+        """Prompt tokens a request with `params` may send: max_prompt_tokens, and the model's context
+        less the request's max_new_tokens."""
+        context = self._runner.max_positions
+        if not context:
+            return self.max_prompt_tokens
+        return max(0, min(self.max_prompt_tokens, context - params.max_new_tokens))
 
     def count_tokens(self, text: str, template: bool = True) -> int:
         """Tokens `text` takes as a prompt (special tokens included, as in generate); with `template`
@@ -356,16 +378,24 @@ class GenerationEngine:
             if self._bos_id is None:
                 raise InvalidRequest("prompt: must not be empty (this model has no BOS token)", field="prompt")
             ids = [self._bos_id]
-        if len(ids) > self.max_prompt_tokens:
+        context = self._runner.max_positions
+        if context and len(ids) > context - 1:
             raise InvalidRequest(
-                f"prompt: {len(ids)} tokens is above this node's limit of {self.max_prompt_tokens} prompt tokens",
+                f"prompt: {len(ids)} tokens is above this request's limit of {self.prompt_limit(params)} prompt "
+                f"tokens (the model's context of {context} tokens less max_new_tokens {params.max_new_tokens})",
                 field="prompt",
             )
-        limit = self._runner.max_positions
-        if limit and len(ids) + params.max_new_tokens > limit:
+        if len(ids) > self.max_prompt_tokens:
+            raise InvalidRequest(
+                f"prompt: {len(ids)} tokens is above this node's limit of {self.max_prompt_tokens} prompt tokens "
+                f"(max_prompt_tokens)",
+                field="prompt",
+            )
+        if context and len(ids) + params.max_new_tokens > context:
             raise InvalidRequest(
                 f"max_new_tokens: the prompt's {len(ids)} tokens + max_new_tokens {params.max_new_tokens} "
-                f"exceed the model's context of {limit} tokens",
+                f"exceed the model's context of {context} tokens (this request's prompt limit is "
+                f"{self.prompt_limit(params)} tokens)",
                 field="max_new_tokens",
             )
         if params.num_return_sequences > self.max_batch_size:

@@ -39,7 +39,7 @@ from graph.engine.runners.base import RowCache, Runner
 from graph.engine.runners.torch_runner import release_openmp_pool
 from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
 from graph.errors import InvalidRequest, NodeFailure, Overloaded
-from graph.memory import malloc_trim
+from graph.memory import default_kv_budget, malloc_trim
 from graph.params import GenerationParams
 from graph.results import FinishReason, GenerationResult, TokenLogprob, TopLogprob
 
@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 PREFILL_TOKEN_BUDGET = 4096
 # Columns a cache buffer keeps free on the right when it is (re)allocated.
 RIGHT_ROOM = 256
+# Prompt columns a new batch cache plans for on the left (the torch layout right-aligns rows): a
+# longer prompt moves the batch into a wider buffer when it joins, so rows never carry context-sized buffers.
+PLANNED_PROMPT = 512
+# A prompt longer than this is prefilled this many tokens per step, between the running rows' decode
+# steps (runners with chunked_prefill), so their streams keep flowing while it is read.
+CHUNK_TOKENS = 512
 # Idle this long (no rows, nothing waiting): give freed heap memory back to the OS once.
 IDLE_TRIM_S = 1.0
 
@@ -130,6 +136,17 @@ class Row:
         return RowSampling(self.req.params, self.generator, [*self.req.prompt_ids, *self.tokens], self.grammar)
 
 
+class Chunked:
+    """A long prompt being prefilled a chunk per step: its prompt tokens done so far and their cache."""
+
+    __slots__ = ("req", "done", "cache")
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        self.done = 0
+        self.cache: RowCache | None = None
+
+
 class Outbox:
     """Messages for consumers, sent with one thread-safe call per event loop."""
 
@@ -183,10 +200,12 @@ class Scheduler:
         self.max_queue = max_queue
         self.max_prompt_tokens = max_prompt_tokens
         self.threads = threads
+        self.chunk_tokens = CHUNK_TOKENS  # longer prompts are prefilled this many tokens per step
         # Rows one request id may hold (its first request is always admissible).
         self.row_cap = max(1, math.floor(max_batch_size * max_request_share))
         self.max_wait_s = max_wait_s
-        self.kv_budget = int(max_kv_mb * 2**20) if max_kv_mb else None
+        # KV bytes admission may build up: the config's max_kv_mb, else a share of the machine's memory
+        self.kv_budget: int | None = int(max_kv_mb * 2**20) if max_kv_mb else default_kv_budget()
         self.kv_bytes_per_token = kv_bytes_per_token  # one row, one position, all layers, keys + values
         self.step_s = 0.0  # moving average of a step's wall time (prefill + decode), for expected waits
         self.step_times = StepTimes()  # measured step time per batch size, for expected completions
@@ -202,6 +221,7 @@ class Scheduler:
         self.ready = threading.Event()  # set once the decode thread has warmed up
         # Owned by the decode thread.
         self.rows: list[Row] = []
+        self._chunking: deque[Chunked] = deque()  # long prompts being prefilled a chunk per step, oldest first
         self._cache: RowCache | None = None
         self._sampler: BatchSampler | None = None
         self._token_texts: dict[int, str] = {}
@@ -240,9 +260,10 @@ class Scheduler:
             waiting, self._waiting = list(self._waiting), deque()
             self._by_id.clear()
         out = Outbox()
-        for req in waiting + list({r.req: None for r in self.rows}):
+        for req in waiting + list({r.req: None for r in self.rows}) + [c.req for c in self._chunking]:
             out.put(req, NodeFailure(f"{self.name}: the generation engine was closed", node=self.name))
         self.rows, self._cache, self._sampler = [], None, None
+        self._chunking.clear()
         out.send()
 
     def submit(self, req: Request) -> None:
@@ -258,7 +279,8 @@ class Scheduler:
             raise InvalidRequest(
                 f"max_new_tokens: {n} rows x ({len(req.prompt_ids)} prompt + {req.params.max_new_tokens} new tokens) "
                 f"need {self.kv_bytes(n, len(req.prompt_ids) + req.params.max_new_tokens) / 2**20:.0f} MB of KV cache, "
-                f"above this node's scheduler.max_kv_mb={self.kv_budget / 2**20:.0f}",
+                f"above this node's KV budget of {self.kv_budget / 2**20:.0f} MB (scheduler.max_kv_mb; by default "
+                f"a quarter of the machine's memory)",
                 field="max_new_tokens",
             )
         with self._wake:
@@ -371,7 +393,7 @@ class Scheduler:
             while True:
                 trim = False
                 with self._wake:
-                    while not self._closing and not self._waiting and not self.rows:
+                    while not self._closing and not self._waiting and not self.rows and not self._chunking:
                         if trimmed:
                             self._wake.wait()
                         elif not self._wake.wait(IDLE_TRIM_S):
@@ -411,6 +433,7 @@ class Scheduler:
 
     def _fail_all(self, admitted: list[Request], exc: Exception) -> None:
         reqs = {r.req: None for r in self.rows}
+        reqs.update({c.req: None for c in self._chunking})
         reqs.update({r: None for r in admitted})
         out = Outbox()
         for req in reqs:
@@ -418,6 +441,7 @@ class Scheduler:
             self._unregister(req)
             out.put(req, NodeFailure(f"{self.name}: generation failed: {exc}", node=self.name))
         self.rows, self._cache, self._sampler = [], None, None
+        self._chunking.clear()
         out.send()
 
     def _step(self, admitted: list[Request]) -> None:
@@ -433,9 +457,14 @@ class Scheduler:
                 gone.append(i)
         self._drop(gone)
         admitted.extend(self._admit(now, out))
-        if admitted:
-            self._prefill(admitted, out)
+        whole = [r for r in admitted if not self._chunked(r)]
+        self._chunking.extend(Chunked(r) for r in admitted if self._chunked(r))
+        if whole:
+            self._prefill(whole, out)
             out.send()  # first tokens go out before the next forward
+        if self._chunking:
+            self._prefill_chunk(now, out)
+            out.send()
         self._stepped_rows = len(self.rows)
         if self.rows:
             self._decode(out)
@@ -445,8 +474,10 @@ class Scheduler:
         """Waiting requests to prefill now: round-robin over request ids (oldest first), FIFO within
         an id, an id at its row cap skipped (it waits while others go); a request that does not fit
         in the free rows (or the KV budget) stops admission, so nobody overtakes it."""
-        free = self.max_batch_size - len(self.rows)
+        chunking = sum(c.req.params.num_return_sequences for c in self._chunking)
+        free = self.max_batch_size - len(self.rows) - chunking  # rows of prompts still being prefilled are taken
         held = Counter(r.req.id for r in self.rows)
+        held.update({c.req.id: c.req.params.num_return_sequences for c in self._chunking})
         span = max((len(r.req.prompt_ids) + r.req.params.max_new_tokens for r in self.rows), default=0)
         taken: list[Request] = []
         longest = 0
@@ -466,12 +497,13 @@ class Scheduler:
                     if held[rid] and held[rid] + n > self.row_cap:
                         del groups[rid]  # at its share of the batch: its other requests wait
                         continue
-                    p = max(longest, len(req.prompt_ids))
+                    chunked = self._chunked(req)  # prefilled a chunk per step: not in this step's batch
+                    p = longest if chunked else max(longest, len(req.prompt_ids))
                     new_span = max(span, len(req.prompt_ids) + req.params.max_new_tokens)
                     rows = self.max_batch_size - free + n
                     if (
                         n > free
-                        or (taken and p * (len(taken) + 1) > PREFILL_TOKEN_BUDGET)
+                        or (taken and not chunked and p * (len(taken) + 1) > PREFILL_TOKEN_BUDGET)
                         or (self.kv_budget is not None and rows > n and self.kv_bytes(rows, new_span) > self.kv_budget)
                     ):
                         groups.clear()
@@ -500,7 +532,37 @@ class Scheduler:
         logits, cache = self.runner.prefill(ids, mask)
         self.counters["prefill_steps_total"] += 1
         self.counters["prompt_tokens_total"] += sum(len(r.prompt_ids) for r in reqs)
+        self._join(reqs, logits, cache, out)
 
+    def _chunked(self, req: Request) -> bool:
+        """Whether `req`'s prompt is prefilled a chunk per step (long, on a runner that can)."""
+        return self.runner.chunked_prefill and len(req.prompt_ids) > self.chunk_tokens
+
+    def _prefill_chunk(self, now: float, out: Outbox) -> None:
+        """The next chunk of the oldest long prompt being prefilled; its rows join the batch after its last."""
+        c = self._chunking[0]
+        req = c.req
+        if req.cancelled or (req.deadline is not None and now >= req.deadline):
+            self._chunking.popleft()
+            for row in req.rows:
+                self._finish(row, "cancelled" if req.cancelled else "time", out)
+            return
+        total = len(req.prompt_ids)
+        chunk = req.prompt_ids[c.done : c.done + self.chunk_tokens]
+        logits, cache = self.runner.prefill_chunk(torch.tensor([chunk], dtype=torch.long), c.cache, total)
+        c.cache = cache
+        c.done += len(chunk)
+        self.counters["prefill_steps_total"] += 1
+        self.counters["prompt_tokens_total"] += len(chunk)
+        if c.done < total:
+            return
+        self._chunking.popleft()
+        self._join([req], logits, cache, out)
+
+    def _join(self, reqs: list[Request], logits: torch.Tensor, cache: RowCache, out: Outbox) -> None:
+        """First tokens of prefilled prompts `reqs` (a prefill's logits and cache, one row per
+        prompt); their unfinished rows join the running batch."""
+        b = len(reqs)
         # The samples of one prompt share its prefill: its logits and KV rows are repeated.
         rows = [row for req in reqs for row in req.rows]
         src = [i for i, req in enumerate(reqs) for _ in req.rows]
@@ -518,11 +580,8 @@ class Scheduler:
             return
         batch_cache = self._cache
         if batch_cache is None:
-            batch_cache = self._cache = self.runner.new_cache(
-                self.max_batch_size,
-                self.max_prompt_tokens + RIGHT_ROOM,
-                left_room=self.max_prompt_tokens,
-            )
+            room = min(self.max_prompt_tokens, PLANNED_PROMPT)  # not the whole context: longer prompts grow it
+            batch_cache = self._cache = self.runner.new_cache(self.max_batch_size, room + RIGHT_ROOM, left_room=room)
         batch_cache.add_rows(cache, [src[j] for j in keep], RIGHT_ROOM)
         self.rows.extend(rows[j] for j in keep)
         self._sampler = None

@@ -74,6 +74,16 @@ class Runner(ABC, Generic[C]):
         """One token per live row of `cache` (`ids`, `positions`: [rows, 1]) -> logits [rows, vocab]
         (float32); the cache keeps room for `right_room` more tokens per row."""
 
+    # Whether `prefill_chunk` works: the scheduler then prefills long prompts a chunk per step.
+    chunked_prefill: bool = False
+
+    def prefill_chunk(self, ids: torch.Tensor, cache: C | None, total: int) -> tuple[torch.Tensor, C]:
+        """The next tokens `ids` [1, k] of one prompt of `total` tokens, on top of `cache` (what its
+        earlier chunks left; None for the first chunk) -> logits at the chunk's last position [1, vocab]
+        (float32) and the cache, a one-row prefill cache to `add_rows` from once the prompt is done.
+        Backends that cannot set `chunked_prefill` False: their prompts are prefilled in one go."""
+        raise NotImplementedError(f"{type(self).__name__} prefills prompts in one go")
+
     @abstractmethod
     def kv_bytes_per_token(self) -> int:
         """KV memory of one row at one position, keys and values of every layer, in bytes."""
