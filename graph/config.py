@@ -88,7 +88,15 @@ class SchedulerConfig(_Strict):
         gt=0.0,
         le=1_000_000.0,
         description="KV cache budget (MiB): "
-        "admission waits rather than grow the cache past it; one request needing more is a 400. None = off.",
+        "admission waits rather than grow the cache past it; one request needing more is a 400. None = a quarter "
+        "of the machine's memory (or of the cgroup's limit).",
+    )
+    prefix_cache_mb: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1_000_000.0,
+        description="Memory (MiB) for prompts kept for reuse: a prompt that starts with a kept one (of the same "
+        "API key) prefills only the rest. None = a quarter of the KV budget; 0 = off.",
     )
 
 

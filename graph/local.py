@@ -18,9 +18,13 @@ class LocalGenerator:
         self.engine = engine
 
     async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = ""
     ) -> list[list[GenerationResult]]:
-        return list(await asyncio.gather(*[self.engine.generate(p, params, request_id=request_id) for p in prompts]))
+        return list(
+            await asyncio.gather(
+                *[self.engine.generate(p, params, request_id=request_id, scope=scope) for p in prompts]
+            )
+        )
 
     async def stream(
         self,
@@ -29,8 +33,9 @@ class LocalGenerator:
         request_id: str,
         interval_ms: int,
         on_admitted: Callable[[], None] | None = None,
+        scope: str = "",
     ) -> AsyncIterator[StreamEvent]:
-        events = self.engine.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms)
+        events = self.engine.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope)
         try:
             if on_admitted is not None:
                 on_admitted()

@@ -15,8 +15,10 @@ class GeneratorClient(Protocol):
     """What the graph needs from a generator node (a local engine or a BentoML dependency)."""
 
     async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str
-    ) -> list[list[GenerationResult]]: ...
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = ""
+    ) -> list[list[GenerationResult]]:
+        """Results per prompt; `scope` (the caller's API key id): whose kept prompts these may start from."""
+        ...
 
     def stream(
         self,
@@ -25,6 +27,7 @@ class GeneratorClient(Protocol):
         request_id: str,
         interval_ms: int,
         on_admitted: Callable[[], None] | None = None,
+        scope: str = "",
     ) -> AsyncIterator[StreamEvent]:
         """The request's events; `on_admitted()` is called once the node has accepted the request
         (before its first event; a refusal is raised instead, before any event)."""

@@ -134,10 +134,10 @@ class GeneratorNodeClient:
         self.dep, self.node, self.retries = dep, node, retries
 
     async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = ""
     ) -> list[list[GenerationResult]]:
         out = await _retrying(
-            lambda: self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id),
+            lambda: self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id, scope=scope),
             self.node,
             request_id,
             self.dep,
@@ -152,9 +152,10 @@ class GeneratorNodeClient:
         request_id: str,
         interval_ms: int,
         on_admitted: Callable[[], None] | None = None,
+        scope: str = "",
     ) -> AsyncIterator[StreamEvent]:
         chunks = self.dep.to_async.generate_stream(
-            prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms
+            prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms, scope=scope
         )
         return _events(chunks, self.node, on_admitted)
 

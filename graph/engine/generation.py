@@ -80,6 +80,7 @@ class GenerationEngine:
         max_request_share: float = 1.0,
         max_wait_s: float | None = None,
         max_kv_mb: float | None = None,
+        prefix_cache_mb: float | None = None,
     ) -> None:
         """`model`: a causal LM in eval mode; `tokenizer`: its fast tokenizer. `threads` sets torch's
         (process-wide) thread count. Prompts are tokenized with the tokenizer's special tokens (BOS
@@ -132,6 +133,7 @@ class GenerationEngine:
             max_wait_s=max_wait_s,
             max_kv_mb=max_kv_mb,
             kv_bytes_per_token=runner.kv_bytes_per_token(),
+            prefix_cache_mb=prefix_cache_mb,
         )
 
     @classmethod
@@ -161,6 +163,7 @@ class GenerationEngine:
             max_request_share=sched.max_request_share,
             max_wait_s=sched.max_wait_s,
             max_kv_mb=sched.max_kv_mb,
+            prefix_cache_mb=sched.prefix_cache_mb,
             compile=runtime.compile,
         )
         if runtime.backend == "torch":
@@ -185,13 +188,18 @@ class GenerationEngine:
 
     # -- requests ------------------------------------------------------------------------------------
     async def generate(
-        self, prompt: str | list[int] | ChatPrompt, params: GenerationParams, *, request_id: str | None = None
+        self,
+        prompt: str | list[int] | ChatPrompt,
+        params: GenerationParams,
+        *,
+        request_id: str | None = None,
+        scope: str = "",
     ) -> list[GenerationResult]:
         """All `params.num_return_sequences` completions of `prompt`, in index order. A prompt given
         as token ids (e.g. from `fit_chat`) is used as it is: no chat template, no special tokens;
         a ChatPrompt is fitted here (`fit_chat`)."""
         prompt, params, kept = self._fit(prompt, params)
-        req = self._submit(prompt, params, request_id, streaming=False, prompt_messages=kept)
+        req = self._submit(prompt, params, request_id, streaming=False, prompt_messages=kept, scope=scope)
         total = params.num_return_sequences
         results: list[GenerationResult | None] = [None] * total
         try:
@@ -215,12 +223,13 @@ class GenerationEngine:
         *,
         request_id: str | None = None,
         interval_ms: int = 0,
+        scope: str = "",
     ) -> AsyncIterator[StreamEvent]:
         """Text fragments per sequence index, at most one event per `interval_ms` per sequence;
         a sequence's final event (carrying its result) is sent at once. Fragments of a sequence
         concatenate to its final text and never run past a stop string. Closing the iterator
         early (aclose, or cancelling the consuming task) cancels the request and frees its rows."""
-        events = self.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms)
+        events = self.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope)
         try:
             async for ev in events:
                 yield ev
@@ -234,12 +243,13 @@ class GenerationEngine:
         *,
         request_id: str | None = None,
         interval_ms: int = 0,
+        scope: str = "",
     ) -> RequestStream:
         """`stream`, with the request submitted now: a refusal (Overloaded, InvalidRequest) raises here,
         before the caller has sent anything. The returned stream's aclose() cancels the request,
         whether it was iterated or not."""
         prompt, params, kept = self._fit(prompt, params)
-        req = self._submit(prompt, params, request_id, streaming=True, prompt_messages=kept)
+        req = self._submit(prompt, params, request_id, streaming=True, prompt_messages=kept, scope=scope)
         return RequestStream(self._events(req, interval_ms), lambda: self._release(req))
 
     def _release(self, req: Request) -> None:
@@ -372,6 +382,7 @@ class GenerationEngine:
         *,
         streaming: bool,
         prompt_messages: int | None = None,
+        scope: str = "",
     ) -> Request:
         ids = list(prompt) if isinstance(prompt, list) else self._encode(prompt)
         if not ids:
@@ -412,6 +423,7 @@ class GenerationEngine:
             decode=self._decode,
             prompt_messages=prompt_messages,
             grammars=self._grammars.matchers(params.response_format, params.num_return_sequences),
+            scope=scope,
         )
         self._scheduler.submit(req)
         return req

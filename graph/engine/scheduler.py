@@ -35,6 +35,7 @@ import torch
 from graph.engine.admission import StepTimes, extra_latency_s
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
 from graph.engine.grammar import RowGrammar
+from graph.engine.kv.prefix_cache import BLOCK_TOKENS, Hit, PrefixCache
 from graph.engine.runners.base import RowCache, Runner
 from graph.engine.runners.torch_runner import release_openmp_pool
 from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
@@ -76,8 +77,12 @@ class Request:
         decode,
         prompt_messages: int | None = None,
         grammars: Sequence[RowGrammar | None] = (),
+        scope: str = "",
     ) -> None:
         self.id = rid
+        self.scope = scope  # whose kept prompts this one may start from (the caller's API key)
+        self.looked_up = False  # the kept prompts were searched for its prefix
+        self.hit: Hit | None = None
         self.prompt_ids = prompt_ids
         self.prompt_messages = prompt_messages  # a chat prompt's messages kept (reported in results)
         self.params = params
@@ -190,6 +195,7 @@ class Scheduler:
         max_wait_s: float | None = None,
         max_kv_mb: float | None = None,
         kv_bytes_per_token: int = 0,
+        prefix_cache_mb: float | None = None,
     ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
@@ -207,6 +213,11 @@ class Scheduler:
         # KV bytes admission may build up: the config's max_kv_mb, else a share of the machine's memory
         self.kv_budget: int | None = int(max_kv_mb * 2**20) if max_kv_mb else default_kv_budget()
         self.kv_bytes_per_token = kv_bytes_per_token  # one row, one position, all layers, keys + values
+        # Prompts kept for reuse (graph/engine/kv/prefix_cache.py): prefix_cache_mb, else a quarter of the KV budget.
+        keep = int(prefix_cache_mb * 2**20) if prefix_cache_mb is not None else (self.kv_budget or 0) // 4
+        self.prefixes = (
+            PrefixCache(keep, kv_bytes_per_token) if runner.chunked_prefill and keep and kv_bytes_per_token else None
+        )
         self.step_s = 0.0  # moving average of a step's wall time (prefill + decode), for expected waits
         self.step_times = StepTimes()  # measured step time per batch size, for expected completions
         self._stepped_rows = 0  # rows the last step decoded
@@ -231,6 +242,7 @@ class Scheduler:
             requests_total=0,
             batch_steps_total=0,
             prefill_steps_total=0,
+            prefix_hit_tokens_total=0,
             cancelled_total=0,
             rejected_total=0,
             shed_total=0,
@@ -522,51 +534,80 @@ class Scheduler:
         return taken
 
     def _prefill(self, reqs: list[Request], out: Outbox) -> None:
-        b, p = len(reqs), max(len(r.prompt_ids) for r in reqs)
+        """One batched prefill of `reqs`' prompts; identical prompts of one scope (best_of candidates,
+        cascade steps sent at once) are prefilled once and share the row. Each prompt is kept for reuse."""
+        unique: dict[tuple[str, tuple[int, ...]], int] = {}
+        of_req = [unique.setdefault((r.scope, tuple(r.prompt_ids)), len(unique)) for r in reqs]
+        prompts = list(unique)
+        b, p = len(prompts), max(len(ids) for _, ids in prompts)
         ids = torch.full((b, p), self.pad_id, dtype=torch.long)
         mask = torch.zeros(b, p, dtype=torch.bool)
-        for i, req in enumerate(reqs):
-            n = len(req.prompt_ids)
-            ids[i, p - n :] = torch.tensor(req.prompt_ids, dtype=torch.long)
+        for i, (_, prompt) in enumerate(prompts):
+            n = len(prompt)
+            ids[i, p - n :] = torch.tensor(prompt, dtype=torch.long)
             mask[i, p - n :] = True
         logits, cache = self.runner.prefill(ids, mask)
         self.counters["prefill_steps_total"] += 1
-        self.counters["prompt_tokens_total"] += sum(len(r.prompt_ids) for r in reqs)
-        self._join(reqs, logits, cache, out)
+        self.counters["prompt_tokens_total"] += sum(len(prompt) for _, prompt in prompts)
+        self.counters["prefix_hit_tokens_total"] += sum(len(r.prompt_ids) for r in reqs) - sum(
+            len(prompt) for _, prompt in prompts
+        )
+        if self.prefixes is not None:
+            for i, (scope, prompt) in enumerate(prompts):
+                if len(prompt) >= BLOCK_TOKENS:
+                    n = len(prompt)
+                    self.prefixes.keep(scope, prompt, cache.copy_row(i, p - n, n, n))
+        self._join(reqs, logits, cache, out, of_req)
 
     def _chunked(self, req: Request) -> bool:
-        """Whether `req`'s prompt is prefilled a chunk per step (long, on a runner that can)."""
-        return self.runner.chunked_prefill and len(req.prompt_ids) > self.chunk_tokens
+        """Whether `req`'s prompt is prefilled on its own, a chunk per step (runners with chunked_prefill):
+        a long prompt, or one that starts with a kept prompt (only the rest is prefilled)."""
+        if not self.runner.chunked_prefill:
+            return False
+        if not req.looked_up:
+            req.looked_up = True
+            req.hit = self.prefixes.lookup(req.scope, req.prompt_ids) if self.prefixes is not None else None
+        return req.hit is not None or len(req.prompt_ids) > self.chunk_tokens
 
     def _prefill_chunk(self, now: float, out: Outbox) -> None:
-        """The next chunk of the oldest long prompt being prefilled; its rows join the batch after its last."""
-        c = self._chunking[0]
-        req = c.req
-        if req.cancelled or (req.deadline is not None and now >= req.deadline):
+        """Chunks of the long (or partly kept) prompts being prefilled, oldest first, up to chunk_tokens
+        tokens in all (one chunk at least); a prompt's rows join the batch after its last chunk."""
+        budget = self.chunk_tokens
+        while self._chunking and budget > 0:
+            c = self._chunking[0]
+            req = c.req
+            if req.cancelled or (req.deadline is not None and now >= req.deadline):
+                self._chunking.popleft()
+                for row in req.rows:
+                    self._finish(row, "cancelled" if req.cancelled else "time", out)
+                continue
+            total = len(req.prompt_ids)
+            if c.cache is None and req.hit is not None:  # start from the kept prefix: prefill only the rest
+                c.done = req.hit.tokens
+                c.cache = req.hit.kept.cache.copy_row(0, 0, c.done, total)
+                self.counters["prefix_hit_tokens_total"] += c.done
+                req.hit = None  # the kept prompt may be evicted now
+            chunk = req.prompt_ids[c.done : c.done + min(budget, self.chunk_tokens)]
+            logits, cache = self.runner.prefill_chunk(torch.tensor([chunk], dtype=torch.long), c.cache, total)
+            c.cache = cache
+            c.done += len(chunk)
+            budget -= len(chunk)
+            self.counters["prefill_steps_total"] += 1
+            self.counters["prompt_tokens_total"] += len(chunk)
+            if c.done < total:
+                return
             self._chunking.popleft()
-            for row in req.rows:
-                self._finish(row, "cancelled" if req.cancelled else "time", out)
-            return
-        total = len(req.prompt_ids)
-        chunk = req.prompt_ids[c.done : c.done + self.chunk_tokens]
-        logits, cache = self.runner.prefill_chunk(torch.tensor([chunk], dtype=torch.long), c.cache, total)
-        c.cache = cache
-        c.done += len(chunk)
-        self.counters["prefill_steps_total"] += 1
-        self.counters["prompt_tokens_total"] += len(chunk)
-        if c.done < total:
-            return
-        self._chunking.popleft()
-        self._join([req], logits, cache, out)
+            if self.prefixes is not None:
+                self.prefixes.keep(req.scope, req.prompt_ids, cache)
+            self._join([req], logits, cache, out, [0])
 
-    def _join(self, reqs: list[Request], logits: torch.Tensor, cache: RowCache, out: Outbox) -> None:
-        """First tokens of prefilled prompts `reqs` (a prefill's logits and cache, one row per
-        prompt); their unfinished rows join the running batch."""
-        b = len(reqs)
+    def _join(self, reqs: list[Request], logits: torch.Tensor, cache: RowCache, out: Outbox, of_req: list[int]) -> None:
+        """First tokens of prefilled prompts `reqs` (a prefill's logits and cache; request i's prompt
+        is row of_req[i]); their unfinished rows join the running batch."""
         # The samples of one prompt share its prefill: its logits and KV rows are repeated.
         rows = [row for req in reqs for row in req.rows]
-        src = [i for i, req in enumerate(reqs) for _ in req.rows]
-        if src != list(range(b)):
+        src = [of_req[i] for i, req in enumerate(reqs) for _ in req.rows]
+        if src != list(range(logits.shape[0])):
             logits = logits.index_select(0, torch.tensor(src, dtype=torch.long))
         step = self._choose(BatchSampler([r.sampling() for r in rows], logits.shape[-1]), rows, logits, out)
         now = time.monotonic()

@@ -25,7 +25,7 @@ def prompt_of(engine, tokens: int) -> list[int]:
 
 @pytest.fixture(scope="module", params=["causal_lm", "causal_lm_b"], ids=["llama", "gpt2"])
 def engine(request, tiny_dir):
-    eng = make_engine(tiny_dir / request.param)
+    eng = make_engine(tiny_dir / request.param, prefix_cache_mb=0)  # no kept prompts: every prompt is prefilled
     yield eng
     eng.close()
 

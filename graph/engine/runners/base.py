@@ -47,6 +47,12 @@ class RowCache(ABC):
         """Drop `rows` and free what they held. Returns, for each remaining position, the old
         position of the row now there (the scheduler reorders its own rows the same way)."""
 
+    def copy_row(self, row: int, first: int, n: int, capacity: int) -> Self:
+        """A new one-row cache holding columns [first, first + n) of row `row` (counted from the
+        buffer's first used column) at columns [0, n), with room for `capacity` columns: how a prompt
+        is kept for reuse and how a kept prefix starts a new prompt (runners with chunked_prefill)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot copy rows out")
+
 
 C = TypeVar("C", bound=RowCache)
 
