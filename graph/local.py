@@ -73,12 +73,12 @@ def build_local_graph(config: Any, **lookups: Any) -> tuple[Any, dict[str, Any]]
     Engines are started; close them when done. `lookups` are passed to the loaders (store_lookup,
     embedded_lookup) for BentoML-store and embedded model references."""
     from graph.compose import Graph
-    from graph.engine import GenerationEngine
     from graph.models.loading import load_classifier
+    from graph.models.node_engine import engine_for_node
 
     engines = {}
     for name, node in config.generators.items():
-        engines[name] = GenerationEngine.from_node(name, node, threads=config.generator_threads(name), **lookups)
+        engines[name] = engine_for_node(name, node, threads=config.generator_threads(name), **lookups)
         engines[name].warmup()
     classifier = LocalClassifier(load_classifier(config.classifier, **lookups))
     graph = Graph(config, {n: LocalGenerator(e) for n, e in engines.items()}, classifier)

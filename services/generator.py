@@ -81,11 +81,11 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
 
         def __init__(self) -> None:
             setup_logging()
-            from graph.engine import GenerationEngine
+            from graph.models.node_engine import engine_for_node
             from services.store import embedded_lookup, onnx_lookup, store_lookup
 
             start = time.time()
-            self.engine = GenerationEngine.from_node(
+            self.engine = engine_for_node(
                 name,
                 node,
                 threads=threads,

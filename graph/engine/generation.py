@@ -136,41 +136,6 @@ class GenerationEngine:
             prefix_cache_mb=prefix_cache_mb,
         )
 
-    @classmethod
-    def from_node(cls, name: str, node, *, threads: int | None = None, **lookups) -> GenerationEngine:
-        """The engine of generator node `name` (a graph.config.GeneratorNode), model loaded, not
-        started. `lookups` go to graph.models.loading.load_causal_lm (store_lookup, embedded_lookup)."""
-        from graph.models.loading import load_causal_lm, resolve_runtime
-
-        runtime = resolve_runtime(node.runtime, name=name, model=node.model)
-        if runtime.backend == "onnx":
-            from graph.models.onnx_model import load
-
-            model, tokenizer = load(node.model, runtime, threads=threads, **lookups)
-        else:
-            lookups.pop("onnx_lookup", None)
-            model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
-        sched = node.scheduler
-        engine = cls(
-            model,
-            tokenizer,
-            name=name,
-            max_batch_size=sched.max_batch_size,
-            max_queue=sched.max_queue,
-            max_prompt_tokens=node.max_prompt_tokens,
-            threads=threads,
-            chat_template=node.chat_template,
-            max_request_share=sched.max_request_share,
-            max_wait_s=sched.max_wait_s,
-            max_kv_mb=sched.max_kv_mb,
-            prefix_cache_mb=sched.prefix_cache_mb,
-            compile=runtime.compile,
-        )
-        if runtime.backend == "torch":
-            quant = "" if runtime.quantize == "none" else f", {runtime.quantize}"
-            engine.runtime_name = f"torch {runtime.dtype}{quant}" + (", compiled" if runtime.compile else "")
-        return engine
-
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the decode thread (idempotent; does nothing after close())."""
