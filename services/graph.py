@@ -189,23 +189,24 @@ class InferenceGraph(ChatEndpoints):
     @http_errors
     async def generate_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """Server-sent events: fragments tagged by model, a final event per completion, then [DONE]."""
-        return self._sse(ctx, StreamRequest(**fields), score=False)
+        return await self._sse(ctx, StreamRequest(**fields), score=False)
 
     @bentoml.api(input_spec=ScoreStreamRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate_score_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """Like generate_stream, plus a `score` event for each completion as soon as it ends; a named graph
         (`graph`) streams its candidates, pruning rounds, gates and its decision."""
-        return self._sse(ctx, ScoreStreamRequest(**fields), score=True)
+        return await self._sse(ctx, ScoreStreamRequest(**fields), score=True)
 
-    def _sse(self, ctx: bentoml.Context, req: StreamRequest, *, score: bool) -> Any:
-        """Validated now (bad input is a 4xx, not a broken stream); the events flow afterwards."""
+    async def _sse(self, ctx: bentoml.Context, req: StreamRequest, *, score: bool) -> Any:
+        """Validated and admitted now (bad input is a 4xx and a node's refusal a 429 with Retry-After,
+        not a broken stream); the events flow afterwards."""
         graph, deadline = (req.graph, req.deadline_ms) if isinstance(req, ScoreStreamRequest) else (None, None)
         rctx = request_context(ctx).asking(deadline)
         if isinstance(req, ScoreStreamRequest):
             rctx = rctx.tagged(req.user, req.metadata)
         interval = req.intermediate_result_interval_ms
-        events = self.graph.stream(
+        events = await self.graph.open_stream(
             rctx, req.prompt, req.model, req.params, interval_ms=interval, score=score, graph=graph
         )
 

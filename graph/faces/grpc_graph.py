@@ -110,7 +110,7 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
     async def GenerateScoreStream(self, request: pb.StreamRequest, context: Any) -> AsyncIterator[pb.GraphEvent]:
         """Token, final and score events (and error events of a failed node) as the SSE stream has."""
         req = validated(StreamRequest, fields_of(request))
-        events = self.graph.stream(
+        events = await self.graph.open_stream(
             request_context(context),
             req.prompt,
             req.model,

@@ -127,7 +127,7 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
             yield pb.GenerateStreamedResponse(text_fragment=call.text + out.answer.completion)
             return
         interval_ms = call.intermediate_result_interval_ms or self.stream_interval_ms
-        events = self.graph.stream(ctx, call.text, node, overrides, interval_ms=interval_ms)
+        events = await self.graph.open_stream(ctx, call.text, node, overrides, interval_ms=interval_ms)
         prefix = call.text  # the first fragment carries the prompt: fragments add up to Generate's text
         try:
             async for fragment in paced(texts(events, node), interval_ms / 1000.0):  # pyright: ignore[reportArgumentType]  score=False: no policy events

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -371,3 +371,11 @@ class Policies(_Strict):
 
 def is_unbounded(margin: float) -> bool:
     return math.isinf(margin)
+
+
+class WithPolicies(Protocol):
+    """What the policies read of a graph config (graph.config.GraphConfig is one): the policies depend on
+    this, not on graph.config, which imports this module."""
+
+    @property
+    def policies(self) -> Policies: ...

@@ -10,11 +10,10 @@ from pydantic import BaseModel
 
 from graph import tracing
 from graph.chat_format import Prompt
-from graph.config import GraphConfig
 from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest, NodeFailure
 from graph.policies import steps
-from graph.policies.config import ALL, NamedGraph
+from graph.policies.config import ALL, NamedGraph, WithPolicies
 from graph.policies.deadline import Deadline
 from graph.policies.run import Host, PolicyEvent, Run
 from graph.policies.schemas import DecisionEvent, PolicyResponse
@@ -24,12 +23,12 @@ from graph.tasks import background
 log = logging.getLogger("graph")
 
 
-def graph_names(config: GraphConfig) -> list[str]:
+def graph_names(config: WithPolicies) -> list[str]:
     """Every graph a request may name (`all` first); the OpenAI face lists each as model `graph:<name>`."""
     return config.policies.names()
 
 
-def resolve(config: GraphConfig, name: str | None, field: str = "graph") -> NamedGraph | None:
+def resolve(config: WithPolicies, name: str | None, field: str = "graph") -> NamedGraph | None:
     """The named graph a request chose (None: the built-in `all`); a 400 naming the field if unknown."""
     chosen = config.policies.default if name is None else name
     if chosen == ALL:

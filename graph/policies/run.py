@@ -14,11 +14,11 @@ from pydantic import BaseModel
 
 from graph import tracing
 from graph.chat_format import Prompt, score_text
-from graph.config import GraphConfig
 from graph.context import RequestContext
 from graph.errors import InvalidRequest
 from graph.nodes import GeneratorClient
 from graph.params import GenerationParams
+from graph.policies.config import WithPolicies
 from graph.policies.deadline import Deadline, Latencies
 from graph.policies.labels import LabelVectors
 from graph.policies.schemas import Candidate, CandidatesEvent, DecisionEvent, GateEvent, PruneEvent, StepEvent
@@ -37,9 +37,11 @@ Emit = Callable[[PolicyEvent], Awaitable[None]]
 class Host(Protocol):
     """What a policy needs of the graph (graph.compose.Graph has it)."""
 
-    config: GraphConfig
     latencies: Latencies
     label_vectors: LabelVectors
+
+    @property
+    def config(self) -> WithPolicies: ...
 
     @property
     def generators(self) -> Mapping[str, GeneratorClient]: ...
