@@ -98,7 +98,9 @@ def test_running_streams_keep_decoding_while_a_long_prompt_is_prefilled(engine):
         during, _ = asyncio.run(go())
     finally:
         sched.chunk_tokens = 512
-    assert during >= 8  # one decode step of the running row per chunk at least
+    # a decode step of the running row between every two of the 8 chunks at least (whether one also runs
+    # before the first chunk depends on where the step loop was when the prompt arrived)
+    assert during >= 7
 
 
 async def _count(engine, seen: list[int]) -> None:
