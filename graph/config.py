@@ -112,7 +112,8 @@ class RuntimeConfig(_Strict):
         default="float32", description="auto = bfloat16 with AVX512-BF16/AMX."
     )
     compile: bool = Field(
-        default=False, description="torch.compile the decode step on shape buckets (graph/engine/compiled.py)."
+        default=False,
+        description="torch.compile the decode step on shape buckets (graph/engine/runners/torch_compiled.py).",
     )
     optimize: Literal["latency", "throughput"] = Field(
         default="latency",

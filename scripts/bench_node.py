@@ -59,7 +59,7 @@ RUNTIMES = {
     "int4_weight": RuntimeConfig(quantize="int4_weight", dtype="bfloat16"),
     "int8_weight+compile": RuntimeConfig(quantize="int8_weight", dtype="bfloat16", compile=True),
     "int4_weight+compile": RuntimeConfig(quantize="int4_weight", dtype="bfloat16", compile=True),
-    # backend onnx (graph/engine/onnx_runner.py): the project's engine over an ONNX Runtime conversion
+    # backend onnx (graph/engine/runners/onnx_runner.py): the project's engine over an ONNX Runtime conversion
     "onnx-int4": RuntimeConfig(backend="onnx", onnx_precision="int4"),
     "onnx-int4-acc1": RuntimeConfig(backend="onnx", onnx_precision="int4", onnx_accuracy_level=1),
     "onnx-int8": RuntimeConfig(backend="onnx", onnx_precision="int8"),
@@ -160,7 +160,7 @@ def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids) -> dict
         model, tok = load_causal_lm(ModelRef(path=path), runtime)
     loaded = time.perf_counter() - t0
     # Perplexity runs here, on this thread, before the engine starts: the engine's start dismisses
-    # this thread's OpenMP pool (graph/engine/runner.py:release_openmp_pool). Run after the start,
+    # this thread's OpenMP pool (graph/engine/runners/torch_runner.py:release_openmp_pool). Run after the start,
     # it would make a second pool beside the decode thread's and every decode step would wake its
     # threads through futexes: measured on SmolLM2 int4_weight, 17.2 -> 30.7 ms/token and 257 ->
     # 233 tokens/s at 64 streams (the figures of the README's run before this fix).

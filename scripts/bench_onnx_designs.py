@@ -4,7 +4,7 @@
 
 Design A: ORT GenAI's own continuous-batching `og.Engine` (static batching, its
 `engine.static_batching.max_batch_size` set to the number of streams) on the builder's model.
-Design B: the project's GenerationEngine (scheduler, sampler, KV cache) over graph/engine/onnx_runner.py
+Design B: the project's GenerationEngine (scheduler, sampler, KV cache) over graph/engine/runners/onnx_runner.py
 on the same conversion plus the logits_index input. Both run greedy, the same prompts of exactly
 --prompt-tokens tokens, --new-tokens new tokens each; tokens/s = generated tokens over wall time
 (prefill included). Ratios within one run are what to read (2 shared cores). Asserts nothing.

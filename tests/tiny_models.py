@@ -106,7 +106,7 @@ def build_all(root: Path) -> Path:
 
 def build_onnx_source(root: Path) -> Path:
     """The tiny llama with 16-dim heads (ONNX Runtime's GroupQueryAttention needs head_size % 16 == 0),
-    for the onnx backend's tests (graph/engine/onnx_runner.py); idempotent."""
+    for the onnx backend's tests (graph/engine/runners/onnx_runner.py); idempotent."""
     out = root / "causal_lm_h16"
     if not (out / "config.json").is_file():
         build_causal_lm(out, arch="llama", seed=3, heads=2, kv_heads=1)

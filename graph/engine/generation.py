@@ -7,7 +7,7 @@
 
 Requests from any asyncio loop are validated here, then queued (bounded: a full queue, or an
 expected wait above max_wait_s, raises Overloaded at once; admission is fair between request ids).
-scheduler.py runs the batch, runner.py the model, kvcache.py holds the KV cache,
+scheduler.py runs the batch, a runner (runners/: one per backend behind runners/base.py) the model and its KV cache,
 sampling.py chooses tokens, detok.py makes text (all in this package).
 """
 
@@ -23,8 +23,8 @@ import torch
 from graph.chat_format import ChatMessage, ChatPrompt, FittedChat, fit_chat
 from graph.engine.detok import make_decoder
 from graph.engine.grammar import Grammars
-from graph.engine.kvcache import kv_bytes_per_token
-from graph.engine.runner import ModelRunner
+from graph.engine.runners.base import Runner
+from graph.engine.runners.torch_runner import ModelRunner
 from graph.engine.scheduler import Request, Scheduler
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
@@ -57,11 +57,19 @@ class GenerationEngine:
         where it adds one), as `pipeline("text-generation")` does; with `chat_template`, a prompt is
         sent as one user message through the tokenizer's chat template (for instruct models).
         `max_request_share`, `max_wait_s`, `max_kv_mb`: see graph.config.SchedulerConfig. With
-        `compile`, decode steps run compiled on shape buckets (graph/engine/compiled.py), compiled
+        `compile`, decode steps run compiled on shape buckets (graph/engine/runners/torch_compiled.py), compiled
         during warm-up."""
-        # A ready runner (graph/engine/onnx_runner.py) or a transformers model run by ModelRunner.
-        self.model = model if hasattr(model, "prefill") else model.eval()
-        self.runtime_name: str = getattr(model, "runtime_name", "") or f"torch {str(model.dtype).replace('torch.', '')}"
+        # A ready runner (graph/engine/runners/), or a transformers model for the torch runner.
+        if isinstance(model, Runner):
+            runner: Runner = model
+        elif compile:
+            from graph.engine.runners.torch_compiled import CompiledRunner
+
+            runner = CompiledRunner(model, max_batch_size=max_batch_size, max_length=max_prompt_tokens)
+        else:
+            runner = ModelRunner(model)
+        self._runner = runner
+        self.runtime_name: str = runner.runtime_name
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
@@ -74,18 +82,10 @@ class GenerationEngine:
         self.chat_template = chat_template
         if threads is not None:
             torch.set_num_threads(threads)
-        if hasattr(model, "prefill"):
-            self._runner: ModelRunner = model
-        elif compile:
-            from graph.engine.compiled import CompiledRunner
-
-            self._runner = CompiledRunner(model, max_batch_size=max_batch_size, max_length=max_prompt_tokens)
-        else:
-            self._runner = ModelRunner(model)
-        eos = _eos_ids(model, tokenizer)
+        eos = runner.eos_ids() | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
         pad = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, *sorted(eos)) if t is not None), 0)
         self._bos_id = tokenizer.bos_token_id
-        self._grammars = Grammars(tokenizer, _vocab_size(model, tokenizer), eos)  # response_format
+        self._grammars = Grammars(tokenizer, runner.vocab_size, eos)  # response_format
         self._decode = make_decoder(tokenizer)
         self._scheduler = Scheduler(
             self._runner,
@@ -100,7 +100,7 @@ class GenerationEngine:
             max_request_share=max_request_share,
             max_wait_s=max_wait_s,
             max_kv_mb=max_kv_mb,
-            kv_bytes_per_token=model.kv_bytes_per_token() if hasattr(model, "prefill") else kv_bytes_per_token(model),
+            kv_bytes_per_token=runner.kv_bytes_per_token(),
         )
 
     @classmethod
@@ -342,29 +342,3 @@ class GenerationEngine:
         )
         self._scheduler.submit(req)
         return req
-
-
-def _eos_ids(model, tokenizer) -> frozenset[int]:
-    """The tokenizer's eos and the generation config's (an int or a list)."""
-    ids: set[int] = set()
-    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        if isinstance(value, int):
-            ids.add(value)
-        elif value is not None:
-            ids.update(int(v) for v in value)
-    return frozenset(ids)
-
-
-def _vocab_size(model, tokenizer) -> int:
-    """Width of the model's logits (an onnx runner's vocab_size, or the output embedding; else the tokenizer's size)."""
-    if isinstance(getattr(model, "vocab_size", None), int):  # graph/engine/onnx_runner.py
-        return model.vocab_size
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    weight = getattr(out, "weight", None)
-    if callable(weight):  # a dynamically quantized Linear: its weight is a method
-        weight = weight()
-    shape = getattr(weight, "shape", None)
-    if shape is not None:
-        return int(shape[0])
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return int(getattr(config, "vocab_size", None) or len(tokenizer))

@@ -35,8 +35,8 @@ import torch
 from graph.engine.admission import StepTimes, extra_latency_s
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
 from graph.engine.grammar import RowGrammar
-from graph.engine.kvcache import BatchKVCache
-from graph.engine.runner import ModelRunner, release_openmp_pool
+from graph.engine.runners.base import RowCache, Runner
+from graph.engine.runners.torch_runner import release_openmp_pool
 from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
 from graph.errors import InvalidRequest, NodeFailure, Overloaded
 from graph.memory import malloc_trim
@@ -159,7 +159,7 @@ class Scheduler:
 
     def __init__(
         self,
-        runner: ModelRunner,
+        runner: Runner,
         tokenizer,
         *,
         name: str,
@@ -175,8 +175,6 @@ class Scheduler:
         kv_bytes_per_token: int = 0,
     ) -> None:
         self.runner = runner
-        # The runner's own cache layout where it has one (graph/engine/onnx_runner.py), else BatchKVCache.
-        self._new_cache = getattr(runner, "new_cache", BatchKVCache)
         self.tokenizer = tokenizer
         self.name = name
         self.eos_ids = eos_ids
@@ -204,7 +202,7 @@ class Scheduler:
         self.ready = threading.Event()  # set once the decode thread has warmed up
         # Owned by the decode thread.
         self.rows: list[Row] = []
-        self._cache: BatchKVCache | None = None
+        self._cache: RowCache | None = None
         self._sampler: BatchSampler | None = None
         self._token_texts: dict[int, str] = {}
         self.counters = dict(
@@ -401,11 +399,11 @@ class Scheduler:
         """A short prefill and a few decode steps (the first calls pay one-time kernel setup)."""
         try:
             logits, pre = self.runner.prefill(torch.full((1, 4), self.pad_id), torch.ones(1, 4, dtype=torch.bool))
-            cache = self._new_cache(self.runner.num_layers, 1, 4 + steps, left_room=4)
+            cache = self.runner.new_cache(1, 4 + steps, left_room=4)
             cache.add_rows(pre, [0], steps)
             for i in range(steps):
                 logits = self.runner.decode(logits.argmax(-1, keepdim=True), torch.tensor([[4 + i]]), cache, steps)
-            self.runner.warm_up(self.pad_id)  # graph/engine/compiled.py: compile the shape buckets
+            self.runner.warm_up(self.pad_id)  # graph/engine/runners/torch_compiled.py: compile the shape buckets
         except Exception:  # not fatal: the first real request pays the setup instead
             log.exception("%s: warm-up failed", self.name)
         finally:
@@ -520,8 +518,7 @@ class Scheduler:
             return
         batch_cache = self._cache
         if batch_cache is None:
-            batch_cache = self._cache = self._new_cache(
-                self.runner.num_layers,
+            batch_cache = self._cache = self.runner.new_cache(
                 self.max_batch_size,
                 self.max_prompt_tokens + RIGHT_ROOM,
                 left_room=self.max_prompt_tokens,

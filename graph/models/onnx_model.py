@@ -14,7 +14,7 @@ What it does, in order:
    `build.log` in the output folder; a failure raises ConfigError with its last lines).
 3. One graph change: an input `logits_index` (int64, one flat row*seq index per row) gathers the
    final hidden states before the vocabulary projection, so logits are [rows, 1, vocab] for a
-   prefill as for a decode step (graph/engine/onnx_runner.py feeds it).
+   prefill as for a decode step (graph/engine/runners/onnx_runner.py feeds it).
 4. A `graph-onnx.json` marker (source fingerprint, precision, builder version): `find` trusts a
    folder only when the marker matches.
 """
@@ -251,7 +251,7 @@ def load(ref, runtime, *, threads: int | None = None, onnx_lookup=None, **lookup
     without one it lives under artifacts/onnx/."""
     import logging
 
-    from graph.engine.onnx_runner import OnnxRunner
+    from graph.engine.runners.onnx_runner import OnnxRunner
     from graph.models.loading import load_generator_tokenizer, resolve_model_dir
 
     source = resolve_model_dir(ref, **lookups)

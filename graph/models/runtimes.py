@@ -28,7 +28,7 @@ class Choice:
     compile: bool
     why: str
     models: frozenset[str] | None = None  # measured within the bound for these models only; None = any
-    backend: str = "torch"  # torch | onnx (graph/engine/onnx_runner.py)
+    backend: str = "torch"  # torch | onnx (graph/engine/runners/onnx_runner.py)
     onnx_precision: str = "int4"  # backend onnx: int4 | int8 | fp32
     onnx_accuracy_level: int | None = None  # backend onnx: the builder's accuracy_level (None = its default)
 
@@ -72,7 +72,7 @@ _FLOAT32_AVX512 = Choice(
     "are emulated there, so float32 as on avx2",
 )
 GEMMA3 = frozenset({"gemma-3-270m"})
-# backend onnx (graph/engine/onnx_runner.py) on AVX2, entered per model: only where its perplexity on
+# backend onnx (graph/engine/runners/onnx_runner.py) on AVX2, entered per model: only where its perplexity on
 # bench/heldout.txt was measured within the bound (docs/performance-avx2.md). Perplexity (float32 torch
 # = reference) on AMD EPYC, AVX2 only: SmolLM2 20.63; onnx int8 20.86 (+1.1%), onnx int4 27.65 (+34%,
 # the builder's default RTN, symmetric, block 32; `accuracy_level` 1 gave the same 27.65; asymmetric

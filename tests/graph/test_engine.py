@@ -81,7 +81,7 @@ def test_greedy_batch_equals_solo_runs(engine):
 
 
 def test_greedy_matches_transformers_generate(engine):
-    model, tok = engine.model, engine.tokenizer
+    model, tok = engine._runner.model, engine.tokenizer
     for prompt in PROMPTS[:2]:
         enc = tok(prompt, return_tensors="pt")
         with torch.inference_mode():
@@ -579,7 +579,7 @@ def test_sampler_matches_transformers_processors():
 
 
 def test_kv_cache_rows_join_leave_and_grow():
-    from graph.engine.kvcache import BatchKVCache
+    from graph.engine.runners.torch_cache import BatchKVCache
 
     # Each row's token at position j stores 100 * row_id + j; the cache must keep every row's
     # tokens in order, right-aligned, through joins, leaves and growth.

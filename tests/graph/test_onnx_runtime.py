@@ -1,4 +1,4 @@
-"""The onnx backend (graph/engine/onnx_runner.py) on a tiny llama: same tokens as torch, and the engine's features.
+"""The onnx backend (graph/engine/runners/onnx_runner.py) on a tiny llama: same tokens as torch, and the features.
 
 The tiny llama here has 16-dim heads (tests/tiny_models.py:build_onnx_source; ONNX Runtime's
 GroupQueryAttention needs head_size % 16 == 0). It is converted once at float32 by
@@ -43,7 +43,7 @@ def onnx_engine(onnx_source, onnx_dir, **kw):
     from transformers import AutoTokenizer
 
     from graph.engine import GenerationEngine
-    from graph.engine.onnx_runner import OnnxRunner
+    from graph.engine.runners.onnx_runner import OnnxRunner
 
     tok = AutoTokenizer.from_pretrained(onnx_source)
     tok.padding_side = "left"

@@ -204,7 +204,7 @@ def test_expected_wait_above_the_bound_is_shed_at_once(tiny_dir):
 
 
 def test_kv_budget_refuses_a_request_too_big_alone_and_queues_the_rest(tiny_dir):
-    from graph.engine.kvcache import kv_bytes_per_token
+    from graph.engine.runners.torch_cache import kv_bytes_per_token
     from tests.graph.test_engine import load
 
     model, _ = load(tiny_dir / "causal_lm")

@@ -176,7 +176,7 @@ def test_onnx_variants_are_what_any_cpu_kind_loads():
 
 
 def test_compiled_step_equals_eager_and_recompiles_nothing_after_warm_up(tiny_dir, float32_texts, monkeypatch):
-    import graph.engine.compiled as compiled
+    import graph.engine.runners.torch_compiled as compiled
 
     monkeypatch.setattr(compiled, "BACKEND", "eager")  # Dynamo's graphs and guards, no C++ build
     engine = engine_for(tiny_dir, RuntimeConfig(compile=True), max_prompt_tokens=32)

@@ -99,3 +99,34 @@ def test_no_module_imports_another_modules_private_names():
                 if private:
                     offenders.append(f"{p.relative_to(ROOT)}: from {node.module} import {', '.join(private)}")
     assert offenders == []
+
+
+def test_every_runner_implements_the_protocol_and_the_engine_never_probes_attributes():
+    """graph/engine/runners/: each backend's runner subclasses base.Runner (and its cache base.RowCache);
+    the engine's modules tell backends apart by that protocol, never with hasattr/getattr probes."""
+    import inspect
+
+    from graph.engine.runners.base import RowCache, Runner
+
+    runners = ROOT / "graph" / "engine" / "runners"
+    found: dict[str, list[str]] = {}
+    for path in sorted(runners.glob("*_runner.py")):
+        tree = ast.parse(path.read_text())
+        found[path.name] = [
+            n.name
+            for n in tree.body
+            if isinstance(n, ast.ClassDef) and any("Runner" in ast.unparse(b) for b in n.bases)
+        ]
+        assert found[path.name], f"{path.name}: no class derived from Runner"
+    assert {"torch_runner.py", "onnx_runner.py"} <= set(found)
+
+    from graph.engine.runners.onnx_runner import OnnxKVCache, OnnxRunner
+    from graph.engine.runners.torch_cache import BatchKVCache
+    from graph.engine.runners.torch_runner import ModelRunner
+
+    for cls, base in ((ModelRunner, Runner), (OnnxRunner, Runner), (BatchKVCache, RowCache), (OnnxKVCache, RowCache)):
+        assert issubclass(cls, base) and not inspect.isabstract(cls), cls
+    engine = ROOT / "graph" / "engine"
+    for path in [*engine.glob("*.py"), *runners.glob("*.py")]:
+        text = path.read_text()
+        assert 'hasattr(model, "prefill")' not in text and 'getattr(runner, "' not in text, path.name

@@ -5,8 +5,8 @@ only the forward pass moves to ONNX Runtime. The builder's decoder (graph/models
 converts it) uses GroupQueryAttention, which takes each row's length from the attention mask
 (seqlens = sum(mask) - 1) and writes a row's new key/value at that column. So its KV cache layout is
 not BatchKVCache's right-aligned one: here every row starts at column 0 and has its own length
-(`OnnxKVCache`). The scheduler builds its cache through `runner.new_cache(...)`, which is the one
-hook it needs; everything else (rows joining and leaving, cancel, fair share) works unchanged.
+(`OnnxKVCache`). Both classes implement the runner protocol (graph/engine/runners/base.py), so
+everything else (rows joining and leaving, cancel, fair share) works unchanged.
 
 Decode steps run in place: each layer's past and present are the same buffer (GroupQueryAttention's
 shared-buffer mode, as ORT GenAI itself runs it), bound by pointer with an IOBinding, so a step
@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graph.engine.kvcache import swap_remove
+from graph.engine.runners.base import RowCache, Runner, as_id_set, swap_remove
 
 log = logging.getLogger(__name__)
 
 LOGITS_INDEX = "logits_index"  # the input graph/models/onnx_model.py adds: flat row*seq index per row
 
 
-class OnnxKVCache:
+class OnnxKVCache(RowCache):
     """KV cache of a batch of left-aligned rows: row i holds its `lens[i]` tokens in columns [0, lens[i]).
 
     Per layer, keys and values are numpy buffers of shape [row_capacity, kv_heads, capacity,
@@ -110,7 +110,7 @@ class OnnxKVCache:
         return order
 
 
-class OnnxRunner:
+class OnnxRunner(Runner[OnnxKVCache]):
     """Forward passes of one converted model on an ONNX Runtime InferenceSession."""
 
     def __init__(
@@ -165,8 +165,11 @@ class OnnxRunner:
         self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
         self._has_positions = "position_ids" in names
 
-    def new_cache(self, num_layers: int, row_capacity: int, capacity: int, left_room: int = 0) -> OnnxKVCache:
-        return OnnxKVCache(num_layers, row_capacity, max(capacity, self.min_capacity), left_room)
+    def new_cache(self, row_capacity: int, capacity: int, left_room: int = 0) -> OnnxKVCache:
+        return OnnxKVCache(self.num_layers, row_capacity, max(capacity, self.min_capacity), left_room)
+
+    def eos_ids(self) -> frozenset[int]:
+        return as_id_set(self.generation_config.eos_token_id)
 
     def kv_bytes_per_token(self) -> int:
         return 2 * self.num_layers * self.kv_heads * self.head_dim * np.dtype(self.kv_dtype).itemsize

@@ -3,7 +3,7 @@
 The batch changes every step (rows join and leave, the KV length grows), and a compiled graph is
 specialised to its shapes. So each step is padded to a bucket: the row count up to the next of
 ROW_BUCKETS, the KV length up to the next of LENGTH_BUCKETS. The step reads the past keys/values
-as fixed-size views of the batch cache's buffers (graph/engine/kvcache.py: rows are right-aligned,
+as fixed-size views of the batch cache's buffers (graph/engine/runners/torch_cache.py: rows are right-aligned,
 so the last L columns hold every row's last L tokens; nothing is copied), and returns the new
 token's keys/values, which are written into the buffers here. Padding rows attend to their own
 token only; padded columns are masked and zeroed (a masked column still meets a zero weight, and
@@ -27,8 +27,8 @@ from typing import Any, cast
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from graph.engine.kvcache import BatchKVCache
-from graph.engine.runner import ModelRunner
+from graph.engine.runners.torch_cache import BatchKVCache
+from graph.engine.runners.torch_runner import ModelRunner
 from graph.engine.scheduler import RIGHT_ROOM
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Calls a transformers causal LM over the batch layout of graph/engine/kvcache.py: prefill and decode steps.
+"""The torch runner: a transformers causal LM over the batch layout of torch_cache.py (prefill and decode steps).
 
 The runner passes explicit position ids and ready 4-D attention masks, so transformers' own mask
 construction and cache bookkeeping are skipped (cheaper per step, and exact for rows that joined the
@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from graph.engine.kvcache import BatchKVCache
+from graph.engine.runners.base import Runner, as_id_set
+from graph.engine.runners.torch_cache import BatchKVCache, kv_bytes_per_token
 
 Mask = Any  # a 4-D tensor, or a dict of them keyed by layer type
 
@@ -43,11 +44,13 @@ def release_openmp_pool() -> bool:
         return False
 
 
-class ModelRunner:
+class ModelRunner(Runner[BatchKVCache]):
     """Forward passes of one model; knows its layer count, attention kind and sliding windows."""
 
     def __init__(self, model) -> None:
-        self.model = model
+        self.model = model.eval()
+        self.runtime_name = f"torch {str(model.dtype).replace('torch.', '')}"
+        self.vocab_size = _vocab_size(model)
         cfg = model.config.get_text_config(decoder=True)
         self.num_layers: int = cfg.num_hidden_layers
         self.max_positions: int | None = getattr(cfg, "max_position_embeddings", None)
@@ -57,8 +60,14 @@ class ModelRunner:
         self._windows = _attention_windows(cfg)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
 
-    def warm_up(self, pad_id: int = 0) -> None:
-        """Nothing to prepare eagerly; the compiled runner compiles its shape buckets here."""
+    def new_cache(self, row_capacity: int, capacity: int, left_room: int = 0) -> BatchKVCache:
+        return BatchKVCache(self.num_layers, row_capacity, capacity, left_room)
+
+    def kv_bytes_per_token(self) -> int:
+        return kv_bytes_per_token(self.model)
+
+    def eos_ids(self) -> frozenset[int]:
+        return as_id_set(getattr(self.model.generation_config, "eos_token_id", None))
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, BatchKVCache]:
         """Left-padded prompts `ids` [rows, p] with `mask` (True = real token) -> last-position
@@ -150,3 +159,15 @@ def _attention_windows(cfg) -> dict[str, int | None] | None:
     if window and getattr(cfg, "use_sliding_window", True):
         return {"": window}
     return None
+
+
+def _vocab_size(model) -> int:
+    """Width of the model's logits: its output embedding's rows, else the config's vocab_size."""
+    out = model.get_output_embeddings()
+    weight = getattr(out, "weight", None)
+    if callable(weight):  # a dynamically quantized Linear: its weight is a method
+        weight = weight()
+    shape = getattr(weight, "shape", None)
+    if shape is not None:
+        return int(shape[0])
+    return int(model.config.get_text_config(decoder=True).vocab_size)

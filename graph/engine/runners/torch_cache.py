@@ -1,4 +1,4 @@
-"""The decode batch's KV cache: preallocated per-layer buffers that rows join and leave in place.
+"""The torch runner's KV cache (a RowCache): preallocated per-layer buffers that rows join and leave in place.
 
 Layout: each layer holds keys/values of shape [row_capacity, kv_heads, capacity, head_dim]. Rows
 [0, rows) are live; columns [start, end) are in use, and every row's tokens are right-aligned so
@@ -22,11 +22,13 @@ and a ready 4-D attention mask (so the cache is never asked for mask sizes or of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+from graph.engine.runners.base import RowCache, swap_remove
 
 
 class _SlabLayer(DynamicLayer):
@@ -63,7 +65,7 @@ class _SlabLayer(DynamicLayer):
         return self._owner.end - self._owner.start
 
 
-class BatchKVCache(Cache):
+class BatchKVCache(Cache, RowCache):
     """KV cache of a batch of right-aligned rows; the engine advances `end` after each forward."""
 
     def __init__(self, num_layers: int, row_capacity: int, capacity: int, left_room: int = 0) -> None:
@@ -193,17 +195,3 @@ def kv_bytes_per_token(model) -> int:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     size = next(model.parameters()).element_size()
     return 2 * cfg.num_hidden_layers * kv_heads * head_dim * size
-
-
-def swap_remove(count: int, rows: Sequence[int], move: Callable[[int, int], None]) -> list[int]:
-    """Drop `rows` out of `count` batch rows, each replaced by the current last row (`move(dst, src)`
-    copies a row's state). Returns, for each remaining position, the old position of the row now there.
-    Both KV-cache layouts (this one and the ONNX runner's) remove finished rows this way."""
-    order = list(range(count))
-    for i in sorted(set(rows), reverse=True):
-        last = len(order) - 1
-        if i != last:
-            move(i, last)
-            order[i] = order[last]
-        order.pop()
-    return order

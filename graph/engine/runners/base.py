@@ -1,0 +1,110 @@
+"""The runner protocol: what the scheduler asks of a backend (torch, onnx, llama.cpp), and nothing more.
+
+A runner does forward passes of one model over a batch of rows; the scheduler (graph/engine/
+scheduler.py) decides which rows run each step, the sampler picks their tokens, and the runner's
+`RowCache` holds their keys and values in whatever layout its backend needs. One step of the engine:
+
+    logits, pre = runner.prefill(ids, mask)          # new prompts, left-padded [rows, p]
+    batch.add_rows(pre, src_rows, right_room)        # they join the running batch (a row may repeat)
+    logits = runner.decode(ids, positions, batch, right_room)   # one token per running row
+    order = batch.remove_rows(finished)              # finished rows leave; `order` maps the survivors
+
+Every backend implements both classes in its own file (torch_runner.py with torch_cache.py,
+onnx_runner.py, and so on); the engine tells them apart by `isinstance(x, Runner)` only, never by
+probing attributes. Logits are float32 torch tensors [rows, vocab_size] whatever the backend computes
+in, so sampling, grammars and logprobs are the same code on every backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Sequence
+from typing import Generic, Self, TypeVar
+
+import torch
+
+
+class RowCache(ABC):
+    """The running batch's KV memory: rows [0, rows) are live, each holding one sequence's cache."""
+
+    rows: int  # live rows
+    row_capacity: int  # rows the buffers hold
+    capacity: int  # positions (columns) the buffers hold per row
+
+    @property
+    @abstractmethod
+    def length(self) -> int:
+        """Positions in use by the longest live row (what the KV gauges report)."""
+
+    @abstractmethod
+    def add_rows(self, prefill: Self, src_rows: Sequence[int], right_room: int) -> None:
+        """Append rows `src_rows` of a finished prefill cache at the bottom of this batch (an index
+        may repeat: the samples of one prompt share its prefill); keep room for `right_room` more
+        tokens per row."""
+
+    @abstractmethod
+    def remove_rows(self, rows: Sequence[int]) -> list[int]:
+        """Drop `rows` and free what they held. Returns, for each remaining position, the old
+        position of the row now there (the scheduler reorders its own rows the same way)."""
+
+
+C = TypeVar("C", bound=RowCache)
+
+
+class Runner(ABC, Generic[C]):
+    """Forward passes of one model on one backend, over its own cache layout `C`."""
+
+    runtime_name: str  # what the node's start-up line and /node_stats say, e.g. "onnx int8 (onnxruntime 1.32)"
+    num_layers: int
+    max_positions: int | None  # the model's context in tokens; None when the model has no limit
+    vocab_size: int  # width of the logits
+
+    @abstractmethod
+    def new_cache(self, row_capacity: int, capacity: int, left_room: int = 0) -> C:
+        """An empty batch cache of `row_capacity` rows and `capacity` positions (`left_room`: room
+        for prompts longer than the batch's rows, for layouts that right-align rows)."""
+
+    @abstractmethod
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, C]:
+        """Left-padded prompts `ids` [rows, p] with `mask` (True = real token) -> last-position
+        logits [rows, vocab] (float32) and a cache holding exactly these rows, to `add_rows` from."""
+
+    @abstractmethod
+    def decode(self, ids: torch.Tensor, positions: torch.Tensor, cache: C, right_room: int) -> torch.Tensor:
+        """One token per live row of `cache` (`ids`, `positions`: [rows, 1]) -> logits [rows, vocab]
+        (float32); the cache keeps room for `right_room` more tokens per row."""
+
+    @abstractmethod
+    def kv_bytes_per_token(self) -> int:
+        """KV memory of one row at one position, keys and values of every layer, in bytes."""
+
+    @abstractmethod
+    def eos_ids(self) -> frozenset[int]:
+        """End-of-sequence ids from the model's own generation config (the engine adds the tokenizer's)."""
+
+    def warm_up(self, pad_id: int = 0) -> None:
+        """Prepare what the scheduler's warm-up steps do not (the compiled runner compiles its shape
+        buckets here). Nothing by default."""
+
+
+def as_id_set(value: int | Collection[int] | None) -> frozenset[int]:
+    """A generation config's `eos_token_id` (an int, a list of ints or None) as a set of ids."""
+    if value is None:
+        return frozenset()
+    if isinstance(value, int):
+        return frozenset({value})
+    return frozenset(int(v) for v in value)
+
+
+def swap_remove(count: int, rows: Sequence[int], move: Callable[[int, int], None]) -> list[int]:
+    """Drop `rows` out of `count` batch rows, each replaced by the current last row (`move(dst, src)`
+    copies a row's state). Returns, for each remaining position, the old position of the row now there.
+    Cache layouts that keep rows contiguous (torch's slabs, the ONNX runner's buffers) remove rows this way."""
+    order = list(range(count))
+    for i in sorted(set(rows), reverse=True):
+        last = len(order) - 1
+        if i != last:
+            move(i, last)
+            order[i] = order[last]
+        order.pop()
+    return order
