@@ -1,5 +1,5 @@
 #!/bin/sh
-# Installs llama-cpp-python (the `llamacpp` runtime, graph/engine/runners/llamacpp.py) from its sdist:
+# Installs llama-cpp-python (the `llamacpp` runtime, graph/engine/runners/llamacpp_runner.py) from its sdist:
 # the registry has no wheel for this glibc. The build is portable: every x86-64 CPU variant of ggml's
 # kernels is compiled (GGML_CPU_ALL_VARIANTS) as a loadable module (GGML_BACKEND_DL), and the runner
 # picks one at run time for the CPU it runs on, so a Bento or image built here runs on other CPUs.

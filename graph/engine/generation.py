@@ -114,6 +114,17 @@ class GenerationEngine:
             from graph.models.onnx_model import load
 
             model, tokenizer = load(node.model, runtime, threads=threads, **lookups)
+        elif runtime.backend == "llamacpp":
+            from graph.models import gguf_model
+
+            model, tokenizer = gguf_model.load(
+                node.model,
+                runtime,
+                threads=threads,
+                max_batch_size=node.scheduler.max_batch_size,
+                max_positions=node.max_prompt_tokens + node.max_new_tokens_limit,
+                **lookups,
+            )
         else:
             lookups.pop("onnx_lookup", None)
             model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
