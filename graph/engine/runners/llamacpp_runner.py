@@ -66,6 +66,8 @@ def cpu_variants() -> list[tuple[str, int, Path]]:
     """(name, ggml's score on this CPU, path) of each CPU backend module this build has, best first;
     score 0 = this CPU lacks an instruction the variant needs. Scored in this process: a variant's
     score function runs no vector code, so loading it to ask is safe."""
+    import llama_cpp.llama_cpp  # noqa: F401  loads libggml-base, which the modules link to (they have no RPATH)
+
     found = []
     for path in sorted(_lib_dir().glob("libggml-cpu-*.so")):
         lib = ctypes.CDLL(str(path))
@@ -108,6 +110,8 @@ def _probe(variant_path: str, gguf: str) -> int:
 
 
 def probe_child(variant_path: str, gguf: str) -> int:
+    """In a child process: load `variant_path`, decode a 32-token prompt and 4 tokens of `gguf`."""
+    _quiet_logs()
     _load_variant(Path(variant_path))
     runner = LlamaCppRunner(gguf, threads=1, n_seq=2, n_ctx_seq=64, check_backend=False)
     ids = torch.arange(32).remainder(runner.vocab_size).reshape(1, 32) + 1
@@ -115,14 +119,18 @@ def probe_child(variant_path: str, gguf: str) -> int:
     cache = runner.new_cache(2, 64)
     cache.add_rows(pre, [0, 0], 8)
     for i in range(4):
-        logits = runner.decode(logits.argmax(-1, keepdim=True), torch.tensor([[32 + i]] * 2), cache, 8)
+        ids = logits.argmax(-1)[:1].repeat(2).reshape(2, 1)
+        logits = runner.decode(ids, torch.tensor([[32 + i]] * 2), cache, 8)
     return 0 if bool(torch.isfinite(logits).all()) else 3
 
 
 def _load_variant(path: Path) -> None:
     import llama_cpp.llama_cpp as L
 
-    ggml = ctypes.CDLL(str(_lib_dir() / "libggml.so"))
+    # The libggml that libllama uses (a wheel holds copies, not links: libggml.so and .so.0 would be two).
+    with open("/proc/self/maps") as maps:
+        loaded = {Path(line.split()[-1]) for line in maps if "/libggml.so" in line}
+    ggml = ctypes.CDLL(str(next(iter(loaded), _lib_dir() / "libggml.so.0")))
     ggml.ggml_backend_load.restype = ctypes.c_void_p
     ggml.ggml_backend_load.argtypes = [ctypes.c_char_p]
     if not ggml.ggml_backend_load(str(path).encode()):
@@ -159,7 +167,7 @@ def load_backend(gguf: str | Path | None = None) -> str:
             _backend = forced
             return _backend
         usable = [v for v in variants if v[1] > 0]
-        key = _cpu_key()
+        key = _cpu_key() + (f"|{Path(gguf).resolve()}:{Path(gguf).stat().st_size}" if gguf else "")
         try:
             cached = json.loads(PROBE_CACHE.read_text())
         except (OSError, ValueError):
@@ -190,7 +198,7 @@ def _quiet_logs() -> None:
     import llama_cpp.llama_cpp as L
 
     def forward(level: int, text: bytes, _user: Any) -> None:
-        if level in (2, 3):  # GGML_LOG_LEVEL_WARN, _ERROR
+        if level in (3, 4):  # GGML_LOG_LEVEL_WARN, _ERROR
             log.log(
                 logging.WARNING if level == 2 else logging.ERROR,
                 "llama.cpp: %s",
