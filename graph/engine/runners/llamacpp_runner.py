@@ -298,10 +298,10 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         variant = load_backend(gguf) if check_backend else _backend or "probe"
         self.gguf = str(gguf)
         mparams = L.llama_model_default_params()
-        self._model = L.llama_model_load_from_file(self.gguf.encode(), mparams)
+        self._model: Any = L.llama_model_load_from_file(self.gguf.encode(), mparams)
         if not self._model:
             raise ValueError(f"llama.cpp could not load {self.gguf}")
-        self._vocab = L.llama_model_get_vocab(self._model)
+        self._vocab: Any = L.llama_model_get_vocab(self._model)
         self.vocab_size: int = L.llama_vocab_n_tokens(self._vocab)
         self.num_layers: int = L.llama_model_n_layer(self._model)
         self.max_positions: int | None = L.llama_model_n_ctx_train(self._model)
@@ -318,15 +318,15 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         cparams.n_threads_batch = threads
         cparams.kv_unified = False
         cparams.no_perf = True
-        self._ctx = L.llama_init_from_model(self._model, cparams)
+        self._ctx: Any = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise ValueError(f"llama.cpp could not make a context for {self.gguf} ({n_seq} x {n_ctx_seq} positions)")
-        self._mem = L.llama_get_memory(self._ctx)
+        self._mem: Any = L.llama_get_memory(self._ctx)
         self._batch_cap = max(n_batch, n_seq)
         self._batch = L.llama_batch_init(self._batch_cap, 0, 1)
         self._free: list[int] = list(range(n_seq - 1, -1, -1))  # a stack: lowest ids first
         self._to_release: list[list[int]] = []
-        self._eos = list(eos_ids) if eos_ids else [L.llama_vocab_eos(self._vocab)]
+        self._eos = [int(t) for t in eos_ids] if eos_ids else [int(L.llama_vocab_eos(self._vocab))]
         self.kv_heads: int = L.llama_model_n_head_kv(self._model)
         arch = self.meta("general.architecture") or ""
         self.head_dim_k = int(self.meta(f"{arch}.attention.key_length") or 0) or (
@@ -341,7 +341,7 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         self._closed = False
 
     def meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(256)
+        buf: Any = ctypes.create_string_buffer(256)
         n = self._L.llama_model_meta_val_str(self._model, key.encode(), buf, 256)
         return buf.value.decode(errors="replace") if n >= 0 else None
 
