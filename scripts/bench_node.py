@@ -1,11 +1,12 @@
 """Per-node speed and quality of every runtime option, beside llama.cpp on the same GGUF files.
 
     .venv/bin/python scripts/bench_node.py [--models smollm2-135m-instruct,gemma-3-270m] [--threads 2]
-        [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int4,onnx-int8,onnx-fp32]
+        [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int4,onnx-int8,llamacpp]
 
 For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile, or
 backend onnx with its precision: onnx-int4, onnx-int4-acc1 (int4 weights, float32 activations),
-onnx-int8, onnx-fp32; converted once into the BentoML store like `make prepare` does), one
+onnx-int8, onnx-fp32; converted once into the BentoML store like `make prepare` does; or backend
+llamacpp on the model's GGUF file), one
 engine (graph/engine) runs greedy, prompts of exactly --prompt-tokens tokens, --new-tokens new
 tokens each, and prints: ms/token of a single stream, tokens/s at 1, 16 and 64 streams (generated
 tokens over wall time, prefill included), start-up (load + warm-up) seconds, perplexity on
@@ -13,7 +14,9 @@ bench/heldout.txt, and greedy agreement with float32 (share of the first 32 gree
 fixed prompts equal to float32's, up to each prompt's first difference). llama.cpp's llama-bench
 (one stream) and llama-batched-bench (16 and 64 sequences, same prompt and new-token counts, same
 threads) run on the model's GGUF file when scripts/build_llama_cpp.sh has built them; its tokens/s
-is B x new tokens over the whole run's time, the same measure as ours. The ratio is ours / theirs.
+is B x new tokens over the whole run's time, the same measure as ours. Without those tools, llama.cpp's
+single stream is measured through llama-cpp-python's high-level `Llama` (the library `make install`
+builds). The ratio is ours / theirs.
 
 Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
 The CPU model and its flags are printed first. This script asserts nothing.
@@ -313,7 +316,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m")
     ap.add_argument(
-        "--runtimes", default="float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int8,onnx-int4"
+        "--runtimes",
+        default="float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int8,onnx-int4,llamacpp",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=32)
