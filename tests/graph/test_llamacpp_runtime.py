@@ -275,3 +275,19 @@ def test_warm_up_runs_without_a_failure(gguf_source, caplog):
         finally:
             eng.close()
     assert not [r for r in caplog.records if "warm-up failed" in r.getMessage()], caplog.text
+
+
+def test_auto_picks_llamacpp_only_where_the_figures_say_and_only_for_gguf_models():
+    from graph.models import runtimes
+    from graph.models.loading import onnx_variants
+
+    every = ("llamacpp", "onnx", "torch")
+    zen4 = {"avx512f", "avx512_bf16"}
+    assert runtimes.choose(zen4, "smollm2-135m-instruct", "latency", every)[1].backend == "llamacpp"
+    assert runtimes.choose(zen4, "smollm2-135m-instruct", "throughput", every)[1].backend == "torch"
+    assert runtimes.choose(zen4, "my-model", "latency", every)[1].backend == "torch"  # no GGUF file
+    assert runtimes.choose(zen4, "smollm2-135m-instruct", "latency", ("torch",))[1].backend == "torch"
+    amx = {"avx512f", "avx512_bf16", "amx_bf16"}
+    assert runtimes.choose(amx, "smollm2-135m-instruct", "latency", every)[1].backend == "torch"  # not measured
+    # A Bento still carries the onnx int8 conversion AVX2-only hosts load.
+    assert onnx_variants(RuntimeConfig(backend="auto"), ModelRef(embedded="smollm2-135m-instruct")) == [("int8", None)]
