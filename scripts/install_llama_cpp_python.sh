@@ -8,7 +8,7 @@
 set -eu
 PIP=${PIP:-.venv/bin/pip}
 VERSION=$(sed -n 's/^llama-cpp-python==//p' requirements.txt)
-if "$PIP" show llama-cpp-python 2>/dev/null | grep -qx "Version: $VERSION"; then
+if "$PIP" show llama-cpp-python 2>/dev/null | grep -x "Version: $VERSION" >/dev/null; then
   echo "llama-cpp-python $VERSION already installed"; exit 0
 fi
 export CMAKE_ARGS="-DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON -DGGML_NATIVE=OFF \
@@ -21,5 +21,5 @@ start=$(date +%s)
 "$PIP" install -v --no-deps "llama-cpp-python==$VERSION" 2>&1 | awk '
   /^ *\[[0-9]+\/[0-9]+\]/ { n = split($NF, p, "/"); print "  " $1, p[n]; fflush(); next }
   /[Ee]rror|Successfully|Using cached|Building wheel|Created wheel/ { print; fflush() }'
-"$PIP" show llama-cpp-python | grep -qx "Version: $VERSION"
+"$PIP" show llama-cpp-python | grep -x "Version: $VERSION" >/dev/null
 echo "llama-cpp-python $VERSION installed in $(( $(date +%s) - start )) s"
