@@ -16,7 +16,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Evaluated when a recipe runs (after `make jemalloc`); empty, so glibc, where it is missing.
 PRELOAD = LD_PRELOAD=$$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -n 1)
 
-.PHONY: lint docs install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp k8s bento-nodes
+.PHONY: lint docs install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies bench-steps soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp k8s bento-nodes podman base-image image image-nodes test-image
 
 install: $(STAMPS)/install
 
@@ -95,6 +95,11 @@ bench-engine: prepare jemalloc
 bench-policies: prepare jemalloc
 	$(PRELOAD) $(BIN)/python scripts/bench_policies.py
 
+# The graph layer's own time per step of each named-graph kind (switch, split, fallback, sequence, guard,
+# nested) beside node and classifier time, in-process on the tiny models. About a minute on 2 cores.
+bench-steps: tiny-models
+	$(BIN)/python scripts/bench_steps.py
+
 llama-cpp: install
 	PIP=$(BIN)/pip sh scripts/build_llama_cpp.sh
 
@@ -162,6 +167,33 @@ k8s: install
 # Needs a container engine (docker); see docs/deployment.md, "Containerize".
 containerize: bento
 	$(BIN)/bentoml containerize inference_graph:latest -t inference_graph:latest
+
+# The container image without an image registry (docs/deployment.md, "Container image"). `make podman`:
+# Debian's podman + runc + mmdebstrap and /etc/containers/containers.conf (idempotent). `make base-image`:
+# Debian 12 with python3.11 from Debian's packages, imported (skipped when it exists). `make image`:
+# the graph's Bento built with deploy/image/Containerfile; `make image-nodes`: one image per node.
+# ENGINE=docker for docker (base image: `docker import`); PIP_ARGS for pip's wheel step.
+ENGINE     ?= podman
+BASE_IMAGE ?= localhost/inference-graph-base:bookworm
+podman:
+	sh deploy/image/podman_setup.sh
+
+base-image: $(if $(filter podman,$(ENGINE)),podman)
+	BASE_IMAGE=$(BASE_IMAGE) BASE_ENGINE=$(ENGINE) sh deploy/image/base_image.sh
+
+image: bento base-image
+	ENGINE=$(ENGINE) BASE_IMAGE=$(BASE_IMAGE) BIN=$(BIN) sh deploy/image/build_image.sh inference_graph:latest inference_graph:latest
+
+image-nodes: bento-nodes base-image
+	for node in $$($(BIN)/python -m graph.k8s --config configs/$(CONFIG).yaml --list-nodes); do \
+	  name=$$( [ $$node = classifier ] && echo classifier || echo generator_$$node ); \
+	  ENGINE=$(ENGINE) BASE_IMAGE=$(BASE_IMAGE) BIN=$(BIN) sh deploy/image/build_image.sh $$name:latest $$name:latest || exit 1; \
+	done
+
+# The images run for real (tests/image/, marker `image`; not part of `make test`): run to /readyz, the
+# README's request, the openai SDK, the seed's gRPC client, SIGTERM drain, per-node containers with one killed.
+test-image: image image-nodes
+	$(BIN)/python -m pytest -q -m image -p no:cacheprovider tests/image -s
 
 clean:
 	rm -rf $(STAMPS) artifacts .pytest_cache

@@ -15,17 +15,19 @@ from graph import tracing
 from graph.chat_format import Prompt, prompt_chars, score_text
 from graph.config import GraphConfig
 from graph.context import RequestContext
-from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout
+from graph.errors import GraphError, InvalidRequest, NodeFailure, NodeTimeout, Overloaded, first_error
 from graph.limits import check_budget
 from graph.metering import Metered
 from graph.nodes import ClassifierClient, GeneratorClient
 from graph.params import GenerationParams, merge_params
 from graph.policies import registry as policies
 from graph.policies.deadline import Deadline, Latencies
+from graph.policies.labels import LabelVectors
 from graph.policies.run import PolicyEvent
 from graph.policies.schemas import PolicyResponse
 from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, ScoredCompletion, ScoreEvent, TokenEvent, Usage
+from graph.streams import ADMITTED, Admitted, admitted_first, opened
 from graph.tasks import background
 
 T = TypeVar("T")
@@ -61,6 +63,7 @@ class Graph:
         self.classifier = classifier
         self.latencies = Latencies()  # recent classifier calls: the deadline splitter sizes scoring from them
         self.inflight: dict[str, set[str]] = {}  # request id -> nodes working on it (for shutdown)
+        self.label_vectors = LabelVectors()  # switch / guard label descriptions, embedded once
 
     # ---- validation at the edge -------------------------------------------------------------
     def select(self, model: str | None, *, field_name: str = "model") -> list[str]:
@@ -148,7 +151,7 @@ class Graph:
         except BaseExceptionGroup as group_err:
             # the nodes that were cut off may still be working on it: tell them to stop
             self._cancel_all(plan, request_id)
-            raise _first_error(group_err) from None
+            raise first_error(group_err) from None
         except asyncio.CancelledError:  # the caller went away (a gRPC cancel or deadline): same
             self._cancel_all(plan, request_id)
             raise
@@ -227,14 +230,46 @@ class Graph:
         graph: str | None = None,
     ) -> AsyncGenerator[GraphEvent | PolicyEvent, None]:
         """Validate now (so bad input is a 4xx, not a broken stream), then stream the events."""
+        events = self._stream(ctx, prompt, model, overrides, interval_ms, score, graph, mark=False)
+        return events  # pyright: ignore[reportReturnType]  mark=False: no ADMITTED marker in it
+
+    async def open_stream(
+        self,
+        ctx: RequestContext,
+        prompt: Prompt,
+        model: str | None,
+        overrides: BaseModel | None,
+        *,
+        interval_ms: int = 0,
+        score: bool = False,
+        graph: str | None = None,
+    ) -> AsyncGenerator[GraphEvent | PolicyEvent, None]:
+        """`stream` for a face: returns once every node has accepted the request, so a refusal
+        (Overloaded) raises here, before the face has sent a byte (graph/streams.py). A named graph's
+        candidates are admitted as its policy starts them: its stream is returned at once."""
+        return await opened(self._stream(ctx, prompt, model, overrides, interval_ms, score, graph, mark=True))
+
+    def _stream(
+        self,
+        ctx: RequestContext,
+        prompt: Prompt,
+        model: str | None,
+        overrides: BaseModel | None,
+        interval_ms: int,
+        score: bool,
+        graph: str | None,
+        *,
+        mark: bool,
+    ) -> AsyncGenerator[GraphEvent | PolicyEvent | Admitted, None]:
         self.check_prompt(prompt, "prompt")
         deadline = Deadline.of(ctx.deadline_ms, self.latencies)
         chosen = policies.start(self, ctx, graph, prompt, overrides, deadline, model) if score else None
         if chosen is not None:
-            return policies.events(*chosen)
+            events = policies.events(*chosen)
+            return admitted_first(events) if mark else events
         overrides = Deadline.capped(deadline, overrides)
         plan = self.plan(self.select(model), overrides)
-        return self._events(ctx, prompt, plan, interval_ms, score)
+        return self._events(ctx, prompt, plan, interval_ms, score, mark)
 
     async def _events(
         self,
@@ -243,20 +278,32 @@ class Graph:
         plan: dict[str, GenerationParams],
         interval_ms: int,
         score: bool,
-    ) -> AsyncGenerator[GraphEvent, None]:
+        mark: bool = False,
+    ) -> AsyncGenerator[GraphEvent | Admitted, None]:
         """Interleave every selected node's events tagged by model; score each completion as it ends.
-        At the request's deadline the stream ends with a node_timeout error event."""
+        At the request's deadline the stream ends with a node_timeout error event. With `mark`, ADMITTED
+        once every node has accepted the request, and a node's refusal before that is raised, not sent."""
         request_id = ctx.request_id
-        queue: asyncio.Queue[GraphEvent | None] = asyncio.Queue()  # None: a producer is done
+        # None: a producer is done; a GraphError: a node refused the request before the stream was admitted
+        queue: asyncio.Queue[GraphEvent | Admitted | GraphError | None] = asyncio.Queue()
         outstanding = len(plan)  # producers (node pumps, scorers) that have not said "done" yet
         tasks: list[asyncio.Task[None]] = []
+        waiting = set(plan)  # nodes that have not accepted the request yet
+
+        def admit(node: str) -> None:
+            if node in waiting:
+                waiting.discard(node)
+                if mark and not waiting:
+                    queue.put_nowait(ADMITTED)
 
         async def pump(node: str) -> None:
             nonlocal outstanding
             try:
                 with tracing.node_span(node) as span:
                     results = []
-                    async for ev in self.node(ctx, node).stream(prompt, plan[node], request_id, interval_ms):
+                    async for ev in self.node(ctx, node).stream(
+                        prompt, plan[node], request_id, interval_ms, lambda: admit(node)
+                    ):
                         await queue.put(stream_event(node, ev))
                         if ev.result is not None:
                             results.append(ev.result)
@@ -264,6 +311,8 @@ class Graph:
                             outstanding += 1
                             tasks.append(asyncio.create_task(score_one(node, ev.index, ev.result)))
                     tracing.record(span, results)
+            except Overloaded as exc:
+                await queue.put(exc if mark and node in waiting else error_event(exc))
             except GraphError as exc:
                 await queue.put(error_event(exc))
             except Exception as exc:
@@ -272,6 +321,7 @@ class Graph:
                     error_event(NodeFailure(f"node {node!r} failed: {type(exc).__name__}: {exc}", node=node))
                 )
             finally:
+                admit(node)
                 await queue.put(None)
 
         async def score_one(node: str, index: int, result: GenerationResult) -> None:
@@ -302,6 +352,8 @@ class Graph:
                     break
                 if item is None:
                     outstanding -= 1
+                elif isinstance(item, GraphError):
+                    raise item
                 else:
                     yield item
             completed = True
@@ -329,19 +381,6 @@ class Graph:
             await self.generators[node].cancel(request_id)
         except Exception:  # cancelling is best effort: the node may already be done
             log.debug("cancel on %s failed", node, exc_info=True)
-
-
-def _first_error(group: BaseExceptionGroup) -> BaseException:
-    """The error to report from a failed TaskGroup: a GraphError if there is one."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        err = stack.pop()
-        if isinstance(err, BaseExceptionGroup):
-            stack.extend(reversed(err.exceptions))
-        else:
-            leaves.append(err)
-    return next((e for e in leaves if isinstance(e, GraphError)), leaves[0])
 
 
 def stream_event(node: str, ev: StreamEvent) -> TokenEvent | FinalEvent:

@@ -88,7 +88,15 @@ class SchedulerConfig(_Strict):
         gt=0.0,
         le=1_000_000.0,
         description="KV cache budget (MiB): "
-        "admission waits rather than grow the cache past it; one request needing more is a 400. None = off.",
+        "admission waits rather than grow the cache past it; one request needing more is a 400. None = a quarter "
+        "of the machine's memory (or of the cgroup's limit).",
+    )
+    prefix_cache_mb: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1_000_000.0,
+        description="Memory (MiB) for prompts kept for reuse: a prompt that starts with a kept one (of the same "
+        "API key) prefills only the rest. None = a quarter of the KV budget; 0 = off.",
     )
 
 
@@ -199,8 +207,12 @@ class GeneratorNode(_Strict):
     max_new_tokens_limit: int = Field(
         default=256, ge=1, le=MAX_NEW_TOKENS, description="Most max_new_tokens a request may ask of this node."
     )
-    max_prompt_tokens: int = Field(
-        default=512, ge=1, le=32768, description="Longest prompt in tokens (after the chat template)."
+    max_prompt_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_048_576,
+        description="Longest prompt in tokens (after the chat template). None = the model's whole context less "
+        "the request's max_new_tokens.",
     )
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="The decode batch and its queue.")
     budget: RequestBudget = Field(

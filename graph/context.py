@@ -67,6 +67,8 @@ class RequestContext:
     account: Account = field(default_factory=Account)
     deadline_ms: int | None = None
     priority: int = 0
+    user: str | None = None  # the request's own `user` (OpenAI's field): a split keeps one user on one branch
+    metadata: tuple[tuple[str, str], ...] = ()  # the request's metadata (a switch may route on it)
 
     @classmethod
     def make(
@@ -108,6 +110,15 @@ class RequestContext:
     def asking(self, deadline_ms: int | None) -> RequestContext:
         """This context with the request's own answer-in-time budget (a body field, known after parsing)."""
         return self if deadline_ms is None else replace(self, deadline_ms=deadline_ms)
+
+    def tagged(self, user: str | None = None, metadata: dict[str, str] | None = None) -> RequestContext:
+        """This context with the request's `user` and metadata (what a switch or split routes on)."""
+        if user is None and not metadata:
+            return self
+        return replace(self, user=user, metadata=tuple(sorted((metadata or {}).items())))
+
+    def meta(self, key: str) -> str | None:
+        return dict(self.metadata).get(key)
 
     def part(self, suffix: str) -> RequestContext:
         """A part of this request with its own node request id (`<id>-<suffix>`), the same account and deadline."""

@@ -105,6 +105,14 @@ class NodeTimeout(NodeFailure):
     kind = "node_timeout"
 
 
+class Refused(GraphError):
+    """A named graph's guard found the prompt or the answer over a blocked label's threshold. 422, kind refused:
+    the request was understood and will not be answered as it stands (`field`: prompt or output)."""
+
+    status = 422
+    kind = "refused"
+
+
 class ConfigError(GraphError):
     """A graph config file is wrong; raised at startup, names the key."""
 
@@ -128,3 +136,16 @@ def error_from_status(status: int, message: str, node: str) -> GraphError:
     if status in (429, 503):  # BentoML's max_concurrency refusal, or a node not ready
         return Overloaded(f"node {node!r} is overloaded: {message}")
     return NodeFailure(f"node {node!r} failed ({status}): {message}", node=node)
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The error to report from a failed TaskGroup: a GraphError if there is one."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        err = stack.pop()
+        if isinstance(err, BaseExceptionGroup):
+            stack.extend(reversed(err.exceptions))
+        else:
+            leaves.append(err)
+    return next((e for e in leaves if isinstance(e, GraphError)), leaves[0])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from graph.chat_format import Prompt
@@ -18,15 +18,31 @@ class LocalGenerator:
         self.engine = engine
 
     async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = ""
     ) -> list[list[GenerationResult]]:
-        return list(await asyncio.gather(*[self.engine.generate(p, params, request_id=request_id) for p in prompts]))
+        return list(
+            await asyncio.gather(
+                *[self.engine.generate(p, params, request_id=request_id, scope=scope) for p in prompts]
+            )
+        )
 
     async def stream(
-        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        request_id: str,
+        interval_ms: int,
+        on_admitted: Callable[[], None] | None = None,
+        scope: str = "",
     ) -> AsyncIterator[StreamEvent]:
-        async for ev in self.engine.stream(prompt, params, request_id=request_id, interval_ms=interval_ms):
-            yield ev
+        events = self.engine.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope)
+        try:
+            if on_admitted is not None:
+                on_admitted()
+            async for ev in events:
+                yield ev
+        finally:
+            await events.aclose()
 
     async def cancel(self, request_id: str) -> bool:
         return bool(self.engine.cancel(request_id))
@@ -57,12 +73,12 @@ def build_local_graph(config: Any, **lookups: Any) -> tuple[Any, dict[str, Any]]
     Engines are started; close them when done. `lookups` are passed to the loaders (store_lookup,
     embedded_lookup) for BentoML-store and embedded model references."""
     from graph.compose import Graph
-    from graph.engine import GenerationEngine
     from graph.models.loading import load_classifier
+    from graph.models.node_engine import engine_for_node
 
     engines = {}
     for name, node in config.generators.items():
-        engines[name] = GenerationEngine.from_node(name, node, threads=config.generator_threads(name), **lookups)
+        engines[name] = engine_for_node(name, node, threads=config.generator_threads(name), **lookups)
         engines[name].warmup()
     classifier = LocalClassifier(load_classifier(config.classifier, **lookups))
     graph = Graph(config, {n: LocalGenerator(e) for n, e in engines.items()}, classifier)

@@ -65,3 +65,22 @@ def malloc_trim() -> bool:
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):
         return False
+
+
+# Share of the machine's memory (or of the cgroup's limit, when lower) a node's KV cache may take when
+# its config sets no scheduler.max_kv_mb: the rest is the model, activations and the other nodes.
+KV_MEMORY_SHARE = 0.25
+
+
+def default_kv_budget() -> int:
+    """KV cache bytes a node may use by default: KV_MEMORY_SHARE of the memory this process can have
+    (physical memory, or the cgroup v2 limit when lower)."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return int(total * KV_MEMORY_SHARE)

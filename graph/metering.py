@@ -8,7 +8,7 @@ what it generated before the cut.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from graph.chat_format import Prompt
 from graph.context import RequestContext
@@ -22,19 +22,29 @@ class Metered:
 
     def __init__(self, client: GeneratorClient, ctx: RequestContext) -> None:
         self.client, self.ctx = client, ctx
+        # Kept prompts (a node's prefix cache) are per caller: one key's never speed up another's.
+        self.scope = ctx.key_id or ""
 
     async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = ""
     ) -> list[list[GenerationResult]]:
-        out = await self.client.generate(prompts, params, request_id)
+        out = await self.client.generate(prompts, params, request_id, scope=scope or self.scope)
         self.ctx.charge(sum(r.completion_tokens for rows in out for r in rows))
         return out
 
     async def stream(
-        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        request_id: str,
+        interval_ms: int,
+        on_admitted: Callable[[], None] | None = None,
+        scope: str = "",
     ) -> AsyncIterator[StreamEvent]:
         seen: dict[int, int] = {}  # sequence index -> tokens charged so far
-        async for ev in self.client.stream(prompt, params, request_id, interval_ms):
+        async for ev in self.client.stream(
+            prompt, params, request_id, interval_ms, on_admitted=on_admitted, scope=scope or self.scope
+        ):
             now = ev.result.completion_tokens if ev.result is not None else ev.tokens
             if now is not None and now > seen.get(ev.index, 0):
                 self.ctx.charge(now - seen.get(ev.index, 0))

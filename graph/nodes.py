@@ -3,7 +3,7 @@ BentoML dependency answers them; graph/local.py and services/clients.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from graph.chat_format import Prompt
@@ -15,12 +15,23 @@ class GeneratorClient(Protocol):
     """What the graph needs from a generator node (a local engine or a BentoML dependency)."""
 
     async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str
-    ) -> list[list[GenerationResult]]: ...
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = ""
+    ) -> list[list[GenerationResult]]:
+        """Results per prompt; `scope` (the caller's API key id): whose kept prompts these may start from."""
+        ...
 
     def stream(
-        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
-    ) -> AsyncIterator[StreamEvent]: ...
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        request_id: str,
+        interval_ms: int,
+        on_admitted: Callable[[], None] | None = None,
+        scope: str = "",
+    ) -> AsyncIterator[StreamEvent]:
+        """The request's events; `on_admitted()` is called once the node has accepted the request
+        (before its first event; a refusal is raised instead, before any event)."""
+        ...
 
     async def cancel(self, request_id: str) -> bool: ...
 

@@ -33,6 +33,8 @@ NOT_BLANK: JsonDict = {"pattern": _NOT_BLANK_PATTERN}
 _VISIBLE = re.compile(_NOT_BLANK_PATTERN)
 Text = Annotated[str, Field(min_length=1, json_schema_extra=NOT_BLANK)]
 # bounds first: the schema shows them
+RouteUser = Annotated[str, Field(min_length=1, max_length=256)]
+RouteMetadata = dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=512)]]
 DeadlineMs = Annotated[int, Field(ge=1, le=600_000), *Int.__metadata__]  # pyright: ignore[reportAttributeAccessIssue]  Annotated aliases carry __metadata__
 
 
@@ -57,12 +59,16 @@ class GenerateScoreRequest(StrictRequest):
     )
     graph: str | None = Field(
         default=None,
-        description="Named graph of the config (`all`, or a best_of / cascade graph); omit for the config's default.",
+        description="Named graph of the config (`all`, best_of, cascade, switch, split...); omit for the default.",
         examples=["all"],
     )
     deadline_ms: DeadlineMs | None = Field(
         default=None,
         description="Answer within this time with what the graph has (finish_reason `time`).",
+    )
+    user: RouteUser | None = Field(default=None, description="The end user: a named graph's split sticks to it.")
+    metadata: RouteMetadata | None = Field(
+        default=None, description="Up to 16 key-value pairs: a named graph's switch may route on one.", max_length=16
     )
 
     _blank = field_validator("original_sentence")(not_blank)
@@ -139,6 +145,10 @@ class ScoreStreamRequest(StreamRequest):
 
     graph: str | None = Field(default=None, description="Named graph of the config; omit for the config's default.")
     deadline_ms: DeadlineMs | None = Field(default=None, description="Answer within this time (finish_reason `time`).")
+    user: RouteUser | None = Field(default=None, description="The end user: a named graph's split sticks to it.")
+    metadata: RouteMetadata | None = Field(
+        default=None, description="Up to 16 key-value pairs: a named graph's switch may route on one.", max_length=16
+    )
 
 
 class ClassifyRequest(StrictRequest):

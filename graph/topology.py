@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graph.config import GraphConfig
 from graph.params import GenerationParams
-from graph.policies.config import BestOf
+from graph.policies.config import BestOf, Cascade
+from graph.policies.schemas import Kind
 
 CLASSIFIER = "classifier"  # the scoring node's name in the graph (also its service name)
 PROMPT = "prompt"  # the request entering the graph
@@ -59,8 +60,13 @@ class NamedGraphInfo(_Frozen):
     """A named graph of the config's policies (a request picks it with `graph`)."""
 
     name: str
-    policy: Literal["best_of", "cascade"]
-    nodes: list[str] = Field(description="best_of: one entry per candidate; cascade: the stages in order.")
+    policy: Kind
+    nodes: list[str] = Field(
+        description="best_of: one entry per candidate; cascade: the stages in order; others: every node they may run."
+    )
+    branches: dict[str, str] = Field(
+        default_factory=dict, description="A composite (switch, split, ...): its config key -> branch (node or graph)."
+    )
 
 
 class GraphInfo(_Frozen):
@@ -104,7 +110,12 @@ def describe(config: GraphConfig) -> GraphInfo:
         NamedGraphInfo(
             name=name,
             policy=g.policy,
-            nodes=[n for n, k in g.nodes.items() for _ in range(k)] if isinstance(g, BestOf) else list(g.order),
+            nodes=[n for n, k in g.nodes.items() for _ in range(k)]
+            if isinstance(g, BestOf)
+            else list(g.order)
+            if isinstance(g, Cascade)
+            else config.policies.nodes_of(name),
+            branches={} if isinstance(g, BestOf | Cascade) else g.branches(),
         )
         for name, g in config.policies.graphs.items()
     ]

@@ -37,6 +37,31 @@ def node_span(node: str) -> Iterator[Span]:
         yield span
 
 
+@contextmanager
+def step_span(graph: str, kind: str, depth: int) -> Iterator[Span]:
+    """The span of one step of a named graph (its branches' steps and node calls hang under it)."""
+    with tracer().start_as_current_span(
+        f"graph {graph}",
+        kind=SpanKind.INTERNAL,
+        attributes={"graph.graph": graph, "graph.kind": kind, "graph.depth": depth},
+        record_exception=True,
+    ) as span:
+        yield span
+
+
+def step_done(span: Span, out: Any) -> None:
+    """What a step decided: the branch it served with, the answer's candidate and node, the path below it."""
+    if not span.is_recording():
+        return
+    path = getattr(out, "path", None) or []
+    if path and path[0].branch is not None:
+        span.set_attribute("graph.branch", path[0].branch)
+    answer = getattr(out, "answer", None)
+    if answer is not None:
+        span.set_attributes({"graph.answer.model": answer.model, "graph.answer.candidate": answer.id})
+    span.set_attribute("graph.path", [f"{p.graph}:{p.kind}:{p.branch or ''}:{p.outcome}" for p in path])
+
+
 def record(span: Span, answer: Any) -> None:
     """What a node answered, as the span's attributes (generations or classifications; else nothing)."""
     if not span.is_recording() or not isinstance(answer, list):

@@ -52,7 +52,7 @@ class ChatEndpoints:
     async def chat_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """A chat turn as server-sent events: token and final events, a `turn` event once stored, [DONE]."""
         rctx = request_context(ctx)
-        events = self.chat.stream(rctx, ChatRequest(**fields))
+        events = await self.chat.stream(rctx, ChatRequest(**fields))  # a refusal raises here: 429
 
         async def body() -> AsyncIterator[str]:
             try:

@@ -106,12 +106,19 @@ async def _retrying(call: Callable[[], Awaitable[Any]], node: str, request_id: s
             await _until_ready(dep, node)
 
 
-async def _events(chunks: AsyncIterator[str | bytes], node: str) -> AsyncIterator[StreamEvent]:
-    """A node stream's chunks -> its StreamEvents (graph/wire.py); the node's error is raised."""
+async def _events(
+    chunks: AsyncIterator[str | bytes], node: str, on_admitted: Callable[[], None] | None = None
+) -> AsyncIterator[StreamEvent]:
+    """A node stream's chunks -> its StreamEvents (graph/wire.py); the node's error is raised.
+    `on_admitted()` once the node's admission line (or, from a node that sends none, its first event) arrives."""
     decoder = StreamDecoder(node)
     try:
         async for chunk in chunks:
-            for event in decoder.feed(chunk):
+            events = decoder.feed(chunk)
+            if on_admitted is not None and (decoder.admitted or events):
+                on_admitted()
+                on_admitted = None
+            for event in events:
                 yield event
     except BentoMLException as exc:
         raise node_error(exc, node) from None
@@ -127,10 +134,10 @@ class GeneratorNodeClient:
         self.dep, self.node, self.retries = dep, node, retries
 
     async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = ""
     ) -> list[list[GenerationResult]]:
         out = await _retrying(
-            lambda: self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id),
+            lambda: self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id, scope=scope),
             self.node,
             request_id,
             self.dep,
@@ -139,12 +146,18 @@ class GeneratorNodeClient:
         return _typed(_RESULTS, out, self.node)
 
     def stream(
-        self, prompt: Prompt, params: GenerationParams, request_id: str, interval_ms: int
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        request_id: str,
+        interval_ms: int,
+        on_admitted: Callable[[], None] | None = None,
+        scope: str = "",
     ) -> AsyncIterator[StreamEvent]:
         chunks = self.dep.to_async.generate_stream(
-            prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms
+            prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms, scope=scope
         )
-        return _events(chunks, self.node)
+        return _events(chunks, self.node, on_admitted)
 
     async def cancel(self, request_id: str) -> bool:
         return bool(await self.dep.to_async.cancel(request_id=request_id))

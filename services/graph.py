@@ -26,6 +26,7 @@ from graph.auth import ApiKeys
 from graph.compose import Graph, Timeline, sse
 from graph.faces.embeddings import EmbedRequest, EmbedResponse
 from graph.faces.grpc_server import GrpcFaces
+from graph.policies import metrics as branch_metrics
 from graph.policies.schemas import PolicyResponse
 from graph.schemas import (
     Classification,
@@ -93,6 +94,11 @@ GENERATORS = {
 }
 CLASSIFIER = _node(None if CONFIG.classifier.url else make_classifier_service(CONFIG.classifier), CONFIG.classifier.url)
 OPENAI = make_openai_app()  # the OpenAI-compatible face under /v1 (services/openai_app.py)
+BRANCHES = bentoml.metrics.Counter(
+    name="graph_branch",
+    documentation="Steps of named graphs: the branch each step chose, served with, failed over or refused.",
+    labelnames=["graph", "kind", "branch", "outcome"],
+)
 FACES = {"/v1/": openai_response}  # the edge's refusals (401, 415, 429) there in OpenAI's error shape
 
 
@@ -119,6 +125,11 @@ class InferenceGraph(ChatEndpoints):
         self.nodes = generators
         HEALTH.nodes = {name: client.dep for name, client in [*generators.items(), ("classifier", classifier)]}
         self.graph = Graph(CONFIG, generators, classifier)
+        branch_metrics.add_sink(
+            lambda graph, kind, branch, outcome: BRANCHES.labels(
+                graph=graph, kind=kind, branch=branch, outcome=outcome
+            ).inc()
+        )
         self.chat = open_chat(self.graph)  # /infer, /chat...: services/chat.py
         OPENAI.state.face = OpenAIFace(self.graph)
         self.grpc = GrpcFaces(self.graph, CONFIG.grpc, keys=KEYS)
@@ -139,7 +150,7 @@ class InferenceGraph(ChatEndpoints):
         """Graph `all`: every model at once, each completion scored (`generated`, `score`, ...); a named graph
         (`graph`): its decision (answer, candidates, trace). `deadline_ms`: answer in time."""
         req = GenerateScoreRequest(**fields)
-        rctx = request_context(ctx).asking(req.deadline_ms)
+        rctx = request_context(ctx).asking(req.deadline_ms).tagged(req.user, req.metadata)
         timeline = Timeline()
         out = await self.graph.generate_score(
             rctx, req.original_sentence, req.params, graph=req.graph, timeline=timeline
@@ -178,21 +189,24 @@ class InferenceGraph(ChatEndpoints):
     @http_errors
     async def generate_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """Server-sent events: fragments tagged by model, a final event per completion, then [DONE]."""
-        return self._sse(ctx, StreamRequest(**fields), score=False)
+        return await self._sse(ctx, StreamRequest(**fields), score=False)
 
     @bentoml.api(input_spec=ScoreStreamRequest)  # pyright: ignore[reportArgumentType]  bentoml's stub says IODescriptor; pydantic works
     @http_errors
     async def generate_score_stream(self, ctx: bentoml.Context, **fields: Any) -> AsyncGenerator[str, None]:
         """Like generate_stream, plus a `score` event for each completion as soon as it ends; a named graph
         (`graph`) streams its candidates, pruning rounds, gates and its decision."""
-        return self._sse(ctx, ScoreStreamRequest(**fields), score=True)
+        return await self._sse(ctx, ScoreStreamRequest(**fields), score=True)
 
-    def _sse(self, ctx: bentoml.Context, req: StreamRequest, *, score: bool) -> Any:
-        """Validated now (bad input is a 4xx, not a broken stream); the events flow afterwards."""
+    async def _sse(self, ctx: bentoml.Context, req: StreamRequest, *, score: bool) -> Any:
+        """Validated and admitted now (bad input is a 4xx and a node's refusal a 429 with Retry-After,
+        not a broken stream); the events flow afterwards."""
         graph, deadline = (req.graph, req.deadline_ms) if isinstance(req, ScoreStreamRequest) else (None, None)
         rctx = request_context(ctx).asking(deadline)
+        if isinstance(req, ScoreStreamRequest):
+            rctx = rctx.tagged(req.user, req.metadata)
         interval = req.intermediate_result_interval_ms
-        events = self.graph.stream(
+        events = await self.graph.open_stream(
             rctx, req.prompt, req.model, req.params, interval_ms=interval, score=score, graph=graph
         )
 

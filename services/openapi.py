@@ -27,7 +27,8 @@ ERRORS = {
     "500": "A node failed (`node` names it) or did not answer within graph_timeout_s (node_timeout).",
 }
 STREAM_SCHEMAS = ("TokenEvent", "FinalEvent", "ScoreEvent", "ErrorEvent")
-POLICY_EVENT_SCHEMAS = ("CandidatesEvent", "PruneEvent", "GateEvent", "DecisionEvent")  # a named graph's stream
+# a named graph's stream
+POLICY_EVENT_SCHEMAS = ("CandidatesEvent", "PruneEvent", "GateEvent", "StepEvent", "DecisionEvent")
 SSE_EVENT = {  # one server-sent event as clients parse it
     "type": "object",
     "required": ["data"],

@@ -13,7 +13,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-TIERS = ("unit", "graph", "e2e", "shipping")
+TIERS = ("unit", "graph", "e2e", "shipping", "image")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -24,6 +24,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in one of tests/{{{','.join(TIERS)}}}/")
         item.add_marker(getattr(pytest.mark, tier))
+        if tier == "image" and "image" not in (config.option.markexpr or ""):
+            # Real containers, minutes of builds: `make test-image` (pytest -m image tests/image) only.
+            item.add_marker(pytest.mark.skip(reason="container image tier: run `make test-image`"))
 
 
 @pytest.fixture(scope="session")

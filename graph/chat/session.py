@@ -21,12 +21,13 @@ from graph.chat.store import ChatStore, Turn
 from graph.chat_format import ChatMessage, ChatPrompt, clean_reply
 from graph.compose import Graph, error_event, stream_event
 from graph.context import RequestContext
-from graph.errors import GraphError, InvalidRequest
+from graph.errors import GraphError, InvalidRequest, Overloaded
 from graph.params import GenerationParams
 from graph.policies import registry as policies
 from graph.policies.schemas import DecisionEvent, PolicyResponse
 from graph.results import GenerationResult
 from graph.schemas import ErrorEvent, FinalEvent, TokenEvent, Usage
+from graph.streams import ADMITTED, Admitted, opened
 
 
 class ChatSessions:
@@ -79,19 +80,21 @@ class ChatSessions:
             (result,) = per_prompt[0]
             return await self._store(turn, req, node, result, result.prompt_messages)
 
-    def stream(self, ctx: RequestContext, req: ChatRequest) -> AsyncGenerator[BaseModel, None]:
-        """Validate now (bad input is a 4xx, not a broken stream), then stream the turn's events:
-        token and final events as generate_stream's, then a `turn` event once it is stored."""
+    async def stream(self, ctx: RequestContext, req: ChatRequest) -> AsyncGenerator[BaseModel, None]:
+        """Validate now (bad input is a 4xx, not a broken stream), wait until the node has accepted the
+        turn (a refusal raises here: a 429 before the first byte, graph/streams.py), then the turn's
+        events: token and final events as generate_stream's, then a `turn` event once it is stored."""
         node, params = self.plan(req)
         if req.graph is not None:
-            return self._graph_events(ctx, req)
-        return self._events(ctx, req, node, params)
+            return await opened(self._graph_events(ctx, req))
+        return await opened(self._events(ctx, req, node, params))
 
-    async def _graph_events(self, ctx: RequestContext, req: ChatRequest) -> AsyncGenerator[BaseModel, None]:
+    async def _graph_events(self, ctx: RequestContext, req: ChatRequest) -> AsyncGenerator[BaseModel | Admitted, None]:
         """A named graph's turn: its events (candidates, tokens, scores, pruning, gates, the decision)
         as /generate_score_stream sends them, then the `turn` event once the answer is stored."""
         assert req.graph is not None
         async with self.store.turn(ctx.key_id, req.user_id) as turn:
+            yield ADMITTED  # the policy admits its candidates as it starts them
             messages = self.prompt(await turn.history(), req.message)
             try:
                 events = self.graph.stream(
@@ -133,17 +136,27 @@ class ChatSessions:
         req: ChatRequest,
         node: str,
         params: GenerationParams,
-    ) -> AsyncGenerator[TokenEvent | FinalEvent | ErrorEvent | TurnEvent, None]:
+    ) -> AsyncGenerator[TokenEvent | FinalEvent | ErrorEvent | TurnEvent | Admitted, None]:
+        """The turn's events, ADMITTED in front of the first (the node's refusal is raised before it)."""
         owner = ctx.key_id
         async with self.store.turn(owner, req.user_id) as turn:
             messages = self.prompt(await turn.history(), req.message)
             result: GenerationResult | None = None
+            admitted = False
             try:
                 async for ev in self.graph.node(ctx, node).stream(
                     ChatPrompt(messages=messages), params, ctx.request_id, req.intermediate_result_interval_ms
                 ):
+                    if not admitted:
+                        admitted = True
+                        yield ADMITTED
                     yield stream_event(node, ev)
                     result = ev.result or result
+            except Overloaded as exc:
+                if not admitted:  # refused before its first event: the face answers 429 (nothing stored)
+                    raise
+                yield error_event(exc)
+                return
             except GraphError as exc:  # nothing stored: the turn is rolled back
                 yield error_event(exc)
                 return

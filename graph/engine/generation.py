@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import torch
 
@@ -25,12 +25,41 @@ from graph.engine.detok import make_decoder
 from graph.engine.grammar import Grammars
 from graph.engine.runners.base import Runner
 from graph.engine.runners.torch_runner import ModelRunner
-from graph.engine.scheduler import Request, Scheduler
+from graph.engine.scheduler import PLANNED_PROMPT, Request, Scheduler
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
 from graph.results import GenerationResult, StreamEvent, TokenLogprob, TopLogprob
 
+# The longest prompt of a model that names no context (and a node that sets no max_prompt_tokens).
+NO_CONTEXT_LIMIT = 32768
+
+
+def planned_prompt(max_prompt_tokens: int | None) -> int:
+    """Prompt columns the batch cache (and the compiled runner's buckets) are sized for up front: not the
+    whole context, whose buffers every row would carry; longer prompts grow the cache when they come."""
+    return min(max_prompt_tokens or PLANNED_PROMPT, PLANNED_PROMPT)
+
+
 __all__ = ["GenerationEngine", "GenerationResult", "StreamEvent", "TokenLogprob", "TopLogprob"]
+
+
+class RequestStream:
+    """A submitted request's stream events; aclose() cancels the request's rows, started or not."""
+
+    def __init__(self, events: AsyncGenerator[StreamEvent, None], release: Callable[[], None]) -> None:
+        self._events, self._release = events, release
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+        finally:
+            self._release()
 
 
 class GenerationEngine:
@@ -44,13 +73,14 @@ class GenerationEngine:
         name: str,
         max_batch_size: int = 32,
         max_queue: int = 256,
-        max_prompt_tokens: int = 512,
+        max_prompt_tokens: int | None = None,
         threads: int | None = None,
         chat_template: bool = False,
         compile: bool = False,
         max_request_share: float = 1.0,
         max_wait_s: float | None = None,
         max_kv_mb: float | None = None,
+        prefix_cache_mb: float | None = None,
     ) -> None:
         """`model`: a causal LM in eval mode; `tokenizer`: its fast tokenizer. `threads` sets torch's
         (process-wide) thread count. Prompts are tokenized with the tokenizer's special tokens (BOS
@@ -65,7 +95,7 @@ class GenerationEngine:
         elif compile:
             from graph.engine.runners.torch_compiled import CompiledRunner
 
-            runner = CompiledRunner(model, max_batch_size=max_batch_size, max_length=max_prompt_tokens)
+            runner = CompiledRunner(model, max_batch_size=max_batch_size, max_length=planned_prompt(max_prompt_tokens))
         else:
             runner = ModelRunner(model)
         self._runner = runner
@@ -73,7 +103,9 @@ class GenerationEngine:
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
-        self.max_prompt_tokens = max_prompt_tokens
+        # The longest prompt: the configured limit, else the model's context (a request's own limit is
+        # that less its max_new_tokens: `prompt_limit`).
+        self.max_prompt_tokens: int = max_prompt_tokens or runner.max_positions or NO_CONTEXT_LIMIT
         if chat_template and not getattr(tokenizer, "chat_template", None):
             raise ConfigError(
                 f"generators.{name}.chat_template: true, but this model's tokenizer has no chat template",
@@ -95,58 +127,14 @@ class GenerationEngine:
             pad_id=pad,
             max_batch_size=max_batch_size,
             max_queue=max_queue,
-            max_prompt_tokens=max_prompt_tokens,
+            max_prompt_tokens=self.max_prompt_tokens,
             threads=threads,
             max_request_share=max_request_share,
             max_wait_s=max_wait_s,
             max_kv_mb=max_kv_mb,
             kv_bytes_per_token=runner.kv_bytes_per_token(),
+            prefix_cache_mb=prefix_cache_mb,
         )
-
-    @classmethod
-    def from_node(cls, name: str, node, *, threads: int | None = None, **lookups) -> GenerationEngine:
-        """The engine of generator node `name` (a graph.config.GeneratorNode), model loaded, not
-        started. `lookups` go to graph.models.loading.load_causal_lm (store_lookup, embedded_lookup)."""
-        from graph.models.loading import load_causal_lm, resolve_runtime
-
-        runtime = resolve_runtime(node.runtime, name=name, model=node.model)
-        if runtime.backend == "onnx":
-            from graph.models.onnx_model import load
-
-            model, tokenizer = load(node.model, runtime, threads=threads, **lookups)
-        elif runtime.backend == "llamacpp":
-            from graph.models import gguf_model
-
-            model, tokenizer = gguf_model.load(
-                node.model,
-                runtime,
-                threads=threads,
-                max_batch_size=node.scheduler.max_batch_size,
-                max_positions=node.max_prompt_tokens + node.max_new_tokens_limit,
-                **lookups,
-            )
-        else:
-            lookups.pop("onnx_lookup", None)
-            model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
-        sched = node.scheduler
-        engine = cls(
-            model,
-            tokenizer,
-            name=name,
-            max_batch_size=sched.max_batch_size,
-            max_queue=sched.max_queue,
-            max_prompt_tokens=node.max_prompt_tokens,
-            threads=threads,
-            chat_template=node.chat_template,
-            max_request_share=sched.max_request_share,
-            max_wait_s=sched.max_wait_s,
-            max_kv_mb=sched.max_kv_mb,
-            compile=runtime.compile,
-        )
-        if runtime.backend == "torch":
-            quant = "" if runtime.quantize == "none" else f", {runtime.quantize}"
-            engine.runtime_name = f"torch {runtime.dtype}{quant}" + (", compiled" if runtime.compile else "")
-        return engine
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -165,13 +153,18 @@ class GenerationEngine:
 
     # -- requests ------------------------------------------------------------------------------------
     async def generate(
-        self, prompt: str | list[int] | ChatPrompt, params: GenerationParams, *, request_id: str | None = None
+        self,
+        prompt: str | list[int] | ChatPrompt,
+        params: GenerationParams,
+        *,
+        request_id: str | None = None,
+        scope: str = "",
     ) -> list[GenerationResult]:
         """All `params.num_return_sequences` completions of `prompt`, in index order. A prompt given
         as token ids (e.g. from `fit_chat`) is used as it is: no chat template, no special tokens;
         a ChatPrompt is fitted here (`fit_chat`)."""
         prompt, params, kept = self._fit(prompt, params)
-        req = self._submit(prompt, params, request_id, streaming=False, prompt_messages=kept)
+        req = self._submit(prompt, params, request_id, streaming=False, prompt_messages=kept, scope=scope)
         total = params.num_return_sequences
         results: list[GenerationResult | None] = [None] * total
         try:
@@ -195,14 +188,41 @@ class GenerationEngine:
         *,
         request_id: str | None = None,
         interval_ms: int = 0,
+        scope: str = "",
     ) -> AsyncIterator[StreamEvent]:
         """Text fragments per sequence index, at most one event per `interval_ms` per sequence;
         a sequence's final event (carrying its result) is sent at once. Fragments of a sequence
         concatenate to its final text and never run past a stop string. Closing the iterator
         early (aclose, or cancelling the consuming task) cancels the request and frees its rows."""
+        events = self.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope)
+        try:
+            async for ev in events:
+                yield ev
+        finally:
+            await events.aclose()
+
+    def open_stream(
+        self,
+        prompt: str | list[int] | ChatPrompt,
+        params: GenerationParams,
+        *,
+        request_id: str | None = None,
+        interval_ms: int = 0,
+        scope: str = "",
+    ) -> RequestStream:
+        """`stream`, with the request submitted now: a refusal (Overloaded, InvalidRequest) raises here,
+        before the caller has sent anything. The returned stream's aclose() cancels the request,
+        whether it was iterated or not."""
         prompt, params, kept = self._fit(prompt, params)
-        req = self._submit(prompt, params, request_id, streaming=True, prompt_messages=kept)
-        total = params.num_return_sequences
+        req = self._submit(prompt, params, request_id, streaming=True, prompt_messages=kept, scope=scope)
+        return RequestStream(self._events(req, interval_ms), lambda: self._release(req))
+
+    def _release(self, req: Request) -> None:
+        if req.results_seen < req.params.num_return_sequences:
+            self._scheduler.cancel(req)
+
+    async def _events(self, req: Request, interval_ms: int) -> AsyncGenerator[StreamEvent, None]:
+        total = req.params.num_return_sequences
         interval = interval_ms / 1000.0
         pending: dict[int, str] = {}
         last_flush = float("-inf")
@@ -247,8 +267,7 @@ class GenerationEngine:
                     req.results_seen += 1
                     yield event
         finally:
-            if req.results_seen < total:
-                self._scheduler.cancel(req)
+            self._release(req)
 
     def cancel(self, request_id: str) -> bool:
         """Cancel every row of the request(s) with this id; False if none is queued or running.
@@ -262,7 +281,9 @@ class GenerationEngine:
         rejected_total (Overloaded), shed_total (of those, refused for max_wait_s), failed_rows_total
         (rows failed alone), malloc_trims_total; gauges: active_rows, queued_requests, step_ms
         (moving average), kv_mb (the live rows' part of the KV cache), kv_buffer_mb (the KV buffers as
-        allocated: every row slot x the buffer's columns; untouched pages of it cost no RSS)."""
+        allocated: every row slot x the buffer's columns; untouched pages of it cost no RSS), kv_budget_mb
+        (what admission may build up: scheduler.max_kv_mb, else a quarter of the machine's memory),
+        chunked_prefills (long prompts being prefilled a chunk per step)."""
         s = self._scheduler
         cache = s._cache
         kv = s.kv_bytes(len(s.rows), cache.length) if cache is not None else 0
@@ -274,6 +295,8 @@ class GenerationEngine:
             "step_ms": round(s.step_s * 1000, 3),
             "kv_mb": round(kv / 2**20, 3),
             "kv_buffer_mb": round(buffer / 2**20, 3),
+            "kv_budget_mb": round((s.kv_budget or 0) / 2**20, 3),
+            "chunked_prefills": len(s._chunking),
         }
 
     def _fit(
@@ -289,10 +312,16 @@ class GenerationEngine:
     def fit_chat(self, messages: list[ChatMessage], params: GenerationParams) -> FittedChat:
         """`messages` as this node's prompt ids (its chat template or the plain transcript), the
         oldest cut until it fits max_prompt_tokens and the model's context less max_new_tokens."""
-        budget = self.max_prompt_tokens
-        if self._runner.max_positions:
-            budget = min(budget, self._runner.max_positions - params.max_new_tokens)
+        budget = self.prompt_limit(params)
         return fit_chat(self.tokenizer, messages, params, template=self.chat_template, max_tokens=budget)
+
+    def prompt_limit(self, params: GenerationParams) -> int:
+        """Prompt tokens a request with `params` may send: max_prompt_tokens, and the model's context
+        less the request's max_new_tokens."""
+        context = self._runner.max_positions
+        if not context:
+            return self.max_prompt_tokens
+        return max(0, min(self.max_prompt_tokens, context - params.max_new_tokens))
 
     def count_tokens(self, text: str, template: bool = True) -> int:
         """Tokens `text` takes as a prompt (special tokens included, as in generate); with `template`
@@ -318,22 +347,31 @@ class GenerationEngine:
         *,
         streaming: bool,
         prompt_messages: int | None = None,
+        scope: str = "",
     ) -> Request:
         ids = list(prompt) if isinstance(prompt, list) else self._encode(prompt)
         if not ids:
             if self._bos_id is None:
                 raise InvalidRequest("prompt: must not be empty (this model has no BOS token)", field="prompt")
             ids = [self._bos_id]
-        if len(ids) > self.max_prompt_tokens:
+        context = self._runner.max_positions
+        if context and len(ids) > context - 1:
             raise InvalidRequest(
-                f"prompt: {len(ids)} tokens is above this node's limit of {self.max_prompt_tokens} prompt tokens",
+                f"prompt: {len(ids)} tokens is above this request's limit of {self.prompt_limit(params)} prompt "
+                f"tokens (the model's context of {context} tokens less max_new_tokens {params.max_new_tokens})",
                 field="prompt",
             )
-        limit = self._runner.max_positions
-        if limit and len(ids) + params.max_new_tokens > limit:
+        if len(ids) > self.max_prompt_tokens:
+            raise InvalidRequest(
+                f"prompt: {len(ids)} tokens is above this node's limit of {self.max_prompt_tokens} prompt tokens "
+                f"(max_prompt_tokens)",
+                field="prompt",
+            )
+        if context and len(ids) + params.max_new_tokens > context:
             raise InvalidRequest(
                 f"max_new_tokens: the prompt's {len(ids)} tokens + max_new_tokens {params.max_new_tokens} "
-                f"exceed the model's context of {limit} tokens",
+                f"exceed the model's context of {context} tokens (this request's prompt limit is "
+                f"{self.prompt_limit(params)} tokens)",
                 field="max_new_tokens",
             )
         if params.num_return_sequences > self.max_batch_size:
@@ -350,6 +388,7 @@ class GenerationEngine:
             decode=self._decode,
             prompt_messages=prompt_messages,
             grammars=self._grammars.matchers(params.response_format, params.num_return_sequences),
+            scope=scope,
         )
         self._scheduler.submit(req)
         return req

@@ -35,11 +35,12 @@ import torch
 from graph.engine.admission import StepTimes, extra_latency_s
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
 from graph.engine.grammar import RowGrammar
+from graph.engine.kv.prefix_cache import BLOCK_TOKENS, Hit, PrefixCache
 from graph.engine.runners.base import RowCache, Runner
 from graph.engine.runners.torch_runner import release_openmp_pool
 from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
 from graph.errors import InvalidRequest, NodeFailure, Overloaded
-from graph.memory import malloc_trim
+from graph.memory import default_kv_budget, malloc_trim
 from graph.params import GenerationParams
 from graph.results import FinishReason, GenerationResult, TokenLogprob, TopLogprob
 
@@ -50,6 +51,12 @@ log = logging.getLogger(__name__)
 PREFILL_TOKEN_BUDGET = 4096
 # Columns a cache buffer keeps free on the right when it is (re)allocated.
 RIGHT_ROOM = 256
+# Prompt columns a new batch cache plans for on the left (the torch layout right-aligns rows): a
+# longer prompt moves the batch into a wider buffer when it joins, so rows never carry context-sized buffers.
+PLANNED_PROMPT = 512
+# A prompt longer than this is prefilled this many tokens per step, between the running rows' decode
+# steps (runners with chunked_prefill), so their streams keep flowing while it is read.
+CHUNK_TOKENS = 512
 # Idle this long (no rows, nothing waiting): give freed heap memory back to the OS once.
 IDLE_TRIM_S = 1.0
 
@@ -70,8 +77,12 @@ class Request:
         decode,
         prompt_messages: int | None = None,
         grammars: Sequence[RowGrammar | None] = (),
+        scope: str = "",
     ) -> None:
         self.id = rid
+        self.scope = scope  # whose kept prompts this one may start from (the caller's API key)
+        self.looked_up = False  # the kept prompts were searched for its prefix
+        self.hit: Hit | None = None
         self.prompt_ids = prompt_ids
         self.prompt_messages = prompt_messages  # a chat prompt's messages kept (reported in results)
         self.params = params
@@ -130,6 +141,17 @@ class Row:
         return RowSampling(self.req.params, self.generator, [*self.req.prompt_ids, *self.tokens], self.grammar)
 
 
+class Chunked:
+    """A long prompt being prefilled a chunk per step: its prompt tokens done so far and their cache."""
+
+    __slots__ = ("req", "done", "cache")
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        self.done = 0
+        self.cache: RowCache | None = None
+
+
 class Outbox:
     """Messages for consumers, sent with one thread-safe call per event loop."""
 
@@ -173,6 +195,7 @@ class Scheduler:
         max_wait_s: float | None = None,
         max_kv_mb: float | None = None,
         kv_bytes_per_token: int = 0,
+        prefix_cache_mb: float | None = None,
     ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
@@ -183,11 +206,18 @@ class Scheduler:
         self.max_queue = max_queue
         self.max_prompt_tokens = max_prompt_tokens
         self.threads = threads
+        self.chunk_tokens = CHUNK_TOKENS  # longer prompts are prefilled this many tokens per step
         # Rows one request id may hold (its first request is always admissible).
         self.row_cap = max(1, math.floor(max_batch_size * max_request_share))
         self.max_wait_s = max_wait_s
-        self.kv_budget = int(max_kv_mb * 2**20) if max_kv_mb else None
+        # KV bytes admission may build up: the config's max_kv_mb, else a share of the machine's memory
+        self.kv_budget: int | None = int(max_kv_mb * 2**20) if max_kv_mb else default_kv_budget()
         self.kv_bytes_per_token = kv_bytes_per_token  # one row, one position, all layers, keys + values
+        # Prompts kept for reuse (graph/engine/kv/prefix_cache.py): prefix_cache_mb, else a quarter of the KV budget.
+        keep = int(prefix_cache_mb * 2**20) if prefix_cache_mb is not None else (self.kv_budget or 0) // 4
+        self.prefixes = (
+            PrefixCache(keep, kv_bytes_per_token) if runner.chunked_prefill and keep and kv_bytes_per_token else None
+        )
         self.step_s = 0.0  # moving average of a step's wall time (prefill + decode), for expected waits
         self.step_times = StepTimes()  # measured step time per batch size, for expected completions
         self._stepped_rows = 0  # rows the last step decoded
@@ -202,6 +232,7 @@ class Scheduler:
         self.ready = threading.Event()  # set once the decode thread has warmed up
         # Owned by the decode thread.
         self.rows: list[Row] = []
+        self._chunking: deque[Chunked] = deque()  # long prompts being prefilled a chunk per step, oldest first
         self._cache: RowCache | None = None
         self._sampler: BatchSampler | None = None
         self._token_texts: dict[int, str] = {}
@@ -211,6 +242,7 @@ class Scheduler:
             requests_total=0,
             batch_steps_total=0,
             prefill_steps_total=0,
+            prefix_hit_tokens_total=0,
             cancelled_total=0,
             rejected_total=0,
             shed_total=0,
@@ -240,9 +272,10 @@ class Scheduler:
             waiting, self._waiting = list(self._waiting), deque()
             self._by_id.clear()
         out = Outbox()
-        for req in waiting + list({r.req: None for r in self.rows}):
+        for req in waiting + list({r.req: None for r in self.rows}) + [c.req for c in self._chunking]:
             out.put(req, NodeFailure(f"{self.name}: the generation engine was closed", node=self.name))
         self.rows, self._cache, self._sampler = [], None, None
+        self._chunking.clear()
         out.send()
 
     def submit(self, req: Request) -> None:
@@ -258,7 +291,8 @@ class Scheduler:
             raise InvalidRequest(
                 f"max_new_tokens: {n} rows x ({len(req.prompt_ids)} prompt + {req.params.max_new_tokens} new tokens) "
                 f"need {self.kv_bytes(n, len(req.prompt_ids) + req.params.max_new_tokens) / 2**20:.0f} MB of KV cache, "
-                f"above this node's scheduler.max_kv_mb={self.kv_budget / 2**20:.0f}",
+                f"above this node's KV budget of {self.kv_budget / 2**20:.0f} MB (scheduler.max_kv_mb; by default "
+                f"a quarter of the machine's memory)",
                 field="max_new_tokens",
             )
         with self._wake:
@@ -371,7 +405,7 @@ class Scheduler:
             while True:
                 trim = False
                 with self._wake:
-                    while not self._closing and not self._waiting and not self.rows:
+                    while not self._closing and not self._waiting and not self.rows and not self._chunking:
                         if trimmed:
                             self._wake.wait()
                         elif not self._wake.wait(IDLE_TRIM_S):
@@ -411,6 +445,7 @@ class Scheduler:
 
     def _fail_all(self, admitted: list[Request], exc: Exception) -> None:
         reqs = {r.req: None for r in self.rows}
+        reqs.update({c.req: None for c in self._chunking})
         reqs.update({r: None for r in admitted})
         out = Outbox()
         for req in reqs:
@@ -418,6 +453,7 @@ class Scheduler:
             self._unregister(req)
             out.put(req, NodeFailure(f"{self.name}: generation failed: {exc}", node=self.name))
         self.rows, self._cache, self._sampler = [], None, None
+        self._chunking.clear()
         out.send()
 
     def _step(self, admitted: list[Request]) -> None:
@@ -433,9 +469,14 @@ class Scheduler:
                 gone.append(i)
         self._drop(gone)
         admitted.extend(self._admit(now, out))
-        if admitted:
-            self._prefill(admitted, out)
+        whole = [r for r in admitted if not self._chunked(r)]
+        self._chunking.extend(Chunked(r) for r in admitted if self._chunked(r))
+        if whole:
+            self._prefill(whole, out)
             out.send()  # first tokens go out before the next forward
+        if self._chunking:
+            self._prefill_chunk(now, out)
+            out.send()
         self._stepped_rows = len(self.rows)
         if self.rows:
             self._decode(out)
@@ -445,8 +486,10 @@ class Scheduler:
         """Waiting requests to prefill now: round-robin over request ids (oldest first), FIFO within
         an id, an id at its row cap skipped (it waits while others go); a request that does not fit
         in the free rows (or the KV budget) stops admission, so nobody overtakes it."""
-        free = self.max_batch_size - len(self.rows)
+        chunking = sum(c.req.params.num_return_sequences for c in self._chunking)
+        free = self.max_batch_size - len(self.rows) - chunking  # rows of prompts still being prefilled are taken
         held = Counter(r.req.id for r in self.rows)
+        held.update({c.req.id: c.req.params.num_return_sequences for c in self._chunking})
         span = max((len(r.req.prompt_ids) + r.req.params.max_new_tokens for r in self.rows), default=0)
         taken: list[Request] = []
         longest = 0
@@ -466,12 +509,13 @@ class Scheduler:
                     if held[rid] and held[rid] + n > self.row_cap:
                         del groups[rid]  # at its share of the batch: its other requests wait
                         continue
-                    p = max(longest, len(req.prompt_ids))
+                    chunked = self._chunked(req)  # prefilled a chunk per step: not in this step's batch
+                    p = longest if chunked else max(longest, len(req.prompt_ids))
                     new_span = max(span, len(req.prompt_ids) + req.params.max_new_tokens)
                     rows = self.max_batch_size - free + n
                     if (
                         n > free
-                        or (taken and p * (len(taken) + 1) > PREFILL_TOKEN_BUDGET)
+                        or (taken and not chunked and p * (len(taken) + 1) > PREFILL_TOKEN_BUDGET)
                         or (self.kv_budget is not None and rows > n and self.kv_bytes(rows, new_span) > self.kv_budget)
                     ):
                         groups.clear()
@@ -490,21 +534,80 @@ class Scheduler:
         return taken
 
     def _prefill(self, reqs: list[Request], out: Outbox) -> None:
-        b, p = len(reqs), max(len(r.prompt_ids) for r in reqs)
+        """One batched prefill of `reqs`' prompts; identical prompts of one scope (best_of candidates,
+        cascade steps sent at once) are prefilled once and share the row. Each prompt is kept for reuse."""
+        unique: dict[tuple[str, tuple[int, ...]], int] = {}
+        of_req = [unique.setdefault((r.scope, tuple(r.prompt_ids)), len(unique)) for r in reqs]
+        prompts = list(unique)
+        b, p = len(prompts), max(len(ids) for _, ids in prompts)
         ids = torch.full((b, p), self.pad_id, dtype=torch.long)
         mask = torch.zeros(b, p, dtype=torch.bool)
-        for i, req in enumerate(reqs):
-            n = len(req.prompt_ids)
-            ids[i, p - n :] = torch.tensor(req.prompt_ids, dtype=torch.long)
+        for i, (_, prompt) in enumerate(prompts):
+            n = len(prompt)
+            ids[i, p - n :] = torch.tensor(prompt, dtype=torch.long)
             mask[i, p - n :] = True
         logits, cache = self.runner.prefill(ids, mask)
         self.counters["prefill_steps_total"] += 1
-        self.counters["prompt_tokens_total"] += sum(len(r.prompt_ids) for r in reqs)
+        self.counters["prompt_tokens_total"] += sum(len(prompt) for _, prompt in prompts)
+        self.counters["prefix_hit_tokens_total"] += sum(len(r.prompt_ids) for r in reqs) - sum(
+            len(prompt) for _, prompt in prompts
+        )
+        if self.prefixes is not None:
+            for i, (scope, prompt) in enumerate(prompts):
+                if len(prompt) >= BLOCK_TOKENS:
+                    n = len(prompt)
+                    self.prefixes.keep(scope, prompt, cache.copy_row(i, p - n, n, n))
+        self._join(reqs, logits, cache, out, of_req)
 
+    def _chunked(self, req: Request) -> bool:
+        """Whether `req`'s prompt is prefilled on its own, a chunk per step (runners with chunked_prefill):
+        a long prompt, or one that starts with a kept prompt (only the rest is prefilled)."""
+        if not self.runner.chunked_prefill:
+            return False
+        if not req.looked_up:
+            req.looked_up = True
+            req.hit = self.prefixes.lookup(req.scope, req.prompt_ids) if self.prefixes is not None else None
+        return req.hit is not None or len(req.prompt_ids) > self.chunk_tokens
+
+    def _prefill_chunk(self, now: float, out: Outbox) -> None:
+        """Chunks of the long (or partly kept) prompts being prefilled, oldest first, up to chunk_tokens
+        tokens in all (one chunk at least); a prompt's rows join the batch after its last chunk."""
+        budget = self.chunk_tokens
+        while self._chunking and budget > 0:
+            c = self._chunking[0]
+            req = c.req
+            if req.cancelled or (req.deadline is not None and now >= req.deadline):
+                self._chunking.popleft()
+                for row in req.rows:
+                    self._finish(row, "cancelled" if req.cancelled else "time", out)
+                continue
+            total = len(req.prompt_ids)
+            if c.cache is None and req.hit is not None:  # start from the kept prefix: prefill only the rest
+                c.done = req.hit.tokens
+                c.cache = req.hit.kept.cache.copy_row(0, 0, c.done, total)
+                self.counters["prefix_hit_tokens_total"] += c.done
+                req.hit = None  # the kept prompt may be evicted now
+            chunk = req.prompt_ids[c.done : c.done + min(budget, self.chunk_tokens)]
+            logits, cache = self.runner.prefill_chunk(torch.tensor([chunk], dtype=torch.long), c.cache, total)
+            c.cache = cache
+            c.done += len(chunk)
+            budget -= len(chunk)
+            self.counters["prefill_steps_total"] += 1
+            self.counters["prompt_tokens_total"] += len(chunk)
+            if c.done < total:
+                return
+            self._chunking.popleft()
+            if self.prefixes is not None:
+                self.prefixes.keep(req.scope, req.prompt_ids, cache)
+            self._join([req], logits, cache, out, [0])
+
+    def _join(self, reqs: list[Request], logits: torch.Tensor, cache: RowCache, out: Outbox, of_req: list[int]) -> None:
+        """First tokens of prefilled prompts `reqs` (a prefill's logits and cache; request i's prompt
+        is row of_req[i]); their unfinished rows join the running batch."""
         # The samples of one prompt share its prefill: its logits and KV rows are repeated.
         rows = [row for req in reqs for row in req.rows]
-        src = [i for i, req in enumerate(reqs) for _ in req.rows]
-        if src != list(range(b)):
+        src = [of_req[i] for i, req in enumerate(reqs) for _ in req.rows]
+        if src != list(range(logits.shape[0])):
             logits = logits.index_select(0, torch.tensor(src, dtype=torch.long))
         step = self._choose(BatchSampler([r.sampling() for r in rows], logits.shape[-1]), rows, logits, out)
         now = time.monotonic()
@@ -518,11 +621,8 @@ class Scheduler:
             return
         batch_cache = self._cache
         if batch_cache is None:
-            batch_cache = self._cache = self.runner.new_cache(
-                self.max_batch_size,
-                self.max_prompt_tokens + RIGHT_ROOM,
-                left_room=self.max_prompt_tokens,
-            )
+            room = min(self.max_prompt_tokens, PLANNED_PROMPT)  # not the whole context: longer prompts grow it
+            batch_cache = self._cache = self.runner.new_cache(self.max_batch_size, room + RIGHT_ROOM, left_room=room)
         batch_cache.add_rows(cache, [src[j] for j in keep], RIGHT_ROOM)
         self.rows.extend(rows[j] for j in keep)
         self._sampler = None

@@ -4,7 +4,9 @@
 caller's `x-request-id` metadata (or a new id), its API key (`authorization: Bearer <key>`, checked and
 admitted here: UNAUTHENTICATED / RESOURCE_EXHAUSTED), and its deadline (the client's gRPC deadline, at
 most the config's graph_timeout_s). Every answer, refusals included, carries `x-request-id` in its
-trailing metadata. Health and reflection stay open and untouched.
+trailing metadata (a named graph's answer also `x-graph-path`: `path_trailers`). `x-user` and `x-meta-<key>`
+metadata become the request's `user` and metadata (what a named graph's switch or split routes on). Health and
+reflection stay open and untouched.
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ class CallContext:
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
         trailers = (*tuple(trailing_metadata or ()), (REQUEST_ID_HEADER, self.request.request_id))
         await self._context.abort(code, details, trailing_metadata=trailers)
+
+
+META_PREFIX = "x-meta-"
+
+
+def path_trailers(context: Any, path: str) -> None:
+    """A named graph's answer: the path it took as trailing metadata `x-graph-path`, beside `x-request-id`."""
+    rid = context.request.request_id if isinstance(context, CallContext) else None
+    trailers = [("x-graph-path", path)] + ([(REQUEST_ID_HEADER, rid)] if rid is not None else [])
+    context.set_trailing_metadata(tuple(trailers))
 
 
 def request_context(context: Any, timeout_s: float = 300.0) -> RequestContext:
@@ -65,6 +77,8 @@ class Contexts(grpc.aio.ServerInterceptor):
         if remaining is not None:
             timeout = min(timeout, max(0.0, remaining))
         rctx = RequestContext.make(timeout_s=timeout, request_id=request_id_from(metadata.get(REQUEST_ID_HEADER)))
+        tags = {k[len(META_PREFIX) :]: str(v) for k, v in metadata.items() if k.startswith(META_PREFIX)}
+        rctx = rctx.tagged(metadata.get("x-user"), tags)
         context.set_trailing_metadata(((REQUEST_ID_HEADER, rctx.request_id),))
         return CallContext(context, rctx)
 

@@ -4,6 +4,7 @@ validation -> INVALID_ARGUMENT (the message names the field; `x-error-field` tra
 overloaded, rate_limited -> RESOURCE_EXHAUSTED (`retry-after` trailer, seconds); unavailable -> UNAVAILABLE
 node_timeout -> DEADLINE_EXCEEDED
 node_failure -> UNAVAILABLE (the `x-error-node` trailer names the node)
+refused (a named graph's guard) -> FAILED_PRECONDITION
 unauthorized -> UNAUTHENTICATED; anything else -> INTERNAL
 """
 
@@ -34,6 +35,7 @@ _CODES = {
     "node_failure": grpc.StatusCode.UNAVAILABLE,
     "node_unavailable": grpc.StatusCode.UNAVAILABLE,
     "unauthorized": grpc.StatusCode.UNAUTHENTICATED,
+    "refused": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

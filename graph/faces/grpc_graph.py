@@ -15,9 +15,9 @@ from google.protobuf.message import Message
 from pydantic import BaseModel
 
 from graph.compose import Graph
-from graph.faces.grpc_context import request_context
+from graph.faces.grpc_context import path_trailers, request_context
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
-from graph.policies.schemas import PolicyResponse
+from graph.policies.schemas import PolicyResponse, path_text
 from graph.schemas import ClassifyRequest, GenerateRequest, GenerateScoreRequest, StreamRequest
 from graph.tasks import background
 from protos import inference_graph_pb2 as pb
@@ -75,6 +75,7 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
             request_context(context), req.original_sentence, req.params, graph=req.graph
         )
         if isinstance(out, PolicyResponse):
+            path_trailers(context, path_text(out.path))
             rest = [c for c in out.candidates if c.id != out.answer.id]
             extra = {"id", "seed", "mean_logprob", "pruned_at_tokens"}
             return pb.GenerateScoreResponse(
@@ -109,7 +110,7 @@ class InferenceGraphServicer(pb_grpc.InferenceGraphServicer):
     async def GenerateScoreStream(self, request: pb.StreamRequest, context: Any) -> AsyncIterator[pb.GraphEvent]:
         """Token, final and score events (and error events of a failed node) as the SSE stream has."""
         req = validated(StreamRequest, fields_of(request))
-        events = self.graph.stream(
+        events = await self.graph.open_stream(
             request_context(context),
             req.prompt,
             req.model,

@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from graph.compose import Graph
 from graph.errors import ErrorBody, InvalidRequest, error_from_body
-from graph.faces.grpc_context import request_context
+from graph.faces.grpc_context import path_trailers, request_context
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
 from graph.params import GenerationOverrides
-from graph.policies.config import BestOf
+from graph.policies.schemas import path_text
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, TokenEvent
 from graph.tasks import background
 from protos import text_generator_pb2 as pb
@@ -72,12 +72,12 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
     def _graph_nodes(self, call: SeedCall) -> list[str]:
         """The nodes of the named graph the call's `x-graph` chose (a 400 naming it if unknown)."""
         g = self.graph.config.policies.graphs.get(call.graph or "")
-        if g is None:
+        if g is None or call.graph is None:
             names = list(self.graph.config.policies.graphs)
             raise InvalidRequest(f"x-graph: unknown graph {call.graph!r}; graphs: {names}", field="x-graph")
         if call.model is not None:
             raise InvalidRequest("x-model: a named graph chooses its own nodes; leave x-model out", field="x-model")
-        return list(g.nodes) if isinstance(g, BestOf) else list(g.order)
+        return self.graph.config.policies.nodes_of(call.graph)
 
     async def _plan(self, call: SeedCall) -> tuple[str, GenerationOverrides]:
         """The node and the overrides of a validated call; max_length checked against the prompt.
@@ -109,6 +109,7 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
         ctx = request_context(context)
         if call.graph is not None:  # the named graph's decided answer
             out = await self.graph.decide(ctx, call.text, overrides, call.graph)
+            path_trailers(context, path_text(out.path))
             return pb.GenerateResponse(text=call.text + out.answer.completion)
         per_node = await self.graph.generate(ctx, [call.text], node, overrides)
         return pb.GenerateResponse(text=call.text + per_node[node][0][0].text)
@@ -122,10 +123,11 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
         ctx = request_context(context)
         if call.graph is not None:  # a named graph's text is final once it has decided: one fragment
             out = await self.graph.decide(ctx, call.text, overrides, call.graph)
+            path_trailers(context, path_text(out.path))
             yield pb.GenerateStreamedResponse(text_fragment=call.text + out.answer.completion)
             return
         interval_ms = call.intermediate_result_interval_ms or self.stream_interval_ms
-        events = self.graph.stream(ctx, call.text, node, overrides, interval_ms=interval_ms)
+        events = await self.graph.open_stream(ctx, call.text, node, overrides, interval_ms=interval_ms)
         prefix = call.text  # the first fragment carries the prompt: fragments add up to Generate's text
         try:
             async for fragment in paced(texts(events, node), interval_ms / 1000.0):  # pyright: ignore[reportArgumentType]  score=False: no policy events

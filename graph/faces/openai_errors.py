@@ -27,6 +27,7 @@ _TYPES = {
     "overloaded": "rate_limit_error",
     "rate_limited": "rate_limit_error",
     "unsupported_media_type": "invalid_request_error",
+    "refused": "invalid_request_error",  # a named graph's guard: OpenAI's content refusals are 400-class too
 }
 _GRAPH_NAME = re.compile(r"\b(?:params\.)?([a-z_]+)(?=[:.\[]|$)")
 

@@ -97,9 +97,10 @@ class OpenAIFace:
         """A ChatCompletion, or (stream=true) the SSE lines of its chunks; validated before any node works.
         Its `id` carries the request id; the graph charges the tokens to `ctx`'s caller."""
         route, prompt, rid = self.route(req.model), req.prompt(), ctx.request_id
+        ctx = ctx.tagged(req.user, req.metadata)
         log.info("request_id=%s openai chat model=%s user=%s", rid, req.model, req.user)
         if req.stream:
-            return self._stream(ctx, req, route, prompt, chat=True)
+            return await self._stream(ctx, req, route, prompt, chat=True)
         choices = await self._run(ctx, [prompt], route, req)
         return ChatCompletion(
             id=f"chatcmpl-{rid}",
@@ -124,9 +125,10 @@ class OpenAIFace:
     # ---- completions ---------------------------------------------------------------------------
     async def completions(self, ctx: RequestContext, req: CompletionRequest) -> Completion | AsyncIterator[str]:
         route, prompts, rid = self.route(req.model), req.prompts(), ctx.request_id
+        ctx = ctx.tagged(req.user, req.metadata)
         log.info("request_id=%s openai completions model=%s user=%s", rid, req.model, req.user)
         if req.stream:
-            return self._stream(ctx, req, route, prompts[0], chat=False)
+            return await self._stream(ctx, req, route, prompts[0], chat=False)
         choices = await self._run(ctx, list(prompts), route, req)
         return Completion(
             id=f"cmpl-{rid}",
@@ -180,7 +182,7 @@ class OpenAIFace:
         return decided(out, index)
 
     # ---- streaming -----------------------------------------------------------------------------
-    def _stream(
+    async def _stream(
         self,
         ctx: RequestContext,
         req: ChatCompletionRequest | CompletionRequest,
@@ -189,11 +191,12 @@ class OpenAIFace:
         *,
         chat: bool,
     ) -> AsyncIterator[str]:
-        """Validate now (bad input is a 4xx, not a broken stream), then the chunks as SSE, then [DONE]."""
+        """Validate and admit now (bad input is a 4xx and a node's refusal a 429 with Retry-After, not a
+        broken stream), then the chunks as SSE, then [DONE]."""
         if route.policy is not None:
             chunks = _Chunks(req, ctx.request_id, [f"graph:{route.policy}"], chat=chat, echo=False)
             return decision_stream(self.graph, ctx, req, route.policy, prompt, chunks, _FINISH.__getitem__)
-        events = self.graph.stream(ctx, prompt, route.node, req.overrides(), score=route.scored)
+        events = await self.graph.open_stream(ctx, prompt, route.node, req.overrides(), score=route.scored)
         nodes = list(self.graph.generators) if route.node is None else [route.node]
         chunks = _Chunks(req, ctx.request_id, nodes, chat=chat, echo=isinstance(req, CompletionRequest) and req.echo)
 

@@ -17,7 +17,7 @@ from graph.chat_format import Prompt
 from graph.compose import Graph, sse
 from graph.context import RequestContext
 from graph.faces.openai_shapes import Scored, with_extras
-from graph.policies.schemas import DecisionEvent, PolicyResponse
+from graph.policies.schemas import DecisionEvent, PolicyResponse, path_text
 from graph.results import Classification, GenerationResult
 from graph.schemas import ErrorEvent, TokenEvent
 from graph.tasks import background
@@ -36,7 +36,8 @@ def decided(out: PolicyResponse, index: int) -> Scored:
         completion_tokens=a.completion_tokens,
         created=time.time(),
     )
-    return Scored(a.model, index, result, Classification(label=a.label, score=a.score, labels=a.labels), out.usage)
+    verdict = Classification(label=a.label, score=a.score, labels=a.labels)
+    return Scored(a.model, index, result, verdict, out.usage, path_text(out.path))
 
 
 def comment(kind: str, payload: str) -> str:
@@ -68,7 +69,8 @@ def decision_stream(
                     out = ev.result
                     yield comment("decision", out.model_dump_json(exclude={"candidates"}, exclude_none=True))
                     a = out.answer
-                    extras = {"model": a.model, "score": a.score, "label": a.label, "candidate": a.id}
+                    path = path_text(out.path)
+                    extras = {"model": a.model, "score": a.score, "label": a.label, "candidate": a.id, "path": path}
                     yield sse(
                         chunks._chunk(0, a.completion, finish(out.finish_reason), extras).model_dump_json(
                             exclude_unset=True
@@ -76,13 +78,14 @@ def decision_stream(
                     )
                     chunks.prompt_tokens = {"graph": out.usage.prompt_tokens}
                     chunks.completion_tokens = out.usage.completion_tokens
-                    chunks.winner = (out.usage.candidates, a.id)
+                    chunks.winner = (out.usage.candidates, a.id, path)
                 elif not isinstance(ev, TokenEvent):  # a candidate's text is not final until decided
                     yield comment("policy", ev.model_dump_json(exclude={"text"}, exclude_none=True))
             if req.include_usage:
                 last = chunks.usage_chunk()
                 if getattr(chunks, "winner", None) is not None:
-                    with_extras(last.usage, {"candidates": chunks.winner[0], "winners": [chunks.winner[1]]})
+                    candidates, winner, path = chunks.winner
+                    with_extras(last.usage, {"candidates": candidates, "winners": [winner], "paths": [path]})
                 yield sse(last.model_dump_json(exclude_unset=True))
             yield sse("[DONE]")
         finally:  # the client went away (or the stream ended): stop the policy and its candidates

@@ -9,7 +9,7 @@ changes nothing. `response_format` (text, json_object, json_schema) constrains d
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -95,7 +95,14 @@ class _Controls(_Strict):
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = Field(default=None, max_length=256, description="The caller's end-user id (logged).")
+    user: str | None = Field(
+        default=None, max_length=256, description="The caller's end-user id (logged; a split sticks to it)."
+    )
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = Field(
+        default=None,
+        max_length=16,
+        description="Up to 16 key-value pairs (OpenAI's field); a named graph's switch may route on one.",
+    )
     response_format: ResponseFormat | None = Field(default=None, description="text, json_object, or json_schema.")
 
     @field_validator("stop")

@@ -27,6 +27,7 @@ class Scored:
     result: GenerationResult
     score: Classification | None
     spent: PolicyUsage | None = None  # a named graph's answer: the tokens of all its candidates
+    path: str | None = None  # a named graph's answer: the path it took (graph.policies.schemas.path_text)
 
 
 def with_extras(choice: M, extras: dict[str, object]) -> M:
@@ -44,6 +45,8 @@ def extras_of(c: Scored) -> dict[str, object]:
     extras: dict[str, object] = {"model": c.node, "score": c.score.score, "label": c.score.label}
     if c.spent is not None:
         extras["candidate"] = c.spent.winner
+    if c.path is not None:
+        extras["path"] = c.path
     return extras
 
 
@@ -55,9 +58,14 @@ def usage_of(choices: list[Scored]) -> CompletionUsage:
         prompt = sum(u.prompt_tokens for u in spent)
         completion = sum(u.completion_tokens for u in spent)
         usage = CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-        return with_extras(
-            usage, {"candidates": sum(u.candidates for u in spent), "winners": [u.winner for u in spent]}
-        )
+        extras: dict[str, object] = {
+            "candidates": sum(u.candidates for u in spent),
+            "winners": [u.winner for u in spent],
+        }
+        paths = [c.path for c in choices if c.path is not None]
+        if paths:
+            extras["paths"] = paths
+        return with_extras(usage, extras)
     prompt = sum({(c.node, c.prompt_index): c.result.prompt_tokens for c in choices}.values())
     completion = sum(c.result.completion_tokens for c in choices)
     return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

@@ -10,12 +10,10 @@ from pydantic import BaseModel
 
 from graph import tracing
 from graph.chat_format import Prompt
-from graph.config import GraphConfig
 from graph.context import RequestContext
 from graph.errors import GraphError, InvalidRequest, NodeFailure
-from graph.policies import best_of as best_of_policy
-from graph.policies import cascade as cascade_policy
-from graph.policies.config import ALL, BestOf, NamedGraph
+from graph.policies import steps
+from graph.policies.config import ALL, NamedGraph, WithPolicies
 from graph.policies.deadline import Deadline
 from graph.policies.run import Host, PolicyEvent, Run
 from graph.policies.schemas import DecisionEvent, PolicyResponse
@@ -25,12 +23,12 @@ from graph.tasks import background
 log = logging.getLogger("graph")
 
 
-def graph_names(config: GraphConfig) -> list[str]:
+def graph_names(config: WithPolicies) -> list[str]:
     """Every graph a request may name (`all` first); the OpenAI face lists each as model `graph:<name>`."""
     return config.policies.names()
 
 
-def resolve(config: GraphConfig, name: str | None, field: str = "graph") -> NamedGraph | None:
+def resolve(config: WithPolicies, name: str | None, field: str = "graph") -> NamedGraph | None:
     """The named graph a request chose (None: the built-in `all`); a 400 naming the field if unknown."""
     chosen = config.policies.default if name is None else name
     if chosen == ALL:
@@ -58,20 +56,14 @@ def start(
         raise InvalidRequest("model: a named graph chooses its own nodes; leave model out", field="model")
     name = graph or host.config.policies.default
     run = Run(host=host, ctx=ctx, graph=name, prompt=prompt, overrides=overrides, deadline=deadline)
-    if isinstance(g, BestOf):
-        best_of_policy.check(run, g)
-    else:
-        cascade_policy.check(run, g)
+    steps.check(run, g)
     return run, g
 
 
 async def execute(run: Run, g: NamedGraph) -> PolicyResponse:
     """Run the policy; if it fails or is cancelled, stop every candidate it started."""
     try:
-        if isinstance(g, BestOf):
-            out = await best_of_policy.best_of(run, g)
-        else:
-            out = await cascade_policy.cascade(run, g)
+        out = await steps.run_graph(run, g)
         tracing.event(DecisionEvent(result=out))
         return out
     except BaseException:

@@ -14,28 +14,34 @@ from pydantic import BaseModel
 
 from graph import tracing
 from graph.chat_format import Prompt, score_text
-from graph.config import GraphConfig
 from graph.context import RequestContext
 from graph.errors import InvalidRequest
 from graph.nodes import GeneratorClient
 from graph.params import GenerationParams
+from graph.policies.config import WithPolicies
 from graph.policies.deadline import Deadline, Latencies
-from graph.policies.schemas import Candidate, CandidatesEvent, DecisionEvent, GateEvent, PruneEvent
-from graph.results import Classification, GenerationResult, StreamEvent
+from graph.policies.labels import LabelVectors
+from graph.policies.schemas import Candidate, CandidatesEvent, DecisionEvent, GateEvent, PruneEvent, StepEvent
+from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 from graph.schemas import FinalEvent, ScoreEvent, TokenEvent, Usage
 
 T = TypeVar("T")
 log = logging.getLogger("graph")
 
-PolicyEvent = CandidatesEvent | TokenEvent | FinalEvent | ScoreEvent | PruneEvent | GateEvent | DecisionEvent
+PolicyEvent = (
+    CandidatesEvent | TokenEvent | FinalEvent | ScoreEvent | PruneEvent | GateEvent | StepEvent | DecisionEvent
+)
 Emit = Callable[[PolicyEvent], Awaitable[None]]
 
 
 class Host(Protocol):
     """What a policy needs of the graph (graph.compose.Graph has it)."""
 
-    config: GraphConfig
     latencies: Latencies
+    label_vectors: LabelVectors
+
+    @property
+    def config(self) -> WithPolicies: ...
 
     @property
     def generators(self) -> Mapping[str, GeneratorClient]: ...
@@ -45,6 +51,8 @@ class Host(Protocol):
     def node(self, ctx: RequestContext, name: str) -> GeneratorClient: ...
 
     async def classify(self, texts: list[str]) -> list[Classification]: ...
+
+    async def embed(self, ctx: RequestContext, texts: list[str]) -> list[Embedding]: ...
 
     async def call(self, node: str, coro: Awaitable[T], ctx: RequestContext | None = None) -> T: ...
 
@@ -74,6 +82,36 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     started_rids: list[tuple[str, str]] = field(default_factory=list)  # (node, candidate request id)
     nodes_run: list[str] = field(default_factory=list)
+    scope: str = ""  # a nested graph's prefix of its candidate ids (`s1.c0`): ids stay unique in one request
+    depth: int = 0  # nesting depth (0: the graph the request named)
+
+    def child(
+        self,
+        graph: str,
+        scope: str,
+        *,
+        prompt: Prompt | None = None,
+        overrides: BaseModel | None = None,
+        deadline: Deadline | None = None,
+        emit: Emit | None = None,
+        keep: tuple[str, ...] = (),
+    ) -> Run:
+        """A branch or step of this run: the same request, account and candidate list (cancel_all stops them
+        all), its own graph name and id prefix; prompt and overrides inherited unless given, deadline and emit
+        only when `keep` names them."""
+        return Run(
+            host=self.host,
+            ctx=self.ctx,
+            graph=graph,
+            prompt=prompt if prompt is not None else self.prompt,
+            overrides=overrides if overrides is not None else self.overrides,
+            deadline=deadline if deadline is not None or "deadline" not in keep else self.deadline,
+            emit=emit if emit is not None or "emit" not in keep else self.emit,
+            started_rids=self.started_rids,
+            nodes_run=self.nodes_run,
+            scope=f"{self.scope}{scope}",
+            depth=self.depth + 1,
+        )
 
     @property
     def request_id(self) -> str:
@@ -115,7 +153,7 @@ class Run:
         update: dict[str, int | None] = {"seed": seed}
         if cap_ms is not None:
             update["max_time_ms"] = min(cap_ms, params.max_time_ms or cap_ms)
-        cid = f"c{index}"
+        cid = f"{self.scope}c{index}"
         return Spec(index, cid, node, params.model_copy(update=update), f"{self.request_id}:{cid}")
 
     def seed_base(self, params: GenerationParams) -> int:
@@ -155,6 +193,12 @@ class Run:
             await self.host.generators[spec.node].cancel(spec.request_id)
         except Exception:  # best effort: it may have finished already
             log.debug("cancel %s on %s failed", spec.request_id, spec.node, exc_info=True)
+
+    async def cancel_since(self, since: int) -> None:
+        """Stop the candidates started after the first `since` (a fallback branch that failed or ran late)."""
+        gens = self.host.generators
+        started = self.started_rids[since:]
+        await asyncio.gather(*[gens[n].cancel(rid) for n, rid in started], return_exceptions=True)
 
     async def cancel_all(self) -> None:
         """Stop every candidate this run started (the request failed or its client left)."""

@@ -77,6 +77,36 @@ class Trace(BaseModel):
     elapsed_ms: float
 
 
+Kind = Literal["best_of", "cascade", "switch", "split", "fallback", "sequence", "guard", "node"]
+Outcome = Literal["served", "failed", "refused", "hit", "passed"]
+
+
+class PathStep(BaseModel):
+    """One step of the path a request took through a (nested) named graph, in the order they ran."""
+
+    graph: str = Field(description="The graph (or node, kind `node`) this step ran.")
+    kind: Kind
+    branch: str | None = Field(default=None, description="The branch it chose or tried (switch, split, fallback...).")
+    outcome: Outcome = Field(default="served", description="served, failed (moved on), refused, hit/passed (guard).")
+    why: str | None = Field(default=None, description="Why this branch: the label and score, the weight, the error.")
+    depth: int = Field(default=0, description="Nesting depth: 0 = the graph the request named.")
+    ms: float = Field(default=0.0, description="Entry-side wall-clock time of this step (its branch's included).")
+
+
+def path_text(path: list[PathStep]) -> str:
+    """The path in one line (gRPC trailing metadata `x-graph-path`, logs): `router>code:best>best[best_of]`."""
+    parts = []
+    for p in path:
+        if p.kind in ("best_of", "cascade", "node"):
+            parts.append(f"{p.graph}[{p.kind}]")
+        elif p.branch is not None:
+            mark = "" if p.outcome in ("served", "passed") else f"!{p.outcome}"
+            parts.append(f"{p.graph}[{p.kind}]:{p.branch}{mark}")
+        else:
+            parts.append(f"{p.graph}[{p.kind}]")
+    return " > ".join(parts)
+
+
 class PolicyUsage(BaseModel):
     """Tokens spent on one named-graph answer: every candidate's, not only the winner's."""
 
@@ -103,7 +133,7 @@ class PolicyResponse(BaseModel):
     """/generate_score's answer for a named graph (best_of, cascade): the decision and how it was made."""
 
     graph: str
-    policy: Literal["best_of", "cascade"]
+    policy: Kind
     answer: Candidate
     finish_reason: FinishReason = Field(description="The answer's, or `time` when the deadline cut the graph short.")
     candidates: list[Candidate] = Field(
@@ -112,6 +142,9 @@ class PolicyResponse(BaseModel):
     )
     trace: Trace
     usage: PolicyUsage = Field(description="Tokens of every candidate, and which one won.")
+    path: list[PathStep] = Field(
+        default_factory=list, description="The path the request took: each step, the branch chosen and why."
+    )
 
 
 # ---- stream events of a policy graph (besides token / final / score events per candidate) -------------
@@ -142,6 +175,13 @@ class GateEvent(Stage):
     """A cascade stage finished and its gate was checked."""
 
     type: Literal["gate"] = "gate"
+
+
+class StepEvent(PathStep):
+    """A step of a composite graph (switch, split, fallback, sequence, guard) decided or finished: the
+    progress of a stream before (and besides) the last step's tokens."""
+
+    type: Literal["step"] = "step"
 
 
 class DecisionEvent(BaseModel):

@@ -277,15 +277,29 @@ function policyLine(text, kind) {
 function onPolicy(ev) {
   if (ev.type === "candidates") {
     policyLine(`candidates: ${ev.candidates.map((c) => `${c.id} on ${c.model}${c.seed != null ? ` (seed ${c.seed})` : ""}`).join(", ")}`, "candidates");
-    for (const c of ev.candidates) completion(c.model, Number(c.id.slice(1))).dataset.candidate = c.id;
+    // a nested graph's ids carry its prefix (s1.c0, best.c2): the column index is the number after the last "c"
+    for (const c of ev.candidates) completion(c.model, Number(c.id.split(".").pop().slice(1))).dataset.candidate = c.id;
   } else if (ev.type === "prune") {
     policyLine(`prune round ${ev.round}: leader ${ev.leader}; pruned ${ev.cancelled.join(", ") || "none"}`, "prune");
     for (const id of ev.cancelled) document.querySelector(`.completion[data-candidate="${id}"]`)?.classList.add("pruned");
   } else if (ev.type === "gate") {
     const gate = ev.gate_label_score != null ? ` gate label ${ev.gate_label_score.toFixed(3)}` : "";
     policyLine(`gate on ${ev.model} (${ev.candidate}): score ${ev.score.toFixed(3)}${gate} → ${ev.passed ? "passed" : "failed"}`, "gate");
+  } else if (ev.type === "step") {  // a switch, split, fallback, sequence or guard decided (nested: indented)
+    const li = policyLine(`${"· ".repeat(ev.depth)}${ev.graph} (${ev.kind}) → ${ev.branch}: ${ev.outcome}` +
+      (ev.why ? ` · ${ev.why}` : ""), `step ${ev.outcome}`);
+    li.dataset.graph = ev.graph;
   } else if (ev.type === "decision") {
     const r = ev.result, t = r.trace;
+    if (r.path && r.path.length > 1) {  // the path taken through a nested graph, lit step by step
+      const path = el("li", { class: "path" });
+      r.path.forEach((p, i) => {
+        if (i) path.append(" › ");
+        path.append(el("span", { class: `hop ${p.outcome}`, text: p.branch && p.kind !== "node" && p.kind !== "best_of" && p.kind !== "cascade"
+          ? `${p.graph}[${p.kind}]:${p.branch}` : `${p.graph}[${p.kind}]` }));
+      });
+      $("#policy").append(path);
+    }
     const budget = t.budget ? ` · deadline ${t.budget.deadline_ms} ms (generate ${t.budget.generate_ms} ms)` : "";
     policyLine(`decision: ${r.answer.id} on ${r.answer.model}, score ${r.answer.score.toFixed(3)} · finish ${r.finish_reason} · ` +
       `${r.usage.candidates} candidates, ${r.usage.completion_tokens} tokens · ${Math.round(t.elapsed_ms)} ms${budget}`, "decision");
@@ -324,7 +338,7 @@ function onEvent(ev, t0) {
     if (ev.node) column(ev.node).classList.remove("streaming");
     return;
   }
-  if (["candidates", "prune", "gate", "decision"].includes(ev.type)) { onPolicy(ev); return; }
+  if (["candidates", "prune", "gate", "step", "decision"].includes(ev.type)) { onPolicy(ev); return; }
   const c = completion(ev.model, ev.index);
   if (ev.type === "token" || ev.type === "final") {
     const text = $(".text", c);

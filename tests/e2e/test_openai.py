@@ -32,7 +32,16 @@ def client(server: Server) -> openai.OpenAI:
 
 def test_models_list_every_node_and_the_graph(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
-    assert ids == ["tiny_a", "tiny_b", "graph", "graph:best", "graph:pruned", "graph:cheap_first", "classifier"]
+    assert ids == [
+        "tiny_a",
+        "tiny_b",
+        "graph",
+        "graph:best",
+        "graph:pruned",
+        "graph:cheap_first",
+        "graph:routed",
+        "classifier",
+    ]
     assert all(m.object == "model" and m.owned_by for m in client.models.list())
 
 

@@ -245,10 +245,10 @@ def test_model_without_a_gguf_file_is_a_config_error_naming_the_backend(tiny_dir
 
 def test_node_on_llamacpp_names_its_runtime(gguf_source):
     from graph.config import GeneratorNode
-    from graph.engine import GenerationEngine
+    from graph.models.node_engine import engine_for_node
 
     node = GeneratorNode(model={"path": str(gguf_source)}, runtime={"backend": "llamacpp", "threads": 1})
-    engine = GenerationEngine.from_node("tiny", node)
+    engine = engine_for_node("tiny", node)
     try:
         assert engine.runtime_name.startswith("llamacpp"), engine.runtime_name
         assert "ggml CPU variant" in engine.runtime_name

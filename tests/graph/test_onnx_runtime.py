@@ -174,12 +174,12 @@ def test_auto_backend_picks_onnx_on_avx2_for_measured_models_only():
 
 def test_node_on_onnx_names_its_runtime(onnx_source, onnx_dir):
     from graph.config import GeneratorNode
-    from graph.engine import GenerationEngine
+    from graph.models.node_engine import engine_for_node
 
     node = GeneratorNode(
         model={"path": str(onnx_source)}, runtime={"backend": "onnx", "onnx_precision": "fp32", "threads": 1}
     )
-    engine = GenerationEngine.from_node("tiny", node)
+    engine = engine_for_node("tiny", node)
     try:
         assert engine.runtime_name.startswith("onnx fp32")
         r = asyncio.run(engine.generate("Hello", GP(max_new_tokens=3)))

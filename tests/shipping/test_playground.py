@@ -236,7 +236,8 @@ def test_chat_tab_keeps_a_conversation_on_the_server(server: Server, page: Any) 
 
 def test_named_graph_runs_and_shows_its_decisions(server: Server, page: Any) -> None:
     """The graph selector runs a named graph: its candidates stream into their nodes' columns and its
-    progress shows (candidates, pruning rounds, the cascade's gate, the deadline, the decision)."""
+    progress shows (candidates, pruning rounds, the cascade's gate, the deadline, the decision, and a
+    nested graph's steps and the path it took)."""
     assert [o for o in page.locator("#graph-select option").all_inner_texts()][1:] == [
         f"{g.name} ({g.policy}: {', '.join(g.nodes)})" for g in describe(CONFIG).graphs
     ]
@@ -264,6 +265,16 @@ def test_named_graph_runs_and_shows_its_decisions(server: Server, page: Any) -> 
     page.wait_for_selector("#policy li.decision", timeout=120_000)
     lines = page.locator("#policy li").all_inner_texts()
     assert lines[0].startswith("candidates: c0 on tiny_b") and lines[1].startswith("gate on tiny_b (c0): score 0.")
+    assert page.locator(".completion.winner").count() == 1
+
+    page.select_option("#graph-select", "routed")  # a nested graph: a fallback over the cascade
+    page.click("#run-button")
+    page.wait_for_selector("#policy li.decision", timeout=120_000)
+    lines = page.locator("#policy li").all_inner_texts()
+    assert lines[0].startswith("candidates: f0.c0 on tiny_b"), lines
+    assert "routed (fallback) → cheap_first: served · first choice" in lines, lines
+    assert page.locator("#policy li.path").inner_text() == "routed[fallback]:cheap_first › cheap_first[cascade]"
+    assert page.locator("#policy li.path .hop").count() == 2
     assert page.locator(".completion.winner").count() == 1
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "playground-named-graph.png"), full_page=True)

@@ -55,6 +55,38 @@ def test_no_import_cycle_in_graph():
     assert "graph.engine.generation" in deps and "graph.models.loading" in deps  # the walk saw the packages
 
 
+def package_of(module: str) -> str:
+    """The package a module belongs to: graph.engine for graph.engine.runners.base, graph.config for itself."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_import_cycle_between_packages():
+    """Packages depend one way: graph.models builds runners on graph.engine and never the reverse, the
+    policies read the config through a protocol (graph.policies.config.WithPolicies), and so on."""
+    edges: dict[str, dict[str, tuple[str, str]]] = {}
+    for module, ds in graph_modules().items():
+        for dep in ds:
+            a, b = package_of(module), package_of(dep)
+            if a != b:
+                edges.setdefault(a, {}).setdefault(b, (module, dep))
+    done: set[str] = set()
+
+    def visit(package: str, path: list[str]) -> None:
+        if package in path:
+            cycle = path[path.index(package) :] + [package]
+            why = [" imports ".join(edges[a][b]) for a, b in zip(cycle, cycle[1:])]
+            raise AssertionError("package cycle: " + " -> ".join(cycle) + " (" + "; ".join(why) + ")")
+        if package in done:
+            return
+        for dep in sorted(edges.get(package, {})):
+            visit(dep, path + [package])
+        done.add(package)
+
+    for package in sorted(edges):
+        visit(package, [])
+    assert "graph.engine" in edges and "graph.models" in edges
+
+
 def test_graph_never_imports_bentoml():
     offenders = [
         str(p.relative_to(ROOT))

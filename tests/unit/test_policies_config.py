@@ -20,7 +20,17 @@ def tiny_config(graphs, default="all"):
 
 
 def test_shipped_configs_list_their_graphs():
-    assert graph_names(load_config("configs/default.yaml")) == ["all", "best_of_3", "best_of_3_pruned", "cascade"]
+    assert graph_names(load_config("configs/default.yaml")) == [
+        "all",
+        "best_of_3",
+        "best_of_3_pruned",
+        "cascade",
+        "polite",
+        "router",
+        "canary",
+        "failover",
+        "refine",
+    ]
     assert graph_names(load_config("configs/gpt2.yaml")) == ["all"]  # no policies key: only the built-in graph
 
 

@@ -47,6 +47,12 @@ class RowCache(ABC):
         """Drop `rows` and free what they held. Returns, for each remaining position, the old
         position of the row now there (the scheduler reorders its own rows the same way)."""
 
+    def copy_row(self, row: int, first: int, n: int, capacity: int) -> Self:
+        """A new one-row cache holding columns [first, first + n) of row `row` (counted from the
+        buffer's first used column) at columns [0, n), with room for `capacity` columns: how a prompt
+        is kept for reuse and how a kept prefix starts a new prompt (runners with chunked_prefill)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot copy rows out")
+
 
 C = TypeVar("C", bound=RowCache)
 
@@ -73,6 +79,16 @@ class Runner(ABC, Generic[C]):
     def decode(self, ids: torch.Tensor, positions: torch.Tensor, cache: C, right_room: int) -> torch.Tensor:
         """One token per live row of `cache` (`ids`, `positions`: [rows, 1]) -> logits [rows, vocab]
         (float32); the cache keeps room for `right_room` more tokens per row."""
+
+    # Whether `prefill_chunk` works: the scheduler then prefills long prompts a chunk per step.
+    chunked_prefill: bool = False
+
+    def prefill_chunk(self, ids: torch.Tensor, cache: C | None, total: int) -> tuple[torch.Tensor, C]:
+        """The next tokens `ids` [1, k] of one prompt of `total` tokens, on top of `cache` (what its
+        earlier chunks left; None for the first chunk) -> logits at the chunk's last position [1, vocab]
+        (float32) and the cache, a one-row prefill cache to `add_rows` from once the prompt is done.
+        Backends that cannot set `chunked_prefill` False: their prompts are prefilled in one go."""
+        raise NotImplementedError(f"{type(self).__name__} prefills prompts in one go")
 
     @abstractmethod
     def kv_bytes_per_token(self) -> int:

@@ -77,9 +77,13 @@ def cpu_variants() -> list[tuple[str, int, Path]]:
 
 
 def _cpu_key() -> str:
-    from graph.models.runtimes import cpu_description, cpu_flags
-
-    text = f"{cpu_description()}|{sorted(cpu_flags())}|{_lib_dir()}"
+    try:
+        info = [
+            line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith(("model name", "flags"))
+        ]
+    except OSError:
+        info = []
+    text = f"{sorted(set(info))}|{_lib_dir()}"
     for path in sorted(_lib_dir().glob("libggml-cpu-*.so")):
         text += f"|{path.name}:{path.stat().st_size}:{int(path.stat().st_mtime)}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -308,6 +312,8 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         self.n_seq = n_seq
         self.n_ctx_seq = -(-n_ctx_seq // 256) * 256  # llama.cpp pads it so
         self.n_batch = n_batch
+        # What a row can hold: the engine cuts prompts to fit it with their max_new_tokens.
+        self.max_positions = self.n_ctx_seq
         threads = threads or os.cpu_count() or 1
         cparams = L.llama_context_default_params()
         cparams.n_ctx = self.n_seq * self.n_ctx_seq

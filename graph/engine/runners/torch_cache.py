@@ -162,6 +162,21 @@ class BatchKVCache(Cache, RowCache):
         self.rows += n
         self.start = new_start
 
+    def copy_row(self, row: int, first: int, n: int, capacity: int) -> BatchKVCache:
+        """Columns [start + first, start + first + n) of `row` as a new unpadded one-row cache."""
+        out = BatchKVCache(len(self.layers), 1, max(capacity, n))
+        lo = self.start + first
+        for dst, src in zip(out.slabs, self.slabs):
+            shape = (1, src.kbuf.shape[1], out.capacity, src.kbuf.shape[-1])
+            dst.kbuf, dst.vbuf = src.kbuf.new_empty(shape), src.vbuf.new_empty(shape)
+            dst.kbuf[0, :, :n] = src.kbuf[row, :, lo : lo + n]
+            dst.vbuf[0, :, :n] = src.vbuf[row, :, lo : lo + n]
+            dst.dtype, dst.device, dst.is_initialized = src.dtype, src.device, True
+        out.rows = 1
+        out.mask[0, :n] = True
+        out.end = n
+        return out
+
     def remove_rows(self, rows: Sequence[int]) -> list[int]:
         """Drop `rows`; each is replaced by the current last row. Returns, for each remaining
         position, the old position of the row now there."""

@@ -81,6 +81,24 @@ class ModelRunner(Runner[BatchKVCache]):
         cache.advance(p)
         return logits, cache
 
+    chunked_prefill = True
+
+    def prefill_chunk(
+        self, ids: torch.Tensor, cache: BatchKVCache | None, total: int
+    ) -> tuple[torch.Tensor, BatchKVCache]:
+        """The next `k` tokens of one prompt on top of what its earlier chunks cached (one row, no padding)."""
+        k = ids.shape[1]
+        if cache is None:
+            cache = BatchKVCache(self.num_layers, 1, total)
+            cache.rows = 1
+        past = cache.length
+        cache.reserve(k, 0)
+        cache.mask[0, cache.end : cache.end + k] = True
+        positions = torch.arange(past, past + k, dtype=torch.long)[None]
+        logits = self._forward(ids, self._chunk_mask(past, k), positions, cache)
+        cache.advance(k)
+        return logits, cache
+
     def decode(self, ids: torch.Tensor, positions: torch.Tensor, cache: BatchKVCache, right_room: int) -> torch.Tensor:
         """One token per row (`ids`, `positions`: [rows, 1]) -> logits [rows, vocab] (float32)."""
         cache.reserve(1, right_room)
@@ -109,6 +127,17 @@ class ModelRunner(Runner[BatchKVCache]):
             if window is None or window >= p:
                 return full
             return full & ~torch.ones(p, p, dtype=torch.bool).tril_(-window)
+
+        return self._for_model(windowed)
+
+    def _chunk_mask(self, past: int, k: int) -> Mask:
+        """Queries at columns past..past+k-1 of one unpadded row: each sees every column up to its own."""
+        full = torch.ones(k, past + k, dtype=torch.bool).tril_(past)[None, None]
+
+        def windowed(window: int | None) -> torch.Tensor:
+            if window is None or window > past + k:
+                return full
+            return full & ~torch.ones(k, past + k, dtype=torch.bool).tril_(past - window)[None, None]
 
         return self._for_model(windowed)
 

@@ -1,0 +1,1 @@
+"""The node's KV memory beyond the running batch: prompts kept for reuse (prefix_cache.py)."""

@@ -1,0 +1,143 @@
+"""Long prompts, prefix reuse and shared prefills on one generator node of a config, in-process (issue #32).
+
+    .venv/bin/python scripts/bench_memory.py [--config configs/default.yaml] [--node smollm2]
+        [--long-tokens 8000] [--streams 8] [--turns 8]
+
+Prints, for the node's engine (its config's runtime, scheduler and prefix cache; greedy):
+- long prompt: a prompt of --long-tokens tokens is answered (or the error it got), its time to first token,
+  and the p95 gap between tokens of --streams other streams alone and while it is prefilled (ratio: target <= 2);
+- chat: time to first token of each of --turns turns of one conversation (each turn's prompt is the last
+  one, its reply and a new message), kept prompts on and off (ratio turn N / turn 1: target <= 1.3);
+- best_of 3: three identical prompts sent at once, prompt tokens prefilled (target: the prompt once).
+Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
+This script asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from graph.config import load_config
+from graph.models.node_engine import engine_for_node
+from graph.models.runtimes import cpu_description
+from graph.params import GenerationParams
+
+TEXT = (
+    "A serving platform keeps every model's whole context within reach: a long document, a chat's history, "
+    "the same system prompt sent by many callers. Each token of a prompt costs a forward pass once. "
+)
+
+
+def p95(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=20)[-1] if len(xs) >= 20 else max(xs)
+
+
+def prompt_ids(engine, tokens: int, salt: str = "") -> list[int]:
+    ids = engine.tokenizer(salt + TEXT * (tokens // 20 + 1), add_special_tokens=False)["input_ids"]
+    return list(ids[:tokens])
+
+
+async def stream_gaps(engine, prompt: str, new: int, gaps: list[tuple[float, float]], again: bool = False) -> None:
+    """One stream's (time, gap since its last event) pairs; with `again`, a new stream whenever one ends."""
+    while True:
+        last = None
+        async for _ in engine.stream(prompt, GenerationParams(max_new_tokens=new)):
+            now = time.monotonic()
+            if last is not None:
+                gaps.append((now, now - last))
+            last = now
+        if not again:
+            return
+
+
+async def long_prompt(engine, args) -> None:
+    alone: list[tuple[float, float]] = []
+    await asyncio.gather(*[stream_gaps(engine, f"Story {i}:", 48, alone) for i in range(args.streams)])
+    during: list[tuple[float, float]] = []
+    streams = [
+        asyncio.ensure_future(stream_gaps(engine, f"Tale {i}:", 256, during, again=True)) for i in range(args.streams)
+    ]
+    await asyncio.sleep(2.0)
+    ids = prompt_ids(engine, args.long_tokens)
+    start = time.monotonic()
+    try:
+        (r,) = await engine.generate(ids, GenerationParams(max_new_tokens=8))
+        status = f"answered ({r.prompt_tokens} prompt tokens, {r.completion_tokens} new)"
+        first = r.first_token_ms or 0.0
+    except Exception as exc:  # printed, not raised: this is a report
+        status, first = f"failed: {type(exc).__name__}: {exc}", float("nan")
+    end = time.monotonic()
+    for s in streams:
+        s.cancel()
+    await asyncio.gather(*streams, return_exceptions=True)
+    window = [g for t, g in during if start <= t <= end]
+    a, d = p95([g for _, g in alone]) * 1000, (p95(window) * 1000 if window else float("nan"))
+    print(f"long prompt {args.long_tokens} tokens: {status}; first token {first / 1000:.2f} s")
+    print(f"  {args.streams} streams' gap p95: alone {a:.1f} ms, during its prefill {d:.1f} ms ({d / a:.2f}x)")
+
+
+async def chat(engine, args, scope: str) -> list[float]:
+    ids = prompt_ids(engine, 200, salt=scope)
+    ttft = []
+    for turn in range(args.turns):
+        (r,) = await engine.generate(ids, GenerationParams(max_new_tokens=32), scope=scope)
+        ttft.append((r.first_token_ms or 0.0) / 1000)
+        reply = engine.tokenizer(r.text, add_special_tokens=False)["input_ids"]
+        ids = ids + list(reply) + prompt_ids(engine, 40, salt=f"Question {turn}: ")
+    return ttft
+
+
+async def main(args) -> None:
+    cfg = load_config(args.config)
+    node = cfg.generators[args.node]
+    from services.store import embedded_lookup, onnx_lookup, store_lookup
+
+    lookups = dict(store_lookup=store_lookup, embedded_lookup=embedded_lookup, onnx_lookup=onnx_lookup)
+    engine = engine_for_node(args.node, node, threads=args.threads or node.runtime.threads, **lookups)
+    engine.warmup()
+    print(f"{cpu_description()}; node {args.node} ({engine.runtime_name}), {os.cpu_count()} cores (shared)")
+    limit = engine.prompt_limit(GenerationParams(max_new_tokens=8))
+    print(f"context {engine._runner.max_positions}, prompt limit at 8 new tokens: {limit}")
+    sched = engine._scheduler
+    try:
+        await long_prompt(engine, args)
+        on = await chat(engine, args, "chat-on")
+        keep = sched.prefixes
+        sched.prefixes = None
+        off = await chat(engine, args, "chat-off")
+        sched.prefixes = keep
+
+        def fmt(xs: list[float]) -> str:
+            return " ".join(f"{x:.2f}" for x in xs)
+
+        for name, xs in (("on ", on), ("off", off)):
+            ratio = xs[-1] / xs[0]
+            print(f"chat TTFT (s) per turn, kept prompts {name}: {fmt(xs)}  (turn {args.turns} / turn 1: {ratio:.2f}x)")
+        ids = prompt_ids(engine, 300, salt="best_of ")
+        before = engine.stats()["prompt_tokens_total"]
+        await asyncio.gather(*[engine.generate(ids, GenerationParams(max_new_tokens=16), scope="b") for _ in range(3)])
+        done = engine.stats()["prompt_tokens_total"] - before
+        share = done / len(ids)
+        print(f"best_of 3 on a {len(ids)}-token prompt: {done:.0f} prompt tokens prefilled ({share:.2f}x the prompt)")
+        print("counters:", {k: v for k, v in engine.stats().items() if "prefix" in k or "prompt" in k or "kv" in k})
+    finally:
+        engine.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument("--node", default="smollm2")
+    parser.add_argument("--long-tokens", type=int, default=8000)
+    parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None)
+    asyncio.run(main(parser.parse_args()))

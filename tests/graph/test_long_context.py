@@ -1,0 +1,106 @@
+"""The model's whole context on tiny random models (issue #32): the default prompt limit is the context less
+the request's new tokens, a prompt above it is a 400 naming both, and a long prompt prefilled a chunk per
+step (between the running rows' decode steps) gives the same tokens as one prefill."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from graph.errors import InvalidRequest
+from graph.params import GenerationParams as GP
+from tests.graph.test_engine import make_engine
+
+# ~600 tokens on both tiny tokenizers: longer than a chunk, inside both contexts (512 and 1024 positions)
+WORDS = "the cat sat on a mat and the dog ran to the park while a bird sang".split()
+
+
+def prompt_of(engine, tokens: int) -> list[int]:
+    """Token ids of a prompt of exactly `tokens` tokens (repeated words)."""
+    ids = engine.tokenizer(" ".join(WORDS * 80), add_special_tokens=False)["input_ids"]
+    assert len(ids) >= tokens
+    return list(ids[:tokens])
+
+
+@pytest.fixture(scope="module", params=["causal_lm", "causal_lm_b"], ids=["llama", "gpt2"])
+def engine(request, tiny_dir):
+    eng = make_engine(tiny_dir / request.param, prefix_cache_mb=0)  # no kept prompts: every prompt is prefilled
+    yield eng
+    eng.close()
+
+
+def generate(engine, ids: list[int], params: GP) -> list[int]:
+    async def go() -> list[int]:
+        events = [ev async for ev in engine.stream(ids, params)]
+        final = [ev.result for ev in events if ev.result is not None]
+        return [final[0].text, final[0].completion_tokens, final[0].prompt_tokens]
+
+    return asyncio.run(go())
+
+
+def test_default_prompt_limit_is_the_context_less_new_tokens(engine):
+    context = engine._runner.max_positions
+    assert engine.max_prompt_tokens == context  # no max_prompt_tokens configured
+    assert engine.prompt_limit(GP(max_new_tokens=16)) == context - 16
+    ids = prompt_of(engine, context - 16)
+    text, completion, prompt = generate(engine, ids, GP(max_new_tokens=16))
+    assert prompt == context - 16 and completion == 16
+
+
+def test_a_prompt_above_the_context_is_a_400_naming_the_limit_and_the_context(engine):
+    context = engine._runner.max_positions
+    ids = prompt_of(engine, 100) * (context // 100 + 1)
+    with pytest.raises(InvalidRequest) as err:
+        generate(engine, ids, GP(max_new_tokens=8))
+    assert err.value.field == "prompt"
+    assert f"limit of {context - 8} prompt tokens" in err.value.message
+    assert f"context of {context} tokens" in err.value.message
+
+
+@pytest.mark.parametrize("chunk", [64, 100])
+def test_chunked_prefill_gives_the_same_tokens_as_one_prefill(engine, chunk):
+    ids = prompt_of(engine, min(450, engine._runner.max_positions - 40))
+    params = GP(max_new_tokens=24)
+    sched = engine._scheduler
+    before = sched.counters["prefill_steps_total"]
+    sched.chunk_tokens = 10_000
+    whole = generate(engine, ids, params)
+    assert sched.counters["prefill_steps_total"] - before == 1
+    sched.chunk_tokens = chunk
+    try:
+        before = sched.counters["prefill_steps_total"]
+        chunked = generate(engine, ids, params)
+        assert sched.counters["prefill_steps_total"] - before == -(-len(ids) // chunk)
+    finally:
+        sched.chunk_tokens = 512
+    assert chunked == whole
+
+
+def test_running_streams_keep_decoding_while_a_long_prompt_is_prefilled(engine):
+    """A long prompt of 8 chunks joins a running stream: the stream gets a token at every chunk's step."""
+    sched = engine._scheduler
+    sched.chunk_tokens = 50
+    long_ids = prompt_of(engine, 400)
+
+    async def go() -> tuple[int, int]:
+        seen: list[int] = []
+        short = asyncio.ensure_future(_count(engine, seen))
+        while not seen:  # the short stream is decoding
+            await asyncio.sleep(0.001)
+        steps = sched.counters["batch_steps_total"]
+        await engine.generate(long_ids, GP(max_new_tokens=1))
+        during = sched.counters["batch_steps_total"] - steps
+        short.cancel()
+        return during, len(seen)
+
+    try:
+        during, _ = asyncio.run(go())
+    finally:
+        sched.chunk_tokens = 512
+    assert during >= 8  # one decode step of the running row per chunk at least
+
+
+async def _count(engine, seen: list[int]) -> None:
+    async for ev in engine.stream("Hello world, this is", GP(max_new_tokens=900)):
+        seen.append(ev.tokens or 0)
