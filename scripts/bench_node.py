@@ -1,11 +1,12 @@
 """Per-node speed and quality of every runtime option, beside llama.cpp on the same GGUF files.
 
     .venv/bin/python scripts/bench_node.py [--models smollm2-135m-instruct,gemma-3-270m] [--threads 2]
-        [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int4,onnx-int8,onnx-fp32]
+        [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int4,onnx-int8,llamacpp]
 
 For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile, or
 backend onnx with its precision: onnx-int4, onnx-int4-acc1 (int4 weights, float32 activations),
-onnx-int8, onnx-fp32; converted once into the BentoML store like `make prepare` does), one
+onnx-int8, onnx-fp32; converted once into the BentoML store like `make prepare` does; or backend
+llamacpp on the model's GGUF file), one
 engine (graph/engine) runs greedy, prompts of exactly --prompt-tokens tokens, --new-tokens new
 tokens each, and prints: ms/token of a single stream, tokens/s at 1, 16 and 64 streams (generated
 tokens over wall time, prefill included), start-up (load + warm-up) seconds, perplexity on
@@ -13,7 +14,9 @@ bench/heldout.txt, and greedy agreement with float32 (share of the first 32 gree
 fixed prompts equal to float32's, up to each prompt's first difference). llama.cpp's llama-bench
 (one stream) and llama-batched-bench (16 and 64 sequences, same prompt and new-token counts, same
 threads) run on the model's GGUF file when scripts/build_llama_cpp.sh has built them; its tokens/s
-is B x new tokens over the whole run's time, the same measure as ours. The ratio is ours / theirs.
+is B x new tokens over the whole run's time, the same measure as ours. Without those tools, llama.cpp's
+single stream is measured through llama-cpp-python's high-level `Llama` (the library `make install`
+builds). The ratio is ours / theirs.
 
 Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
 The CPU model and its flags are printed first. This script asserts nothing.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import math
 import os
@@ -64,6 +68,8 @@ RUNTIMES = {
     "onnx-int4-acc1": RuntimeConfig(backend="onnx", onnx_precision="int4", onnx_accuracy_level=1),
     "onnx-int8": RuntimeConfig(backend="onnx", onnx_precision="int8"),
     "onnx-fp32": RuntimeConfig(backend="onnx", onnx_precision="fp32"),
+    # backend llamacpp (graph/engine/runners/llamacpp_runner.py): the project's engine over llama.cpp on the GGUF file
+    "llamacpp": RuntimeConfig(backend="llamacpp"),
 }
 
 
@@ -156,6 +162,22 @@ def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids) -> dict
         from services.store import onnx_lookup
 
         model, tok = load(ModelRef(path=path), runtime, threads=args.threads, onnx_lookup=onnx_lookup)
+    elif runtime.backend == "llamacpp":
+        from graph.engine.runners.llamacpp_runner import LlamaCppRunner
+        from graph.models.loading import load_generator_tokenizer
+
+        gguf = gguf_file(name)
+        if gguf is None:
+            raise SystemExit(f"{name}: no GGUF file (backend llamacpp runs the embedded generators)")
+        tok = load_generator_tokenizer(ModelRef(path=path), path)
+        gen = json.loads((Path(path) / "generation_config.json").read_text()).get("eos_token_id")
+        model = LlamaCppRunner(
+            gguf,
+            threads=args.threads,
+            n_seq=max(args.levels) + 1,
+            n_ctx_seq=max(512, 128 + args.new_tokens + 64),
+            eos_ids=[gen] if isinstance(gen, int) else gen,
+        )
     else:
         model, tok = load_causal_lm(ModelRef(path=path), runtime)
     loaded = time.perf_counter() - t0
@@ -199,13 +221,40 @@ def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids) -> dict
     return out
 
 
+def llama_cpp_python(gguf: Path, args) -> dict:
+    """llama.cpp's own single-sequence decode through llama-cpp-python's high-level `Llama` (the
+    library `make install` builds; used where llama.cpp's bench tools are not built): tokens/s of
+    --new-tokens greedy tokens after a --prompt-tokens prompt, best of 2."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from graph.engine.runners.llamacpp_runner import load_backend
+
+    load_backend(gguf)
+    llm = Llama(str(gguf), n_ctx=512, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    best = float("inf")
+    for _ in range(2):
+        llm.reset()
+        llm.eval(list(range(10, 10 + args.prompt_tokens)))
+        t0 = time.perf_counter()
+        for _ in range(args.new_tokens):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        best = min(best, time.perf_counter() - t0)
+    llm.close()
+    return {"tg1": args.new_tokens / best, "ms": best / args.new_tokens * 1000, "source": "llama-cpp-python Llama"}
+
+
 def llama_cpp(gguf: Path, args) -> dict:
-    """llama.cpp's tokens/s at 1 stream (llama-bench tg) and at each level (llama-batched-bench)."""
+    """llama.cpp's tokens/s at 1 stream (llama-bench tg) and at each level (llama-batched-bench);
+    without the bench tools, one stream through llama-cpp-python's high-level API."""
     bench, batched = LLAMA_CPP / "llama-bench", LLAMA_CPP / "llama-batched-bench"
     res: dict = {}
     if not (bench.exists() and batched.exists()):
-        print(f"  llama.cpp: not built ({LLAMA_CPP}); run scripts/build_llama_cpp.sh (~25 min, once)")
-        return res
+        print(f"  llama.cpp tools: not built ({LLAMA_CPP}; scripts/build_llama_cpp.sh, ~25 min, once)")
+        try:
+            return llama_cpp_python(gguf, args)
+        except ImportError:
+            return res
     out = subprocess.run(
         [
             str(bench),
@@ -267,7 +316,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m-instruct,gemma-3-270m")
     ap.add_argument(
-        "--runtimes", default="float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int8,onnx-int4"
+        "--runtimes",
+        default="float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int8,onnx-int4,llamacpp",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=32)
@@ -306,8 +356,9 @@ def main() -> None:
                 + f"{r['ppl']:>8.2f}{d:>7}{flag}{r['agree']:>7.0%}{recompiles:>9}"
             )
         if theirs:
+            label = "llama.cpp (Llama API)" if theirs.get("source") else "llama.cpp (GGUF)"
             print(
-                f"{'llama.cpp (GGUF)':<22}{'':>8}{theirs.get('ms', float('nan')):>8.1f}"
+                f"{label:<22}{'':>8}{theirs.get('ms', float('nan')):>8.1f}"
                 + "".join(f"{theirs.get(c, theirs.get('tg1') if c == 1 else float('nan')):>9.1f}" for c in args.levels)
             )
             print("ratio ours / llama.cpp (tokens/s; ms/token inverted):")
@@ -324,7 +375,7 @@ def main() -> None:
                 "latency": min(passing, key=lambda rt: passing[rt]["ms"]),
                 "throughput": max(passing, key=lambda rt: passing[rt][busiest]),
             }
-            picks = {goal: choose(model=name, goal=goal, backends=("onnx", "torch"))[1] for goal in fastest}
+            picks = {goal: choose(model=name, goal=goal, backends=("llamacpp", "onnx", "torch"))[1] for goal in fastest}
             print(
                 f"fastest within the bound: latency (ms/tok) {fastest['latency']}, throughput ({busiest} str) "
                 f"{fastest['throughput']}; backend: auto picks on this CPU: "
@@ -333,6 +384,8 @@ def main() -> None:
 
 
 def _label(c) -> str:
+    if c.backend == "llamacpp":
+        return "llamacpp"
     if c.backend == "onnx":
         return f"onnx-{c.onnx_precision}" + (f"-acc{c.onnx_accuracy_level}" if c.onnx_accuracy_level else "")
     return c.quantize if c.quantize != "none" else c.dtype

@@ -113,6 +113,105 @@ def build_onnx_source(root: Path) -> Path:
     return out
 
 
+def build_gguf(hf_dir: Path, out: Path, *, ftype: str = "f32") -> Path:
+    """The tiny llama at `hf_dir` as a GGUF file (for the llamacpp backend's tests), written with the
+    `gguf` package: llama.cpp's LLM_ARCH_LLAMA tensor names, q/k rows permuted to its rotary layout
+    (as llama.cpp's convert_hf_to_gguf.py does), the byte-level BPE vocabulary as a gpt2 tokenizer.
+    `ftype`: f32 or f16 weights (matrices; norms stay f32). Idempotent."""
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    if out.is_file():
+        return out
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    if cfg["model_type"] != "llama":
+        raise ValueError(f"{hf_dir}: only the tiny llama has a GGUF writer here")
+    tok = json.loads((hf_dir / "tokenizer.json").read_text())
+    weights = load_file(str(hf_dir / "model.safetensors"))
+    heads, kv_heads, hidden = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["hidden_size"]
+    head_dim = cfg.get("head_dim") or hidden // heads
+
+    def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial")
+    writer = gguf.GGUFWriter(str(partial), "llama")
+    writer.add_name(hf_dir.name)
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(cfg["num_hidden_layers"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(cfg.get("rope_parameters", {}).get("rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer.add_vocab_size(cfg["vocab_size"])
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if ftype == "f16" else gguf.LlamaFileType.ALL_F32)
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
+    specials = {t["id"]: t["content"] for t in tok["added_tokens"]}
+    tokens = [specials.get(i, text) for i, (text, _) in enumerate(vocab)]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL if i in specials else gguf.TokenType.NORMAL for i in range(len(tokens))]
+    )
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(cfg["bos_token_id"])
+    writer.add_eos_token_id(cfg["eos_token_id"])
+    writer.add_pad_token_id(cfg["pad_token_id"])
+    writer.add_add_bos_token(False)
+
+    def add(name: str, w: np.ndarray) -> None:
+        w = w.astype(np.float16 if ftype == "f16" and w.ndim == 2 else np.float32)
+        writer.add_tensor(name, w)
+
+    add("token_embd.weight", weights["model.embed_tokens.weight"])
+    add("output_norm.weight", weights["model.norm.weight"])
+    if "lm_head.weight" in weights and not cfg.get("tie_word_embeddings"):
+        add("output.weight", weights["lm_head.weight"])
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        add(f"blk.{i}.attn_norm.weight", weights[p + "input_layernorm.weight"])
+        add(f"blk.{i}.attn_q.weight", permute(weights[p + "self_attn.q_proj.weight"], heads))
+        add(f"blk.{i}.attn_k.weight", permute(weights[p + "self_attn.k_proj.weight"], kv_heads))
+        add(f"blk.{i}.attn_v.weight", weights[p + "self_attn.v_proj.weight"])
+        add(f"blk.{i}.attn_output.weight", weights[p + "self_attn.o_proj.weight"])
+        add(f"blk.{i}.ffn_norm.weight", weights[p + "post_attention_layernorm.weight"])
+        add(f"blk.{i}.ffn_gate.weight", weights[p + "mlp.gate_proj.weight"])
+        add(f"blk.{i}.ffn_up.weight", weights[p + "mlp.up_proj.weight"])
+        add(f"blk.{i}.ffn_down.weight", weights[p + "mlp.down_proj.weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    partial.rename(out)
+    return out
+
+
+def build_gguf_source(root: Path) -> Path:
+    """A copy of the tiny llama's folder with its GGUF file beside it (model.path for backend llamacpp)."""
+    import shutil
+
+    src = root / "causal_lm"
+    out = root / "causal_lm_gguf"
+    if not (out / "model.gguf").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        for f in src.iterdir():
+            if f.is_file():
+                shutil.copy2(f, out / f.name)
+        build_gguf(src, out / "model.gguf")
+    return out
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="artifacts/tiny")

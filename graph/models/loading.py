@@ -145,9 +145,12 @@ def resolve_runtime(
         from graph.models.runtimes import choose, cpu_description
 
         key = _table_key(model)
-        backends = ("onnx", "torch") if runtime.backend == "auto" else ("torch",)
+        backends = ("llamacpp", "onnx", "torch") if runtime.backend == "auto" else ("torch",)
         kind, choice = choose(model=key, goal=runtime.optimize, backends=backends)
-        if choice.backend == "onnx":
+        if choice.backend == "llamacpp":
+            updates = dict(backend="llamacpp", compile=False)
+            what = "backend llamacpp (the model's GGUF file on llama.cpp)"
+        elif choice.backend == "onnx":
             updates = dict(
                 backend="onnx",
                 compile=False,
@@ -193,7 +196,9 @@ def onnx_variants(runtime: RuntimeConfig | None, model: ModelRef) -> list[tuple[
         return []
     from graph.models.runtimes import TABLE, choose_for_kind
 
-    choices = [choose_for_kind(kind, _table_key(model), runtime.optimize, ("onnx", "torch")) for kind in TABLE]
+    choices = [
+        choose_for_kind(kind, _table_key(model), runtime.optimize, ("llamacpp", "onnx", "torch")) for kind in TABLE
+    ]
     return list(dict.fromkeys((c.onnx_precision, c.onnx_accuracy_level) for c in choices if c.backend == "onnx"))
 
 

@@ -21,6 +21,19 @@ def engine_for_node(name: str, node: Any, *, threads: int | None = None, **looku
         from graph.models.onnx_model import load
 
         model, tokenizer = load(node.model, runtime, threads=threads, **lookups)
+    elif runtime.backend == "llamacpp":
+        from graph.models import gguf_model
+
+        model, tokenizer = gguf_model.load(
+            node.model,
+            runtime,
+            threads=threads,
+            max_batch_size=node.scheduler.max_batch_size,
+            # Positions each row's llama.cpp sequence holds (allocated up front): the node's prompt and
+            # completion limits, or 2048 where max_prompt_tokens is unset (prompts are cut to fit).
+            max_positions=(node.max_prompt_tokens or 2048 - node.max_new_tokens_limit) + node.max_new_tokens_limit,
+            **lookups,
+        )
     else:
         lookups.pop("onnx_lookup", None)
         model, tokenizer = load_causal_lm(node.model, runtime, **lookups)

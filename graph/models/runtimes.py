@@ -28,7 +28,7 @@ class Choice:
     compile: bool
     why: str
     models: frozenset[str] | None = None  # measured within the bound for these models only; None = any
-    backend: str = "torch"  # torch | onnx (graph/engine/runners/onnx_runner.py)
+    backend: str = "torch"  # torch | onnx (runners/onnx_runner.py) | llamacpp (runners/llamacpp_runner.py)
     onnx_precision: str = "int4"  # backend onnx: int4 | int8 | fp32
     onnx_accuracy_level: int | None = None  # backend onnx: the builder's accuracy_level (None = its default)
 
@@ -88,11 +88,26 @@ _ONNX_INT8_AVX2 = Choice(
     backend="onnx",
     onnx_precision="int8",
 )
+# backend llamacpp (graph/engine/runners/llamacpp_runner.py): the model's GGUF file as it ships (SmolLM2
+# Q4_1, Gemma 3 Q4_K_M) on llama.cpp under the project's scheduler; entered only for the embedded models
+# (the ones with a GGUF file). Its perplexity is the GGUF's own: the float32 reference is that same
+# file dequantized (graph/models/embedded.py), so the bound is about ggml's int8 activations.
+_LLAMACPP_ZEN4 = Choice(
+    "float32",
+    "none",
+    False,
+    "not re-measured with the llamacpp runner; issue 31 on AMD EPYC Zen 4 (AVX-512 + BF16, 2 threads): a Python "
+    "loop over llama.cpp's low-level API decoded SmolLM2's GGUF at 115-116 tokens/s for one stream (llama-bench "
+    "118-150), torch int4 weights 56.7 and onnx int8 114.6",
+    SMOLLM2,
+    backend="llamacpp",
+)
 # kind -> goal -> choices, fastest first; the first whose `models` admits the node's model is taken.
 TABLE: dict[str, dict[Goal, tuple[Choice, ...]]] = {
     "amx": {"latency": (_AMX,), "throughput": (_AMX,)},
     "avx512_bf16": {
         "latency": (
+            _LLAMACPP_ZEN4,
             Choice(
                 "bfloat16",
                 "int4_weight",

@@ -27,11 +27,20 @@ SCHEMA = {
 FORMAT = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA, "strict": True}}
 
 
-@pytest.fixture(scope="module", params=["causal_lm", "causal_lm_b", "onnx"], ids=["llama", "gpt2", "onnx"])
+@pytest.fixture(
+    scope="module", params=["causal_lm", "causal_lm_b", "onnx", "llamacpp"], ids=["llama", "gpt2", "onnx", "llamacpp"]
+)
 def engine(request, tiny_dir):
-    """The torch engine on two tiny models, and the onnx backend (the same sampler, so the same grammar)."""
+    """The torch engine on two tiny models, and the onnx and llamacpp backends (the same sampler, so
+    the same grammar)."""
     if request.param == "onnx":
         eng = onnx_engine(request.getfixturevalue("onnx_source"), request.getfixturevalue("onnx_dir"))
+    elif request.param == "llamacpp":
+        pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make install`")
+        from tests.graph.test_llamacpp_runtime import llamacpp_engine
+        from tests.tiny_models import build_gguf_source
+
+        eng = llamacpp_engine(build_gguf_source(tiny_dir))
     else:
         eng = make_engine(tiny_dir / request.param)
     yield eng
