@@ -24,6 +24,13 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
+def _token_keys(value: Any) -> Any:
+    """logit_bias as JSON has it: token ids as digit strings ("50256") become integers."""
+    if isinstance(value, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() and len(k) <= 9 else k: v for k, v in value.items()}
+    return value
+
+
 # An integer field: strict (no "8", no true), but 8.0 is 8, as JSON Schema says.
 Int = Annotated[int, BeforeValidator(_whole_number)]
 MAX_NEW_TOKENS = 4096  # the most any node may allow (a node's own limit: max_new_tokens_limit)
@@ -62,10 +69,14 @@ class GenerationParams(BaseModel):
         le=2.0,
         description="Subtracted from a token's logit when it is in the completion at all; 0.0 = off.",
     )
-    logit_bias: dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100.0, le=100.0)]] = Field(
+    logit_bias: Annotated[
+        dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100.0, le=100.0)]],
+        BeforeValidator(_token_keys),
+    ] = Field(
         default_factory=dict,
         max_length=MAX_LOGIT_BIAS,
         description="Token id -> added to its logit (-100 bans it, 100 all but forces it); {} = off.",
+        json_schema_extra={"propertyNames": {"pattern": "^[0-9]{1,9}$"}},
     )
     do_sample: bool = Field(default=False, description="Sample (true) or take the most likely token (false).")
     num_return_sequences: Int = Field(

@@ -80,3 +80,9 @@ def test_min_p_drops_tokens_below_its_share_of_the_best() -> None:
 def test_out_of_range_is_refused(field, value) -> None:
     with pytest.raises(ValidationError, match=field):
         GP.model_validate({field: value})
+
+
+def test_logit_bias_keys_may_be_digit_strings_as_json_sends_them() -> None:
+    assert GP.model_validate({"logit_bias": {"5": -100}}).logit_bias == {5: -100.0}
+    with pytest.raises(ValidationError, match="logit_bias"):
+        GP.model_validate({"logit_bias": {"five": 1}})
