@@ -11,6 +11,7 @@ API summary (for a face: OpenAI chat, Responses, Anthropic Messages, ...):
         and the node renders the tools into the prompt (graph/chat_format.py).
     calling.grammar()      -> llguidance grammar text, or None (no constraint needed)
     parse_calls(text, calling) -> Parsed(content, calls): a finished completion as text and calls
+    made_call(text, finish_reason, calling) -> bool: a finished answer of valid calls only
     CallStream(calling)    .feed(fragment) / .finish() -> [str | ToolCall, ...]: the same, while
                             streaming (text as it comes; each call once its block is closed)
     ToolCall(id, name, arguments)   arguments: the JSON text of the arguments object
@@ -257,6 +258,20 @@ def parse_calls(text: str, calling: ToolCalling | None) -> Parsed:
     content = "".join(p for p in parts if isinstance(p, str))
     calls = [p for p in parts if isinstance(p, ToolCall)]
     return Parsed(content if content or not calls else None, calls)
+
+
+def made_call(text: str, finish_reason: str, calling: ToolCalling | None) -> bool:
+    """Whether a completion is a finished answer of valid calls only (named graphs prefer and gate on
+    it): parsed, every name a callable tool, not cut by max_new_tokens. The grammar held the arguments."""
+    if calling is None or not calling.calls_allowed() or finish_reason != "stop":
+        return False
+    parsed = parse_calls(text, calling)
+    return bool(parsed.calls) and parsed.content is None
+
+
+def call_required(calling: ToolCalling | None) -> bool:
+    """tool_choice required or a named function: the answer must be a call."""
+    return calling is not None and (calling.choice == "required" or calling.function is not None)
 
 
 # ---- prompts -------------------------------------------------------------------------------------------

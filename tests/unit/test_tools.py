@@ -178,3 +178,18 @@ def test_any_other_prompt_gets_the_generic_format() -> None:
     assert generic_messages([ChatMessage(role="system", content="Be terse.")], calling())[0].content.startswith(
         "Be terse.\n\nYou may call tools."
     )
+
+
+def test_made_call_and_call_required() -> None:
+    from graph.policies.config import Gate
+    from graph.tools import call_required, made_call
+
+    assert made_call(CALL, "stop", calling())
+    assert not made_call(CALL, "length", calling())  # cut: not a finished answer
+    assert not made_call("text", "stop", calling())
+    assert not made_call(CALL, "stop", calling(choice="none")) and not made_call(CALL, "stop", None)
+    assert call_required(calling(choice="required")) and call_required(calling(function="add"))
+    assert not call_required(calling()) and not call_required(None)
+    assert Gate(tool_call=True).tool_call
+    with pytest.raises(ValidationError, match="tool_call: true"):
+        Gate()
