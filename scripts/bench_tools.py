@@ -7,8 +7,9 @@ asked `--calls` times, `--streams` at a time, for a call of one of two tools wit
 required` at temperature 1.0 (graph/tools.py holds each call to its tool's schema). Every answer is
 parsed back (graph/tools.parse_calls) and its arguments validated against the tool's JSON Schema
 (jsonschema_rs); the script prints the count of valid calls and exits 1 if any answer was not one.
-Then the same prompts run free (no tools, same number of new tokens) and held (tools), and it prints
-the decode speed of each and the ratio. Timings vary with the machine and its load.
+Then the same prompts (the tools' instructions written in) run free, without the grammar, for at most
+as many new tokens as each call took; it prints the decode speed of each and the ratio.
+Timings vary with the machine and its load.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from graph.chat_format import ChatMessage, ChatPrompt
+from graph.chat_format import ChatMessage, ChatPrompt, generic_messages
 from graph.config import load_config
 from graph.params import GenerationParams
 from graph.tools import ToolCalling, parse_calls
@@ -69,17 +70,20 @@ QUESTIONS = [
 ]
 
 
-def prompt(i: int) -> ChatPrompt:
-    return ChatPrompt(messages=[ChatMessage(role="user", content=QUESTIONS[i % len(QUESTIONS)])])
+def prompt(i: int, *, with_tools: bool = False) -> ChatPrompt:
+    """Question i; `with_tools`: with the tools' instructions written in (the prompt a request with
+    tools gets), so a free run prefills the same tokens as a held one and only the grammar differs."""
+    messages = [ChatMessage(role="user", content=QUESTIONS[i % len(QUESTIONS)])]
+    return ChatPrompt(messages=generic_messages(messages, TOOLS) if with_tools else messages)
 
 
-async def ask(engine, streams: int, params: list[GenerationParams]) -> tuple[list, float]:
+async def ask(engine, streams: int, params: list[GenerationParams], *, free: bool = False) -> tuple[list, float]:
     """One request per params (request i: prompt i), at most `streams` at a time; (results, seconds)."""
     gate = asyncio.Semaphore(streams)
 
     async def one(i: int):
         async with gate:
-            return (await engine.generate(prompt(i), params[i]))[0]
+            return (await engine.generate(prompt(i, with_tools=free), params[i]))[0]
 
     t0 = time.perf_counter()
     out = await asyncio.gather(*[one(i) for i in range(len(params))])
@@ -142,7 +146,7 @@ def main() -> None:
             tokens = [r.completion_tokens for r in results]
             # Free decoding, at most as many tokens per request as its call took, same prompts and streams.
             free_params = [GenerationParams(max_new_tokens=max(1, t), do_sample=True, temperature=1.0) for t in tokens]
-            free, free_s = asyncio.run(ask(engine, args.streams, free_params))
+            free, free_s = asyncio.run(ask(engine, args.streams, free_params, free=True))
             held_rate = sum(tokens) / held_s
             free_rate = sum(r.completion_tokens for r in free) / free_s
             ratio = held_rate / free_rate
