@@ -335,7 +335,8 @@ class _Chunks:
                     delta = ChoiceDelta(tool_calls=delta.tool_calls)
             choice = ChunkChoice(index=idx, delta=delta, finish_reason=finish)
             if logprobs is not None:
-                choice.logprobs = ChoiceLogprobs(content=(chat_logprobs(logprobs) or ChoiceLogprobs()).content)
+                full = chat_logprobs(logprobs)  # the chat layout; the chunk's own type has the same fields
+                choice.logprobs = ChoiceLogprobs(content=full.content if full is not None else None)
             choice = with_extras(choice, extras)
             return ChatCompletionChunk(
                 id=self.id, object="chat.completion.chunk", created=self.created, model=self.req.model, choices=[choice]
