@@ -100,6 +100,12 @@ bench-policies: prepare jemalloc
 bench-steps: tiny-models
 	$(BIN)/python scripts/bench_steps.py
 
+# 200 sampled tool calls per default node (tool_choice required), each validated; decode speed with and
+# without the grammar (scripts/bench_tools.py; exits 1 if any answer is not a valid call).
+.PHONY: bench-tools
+bench-tools: prepare jemalloc
+	$(PRELOAD) $(BIN)/python scripts/bench_tools.py --calls 200 --streams 32
+
 llama-cpp: install
 	PIP=$(BIN)/pip sh scripts/build_llama_cpp.sh
 

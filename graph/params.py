@@ -10,8 +10,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from graph.errors import InvalidRequest
 from graph.field_errors import describe, field_errors
 from graph.response_format import ResponseFormat
+from graph.tools import ToolCalling
 
 MAX_STOP_STRINGS = 8
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 
 
 def _whole_number(value: Any) -> Any:
@@ -19,6 +21,13 @@ def _whole_number(value: Any) -> Any:
     refused (strict mode), a float with a fraction stays a float (and is refused)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
+    return value
+
+
+def _token_keys(value: Any) -> Any:
+    """logit_bias as JSON has it: token ids as digit strings ("50256") become integers."""
+    if isinstance(value, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() and len(k) <= 9 else k: v for k, v in value.items()}
     return value
 
 
@@ -41,6 +50,33 @@ class GenerationParams(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass to keep; 1.0 = off.")
     repetition_penalty: float = Field(
         default=1.0, gt=0.0, le=10.0, description="Penalty on tokens already present; 1.0 = off."
+    )
+    min_p: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Drop tokens below min_p times the best token's probability when sampling; 0.0 = off.",
+    )
+    frequency_penalty: float = Field(
+        default=0.0,
+        ge=-2.0,
+        le=2.0,
+        description="Subtracted from a token's logit once per time it is in the completion; 0.0 = off.",
+    )
+    presence_penalty: float = Field(
+        default=0.0,
+        ge=-2.0,
+        le=2.0,
+        description="Subtracted from a token's logit when it is in the completion at all; 0.0 = off.",
+    )
+    logit_bias: Annotated[
+        dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100.0, le=100.0)]],
+        BeforeValidator(_token_keys),
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_LOGIT_BIAS,
+        description="Token id -> added to its logit (-100 bans it, 100 all but forces it); {} = off.",
+        json_schema_extra={"propertyNames": {"pattern": "^[0-9]{1,9}$"}},
     )
     do_sample: bool = Field(default=False, description="Sample (true) or take the most likely token (false).")
     num_return_sequences: Int = Field(
@@ -67,6 +103,10 @@ class GenerationParams(BaseModel):
         description="Structured output (OpenAI's shape): json_object, or json_schema with a schema; None = text.",
         examples=[{"type": "json_object"}],
     )
+    tools: ToolCalling | None = Field(
+        default=None,
+        description="Tool calling (graph/tools.py): tools, choice, parallel calls; each call is held to its schema.",
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> GenerationParams:
@@ -79,7 +119,15 @@ class GenerationParams(BaseModel):
             )
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs: needs logprobs=true")
+        if self.tools is not None and self.response_format is not None and self.response_format.constrained():
+            raise ValueError("response_format: not with tools here (the tool calls' grammar holds the answer)")
         return self
+
+    def grammar(self) -> str | None:
+        """The llguidance grammar the sampler holds this request's tokens to (None: free text)."""
+        if self.tools is not None:
+            return self.tools.grammar()
+        return self.response_format.grammar() if self.response_format is not None else None
 
     def transformers_kwargs(self) -> dict[str, Any]:
         """These params as `model.generate` kwargs (transformers' names), for the plain-transformers

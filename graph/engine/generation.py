@@ -374,6 +374,13 @@ class GenerationEngine:
                 f"{self.prompt_limit(params)} tokens)",
                 field="max_new_tokens",
             )
+        vocab = self._grammars.vocab_size
+        if params.logit_bias and max(params.logit_bias) >= vocab:
+            raise InvalidRequest(
+                f"logit_bias: token id {max(params.logit_bias)} is not in this model's vocabulary "
+                f"(ids 0 to {vocab - 1})",
+                field="logit_bias",
+            )
         if params.num_return_sequences > self.max_batch_size:
             raise InvalidRequest(
                 f"num_return_sequences: {params.num_return_sequences} is above this node's "
@@ -387,7 +394,7 @@ class GenerationEngine:
             streaming=streaming,
             decode=self._decode,
             prompt_messages=prompt_messages,
-            grammars=self._grammars.matchers(params.response_format, params.num_return_sequences),
+            grammars=self._grammars.matchers(params, params.num_return_sequences),
             scope=scope,
         )
         self._scheduler.submit(req)

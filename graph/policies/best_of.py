@@ -1,4 +1,6 @@
 """best_of: k candidates over chosen nodes (distinct seeds), all scored in one classifier call; the best wins.
+With tools and tool_choice required (or a named function), candidates that made a valid call come first:
+the classifier ranks those, and the rest only when none did.
 
 With `prune`, candidates are streamed and trailing ones are cancelled while they generate (candidates.py);
 with an infinite margin nobody is cancelled and the answer equals exhaustive best_of's exactly."""
@@ -13,6 +15,7 @@ from graph.policies.run import Run, Spec
 from graph.policies.schemas import CandidateRef, CandidatesEvent, PolicyResponse, PolicyUsage, Trace
 from graph.results import GenerationResult
 from graph.schemas import ScoreEvent
+from graph.tools import call_required, made_call
 
 
 def check(run: Run, g: BestOf) -> None:
@@ -50,6 +53,9 @@ async def best_of(run: Run, g: BestOf) -> PolicyResponse:
     for s, c in zip(specs, scores):
         await run.send(ScoreEvent(model=s.node, index=s.index, **c.model_dump()))
     eligible = [c for c in cands if c.pruned_at_tokens is None] or cands
+    calling = specs[0].params.tools
+    if call_required(calling):  # a valid call of the tool(s) asked for beats text or a cut call
+        eligible = [c for c in eligible if made_call(c.completion, c.finish_reason, calling)] or eligible
     answer = max(eligible, key=lambda c: c.score)  # the first of equals wins
     timed_out = run.deadline is not None and any(c.finish_reason == "time" for c in cands)
     trace = Trace(

@@ -21,6 +21,7 @@ from graph.policies.schemas import (
 )
 from graph.results import Classification, GenerationResult
 from graph.schemas import ScoreEvent
+from graph.tools import ToolCalling, made_call
 
 MIN_STAGE_MS = 100.0  # a later stage starts only if it gets at least this long to generate
 
@@ -53,7 +54,7 @@ async def cascade(run: Run, g: Cascade) -> PolicyResponse:
         (c,) = await run.score([run.scored(result.text)])
         await run.send(ScoreEvent(model=node, index=i, **c.model_dump()))
         cand = run.candidate(spec, result, c)
-        stage = _gate(g, cand, c, result, (time.monotonic() - t0) * 1000.0)
+        stage = _gate(g, cand, c, result, (time.monotonic() - t0) * 1000.0, spec.params.tools)
         stages.append(stage)
         cands.append(cand)
         await run.send(GateEvent(**stage.model_dump()))
@@ -88,7 +89,9 @@ async def _one(run: Run, spec: Spec) -> GenerationResult:
     return result
 
 
-def _gate(g: Cascade, cand: Candidate, c: Classification, result: GenerationResult, ms: float) -> Stage:
+def _gate(
+    g: Cascade, cand: Candidate, c: Classification, result: GenerationResult, ms: float, calling: ToolCalling | None
+) -> Stage:
     gate = g.gate
     label_score: float | None = None
     passed = True
@@ -99,6 +102,8 @@ def _gate(g: Cascade, cand: Candidate, c: Classification, result: GenerationResu
         passed = label_score >= gate.min_score
     if gate.min_mean_logprob is not None:
         passed = passed and cand.mean_logprob is not None and cand.mean_logprob >= gate.min_mean_logprob
+    if gate.tool_call and calling is not None:  # "made a valid call"
+        passed = passed and made_call(result.text, result.finish_reason, calling)
     return Stage(
         model=cand.model,
         candidate=cand.id,

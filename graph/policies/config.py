@@ -64,11 +64,15 @@ class Gate(_Strict):
     min_mean_logprob: float | None = Field(
         default=None, le=0.0, description="Pass when the completion's mean token log-probability >= this."
     )
+    tool_call: bool = Field(
+        default=False,
+        description="Pass only when a request with tools got a finished, valid tool call (ignored without tools).",
+    )
 
     @model_validator(mode="after")
     def _some_condition(self) -> Gate:
-        if self.min_score is None and self.min_mean_logprob is None:
-            raise ValueError("gate: give min_score (with label) or min_mean_logprob, or both")
+        if self.min_score is None and self.min_mean_logprob is None and not self.tool_call:
+            raise ValueError("gate: give min_score (with label), min_mean_logprob or tool_call: true")
         if (self.label is None) != (self.min_score is None):
             raise ValueError("gate: label and min_score go together")
         return self

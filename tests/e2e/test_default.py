@@ -171,3 +171,63 @@ def test_parse_on_each_real_node_returns_a_parsed_object(server: Server) -> None
         out = client.chat.completions.parse(model=model, messages=messages, max_tokens=64, response_format=City)
         city = out.choices[0].message.parsed
         assert isinstance(city, City) and city.name.strip(), (model, out.choices[0].message.content)
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_loop_on_each_real_node(server: Server, stream: bool) -> None:
+    """The openai SDK's two-step tool loop on SmolLM2 (chat template) and Gemma 3 (transcript), streamed and not."""
+    import jsonschema_rs
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    schema = WEATHER_TOOL["function"]["parameters"]
+    for model in ("smollm2", "gemma3"):
+        messages: list = [{"role": "user", "content": "What is the weather in Paris?"}]
+        ask = dict(model=model, tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=False)
+        if stream:
+            calls: dict[int, dict] = {}
+            finish = None
+            for chunk in client.chat.completions.create(**ask, messages=messages, max_tokens=64, seed=1, stream=True):
+                for c in chunk.choices:
+                    for d in c.delta.tool_calls or []:
+                        slot = calls.setdefault(d.index, {"id": "", "name": "", "arguments": ""})
+                        for key, value in (("id", d.id), ("name", d.function and d.function.name)):
+                            slot[key] += value or ""
+                        slot["arguments"] += (d.function and d.function.arguments) or ""
+                    finish = c.finish_reason or finish
+            made = [(v["id"], v["name"], v["arguments"]) for v in calls.values()]
+        else:
+            out = client.chat.completions.create(**ask, messages=messages, max_tokens=64, seed=1)
+            finish = out.choices[0].finish_reason
+            made = [(c.id, c.function.name, c.function.arguments) for c in out.choices[0].message.tool_calls or []]
+        assert finish == "tool_calls" and len(made) == 1, (model, made)
+        call_id, name, arguments = made[0]
+        assert name == "get_weather"
+        jsonschema_rs.validate(schema, json.loads(arguments))
+        messages.append(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}],
+            }
+        )
+        messages.append({"role": "tool", "tool_call_id": call_id, "content": '{"temperature": 21}'})
+        reply = client.chat.completions.create(
+            model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=24
+        )
+        assert reply.choices[0].message.content and reply.choices[0].message.tool_calls is None
