@@ -15,12 +15,15 @@ generation prompt). A node without one uses the plain transcript, one line per m
     Assistant:
 
 and its reply ends at the next "\\nUser:" (added as a stop string; `clean_reply` drops it).
+With tools (`params.tools`), a template that knows tools gets them and the messages' calls and
+results in Hugging Face's shape; any other prompt gets graph/tools.py's generic format.
 When the prompt is over the token budget, the oldest messages go first (whole turns: the kept part
 always starts at a user message); leading system messages and the last message always stay.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from graph.errors import InvalidRequest
 from graph.params import MAX_STOP_STRINGS, GenerationParams
+from graph.tools import ToolCall, ToolCalling, template_knows_tools, tool_prompt, tool_result_text
 
 PLAIN_STOP = "\nUser:"
 PLAIN_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -38,8 +42,31 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    role: Literal["system", "user", "assistant"] = Field(description="Who said it.", examples=["user"])
+    role: Literal["system", "user", "assistant", "tool"] = Field(description="Who said it.", examples=["user"])
     content: str = Field(description="What was said.", examples=["Hello!"])
+    tool_calls: list[ToolCall] = Field(default_factory=list, description="An assistant's calls of tools.")
+    tool_call_id: str | None = Field(default=None, description="A tool message: the call it answers.")
+
+    def template_dict(self) -> dict[str, Any]:
+        """This message as Hugging Face chat templates with a tool format take it."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.loads(c.arguments)}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+    def generic(self) -> ChatMessage:
+        """This message in the generic tool format: calls as blocks in the text, a result as a user message."""
+        if self.role == "tool":
+            return ChatMessage(role="user", content=tool_result_text(self.content))
+        if self.tool_calls:
+            blocks = "\n".join(c.block() for c in self.tool_calls)
+            return ChatMessage(role=self.role, content=f"{self.content}\n{blocks}" if self.content else blocks)
+        return self
 
 
 @dataclass(frozen=True)
@@ -56,15 +83,38 @@ def chat_params(params: GenerationParams, *, template: bool) -> GenerationParams
     return params.model_copy(update={"stop": [*params.stop, PLAIN_STOP]})
 
 
-def render(tokenizer: Any, messages: list[ChatMessage], *, template: bool) -> list[int]:
+def render(
+    tokenizer: Any, messages: list[ChatMessage], *, template: bool, tools: ToolCalling | None = None
+) -> list[int]:
     """The token ids of `messages` with the generation prompt for the assistant's next reply."""
+    if template and template_knows_tools(tokenizer):
+        text = tokenizer.apply_chat_template(
+            [m.template_dict() for m in messages],
+            tools=tools.template_tools() if tools is not None else None,
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    messages = generic_messages(messages, tools)
     if template:
         text = tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
+            [{"role": m.role, "content": m.content} for m in messages], tokenize=False, add_generation_prompt=True
         )
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     lines = [f"{PLAIN_NAMES[m.role]}: {m.content}" for m in messages]
     return list(tokenizer("\n".join([*lines, "Assistant:"]), add_special_tokens=True)["input_ids"])
+
+
+def generic_messages(messages: list[ChatMessage], tools: ToolCalling | None) -> list[ChatMessage]:
+    """Tools, calls and results in graph/tools.py's generic format: plain system/user/assistant
+    messages (the tool instructions join the leading system message, or come first as one)."""
+    out = [m.generic() for m in messages]
+    if tools is None:
+        return out
+    prompt = tool_prompt(tools)
+    if out and out[0].role == "system":
+        return [ChatMessage(role="system", content=f"{out[0].content}\n\n{prompt}"), *out[1:]]
+    return [ChatMessage(role="system", content=prompt), *out]
 
 
 def fit_chat(
@@ -81,7 +131,7 @@ def fit_chat(
     starts = [i for i, m in enumerate(rest) if i == len(rest) - 1 or m.role == "user"]
     ids: list[int] = []
     for start in starts:  # oldest first: the first fit keeps the most history
-        ids = render(tokenizer, system + rest[start:], template=template)
+        ids = render(tokenizer, system + rest[start:], template=template, tools=params.tools)
         if len(ids) <= max_tokens:
             return FittedChat(ids, len(system) + len(rest) - start, chat_params(params, template=template))
     raise InvalidRequest(

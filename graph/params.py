@@ -10,6 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from graph.errors import InvalidRequest
 from graph.field_errors import describe, field_errors
 from graph.response_format import ResponseFormat
+from graph.tools import ToolCalling
 
 MAX_STOP_STRINGS = 8
 
@@ -67,6 +68,10 @@ class GenerationParams(BaseModel):
         description="Structured output (OpenAI's shape): json_object, or json_schema with a schema; None = text.",
         examples=[{"type": "json_object"}],
     )
+    tools: ToolCalling | None = Field(
+        default=None,
+        description="Tool calling (graph/tools.py): tools, choice, parallel calls; each call is held to its schema.",
+    )
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> GenerationParams:
@@ -79,7 +84,15 @@ class GenerationParams(BaseModel):
             )
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs: needs logprobs=true")
+        if self.tools is not None and self.response_format is not None and self.response_format.constrained():
+            raise ValueError("response_format: not with tools here (the tool calls' grammar holds the answer)")
         return self
+
+    def grammar(self) -> str | None:
+        """The llguidance grammar the sampler holds this request's tokens to (None: free text)."""
+        if self.tools is not None:
+            return self.tools.grammar()
+        return self.response_format.grammar() if self.response_format is not None else None
 
     def transformers_kwargs(self) -> dict[str, Any]:
         """These params as `model.generate` kwargs (transformers' names), for the plain-transformers

@@ -338,7 +338,7 @@ class GenerationEngine:
             streaming=streaming,
             decode=self._decode,
             prompt_messages=prompt_messages,
-            grammars=self._grammars.matchers(params.response_format, params.num_return_sequences),
+            grammars=self._grammars.matchers(params, params.num_return_sequences),
         )
         self._scheduler.submit(req)
         return req

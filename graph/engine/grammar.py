@@ -1,4 +1,4 @@
-"""Constrained decoding: each row with a `response_format` holds an llguidance matcher; before a token
+"""Constrained decoding: each row with a `response_format` or `tools` holds an llguidance matcher; before a token
 is chosen its logits are masked to what the grammar allows, after, the matcher takes the chosen token.
 
 The sampler (graph/engine/sampling.py) calls `GrammarMask.apply` once per step; nothing else in the
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from graph.errors import InvalidRequest
-from graph.response_format import ResponseFormat
+from graph.params import GenerationParams
 
 log = logging.getLogger("graph")
 _BITS = torch.arange(32, dtype=torch.int32)
@@ -40,16 +40,18 @@ class Grammars:
                 self._ll = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=n_vocab, eos_token=self.eos_ids)
             return self._ll
 
-    def matchers(self, fmt: ResponseFormat | None, count: int) -> list[RowGrammar | None]:
-        """`count` fresh matchers of `fmt` (one per row of a request); Nones when unconstrained."""
-        grammar = fmt.grammar() if fmt is not None else None
+    def matchers(self, params: GenerationParams, count: int) -> list[RowGrammar | None]:
+        """`count` fresh matchers of `params`' grammar (one per row of a request: response_format or
+        tools); Nones when unconstrained."""
+        grammar = params.grammar()
         if grammar is None:
             return [None] * count
         from llguidance import LLMatcher
 
         first = LLMatcher(self._lltokenizer(), grammar, log_level=0)
         if first.is_error():
-            raise InvalidRequest(f"response_format: {first.get_error()}", field="response_format")
+            name = "tools" if params.tools is not None else "response_format"
+            raise InvalidRequest(f"{name}: {first.get_error()}", field=name)
         return [RowGrammar(first if i == 0 else first.deep_copy()) for i in range(count)]
 
 
