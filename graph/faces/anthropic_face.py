@@ -30,8 +30,10 @@ from anthropic.types import (
     RawMessageStopEvent,
     TextBlock,
     TextDelta,
+    ToolUseBlock,
     Usage,
 )
+from anthropic.types.input_json_delta import InputJSONDelta
 from anthropic.types.raw_message_delta_event import Delta
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
@@ -47,15 +49,18 @@ from graph.faces.anthropic_shapes import (
 from graph.faces.one_answer import check_one_answer
 from graph.faces.openai_face import OpenAIFace
 from graph.tasks import background
+from graph.tools import CallStream, ToolCall, ToolCalling, parse_calls
 
 log = logging.getLogger("graph")
-StopReason = Literal["end_turn", "max_tokens"]
+StopReason = Literal["end_turn", "max_tokens", "tool_use"]
 # OpenAI's error type (a stream's error chunk) -> Anthropic's.
 _STREAM_ERRORS = {"invalid_request_error": "invalid_request_error", "rate_limit_error": "rate_limit_error"}
 
 
-def stop_reason(finish: str | None) -> StopReason:
-    return "max_tokens" if finish == "length" else "end_turn"
+def stop_reason(finish: str | None, called: bool = False) -> StopReason:
+    if finish == "length":
+        return "max_tokens"
+    return "tool_use" if called else "end_turn"
 
 
 def event(data: BaseModel) -> str:
@@ -74,10 +79,11 @@ class AnthropicFace:
         """A Message, or (stream=true) its events as SSE; validated before any node works."""
         check_one_answer(self.openai, req.model)
         log.info("request_id=%s anthropic messages model=%s stream=%s", ctx.request_id, req.model, req.stream)
-        out = await self.openai.chat(ctx, req.to_chat(stream=req.stream))
+        chat = req.to_chat(stream=req.stream)
+        out = await self.openai.chat(ctx, chat)
         if isinstance(out, ChatCompletion):
-            return self._message(ctx, req, out)
-        return self._stream(ctx, req, out)
+            return self._message(ctx, req, out, chat.tools)
+        return self._stream(ctx, req, out, chat.tools)
 
     async def count_tokens(self, ctx: RequestContext, req: CountTokensRequest) -> TokenCount:
         """The prompt tokens the messages take on the model's node (a named graph: its config's first
@@ -89,16 +95,21 @@ class AnthropicFace:
         assert isinstance(out, ChatCompletion) and out.usage is not None
         return TokenCount(input_tokens=out.usage.prompt_tokens)
 
-    def _message(self, ctx: RequestContext, req: MessagesRequest, out: ChatCompletion) -> Message:
+    def _message(
+        self, ctx: RequestContext, req: MessagesRequest, out: ChatCompletion, tools: ToolCalling | None
+    ) -> Message:
         choice = out.choices[0]
+        parsed = parse_calls(choice.message.content or "", tools)
+        blocks: list[TextBlock | ToolUseBlock] = [TextBlock(type="text", text=parsed.content)] if parsed.content else []
+        blocks += [_tool_use(c) for c in parsed.calls]
         usage = out.usage
         return Message(
             id=f"msg_{ctx.request_id}",
             type="message",
             role="assistant",
             model=req.model,
-            content=[TextBlock(type="text", text=choice.message.content or "")],
-            stop_reason=stop_reason(choice.finish_reason),
+            content=blocks or [TextBlock(type="text", text="")],  # pyright: ignore[reportArgumentType]  content blocks
+            stop_reason=stop_reason(choice.finish_reason, bool(parsed.calls)),
             stop_sequence=None,
             usage=Usage(
                 input_tokens=usage.prompt_tokens if usage else 0,
@@ -106,8 +117,11 @@ class AnthropicFace:
             ),
         )
 
-    def _stream(self, ctx: RequestContext, req: MessagesRequest, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
-        """The OpenAI face's chunks (one choice, then usage) as Anthropic's events."""
+    def _stream(
+        self, ctx: RequestContext, req: MessagesRequest, chunks: AsyncIterator[str], tools: ToolCalling | None
+    ) -> AsyncIterator[str]:
+        """The OpenAI face's chunks (one choice, then usage) as Anthropic's events: text in a text block,
+        each tool call in a tool_use block of its own once it is complete (graph/tools.py CallStream)."""
         start = Message(
             id=f"msg_{ctx.request_id}",
             type="message",
@@ -118,13 +132,14 @@ class AnthropicFace:
             stop_sequence=None,
             usage=Usage(input_tokens=0, output_tokens=0),
         )
+        calls = CallStream(tools)
+        blocks = _Blocks()
 
         async def body() -> AsyncIterator[str]:
             finish: str | None = None
             input_tokens = output_tokens = 0
             try:
                 yield event(RawMessageStartEvent(type="message_start", message=start))
-                yield event(RawContentBlockStartEvent(type="content_block_start", index=0, content_block=_empty()))
                 async for line in chunks:
                     if line.startswith(":"):  # a named graph's progress: keep the connection alive
                         yield 'event: ping\ndata: {"type": "ping"}\n\n'
@@ -143,15 +158,19 @@ class AnthropicFace:
                         output_tokens = chunk["usage"]["completion_tokens"]
                     for choice in chunk.get("choices", []):
                         text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            delta = TextDelta(type="text_delta", text=text)
-                            yield event(RawContentBlockDeltaEvent(type="content_block_delta", index=0, delta=delta))
+                        for part in calls.feed(text) if text else []:
+                            for ev in blocks.of(part):
+                                yield ev
                         finish = choice.get("finish_reason") or finish
-                yield event(RawContentBlockStopEvent(type="content_block_stop", index=0))
+                for part in calls.finish():
+                    for ev in blocks.of(part):
+                        yield ev
+                for ev in blocks.close(final=True):
+                    yield ev
                 yield event(
                     RawMessageDeltaEvent(
                         type="message_delta",
-                        delta=Delta(stop_reason=stop_reason(finish), stop_sequence=None),
+                        delta=Delta(stop_reason=stop_reason(finish, bool(calls.calls)), stop_sequence=None),
                         usage=MessageDeltaUsage(input_tokens=input_tokens, output_tokens=output_tokens),
                     )
                 )
@@ -162,8 +181,46 @@ class AnthropicFace:
         return body()
 
 
-def _empty() -> TextBlock:
-    return TextBlock(type="text", text="")
+class _Blocks:
+    """Content blocks as stream events: an open text block takes text; a call closes it and is a block."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.text_open = False
+
+    def of(self, part: str | ToolCall) -> list[str]:
+        if isinstance(part, str):
+            if not part:
+                return []
+            out = [] if self.text_open else [self._open_text()]
+            delta = TextDelta(type="text_delta", text=part)
+            return [*out, event(RawContentBlockDeltaEvent(type="content_block_delta", index=self.index, delta=delta))]
+        out = self.close()
+        self.index += 1
+        start = ToolUseBlock(type="tool_use", id=part.id, name=part.name, input={})
+        json_delta = InputJSONDelta(type="input_json_delta", partial_json=part.arguments)
+        out.append(event(RawContentBlockStartEvent(type="content_block_start", index=self.index, content_block=start)))
+        out.append(event(RawContentBlockDeltaEvent(type="content_block_delta", index=self.index, delta=json_delta)))
+        out.append(event(RawContentBlockStopEvent(type="content_block_stop", index=self.index)))
+        return out
+
+    def _open_text(self) -> str:
+        self.index += 1
+        self.text_open = True
+        block = TextBlock(type="text", text="")
+        return event(RawContentBlockStartEvent(type="content_block_start", index=self.index, content_block=block))
+
+    def close(self, *, final: bool = False) -> list[str]:
+        """Close an open text block; at the end, a message with no block at all gets an empty text block."""
+        out = [self._open_text()] if final and self.index < 0 else []
+        if self.text_open:
+            out.append(event(RawContentBlockStopEvent(type="content_block_stop", index=self.index)))
+            self.text_open = False
+        return out
+
+
+def _tool_use(call: ToolCall) -> ToolUseBlock:
+    return ToolUseBlock(type="tool_use", id=call.id, name=call.name, input=json.loads(call.arguments))
 
 
 async def _close(chunks: AsyncIterator[str]) -> None:

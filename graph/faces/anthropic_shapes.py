@@ -10,21 +10,22 @@ in Anthropic's shape, with the graph's HTTP status:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from graph.chat_format import ChatMessage
 from graph.errors import GraphError, InvalidRequest
+from graph.faces.chat_run import ChatRun, text_view
 from graph.faces.openai_errors import rename
-from graph.faces.openai_requests import ChatCompletionRequest
 from graph.field_errors import describe, field_errors
-from graph.params import MAX_NEW_TOKENS, MAX_STOP_STRINGS, GenerationOverrides
+from graph.params import MAX_NEW_TOKENS, MAX_STOP_STRINGS
+from graph.tools import FunctionDef, ToolCall, ToolCalling
 
 # Fields of the Messages API this server does not serve, each with the values that change nothing.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []),
-    "tool_choice": (None, {"type": "none"}, {"type": "auto"}),
     "thinking": (None, {"type": "disabled"}),
     "service_tier": (None, "auto", "standard_only"),
     "container": (None,),
@@ -61,22 +62,96 @@ class TextBlock(_Strict):
     citations: list[Any] | None = None
 
 
+class ToolUseBlock(_Strict):
+    """An assistant's call of a tool (sent back in the history of a tool round trip)."""
+
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1, max_length=128)
+    name: str
+    input: dict[str, Any]
+    cache_control: dict[str, Any] | None = None
+
+
+class ToolResultBlock(_Strict):
+    """A tool's result, in a user message, answering the tool_use of id `tool_use_id`."""
+
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1, max_length=128)
+    content: str | list[TextBlock] = ""
+    is_error: bool | None = None
+    cache_control: dict[str, Any] | None = None
+
+    def text(self) -> str:
+        text = self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
+        return f"Error: {text}" if self.is_error else text
+
+
+Block = Annotated[TextBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")]
+
+
 class InputMessage(_Strict):
     role: Literal["user", "assistant"]
-    content: str | list[TextBlock]
+    content: str | list[Block]
 
     @field_validator("content", mode="before")
     @classmethod
-    def _text_blocks_only(cls, value: Any) -> Any:
+    def _known_blocks(cls, value: Any) -> Any:
         if isinstance(value, list):
             for block in value:
                 kind = block.get("type") if isinstance(block, dict) else None
-                if kind != "text":
-                    raise ValueError(f"only text blocks are supported (got type {kind!r})")
+                if kind not in ("text", "tool_use", "tool_result"):
+                    raise ValueError(f"only text, tool_use and tool_result blocks are supported (got type {kind!r})")
         return value
 
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(b.text for b in self.content)
+    @model_validator(mode="after")
+    def _blocks_of_the_role(self) -> InputMessage:
+        wrong, rule = (
+            (ToolResultBlock, "a tool_result block goes in a user message")
+            if self.role == "assistant"
+            else (ToolUseBlock, "a tool_use block goes in an assistant message")
+        )
+        if isinstance(self.content, list) and any(isinstance(b, wrong) for b in self.content):
+            raise ValueError(f"content: {rule}")
+        return self
+
+    def chat_messages(self) -> list[ChatMessage]:
+        """This message as the conversation's messages: an assistant's text and calls; a user's tool
+        results (one `tool` message each, in order) and then its text."""
+        if isinstance(self.content, str):
+            return [ChatMessage(role=self.role, content=self.content)]
+        text = "".join(b.text for b in self.content if isinstance(b, TextBlock))
+        if self.role == "assistant":
+            calls = [
+                ToolCall(id=b.id, name=b.name, arguments=json.dumps(b.input))
+                for b in self.content
+                if isinstance(b, ToolUseBlock)
+            ]
+            return [ChatMessage(role="assistant", content=text, tool_calls=calls)]
+        results = [
+            ChatMessage(role="tool", content=b.text(), tool_call_id=b.tool_use_id)
+            for b in self.content
+            if isinstance(b, ToolResultBlock)
+        ]
+        return [*results, ChatMessage(role="user", content=text)] if text or not results else results
+
+
+class Tool(_Strict):
+    """A client tool: its name, what it does, and the JSON Schema of its input."""
+
+    name: str = Field(description="The tool's name (letters, digits, _ and -; at most 64).")
+    description: str | None = None
+    input_schema: dict[str, Any]
+    type: Literal["custom"] | None = None
+    strict: bool | None = None
+    cache_control: dict[str, Any] | None = None
+
+
+class ToolChoice(_Strict):
+    """auto: text or calls; any: at least one call; tool: a call of `name`; none: text."""
+
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
 
 
 class JsonOutputFormat(_Strict):
@@ -112,6 +187,8 @@ class MessagesRequest(_Strict):
     metadata: Metadata | None = None
     output_config: OutputConfig | None = Field(default=None, description="`format`: a JSON Schema the answer follows.")
     cache_control: dict[str, Any] | None = Field(default=None, description="Accepted; prefixes are reused anyway.")
+    tools: list[Tool] | None = Field(default=None, description="Client tools; every call follows its input_schema.")
+    tool_choice: ToolChoice | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> MessagesRequest:
@@ -119,22 +196,47 @@ class MessagesRequest(_Strict):
             raise ValueError("messages: the last message must be the user's (assistant prefill is not supported)")
         if any(not s for s in self.stop_sequences or []):
             raise ValueError("stop_sequences: a stop sequence must not be empty")
+        if self.tool_choice is not None and not self.tools and self.tool_choice.type != "none":
+            raise ValueError("tool_choice: needs tools")
+        if self.tool_choice is not None and (self.tool_choice.type == "tool") != (self.tool_choice.name is not None):
+            raise ValueError("tool_choice: name goes with type tool, and type tool needs a name")
         return self
+
+    def calling(self) -> ToolCalling | None:
+        """The request's tools as graph/tools.py's ToolCalling (None: no tools)."""
+        if not self.tools:
+            return None
+        choice = self.tool_choice or ToolChoice(type="auto")
+        mode = {"auto": "auto", "any": "required", "tool": "required", "none": "none"}[choice.type]
+        try:
+            return ToolCalling(
+                tools=[
+                    FunctionDef(name=t.name, description=t.description, parameters=t.input_schema) for t in self.tools
+                ],
+                choice=mode,  # pyright: ignore[reportArgumentType]  one of ToolChoiceMode's values
+                function=choice.name,
+                parallel=not choice.disable_parallel_tool_use,
+            )
+        except ValidationError as exc:
+            raise invalid(exc, {"function": "tool_choice", "parameters": "input_schema"}, root="tools") from None
+
+    def conversation(self) -> list[ChatMessage]:
+        system = self.system_text()
+        head = [ChatMessage(role="system", content=system)] if system else []
+        return head + [c for m in self.messages for c in m.chat_messages()]
 
     def system_text(self) -> str | None:
         if self.system is None or isinstance(self.system, str):
             return self.system or None
         return "".join(b.text for b in self.system) or None
 
-    def to_chat(self, *, stream: bool) -> ChatCompletionRequest:
+    def to_chat(self, *, stream: bool) -> ChatRun:
         """This request as the OpenAI face's chat completion (one choice; usage reported when streamed)."""
-        system = self.system_text()
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": m.role, "content": m.text()} for m in self.messages
-        ]
+        conversation = self.conversation()
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": messages,
+            "messages": text_view(conversation),
+            "top_k": self.top_k,
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -148,34 +250,10 @@ class MessagesRequest(_Strict):
             schema = {"name": "output", "schema": self.output_config.format.schema_, "strict": True}
             body["response_format"] = {"type": "json_schema", "json_schema": schema}
         try:
-            chat = _Chat.model_validate({k: v for k, v in body.items() if v is not None})
+            chat = ChatRun.model_validate({k: v for k, v in body.items() if v is not None})
         except ValidationError as exc:
             raise invalid(exc, NAMES) from None
-        return chat.with_top_k(self.top_k)
-
-
-class _Chat(ChatCompletionRequest):
-    """A chat completion with Anthropic's `top_k` (OpenAI has none)."""
-
-    top_k: int | None = None
-
-    def with_top_k(self, top_k: int | None) -> _Chat:
-        return self if top_k is None else self.model_copy(update={"top_k": top_k})
-
-    def overrides(self) -> GenerationOverrides:
-        base = super().overrides()
-        if self.top_k is None:
-            return base
-        sample = None if self.temperature == 0.0 else True  # top_k samples, unless greedy was asked for
-        try:
-            return GenerationOverrides.model_validate(
-                {**base.model_dump(exclude_none=True), "top_k": self.top_k, "do_sample": sample}
-            )
-        except ValidationError as exc:
-            raise invalid(exc, NAMES) from None
-
-    def names(self) -> dict[str, str]:
-        return {**super().names(), **NAMES}
+        return chat.carrying(conversation, self.calling())
 
 
 # The graph's and the OpenAI face's names -> this API's (for error messages).
@@ -212,10 +290,10 @@ def parse_messages(model: type[MessagesRequest], body: Any) -> Any:
         raise invalid(exc) from None
 
 
-def invalid(exc: ValidationError, names: Mapping[str, str] | None = None) -> InvalidRequest:
+def invalid(exc: ValidationError, names: Mapping[str, str] | None = None, root: str = "") -> InvalidRequest:
     unknown = "unknown field (this server serves the Messages fields listed in docs/faces/anthropic.md)"
     errors = field_errors(exc.errors(), unknown=unknown, path=_loc)
-    errors = [(rename(f, names or {}), rename(m, names or {})) for f, m in errors]
+    errors = [(rename(f, names or {}) or root, rename(m, names or {})) for f, m in errors]
     return InvalidRequest(describe(errors, root="body"), field=errors[0][0] or "body")
 
 

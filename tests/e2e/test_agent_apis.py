@@ -180,6 +180,57 @@ def test_messages_structured_output(claude: anthropic.Anthropic) -> None:
         jsonschema_rs.validate(SCHEMA, json.loads(out.content[0].text))
 
 
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"enum": ["Paris", "Rome"]}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city", "days"],
+        "additionalProperties": False,
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_messages_tool_round_trip(claude: anthropic.Anthropic) -> None:
+    """A call held to its input_schema, its result sent back, an answer; streamed and not."""
+    first = claude.messages.create(
+        model="tiny_a",
+        max_tokens=200,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},  # a random model would call on and on
+    )
+    assert first.stop_reason == "tool_use", first
+    uses = [b for b in first.content if b.type == "tool_use"]
+    assert uses and all(u.name == "get_weather" for u in uses)
+    for use in uses:
+        jsonschema_rs.validate(WEATHER["input_schema"], use.input)
+    results = [{"type": "tool_result", "tool_use_id": u.id, "content": "Sunny, 24 C"} for u in uses]
+    history = [*ASK, {"role": "assistant", "content": first.content}, {"role": "user", "content": results}]
+    second = claude.messages.create(
+        model="tiny_a", max_tokens=5, messages=history, tools=[WEATHER], tool_choice={"type": "none"}
+    )
+    assert second.stop_reason in ("end_turn", "max_tokens") and second.content[0].type == "text"
+    assert second.usage.input_tokens > first.usage.input_tokens  # the call and its result are in the prompt
+    with claude.messages.stream(
+        model="tiny_b",
+        max_tokens=200,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+    ) as stream:
+        final = stream.get_final_message()
+    (use,) = final.content
+    assert use.type == "tool_use" and final.stop_reason == "tool_use"
+    jsonschema_rs.validate(WEATHER["input_schema"], use.input)
+    with pytest.raises(anthropic.BadRequestError, match="tool_choice"):
+        claude.messages.create(
+            model="tiny_a", max_tokens=5, messages=ASK, tools=[WEATHER], tool_choice={"type": "tool", "name": "nope"}
+        )
+
+
 # ---- Responses -----------------------------------------------------------------------------------
 def test_responses_create_and_previous_response_id(server: Server) -> None:
     client = oai(server)
