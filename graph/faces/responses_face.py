@@ -26,12 +26,16 @@ from typing import Any, Literal
 
 from openai.types.chat import ChatCompletion
 from openai.types.responses import (
+    FunctionTool,
     Response,
     ResponseCompletedEvent,
     ResponseContentPartAddedEvent,
     ResponseContentPartDoneEvent,
     ResponseCreatedEvent,
     ResponseErrorEvent,
+    ResponseFunctionCallArgumentsDeltaEvent,
+    ResponseFunctionCallArgumentsDoneEvent,
+    ResponseFunctionToolCall,
     ResponseIncompleteEvent,
     ResponseInProgressEvent,
     ResponseOutputItemAddedEvent,
@@ -54,6 +58,7 @@ from graph.faces.one_answer import check_one_answer
 from graph.faces.openai_face import OpenAIFace
 from graph.faces.responses_shapes import ResponseNotFound, ResponsesRequest, check_id
 from graph.tasks import background
+from graph.tools import CallStream, ToolCall, ToolCalling, parse_calls
 
 log = logging.getLogger("graph")
 Status = Literal["completed", "incomplete", "in_progress"]
@@ -68,13 +73,34 @@ class Deleted(BaseModel):
 
 
 class _Answer:
-    """What a response's output holds: its text, why it ended, its usage."""
+    """What a response's output holds: its text, its calls, why it ended, its usage."""
 
     def __init__(self) -> None:
         self.text = ""
+        self.calls: list[ToolCall] = []
         self.finish: str | None = None
         self.input_tokens = 0
         self.output_tokens = 0
+
+    def message(self) -> ChatMessage:
+        """The answer as the stored conversation's assistant message."""
+        return ChatMessage(role="assistant", content=self.text, tool_calls=self.calls)
+
+
+def _text_item(mid: str, text: str, status: Status) -> ResponseOutputMessage:
+    part = ResponseOutputText(type="output_text", text=text, annotations=[], logprobs=[])
+    return ResponseOutputMessage(id=mid, type="message", role="assistant", status=status, content=[part])
+
+
+def _call_item(call: ToolCall) -> ResponseFunctionToolCall:
+    return ResponseFunctionToolCall(
+        type="function_call",
+        id=f"fc_{call.id.removeprefix('call_')}",
+        call_id=call.id,
+        name=call.name,
+        arguments=call.arguments,
+        status="completed",
+    )
 
 
 class ResponsesFace:
@@ -92,18 +118,20 @@ class ResponsesFace:
         log.info(
             "request_id=%s responses model=%s stream=%s store=%s", ctx.request_id, req.model, req.stream, req.store
         )
-        out = await self.openai.chat(ctx, req.to_chat(history, stream=req.stream))
+        chat = req.to_chat(history, stream=req.stream)
+        out = await self.openai.chat(ctx, chat)
         rid, mid = f"resp_{uuid.uuid4().hex}", f"msg_{uuid.uuid4().hex}"
         if isinstance(out, ChatCompletion):
             answer = _Answer()
             choice = out.choices[0]
-            answer.text, answer.finish = choice.message.content or "", choice.finish_reason
+            parsed = parse_calls(choice.message.content or "", chat.tools)
+            answer.text, answer.calls, answer.finish = parsed.content or "", parsed.calls, choice.finish_reason
             if out.usage is not None:
                 answer.input_tokens, answer.output_tokens = out.usage.prompt_tokens, out.usage.completion_tokens
             response = self._response(req, rid, mid, answer)
             await self._keep(ctx, req, history, response, answer)
             return response
-        return self._stream(ctx, req, history, rid, mid, out)
+        return self._stream(ctx, req, history, rid, mid, out, chat.tools)
 
     async def retrieve(self, ctx: RequestContext, response_id: str) -> Response:
         return Response.model_validate((await self._stored(ctx, response_id, "response_id")).response)
@@ -124,7 +152,6 @@ class ResponsesFace:
     ) -> None:
         if not req.store:
             return
-        messages = [*history, *req.messages(), ChatMessage(role="assistant", content=a.text)]
         await self.store.save(
             StoredResponse(
                 id=response.id,
@@ -132,7 +159,7 @@ class ResponsesFace:
                 previous_id=req.previous_response_id,
                 model=req.model,
                 created=response.created_at,
-                messages=messages,
+                messages=[*history, *req.messages(), a.message()],
                 response=response.model_dump(mode="json", exclude_unset=True),
             )
         )
@@ -140,12 +167,12 @@ class ResponsesFace:
     def _response(self, req: ResponsesRequest, rid: str, mid: str, a: _Answer | None) -> Response:
         """The Response object: in progress (a is None), completed, or incomplete at max_output_tokens."""
         status: Status = "in_progress" if a is None else ("incomplete" if a.finish == "length" else "completed")
-        output = []
-        if a is not None:
-            text = ResponseOutputText(type="output_text", text=a.text, annotations=[], logprobs=[])
-            output = [ResponseOutputMessage(id=mid, type="message", role="assistant", status=status, content=[text])]
+        output: list[ResponseOutputMessage | ResponseFunctionToolCall] = []
         fields: dict[str, Any] = {}
         if a is not None:
+            if a.text or not a.calls:
+                output.append(_text_item(mid, a.text, status))
+            output += [_call_item(c) for c in a.calls]
             fields["usage"] = ResponseUsage(
                 input_tokens=a.input_tokens,
                 output_tokens=a.output_tokens,
@@ -156,16 +183,17 @@ class ResponsesFace:
         if status == "incomplete":
             fields["incomplete_details"] = IncompleteDetails(reason="max_output_tokens")
         fmt = req.text.format.model_dump(by_alias=True, exclude_none=True) if req.text and req.text.format else None
+        choice = req.tool_choice.model_dump() if isinstance(req.tool_choice, BaseModel) else req.tool_choice
         return Response(
             id=rid,
             object="response",
             created_at=time.time(),
             model=req.model,
-            output=output,  # pyright: ignore[reportArgumentType]  a list of one output message is an output list
+            output=output,  # pyright: ignore[reportArgumentType]  messages and function calls are output items
             status=status,
-            parallel_tool_calls=False,
-            tool_choice="none",
-            tools=[],
+            parallel_tool_calls=req.parallel_tool_calls is not False,
+            tool_choice=choice or ("auto" if req.tools else "none"),  # pyright: ignore[reportArgumentType]  validated
+            tools=[FunctionTool.model_validate(t.model_dump(exclude_none=True)) for t in req.tools or []],
             instructions=req.instructions,
             previous_response_id=req.previous_response_id,
             max_output_tokens=req.max_output_tokens,
@@ -185,38 +213,20 @@ class ResponsesFace:
         rid: str,
         mid: str,
         chunks: AsyncIterator[str],
+        tools: ToolCalling | None,
     ) -> AsyncIterator[str]:
-        """The chat face's chunks (one choice, then usage) as the Responses events."""
-        seq = iter(range(1_000_000_000))
-
-        def event(ev: BaseModel) -> str:
-            kind = ev.model_dump(include={"type"})["type"]
-            return f"event: {kind}\ndata: {ev.model_dump_json(exclude_unset=True)}\n\n"
+        """The chat face's chunks (one choice, then usage) as the Responses events: text in a message
+        item, each call in a function_call item once it is complete (graph/tools.py CallStream)."""
+        items = _Items(mid)
+        calls = CallStream(tools)
 
         async def body() -> AsyncIterator[str]:
             answer = _Answer()
             try:
                 started = self._response(req, rid, mid, None)
-                yield event(ResponseCreatedEvent(type="response.created", response=started, sequence_number=next(seq)))
-                yield event(
-                    ResponseInProgressEvent(type="response.in_progress", response=started, sequence_number=next(seq))
-                )
-                item = ResponseOutputMessage(id=mid, type="message", role="assistant", status="in_progress", content=[])
-                yield event(
-                    ResponseOutputItemAddedEvent(
-                        type="response.output_item.added", output_index=0, item=item, sequence_number=next(seq)
-                    )
-                )
-                empty = ResponseOutputText(type="output_text", text="", annotations=[], logprobs=[])
-                yield event(
-                    ResponseContentPartAddedEvent(
-                        type="response.content_part.added",
-                        item_id=mid,
-                        output_index=0,
-                        content_index=0,
-                        part=empty,
-                        sequence_number=next(seq),
-                    )
+                yield items.event(ResponseCreatedEvent(type="response.created", response=started, sequence_number=0))
+                yield items.event(
+                    ResponseInProgressEvent(type="response.in_progress", response=started, sequence_number=0)
                 )
                 async for line in chunks:
                     if line.startswith(":"):  # a named graph's progress: pass the comment on (SSE clients skip it)
@@ -228,13 +238,13 @@ class ResponsesFace:
                     chunk = json.loads(payload)
                     if "error" in chunk:
                         err = chunk["error"]
-                        yield event(
+                        yield items.event(
                             ResponseErrorEvent(
                                 type="error",
                                 code=err.get("code"),
                                 message=err.get("message", ""),
                                 param=err.get("param"),
-                                sequence_number=next(seq),
+                                sequence_number=0,
                             )
                         )
                         return
@@ -243,63 +253,162 @@ class ResponsesFace:
                         answer.output_tokens = chunk["usage"]["completion_tokens"]
                     for choice in chunk.get("choices", []):
                         text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            answer.text += text
-                            yield event(
-                                ResponseTextDeltaEvent(
-                                    type="response.output_text.delta",
-                                    item_id=mid,
-                                    output_index=0,
-                                    content_index=0,
-                                    delta=text,
-                                    logprobs=[],
-                                    sequence_number=next(seq),
-                                )
-                            )
+                        for part in calls.feed(text) if text else []:
+                            for ev in items.of(part, answer):
+                                yield ev
                         answer.finish = choice.get("finish_reason") or answer.finish
+                for part in calls.finish():
+                    for ev in items.of(part, answer):
+                        yield ev
                 done = self._response(req, rid, mid, answer)
-                message = done.output[0]
-                assert isinstance(message, ResponseOutputMessage)
-                part = message.content[0]
-                yield event(
-                    ResponseTextDoneEvent(
-                        type="response.output_text.done",
-                        item_id=mid,
-                        output_index=0,
-                        content_index=0,
-                        text=answer.text,
-                        logprobs=[],
-                        sequence_number=next(seq),
-                    )
-                )
-                yield event(
-                    ResponseContentPartDoneEvent(
-                        type="response.content_part.done",
-                        item_id=mid,
-                        output_index=0,
-                        content_index=0,
-                        part=part,  # pyright: ignore[reportArgumentType]  an output text is a content part
-                        sequence_number=next(seq),
-                    )
-                )
-                yield event(
-                    ResponseOutputItemDoneEvent(
-                        type="response.output_item.done", output_index=0, item=message, sequence_number=next(seq)
-                    )
-                )
+                for ev in items.close(answer, done.status == "incomplete", final=True):
+                    yield ev
                 await self._keep(ctx, req, history, done, answer)
                 if done.status == "incomplete":
-                    yield event(
-                        ResponseIncompleteEvent(type="response.incomplete", response=done, sequence_number=next(seq))
+                    yield items.event(
+                        ResponseIncompleteEvent(type="response.incomplete", response=done, sequence_number=0)
                     )
                 else:
-                    yield event(
-                        ResponseCompletedEvent(type="response.completed", response=done, sequence_number=next(seq))
+                    yield items.event(
+                        ResponseCompletedEvent(type="response.completed", response=done, sequence_number=0)
                     )
             finally:  # the client went away (or the stream ended): close the chat stream, which stops the nodes
                 background(_close(chunks))
 
         return body()
+
+
+class _Items:
+    """Output items as stream events, each numbered: an open message item takes text; a call closes it
+    and is an item of its own."""
+
+    def __init__(self, mid: str) -> None:
+        self.mid = mid
+        self.seq = 0
+        self.index = -1
+        self.text_open = False
+
+    def event(self, ev: BaseModel) -> str:
+        """`ev` as SSE, with the stream's next sequence number."""
+        numbered = ev.model_copy(update={"sequence_number": self.seq})
+        self.seq += 1
+        kind = ev.model_dump(include={"type"})["type"]
+        return f"event: {kind}\ndata: {numbered.model_dump_json(exclude_unset=True)}\n\n"
+
+    def of(self, part: str | ToolCall, answer: _Answer) -> list[str]:
+        if isinstance(part, str):
+            if not part:
+                return []
+            out = [] if self.text_open else self._open_text()
+            answer.text += part
+            delta = ResponseTextDeltaEvent(
+                type="response.output_text.delta",
+                item_id=self.mid,
+                output_index=self.index,
+                content_index=0,
+                delta=part,
+                logprobs=[],
+                sequence_number=0,
+            )
+            return [*out, self.event(delta)]
+        out = self.close(answer, False)
+        answer.calls.append(part)
+        self.index += 1
+        item = _call_item(part)
+        added = item.model_copy(update={"arguments": "", "status": "in_progress"})
+        assert item.id is not None
+        return [
+            *out,
+            self.event(
+                ResponseOutputItemAddedEvent(
+                    type="response.output_item.added", output_index=self.index, item=added, sequence_number=0
+                )
+            ),
+            self.event(
+                ResponseFunctionCallArgumentsDeltaEvent(
+                    type="response.function_call_arguments.delta",
+                    item_id=item.id,
+                    output_index=self.index,
+                    delta=part.arguments,
+                    sequence_number=0,
+                )
+            ),
+            self.event(
+                ResponseFunctionCallArgumentsDoneEvent(
+                    type="response.function_call_arguments.done",
+                    item_id=item.id,
+                    output_index=self.index,
+                    arguments=part.arguments,
+                    sequence_number=0,
+                )
+            ),
+            self.event(
+                ResponseOutputItemDoneEvent(
+                    type="response.output_item.done", output_index=self.index, item=item, sequence_number=0
+                )
+            ),
+        ]
+
+    def _open_text(self) -> list[str]:
+        self.index += 1
+        self.text_open = True
+        empty = ResponseOutputText(type="output_text", text="", annotations=[], logprobs=[])
+        item = ResponseOutputMessage(id=self.mid, type="message", role="assistant", status="in_progress", content=[])
+        return [
+            self.event(
+                ResponseOutputItemAddedEvent(
+                    type="response.output_item.added", output_index=self.index, item=item, sequence_number=0
+                )
+            ),
+            self.event(
+                ResponseContentPartAddedEvent(
+                    type="response.content_part.added",
+                    item_id=self.mid,
+                    output_index=self.index,
+                    content_index=0,
+                    part=empty,
+                    sequence_number=0,
+                )
+            ),
+        ]
+
+    def close(self, answer: _Answer, incomplete: bool, *, final: bool = False) -> list[str]:
+        """Close the open message item (at the end, an answer with no item at all gets an empty one)."""
+        out = self._open_text() if final and self.index < 0 else []
+        if not self.text_open:
+            return out
+        self.text_open = False
+        item = _text_item(self.mid, answer.text, "incomplete" if incomplete else "completed")
+        part = item.content[0]
+        return [
+            *out,
+            self.event(
+                ResponseTextDoneEvent(
+                    type="response.output_text.done",
+                    item_id=self.mid,
+                    output_index=self.index,
+                    content_index=0,
+                    text=answer.text,
+                    logprobs=[],
+                    sequence_number=0,
+                )
+            ),
+            self.event(
+                ResponseContentPartDoneEvent(
+                    type="response.content_part.done",
+                    item_id=self.mid,
+                    output_index=self.index,
+                    content_index=0,
+                    part=part,  # pyright: ignore[reportArgumentType]  an output text is a content part
+                    sequence_number=0,
+                )
+            ),
+            self.event(
+                ResponseOutputItemDoneEvent(
+                    type="response.output_item.done", output_index=self.index, item=item, sequence_number=0
+                )
+            ),
+        ]
 
 
 async def _close(chunks: AsyncIterator[str]) -> None:

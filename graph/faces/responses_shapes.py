@@ -9,6 +9,7 @@ is accepted.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
@@ -16,14 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graph.chat_format import ChatMessage
 from graph.errors import InvalidRequest
-from graph.faces.openai_requests import ChatCompletionRequest
+from graph.faces.chat_run import ChatRun, text_view
 from graph.field_errors import describe, field_errors
 from graph.params import MAX_NEW_TOKENS
+from graph.tools import FunctionDef, ToolCall, ToolCalling
 
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
-    "parallel_tool_calls": (None, True, False),
     "max_tool_calls": (None,),
     "reasoning": (None,),
     "include": (None, []),
@@ -38,6 +37,7 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "safety_identifier": (None,),
     "stream_options": (None, {}, {"include_obfuscation": False}, {"include_obfuscation": True}),
 }
+_UNION_BRANCHES = {"str", "InputMessage", "FunctionCallItem", "FunctionCallOutputItem", "NamedFunction"}
 RESPONSE_ID = re.compile(r"resp_[0-9a-f]{32}")
 NAMES = {"max_new_tokens": "max_output_tokens", "max_tokens": "max_output_tokens", "prompt": "input"}
 
@@ -84,6 +84,48 @@ class InputMessage(_Strict):
         return ChatMessage(role="system" if self.role == "developer" else self.role, content=text)
 
 
+class FunctionCallItem(_Strict):
+    """An earlier answer's call, sent back in the input (as the SDK's output item)."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1, max_length=128)
+    name: str
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(_Strict):
+    """A call's result: `output` answers the call of id `call_id`."""
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1, max_length=128)
+    output: str | list[InputText]
+    id: str | None = None
+    status: str | None = None
+
+    def text(self) -> str:
+        return self.output if isinstance(self.output, str) else "".join(p.text for p in self.output)
+
+
+InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem
+
+
+class FunctionToolDef(_Strict):
+    """A function tool: its name, what it does, the JSON Schema of its arguments."""
+
+    type: Literal["function"]
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class NamedFunction(_Strict):
+    type: Literal["function"]
+    name: str
+
+
 class TextFormat(_Strict):
     """`text.format`: text, json_object, or json_schema (name, schema, strict, description)."""
 
@@ -116,7 +158,7 @@ class ResponsesRequest(_Strict):
     """POST /v1/responses."""
 
     model: str = Field(min_length=1, description="A generator node or a named graph (`graph:<name>`).")
-    input: str | list[InputMessage] = Field(description="Text (one user message) or message items.")
+    input: str | list[InputItem] = Field(description="Text (one user message), or message and function call items.")
     instructions: str | None = Field(default=None, description="The system message (not carried to the next).")
     max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -127,10 +169,13 @@ class ResponsesRequest(_Strict):
     text: TextConfig | None = None
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
     user: str | None = Field(default=None, max_length=256)
+    tools: list[FunctionToolDef] | None = Field(default=None, description="Function tools; calls follow parameters.")
+    tool_choice: Literal["auto", "none", "required"] | NamedFunction | None = None
+    parallel_tool_calls: bool | None = None
 
     @field_validator("input")
     @classmethod
-    def _some_input(cls, value: str | list[InputMessage]) -> str | list[InputMessage]:
+    def _some_input(cls, value: str | list[InputItem]) -> str | list[InputItem]:
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty or only whitespace")
         if isinstance(value, list) and not value:
@@ -138,17 +183,51 @@ class ResponsesRequest(_Strict):
         return value
 
     def messages(self) -> list[ChatMessage]:
-        """This request's input as chat messages (without instructions or history)."""
+        """This request's input as chat messages (without instructions or history): calls join the
+        assistant message before them (or make one), an output is a `tool` message."""
         if isinstance(self.input, str):
             return [ChatMessage(role="user", content=self.input)]
-        return [item.message() for item in self.input]
+        out: list[ChatMessage] = []
+        for item in self.input:
+            if isinstance(item, InputMessage):
+                out.append(item.message())
+            elif isinstance(item, FunctionCallOutputItem):
+                out.append(ChatMessage(role="tool", content=item.text(), tool_call_id=item.call_id))
+            else:
+                call = ToolCall(id=item.call_id, name=item.name, arguments=_arguments(item))
+                if out and out[-1].role == "assistant":
+                    out[-1] = out[-1].model_copy(update={"tool_calls": [*out[-1].tool_calls, call]})
+                else:
+                    out.append(ChatMessage(role="assistant", content="", tool_calls=[call]))
+        return out
 
-    def to_chat(self, history: list[ChatMessage], *, stream: bool) -> ChatCompletionRequest:
+    def calling(self) -> ToolCalling | None:
+        """The request's tools as graph/tools.py's ToolCalling (None: no tools)."""
+        tools = self.tools
+        if not tools:
+            if self.tool_choice not in (None, "none", "auto"):
+                raise InvalidRequest("tool_choice: needs tools", field="tool_choice")
+            return None
+        named = self.tool_choice if isinstance(self.tool_choice, NamedFunction) else None
+        choice = "required" if named else (self.tool_choice if isinstance(self.tool_choice, str) else "auto")
+        try:
+            return ToolCalling(
+                tools=[FunctionDef(name=t.name, description=t.description, **_parameters(t)) for t in tools],
+                choice=choice,
+                function=named.name if named else None,
+                parallel=self.parallel_tool_calls is not False,
+            )
+        except ValidationError as exc:
+            errors = field_errors(exc.errors(), path=_loc)
+            raise InvalidRequest(describe(errors, root="tools"), field=errors[0][0] or "tools") from None
+
+    def to_chat(self, history: list[ChatMessage], *, stream: bool) -> ChatRun:
         """The chat completion this response runs as: instructions, the stored history, then the input."""
-        system = [{"role": "system", "content": self.instructions}] if self.instructions else []
+        system = [ChatMessage(role="system", content=self.instructions)] if self.instructions else []
+        conversation = [*system, *history, *self.messages()]
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": system + [m.model_dump() for m in [*history, *self.messages()]],
+            "messages": text_view(conversation),
             "max_tokens": self.max_output_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -160,9 +239,24 @@ class ResponsesRequest(_Strict):
         if self.text is not None and self.text.format is not None:
             body["response_format"] = self.text.format.response_format()
         try:
-            return ChatCompletionRequest.model_validate({k: v for k, v in body.items() if v is not None})
+            chat = ChatRun.model_validate({k: v for k, v in body.items() if v is not None})
         except ValidationError as exc:
             raise invalid(exc) from None
+        return chat.carrying(conversation, self.calling())
+
+
+def _parameters(tool: FunctionToolDef) -> dict[str, Any]:
+    return {} if tool.parameters is None else {"parameters": tool.parameters}
+
+
+def _arguments(item: FunctionCallItem) -> str:
+    try:
+        value = json.loads(item.arguments)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"input: function_call {item.call_id!r}: arguments must be a JSON object", field="input")
+    return item.arguments
 
 
 def parse_responses(body: Any) -> ResponsesRequest:
@@ -195,7 +289,7 @@ def _loc(parts: tuple[Any, ...]) -> str:
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif p in ("str", "list[InputMessage]", "list[InputText]"):
+        elif isinstance(p, str) and (p in _UNION_BRANCHES or p.startswith("list[")):
             continue  # union branch names, not fields
         else:
             out += f".{p}" if out else str(p)

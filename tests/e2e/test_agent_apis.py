@@ -327,6 +327,51 @@ def test_responses_errors(server: Server) -> None:
         client.responses.create(model="tiny_a", input="   ")
 
 
+FUNCTION = {"type": "function", "name": WEATHER["name"], "parameters": WEATHER["input_schema"]}
+
+
+def test_responses_function_call_round_trip(server: Server) -> None:
+    """A function_call held to its parameters, its output sent back with previous_response_id; streamed too."""
+    client = oai(server)
+    first = client.responses.create(
+        model="tiny_a",
+        input="What is the weather in Rome?",
+        tools=[FUNCTION],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_output_tokens=200,
+    )
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    assert call.name == "get_weather" and call.call_id and first.status == "completed"
+    jsonschema_rs.validate(WEATHER["input_schema"], json.loads(call.arguments))
+    second = client.responses.create(
+        model="tiny_a",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 24 C"}],
+        tools=[FUNCTION],
+        tool_choice="none",
+        max_output_tokens=4,
+    )
+    assert second.output[0].type == "message" and second.usage is not None and first.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens  # the call and its output are in the prompt
+    with client.responses.stream(
+        model="tiny_b",
+        input=[{"role": "user", "content": "Weather?"}],
+        tools=[FUNCTION],
+        tool_choice={"type": "function", "name": "get_weather"},
+        parallel_tool_calls=False,
+        max_output_tokens=200,
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [ev.type for ev in events]
+    assert "response.function_call_arguments.delta" in kinds and kinds[-1] == "response.completed"
+    assert [ev.sequence_number for ev in events] == list(range(len(events)))
+    (streamed,) = final.output
+    assert streamed.type == "function_call"
+    jsonschema_rs.validate(WEATHER["input_schema"], json.loads(streamed.arguments))
+
+
 def test_stored_responses_survive_a_restart(server: Server) -> None:
     kept = oai(server).responses.create(model="tiny_a", input="Remember this", max_output_tokens=3)
     server.stop()
