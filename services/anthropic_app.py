@@ -20,8 +20,8 @@ from starlette.routing import Route
 from graph.errors import GraphError, Overloaded
 from graph.faces.anthropic_face import AnthropicFace
 from graph.faces.anthropic_shapes import CountTokensRequest, MessagesRequest, anthropic_error, parse_messages
-from services.common import context_of, sse_response
-from services.openai_app import _body, face
+from services.common import context_of, json_body, sse_response
+from services.openai_app import face
 
 log = logging.getLogger("graph")
 
@@ -40,7 +40,7 @@ def _endpoint(
         ctx = context_of(request.state)
         rid = ctx.request_id
         try:
-            req = parse_messages(model, await _body(request))
+            req = parse_messages(model, await json_body(request))
             out = await call(AnthropicFace(face(request)), req, ctx)
             if isinstance(out, BaseModel):
                 body = out.model_dump(mode="json", exclude_unset=True)

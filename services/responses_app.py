@@ -20,8 +20,8 @@ from starlette.routing import Route
 from graph.errors import GraphError
 from graph.faces.responses_face import ResponsesFace
 from graph.faces.responses_shapes import NAMES, parse_responses
-from services.common import context_of, sse_response
-from services.openai_app import _body, openai_response
+from services.common import context_of, json_body, sse_response
+from services.openai_app import openai_response
 
 log = logging.getLogger("graph")
 
@@ -57,7 +57,7 @@ def _endpoint(call: Call) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def _create(face: ResponsesFace, request: Request, ctx: Any) -> Any:
-    return await face.create(ctx, parse_responses(await _body(request)))
+    return await face.create(ctx, parse_responses(await json_body(request)))
 
 
 async def _retrieve(face: ResponsesFace, request: Request, ctx: Any) -> Any:
