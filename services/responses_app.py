@@ -60,18 +60,16 @@ async def _create(face: ResponsesFace, request: Request, ctx: Any) -> Any:
     return await face.create(ctx, parse_responses(await json_body(request)))
 
 
-async def _retrieve(face: ResponsesFace, request: Request, ctx: Any) -> Any:
+async def _stored(face: ResponsesFace, request: Request, ctx: Any) -> Any:
+    """GET reads a stored response, DELETE removes it (one route, so a 405 names both methods)."""
+    if request.method == "DELETE":
+        return await face.delete(ctx, request.path_params["response_id"])
     return await face.retrieve(ctx, request.path_params["response_id"])
-
-
-async def _delete(face: ResponsesFace, request: Request, ctx: Any) -> Any:
-    return await face.delete(ctx, request.path_params["response_id"])
 
 
 def responses_routes() -> list[Route]:
     """The Responses API's routes, relative to the /v1 mount."""
     return [
         Route("/responses", _endpoint(_create), methods=["POST"]),
-        Route("/responses/{response_id}", _endpoint(_retrieve), methods=["GET"]),
-        Route("/responses/{response_id}", _endpoint(_delete), methods=["DELETE"]),
+        Route("/responses/{response_id}", _endpoint(_stored), methods=["GET", "DELETE"]),
     ]

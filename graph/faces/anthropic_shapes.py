@@ -25,7 +25,7 @@ from graph.params import MAX_NEW_TOKENS, MAX_STOP_STRINGS
 from graph.tools import FunctionDef, ToolCall, ToolCalling
 
 # Fields of the Messages API this server does not serve, each with the values that change nothing.
-_NEUTRAL: dict[str, tuple[Any, ...]] = {
+NEUTRAL: dict[str, tuple[Any, ...]] = {
     "thinking": (None, {"type": "disabled"}),
     "service_tier": (None, "auto", "standard_only"),
     "container": (None,),
@@ -281,11 +281,11 @@ def parse_messages(model: type[MessagesRequest], body: Any) -> Any:
     """A JSON body -> a validated request, or InvalidRequest naming the field and the rule."""
     if not isinstance(body, dict):
         raise InvalidRequest("body: must be a JSON object", field="body")
-    for name, neutral in _NEUTRAL.items():
+    for name, neutral in NEUTRAL.items():
         if name in body and body[name] not in neutral:
             raise InvalidRequest(f"{name}: not supported by this server", field=name)
     try:
-        return model.model_validate({k: v for k, v in body.items() if k not in _NEUTRAL})
+        return model.model_validate({k: v for k, v in body.items() if k not in NEUTRAL})
     except ValidationError as exc:
         raise invalid(exc) from None
 

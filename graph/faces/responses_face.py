@@ -139,7 +139,7 @@ class ResponsesFace:
     async def delete(self, ctx: RequestContext, response_id: str) -> Deleted:
         if not await self.store.delete(ctx.key_id, check_id(response_id)):
             raise ResponseNotFound(f"response_id: no response {response_id!r}", field="response_id")
-        return Deleted(id=response_id)
+        return Deleted(id=response_id, object="response", deleted=True)
 
     async def _stored(self, ctx: RequestContext, response_id: str, field: str) -> StoredResponse:
         found = await self.store.get(ctx.key_id, check_id(response_id, field))

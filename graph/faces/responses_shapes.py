@@ -22,7 +22,7 @@ from graph.field_errors import describe, field_errors
 from graph.params import MAX_NEW_TOKENS
 from graph.tools import FunctionDef, ToolCall, ToolCalling
 
-_NEUTRAL: dict[str, tuple[Any, ...]] = {
+NEUTRAL: dict[str, tuple[Any, ...]] = {
     "max_tool_calls": (None,),
     "reasoning": (None,),
     "include": (None, []),
@@ -262,11 +262,11 @@ def _arguments(item: FunctionCallItem) -> str:
 def parse_responses(body: Any) -> ResponsesRequest:
     if not isinstance(body, dict):
         raise InvalidRequest("body: must be a JSON object", field="body")
-    for name, neutral in _NEUTRAL.items():
+    for name, neutral in NEUTRAL.items():
         if name in body and body[name] not in neutral:
             raise InvalidRequest(f"{name}: not supported by this server", field=name)
     try:
-        return ResponsesRequest.model_validate({k: v for k, v in body.items() if k not in _NEUTRAL})
+        return ResponsesRequest.model_validate({k: v for k, v in body.items() if k not in NEUTRAL})
     except ValidationError as exc:
         raise invalid(exc) from None
 
