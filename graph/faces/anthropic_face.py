@@ -82,8 +82,8 @@ class AnthropicFace:
         chat = req.to_chat(stream=req.stream)
         out = await self.openai.chat(ctx, chat)
         if isinstance(out, ChatCompletion):
-            return self._message(ctx, req, out, chat.tools)
-        return self._stream(ctx, req, out, chat.tools)
+            return self._message(ctx, req, out, chat.tool_calling)
+        return self._stream(ctx, req, out, chat.tool_calling)
 
     async def count_tokens(self, ctx: RequestContext, req: CountTokensRequest) -> TokenCount:
         """The prompt tokens the messages take on the model's node (a named graph: its config's first

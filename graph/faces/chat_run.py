@@ -31,7 +31,7 @@ class ChatRun(ChatCompletionRequest):
         return self
 
     @property
-    def tools(self) -> ToolCalling | None:
+    def tool_calling(self) -> ToolCalling | None:
         return self._tools
 
     def prompt(self) -> ChatPrompt:

@@ -124,14 +124,14 @@ class ResponsesFace:
         if isinstance(out, ChatCompletion):
             answer = _Answer()
             choice = out.choices[0]
-            parsed = parse_calls(choice.message.content or "", chat.tools)
+            parsed = parse_calls(choice.message.content or "", chat.tool_calling)
             answer.text, answer.calls, answer.finish = parsed.content or "", parsed.calls, choice.finish_reason
             if out.usage is not None:
                 answer.input_tokens, answer.output_tokens = out.usage.prompt_tokens, out.usage.completion_tokens
             response = self._response(req, rid, mid, answer)
             await self._keep(ctx, req, history, response, answer)
             return response
-        return self._stream(ctx, req, history, rid, mid, out, chat.tools)
+        return self._stream(ctx, req, history, rid, mid, out, chat.tool_calling)
 
     async def retrieve(self, ctx: RequestContext, response_id: str) -> Response:
         return Response.model_validate((await self._stored(ctx, response_id, "response_id")).response)
