@@ -349,7 +349,14 @@ def stream_event(node: str, ev: StreamEvent) -> TokenEvent | FinalEvent:
     if ev.result is None:
         return TokenEvent(model=node, index=ev.index, text=ev.text)
     usage = Usage(prompt_tokens=ev.result.prompt_tokens, completion_tokens=ev.result.completion_tokens)
-    return FinalEvent(model=node, index=ev.index, text=ev.text, finish_reason=ev.result.finish_reason, usage=usage)
+    return FinalEvent(
+        model=node,
+        index=ev.index,
+        text=ev.text,
+        finish_reason=ev.result.finish_reason,
+        usage=usage,
+        logprobs=ev.result.logprobs,
+    )
 
 
 def error_event(err: GraphError) -> ErrorEvent:

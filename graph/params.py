@@ -13,6 +13,7 @@ from graph.response_format import ResponseFormat
 from graph.tools import ToolCalling
 
 MAX_STOP_STRINGS = 8
+MAX_LOGIT_BIAS = 300  # OpenAI's limit on logit_bias entries
 
 
 def _whole_number(value: Any) -> Any:
@@ -42,6 +43,29 @@ class GenerationParams(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass to keep; 1.0 = off.")
     repetition_penalty: float = Field(
         default=1.0, gt=0.0, le=10.0, description="Penalty on tokens already present; 1.0 = off."
+    )
+    min_p: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Drop tokens below min_p times the best token's probability when sampling; 0.0 = off.",
+    )
+    frequency_penalty: float = Field(
+        default=0.0,
+        ge=-2.0,
+        le=2.0,
+        description="Subtracted from a token's logit once per time it is in the completion; 0.0 = off.",
+    )
+    presence_penalty: float = Field(
+        default=0.0,
+        ge=-2.0,
+        le=2.0,
+        description="Subtracted from a token's logit when it is in the completion at all; 0.0 = off.",
+    )
+    logit_bias: dict[Annotated[int, Field(ge=0)], Annotated[float, Field(ge=-100.0, le=100.0)]] = Field(
+        default_factory=dict,
+        max_length=MAX_LOGIT_BIAS,
+        description="Token id -> added to its logit (-100 bans it, 100 all but forces it); {} = off.",
     )
     do_sample: bool = Field(default=False, description="Sample (true) or take the most likely token (false).")
     num_return_sequences: Int = Field(

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import JsonDict
 
 from graph.params import GenerationOverrides, Int
-from graph.results import Classification, FinishReason, GenerationResult
+from graph.results import Classification, FinishReason, GenerationResult, TokenLogprob
 
 DEFAULT_PROMPT = "I have an idea!"  # the seed tutorial's example sentence, the default of every prompt field
 
@@ -235,6 +235,9 @@ class FinalEvent(BaseModel):
     text: str
     finish_reason: FinishReason
     usage: Usage
+    logprobs: list[TokenLogprob] | None = Field(
+        default=None, description="With logprobs=true: one entry per generated token of this completion."
+    )
 
 
 class ScoreEvent(Classification):

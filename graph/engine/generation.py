@@ -325,6 +325,13 @@ class GenerationEngine:
                 f"exceed the model's context of {limit} tokens",
                 field="max_new_tokens",
             )
+        vocab = self._grammars.vocab_size
+        if params.logit_bias and max(params.logit_bias) >= vocab:
+            raise InvalidRequest(
+                f"logit_bias: token id {max(params.logit_bias)} is not in this model's vocabulary "
+                f"(ids 0 to {vocab - 1})",
+                field="logit_bias",
+            )
         if params.num_return_sequences > self.max_batch_size:
             raise InvalidRequest(
                 f"num_return_sequences: {params.num_return_sequences} is above this node's "

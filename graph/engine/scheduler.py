@@ -127,7 +127,9 @@ class Row:
         return len(self.req.prompt_ids) + len(self.tokens) - 1
 
     def sampling(self) -> RowSampling:
-        return RowSampling(self.req.params, self.generator, [*self.req.prompt_ids, *self.tokens], self.grammar)
+        return RowSampling(
+            self.req.params, self.generator, [*self.req.prompt_ids, *self.tokens], self.grammar, self.tokens
+        )
 
 
 class Outbox:

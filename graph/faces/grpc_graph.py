@@ -33,12 +33,17 @@ TIMINGS = {"queue_ms", "first_token_ms"}
 
 def fields_of(message: Message) -> dict[str, Any]:
     """The fields a request message sets (proto3 `optional` ones only when present), by proto name.
-    `params.response_format` (a Struct, whose numbers are all doubles) gets its whole numbers back
-    as integers, as JSON Schema keywords like maxLength need them."""
+    `params.response_format` and `params.tools` (Structs, whose numbers are all doubles) get their
+    whole numbers back as integers, as JSON Schema keywords like maxLength need them; `logit_bias`'s
+    keys (JSON strings) become token ids again."""
     data = json_format.MessageToDict(message, preserving_proto_field_name=True)
     params = data.get("params")
-    if isinstance(params, dict) and "response_format" in params:
-        params["response_format"] = _whole_numbers(params["response_format"])
+    if isinstance(params, dict):
+        for name in ("response_format", "tools"):
+            if name in params:
+                params[name] = _whole_numbers(params[name])
+        if isinstance(params.get("logit_bias"), dict):
+            params["logit_bias"] = {int(k): float(v) for k, v in params["logit_bias"].items()}
     return data
 
 

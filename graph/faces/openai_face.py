@@ -18,7 +18,16 @@ from openai.types import Completion, CompletionChoice, CompletionUsage, CreateEm
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
-from openai.types.chat.chat_completion_chunk import ChoiceDelta
+from openai.types.chat.chat_completion_chunk import (
+    ChoiceDelta,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+    ChoiceLogprobs,
+)
+from openai.types.chat.chat_completion_message_function_tool_call import (
+    ChatCompletionMessageFunctionToolCall,
+    Function,
+)
 from pydantic import BaseModel
 
 from graph.chat_format import Prompt, score_text
@@ -30,14 +39,17 @@ from graph.faces.openai_errors import UnknownModel, error_object
 from graph.faces.openai_policy import decided, decision_stream
 from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest
 from graph.faces.openai_shapes import Scored, chat_logprobs, extras_of, text_logprobs, usage_of, with_extras
+from graph.results import TokenLogprob
 from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent
 from graph.tasks import background
+from graph.tools import CallStream, ToolCall, ToolCalling, parse_calls
 
 log = logging.getLogger("graph")
 GRAPH_MODEL = "graph"
 OWNER = "inference-graph"
 # stop/length as OpenAI has them; a wall-clock budget ran out like a token budget; cancelled is
-# only seen by a client that has gone.
+# only seen by a client that has gone. A choice that made tool calls and stopped says "tool_calls".
+Finish = Literal["stop", "length", "tool_calls"]
 _FINISH: dict[str, Literal["stop", "length"]] = {
     "stop": "stop",
     "length": "length",
@@ -101,23 +113,13 @@ class OpenAIFace:
         if req.stream:
             return self._stream(ctx, req, route, prompt, chat=True)
         choices = await self._run(ctx, [prompt], route, req)
+        calling = req.tool_calling()
         return ChatCompletion(
             id=f"chatcmpl-{rid}",
             object="chat.completion",
             created=int(time.time()),
             model=req.model,
-            choices=[
-                with_extras(
-                    Choice(
-                        index=i,
-                        message=ChatCompletionMessage(role="assistant", content=c.result.text),
-                        finish_reason=_FINISH[c.result.finish_reason],
-                        logprobs=chat_logprobs(c.result.logprobs),
-                    ),
-                    extras_of(c),
-                )
-                for i, c in enumerate(choices)
-            ],
+            choices=[with_extras(_chat_choice(i, c, calling), extras_of(c)) for i, c in enumerate(choices)],
             usage=usage_of(choices),
         )
 
@@ -211,6 +213,26 @@ class OpenAIFace:
         return body()
 
 
+def _chat_choice(index: int, c: Scored, calling: ToolCalling | None) -> Choice:
+    """One chat choice: its text, and with tools its calls (finish_reason tool_calls when it stopped)."""
+    parsed = parse_calls(c.result.text, calling)
+    finish: Finish = _FINISH[c.result.finish_reason]
+    if parsed.calls and finish == "stop":
+        finish = "tool_calls"
+    message = ChatCompletionMessage(
+        role="assistant",
+        content=parsed.content,
+        tool_calls=[_message_call(call) for call in parsed.calls] or None,
+    )
+    return Choice(index=index, message=message, finish_reason=finish, logprobs=chat_logprobs(c.result.logprobs))
+
+
+def _message_call(call: ToolCall) -> ChatCompletionMessageFunctionToolCall:
+    return ChatCompletionMessageFunctionToolCall(
+        id=call.id, type="function", function=Function(name=call.name, arguments=call.arguments)
+    )
+
+
 class _Chunks:
     """Graph stream events -> OpenAI chunks of one response (choice indexes, first-delta role, usage)."""
 
@@ -224,6 +246,9 @@ class _Chunks:
         self.started: set[int] = set()
         self.prompt_tokens: dict[str, int] = {}
         self.completion_tokens = 0
+        # With tools: each choice's text through a CallStream (text as it comes, calls when closed).
+        self.calling = req.tool_calling() if chat and isinstance(req, ChatCompletionRequest) else None
+        self.calls: dict[int, CallStream] = {}
 
     def index(self, node: str, seq: int) -> int:
         """Choice index in the stream: node order, then sequence (unique across a graph's nodes)."""
@@ -243,22 +268,75 @@ class _Chunks:
             extras.update(score=ev.score, label=ev.label)
             return [self._chunk(idx, "", None, extras).model_dump_json(exclude_unset=True)]
         finish = None
+        logprobs = None
         if isinstance(ev, FinalEvent):
             finish = _FINISH[ev.finish_reason]
             self.prompt_tokens[ev.model] = ev.usage.prompt_tokens
             self.completion_tokens += ev.usage.completion_tokens
-        if not ev.text and finish is None:
-            return []
-        return [self._chunk(idx, ev.text, finish, extras).model_dump_json(exclude_unset=True)]
+            logprobs = ev.logprobs
+        return self.parts(idx, ev.text, finish, extras, final=isinstance(ev, FinalEvent), logprobs=logprobs)
+
+    def parts(
+        self,
+        idx: int,
+        text: str,
+        finish: Literal["stop", "length"] | None,
+        extras: dict[str, object],
+        *,
+        final: bool,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> list[str]:
+        """The chunks of a choice's new text: as it is, or with tools its text and closed calls, then
+        (final) the finish chunk, finish_reason tool_calls when it stopped after calls. A stream's
+        logprobs (every token of the choice) come in its finish chunk."""
+        out: list[ChatCompletionChunk | Completion] = []
+        if self.calling is None:
+            if text or finish is not None:
+                out.append(self._chunk(idx, text, finish, extras, logprobs=logprobs))
+            return [c.model_dump_json(exclude_unset=True) for c in out]
+        stream = self.calls.setdefault(idx, CallStream(self.calling))
+        parts = [*stream.feed(text), *(stream.finish() if final else [])]
+        said = "".join(p for p in parts if isinstance(p, str))
+        if said:
+            out.append(self._chunk(idx, said, None, extras))
+        out += [self._chunk(idx, "", None, extras, call=(n, p)) for n, p in self._numbered(stream, parts)]
+        if final:
+            done: Finish | None = "tool_calls" if stream.calls and finish == "stop" else finish
+            out.append(self._chunk(idx, "", done, extras, logprobs=logprobs))
+        return [c.model_dump_json(exclude_unset=True) for c in out]
+
+    @staticmethod
+    def _numbered(stream: CallStream, parts: list[str | ToolCall]) -> list[tuple[int, ToolCall]]:
+        """The calls among `parts` with their index in the choice's tool_calls."""
+        return [(stream.calls.index(p), p) for p in parts if isinstance(p, ToolCall)]
 
     def _chunk(
-        self, idx: int, text: str, finish: Literal["stop", "length"] | None, extras: dict[str, object]
+        self,
+        idx: int,
+        text: str,
+        finish: Finish | None,
+        extras: dict[str, object],
+        *,
+        call: tuple[int, ToolCall] | None = None,
+        logprobs: list[TokenLogprob] | None = None,
     ) -> ChatCompletionChunk | Completion:
         first = idx not in self.started
         self.started.add(idx)
         if self.chat:
             delta = ChoiceDelta(role="assistant", content=text) if first else ChoiceDelta(content=text)
-            choice = with_extras(ChunkChoice(index=idx, delta=delta, finish_reason=finish), extras)
+            if call is not None:
+                n, c = call
+                fn = ChoiceDeltaToolCallFunction(name=c.name, arguments=c.arguments)
+                delta = ChoiceDelta(
+                    role="assistant" if first else None,
+                    tool_calls=[ChoiceDeltaToolCall(index=n, id=c.id, type="function", function=fn)],
+                )
+                if not first:
+                    delta = ChoiceDelta(tool_calls=delta.tool_calls)
+            choice = ChunkChoice(index=idx, delta=delta, finish_reason=finish)
+            if logprobs is not None:
+                choice.logprobs = ChoiceLogprobs(content=(chat_logprobs(logprobs) or ChoiceLogprobs()).content)
+            choice = with_extras(choice, extras)
             return ChatCompletionChunk(
                 id=self.id, object="chat.completion.chunk", created=self.created, model=self.req.model, choices=[choice]
             )
@@ -267,7 +345,10 @@ class _Chunks:
         # OpenAI streams finish_reason null until the last chunk, which the non-streamed type does not
         # admit: built unvalidated, with every field the SDK reads.
         completion_choice = with_extras(
-            CompletionChoice.model_construct(index=idx, text=text, finish_reason=finish, logprobs=None), extras
+            CompletionChoice.model_construct(
+                index=idx, text=text, finish_reason=finish, logprobs=text_logprobs(logprobs)
+            ),
+            extras,
         )
         return Completion(
             id=self.id,

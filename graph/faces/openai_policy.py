@@ -69,11 +69,8 @@ def decision_stream(
                     yield comment("decision", out.model_dump_json(exclude={"candidates"}, exclude_none=True))
                     a = out.answer
                     extras = {"model": a.model, "score": a.score, "label": a.label, "candidate": a.id}
-                    yield sse(
-                        chunks._chunk(0, a.completion, finish(out.finish_reason), extras).model_dump_json(
-                            exclude_unset=True
-                        )
-                    )
+                    for chunk in chunks.parts(0, a.completion, finish(out.finish_reason), extras, final=True):
+                        yield sse(chunk)
                     chunks.prompt_tokens = {"graph": out.usage.prompt_tokens}
                     chunks.completion_tokens = out.usage.completion_tokens
                     chunks.winner = (out.usage.candidates, a.id)

@@ -1,37 +1,36 @@
 """OpenAI request bodies, validated once at the edge: typed models, refused fields, and the mapping of
 OpenAI's controls onto the graph's GenerationOverrides (the one place OpenAI names meet ours).
 
-A field this server does not serve (`tools`, `logit_bias`, ...) is refused with InvalidRequest naming
-it, never dropped: a neutral value (`None`, `0` penalties, `{}`, `best_of: 1`) is accepted, as it
-changes nothing. `response_format` (text, json_object, json_schema) constrains decoding
-(graph/response_format.py).
+A field this server does not serve (`functions`, `audio`, ...) is refused with InvalidRequest naming
+it, never dropped: a neutral value (`None`, `{}`, `best_of: 1`) is accepted, as it changes nothing.
+`response_format` (text, json_object, json_schema) constrains decoding (graph/response_format.py);
+`tools`, `tool_choice` and `parallel_tool_calls` become one `ToolCalling` (graph/tools.py), whose
+grammar holds every call to its tool's schema.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from graph.chat_format import ChatMessage, ChatPrompt
 from graph.errors import InvalidRequest
 from graph.field_errors import describe, field_errors
-from graph.params import MAX_NEW_TOKENS, MAX_STOP_STRINGS, GenerationOverrides
+from graph.params import MAX_LOGIT_BIAS, MAX_NEW_TOKENS, GenerationOverrides
 from graph.response_format import ResponseFormat
+from graph.tools import FunctionDef, ToolCall, ToolCalling
+
+MAX_STOP = 4  # OpenAI's limit on stop sequences
 
 MAX_N = 8  # GenerationParams.num_return_sequences' bound
 MAX_PROMPTS = 64  # as /generate's `prompts`
 
 # Fields of the OpenAI API this server does not serve, each with the values that change nothing.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
-    "parallel_tool_calls": (None,),
-    "logit_bias": (None, {}),
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
     "audio": (None,),
     "modalities": (None, ["text"]),
     "prediction": (None,),
@@ -57,11 +56,49 @@ class TextPart(_Strict):
     text: str
 
 
-class Message(_Strict):
-    """A chat message: system / developer / user / assistant, content a string or text parts."""
+class FunctionCall(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(description="The arguments object as JSON text.")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    @field_validator("arguments")
+    @classmethod
+    def _an_object(cls, value: str) -> str:
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            raise ValueError("must be a JSON object as text") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object as text")
+        return value
+
+
+class MessageToolCall(_Strict):
+    """An assistant message's call of a function (as the server sent it)."""
+
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Strict):
+    """A chat message: system / developer / user / assistant / tool, content a string or text parts.
+    An assistant message may carry `tool_calls` (content then may be null); a tool message answers
+    one of them (`tool_call_id`)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[MessageToolCall] | None = Field(default=None, max_length=64)
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _roles(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content: required (null only in an assistant message with tool_calls)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError(f"tool_calls: only in an assistant message (role is {self.role})")
+        if (self.tool_call_id is None) == (self.role == "tool"):
+            raise ValueError("tool_call_id: required in a tool message, and only there")
+        return self
 
     @field_validator("content", mode="before")
     @classmethod
@@ -74,7 +111,33 @@ class Message(_Strict):
         return value
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def message(self) -> ChatMessage:
+        """This message for the nodes (a `developer` message is a system message to them)."""
+        calls = [ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments) for c in self.tool_calls or []]
+        role = "system" if self.role == "developer" else self.role
+        return ChatMessage(role=role, content=self.text(), tool_calls=calls, tool_call_id=self.tool_call_id)
+
+
+class ChatTool(_Strict):
+    """One of `tools`: a function."""
+
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    """tool_choice naming the function the model must call."""
+
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Strict):
@@ -91,8 +154,16 @@ class _Controls(_Strict):
     )
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=MAX_N)
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(default=None, description=f"Up to {MAX_STOP} stop sequences.")
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="Token id (as a string) -> bias from -100 (ban) to 100 (force)."
+    )
+    min_p: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="(vLLM's) drop tokens under min_p x the best's probability."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256, description="The caller's end-user id (logged).")
@@ -101,8 +172,22 @@ class _Controls(_Strict):
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+        if isinstance(value, list) and len(value) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens")
+        for key, bias in value.items():
+            if not key.isdigit():
+                raise ValueError(f"{key!r}: keys are token ids (digits)")
+            if not -100.0 <= bias <= 100.0:
+                raise ValueError(f"{key!r}: a bias is from -100 to 100 (got {bias})")
         return value
 
     @model_validator(mode="after")
@@ -149,10 +234,18 @@ class _Controls(_Strict):
                     "logprobs": None if top is None else True,
                     "top_logprobs": top,
                     "response_format": self.response_format,
+                    "frequency_penalty": self.frequency_penalty,
+                    "presence_penalty": self.presence_penalty,
+                    "min_p": self.min_p,
+                    "logit_bias": {int(k): float(v) for k, v in self.logit_bias.items()} if self.logit_bias else None,
+                    "tools": self.tool_calling(),
                 }
             )
         except ValidationError as exc:  # a bound of the graph's params (named in the request's terms by the face)
             raise _invalid(exc) from None
+
+    def tool_calling(self) -> ToolCalling | None:
+        return None
 
     def names(self) -> dict[str, str]:
         """The graph's param names -> this request's field names (for error messages)."""
@@ -166,6 +259,12 @@ class ChatCompletionRequest(_Controls):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[ChatTool] | None = Field(default=None, max_length=64, description="Functions the model may call.")
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = Field(
+        default=None, description="auto (the default with tools), none, required, or a named function."
+    )
+    parallel_tool_calls: bool | None = Field(default=None, description="More than one call per answer (default true).")
+    _calling: ToolCalling | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _chat_rules(self) -> ChatCompletionRequest:
@@ -173,9 +272,31 @@ class ChatCompletionRequest(_Controls):
             raise ValueError("max_completion_tokens: give max_tokens or max_completion_tokens, not both")
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: needs logprobs=true")
-        if self.logprobs and self.stream:
-            raise ValueError("logprobs: not supported with stream=true (ask without streaming)")
+        if not self.tools and self.tool_choice not in (None, "none"):
+            raise ValueError("tool_choice: needs tools")
+        if self.tools and self.response_format is not None and self.response_format.constrained():
+            raise ValueError("response_format: not with tools here (the calls' grammar holds the answer)")
+        self._calling = self._tool_calling()  # checked here, at the edge: a bad tool is a 400 now
         return self
+
+    def tool_calling(self) -> ToolCalling | None:
+        """tools + tool_choice + parallel_tool_calls as one ToolCalling (None without tools)."""
+        return self._calling
+
+    def _tool_calling(self) -> ToolCalling | None:
+        if not self.tools:
+            return None
+        choice = self.tool_choice if isinstance(self.tool_choice, str) else None
+        named = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+        try:
+            return ToolCalling(
+                tools=[t.function for t in self.tools],
+                choice=choice or "auto",
+                function=named,
+                parallel=self.parallel_tool_calls is not False,
+            )
+        except ValidationError as exc:
+            raise InvalidRequest(_tool_message(exc), field=_tool_field(exc)) from None
 
     def new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -189,11 +310,22 @@ class ChatCompletionRequest(_Controls):
 
     def prompt(self) -> ChatPrompt:
         """The conversation for the nodes (a `developer` message is a system message to them)."""
-        return ChatPrompt(
-            messages=[
-                ChatMessage(role="system" if m.role == "developer" else m.role, content=m.text()) for m in self.messages
-            ]
-        )
+        return ChatPrompt(messages=[m.message() for m in self.messages])
+
+
+def _tool_message(exc: ValidationError) -> str:
+    """ToolCalling's errors in the request's terms (`tools[0].function.name: ...`)."""
+    return describe(field_errors(exc.errors(), path=_tool_loc), root="tools")
+
+
+def _tool_field(exc: ValidationError) -> str:
+    return field_errors(exc.errors(), path=_tool_loc)[0][0] or "tools"
+
+
+def _tool_loc(parts: tuple[Any, ...]) -> str:
+    if len(parts) >= 2 and parts[0] == "tools" and isinstance(parts[1], int):
+        return _loc(("tools", parts[1], "function", *parts[2:]))
+    return _loc(parts)
 
 
 class CompletionRequest(_Controls):

@@ -126,3 +126,22 @@ def test_paced_joins_fragments_and_sends_the_last_at_once() -> None:
     stamps = [t for t, _ in out]
     assert all(b - a >= 0.1 for a, b in zip(stamps[:-1], stamps[1:-1]))  # the last one excepted
     assert len(out) < 12  # joined, not one per item
+
+
+def test_sampling_fields_and_tools_cross_grpc_as_generation_params() -> None:
+    from google.protobuf import json_format
+
+    from graph.faces.grpc_graph import fields_of
+
+    params = {
+        "logit_bias": {"5": -100},
+        "min_p": 0.1,
+        "frequency_penalty": 0.5,
+        "tools": {"tools": [{"name": "f", "parameters": {"type": "object", "properties": {"s": {"maxLength": 3}}}}]},
+    }
+    msg = json_format.ParseDict(
+        {"original_sentence": "hi", "params": params}, inference_graph_pb2.GenerateScoreRequest()
+    )
+    got = GenerationParams.model_validate(fields_of(msg)["params"])
+    assert got.logit_bias == {5: -100.0} and got.min_p == 0.1 and got.frequency_penalty == 0.5
+    assert got.tools is not None and got.tools.tools[0].parameters["properties"]["s"]["maxLength"] == 3

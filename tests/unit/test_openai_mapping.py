@@ -66,13 +66,10 @@ def test_controls_map_to_overrides() -> None:
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("tool_choice", "auto"),
-        ("logit_bias", {"50256": -100}),
-        ("frequency_penalty", 0.5),
-        ("presence_penalty", 1),
-        ("parallel_tool_calls", True),
+        ("functions", [{"name": "f"}]),
+        ("function_call", "auto"),
         ("audio", {"voice": "x"}),
+        ("store", True),
     ],
 )
 def test_unsupported_fields_are_refused_by_name(field, value) -> None:
@@ -91,7 +88,40 @@ def test_neutral_values_of_unsupported_fields_pass() -> None:
     "fields, field, words",
     [
         ({"bogus": 1}, "bogus", "unknown field"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role", "Input should be"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0]", "tool_call_id: required in a tool"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0]", "content: required"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": "x",
+                        "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{}"}}],
+                    }
+                ]
+            },
+            "messages[0]",
+            "tool_calls: only in an assistant",
+        ),
+        ({"tool_choice": "required"}, "tool_choice", "needs tools"),
+        ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name", "pattern"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
+            },
+            "tool_choice",
+            "not one of the tools",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]},
+            "tools[0].function.parameters",
+            "must describe an object",
+        ),
+        ({"logit_bias": {"x": 1}}, "logit_bias", "token ids"),
+        ({"logit_bias": {"5": 101}}, "logit_bias", "from -100 to 100"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty", "less than or equal to 2"),
+        ({"min_p": -0.1}, "min_p", "greater than or equal to 0"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
             "messages[0].content",
@@ -104,9 +134,8 @@ def test_neutral_values_of_unsupported_fields_pass() -> None:
         ({"n": 2, "temperature": 0}, "n", "greedy"),
         ({"max_tokens": 3, "max_completion_tokens": 3}, "max_completion_tokens", "not both"),
         ({"top_logprobs": 1}, "top_logprobs", "logprobs=true"),
-        ({"logprobs": True, "stream": True}, "logprobs", "stream"),
         ({"stream_options": {"include_usage": True}}, "stream_options", "stream=true"),
-        ({"stop": ["a"] * 9}, "stop", "at most 8"),
+        ({"stop": ["a"] * 5}, "stop", "at most 4"),
         ({"seed": -1}, "seed", "greater than or equal to 0"),
     ],
 )
@@ -219,3 +248,47 @@ def test_response_format_maps_to_the_params_and_a_bad_schema_names_it() -> None:
         ChatCompletionRequest, {"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": bad}
     )
     assert err.field == "response_format" and "nosuch" in str(err)
+
+
+TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_tools_and_their_history_map_to_the_graph() -> None:
+    req = chat(
+        messages=[
+            *USER,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "{}"}}],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "3"},
+        ],
+        tools=[TOOL],
+        tool_choice={"type": "function", "function": {"name": "add"}},
+        parallel_tool_calls=False,
+    )
+    calling = req.overrides().tools
+    assert calling is not None and (calling.function, calling.parallel, calling.choice) == ("add", False, "auto")
+    assistant, tool = req.prompt().messages[1:]
+    assert assistant.content == "" and assistant.tool_calls[0].name == "add" and assistant.tool_calls[0].id == "call_1"
+    assert (tool.role, tool.tool_call_id, tool.content) == ("tool", "call_1", "3")
+    assert chat(tools=[TOOL]).overrides().tools.choice == "auto"  # pyright: ignore[reportOptionalMemberAccess]
+    assert chat(tools=[TOOL], tool_choice="none").overrides().tools.choice == "none"  # pyright: ignore[reportOptionalMemberAccess]
+    assert chat().overrides().tools is None
+
+
+def test_sampling_fields_map_to_overrides() -> None:
+    o = chat(logit_bias={"5": -100, "7": 2}, frequency_penalty=0.5, presence_penalty=-1, min_p=0.1).overrides()
+    assert o.logit_bias == {5: -100.0, 7: 2.0}
+    assert (o.frequency_penalty, o.presence_penalty, o.min_p) == (0.5, -1.0, 0.1)
+    assert chat(logprobs=True, stream=True).overrides().logprobs is True  # logprobs with stream
+
+
+def test_a_bad_call_in_the_history_is_named() -> None:
+    bad = {"id": "c", "type": "function", "function": {"name": "add", "arguments": "[1]"}}
+    err = refused(
+        ChatCompletionRequest,
+        {"model": "m", "messages": [{"role": "assistant", "content": None, "tool_calls": [bad]}]},
+    )
+    assert err.field == "messages[0].tool_calls[0].function.arguments" and "JSON object" in err.message

@@ -77,6 +77,10 @@ def params(draw: st.DrawFn) -> GenerationParams:
         repetition_penalty=draw(floats_of("repetition_penalty")),
         seed=draw(st.none() | ints_of("seed")),
         logprobs=draw(st.booleans()),
+        min_p=draw(floats_of("min_p")),
+        frequency_penalty=draw(st.sampled_from([0.0, 0.0]) | floats_of("frequency_penalty")),
+        presence_penalty=draw(st.sampled_from([0.0, 0.0]) | floats_of("presence_penalty")),
+        logit_bias=draw(st.dictionaries(st.integers(0, 6), st.sampled_from([-100.0, 100.0, 0.5]), max_size=3)),
     )
     if data["logprobs"]:
         data["top_logprobs"] = draw(ints_of("top_logprobs"))
@@ -109,14 +113,25 @@ def batches(draw: st.DrawFn) -> tuple[list[RowSampling], torch.Tensor]:
         p = draw(params())
         gen = torch.Generator().manual_seed(p.seed) if p.do_sample and p.seed is not None else None
         seen = draw(st.lists(st.integers(0, vocab - 1), max_size=12))
-        rows.append(RowSampling(p, gen, seen))
+        generated = seen[draw(st.integers(0, len(seen))) :]  # the completion: a tail of what was seen
+        rows.append(RowSampling(p, gen, seen, generated=generated))
         scores.append(draw(logits_rows(vocab)))
     return rows, torch.stack(scores)
 
 
-def penalised(row: RowSampling, logits: torch.Tensor, seen: list[int] | None = None) -> torch.Tensor:
-    """The row's scores after the repetition penalty (float64 reference, saturating like the sampler)."""
+def penalised(
+    row: RowSampling, logits: torch.Tensor, seen: list[int] | None = None, generated: list[int] | None = None
+) -> torch.Tensor:
+    """The row's scores after logit_bias, frequency and presence penalties and the repetition penalty
+    (float64 reference, saturating like the sampler)."""
     out = logits.double().clone()
+    p = row.params
+    for token, bias in p.logit_bias.items():
+        if token < out.shape[0]:
+            out[token] += bias
+    done = list(row.generated if generated is None else generated)
+    for token in set(done):
+        out[token] -= done.count(token) * p.frequency_penalty + p.presence_penalty
     ids = torch.tensor(sorted(set(row.seen_ids if seen is None else seen)), dtype=torch.long)
     if ids.numel():
         pen = max(row.params.repetition_penalty, torch.finfo(torch.float32).tiny)
@@ -132,18 +147,24 @@ def test_any_admitted_params_give_valid_tokens(batch, steps) -> None:
     vocab = logits.shape[1]
     sampler = BatchSampler(rows, vocab)
     seen = [list(r.seen_ids) for r in rows]
+    generated = [list(r.generated) for r in rows]
     for _ in range(steps):
         out = sampler.step(logits.clone())
         assert out.failed == []
         assert len(out.tokens) == len(rows)
         for i, (row, token) in enumerate(zip(rows, out.tokens)):
             assert 0 <= token < vocab
-            scores = penalised(row, logits[i], seen[i])
+            scores = penalised(row, logits[i], seen[i], generated[i])
             seen[i].append(token)
+            generated[i].append(token)
             # Never a token the model masked out (-inf), whatever the parameters.
             assert scores[token] > -math.inf or bool((scores == -math.inf).all())
             if not row.params.do_sample or row.params.top_k == 1:
                 assert scores[token] == scores.max()
+            elif row.params.min_p > 0 and scores.max() < math.inf:  # tokens under min_p x the best are out
+                t = max(row.params.temperature, torch.finfo(torch.float32).tiny)
+                best = scores.max()
+                assert scores[token] >= best + t * math.log(row.params.min_p) - 1e-3 * max(1.0, abs(float(best)))
             elif row.params.top_k:
                 kth = scores.topk(min(row.params.top_k, vocab)).values[-1]
                 assert scores[token] >= kth
