@@ -46,10 +46,11 @@ from graph.faces.anthropic_shapes import (
     MessagesRequest,
     TokenCount,
 )
+from graph.faces.chat_run import delta_parts, message_calls
 from graph.faces.one_answer import check_one_answer
 from graph.faces.openai_face import OpenAIFace
 from graph.tasks import background
-from graph.tools import CallStream, ToolCall, ToolCalling, parse_calls
+from graph.tools import ToolCall
 
 log = logging.getLogger("graph")
 StopReason = Literal["end_turn", "max_tokens", "tool_use"]
@@ -57,10 +58,9 @@ StopReason = Literal["end_turn", "max_tokens", "tool_use"]
 _STREAM_ERRORS = {"invalid_request_error": "invalid_request_error", "rate_limit_error": "rate_limit_error"}
 
 
-def stop_reason(finish: str | None, called: bool = False) -> StopReason:
-    if finish == "length":
-        return "max_tokens"
-    return "tool_use" if called else "end_turn"
+def stop_reason(finish: str | None) -> StopReason:
+    """The OpenAI face's finish_reason as Anthropic's stop_reason."""
+    return {"length": "max_tokens", "tool_calls": "tool_use"}.get(finish or "", "end_turn")  # pyright: ignore[reportReturnType]
 
 
 def event(data: BaseModel) -> str:
@@ -82,8 +82,8 @@ class AnthropicFace:
         chat = req.to_chat(stream=req.stream)
         out = await self.openai.chat(ctx, chat)
         if isinstance(out, ChatCompletion):
-            return self._message(ctx, req, out, chat.tool_calling)
-        return self._stream(ctx, req, out, chat.tool_calling)
+            return self._message(ctx, req, out)
+        return self._stream(ctx, req, out)
 
     async def count_tokens(self, ctx: RequestContext, req: CountTokensRequest) -> TokenCount:
         """The prompt tokens the messages take on the model's node (a named graph: its config's first
@@ -95,13 +95,11 @@ class AnthropicFace:
         assert isinstance(out, ChatCompletion) and out.usage is not None
         return TokenCount(input_tokens=out.usage.prompt_tokens)
 
-    def _message(
-        self, ctx: RequestContext, req: MessagesRequest, out: ChatCompletion, tools: ToolCalling | None
-    ) -> Message:
+    def _message(self, ctx: RequestContext, req: MessagesRequest, out: ChatCompletion) -> Message:
         choice = out.choices[0]
-        parsed = parse_calls(choice.message.content or "", tools)
-        blocks: list[TextBlock | ToolUseBlock] = [TextBlock(type="text", text=parsed.content)] if parsed.content else []
-        blocks += [_tool_use(c) for c in parsed.calls]
+        text, calls = choice.message.content, message_calls(out)
+        blocks: list[TextBlock | ToolUseBlock] = [TextBlock(type="text", text=text)] if text else []
+        blocks += [_tool_use(c) for c in calls]
         usage = out.usage
         return Message(
             id=f"msg_{ctx.request_id}",
@@ -109,7 +107,7 @@ class AnthropicFace:
             role="assistant",
             model=req.model,
             content=blocks or [TextBlock(type="text", text="")],  # pyright: ignore[reportArgumentType]  content blocks
-            stop_reason=stop_reason(choice.finish_reason, bool(parsed.calls)),
+            stop_reason=stop_reason(choice.finish_reason),
             stop_sequence=None,
             usage=Usage(
                 input_tokens=usage.prompt_tokens if usage else 0,
@@ -117,11 +115,9 @@ class AnthropicFace:
             ),
         )
 
-    def _stream(
-        self, ctx: RequestContext, req: MessagesRequest, chunks: AsyncIterator[str], tools: ToolCalling | None
-    ) -> AsyncIterator[str]:
+    def _stream(self, ctx: RequestContext, req: MessagesRequest, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
         """The OpenAI face's chunks (one choice, then usage) as Anthropic's events: text in a text block,
-        each tool call in a tool_use block of its own once it is complete (graph/tools.py CallStream)."""
+        each tool call (sent whole by the OpenAI face once it is complete) in a tool_use block of its own."""
         start = Message(
             id=f"msg_{ctx.request_id}",
             type="message",
@@ -132,7 +128,6 @@ class AnthropicFace:
             stop_sequence=None,
             usage=Usage(input_tokens=0, output_tokens=0),
         )
-        calls = CallStream(tools)
         blocks = _Blocks()
 
         async def body() -> AsyncIterator[str]:
@@ -157,20 +152,16 @@ class AnthropicFace:
                         input_tokens = chunk["usage"]["prompt_tokens"]
                         output_tokens = chunk["usage"]["completion_tokens"]
                     for choice in chunk.get("choices", []):
-                        text = (choice.get("delta") or {}).get("content")
-                        for part in calls.feed(text) if text else []:
+                        for part in delta_parts(choice.get("delta") or {}):
                             for ev in blocks.of(part):
                                 yield ev
                         finish = choice.get("finish_reason") or finish
-                for part in calls.finish():
-                    for ev in blocks.of(part):
-                        yield ev
                 for ev in blocks.close(final=True):
                     yield ev
                 yield event(
                     RawMessageDeltaEvent(
                         type="message_delta",
-                        delta=Delta(stop_reason=stop_reason(finish, bool(calls.calls)), stop_sequence=None),
+                        delta=Delta(stop_reason=stop_reason(finish), stop_sequence=None),
                         usage=MessageDeltaUsage(input_tokens=input_tokens, output_tokens=output_tokens),
                     )
                 )

@@ -54,11 +54,12 @@ from pydantic import BaseModel
 from graph.chat.responses import ResponseStore, StoredResponse
 from graph.chat_format import ChatMessage
 from graph.context import RequestContext
+from graph.faces.chat_run import delta_parts, message_calls
 from graph.faces.one_answer import check_one_answer
 from graph.faces.openai_face import OpenAIFace
 from graph.faces.responses_shapes import ResponseNotFound, ResponsesRequest, check_id
 from graph.tasks import background
-from graph.tools import CallStream, ToolCall, ToolCalling, parse_calls
+from graph.tools import ToolCall
 
 log = logging.getLogger("graph")
 Status = Literal["completed", "incomplete", "in_progress"]
@@ -124,14 +125,14 @@ class ResponsesFace:
         if isinstance(out, ChatCompletion):
             answer = _Answer()
             choice = out.choices[0]
-            parsed = parse_calls(choice.message.content or "", chat.tool_calling)
-            answer.text, answer.calls, answer.finish = parsed.content or "", parsed.calls, choice.finish_reason
+            answer.text, answer.calls = choice.message.content or "", message_calls(out)
+            answer.finish = choice.finish_reason
             if out.usage is not None:
                 answer.input_tokens, answer.output_tokens = out.usage.prompt_tokens, out.usage.completion_tokens
             response = self._response(req, rid, mid, answer)
             await self._keep(ctx, req, history, response, answer)
             return response
-        return self._stream(ctx, req, history, rid, mid, out, chat.tool_calling)
+        return self._stream(ctx, req, history, rid, mid, out)
 
     async def retrieve(self, ctx: RequestContext, response_id: str) -> Response:
         return Response.model_validate((await self._stored(ctx, response_id, "response_id")).response)
@@ -213,12 +214,10 @@ class ResponsesFace:
         rid: str,
         mid: str,
         chunks: AsyncIterator[str],
-        tools: ToolCalling | None,
     ) -> AsyncIterator[str]:
         """The chat face's chunks (one choice, then usage) as the Responses events: text in a message
-        item, each call in a function_call item once it is complete (graph/tools.py CallStream)."""
+        item, each call (sent whole by the chat face once it is complete) in a function_call item."""
         items = _Items(mid)
-        calls = CallStream(tools)
 
         async def body() -> AsyncIterator[str]:
             answer = _Answer()
@@ -252,14 +251,10 @@ class ResponsesFace:
                         answer.input_tokens = chunk["usage"]["prompt_tokens"]
                         answer.output_tokens = chunk["usage"]["completion_tokens"]
                     for choice in chunk.get("choices", []):
-                        text = (choice.get("delta") or {}).get("content")
-                        for part in calls.feed(text) if text else []:
+                        for part in delta_parts(choice.get("delta") or {}):
                             for ev in items.of(part, answer):
                                 yield ev
                         answer.finish = choice.get("finish_reason") or answer.finish
-                for part in calls.finish():
-                    for ev in items.of(part, answer):
-                        yield ev
                 done = self._response(req, rid, mid, answer)
                 for ev in items.close(answer, done.status == "incomplete", final=True):
                     yield ev

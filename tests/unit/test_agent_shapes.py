@@ -38,7 +38,7 @@ def test_a_messages_request_runs_as_a_chat_completion() -> None:
     ]
     o = chat.overrides()
     assert (o.max_new_tokens, o.temperature, o.top_k, o.stop, o.do_sample) == (8, 0.5, 7, ["END"], True)
-    assert chat.include_usage and chat.tool_calling is None
+    assert chat.include_usage and chat.tool_calling() is None
     greedy = messages(messages=[{"role": "user", "content": "x"}], temperature=0, top_k=5).to_chat(stream=False)
     assert greedy.overrides().do_sample is False
 
