@@ -20,8 +20,9 @@ from graph.chat_format import ChatMessage
 from graph.errors import GraphError, InvalidRequest
 from graph.faces.chat_run import ChatRun, text_view
 from graph.faces.openai_errors import rename
+from graph.faces.openai_requests import MAX_STOP
 from graph.field_errors import describe, field_errors
-from graph.params import MAX_NEW_TOKENS, MAX_STOP_STRINGS
+from graph.params import MAX_NEW_TOKENS
 from graph.tools import FunctionDef, ToolCall, ToolCalling
 
 # Fields of the Messages API this server does not serve, each with the values that change nothing.
@@ -179,7 +180,7 @@ class MessagesRequest(_Strict):
     messages: list[InputMessage] = Field(min_length=1, description="The conversation; the last one is the user's.")
     max_tokens: int = Field(ge=1, le=MAX_NEW_TOKENS, description="Most tokens to generate.")
     system: str | list[TextBlock] | None = Field(default=None, description="The system prompt.")
-    stop_sequences: list[str] | None = Field(default=None, max_length=MAX_STOP_STRINGS)
+    stop_sequences: list[str] | None = Field(default=None, max_length=MAX_STOP)
     temperature: float | None = Field(default=None, ge=0.0, le=1.0, description="0 = greedy; omitted = the node's.")
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=1, le=1000)
