@@ -4,9 +4,13 @@ count_tokens, errors in each API's shape, stored responses per key, and a store 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import anthropic
 import httpx
@@ -14,7 +18,11 @@ import jsonschema_rs
 import openai
 import pytest
 import yaml
+from openai.types.responses import Response
+from sqlalchemy import select
 
+from graph.chat.responses import ResponseStore
+from graph.chat.store import ChatStore, responses
 from tests.server import ROOT, Server
 
 KEY = "agents-test-key-0123456789"
@@ -37,6 +45,7 @@ def server(tiny_dir, tmp_path_factory) -> Iterator[Server]:
     path.write_text(yaml.safe_dump(cfg))
     os.environ["AGENTS_TEST_KEYS"] = f"tester:{KEY}, other:{OTHER_KEY}"
     srv = Server(config=path, name="agents")
+    srv.database_url = cfg["chat"]["database_url"]  # type: ignore[attr-defined]
     try:
         srv.start()
         yield srv
@@ -370,6 +379,40 @@ def test_responses_function_call_round_trip(server: Server) -> None:
     (streamed,) = final.output
     assert streamed.type == "function_call"
     jsonschema_rs.validate(WEATHER["input_schema"], json.loads(streamed.arguments))
+
+
+def test_sigkill_of_the_entry_while_storing_leaves_each_response_whole_or_absent(server: Server) -> None:
+    client = oai(server)
+
+    def one(i: int) -> None:
+        try:
+            client.responses.create(model="tiny_a", input=f"Note {i}", max_output_tokens=3)
+        except openai.APIError:  # the ones in flight when the entry dies
+            pass
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        for i in range(60):
+            pool.submit(one, i)
+        time.sleep(2.0)
+        os.kill(server.worker_pid("InferenceGraph"), signal.SIGKILL)
+
+    async def rows() -> int:
+        chat = ChatStore(server.database_url)  # type: ignore[attr-defined]
+        store = ResponseStore(chat)
+        try:
+            async with chat.engine.connect() as conn:
+                ids = [r[0] for r in await conn.execute(select(responses.c.id).where(responses.c.owner == "tester"))]
+            for rid in ids:
+                got = await store.get("tester", rid)
+                assert got is not None
+                kept = Response.model_validate(got.response)  # whole: the Response object parses
+                assert kept.id == rid and got.messages[-1].role == "assistant"
+                assert got.messages[-1].content == kept.output_text
+            return len(ids)
+        finally:
+            await chat.close()
+
+    assert asyncio.run(rows()) > 0
 
 
 def test_stored_responses_survive_a_restart(server: Server) -> None:
