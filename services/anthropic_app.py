@@ -43,7 +43,7 @@ def _endpoint(
             req = parse_messages(model, await json_body(request))
             out = await call(AnthropicFace(face(request)), req, ctx)
             if isinstance(out, BaseModel):
-                body = out.model_dump(mode="json", exclude_unset=True)
+                body = out.model_dump(mode="json", exclude_unset=True, by_alias=True)
                 return JSONResponse(body, headers={"x-request-id": rid, "request-id": rid})
             return sse_response(out, rid)
         except GraphError as err:

@@ -43,7 +43,8 @@ def _endpoint(call: Call) -> Callable[[Request], Awaitable[Response]]:
         try:
             out = await call(responses_face(request), request, ctx)
             if isinstance(out, BaseModel):
-                return JSONResponse(out.model_dump(mode="json", exclude_unset=True), headers={"x-request-id": rid})
+                body = out.model_dump(mode="json", exclude_unset=True, by_alias=True)
+                return JSONResponse(body, headers={"x-request-id": rid})
             return sse_response(out, rid)
         except GraphError as err:
             response = openai_response(err, NAMES)

@@ -65,7 +65,7 @@ def stop_reason(finish: str | None) -> StopReason:
 
 def event(data: BaseModel) -> str:
     """One server-sent event as Anthropic sends it: `event: <type>` and its JSON."""
-    payload = data.model_dump_json(exclude_unset=True)
+    payload = data.model_dump_json(exclude_unset=True, by_alias=True)
     return f"event: {data.model_dump(include={'type'})['type']}\ndata: {payload}\n\n"
 
 

@@ -161,7 +161,7 @@ class ResponsesFace:
                 model=req.model,
                 created=response.created_at,
                 messages=[*history, *req.messages(), a.message()],
-                response=response.model_dump(mode="json", exclude_unset=True),
+                response=response.model_dump(mode="json", exclude_unset=True, by_alias=True),
             )
         )
 
@@ -288,7 +288,7 @@ class _Items:
         numbered = ev.model_copy(update={"sequence_number": self.seq})
         self.seq += 1
         kind = ev.model_dump(include={"type"})["type"]
-        return f"event: {kind}\ndata: {numbered.model_dump_json(exclude_unset=True)}\n\n"
+        return f"event: {kind}\ndata: {numbered.model_dump_json(exclude_unset=True, by_alias=True)}\n\n"
 
     def of(self, part: str | ToolCall, answer: _Answer) -> list[str]:
         if isinstance(part, str):

@@ -319,6 +319,9 @@ def test_responses_named_graph_and_structured_output(server: Server) -> None:
     assert out.model == "graph:best" and out.text is not None and out.text.format is not None
     if out.status == "completed":  # cut by max_output_tokens is the only way to get invalid JSON
         jsonschema_rs.validate(SCHEMA, json.loads(out.output_text))
+    kept = client.responses.retrieve(out.id)  # stored and read back with its schema (`schema`, as sent)
+    assert kept.text is not None and kept.text.format is not None and kept.text.format.type == "json_schema"
+    assert kept.text.format.schema_ == SCHEMA  # type: ignore[union-attr]
 
 
 def test_responses_errors(server: Server) -> None:
