@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -10,11 +11,12 @@ from functools import lru_cache
 from typing import Any, ParamSpec, TypeVar
 
 import bentoml
+from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from graph.config import GraphConfig, config_from_arguments
 from graph.context import RequestContext
-from graph.errors import GraphError, Overloaded
+from graph.errors import GraphError, InvalidRequest, Overloaded
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -114,3 +116,11 @@ def sse_response(body: AsyncIterable[str], request_id: str) -> StreamingResponse
     return StreamingResponse(
         body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "x-request-id": request_id}
     )
+
+
+async def json_body(request: Request) -> Any:
+    """A request's JSON body (None when empty); InvalidRequest naming `body` when it is not JSON."""
+    try:
+        return json.loads(await request.body() or b"null")
+    except ValueError as exc:
+        raise InvalidRequest(f"body: not valid JSON ({exc})", field="body") from None

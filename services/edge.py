@@ -138,7 +138,8 @@ class ReadyProbe:
 
 class KeyCheck:
     """API keys (graph/auth.py): a request to a path that is not open needs `Authorization: Bearer
-    <key>` (401 otherwise) and must be within its key's rates (429). The request's context then
+    <key>` (or `x-api-key: <key>`, as Anthropic's clients send it; 401 otherwise) and must be within its
+    key's rates (429). The request's context then
     names the caller, and its generated tokens are charged to the key (by the graph)."""
 
     def __init__(self, app: ASGIApp, keys: ApiKeys, faces: FaceErrors | None = None) -> None:
@@ -150,7 +151,10 @@ class KeyCheck:
             return
         headers = dict(scope.get("headers") or [])
         try:
-            caller = self.keys.authenticate(headers.get(b"authorization", b"").decode("latin-1") or None)
+            given = headers.get(b"authorization", b"").decode("latin-1") or None
+            if given is None and headers.get(b"x-api-key"):  # Anthropic's clients send the key in x-api-key
+                given = "Bearer " + headers[b"x-api-key"].decode("latin-1")
+            caller = self.keys.authenticate(given)
             self.keys.admit(caller)
         except GraphError as err:
             response = _refusal(scope, err, self.faces)

@@ -23,9 +23,11 @@ from typing import Any
 import bentoml
 
 from graph.auth import ApiKeys
+from graph.chat.responses import ResponseStore
 from graph.compose import Graph, Timeline, sse
 from graph.faces.embeddings import EmbedRequest, EmbedResponse
 from graph.faces.grpc_server import GrpcFaces
+from graph.faces.responses_face import ResponsesFace
 from graph.policies import metrics as branch_metrics
 from graph.policies.schemas import PolicyResponse
 from graph.schemas import (
@@ -40,6 +42,7 @@ from graph.schemas import (
     StreamRequest,
 )
 from graph.tasks import background
+from services.anthropic_app import anthropic_response, anthropic_routes
 from services.chat import ChatEndpoints, open_chat
 from services.classifier import make_classifier_service
 from services.clients import ClassifierNodeClient, GeneratorNodeClient
@@ -65,6 +68,7 @@ from services.edge import (
 from services.generator import make_generator_service
 from services.openai_app import OpenAIFace, make_openai_app, openai_response
 from services.playground_face import playground_app
+from services.responses_app import responses_routes
 from services.shutdown import Drain
 
 log = logging.getLogger("graph")
@@ -99,7 +103,10 @@ BRANCHES = bentoml.metrics.Counter(
     documentation="Steps of named graphs: the branch each step chose, served with, failed over or refused.",
     labelnames=["graph", "kind", "branch", "outcome"],
 )
-FACES = {"/v1/": openai_response}  # the edge's refusals (401, 415, 429) there in OpenAI's error shape
+# Anthropic's Messages API and OpenAI's Responses API under the same /v1 (services/anthropic_app.py, responses_app.py)
+OPENAI.router.routes.extend([*anthropic_routes(), *responses_routes()])
+# the edge's refusals (401, 415, 429) under /v1 in its face's error shape (first matching prefix)
+FACES = {"/v1/messages": anthropic_response, "/v1/": openai_response}
 
 
 @bentoml.service(
@@ -132,6 +139,7 @@ class InferenceGraph(ChatEndpoints):
         )
         self.chat = open_chat(self.graph)  # /infer, /chat...: services/chat.py
         OPENAI.state.face = OpenAIFace(self.graph)
+        OPENAI.state.responses = ResponsesFace(OPENAI.state.face, ResponseStore(self.chat.store))
         self.grpc = GrpcFaces(self.graph, CONFIG.grpc, keys=KEYS)
         log.info("graph %s ready: generators=%s", CONFIG.name, list(CONFIG.generators))
 

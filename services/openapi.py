@@ -13,6 +13,7 @@ from typing import Any
 
 from graph.errors import ErrorBody
 from graph.params import GenerationParams
+from services.agent_openapi import agent_paths
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 SSE_DESCRIPTION = (
@@ -91,6 +92,8 @@ def exact_spec(
                         "content": {"application/json": {"schema": {"type": "object"}}},
                     },
                 }
+    named = [f"graph:{g}" for g in graphs if g != "all"]
+    out["paths"].update(agent_paths(schemas, keys=keys, models=[*models, *named]))  # Messages and Responses (/v1)
     for schema in schemas.values():  # replies too: a field that defaults to None may be null
         _nullable(schema.get("properties", {}))
     overrides = schemas.get("GenerationOverrides", {})

@@ -2,7 +2,8 @@
 
 Tables: `chat_conversations` (one per owner + user_id; `owner` is the API key id that created it,
 None when keys are off), `chat_messages` (a turn = the user's message and the reply, stored together
-in one transaction), and `chat_schema_version` (the migrations applied). Migrations are a short list
+in one transaction), `chat_schema_version` (the migrations applied) and `responses`
+(stored /v1/responses answers, graph/chat/responses.py). Migrations are a short list
 of (version, step) below, applied in order on first use, under a PostgreSQL advisory lock so several
 replicas starting at once apply each step once. We keep this small table instead of Alembic: two
 tables, no migration scripts to generate, nothing to run by hand; a later schema change appends one
@@ -84,8 +85,23 @@ messages = Table(
     UniqueConstraint("conversation_id", "turn", "role", name="ux_chat_message_turn"),
 )
 
+# Stored /v1/responses answers (graph/chat/responses.py): one row per response, written in one statement,
+# holding the conversation up to and including it (`messages`, JSON) and the Response object (JSON).
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(128), nullable=True),
+    Column("previous_id", String(64), nullable=True),
+    Column("model", String(128), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("messages", Text, nullable=False),
+    Column("response", Text, nullable=False),
+)
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "conversations and messages", lambda conn: metadata.create_all(conn, tables=[conversations, messages])),
+    (2, "stored responses", lambda conn: metadata.create_all(conn, tables=[responses])),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _MIGRATION_LOCK = 0x63686174  # "chat": the advisory lock id held while migrating

@@ -23,6 +23,7 @@ from graph.errors import ErrorBody, GraphError, InvalidRequest, Overloaded
 _TYPES = {
     "validation": "invalid_request_error",
     "model_not_found": "invalid_request_error",
+    "not_found": "invalid_request_error",
     "unauthorized": "authentication_error",
     "overloaded": "rate_limit_error",
     "rate_limited": "rate_limit_error",

@@ -63,3 +63,27 @@ def test_schemathesis_finds_nothing(server, tmp_path):
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     print(run.stdout[-6000:])
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def test_spec_documents_the_messages_and_responses_faces(server):
+    spec = httpx.get(server.url + "/docs.json", timeout=10).json()
+    paths = spec["paths"]
+    assert {"/v1/messages", "/v1/messages/count_tokens", "/v1/responses", "/v1/responses/{response_id}"} <= set(paths)
+    messages = paths["/v1/messages"]["post"]
+    assert set(messages["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+    assert messages["responses"]["400"]["content"]["application/json"]["schema"]["properties"]["type"] == {
+        "const": "error"
+    }  # Anthropic's error shape
+    body = messages["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["model"]["enum"] == [
+        "tiny_a",
+        "tiny_b",
+        "graph:best",
+        "graph:pruned",
+        "graph:cheap_first",
+    ]
+    assert {"get", "delete"} == set(paths["/v1/responses/{response_id}"])
+    assert (
+        "error"
+        in paths["/v1/responses"]["post"]["responses"]["404"]["content"]["application/json"]["schema"]["required"]
+    )
