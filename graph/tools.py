@@ -68,7 +68,7 @@ ToolChoiceMode = Literal["auto", "none", "required"]
 class FunctionDef(BaseModel):
     """One tool: a function the model may call, its arguments an instance of `parameters`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$", description="The function's name (OpenAI's rule).")
     description: str | None = Field(default=None, max_length=4000, description="What it does, for the model.")
@@ -90,7 +90,7 @@ class ToolCalling(BaseModel):
     """The tools of one request and how the model may use them (OpenAI's tools, tool_choice and
     parallel_tool_calls, in one face-independent shape)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     tools: list[FunctionDef] = Field(min_length=1, max_length=MAX_TOOLS, description="The tools.")
     choice: ToolChoiceMode = Field(
@@ -164,7 +164,7 @@ class ToolCalling(BaseModel):
 class ToolCall(BaseModel):
     """One call the model made: an id (for the tool's result to answer), the tool, its arguments."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     id: str = Field(description="call_<hex>: the tool message answering it names it in tool_call_id.")
     name: str
