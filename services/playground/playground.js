@@ -478,10 +478,81 @@ function setupChat() {
   };
 }
 
+// ---- tools tab: one chat completion with tools through the OpenAI face (POST /v1/chat/completions) -------
+const EXAMPLE_TOOLS = [{ type: "function", function: { name: "get_weather", description: "The current weather in a city.",
+  parameters: { type: "object", properties: { city: { type: "string", description: "The city, e.g. Paris", maxLength: 40 } },
+    required: ["city"], additionalProperties: false } } }];
+// the OpenAI error's `param` (first name) → the field in this tab that shows its message
+const TOOLS_FIELDS = { tools: "tools.tools", tool_choice: "tools.tool_choice", parallel_tool_calls: "tools.parallel_tool_calls",
+  model: "tools.model", messages: "tools.messages", max_tokens: "tools.max_tokens" };
+
+function fieldError(name, message) {
+  const field = document.querySelector(`.field[data-field="${CSS.escape(name)}"]`);
+  field.classList.add("has-error");
+  $(".field-error", field).textContent = message;
+}
+
+function setupTools() {
+  const models = [...state.info.generators.map((g) => g.name), ...state.info.graphs.map((g) => `graph:${g.name}`)];
+  for (const m of models) $("#tools-model").append(el("option", { value: m, text: m }));
+  $("#tools-json").value = JSON.stringify(EXAMPLE_TOOLS, null, 2);
+  $("#tools-form").onsubmit = sendTools;
+}
+
+async function sendTools(event) {
+  event.preventDefault();
+  clearErrors();
+  const out = $("#tools-result");
+  out.replaceChildren();
+  const body = { model: $("#tools-model").value, messages: [{ role: "user", content: $("#tools-message").value }] };
+  const raw = $("#tools-json").value.trim();
+  if (raw) {  // checked here, before anything is sent: the server would only say "invalid JSON"
+    let tools;
+    try { tools = JSON.parse(raw); } catch (exc) { fieldError("tools.tools", `Invalid JSON: ${exc.message}`); return; }
+    if (!Array.isArray(tools)) { fieldError("tools.tools", 'Not a JSON array: [{"type": "function", "function": {…}}, …]'); return; }
+    Object.assign(body, { tools, tool_choice: $("#tool-choice").value, parallel_tool_calls: $("#tools-parallel").checked });
+  }
+  if ($("#tools-max-tokens").value !== "") body.max_tokens = Number($("#tools-max-tokens").value);
+  $("#tools-send").disabled = true;
+  const t0 = performance.now();
+  try {
+    const r = await fetch("v1/chat/completions", { method: "POST", headers: withKey({ "content-type": "application/json" }),
+      body: JSON.stringify(body) });
+    const answer = await r.json().catch(() => ({}));
+    if (!r.ok) {
+      const e = answer.error || {};
+      const field = TOOLS_FIELDS[String(e.param || "").split(/[.[]/)[0]];
+      showError(r.status, { message: e.message || `HTTP ${r.status}`, field, error: e.code }, r.headers.get("retry-after"));
+      return;
+    }
+    const ms = Math.round(performance.now() - t0);
+    for (const choice of answer.choices) {
+      const m = choice.message, box = el("div", { class: "tool-answer", "data-finish": choice.finish_reason });
+      if (m.content) box.append(el("div", { class: "text", text: m.content }));
+      for (const call of m.tool_calls || []) {
+        let args;
+        try { args = JSON.stringify(JSON.parse(call.function.arguments), null, 2); } catch { args = call.function.arguments; }
+        box.append(el("div", { class: "tool-call", "data-name": call.function.name },
+          el("span", { class: "name", text: call.function.name }), el("span", { class: "id", text: call.id }),
+          el("pre", { class: "args", text: args })));
+      }
+      const n = m.tool_calls?.length || 0;
+      box.append(el("div", { class: "meta", text: `finish: ${choice.finish_reason} · ${n} tool call${n === 1 ? "" : "s"} · ` +
+        `prompt ${answer.usage.prompt_tokens} tok · completion ${answer.usage.completion_tokens} tok · ${ms} ms` }));
+      out.append(box);
+    }
+  } catch (exc) {
+    notice(`Request failed: ${exc.message}`);
+  } finally {
+    $("#tools-send").disabled = false;
+  }
+}
+
 function showTab(name) {
   document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t.dataset.tab === name));
   $("#run").hidden = name !== "run";
   $("#chat").hidden = name !== "chat";
+  $("#tools").hidden = name !== "tools";
 }
 
 async function main() {
@@ -498,6 +569,7 @@ async function main() {
   drawGraph(state.info);
   buildForm();
   setupChat();
+  setupTools();
   document.querySelectorAll(".tab").forEach((t) => (t.onclick = () => showTab(t.dataset.tab)));
   $("#run-form").addEventListener("submit", run);
   $("#stop-button").addEventListener("click", stop);

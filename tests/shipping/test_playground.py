@@ -6,6 +6,7 @@ value's message next to its field, Stop halting the node's work, and no request 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+import jsonschema_rs
 import pytest
 
 from graph.config import load_config
@@ -278,6 +280,55 @@ def test_named_graph_runs_and_shows_its_decisions(server: Server, page: Any) -> 
     assert page.locator(".completion.winner").count() == 1
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "playground-named-graph.png"), full_page=True)
+
+
+WEATHER = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "maxLength": 10}, "unit": {"enum": ["c", "f"]}},
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+
+
+def test_tools_box_shows_each_call_and_its_arguments(server: Server, page: Any) -> None:
+    """The Tools tab: invalid JSON in the tools box is an error by the box and nothing is sent; a valid
+    tools array with tool_choice required goes to /v1/chat/completions, and the page shows the call: the
+    tool's name and its arguments as pretty JSON that validate against the tool's schema."""
+    sent: list[str] = []
+    page.on("request", lambda req: sent.append(req.url) if req.url.endswith("/v1/chat/completions") else None)
+    page.click("#tools-tab")
+    assert page.is_visible("#tools-json") and not page.is_visible("#run")
+    assert json.loads(page.input_value("#tools-json"))[0]["function"]["name"] == "get_weather"  # the example
+
+    page.fill("#tools-json", '[{"type": "function", "function": {')
+    page.click("#tools-send")
+    error = page.locator('.field[data-field="tools.tools"] .field-error')
+    assert error.inner_text().startswith("Invalid JSON"), error.inner_text()
+    assert sent == [] and page.locator("#tools-result .tool-answer").count() == 0
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+    page.fill("#tools-json", json.dumps(tools, indent=2))
+    page.select_option("#tools-model", "tiny_a")
+    page.select_option("#tool-choice", "required")
+    page.uncheck("#tools-parallel")  # a random model would go on calling until max_tokens
+    page.fill("#tools-max-tokens", "200")
+    page.fill("#tools-message", "Weather in Paris?")
+    page.click("#tools-send")
+    page.wait_for_selector("#tools-result .tool-answer", timeout=120_000)
+    assert len(sent) == 1 and error.inner_text() == ""
+    call = page.locator("#tools-result .tool-call")
+    assert call.count() == 1, page.inner_text("#tools-result")
+    assert call.locator(".name").inner_text() == "get_weather"
+    assert call.locator(".id").inner_text().startswith("call_")
+    shown = call.locator("pre.args").inner_text()
+    arguments = json.loads(shown)
+    jsonschema_rs.validate(WEATHER, arguments)
+    assert shown.startswith("{\n  "), shown  # pretty-printed, one key a line
+    meta = page.inner_text("#tools-result .meta")
+    assert meta.startswith("finish: tool_calls · 1 tool call ·"), meta
+    assert not page.locator(".notice").count()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "playground-tools.png"), full_page=True)
 
 
 PLAYGROUND_KEY = "playground-secret-0123456789"
