@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_tools.py [--config configs/default.yaml] [--calls 200] [--streams 16]
 
-Each node is built as the server builds it (GenerationEngine.from_node: runtime, quantization), and
+Each node is built as the server builds it (graph.models.node_engine.engine_for_node: runtime, quantization), and
 asked `--calls` times, `--streams` at a time, for a call of one of two tools with `tool_choice:
 required` at temperature 1.0 (graph/tools.py holds each call to its tool's schema). Every answer is
 parsed back (graph/tools.parse_calls) and its arguments validated against the tool's JSON Schema
@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--nodes", default="", help="Comma-separated nodes (default: every generator).")
     args = ap.parse_args()
-    from graph.engine import GenerationEngine
+    from graph.models.node_engine import engine_for_node
     from services.store import embedded_lookup, onnx_lookup, store_lookup
 
     config = load_config(args.config)
@@ -129,7 +129,7 @@ def main() -> None:
         node = config.generators[name]
         # A benchmark queues on purpose: no 429 from admission control (max_wait_s) while it does.
         node = node.model_copy(update={"scheduler": node.scheduler.model_copy(update={"max_wait_s": 3600.0})})
-        engine = GenerationEngine.from_node(
+        engine = engine_for_node(
             name,
             node,
             threads=config.generator_threads(name),
