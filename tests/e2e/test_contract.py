@@ -81,6 +81,7 @@ def test_spec_documents_the_messages_and_responses_faces(server):
         "graph:best",
         "graph:pruned",
         "graph:cheap_first",
+        "graph:routed",
     ]
     assert {"get", "delete"} == set(paths["/v1/responses/{response_id}"])
     assert (

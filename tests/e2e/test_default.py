@@ -101,6 +101,11 @@ def test_openai_face_on_real_models(server: Server) -> None:
         "graph:best_of_3",
         "graph:best_of_3_pruned",
         "graph:cascade",
+        "graph:polite",
+        "graph:router",
+        "graph:canary",
+        "graph:failover",
+        "graph:refine",
         "classifier",
     ]
     question = "Name a colour."
