@@ -183,7 +183,8 @@ class Split(_Strict):
 
 class Fallback(_Strict):
     """Branches in order: the first that answers serves. A branch fails over on a node failure or
-    unavailability, an overload (429/503), its time share spent, or a guard's refusal."""
+    unavailability, an overload (429/503), its time share spent, a guard's refusal, or an answer without the
+    valid tool call the request's tool_choice requires."""
 
     policy: Literal["fallback"]
     order: list[str] = Field(min_length=2, max_length=8, description=f"Branches ({BRANCH}), first preferred.")

@@ -31,6 +31,7 @@ from graph.policies.schemas import Kind, PathStep, PolicyResponse, PolicyUsage, 
 from graph.results import Classification
 from graph.schemas import FinalEvent, TokenEvent
 from graph.tasks import background
+from graph.tools import call_required, made_call
 
 SEED_STRIDE = 1000  # a guard's attempt a samples with the request's seed + a * this (distinct from best_of's +i)
 
@@ -287,6 +288,13 @@ async def fallback(run: Run, g: Fallback) -> PolicyResponse:
                 else f"{exc.kind}: {exc.message}"
             )
             step = PathStep(graph=run.graph, kind="fallback", branch=name, outcome=outcome, why=why, depth=run.depth)
+            path.append(await mark(run, step, t0))
+            continue
+        calling = run.overrides.tools if isinstance(run.overrides, GenerationOverrides) else None
+        if not last and call_required(calling) and not made_call(out.answer.completion, out.finish_reason, calling):
+            # a branch that cannot call the tools asked for (text, or a call cut short) fails over
+            why = "no valid tool call, and tool_choice requires one"
+            step = PathStep(graph=run.graph, kind="fallback", branch=name, outcome="failed", why=why, depth=run.depth)
             path.append(await mark(run, step, t0))
             continue
         why = "first choice" if i == 0 else f"after {i} failed"

@@ -1,5 +1,6 @@
 """Named graphs over tool calls, in-process on the tiny models: best_of prefers a finished valid call when
-one is required, and a cascade gate with `tool_call: true` passes a stage only when it made one."""
+one is required, a cascade gate with `tool_call: true` passes a stage only when it made one, and a fallback
+moves on from a branch that answered without the call a request requires."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.graph.test_policies import tiny_config
 GRAPHS = {
     "best": {"policy": "best_of", "nodes": {"tiny_a": 2, "tiny_b": 1}, "return_candidates": True},
     "call_first": {"policy": "cascade", "order": ["tiny_a", "tiny_b"], "gate": {"tool_call": True}},
+    "call_or_next": {"policy": "fallback", "order": ["tiny_a", "tiny_b"]},
 }
 ADD = {
     "type": "object",
@@ -63,3 +65,19 @@ def test_best_of_answers_with_a_valid_call(graph) -> None:
     assert out.answer.id in {c.id for c in calls}
     cut = run(graph, "best", 4)  # none made a call: the classifier ranks them all, as without tools
     assert cut.answer.score == max(c.score for c in cut.candidates)
+
+
+def test_fallback_serves_from_the_first_branch_that_made_the_call(graph) -> None:
+    out = run(graph, "call_or_next", 120)
+    assert made_call(out.answer.completion, out.answer.finish_reason, CALLING)
+    steps = [p for p in out.path if p.kind == "fallback"]
+    assert (steps[0].branch, steps[0].outcome, steps[0].why) == ("tiny_a", "served", "first choice")
+
+
+def test_fallback_moves_on_from_a_branch_without_the_required_call(graph) -> None:
+    out = run(graph, "call_or_next", 4)  # no call fits in 4 tokens: tiny_a fails over, tiny_b (the last) answers
+    steps = [p for p in out.path if p.kind == "fallback"]
+    assert steps[0].branch == "tiny_a" and steps[0].outcome == "failed"
+    assert steps[0].why == "no valid tool call, and tool_choice requires one"
+    assert steps[1].branch == "tiny_b" and steps[1].why == "after 1 failed"
+    assert out.answer.model == "tiny_b"
