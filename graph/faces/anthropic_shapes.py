@@ -20,7 +20,7 @@ from graph.chat_format import ChatMessage
 from graph.errors import GraphError, InvalidRequest
 from graph.faces.chat_run import ChatRun, text_view
 from graph.faces.openai_errors import rename
-from graph.faces.openai_requests import MAX_STOP
+from graph.faces.openai_requests import MAX_STOP, parse_body
 from graph.field_errors import describe, field_errors
 from graph.params import MAX_NEW_TOKENS
 from graph.tools import FunctionDef, ToolCall, ToolCalling
@@ -280,15 +280,7 @@ class TokenCount(BaseModel):
 
 def parse_messages(model: type[MessagesRequest], body: Any) -> Any:
     """A JSON body -> a validated request, or InvalidRequest naming the field and the rule."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("body: must be a JSON object", field="body")
-    for name, neutral in NEUTRAL.items():
-        if name in body and body[name] not in neutral:
-            raise InvalidRequest(f"{name}: not supported by this server", field=name)
-    try:
-        return model.model_validate({k: v for k, v in body.items() if k not in NEUTRAL})
-    except ValidationError as exc:
-        raise invalid(exc) from None
+    return parse_body(model, body, NEUTRAL, invalid)
 
 
 def invalid(exc: ValidationError, names: Mapping[str, str] | None = None, root: str = "") -> InvalidRequest:

@@ -11,7 +11,8 @@ grammar holds every call to its tool's schema.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Collection, Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
@@ -45,6 +46,8 @@ _NEUTRAL: dict[str, tuple[Any, ...]] = {
     "best_of": (None, 1),
     "suffix": (None, ""),
 }
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -376,15 +379,25 @@ class CompletionRequest(_Controls):
 
 def parse_request(model: type[_Controls], body: Any) -> Any:
     """A JSON body -> a validated request of `model`, or InvalidRequest naming the field and rule."""
+    return parse_body(model, body, _NEUTRAL, _invalid)
+
+
+def parse_body(
+    model: type[M], body: Any, neutral: Mapping[str, Collection[Any]], invalid: Callable[[ValidationError], Exception]
+) -> M:
+    """A JSON body -> a validated `model` (the OpenAI, Messages and Responses faces alike): a body that is no
+    object, or a `neutral` field (one this server does not serve) at a value other than its neutral ones, is
+    an InvalidRequest naming it; a neutral field at a neutral value is dropped; pydantic's errors go through
+    the face's `invalid`."""
     if not isinstance(body, dict):
         raise InvalidRequest("body: must be a JSON object", field="body")
-    for name, neutral in _NEUTRAL.items():
-        if name in body and body[name] not in neutral:
+    for name, values in neutral.items():
+        if name in body and body[name] not in values:
             raise InvalidRequest(f"{name}: not supported by this server", field=name)
     try:
-        return model.model_validate({k: v for k, v in body.items() if k not in _NEUTRAL})
+        return model.model_validate({k: v for k, v in body.items() if k not in neutral})
     except ValidationError as exc:
-        raise _invalid(exc) from None
+        raise invalid(exc) from None
 
 
 def _invalid(exc: ValidationError) -> InvalidRequest:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from graph.chat_format import ChatMessage
 from graph.errors import InvalidRequest
 from graph.faces.chat_run import ChatRun, text_view
+from graph.faces.openai_requests import parse_body
 from graph.field_errors import describe, field_errors
 from graph.params import MAX_NEW_TOKENS
 from graph.tools import FunctionDef, ToolCall, ToolCalling
@@ -260,15 +261,8 @@ def _arguments(item: FunctionCallItem) -> str:
 
 
 def parse_responses(body: Any) -> ResponsesRequest:
-    if not isinstance(body, dict):
-        raise InvalidRequest("body: must be a JSON object", field="body")
-    for name, neutral in NEUTRAL.items():
-        if name in body and body[name] not in neutral:
-            raise InvalidRequest(f"{name}: not supported by this server", field=name)
-    try:
-        return ResponsesRequest.model_validate({k: v for k, v in body.items() if k not in NEUTRAL})
-    except ValidationError as exc:
-        raise invalid(exc) from None
+    """A JSON body -> a validated Responses request, or InvalidRequest naming the field and the rule."""
+    return parse_body(ResponsesRequest, body, NEUTRAL, invalid)
 
 
 def check_id(response_id: str, field: str = "response_id") -> str:
