@@ -168,8 +168,14 @@ def test_auto_backend_picks_onnx_on_avx2_for_measured_models_only():
     assert other.backend == "torch"  # never measured: the torch choice
     _, torch_only = runtimes.choose({"avx2"}, "smollm2-135m-instruct", backends=("torch",))
     assert torch_only.backend == "torch"  # quantize: auto on backend torch stays on torch
-    _, amx = runtimes.choose({"amx_bf16", "avx512f"}, "smollm2-135m-instruct", backends=("onnx", "torch"))
-    assert amx.backend == "torch"  # kinds not measured with onnx keep their torch choice
+    amx = {"amx_bf16", "avx512f"}
+    _, smol_amx = runtimes.choose(amx, "smollm2-135m-instruct", backends=("onnx", "torch"))
+    assert smol_amx.backend == "torch"  # on AMX SmolLM2's fastest single stream is llamacpp, then torch
+    for goal in ("latency", "throughput"):  # Gemma 3 on AMX: onnx int8 for both goals (measured, issue 31)
+        _, gemma_amx = runtimes.choose(amx, "gemma-3-270m", goal, backends=("onnx", "torch"))
+        assert (gemma_amx.backend, gemma_amx.onnx_precision) == ("onnx", "int8")
+    _, avx512 = runtimes.choose({"avx512f"}, "smollm2-135m-instruct", backends=("onnx", "torch"))
+    assert avx512.backend == "torch"  # kinds not measured with onnx keep their torch choice
 
 
 def test_node_on_onnx_names_its_runtime(onnx_source, onnx_dir):
