@@ -168,12 +168,14 @@ def test_auto_backend_picks_onnx_on_avx2_for_measured_models_only():
     assert other.backend == "torch"  # never measured: the torch choice
     _, torch_only = runtimes.choose({"avx2"}, "smollm2-135m-instruct", backends=("torch",))
     assert torch_only.backend == "torch"  # quantize: auto on backend torch stays on torch
-    amx = {"amx_bf16", "avx512f"}
-    _, smol_amx = runtimes.choose(amx, "smollm2-135m-instruct", backends=("onnx", "torch"))
-    assert smol_amx.backend == "torch"  # on AMX SmolLM2's fastest single stream is llamacpp, then torch
-    for goal in ("latency", "throughput"):  # Gemma 3 on AMX: onnx int8 for both goals (measured, issue 31)
-        _, gemma_amx = runtimes.choose(amx, "gemma-3-270m", goal, backends=("onnx", "torch"))
-        assert (gemma_amx.backend, gemma_amx.onnx_precision) == ("onnx", "int8")
+    amx = {"amx_bf16", "avx512f"}  # measured (issue 31): onnx int8 the fastest single stream, bfloat16 at 64
+    for model in ("smollm2-135m-instruct", "gemma-3-270m"):
+        _, one = runtimes.choose(amx, model, "latency", backends=("onnx", "torch"))
+        assert (one.backend, one.onnx_precision) == ("onnx", "int8")
+        _, busy = runtimes.choose(amx, model, "throughput", backends=("onnx", "torch"))
+        assert (busy.backend, busy.dtype) == ("torch", "bfloat16")
+    _, other = runtimes.choose(amx, "my-model", backends=("onnx", "torch"))
+    assert other.backend == "torch"  # never measured on onnx there
     _, avx512 = runtimes.choose({"avx512f"}, "smollm2-135m-instruct", backends=("onnx", "torch"))
     assert avx512.backend == "torch"  # kinds not measured with onnx keep their torch choice
 
