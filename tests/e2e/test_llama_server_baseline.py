@@ -18,7 +18,7 @@ def llama_servers(srv: Server) -> list[int]:
     out = []
     for pid in srv.processes():
         try:
-            if b"llama-server" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()).name == "llama-server":
                 out.append(pid)
         except OSError:
             continue

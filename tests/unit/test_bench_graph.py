@@ -17,6 +17,7 @@ def bench_graph() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_graph_script", ROOT / "scripts" / "bench_graph.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being made
     spec.loader.exec_module(module)
     return module
 
