@@ -2,8 +2,8 @@
 
 A node measures at warm-up (graph/engine/warmup.py) the time of one decode step at batch sizes 1, 2, 4, ...
 up to its max_batch_size, and of a prefill of 16, 128, 512 ... prompt tokens. `Curve` keeps such a table,
-interpolates it linearly, and learns from traffic: every real step is compared with the table and the
-ratio (measured / table) is kept per batch-size bucket as a moving average, so a machine busier (or a
+interpolates it linearly, and learns from traffic: every real step is compared with the table and the ratio
+(measured / table) is kept per batch-size bucket, the median of its recent steps, so a machine busier (or a
 context longer) than at warm-up raises the estimates of the batch sizes it runs, and the table gives the
 shape between them. Without a table (a warm-up that failed), traffic fills the curve bucket by bucket.
 
@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import heapq
 import math
+import statistics
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
-ALPHA = 0.1  # weight of one traffic measurement in a bucket's moving average
-CLIP = (0.2, 5.0)  # one measurement moves a ratio at most this far (a step slowed by a neighbour's burst)
+WINDOW = 16  # recent traffic measurements kept per bucket: their median is the bucket's (one slow step, a
+# new shape's first call or a neighbour's burst, does not swing it; a lasting change moves it in 9 steps)
 
 
 def bucket(rows: int) -> int:
@@ -42,14 +43,17 @@ class Curve:
 
     def __init__(self) -> None:
         self._table: dict[int, float] = {}  # size -> seconds, measured at warm-up
-        self._ratio: dict[int, float] = {}  # bucket -> moving average of measured / table
-        self._seen: dict[int, float] = {}  # bucket -> moving average of measured seconds (no table)
+        self._ratios: dict[int, deque[float]] = {}  # bucket -> recent measured / table
+        self._ratio: dict[int, float] = {}  # bucket -> their median
+        self._times: dict[int, deque[float]] = {}  # bucket -> recent measured seconds (used with no table)
+        self._seen: dict[int, float] = {}  # bucket -> their median
         self._lock = threading.Lock()
 
     def seed(self, table: dict[int, float]) -> None:
         """The warm-up measurements (size -> seconds); traffic's corrections start again from 1."""
         with self._lock:
             self._table = {k: v for k, v in sorted(table.items()) if k > 0 and v > 0}
+            self._ratios.clear()
             self._ratio.clear()
 
     def table(self) -> dict[int, float]:
@@ -63,11 +67,12 @@ class Curve:
         with self._lock:
             base = _interpolate(self._table, size)
             if base > 0:
-                r = min(CLIP[1], max(CLIP[0], seconds / base))
-                old = self._ratio.get(b)
-                self._ratio[b] = r if old is None else old + ALPHA * (r - old)
-            old = self._seen.get(b)
-            self._seen[b] = seconds if old is None else old + ALPHA * (seconds - old)
+                ratios = self._ratios.setdefault(b, deque(maxlen=WINDOW))
+                ratios.append(seconds / base)
+                self._ratio[b] = statistics.median(ratios)
+            times = self._times.setdefault(b, deque(maxlen=WINDOW))
+            times.append(seconds)
+            self._seen[b] = statistics.median(times)
 
     def at(self, size: int) -> float:
         """Expected seconds at `size`. With a table: the table's value there times the traffic ratio of

@@ -8,7 +8,8 @@ same burst in seconds right after. So the decode thread, once the model is warm,
 batch sizes 1, 2, 4, ... up to max_batch_size, and a prefill of 16, 128 and 512 prompt tokens (the second of
 two calls: the first at a new shape pays its setup). Only the runner protocol is used (one prompt prefilled,
 its row repeated into a batch cache by `add_rows`), so torch, onnx and llama.cpp nodes measure the same way.
-A time budget bounds the whole; what it leaves out is extrapolated from the largest sizes measured.
+A time budget bounds the whole (the smallest and largest sizes are measured first, so what it leaves out is
+interpolated between them).
 """
 
 from __future__ import annotations
@@ -59,6 +60,20 @@ def batch_sizes(max_batch: int) -> list[int]:
     return [*sizes, max_batch]
 
 
+def ends_first(sizes: list[int]) -> list[int]:
+    """The smallest and the largest first, then the rest: a budget cut leaves a table that spans them all."""
+    return [*dict.fromkeys([sizes[0], sizes[-1], *sizes[1:-1]])]
+
+
+def monotone(table: dict[int, float]) -> dict[int, float]:
+    """Sorted by size, each value at least the one before: a larger batch or prompt is never faster (a lower
+    median there is noise)."""
+    out: dict[int, float] = {}
+    for k in sorted(table):
+        out[k] = max(table[k], *out.values()) if out else table[k]
+    return out
+
+
 def measure(
     runner: Runner,
     *,
@@ -95,9 +110,9 @@ def _measure(
     ids = torch.full((1, CONTEXT), pad_id, dtype=torch.long)
     logits, pre = runner.prefill(ids, torch.ones(1, CONTEXT, dtype=torch.bool))
     token = int(logits[0].argmax())
-    for b in batch_sizes(max_batch):
-        if table.steps and time.monotonic() - start > budget_s / 2:
-            break  # the rest comes from the slope of the largest two measured
+    for b in ends_first(batch_sizes(max_batch)):
+        if len(table.steps) >= 2 and time.monotonic() - start > budget_s / 2:
+            break  # the sizes left are interpolated between those measured
         if b > 1:  # the one-row prefill's row, repeated (add_rows empties a llama.cpp prefill: make another)
             logits, pre = runner.prefill(ids, torch.ones(1, CONTEXT, dtype=torch.bool))
         cache = runner.new_cache(max_batch, CONTEXT + steps + 2, left_room=CONTEXT)  # as the scheduler's batch
@@ -112,15 +127,13 @@ def _measure(
             BatchSampler(rows, out.shape[-1]).step(out)
             if i:  # the first step at a new shape pays its setup
                 timings.append(time.perf_counter() - t0)
-        # a larger batch is never faster: a median below the smaller batch's is noise
-        table.steps[b] = max(statistics.median(timings), max(table.steps.values(), default=0.0))
+        table.steps[b] = statistics.median(timings)
         del cache
+    table.steps = monotone(table.steps)
     limits = [x for x in (max_prompt, runner.max_positions) if x]
     limit = min(limits) if limits else None
-    for n in PREFILL_TOKENS:
-        if limit is not None and n > limit:
-            break
-        if table.prefills and time.monotonic() - start > budget_s:
+    for n in ends_first([n for n in PREFILL_TOKENS if limit is None or n <= limit]):
+        if len(table.prefills) >= 2 and time.monotonic() - start > budget_s:
             break
         p = torch.full((1, n), pad_id, dtype=torch.long)
         timings = []
@@ -128,4 +141,5 @@ def _measure(
             t0 = time.perf_counter()
             runner.prefill(p, torch.ones(1, n, dtype=torch.bool))
             timings.append(time.perf_counter() - t0)
-        table.prefills[n] = max(min(timings), max(table.prefills.values(), default=0.0))
+        table.prefills[n] = min(timings)
+    table.prefills = monotone(table.prefills)
