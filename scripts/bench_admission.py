@@ -103,7 +103,7 @@ async def run(args, server: Server, max_wait_s: float) -> None:
 
         # 17 concurrent streams: 16 non-ASCII + 1 scored.
         tasks = [timed_stream(client, "/generate_stream", {"prompt": NON_ASCII[i % len(NON_ASCII)]}) for i in range(16)]
-        tasks.append(timed_stream(client, "/generate_score_stream", {"original_sentence": NON_ASCII[1]}))
+        tasks.append(timed_stream(client, "/generate_score_stream", {"prompt": NON_ASCII[1]}))
         streams = await asyncio.gather(*tasks)
         inband = sum(1 for c, _, t in streams if c == 200 and ('"error"' in t or "overloaded" in t))
         slowest = max(s for _, s, _ in streams)
@@ -145,6 +145,9 @@ async def run(args, server: Server, max_wait_s: float) -> None:
         )
         if fives:
             print("  first 5xx:", fives[0])
+        other = [(c, t[:300]) for c, _, t in [*streams, *burst, *results] if c not in (200, 429)]
+        if other:
+            print("  first answer neither 200 nor 429:", other[0])
         stats = (await client.post("/node_stats", json={})).json()
         for name, s in stats.items():
             if isinstance(s, dict) and "shed_total" in s:
