@@ -227,6 +227,8 @@ class Scheduler:
         self.step_times = StepTimes()  # decode step time per batch size (warm-up table, traffic), for admission
         self.prefill_times = PrefillTimes()  # prefill time per prompt tokens (the same)
         self.warmup_table: Table | None = None  # what the warm-up measured for them
+        self._last_step_end: float | None = None  # when the last decode step ended, while rows kept running
+        self._prefill_s = 0.0  # prefill seconds since then (admission counts them apart)
         self.length_ratio = 1.0  # moving average of completion tokens / max_new_tokens of finished rows
         self.lock = threading.RLock()
         self._wake = threading.Condition(self.lock)
@@ -523,6 +525,7 @@ class Scheduler:
             self._unregister(req)
             out.put(req, NodeFailure(f"{self.name}: generation failed: {exc}", node=self.name))
         self.rows, self._cache, self._sampler = [], None, None
+        self._last_step_end = None
         self._chunking.clear()
         out.send()
 
@@ -617,7 +620,9 @@ class Scheduler:
             mask[i, p - n :] = True
         t0 = time.perf_counter()
         logits, cache = self.runner.prefill(ids, mask)
-        self.prefill_times.record(b * p, time.perf_counter() - t0)
+        took = time.perf_counter() - t0
+        self.prefill_times.record(b * p, took)
+        self._prefill_s += took
         self.counters["prefill_steps_total"] += 1
         self.counters["prompt_tokens_total"] += sum(len(prompt) for _, prompt in prompts)
         self.counters["prefix_hit_tokens_total"] += sum(len(r.prompt_ids) for r in reqs) - sum(
@@ -661,7 +666,9 @@ class Scheduler:
             chunk = req.prompt_ids[c.done : c.done + min(budget, self.chunk_tokens)]
             t0 = time.perf_counter()
             logits, cache = self.runner.prefill_chunk(torch.tensor([chunk], dtype=torch.long), c.cache, total)
-            self.prefill_times.record(len(chunk), time.perf_counter() - t0)
+            took = time.perf_counter() - t0
+            self.prefill_times.record(len(chunk), took)
+            self._prefill_s += took
             c.cache = cache
             c.done += len(chunk)
             budget -= len(chunk)
@@ -718,7 +725,13 @@ class Scheduler:
             if row.finished:
                 gone.append(i)
         self._drop(gone)
-        self.step_times.record(stepped, time.perf_counter() - t0)  # forward, sampler, text: a row's time per token
+        # A row's time per token: from the last step's end (the loop, admission, deliveries, a thread
+        # waiting for a core or the GIL on a busy machine) to this one's, less the prefills between.
+        end = time.perf_counter()
+        last = self._last_step_end
+        self.step_times.record(stepped, end - t0 if last is None else max(end - t0, end - last - self._prefill_s))
+        self._last_step_end = end if self.rows else None  # idle next: the gap until work comes is no step
+        self._prefill_s = 0.0
 
     def _choose(self, sampler: BatchSampler, rows: list[Row], logits: torch.Tensor, out: Outbox) -> StepOutput:
         """One token per row. A row the sampler reports as failed, or whose sampling raises when
@@ -768,6 +781,7 @@ class Scheduler:
         self._sampler = None
         if not self.rows:
             self._cache = None  # idle: give the KV memory back
+            self._last_step_end = None  # and the wait until work comes is no step
 
     # -- per-token bookkeeping -----------------------------------------------------------------
     def _token_text(self, token_id: int) -> str:
