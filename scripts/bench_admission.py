@@ -135,12 +135,15 @@ async def run(args, server: Server, max_wait_s: float) -> None:
         fives = [(c, t[:200]) for c, _, t in results if c >= 500 or c < 0]
         retry = [json.loads(t).get("retry_after_s") for c, _, t in results if c == 429]
         bound = max_wait_s + score_alone
+
+        def secs(xs: list[float], f) -> str:
+            return f"{f(xs):.2f}s" if xs else "none"
+
         ok = not fives and (not refused or refused[-1] < 2.0) and (not served or p95(served) <= bound)
         print(
             f"{args.clients} clients x 2 /generate_score (64 new tokens) in {took:.1f}s: {codes(results)}; "
-            f"200 p95 {p95(served) if served else float('nan'):.2f}s max {served[-1] if served else float('nan'):.2f}s "
-            f"(max_wait_s + alone {bound:.1f}s); 429 p95 {p95(refused) if refused else float('nan'):.2f}s "
-            f"max {refused[-1] if refused else float('nan'):.2f}s (Retry-After {sorted(set(retry))}); "
+            f"200 p95 {secs(served, p95)} max {secs(served, max)} (max_wait_s + alone {bound:.1f}s); "
+            f"429 p95 {secs(refused, p95)} max {secs(refused, max)} (Retry-After {sorted(set(retry))}); "
             f"5xx {len(fives)}; {verdict(ok)}"
         )
         if fives:
