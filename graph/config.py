@@ -81,7 +81,8 @@ class SchedulerConfig(_Strict):
         gt=0.0,
         le=3600.0,
         description="Shedding: 429 + Retry-After at once when a request would finish more than this later than "
-        "alone (its wait for rows, then its tokens at the measured step time of the batch it joins). None = off.",
+        "alone (its wait for rows and KV memory, then its tokens at the step time of the batch it runs, measured at "
+        "start-up per batch size), or would push a request admitted earlier past this bound. None = off.",
     )
     max_kv_mb: float | None = Field(
         default=None,

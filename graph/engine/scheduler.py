@@ -12,9 +12,10 @@ Reliability (issue #13):
 - Fairness: waiting requests are admitted round-robin by request id (the engine requests of one
   multi-prompt call share an id), and one id holds at most `max_request_share` of the batch rows,
   so a large call never takes every row from the small ones that come after it.
-- Shedding: with `max_wait_s`, a request that would finish more than that bound later than alone (its
-  wait for rows, then its tokens at the measured step time of the batch it joins: graph/engine/admission.py)
-  gets Overloaded at once.
+- Shedding: with `max_wait_s`, a request that would finish more than that bound later than alone, or
+  would push a request admitted earlier past its bound, gets Overloaded at once: the schedule is run
+  forward on step and prefill times measured at warm-up per batch size and prompt length and corrected by
+  traffic, rows already running and KV memory counted (graph/engine/admission.py, graph/engine/warmup.py).
 - Memory: `max_kv_mb` bounds the KV cache admission may build up; after a second idle the decode
   thread returns freed heap memory to the OS (glibc malloc_trim; graph/memory.py).
 """
@@ -27,18 +28,19 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
 
-from graph.engine.admission import StepTimes, extra_latency_s
+from graph.engine.admission import PrefillTimes, StepTimes, Work, alone_s, plan
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
 from graph.engine.grammar import RowGrammar
 from graph.engine.kv.prefix_cache import BLOCK_TOKENS, Hit, PrefixCache
 from graph.engine.runners.base import RowCache, Runner
 from graph.engine.runners.torch_runner import release_openmp_pool
 from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
+from graph.engine.warmup import Table, measure
 from graph.errors import InvalidRequest, NodeFailure, Overloaded
 from graph.memory import default_kv_budget, malloc_trim
 from graph.params import GenerationParams
@@ -90,6 +92,7 @@ class Request:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         now = time.monotonic()
+        self.promise: float | None = None  # when admission expects it answered at the latest (max_wait_s)
         self.submitted = now  # the times a trace reports (graph/tracing.py): queue wait, first token
         self.admitted: float | None = None
         self.first_token: float | None = None
@@ -221,8 +224,11 @@ class Scheduler:
             PrefixCache(keep, kv_bytes_per_token) if runner.chunked_prefill and keep and kv_bytes_per_token else None
         )
         self.step_s = 0.0  # moving average of a step's wall time (prefill + decode), for expected waits
-        self.step_times = StepTimes()  # measured step time per batch size, for expected completions
-        self._stepped_rows = 0  # rows the last step decoded
+        self.step_times = StepTimes()  # decode step time per batch size (warm-up table, traffic), for admission
+        self.prefill_times = PrefillTimes()  # prefill time per prompt tokens (the same)
+        self.warmup_table: Table | None = None  # what the warm-up measured for them
+        self._last_step_end: float | None = None  # when the last decode step ended, while rows kept running
+        self._prefill_s = 0.0  # prefill seconds since then (admission counts them apart)
         self.length_ratio = 1.0  # moving average of completion tokens / max_new_tokens of finished rows
         self.lock = threading.RLock()
         self._wake = threading.Condition(self.lock)
@@ -301,15 +307,12 @@ class Scheduler:
             if self.closed:
                 raise NodeFailure(f"{self.name}: the generation engine is closed", node=self.name)
             if self.max_wait_s is not None and req.id not in self._by_id:
-                late = self.expected_extra_s(req)
-                if late > self.max_wait_s:
+                refusal = self._refusal(req, self.max_wait_s)
+                if refusal is not None:
                     self.counters["rejected_total"] += 1
                     self.counters["shed_total"] += 1
-                    raise Overloaded(
-                        f"{self.name}: expected to finish {late:.1f}s later than alone (wait for rows + a slower "
-                        f"batch), above max_wait_s={self.max_wait_s:g}; retry later",
-                        retry_after_s=max(1, math.ceil(late - self.max_wait_s)),
-                    )
+                    why, retry_s = refusal
+                    raise Overloaded(f"{self.name}: {why}; retry later", retry_after_s=max(1, math.ceil(retry_s)))
             # Rows that are free now count as room: between two steps the batch may have just
             # emptied while its replacements wait for the next step (measured: 20 clients against
             # max_batch_size 8 + max_queue 16 had 83 of 100 requests refused without this).
@@ -380,14 +383,74 @@ class Scheduler:
         running = sum(max(1.0, r.req.params.max_new_tokens * self.length_ratio - len(r.tokens)) for r in rows)
         return self.step_s * (1 + (running + ahead_work) / self.max_batch_size)
 
-    def expected_extra_s(self, req: Request) -> float:
-        """Seconds later than alone `req` would finish if admitted now (call with the lock held): its
-        wait for rows, then its expected new tokens at the step time of the batch it would join."""
-        n = req.params.num_return_sequences
-        waiting = sum(w.params.num_return_sequences for w in self._waiting)
-        join = min(self.max_batch_size, len(self.rows) + waiting + n)
-        tokens = max(1.0, req.params.max_new_tokens * self.length_ratio)
-        return extra_latency_s(self.expected_wait_s(req), tokens, self.step_times, join, n)
+    def _work(self, req: Request, done: int = 0, prefilled: int = 0) -> Work:
+        """`req` in admission's plan: its expected new tokens (max_new_tokens x the measured completion
+        ratio) less `done`, its prompt less `prefilled`, the KV positions its rows reserve."""
+        p = req.params
+        expected = max(1, min(p.max_new_tokens, math.ceil(p.max_new_tokens * self.length_ratio)))
+        span = len(req.prompt_ids) + p.max_new_tokens
+        return Work(req, p.num_return_sequences, len(req.prompt_ids) - prefilled, max(1, expected - done), span)
+
+    def _refusal(self, req: Request, bound: float) -> tuple[str, float] | None:
+        """Why `req` is refused and when to retry, or None when admitting it keeps every bound (call with
+        the lock held). The plan (graph/engine/admission.py) runs the rows already running, the prompts
+        being prefilled, the waiting requests and `req` forward: `req` must finish within `bound` of its
+        alone time, and no request admitted earlier may be pushed past the time it was promised."""
+        by_req: dict[Request, int] = {}
+        for r in list(self.rows):  # the decode thread's list: a snapshot of it
+            by_req[r.req] = max(by_req.get(r.req, 0), len(r.tokens))
+        running = [self._work(q, done) for q, done in by_req.items()]
+        waiting = [self._work(c.req, prefilled=c.done) for c in list(self._chunking)]
+        waiting += [self._work(w) for w in self._waiting]
+        new = self._work(req)
+
+        def forward(queue: list[Work]) -> dict[Hashable, float]:
+            return plan(
+                running,
+                queue,
+                max_rows=self.max_batch_size,
+                fits=self._fits,
+                steps=self.step_times,
+                prefills=self.prefill_times,
+            )
+
+        finish = forward([*waiting, new])
+        alone = alone_s(new, steps=self.step_times, prefills=self.prefill_times)
+        late = finish.get(req, math.inf) - alone
+        if late > bound:
+            ahead = [*running, *waiting]
+            rows = sum(w.rows for w in ahead) + new.rows
+            span = max([new.span, *(w.span for w in ahead)])
+            kv = rows > new.rows and rows <= self.max_batch_size and not self._fits(rows, span)
+            wait = (
+                f"its KV cache does not fit beside the {rows - new.rows} rows running or waiting (KV budget "
+                f"{(self.kv_budget or 0) / 2**20:.0f} MB, scheduler.max_kv_mb): it waits for KV memory"
+                if kv
+                else "its wait for rows, then a slower batch"
+            )
+            return f"expected to finish {late:.1f}s later than alone ({wait}), above max_wait_s={bound:g}", late - bound
+        now = time.monotonic()
+        pushed = [
+            (w, w.promise)
+            for w, at in finish.items()
+            if isinstance(w, Request) and w is not req and w.promise is not None and now + at > w.promise
+        ]
+        if pushed:  # past their promise with `req`: refused if they were not already without it
+            before = forward(waiting)
+            harmed = [w for w, promise in pushed if now + before.get(w, math.inf) <= promise]
+            if harmed:
+                over = max(now + finish[w] - promise for w, promise in pushed if w in harmed)
+                return (
+                    f"admitting it would make {len(harmed)} request(s) admitted earlier finish {over:.1f}s past "
+                    f"max_wait_s={bound:g} later than alone",
+                    max(over, min(finish[w] for w in harmed)),
+                )
+        req.promise = now + alone + bound
+        return None
+
+    def _fits(self, rows: int, span: int) -> bool:
+        """Whether `rows` rows whose longest reserves `span` positions fit the KV budget."""
+        return self.kv_budget is None or self.kv_bytes(rows, span) <= self.kv_budget
 
     def _unregister(self, req: Request) -> None:
         with self.lock:
@@ -429,7 +492,6 @@ class Scheduler:
                     self._fail_all(admitted, exc)
                 took = time.monotonic() - start
                 self.step_s = took if not self.step_s else self.step_s + 0.2 * (took - self.step_s)
-                self.step_times.record(self._stepped_rows, took)
 
     def _warmup(self, steps: int = 2) -> None:
         """A short prefill and a few decode steps (the first calls pay one-time kernel setup)."""
@@ -440,7 +502,15 @@ class Scheduler:
             for i in range(steps):
                 logits = self.runner.decode(logits.argmax(-1, keepdim=True), torch.tensor([[4 + i]]), cache, steps)
             self.runner.warm_up(self.pad_id)  # graph/engine/runners/torch_compiled.py: compile the shape buckets
-        except Exception:  # not fatal: the first real request pays the setup instead
+            # Admission's table: step times per batch size, prefill times per prompt length (graph/engine/warmup.py)
+            table = measure(
+                self.runner, max_batch=self.max_batch_size, pad_id=self.pad_id, max_prompt=self.max_prompt_tokens
+            )
+            self.warmup_table = table
+            self.step_times.seed(table.steps)
+            self.prefill_times.seed(table.prefills)
+            log.info("%s: admission table %s", self.name, table.describe())
+        except Exception:  # not fatal: the first real request pays the setup, traffic fills admission's table
             log.exception("%s: warm-up failed", self.name)
         finally:
             self.ready.set()
@@ -455,6 +525,7 @@ class Scheduler:
             self._unregister(req)
             out.put(req, NodeFailure(f"{self.name}: generation failed: {exc}", node=self.name))
         self.rows, self._cache, self._sampler = [], None, None
+        self._last_step_end = None
         self._chunking.clear()
         out.send()
 
@@ -479,7 +550,6 @@ class Scheduler:
         if self._chunking:
             self._prefill_chunk(now, out)
             out.send()
-        self._stepped_rows = len(self.rows)
         if self.rows:
             self._decode(out)
         out.send()
@@ -548,7 +618,11 @@ class Scheduler:
             n = len(prompt)
             ids[i, p - n :] = torch.tensor(prompt, dtype=torch.long)
             mask[i, p - n :] = True
+        t0 = time.perf_counter()
         logits, cache = self.runner.prefill(ids, mask)
+        took = time.perf_counter() - t0
+        self.prefill_times.record(b * p, took)
+        self._prefill_s += took
         self.counters["prefill_steps_total"] += 1
         self.counters["prompt_tokens_total"] += sum(len(prompt) for _, prompt in prompts)
         self.counters["prefix_hit_tokens_total"] += sum(len(r.prompt_ids) for r in reqs) - sum(
@@ -590,7 +664,11 @@ class Scheduler:
                 self.counters["prefix_hit_tokens_total"] += c.done
                 req.hit = None  # the kept prompt may be evicted now
             chunk = req.prompt_ids[c.done : c.done + min(budget, self.chunk_tokens)]
+            t0 = time.perf_counter()
             logits, cache = self.runner.prefill_chunk(torch.tensor([chunk], dtype=torch.long), c.cache, total)
+            took = time.perf_counter() - t0
+            self.prefill_times.record(len(chunk), took)
+            self._prefill_s += took
             c.cache = cache
             c.done += len(chunk)
             budget -= len(chunk)
@@ -631,6 +709,7 @@ class Scheduler:
 
     def _decode(self, out: Outbox) -> None:
         assert self._cache is not None
+        t0, stepped = time.perf_counter(), len(self.rows)
         ids = torch.tensor([[r.tokens[-1]] for r in self.rows], dtype=torch.long)
         positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long)
         logits = self.runner.decode(ids, positions, self._cache, RIGHT_ROOM)
@@ -646,6 +725,13 @@ class Scheduler:
             if row.finished:
                 gone.append(i)
         self._drop(gone)
+        # A row's time per token: from the last step's end (the loop, admission, deliveries, a thread
+        # waiting for a core or the GIL on a busy machine) to this one's, less the prefills between.
+        end = time.perf_counter()
+        last = self._last_step_end
+        self.step_times.record(stepped, end - t0 if last is None else max(end - t0, end - last - self._prefill_s))
+        self._last_step_end = end if self.rows else None  # idle next: the gap until work comes is no step
+        self._prefill_s = 0.0
 
     def _choose(self, sampler: BatchSampler, rows: list[Row], logits: torch.Tensor, out: Outbox) -> StepOutput:
         """One token per row. A row the sampler reports as failed, or whose sampling raises when
@@ -695,6 +781,7 @@ class Scheduler:
         self._sampler = None
         if not self.rows:
             self._cache = None  # idle: give the KV memory back
+            self._last_step_end = None  # and the wait until work comes is no step
 
     # -- per-token bookkeeping -----------------------------------------------------------------
     def _token_text(self, token_id: int) -> str:

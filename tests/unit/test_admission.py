@@ -1,34 +1,108 @@
-"""Admission by expected completion (graph/engine/admission.py): step times per batch size and the lateness estimate."""
+"""Admission by expected completion (graph/engine/admission.py): measured curves, and the schedule run forward."""
 
 from __future__ import annotations
 
 import pytest
 
-from graph.engine.admission import StepTimes, bucket, extra_latency_s
+from graph.engine.admission import Curve, PrefillTimes, StepTimes, Work, alone_s, bucket, extra_latency_s, plan
 
 
 def test_buckets_are_powers_of_two() -> None:
     assert [bucket(n) for n in (0, 1, 2, 3, 5, 8, 9, 64, 65)] == [1, 1, 2, 4, 8, 8, 16, 64, 128]
 
 
-def test_step_times_are_measured_per_batch_size_and_bounded_where_unmeasured() -> None:
+def test_a_warm_up_table_is_interpolated_and_extrapolated() -> None:
     steps = StepTimes()
-    assert steps.at(8) == 0.0  # nothing measured: no estimate (the first requests are admitted)
+    assert steps.at(8) == 0.0  # nothing measured: no estimate
+    steps.seed({1: 0.010, 2: 0.012, 4: 0.016, 64: 0.080})
+    assert steps.at(1) == pytest.approx(0.010) and steps.at(0) == pytest.approx(0.010)
+    assert steps.at(3) == pytest.approx(0.014)  # halfway between 2 and 4
+    assert steps.at(34) == pytest.approx(0.016 + (0.080 - 0.016) * 30 / 60)
+    assert steps.at(128) == pytest.approx(0.080 + (0.080 - 0.016) / 60 * 64)  # on the slope of the last two
+    assert steps.table() == {1: 0.010, 2: 0.012, 4: 0.016, 64: 0.080}
+
+
+def test_traffic_scales_the_table_per_bucket_by_the_median_of_recent_steps() -> None:
+    steps = StepTimes()
+    steps.seed({1: 0.010, 8: 0.020, 64: 0.080})
+    for _ in range(200):  # a machine twice as busy as at warm-up, measured at batch size 8
+        steps.record(8, 0.040)
+    assert steps.at(8) == pytest.approx(0.040, rel=1e-3)
+    assert steps.at(7) == pytest.approx(2 * (0.010 + 0.010 * 6 / 7), rel=1e-3)  # bucket 8: the same ratio
+    assert steps.at(64) == pytest.approx(0.160, rel=1e-3)  # no traffic there: the nearest bucket's ratio
+    steps.record(1, 0.010)  # bucket 1 measured as the table says: its own ratio, 1
+    assert steps.at(1) == pytest.approx(0.010)
+    before = steps.at(8)
+    steps.record(8, 10.0)  # one step slowed by something else does not move the median
+    assert steps.at(8) == pytest.approx(before)
+    for _ in range(9):  # a lasting change does, in a little over half the window
+        steps.record(8, 0.010)
+    assert steps.at(8) == pytest.approx(0.010)
+
+
+def test_without_a_table_traffic_fills_the_buckets() -> None:
+    steps = Curve()
     steps.record(1, 0.010)
     steps.record(8, 0.020)
     assert steps.at(1) == pytest.approx(0.010) and steps.at(7) == pytest.approx(0.020)
-    assert steps.at(2) == pytest.approx(0.020)  # unmeasured: the next larger batch's time (an upper bound)
+    assert steps.at(2) == pytest.approx(0.020)  # unmeasured: the next larger bucket's time (an upper bound)
     assert steps.at(16) == pytest.approx(0.020)  # one bucket past the measured: explored at the measured time
-    assert steps.at(64) == pytest.approx(0.020 * 64 / 16)  # further: grown in proportion from the explored one
-    for seconds in (0.030, 0.5, 0.022):  # the median of the recent steps: one slow step does not swing it
-        steps.record(8, seconds)
-    assert steps.at(8) == pytest.approx(0.026)
+    assert steps.at(64) == pytest.approx(0.020 * 64 / 16)  # further: grown in proportion
 
 
 def test_extra_latency_is_the_wait_plus_the_slower_batch() -> None:
     steps = StepTimes()
-    steps.record(1, 0.01)
-    steps.record(64, 0.05)
-    # alone: no wait, no slowdown; joining 64 rows: 100 tokens x 40 ms slower per step = 4 s, plus 1 s of wait
+    steps.seed({1: 0.01, 64: 0.05})
     assert extra_latency_s(0.0, 100, steps, join_rows=1, own_rows=1) == 0.0
     assert extra_latency_s(1.0, 100, steps, join_rows=64, own_rows=1) == pytest.approx(5.0)
+
+
+def flat(step_s: float = 0.01, prefill_s: float = 0.0) -> tuple[StepTimes, PrefillTimes]:
+    steps, prefills = StepTimes(), PrefillTimes()
+    steps.seed({1: step_s, 1024: step_s})
+    if prefill_s:
+        prefills.seed({1: prefill_s, 4096: prefill_s})
+    return steps, prefills
+
+
+def run(running, waiting, max_rows=4, fits=lambda rows, span: True, step_s=0.01, prefill_s=0.0):
+    steps, prefills = flat(step_s, prefill_s)
+    return plan(running, waiting, max_rows=max_rows, fits=fits, steps=steps, prefills=prefills)
+
+
+def test_a_request_that_fits_finishes_after_its_tokens_at_the_batch_step_time() -> None:
+    # 2 rows running with 10 and 30 tokens left; a newcomer of 20 tokens joins at once (rows are free)
+    done = run([Work("a", 1, 0, 10, 50), Work("b", 1, 0, 30, 50)], [Work("new", 1, 8, 20, 28)], prefill_s=0.5)
+    assert done["new"] == pytest.approx(
+        0.5 + 19 * 0.01
+    )  # its prefill, then 19 steps (the first token is the prefill's)
+    assert done["a"] == pytest.approx(0.5 + 10 * 0.01)  # the rows running pay the newcomer's prefill too
+    assert done["b"] == pytest.approx(0.5 + 30 * 0.01)
+
+
+def test_a_request_waits_for_rows_then_runs() -> None:
+    running = [Work(f"r{i}", 1, 0, 10 * (i + 1), 50) for i in range(4)]  # 4 rows: full
+    done = run(running, [Work("w", 2, 4, 5, 20), Work("new", 1, 4, 5, 20)])
+    assert done["w"] == pytest.approx((20 + 4) * 0.01)  # 2 rows free after 20 steps, then its 4 steps
+    assert done["new"] == pytest.approx((24 + 4) * 0.01)  # in order: after "w", whose rows free at step 24
+
+
+def test_kv_memory_is_a_second_resource() -> None:
+    def fits(rows: int, span: int) -> bool:  # room for 200 positions x rows
+        return rows * span <= 200
+
+    running = [Work("long", 1, 0, 50, 100)]
+    done = run(running, [Work("new", 1, 4, 10, 120)], max_rows=8, fits=fits)
+    assert done["new"] == pytest.approx((50 + 9) * 0.01)  # rows are free, KV is not: it waits for "long"
+    alone = run([], [Work("new", 1, 4, 10, 120)], max_rows=8, fits=fits)
+    assert alone["new"] == pytest.approx(9 * 0.01)  # an empty batch takes any request
+
+
+def test_the_batch_step_time_is_the_one_of_the_batch_running() -> None:
+    steps, prefills = StepTimes(), PrefillTimes()
+    steps.seed({1: 0.01, 2: 0.02, 3: 0.03})
+    new = Work("new", 1, 0, 21, 10)
+    done = plan([Work("a", 2, 0, 10, 10)], [new], max_rows=3, fits=lambda r, s: True, steps=steps, prefills=prefills)
+    # 10 steps with 3 rows, then 10 alone
+    assert done["new"] == pytest.approx(10 * 0.03 + 10 * 0.01)
+    assert alone_s(new, steps=steps, prefills=prefills) == pytest.approx(20 * 0.01)
