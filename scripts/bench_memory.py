@@ -3,13 +3,14 @@
     .venv/bin/python scripts/bench_memory.py [--config configs/default.yaml] [--node smollm2]
         [--long-tokens 8000] [--streams 8] [--turns 8]
 
-Prints, for the node's engine (its config's runtime, scheduler and prefix cache; greedy):
-- long prompt: a prompt of --long-tokens tokens is answered (or the error it got), its time to first token,
-  and the p95 gap between tokens of --streams other streams alone and while it is prefilled (ratio: target <= 2);
+Prints, for the node's engine (its config's runtime, scheduler and prefix cache; greedy), in this order:
 - chat: time to first token of each of --turns turns of one conversation through the node's chat template
   (each turn: the whole history, the last reply and a new ~40-token message), kept prompts and replies on
   and off (ratio turn N / turn 1: target <= 1.3), and the prompt tokens each turn prefilled;
-- best_of 3: three identical prompts sent at once, prompt tokens prefilled (target: the prompt once).
+- best_of 3: three identical prompts sent at once, prompt tokens prefilled (target: the prompt once);
+- long prompt (unless --long-tokens 0): a prompt of --long-tokens tokens is answered (or the error it got), its
+  time to first token, and the p95 gap between tokens of --streams other streams alone and while it is
+  prefilled (ratio: target <= 2).
 Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
 This script asserts nothing.
 """
@@ -122,7 +123,6 @@ async def main(args) -> None:
     print(f"context {engine._runner.max_positions}, prompt limit at 8 new tokens: {limit}")
     sched = engine._scheduler
     try:
-        await long_prompt(engine, args)
         on = await chat(engine, args, "chat-on")
         keep = sched.prefixes
         sched.prefixes = None
@@ -135,15 +135,16 @@ async def main(args) -> None:
         for name, (xs, done, prompt) in (("on ", on), ("off", off)):
             ratio = xs[-1] / xs[0]
             print(f"chat TTFT (s) per turn, kept prompts {name}: {fmt(xs)}  (turn {args.turns} / turn 1: {ratio:.2f}x)")
-            print(
-                f"  prompt tokens prefilled per turn: {' '.join(map(str, done))} (turn {args.turns}: {prompt} in all)"
-            )
+            per_turn = " ".join(map(str, done))
+            print(f"  prompt tokens prefilled per turn: {per_turn} (turn {args.turns}'s prompt: {prompt} tokens)")
         ids = prompt_ids(engine, 300, salt="best_of ")
         before = engine.stats()["prompt_tokens_total"]
         await asyncio.gather(*[engine.generate(ids, GenerationParams(max_new_tokens=16), scope="b") for _ in range(3)])
         done = engine.stats()["prompt_tokens_total"] - before
         share = done / len(ids)
         print(f"best_of 3 on a {len(ids)}-token prompt: {done:.0f} prompt tokens prefilled ({share:.2f}x the prompt)")
+        if args.long_tokens:
+            await long_prompt(engine, args)
         print("counters:", {k: v for k, v in engine.stats().items() if "prefix" in k or "prompt" in k or "kv" in k})
     finally:
         engine.close()
@@ -153,7 +154,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--node", default="smollm2")
-    parser.add_argument("--long-tokens", type=int, default=8000)
+    parser.add_argument("--long-tokens", type=int, default=8000, help="0: skip the long prompt (it runs last)")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
