@@ -122,6 +122,8 @@ async def main(args) -> None:
     limit = engine.prompt_limit(GenerationParams(max_new_tokens=8))
     print(f"context {engine._runner.max_positions}, prompt limit at 8 new tokens: {limit}")
     sched = engine._scheduler
+    if args.chunk_tokens:
+        sched.chunk_tokens = args.chunk_tokens
     try:
         # a first prompt of a chat turn's size pays the kernels' one-time setup, so turn 1 is not cold
         await engine.generate(prompt_ids(engine, 230, salt="warm-up"), GenerationParams(max_new_tokens=4), scope="w")
@@ -160,4 +162,5 @@ if __name__ == "__main__":
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--chunk-tokens", type=int, default=None, help="prompt tokens prefilled per step (512)")
     asyncio.run(main(parser.parse_args()))
