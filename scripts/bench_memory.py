@@ -3,12 +3,14 @@
     .venv/bin/python scripts/bench_memory.py [--config configs/default.yaml] [--node smollm2]
         [--long-tokens 8000] [--streams 8] [--turns 8]
 
-Prints, for the node's engine (its config's runtime, scheduler and prefix cache; greedy):
-- long prompt: a prompt of --long-tokens tokens is answered (or the error it got), its time to first token,
-  and the p95 gap between tokens of --streams other streams alone and while it is prefilled (ratio: target <= 2);
-- chat: time to first token of each of --turns turns of one conversation (each turn's prompt is the last
-  one, its reply and a new message), kept prompts on and off (ratio turn N / turn 1: target <= 1.3);
-- best_of 3: three identical prompts sent at once, prompt tokens prefilled (target: the prompt once).
+Prints, for the node's engine (its config's runtime, scheduler and prefix cache; greedy), in this order:
+- chat: time to first token of each of --turns turns of one conversation through the node's chat template
+  (each turn: the whole history, the last reply and a new ~40-token message), kept prompts and replies on
+  and off (ratio turn N / turn 1: target <= 1.3), and the prompt tokens each turn prefilled;
+- best_of 3: three identical prompts sent at once, prompt tokens prefilled (target: the prompt once);
+- long prompt (unless --long-tokens 0): a prompt of --long-tokens tokens is answered (or the error it got), its
+  time to first token, and the p95 gap between tokens of --streams other streams alone and while it is
+  prefilled (ratio: target <= 2).
 Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
 This script asserts nothing.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from graph.chat_format import ChatMessage, ChatPrompt, clean_reply
 from graph.config import load_config
 from graph.models.node_engine import engine_for_node
 from graph.models.runtimes import cpu_description
@@ -84,15 +87,27 @@ async def long_prompt(engine, args) -> None:
     print(f"  {args.streams} streams' gap p95: alone {a:.1f} ms, during its prefill {d:.1f} ms ({d / a:.2f}x)")
 
 
-async def chat(engine, args, scope: str) -> list[float]:
-    ids = prompt_ids(engine, 200, salt=scope)
-    ttft = []
+def text_of(engine, tokens: int, salt: str = "") -> str:
+    return engine.tokenizer.decode(prompt_ids(engine, tokens, salt=salt))
+
+
+async def chat(engine, args, scope: str) -> tuple[list[float], list[int], int]:
+    """One conversation through the node's chat template, every message kept: time to first token and
+    prompt tokens prefilled per turn, and the last turn's prompt length."""
+    messages = [ChatMessage(role="user", content=text_of(engine, 200, salt=scope))]
+    params = GenerationParams(max_new_tokens=32)
+    ttft, prefilled, prompt = [], [], 0
     for turn in range(args.turns):
-        (r,) = await engine.generate(ids, GenerationParams(max_new_tokens=32), scope=scope)
+        before = engine.stats()["prompt_tokens_total"]
+        (r,) = await engine.generate(ChatPrompt(messages=messages), params, scope=scope)
         ttft.append((r.first_token_ms or 0.0) / 1000)
-        reply = engine.tokenizer(r.text, add_special_tokens=False)["input_ids"]
-        ids = ids + list(reply) + prompt_ids(engine, 40, salt=f"Question {turn}: ")
-    return ttft
+        prefilled.append(int(engine.stats()["prompt_tokens_total"] - before))
+        prompt = r.prompt_tokens
+        if r.prompt_messages != len(messages):
+            print(f"  turn {turn + 1}: only {r.prompt_messages} of {len(messages)} messages fit (history cut)")
+        question = ChatMessage(role="user", content=text_of(engine, 40, salt=f"Question {turn}: "))
+        messages = [*messages, ChatMessage(role="assistant", content=clean_reply(r.text)), question]
+    return ttft, prefilled, prompt
 
 
 async def main(args) -> None:
@@ -107,8 +122,11 @@ async def main(args) -> None:
     limit = engine.prompt_limit(GenerationParams(max_new_tokens=8))
     print(f"context {engine._runner.max_positions}, prompt limit at 8 new tokens: {limit}")
     sched = engine._scheduler
+    if args.chunk_tokens:
+        sched.chunk_tokens = args.chunk_tokens
     try:
-        await long_prompt(engine, args)
+        # a first prompt of a chat turn's size pays the kernels' one-time setup, so turn 1 is not cold
+        await engine.generate(prompt_ids(engine, 230, salt="warm-up"), GenerationParams(max_new_tokens=4), scope="w")
         on = await chat(engine, args, "chat-on")
         keep = sched.prefixes
         sched.prefixes = None
@@ -118,15 +136,19 @@ async def main(args) -> None:
         def fmt(xs: list[float]) -> str:
             return " ".join(f"{x:.2f}" for x in xs)
 
-        for name, xs in (("on ", on), ("off", off)):
+        for name, (xs, done, prompt) in (("on ", on), ("off", off)):
             ratio = xs[-1] / xs[0]
             print(f"chat TTFT (s) per turn, kept prompts {name}: {fmt(xs)}  (turn {args.turns} / turn 1: {ratio:.2f}x)")
+            per_turn = " ".join(map(str, done))
+            print(f"  prompt tokens prefilled per turn: {per_turn} (turn {args.turns}'s prompt: {prompt} tokens)")
         ids = prompt_ids(engine, 300, salt="best_of ")
         before = engine.stats()["prompt_tokens_total"]
         await asyncio.gather(*[engine.generate(ids, GenerationParams(max_new_tokens=16), scope="b") for _ in range(3)])
         done = engine.stats()["prompt_tokens_total"] - before
         share = done / len(ids)
         print(f"best_of 3 on a {len(ids)}-token prompt: {done:.0f} prompt tokens prefilled ({share:.2f}x the prompt)")
+        if args.long_tokens:
+            await long_prompt(engine, args)
         print("counters:", {k: v for k, v in engine.stats().items() if "prefix" in k or "prompt" in k or "kv" in k})
     finally:
         engine.close()
@@ -136,8 +158,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--node", default="smollm2")
-    parser.add_argument("--long-tokens", type=int, default=8000)
+    parser.add_argument("--long-tokens", type=int, default=8000, help="0: skip the long prompt (it runs last)")
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--chunk-tokens", type=int, default=None, help="prompt tokens prefilled per step (512)")
     asyncio.run(main(parser.parse_args()))

@@ -36,7 +36,7 @@ import torch
 from graph.engine.admission import PrefillTimes, StepTimes, Work, alone_s, plan
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
 from graph.engine.grammar import RowGrammar
-from graph.engine.kv.prefix_cache import BLOCK_TOKENS, Hit, PrefixCache
+from graph.engine.kv.prefix_cache import Hit, PrefixCache
 from graph.engine.runners.base import RowCache, Runner
 from graph.engine.runners.torch_runner import release_openmp_pool
 from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
@@ -628,12 +628,22 @@ class Scheduler:
         self.counters["prefix_hit_tokens_total"] += sum(len(r.prompt_ids) for r in reqs) - sum(
             len(prompt) for _, prompt in prompts
         )
-        if self.prefixes is not None:
-            for i, (scope, prompt) in enumerate(prompts):
-                if len(prompt) >= BLOCK_TOKENS:
-                    n = len(prompt)
-                    self.prefixes.keep(scope, prompt, cache.copy_row(i, p - n, n, n))
+        for i, (scope, prompt) in enumerate(prompts):
+            self._keep(scope, prompt, cache, i)
         self._join(reqs, logits, cache, out, of_req)
+
+    def _keep(self, scope: str, ids: Sequence[int], cache: RowCache, row: int) -> None:
+        """Keep row `row` of `cache` (it holds `ids`: a prompt, or a finished row's prompt and reply) for
+        later prompts of `scope`, in whole blocks. A copy that fails is logged, never fails a request."""
+        if self.prefixes is None:
+            return
+        n = self.prefixes.wants(scope, ids)
+        if not n:
+            return
+        try:
+            self.prefixes.keep(scope, ids[:n], cache.keep_row(row, n))
+        except Exception:
+            log.exception("%s: keeping a prefix of %d tokens failed", self.name, n)
 
     def _chunked(self, req: Request) -> bool:
         """Whether `req`'s prompt is prefilled on its own, a chunk per step (runners with chunked_prefill):
@@ -659,10 +669,13 @@ class Scheduler:
                 continue
             total = len(req.prompt_ids)
             if c.cache is None and req.hit is not None:  # start from the kept prefix: prefill only the rest
-                c.done = req.hit.tokens
-                c.cache = req.hit.kept.cache.copy_row(0, 0, c.done, total)
-                self.counters["prefix_hit_tokens_total"] += c.done
-                req.hit = None  # the kept prompt may be evicted now
+                hit, req.hit = req.hit, None  # the kept prompt may be evicted now
+                try:
+                    c.cache = hit.kept.cache.resume(hit.tokens, total)
+                    c.done = hit.tokens
+                    self.counters["prefix_hit_tokens_total"] += c.done
+                except Exception:  # prefilled from the start instead
+                    log.exception("%s: resuming a kept prefix of %d tokens failed", self.name, hit.tokens)
             chunk = req.prompt_ids[c.done : c.done + min(budget, self.chunk_tokens)]
             t0 = time.perf_counter()
             logits, cache = self.runner.prefill_chunk(torch.tensor([chunk], dtype=torch.long), c.cache, total)
@@ -677,8 +690,7 @@ class Scheduler:
             if c.done < total:
                 return
             self._chunking.popleft()
-            if self.prefixes is not None:
-                self.prefixes.keep(req.scope, req.prompt_ids, cache)
+            self._keep(req.scope, req.prompt_ids, cache, 0)
             self._join([req], logits, cache, out, [0])
 
     def _join(self, reqs: list[Request], logits: torch.Tensor, cache: RowCache, out: Outbox, of_req: list[int]) -> None:
@@ -776,6 +788,10 @@ class Scheduler:
         if not gone:
             return
         assert self._cache is not None
+        for i in gone:  # a finished row's prompt and reply (all but its last token are cached): a chat's next turn
+            row = self.rows[i]
+            if not row.req.failed and row.tokens:
+                self._keep(row.req.scope, [*row.req.prompt_ids, *row.tokens[:-1]], self._cache, i)
         order = self._cache.remove_rows(gone)
         self.rows = [self.rows[i] for i in order]
         self._sampler = None

@@ -1,6 +1,7 @@
 """The model's whole context on tiny random models (issue #32): the default prompt limit is the context less
 the request's new tokens, a prompt above it is a 400 naming both, and a long prompt prefilled a chunk per
-step (between the running rows' decode steps) gives the same tokens as one prefill."""
+step (between the running rows' decode steps) gives the same tokens as one prefill; on every backend
+(tests/graph/backends.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from graph.errors import InvalidRequest
 from graph.params import GenerationParams as GP
-from tests.graph.test_engine import make_engine
+from tests.graph.backends import BACKENDS, build
 
 # ~600 tokens on both tiny tokenizers: longer than a chunk, inside both contexts (512 and 1024 positions)
 WORDS = "the cat sat on a mat and the dog ran to the park while a bird sang".split()
@@ -23,9 +24,9 @@ def prompt_of(engine, tokens: int) -> list[int]:
     return list(ids[:tokens])
 
 
-@pytest.fixture(scope="module", params=["causal_lm", "causal_lm_b"], ids=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def engine(request, tiny_dir):
-    eng = make_engine(tiny_dir / request.param, prefix_cache_mb=0)  # no kept prompts: every prompt is prefilled
+    eng = build(request.param, tiny_dir, prefix_cache_mb=0)  # no kept prompts: every prompt is prefilled
     yield eng
     eng.close()
 

@@ -1,13 +1,17 @@
 """Prompts kept for reuse: a request whose prompt starts with a kept prompt prefills only the rest.
 
-Each kept prompt is a one-row, unpadded KV cache of its tokens (a runner's `RowCache`), indexed by the
-hashes of its token blocks: block i's hash covers the scope, every token of blocks 0..i (a chain, as
-vLLM's automatic prefix caching hashes blocks), so a lookup walks the new prompt's blocks and stops at
-the first one no kept prompt shares. The scope is the caller's API key: a prompt kept for one key is
-never found for another, so one key's prompts cannot speed up (and so reveal themselves to) another's
-(the timing side channel vLLM closes with a per-request cache salt). Kept prompts are evicted least
-recently used first when the byte budget is full; a hit holds its entry, so an eviction never takes
-memory from a request that already matched it.
+Kept are prompts once prefilled, and the whole sequence of a finished row (its prompt and its reply's
+tokens), so a chat's next turn (history, reply, new message) prefills only the new message. Each is
+kept in whole blocks, as its runner's `KeptRow` (a one-row cache, or llama.cpp's sequence state in
+RAM), indexed by the hashes of its token blocks: block i's hash covers the scope, every token of
+blocks 0..i (a chain, as vLLM's automatic prefix caching hashes blocks), so a lookup walks the new
+prompt's blocks and stops at the first one no kept sequence shares. The scope is the caller's API
+key: a prompt kept for one key is never found for another, so one key's prompts cannot speed up (and
+so reveal themselves to) another's (the timing side channel vLLM closes with a per-request cache
+salt). Kept sequences are evicted least recently used first when the byte budget is full; a hit holds
+its entry, so an eviction never takes memory from a request that already matched it. A kept sequence
+that a newer one continues (a chat's last prompt, once its reply is kept) is dropped: the newer one
+serves every prompt the older one did.
 """
 
 from __future__ import annotations
@@ -16,18 +20,18 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from graph.engine.runners.base import RowCache
+from graph.engine.runners.base import KeptRow
 
 BLOCK_TOKENS = 16  # prompts are matched in whole blocks of this many tokens
 
 
 @dataclass(eq=False)
 class Kept:
-    """One kept prompt: its scope, its tokens, their cache (one row, columns [0, len(ids)))."""
+    """One kept sequence: its scope, its tokens (whole blocks), their cache."""
 
     scope: str
     ids: tuple[int, ...]
-    cache: RowCache
+    cache: KeptRow
     nbytes: int
     hashes: list[int] = field(default_factory=list)
 
@@ -80,31 +84,52 @@ class PrefixCache:
             self._kept.move_to_end(id(best.kept))
         return best
 
-    def keep(self, scope: str, ids: Sequence[int], cache: RowCache) -> bool:
-        """Keep `cache` (one row holding exactly `ids`) for later prompts; False if it is too short
-        or too large for the budget. Older kept prompts are evicted to make room."""
+    def wants(self, scope: str, ids: Sequence[int]) -> int:
+        """How many leading tokens of `ids` (whole blocks) are worth keeping: 0 when that is no block,
+        above the budget, or already kept in `scope` (as these tokens or the start of a longer sequence)."""
         blocks = len(ids) // BLOCK_TOKENS
-        nbytes = len(ids) * self.bytes_per_token
-        if blocks == 0 or nbytes > self.budget:
+        n = blocks * BLOCK_TOKENS
+        if blocks == 0 or n * self.bytes_per_token > self.budget:
+            return 0
+        same = self._index.get(block_hashes(scope, ids, blocks)[-1])
+        if same is not None and same.scope == scope and same.ids[:n] == tuple(ids[:n]):
+            self._kept.move_to_end(id(same))
+            return 0
+        return n
+
+    def keep(self, scope: str, ids: Sequence[int], cache: KeptRow) -> bool:
+        """Keep `cache` (a kept row holding exactly `ids`, whole blocks: `wants`) for later prompts; False
+        if it does not fit the budget. Kept sequences it continues are dropped; the least recently
+        used others are evicted to make room."""
+        blocks = len(ids) // BLOCK_TOKENS
+        if blocks == 0 or len(ids) % BLOCK_TOKENS or cache.nbytes > self.budget:
             return False
         hashes = block_hashes(scope, ids, blocks)
-        same = self._index.get(hashes[-1])
-        if same is not None and len(same.ids) >= len(ids) and same.ids[: len(ids)] == tuple(ids):
-            self._kept.move_to_end(id(same))  # already kept (as this prompt or a longer one)
-            return False
-        while self._kept and self.used + nbytes > self.budget:
+        seen: set[int] = set()
+        for h in hashes:  # older sequences this one continues: every prompt they serve, it serves
+            older = self._index.get(h)
+            if older is None or id(older) in seen:
+                continue
+            seen.add(id(older))
+            if older.scope == scope and tuple(ids[: len(older.ids)]) == older.ids:
+                self._drop(older)
+        while self._kept and self.used + cache.nbytes > self.budget:
             self._evict()
-        kept = Kept(scope, tuple(ids), cache, nbytes, hashes)
+        kept = Kept(scope, tuple(ids), cache, cache.nbytes, hashes)
         self._kept[id(kept)] = kept
-        self.used += nbytes
+        self.used += kept.nbytes
         for h in hashes:
             self._index[h] = kept
         return True
 
     def _evict(self) -> None:
-        _, kept = self._kept.popitem(last=False)
-        self.used -= kept.nbytes
+        _, kept = next(iter(self._kept.items()))
+        self._drop(kept)
         self.evictions += 1
+
+    def _drop(self, kept: Kept) -> None:
+        del self._kept[id(kept)]
+        self.used -= kept.nbytes
         for h in kept.hashes:
             if self._index.get(h) is kept:
                 del self._index[h]

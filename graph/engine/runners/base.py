@@ -47,11 +47,35 @@ class RowCache(ABC):
         """Drop `rows` and free what they held. Returns, for each remaining position, the old
         position of the row now there (the scheduler reorders its own rows the same way)."""
 
-    def copy_row(self, row: int, first: int, n: int, capacity: int) -> Self:
-        """A new one-row cache holding columns [first, first + n) of row `row` (counted from the
-        buffer's first used column) at columns [0, n), with room for `capacity` columns: how a prompt
-        is kept for reuse and how a kept prefix starts a new prompt (runners with chunked_prefill)."""
+    def keep_row(self, row: int, n: int) -> KeptRow:
+        """The first `n` tokens of row `row` (positions 0..n-1), copied out to be kept for reuse (the
+        prefix cache, graph/engine/kv/prefix_cache.py): a prompt, or a finished row's prompt and reply.
+        The copy no longer depends on this cache. Runners with chunked_prefill implement it."""
         raise NotImplementedError(f"{type(self).__name__} cannot copy rows out")
+
+
+class KeptRow(ABC):
+    """One sequence's first tokens kept for reuse, in whatever form its backend restores fastest
+    (torch and onnx: a one-row cache; llama.cpp: the sequence's state bytes in RAM)."""
+
+    tokens: int  # positions kept
+    nbytes: int  # memory it holds
+
+    @abstractmethod
+    def resume(self, n: int, capacity: int) -> RowCache:
+        """A new one-row prefill cache holding the first `n` kept positions, with room for `capacity`,
+        for `Runner.prefill_chunk` to continue from (the kept copy is left as it is)."""
+
+
+class CopiedRow(KeptRow):
+    """A kept row that is a one-row, unpadded cache of its backend (columns [0, tokens)), resumed by
+    copying its first columns into a new cache (`copy`)."""
+
+    def __init__(self, cache: RowCache, tokens: int, nbytes: int, copy: Callable[[int, int], RowCache]) -> None:
+        self.cache, self.tokens, self.nbytes, self._copy = cache, tokens, nbytes, copy
+
+    def resume(self, n: int, capacity: int) -> RowCache:
+        return self._copy(min(n, self.tokens), capacity)
 
 
 C = TypeVar("C", bound=RowCache)

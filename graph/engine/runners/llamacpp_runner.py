@@ -12,6 +12,10 @@ sequence gets its own stream of `n_ctx_seq` cells, so attention for a row reads 
 sequences, MODELS.md). A row's place in the batch is just an index into `LlamaCppCache.seqs`: rows
 leaving the batch move no data, and the llama.cpp-specific moves (`llama_memory_seq_cp` for the
 samples of one prompt, `llama_memory_seq_rm` for a finished or cancelled row) stay in that class.
+Prefix reuse keeps a sequence's state in RAM (`llama_state_seq_get_data`, as llama-server's prompt cache
+does) and restores it into a free sequence, cut to the matched tokens: a cross-stream `llama_memory_seq_cp`
+(kv_unified = false) copies a whole stream and only whole sequences, and a kept prefix parked in a spare
+sequence would hold `n_ctx_seq` cells whatever its length. Long prompts are prefilled a chunk per step.
 
 CPU kernels: llama-cpp-python is built with every x86-64 variant of ggml's CPU backend as a loadable
 module (`make install`, scripts/install_llama_cpp_python.sh). `load_backend` picks the best variant this
@@ -38,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from graph.engine.runners.base import RowCache, Runner, as_id_set, swap_remove
+from graph.engine.runners.base import KeptRow, RowCache, Runner, as_id_set, swap_remove
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +265,11 @@ class LlamaCppCache(RowCache):
             self.seqs.append(seq)
         prefill.seqs.clear()
 
+    def keep_row(self, row: int, n: int) -> KeptRow:
+        """Row `row`'s sequence saved to RAM (`llama_state_seq_get_data`, as llama-server's prompt cache
+        does), to be resumed as its first `n` positions: kept prefixes hold no llama.cpp sequence."""
+        return self.runner.save_seq(self.seqs[row], n)
+
     def remove_rows(self, rows: Sequence[int]) -> list[int]:
         """Drop `rows` (freeing their sequences); each is replaced by the current last row. Returns,
         for each remaining position, the old position of the row now there."""
@@ -274,6 +283,17 @@ class LlamaCppCache(RowCache):
         del self.seqs[len(order) :]
         self.runner.free_seqs(gone)
         return order
+
+
+class LlamaCppKept(KeptRow):
+    """A sequence's state (llama.cpp's own serialization of its cells: positions, keys, values) in RAM."""
+
+    def __init__(self, runner: LlamaCppRunner, data: Any, tokens: int) -> None:
+        self.runner, self.data, self.tokens, self.nbytes = runner, data, tokens, len(data)
+
+    def resume(self, n: int, capacity: int) -> LlamaCppCache:
+        """A fresh sequence with the saved state (`llama_state_seq_set_data`), cut to its first `n` positions."""
+        return self.runner.restore_seq(self, min(n, self.tokens))
 
 
 class LlamaCppRunner(Runner[LlamaCppCache]):
@@ -397,6 +417,52 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         self._run([(cache.seqs[i], lens[i], toks[i], i) for i in range(b)], out)
         cache.lens[:b] += 1
         return out
+
+    chunked_prefill = True
+
+    def prefill_chunk(
+        self, ids: torch.Tensor, cache: LlamaCppCache | None, total: int
+    ) -> tuple[torch.Tensor, LlamaCppCache]:
+        """The next `k` tokens of one prompt, appended to its sequence (a new one for the first chunk)."""
+        self._reclaim()
+        if cache is None:
+            cache = LlamaCppCache(self, 1)
+            cache.seqs.append(self.take_seq())
+        seq, past = cache.seqs[0], int(cache.lens[0])
+        toks = ids.reshape(-1).tolist()
+        out = torch.empty(1, self.vocab_size)
+        last = len(toks) - 1
+        self._run([(seq, past + j, tok, 0 if j == last else -1) for j, tok in enumerate(toks)], out)
+        cache.lens[0] = past + len(toks)
+        return out, cache
+
+    def save_seq(self, seq: int, tokens: int) -> LlamaCppKept:
+        """Sequence `seq`'s state copied to RAM, to resume its first `tokens` positions later."""
+        L: Any = self._L  # its stubs want ctypes ints for sequence ids; plain ints convert
+        size = L.llama_state_seq_get_size(self._ctx, seq)
+        data = (ctypes.c_uint8 * size)()
+        written = L.llama_state_seq_get_data(self._ctx, data, size, seq)
+        if written != size:
+            raise RuntimeError(f"llama.cpp: saving sequence {seq} wrote {written} of {size} bytes")
+        return LlamaCppKept(self, data, tokens)
+
+    def restore_seq(self, kept: LlamaCppKept, n: int) -> LlamaCppCache:
+        """A one-row cache whose new sequence holds `kept`'s first `n` positions."""
+        self._reclaim()
+        L: Any = self._L  # its stubs want ctypes ints for sequence ids; plain ints convert
+        seq = self.take_seq()
+        try:
+            if L.llama_state_seq_set_data(self._ctx, kept.data, len(kept.data), seq) == 0:
+                raise RuntimeError(f"llama.cpp: could not restore a kept prefix into sequence {seq}")
+            if not L.llama_memory_seq_rm(self._mem, seq, n, -1):
+                raise RuntimeError(f"llama.cpp: could not cut sequence {seq} to {n} positions")
+        except Exception:
+            self.free_seqs([seq])
+            raise
+        cache = LlamaCppCache(self, 1)
+        cache.seqs.append(seq)
+        cache.lens[0] = n
+        return cache
 
     def sequence_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [p, vocab] at every position of one sequence `ids` [1, p] (for perplexity)."""

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from graph.engine.runners.base import RowCache, Runner, as_id_set, swap_remove
+from graph.engine.runners.base import CopiedRow, KeptRow, RowCache, Runner, as_id_set, swap_remove
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,29 @@ class OnnxKVCache(RowCache):
                 new[:b, :, :used] = old[:b, :, :used]
                 bufs[i] = new
         self.capacity = capacity
+
+    def copy_row(self, row: int, n: int, capacity: int) -> OnnxKVCache:
+        """Row `row`'s first `n` columns as a new one-row cache with room for `capacity` columns."""
+        out = OnnxKVCache(self.num_layers, 1, max(capacity, n))
+        k = self.keys[0]
+        out._allocate(k.shape[1], k.shape[3], k.dtype)
+        for dst, src in ((out.keys, self.keys), (out.values, self.values)):
+            for d, s in zip(dst, src):
+                d[0, :, :n] = s[row, :, :n]
+        out.lens[0] = n
+        out.rows = 1
+        return out
+
+    def keep_row(self, row: int, n: int) -> KeptRow:
+        """Row `row`'s first `n` tokens as a kept one-row cache. A one-row cache (a prefill's) is kept
+        as it is, not copied: the engine never writes to a prefill's cache once its rows joined."""
+        k = self.keys[0]
+        per_token = 2 * self.num_layers * k.shape[1] * k.shape[3] * k.itemsize
+        if self.row_capacity == 1 and int(self.lens[0]) >= n:
+            kept, nbytes = self, per_token * self.capacity
+        else:
+            kept, nbytes = self.copy_row(row, n, n), per_token * n
+        return CopiedRow(kept, n, nbytes, lambda m, capacity: kept.copy_row(0, m, capacity))
 
     def remove_rows(self, rows: Sequence[int]) -> list[int]:
         """Drop `rows`; each is replaced by the current last row. Returns, for each remaining
@@ -204,6 +227,32 @@ class OnnxRunner(Runner[OnnxKVCache]):
             for dst, src in ((cache.keys, part.keys), (cache.values, part.values)):
                 for d, s in zip(dst, src):
                     d[idx, :, :n] = s[:, :, :n]
+        return logits, cache
+
+    chunked_prefill = True
+
+    def prefill_chunk(
+        self, ids: torch.Tensor, cache: OnnxKVCache | None, total: int
+    ) -> tuple[torch.Tensor, OnnxKVCache]:
+        """The next `k` tokens of one prompt on top of what its earlier chunks (or a kept prefix) cached:
+        GroupQueryAttention reads the row's past from the mask's length and writes the new columns after it."""
+        k = ids.shape[1]
+        if cache is None:
+            cache = OnnxKVCache(self.num_layers, 1, max(total, self.min_capacity))
+            cache._allocate(self.kv_heads, self.head_dim, self.kv_dtype)
+            cache.rows = 1
+        past = int(cache.lens[0])
+        if past + k > cache.capacity or cache.capacity < self.min_capacity:
+            cache._grow(max(past + k, total, self.min_capacity))
+        feed: dict[str, np.ndarray] = {
+            "input_ids": ids.numpy().astype(np.int64).reshape(1, k),
+            "attention_mask": np.ones((1, past + k), dtype=np.int64),
+            LOGITS_INDEX: np.array([k - 1], dtype=np.int64),
+        }
+        if self._has_positions:
+            feed["position_ids"] = np.arange(past, past + k, dtype=np.int64)[None]
+        logits = self._run(feed, cache, 1)
+        cache.lens[0] += k
         return logits, cache
 
     def _prefill_rows(self, right: np.ndarray, lens: np.ndarray, cache: OnnxKVCache) -> torch.Tensor:

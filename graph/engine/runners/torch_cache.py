@@ -28,7 +28,7 @@ from typing import cast
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from graph.engine.runners.base import RowCache, swap_remove
+from graph.engine.runners.base import CopiedRow, KeptRow, RowCache, swap_remove
 
 
 class _SlabLayer(DynamicLayer):
@@ -176,6 +176,18 @@ class BatchKVCache(Cache, RowCache):
         out.mask[0, :n] = True
         out.end = n
         return out
+
+    def keep_row(self, row: int, n: int) -> KeptRow:
+        """Row `row`'s first `n` tokens as a kept one-row cache (a row's tokens are contiguous and
+        right-aligned: they start at its first masked-in column). An unpadded one-row cache (a prefill's)
+        is kept as it is, not copied: the engine never writes to a prefill's cache once its rows joined."""
+        first = int(self.live_mask()[row].int().argmax())
+        per_token = sum(2 * layer.kbuf[0, :, 0].numel() * layer.kbuf.element_size() for layer in self.slabs)
+        if self.row_capacity == 1 and self.start == 0 and first == 0 and self.length >= n:
+            kept, nbytes = self, per_token * self.capacity
+        else:
+            kept, nbytes = self.copy_row(row, first, n, n), per_token * n
+        return CopiedRow(kept, n, nbytes, lambda m, capacity: kept.copy_row(0, 0, m, capacity))
 
     def remove_rows(self, rows: Sequence[int]) -> list[int]:
         """Drop `rows`; each is replaced by the current last row. Returns, for each remaining
