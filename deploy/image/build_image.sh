@@ -32,6 +32,8 @@ echo "make image: wheels ready in $(( $(date +%s) - start )) s ($(du -sh "$wheel
 ctx="$OUT/context-$(echo "$IMAGE" | tr ':/' '__')"
 $BIN/python deploy/image/context.py "$BENTO" "$ctx"
 cp -al "$wheels" "$ctx/wheels" 2>/dev/null || cp -a "$wheels" "$ctx/wheels"
+mkdir -p "$ctx/setup"
+cp "$bento_dir"/env/docker/script__* "$ctx/setup/" 2>/dev/null || true
 cp deploy/image/Containerfile deploy/image/init.sh "$ctx/"
 build_start=$(date +%s)
 if [ "$ENGINE" = podman ]; then
