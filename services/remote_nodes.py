@@ -65,7 +65,7 @@ class RemoteNode:
                 self.node,
                 self.url,
                 type(exc).__name__,
-                exc,
+                str(exc) or f"no answer in {STARTUP_SCHEMA_TIMEOUT_S:.0f} s",
             )
 
     async def ensure(self) -> None:
@@ -78,9 +78,10 @@ class RemoteNode:
             try:
                 await asyncio.wait_for(self._setup(), SCHEMA_TIMEOUT_S)
             except Exception as exc:
+                why = str(exc) or f"no answer in {SCHEMA_TIMEOUT_S:.0f} s"
                 raise NodeUnavailable(
                     f"node {self.node!r} cannot be reached at {self.url}: it has not answered since the entry "
-                    f"started ({type(exc).__name__}: {exc or 'no answer in ' + str(SCHEMA_TIMEOUT_S) + ' s'})",
+                    f"started ({type(exc).__name__}: {why})",
                     node=self.node,
                 ) from None
             # the rest of RemoteProxy.__aenter__: the proxy and its sync side take the endpoints
