@@ -33,6 +33,9 @@ from graph.tasks import background
 T = TypeVar("T")
 
 log = logging.getLogger("graph")
+# A TimeoutError that ends a node call this long or more before its deadline came from inside the call
+# (a client's own timeout), and is said as such rather than as the request's deadline.
+DEADLINE_SLACK_S = 0.5
 
 
 @dataclass
@@ -109,6 +112,13 @@ class Graph:
         except GraphError:
             raise
         except TimeoutError:
+            elapsed = time.time() - start
+            if elapsed < timeout - DEADLINE_SLACK_S:  # a timeout inside the call, not the request's deadline
+                raise NodeTimeout(
+                    f"node {node!r} timed out after {elapsed:.1f}s, inside the call (a client timeout), "
+                    f"with {timeout - elapsed:.0f}s of the request's deadline left",
+                    node=node,
+                ) from None
             raise NodeTimeout(
                 f"node {node!r} did not answer within the request's deadline "
                 f"({timeout:.0f}s left of graph_timeout_s={self.config.graph_timeout_s}s)",

@@ -17,10 +17,19 @@ from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
 from graph.chat_format import Prompt
-from graph.errors import ErrorBody, GraphError, NodeFailure, NodeUnavailable, error_from_body, error_from_status
+from graph.errors import (
+    ErrorBody,
+    GraphError,
+    NodeFailure,
+    NodeTimeout,
+    NodeUnavailable,
+    error_from_body,
+    error_from_status,
+)
 from graph.params import GenerationParams
 from graph.results import Classification, Embedding, GenerationResult, StreamEvent
 from graph.wire import StreamDecoder
+from services import remote_nodes
 
 _RESULTS = TypeAdapter(list[list[GenerationResult]])
 _CLASSIFICATIONS = TypeAdapter(list[Classification])
@@ -48,6 +57,18 @@ def node_error(exc: BentoMLException, node: str) -> GraphError:
     except ValidationError:
         return error_from_status(status, str(exc)[:500], node)
     return error_from_body(body[0] if isinstance(body, list) else body, node)
+
+
+def client_timeout(node: str, dep: Any) -> NodeTimeout:
+    """A remote node's call cut by the entry's HTTP client timeout (services/remote_nodes.py), not by the
+    request's deadline: said as such, naming the node."""
+    seconds = remote_nodes.client_timeout_s(dep)
+    limit = f"{seconds:.1f} s, the node's resources.timeout_s plus 1%" if seconds is not None else "its timeout"
+    return NodeTimeout(
+        f"node {node!r} did not answer within the entry's HTTP client timeout ({limit}): the call was cut "
+        "before the request's deadline",
+        node=node,
+    )
 
 
 def _typed(adapter: TypeAdapter[Any], value: Any, node: str) -> Any:
@@ -80,6 +101,7 @@ async def _retrying(call: Callable[[], Awaitable[Any]], node: str, request_id: s
     once the node is ready again; a node's own error is raised, and so is a NodeFailure naming the
     node once the retries are spent."""
     failures = 0
+    await remote_nodes.connected(dep)
     while True:
         try:
             return await call()
@@ -87,6 +109,8 @@ async def _retrying(call: Callable[[], Awaitable[Any]], node: str, request_id: s
             raise node_error(exc, node) from None
         except aiohttp.ClientConnectorError as exc:  # nothing listens there (a remote node is down): no retry
             raise NodeUnavailable(f"node {node!r} cannot be reached: {exc}", node=node) from None
+        except TimeoutError:  # the HTTP client's own timeout (the deadline cancels the call instead): no retry
+            raise client_timeout(node, dep) from None
         except WORKER_GONE as exc:
             failures += 1
             if failures > retries:
@@ -107,7 +131,7 @@ async def _retrying(call: Callable[[], Awaitable[Any]], node: str, request_id: s
 
 
 async def _events(
-    chunks: AsyncIterator[str | bytes], node: str, on_admitted: Callable[[], None] | None = None
+    chunks: AsyncIterator[str | bytes], node: str, on_admitted: Callable[[], None] | None = None, dep: Any = None
 ) -> AsyncIterator[StreamEvent]:
     """A node stream's chunks -> its StreamEvents (graph/wire.py); the node's error is raised.
     `on_admitted()` once the node's admission line (or, from a node that sends none, its first event) arrives."""
@@ -122,6 +146,8 @@ async def _events(
                 yield event
     except BentoMLException as exc:
         raise node_error(exc, node) from None
+    except TimeoutError:
+        raise client_timeout(node, dep) from None
     decoder.close()
 
 
@@ -154,12 +180,19 @@ class GeneratorNodeClient:
         on_admitted: Callable[[], None] | None = None,
         scope: str = "",
     ) -> AsyncIterator[StreamEvent]:
-        chunks = self.dep.to_async.generate_stream(
-            prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms, scope=scope
-        )
-        return _events(chunks, self.node, on_admitted)
+        async def chunks() -> AsyncIterator[str | bytes]:
+            await remote_nodes.connected(self.dep)
+            async for chunk in self.dep.to_async.generate_stream(
+                prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms, scope=scope
+            ):
+                yield chunk
+
+        return _events(chunks(), self.node, on_admitted, self.dep)
 
     async def cancel(self, request_id: str) -> bool:
+        remote = remote_nodes.of(self.dep)
+        if remote is not None and not remote.connected:
+            return False  # never reached since start-up: nothing of this request runs there
         return bool(await self.dep.to_async.cancel(request_id=request_id))
 
     async def count_tokens(self, prompt: str, template: bool = True) -> int:
@@ -173,6 +206,7 @@ class GeneratorNodeClient:
         return int(count)
 
     async def stats(self) -> dict[str, float]:
+        await remote_nodes.connected(self.dep)
         return dict(await self.dep.to_async.stats())
 
 

@@ -68,6 +68,7 @@ from services.edge import (
 from services.generator import make_generator_service
 from services.openai_app import OpenAIFace, make_openai_app, openai_response
 from services.playground_face import playground_app
+from services.remote_nodes import install as install_remote_node
 from services.responses_app import responses_routes
 from services.shutdown import Drain
 
@@ -129,6 +130,11 @@ class InferenceGraph(ChatEndpoints):
         classifier = ClassifierNodeClient(CLASSIFIER.__get__(self, type(self)), CONFIG.node_retries)
         for client in [*generators.values(), classifier]:
             keep_sessions_open(client.dep)
+        # nodes at a `url:`: their client timeout from the node's config, and an entry that starts before them
+        for name, node in [*CONFIG.generators.items(), ("classifier", CONFIG.classifier)]:
+            if node.url:
+                dep = classifier.dep if name == "classifier" else generators[name].dep
+                install_remote_node(dep, name, node.resources.timeout_s)
         self.nodes = generators
         HEALTH.nodes = {name: client.dep for name, client in [*generators.items(), ("classifier", classifier)]}
         self.graph = Graph(CONFIG, generators, classifier)

