@@ -26,6 +26,7 @@ from graph.engine.grammar import Grammars
 from graph.engine.runners.base import Runner
 from graph.engine.runners.torch_runner import ModelRunner
 from graph.engine.scheduler import PLANNED_PROMPT, Request, Scheduler
+from graph.engine.spec.verify import Speculation
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
 from graph.results import GenerationResult, StreamEvent, TokenLogprob, TopLogprob
@@ -81,12 +82,14 @@ class GenerationEngine:
         max_wait_s: float | None = None,
         max_kv_mb: float | None = None,
         prefix_cache_mb: float | None = None,
+        speculation: Speculation | None = None,
     ) -> None:
         """`model`: a causal LM in eval mode; `tokenizer`: its fast tokenizer. `threads` sets torch's
         (process-wide) thread count. Prompts are tokenized with the tokenizer's special tokens (BOS
         where it adds one), as `pipeline("text-generation")` does; with `chat_template`, a prompt is
         sent as one user message through the tokenizer's chat template (for instruct models).
-        `max_request_share`, `max_wait_s`, `max_kv_mb`: see graph.config.SchedulerConfig. With
+        `max_request_share`, `max_wait_s`, `max_kv_mb`: see graph.config.SchedulerConfig; `speculation`:
+        prompt-lookup drafts verified in the batch (graph/engine/spec/), on runners with multi_token_decode. With
         `compile`, decode steps run compiled on shape buckets (graph/engine/runners/torch_compiled.py), compiled
         during warm-up."""
         # A ready runner (graph/engine/runners/), or a transformers model for the torch runner.
@@ -134,6 +137,7 @@ class GenerationEngine:
             max_kv_mb=max_kv_mb,
             kv_bytes_per_token=runner.kv_bytes_per_token(),
             prefix_cache_mb=prefix_cache_mb,
+            speculation=speculation,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------
