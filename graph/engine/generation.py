@@ -283,7 +283,8 @@ class GenerationEngine:
         """Counters since start: generated_tokens_total, prompt_tokens_total, requests_total
         (accepted), batch_steps_total (decode forwards), prefill_steps_total, cancelled_total (rows),
         rejected_total (Overloaded), shed_total (of those, refused for max_wait_s), failed_rows_total
-        (rows failed alone), malloc_trims_total; gauges: active_rows, queued_requests, step_ms
+        (rows failed alone), malloc_trims_total, spec_draft_tokens_total and spec_accepted_tokens_total
+        (speculative decoding: drafts proposed, drafts accepted); gauges: active_rows, queued_requests, step_ms
         (moving average), kv_mb (the live rows' part of the KV cache), kv_buffer_mb (the KV buffers as
         allocated: every row slot x the buffer's columns; untouched pages of it cost no RSS), kv_budget_mb
         (what admission may build up: scheduler.max_kv_mb, else a quarter of the machine's memory),

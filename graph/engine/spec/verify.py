@@ -37,6 +37,7 @@ class DraftRow(Protocol):
     tokens: list[int]
     finished: bool
     drafter: NgramDrafter | None
+    grammar: Any
     req: Any
 
     def sampling(self) -> Any: ...
@@ -86,17 +87,41 @@ class Speculation:
         live = [i for i, d in enumerate(drafts) if d and not rows[i].finished and rows[i].tokens[-1] == d[0]]
         j = 1
         while live:
-            batch = [rows[i] for i in live]
-            index = torch.tensor([starts[i] + j for i in live], dtype=torch.long)
-            step = choose(BatchSampler([r.sampling() for r in batch], logits.shape[-1]), batch, logits[index])
+            chosen: dict[int, tuple[int, Any]] = {}
+            # Rows with transforms, logprobs or a grammar: their sampler, built on their tokens so far.
+            full = [i for i in live if not _plain(rows[i])]
+            if full:
+                batch = [rows[i] for i in full]
+                index = torch.tensor([starts[i] + j for i in full], dtype=torch.long)
+                step = choose(BatchSampler([r.sampling() for r in batch], logits.shape[-1]), batch, logits[index])
+                for n, i in enumerate(full):
+                    if not rows[i].finished:  # else its sampling failed: the scheduler failed it alone
+                        chosen[i] = (step.tokens[n], step.logprobs.get(n))
+            # Plain greedy rows: the sampler's own argmax, without building one per position.
+            plain = [i for i in live if _plain(rows[i])]
+            if plain:
+                best = logits[torch.tensor([starts[i] + j for i in plain], dtype=torch.long)].max(dim=-1)
+                nan = best.values.isnan().tolist()
+                for n, i in enumerate(plain):
+                    if not nan[n]:  # else the run ends here: the next step's sampler reports the row
+                        chosen[i] = (int(best.indices[n]), None)
             nxt = []
-            for n, i in enumerate(live):
-                row = rows[i]
-                if row.finished:  # its sampling failed: the scheduler failed it alone
+            for i in live:
+                if i not in chosen:
                     continue
-                accept(row, step.tokens[n], step.logprobs.get(n))
+                token, lp = chosen[i]
+                row = rows[i]
+                accept(row, token, lp)
                 accepted[i] += 1
-                if not row.finished and j < len(drafts[i]) and step.tokens[n] == drafts[i][j]:
+                if not row.finished and j < len(drafts[i]) and token == drafts[i][j]:
                     nxt.append(i)
             live, j = nxt, j + 1
         return accepted
+
+
+def _plain(row: DraftRow) -> bool:
+    """A greedy row without logit transforms, logprobs or grammar: its token is the logits' argmax."""
+    p = row.req.params
+    return row.grammar is None and not (
+        p.logprobs or p.logit_bias or p.repetition_penalty != 1.0 or p.frequency_penalty or p.presence_penalty
+    )
