@@ -302,8 +302,9 @@ def test_default_smollm2_gguf_greedy_identical_with_and_without_drafts():
     services = pytest.importorskip("services.store")
     base = {"model": {"embedded": "smollm2-135m-instruct"}, "runtime": {"backend": "llamacpp", "threads": 2}}
     lookup = {"embedded_lookup": services.embedded_lookup}
-    on = engine_for_node("smol", GeneratorNode(**base, scheduler={"speculative": {}}), **lookup)
-    off = engine_for_node("smol", GeneratorNode(**base), **lookup)
+    # Two rows per node: llama.cpp allocates every sequence's KV cells up front.
+    on = engine_for_node("smol", GeneratorNode(**base, scheduler={"max_batch_size": 2, "speculative": {}}), **lookup)
+    off = engine_for_node("smol", GeneratorNode(**base, scheduler={"max_batch_size": 2}), **lookup)
     on.start()
     off.start()
     text = (
