@@ -70,7 +70,12 @@ class SpeculativeConfig(_Strict):
         default=1,
         ge=1,
         le=256,
-        description="Rows drafts while the batch holds at most this many rows (a larger batch is compute bound).",
+        description="Rows draft while the batch holds at most this many rows (a larger batch is compute bound).",
+    )
+    adaptive: bool = Field(
+        default=True,
+        description="Each row's draft length follows its luck: +2 after a step that accepted every draft, -1 "
+        "(at least 1) after one that did not; false = always draft_tokens.",
     )
 
     @model_validator(mode="after")

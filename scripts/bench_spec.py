@@ -1,18 +1,19 @@
 """One stream on a llamacpp node: speculative decoding (prompt-lookup drafts) on vs off vs llama.cpp's own decode.
 
     .venv/bin/python scripts/bench_spec.py [--model smollm2-135m-instruct] [--threads 2] [--new-tokens 128]
-        [--drafts 4] [--repeats 2]
+        [--drafts 4a,4] [--repeats 2]
 
 The node is the default config's SmolLM2 node on `runtime: {backend: llamacpp}` (its packaged Q4_1
 GGUF, chat template on), greedy, one request at a time. Two kinds of prompts: ones whose answers
 repeat their prompt (quote a text, correct a text, answer from a passage: drafts hit) and free
-writing (drafts rarely hit). For each prompt: decode tokens/s (tokens after the first over the time
-from the first streamed token to the last; prefill excluded) with speculation off, with it on for
-each --drafts value, and llama.cpp's own one-token-at-a-time greedy decode of the same prompt ids for
-the same number of tokens (llama-cpp-python's high-level `Llama`, same GGUF, threads and CPU
-variant; its per-token time, prefill excluded), best of --repeats. Also the share of drafts accepted
-and whether the speculative text equals the plain one. The CPU model and flags are printed first.
-Timings vary 15-25% from run to run on 2 shared cores: compare within one run. Asserts nothing.
+writing (drafts rarely hit). For each prompt, decode tokens/s (tokens after the first over the time
+from the first streamed token to the last; prefill excluded): speculation off; on, for each --drafts
+value (draft_tokens; a trailing "a" = adaptive: true); and llama.cpp's own one-token-at-a-time greedy
+decode of the same prompt ids for the same number of tokens (llama-cpp-python's high-level `Llama`,
+same GGUF, threads and CPU variant; its per-token time, prefill excluded). Best of --repeats. Also
+drafts accepted / proposed (summed over the speculative runs) and whether every run's text equals
+the plain one. The CPU model and flags are printed first. Timings vary 15-25% from run to run on 2
+shared cores: compare within one run. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--drafts", default="4", help="draft_tokens values to run with speculation on (comma list)")
+    ap.add_argument("--drafts", default="4a", help="draft_tokens per speculative run, 'a' = adaptive (e.g. 4a,4,8a)")
     ap.add_argument("--ngram", type=int, default=3)
     ap.add_argument("--min-ngram", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
@@ -121,10 +122,10 @@ def main() -> None:
 
     print(f"CPU: {cpu_description()}; threads {args.threads}; {args.model} GGUF on llamacpp; greedy, one stream")
     prompts = {**(HIT if "hit" in args.prompts else {}), **(MISS if "miss" in args.prompts else {})}
-    drafts = [int(d) for d in args.drafts.split(",") if d]
     configs: dict[str, dict | None] = {"off": None}
-    for d in drafts:
-        configs[f"on k={d}"] = {"ngram": args.ngram, "min_ngram": args.min_ngram, "draft_tokens": d}
+    for d in (d for d in args.drafts.split(",") if d):
+        spec = {"ngram": args.ngram, "min_ngram": args.min_ngram, "draft_tokens": int(d.rstrip("a"))}
+        configs[f"on k={d}"] = {**spec, "adaptive": d.endswith("a")}
     engines = {name: node_engine(args.model, args.threads, spec) for name, spec in configs.items()}
     plain = engines["off"]
     ids = {name: plain._encode(text) for name, text in prompts.items()}

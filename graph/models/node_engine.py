@@ -54,7 +54,9 @@ def engine_for_node(name: str, node: Any, *, threads: int | None = None, **looku
         max_kv_mb=sched.max_kv_mb,
         prefix_cache_mb=sched.prefix_cache_mb,
         compile=runtime.compile,
-        speculation=None if spec is None else Speculation(spec.ngram, spec.min_ngram, spec.draft_tokens, spec.max_rows),
+        speculation=None
+        if spec is None
+        else Speculation(spec.ngram, spec.min_ngram, spec.draft_tokens, spec.max_rows, spec.adaptive),
     )
     if runtime.backend == "torch":
         quant = "" if runtime.quantize == "none" else f", {runtime.quantize}"

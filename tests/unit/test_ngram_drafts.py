@@ -59,3 +59,22 @@ def test_incremental_index_equals_the_brute_force_rule(seed):
     for _ in range(150):  # the row grows by 1..k+1 tokens a step, as accepted drafts make it
         assert d.propose(tokens) == brute_force(tokens, max_n, min_n, k), tokens
         tokens += [rng.randrange(6) for _ in range(rng.randint(1, k + 1))]
+
+
+def test_adaptive_draft_length_follows_acceptance():
+    d = NgramDrafter(max_n=2, k=6, adaptive=True)
+    tokens = [1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 2]
+    assert len(d.propose(tokens)) == 6
+    d.update(6, 2)  # a rejected draft: one fewer
+    d.update(5, 0)
+    assert d.budget == 4 and len(d.propose(tokens)) == 4
+    d.update(4, 4)  # all accepted: two more, up to k
+    assert d.budget == 6
+    d.update(6, 6)
+    assert d.budget == 6
+    for _ in range(10):
+        d.update(1, 0)
+    assert d.budget == 1 and d.propose(tokens) == [3]  # never below one
+    fixed = NgramDrafter(max_n=2, k=6)
+    fixed.update(6, 0)
+    assert len(fixed.propose(tokens)) == 6

@@ -47,12 +47,14 @@ class DraftRow(Protocol):
 class Speculation:
     """Prompt-lookup speculation of a node: n-grams of `min_n`..`max_n` tokens, `draft_tokens` per
     row and step, only while the batch holds at most `max_rows` rows (a larger batch is compute
-    bound: the extra positions cost about what they save)."""
+    bound: the extra positions cost about what they save); with `adaptive`, each row's draft length
+    follows its acceptance (graph/engine/spec/ngram.py)."""
 
     max_n: int = 3
     min_n: int = 1
     draft_tokens: int = 4
     max_rows: int = 1
+    adaptive: bool = True
 
     def drafts(self, rows: Sequence[DraftRow]) -> list[list[int]] | None:
         """Draft tokens per row (empty for rows that do not draft), or None when no row drafts."""
@@ -66,12 +68,12 @@ class Speculation:
                 out.append([])
                 continue
             if row.drafter is None:
-                row.drafter = NgramDrafter(self.max_n, self.draft_tokens, self.min_n)
+                row.drafter = NgramDrafter(self.max_n, self.draft_tokens, self.min_n, self.adaptive)
             out.append(row.drafter.propose([*row.req.prompt_ids, *row.tokens], k))
         return out if any(out) else None
 
-    @staticmethod
     def verify(
+        self,
         rows: Sequence[DraftRow],
         drafts: Sequence[Sequence[int]],
         logits: torch.Tensor,
@@ -116,6 +118,9 @@ class Speculation:
                 if not row.finished and j < len(drafts[i]) and token == drafts[i][j]:
                     nxt.append(i)
             live, j = nxt, j + 1
+        for row, d, n in zip(rows, drafts, accepted):
+            if d and row.drafter is not None:
+                row.drafter.update(len(d), n)
         return accepted
 
 
