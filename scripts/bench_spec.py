@@ -56,7 +56,7 @@ def node_engine(model: str, threads: int, spec: dict | None):
     from graph.models.node_engine import engine_for_node
     from services.store import embedded_lookup
 
-    sched = {"max_batch_size": 4, **({"speculative": spec} if spec is not None else {})}
+    sched = {"max_batch_size": 4, "speculative": spec}  # None = off
     node = GeneratorNode(
         model={"embedded": model},
         chat_template=True,
@@ -110,7 +110,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--drafts", default="4a", help="draft_tokens per speculative run, 'a' = adaptive (e.g. 4a,4,8a)")
+    ap.add_argument("--drafts", default="8a", help="draft_tokens per speculative run, 'a' = adaptive (e.g. 4a,4,8a)")
     ap.add_argument("--ngram", type=int, default=3)
     ap.add_argument("--min-ngram", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)

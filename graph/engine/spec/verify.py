@@ -52,7 +52,7 @@ class Speculation:
 
     max_n: int = 3
     min_n: int = 1
-    draft_tokens: int = 4
+    draft_tokens: int = 8
     max_rows: int = 1
     adaptive: bool = True
 
