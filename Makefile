@@ -90,6 +90,13 @@ bench-graph: prepare jemalloc llama-cpp
 bench-node: prepare llama-cpp jemalloc
 	$(PRELOAD) $(BIN)/python scripts/bench_node.py --threads 2
 
+# One stream on SmolLM2's llamacpp node: speculative decoding (prompt-lookup drafts) on vs off vs
+# llama.cpp's own decode, on prompts where drafts hit (quote, edit, answer from a passage) and where
+# they do not (scripts/bench_spec.py). About 3 minutes.
+.PHONY: bench-spec
+bench-spec: prepare jemalloc
+	$(PRELOAD) $(BIN)/python scripts/bench_spec.py --threads 2 --drafts 8a,4a,4
+
 # The engine against plain model.generate (the earlier node benchmark).
 bench-engine: prepare jemalloc
 	$(PRELOAD) $(BIN)/python scripts/bench_engine.py smollm2-135m-instruct --threads 2 --concurrency 1,64

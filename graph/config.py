@@ -59,6 +59,32 @@ class ModelRef(_Strict):
         return f"{self.kind}:{self.ref}"
 
 
+class SpeculativeConfig(_Strict):
+    """Prompt-lookup speculative decoding (graph/engine/spec/): greedy rows draft the tokens that followed the
+    latest earlier occurrence of their last n tokens; the model verifies the drafts in the batch."""
+
+    ngram: int = Field(default=3, ge=1, le=8, description="Longest suffix (tokens) looked up in the row's text.")
+    min_ngram: int = Field(default=1, ge=1, le=8, description="Shortest suffix looked up (<= ngram).")
+    draft_tokens: int = Field(default=8, ge=1, le=16, description="Draft tokens per row and step at most.")
+    max_rows: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Rows draft while the batch holds at most this many rows (a larger batch is compute bound).",
+    )
+    adaptive: bool = Field(
+        default=True,
+        description="Each row's draft length follows its luck: +2 after a step that accepted every draft, -1 "
+        "(at least 1) after one that did not; false = always draft_tokens.",
+    )
+
+    @model_validator(mode="after")
+    def _ngram_range(self) -> SpeculativeConfig:
+        if self.min_ngram > self.ngram:
+            raise ValueError(f"min_ngram ({self.min_ngram}) must be <= ngram ({self.ngram})")
+        return self
+
+
 class SchedulerConfig(_Strict):
     """Batching limits of one generator node's decode loop."""
 
@@ -98,6 +124,12 @@ class SchedulerConfig(_Strict):
         le=1_000_000.0,
         description="Memory (MiB) for prompts kept for reuse: a prompt that starts with a kept one (of the same "
         "API key) prefills only the rest. None = a quarter of the KV budget; 0 = off.",
+    )
+    speculative: SpeculativeConfig | None = Field(
+        default_factory=SpeculativeConfig,
+        description="Speculative decoding with prompt-lookup drafts, on runtimes that verify drafts in the batch "
+        "(llamacpp); greedy rows only. On by default (measured faster at one stream on every prompt tried, "
+        "docs/performance.md); null = off.",
     )
 
 

@@ -36,6 +36,8 @@ ENGINE_COUNTERS = {
     "batch_steps_total": "Batched decode forwards.",
     "shed_total": "Requests refused at once because their expected wait was over scheduler.max_wait_s (429).",
     "failed_rows_total": "Rows that failed alone (their sampling failed); the rest of the batch went on.",
+    "spec_draft_tokens_total": "Draft tokens proposed by speculative decoding (scheduler.speculative).",
+    "spec_accepted_tokens_total": "Draft tokens the model agreed with (each one a token without its own step).",
 }
 ENGINE_GAUGES = {
     "active_rows": "Rows in this node's decode batch now.",

@@ -26,6 +26,7 @@ from graph.engine.grammar import Grammars
 from graph.engine.runners.base import Runner
 from graph.engine.runners.torch_runner import ModelRunner
 from graph.engine.scheduler import PLANNED_PROMPT, Request, Scheduler
+from graph.engine.spec.verify import Speculation
 from graph.errors import ConfigError, InvalidRequest
 from graph.params import GenerationParams
 from graph.results import GenerationResult, StreamEvent, TokenLogprob, TopLogprob
@@ -81,12 +82,14 @@ class GenerationEngine:
         max_wait_s: float | None = None,
         max_kv_mb: float | None = None,
         prefix_cache_mb: float | None = None,
+        speculation: Speculation | None = None,
     ) -> None:
         """`model`: a causal LM in eval mode; `tokenizer`: its fast tokenizer. `threads` sets torch's
         (process-wide) thread count. Prompts are tokenized with the tokenizer's special tokens (BOS
         where it adds one), as `pipeline("text-generation")` does; with `chat_template`, a prompt is
         sent as one user message through the tokenizer's chat template (for instruct models).
-        `max_request_share`, `max_wait_s`, `max_kv_mb`: see graph.config.SchedulerConfig. With
+        `max_request_share`, `max_wait_s`, `max_kv_mb`: see graph.config.SchedulerConfig; `speculation`:
+        prompt-lookup drafts verified in the batch (graph/engine/spec/), on runners with multi_token_decode. With
         `compile`, decode steps run compiled on shape buckets (graph/engine/runners/torch_compiled.py), compiled
         during warm-up."""
         # A ready runner (graph/engine/runners/), or a transformers model for the torch runner.
@@ -134,6 +137,7 @@ class GenerationEngine:
             max_kv_mb=max_kv_mb,
             kv_bytes_per_token=runner.kv_bytes_per_token(),
             prefix_cache_mb=prefix_cache_mb,
+            speculation=speculation,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -279,7 +283,8 @@ class GenerationEngine:
         """Counters since start: generated_tokens_total, prompt_tokens_total, requests_total
         (accepted), batch_steps_total (decode forwards), prefill_steps_total, cancelled_total (rows),
         rejected_total (Overloaded), shed_total (of those, refused for max_wait_s), failed_rows_total
-        (rows failed alone), malloc_trims_total; gauges: active_rows, queued_requests, step_ms
+        (rows failed alone), malloc_trims_total, spec_draft_tokens_total and spec_accepted_tokens_total
+        (speculative decoding: drafts proposed, drafts accepted); gauges: active_rows, queued_requests, step_ms
         (moving average), kv_mb (the live rows' part of the KV cache), kv_buffer_mb (the KV buffers as
         allocated: every row slot x the buffer's columns; untouched pages of it cost no RSS), kv_budget_mb
         (what admission may build up: scheduler.max_kv_mb, else a quarter of the machine's memory),

@@ -40,6 +40,8 @@ from graph.engine.kv.prefix_cache import Hit, PrefixCache
 from graph.engine.runners.base import RowCache, Runner
 from graph.engine.runners.torch_runner import release_openmp_pool
 from graph.engine.sampling import BatchSampler, RowSampling, StepOutput
+from graph.engine.spec.ngram import NgramDrafter
+from graph.engine.spec.verify import Speculation
 from graph.engine.warmup import Table, measure
 from graph.errors import InvalidRequest, NodeFailure, Overloaded
 from graph.memory import default_kv_budget, malloc_trim
@@ -118,7 +120,7 @@ class Request:
 class Row:
     """One sequence being generated (a request has num_return_sequences of them)."""
 
-    __slots__ = ("req", "index", "generator", "tokens", "detok", "stop", "logprobs", "finished", "grammar")
+    __slots__ = ("req", "index", "generator", "tokens", "detok", "stop", "logprobs", "finished", "grammar", "drafter")
 
     def __init__(self, req: Request, index: int, decode) -> None:
         p = req.params
@@ -134,6 +136,7 @@ class Row:
         self.logprobs: list[TokenLogprob] | None = [] if p.logprobs else None
         self.finished = False
         self.grammar: RowGrammar | None = None
+        self.drafter: NgramDrafter | None = None  # speculative decoding's n-gram index (graph/engine/spec/)
 
     @property
     def position(self) -> int:
@@ -201,8 +204,11 @@ class Scheduler:
         max_kv_mb: float | None = None,
         kv_bytes_per_token: int = 0,
         prefix_cache_mb: float | None = None,
+        speculation: Speculation | None = None,
     ) -> None:
         self.runner = runner
+        # Drafts verified in the batch (graph/engine/spec/): on runners that decode several tokens per row.
+        self.speculation = speculation if runner.multi_token_decode else None
         self.tokenizer = tokenizer
         self.name = name
         self.eos_ids = eos_ids
@@ -256,6 +262,8 @@ class Scheduler:
             shed_total=0,
             failed_rows_total=0,
             malloc_trims_total=0,
+            spec_draft_tokens_total=0,
+            spec_accepted_tokens_total=0,
         )
 
     # -- control (any thread) ----------------------------------------------------------------------
@@ -722,6 +730,11 @@ class Scheduler:
     def _decode(self, out: Outbox) -> None:
         assert self._cache is not None
         t0, stepped = time.perf_counter(), len(self.rows)
+        drafts = self.speculation.drafts(self.rows) if self.speculation is not None else None
+        if drafts is not None:
+            self._decode_drafts(drafts, out)
+            self._record_step(t0, stepped)
+            return
         ids = torch.tensor([[r.tokens[-1]] for r in self.rows], dtype=torch.long)
         positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long)
         logits = self.runner.decode(ids, positions, self._cache, RIGHT_ROOM)
@@ -737,6 +750,9 @@ class Scheduler:
             if row.finished:
                 gone.append(i)
         self._drop(gone)
+        self._record_step(t0, stepped)
+
+    def _record_step(self, t0: float, stepped: int) -> None:
         # A row's time per token: from the last step's end (the loop, admission, deliveries, a thread
         # waiting for a core or the GIL on a busy machine) to this one's, less the prefills between.
         end = time.perf_counter()
@@ -744,6 +760,43 @@ class Scheduler:
         self.step_times.record(stepped, end - t0 if last is None else max(end - t0, end - last - self._prefill_s))
         self._last_step_end = end if self.rows else None  # idle next: the gap until work comes is no step
         self._prefill_s = 0.0
+
+    def _decode_drafts(self, drafts: list[list[int]], out: Outbox) -> None:
+        """A decode step whose rows carry draft tokens after their last token (graph/engine/spec/verify.py)."""
+        assert self._cache is not None and self.speculation is not None
+        feed = [[r.tokens[-1], *d] for r, d in zip(self.rows, drafts)]
+        logits = self.runner.decode_drafts(feed, self._cache, RIGHT_ROOM)
+        self.counters["batch_steps_total"] += 1
+        starts = [0]
+        for f in feed[:-1]:
+            starts.append(starts[-1] + len(f))
+        first = logits[torch.tensor(starts, dtype=torch.long)]
+        if self._sampler is None:
+            self._sampler = BatchSampler([r.sampling() for r in self.rows], logits.shape[-1])
+        step = self._choose(self._sampler, self.rows, first, out)
+        now = time.monotonic()
+        for i, row in enumerate(self.rows):
+            if not row.finished:
+                self._accept(row, step.tokens[i], step.logprobs.get(i), out, now)
+
+        def choose(sampler: BatchSampler, rows: list[Row], logits: torch.Tensor) -> StepOutput:
+            return self._choose(sampler, rows, logits, out)
+
+        def accept(row: Row, token: int, lp) -> None:
+            self._accept(row, token, lp, out, time.monotonic())
+
+        accepted = self.speculation.verify(self.rows, drafts, logits, starts, choose, accept)
+        self.counters["spec_draft_tokens_total"] += sum(map(len, drafts))
+        self.counters["spec_accepted_tokens_total"] += sum(accepted)
+        if any(accepted):
+            self._sampler = None  # its per-row state (seen tokens, penalties) took one token per row
+        gone = []
+        for i, row in enumerate(self.rows):
+            if row.finished:
+                gone.append(i)
+            elif drafts[i]:
+                self._cache.truncate_row(i, row.position)  # the cache holds every token but the last
+        self._drop(gone)
 
     def _choose(self, sampler: BatchSampler, rows: list[Row], logits: torch.Tensor, out: Outbox) -> StepOutput:
         """One token per row. A row the sampler reports as failed, or whose sampling raises when

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from graph.engine.generation import GenerationEngine
+from graph.engine.spec.verify import Speculation
 
 
 def engine_for_node(name: str, node: Any, *, threads: int | None = None, **lookups: Any) -> GenerationEngine:
@@ -38,6 +39,7 @@ def engine_for_node(name: str, node: Any, *, threads: int | None = None, **looku
         lookups.pop("onnx_lookup", None)
         model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
     sched = node.scheduler
+    spec = sched.speculative
     engine = GenerationEngine(
         model,
         tokenizer,
@@ -52,6 +54,9 @@ def engine_for_node(name: str, node: Any, *, threads: int | None = None, **looku
         max_kv_mb=sched.max_kv_mb,
         prefix_cache_mb=sched.prefix_cache_mb,
         compile=runtime.compile,
+        speculation=None
+        if spec is None
+        else Speculation(spec.ngram, spec.min_ngram, spec.draft_tokens, spec.max_rows, spec.adaptive),
     )
     if runtime.backend == "torch":
         quant = "" if runtime.quantize == "none" else f", {runtime.quantize}"

@@ -53,6 +53,11 @@ class RowCache(ABC):
         The copy no longer depends on this cache. Runners with chunked_prefill implement it."""
         raise NotImplementedError(f"{type(self).__name__} cannot copy rows out")
 
+    def truncate_row(self, row: int, length: int) -> None:
+        """Keep only the first `length` positions of row `row` (speculative decoding drops the
+        positions of rejected draft tokens). Caches of runners with multi_token_decode implement it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot truncate rows")
+
 
 class KeptRow(ABC):
     """One sequence's first tokens kept for reuse, in whatever form its backend restores fastest
@@ -113,6 +118,16 @@ class Runner(ABC, Generic[C]):
         (float32) and the cache, a one-row prefill cache to `add_rows` from once the prompt is done.
         Backends that cannot set `chunked_prefill` False: their prompts are prefilled in one go."""
         raise NotImplementedError(f"{type(self).__name__} prefills prompts in one go")
+
+    # Whether `decode_drafts` works: the scheduler then verifies speculative drafts in the batch.
+    multi_token_decode: bool = False
+
+    def decode_drafts(self, ids: Sequence[Sequence[int]], cache: C, right_room: int) -> torch.Tensor:
+        """Row i of `cache` is fed the tokens `ids[i]` (its last token, then its draft tokens, at its
+        next positions), all rows in one forward -> logits [sum of len(ids[i]), vocab] (float32), row
+        0's positions first. Each row's cache grows by len(ids[i]) (`RowCache.truncate_row` drops the
+        rejected ones). Backends that cannot set `multi_token_decode` False: they never get drafts."""
+        raise NotImplementedError(f"{type(self).__name__} decodes one token per row")
 
     @abstractmethod
     def kv_bytes_per_token(self) -> int:

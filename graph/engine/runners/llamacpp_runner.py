@@ -284,6 +284,12 @@ class LlamaCppCache(RowCache):
         self.runner.free_seqs(gone)
         return order
 
+    def truncate_row(self, row: int, length: int) -> None:
+        """Drop row `row`'s cells from position `length` on (`llama_memory_seq_rm`): rejected drafts."""
+        if length < self.lens[row]:
+            self.runner.trim_seq(self.seqs[row], length)
+            self.lens[row] = length
+
 
 class LlamaCppKept(KeptRow):
     """A sequence's state (llama.cpp's own serialization of its cells: positions, keys, values) in RAM."""
@@ -464,6 +470,21 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         cache.lens[0] = n
         return cache
 
+    multi_token_decode = True
+
+    def decode_drafts(self, ids: Sequence[Sequence[int]], cache: LlamaCppCache, right_room: int) -> torch.Tensor:
+        """Row i's tokens `ids[i]` (last token, then drafts) at its next positions, every row in the
+        same `llama_decode` -> logits [sum of len(ids[i]), vocab] (float32), rows in order."""
+        self._reclaim()
+        entries = []
+        for i, toks in enumerate(ids):
+            seq, base, first = cache.seqs[i], int(cache.lens[i]), len(entries)
+            entries.extend((seq, base + j, int(t), first + j) for j, t in enumerate(toks))
+        out = torch.empty(len(entries), self.vocab_size)
+        self._run(entries, out)
+        cache.lens[: len(ids)] += np.array([len(t) for t in ids], dtype=np.int64)
+        return out
+
     def sequence_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [p, vocab] at every position of one sequence `ids` [1, p] (for perplexity)."""
         self._reclaim()
@@ -509,6 +530,10 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         if not self._free:
             raise RuntimeError(f"llama.cpp: all {self.n_seq} sequences are in use")
         return self._free.pop()
+
+    def trim_seq(self, seq: int, length: int) -> None:
+        """Clear sequence `seq`'s cells from position `length` on."""
+        self._L.llama_memory_seq_rm(self._mem, seq, length, -1)
 
     def copy_seq(self, src: int, dst: int) -> None:
         self._L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
