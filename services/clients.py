@@ -172,7 +172,7 @@ class GeneratorNodeClient:
         )
         return int(count)
 
-    async def stats(self) -> dict[str, float]:
+    async def stats(self) -> dict[str, float | str]:
         return dict(await self.dep.to_async.stats())
 
 

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -225,6 +226,9 @@ class Scheduler:
         self._stepped_rows = 0  # rows the last step decoded
         self.length_ratio = 1.0  # moving average of completion tokens / max_new_tokens of finished rows
         self.lock = threading.RLock()
+        # Held around each step (warm-up included): a hybrid node's two engines share one (graph/engine/hybrid.py)
+        # so their steps take turns on the cores instead of oversubscribing them.
+        self.step_lock: AbstractContextManager[Any] = nullcontext()
         self._wake = threading.Condition(self.lock)
         self._waiting: deque[Request] = deque()
         self._by_id: dict[str, list[Request]] = {}
@@ -402,7 +406,8 @@ class Scheduler:
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
-            self._warmup()
+            with self.step_lock:
+                self._warmup()
             trimmed = True
             while True:
                 trim = False
@@ -423,7 +428,8 @@ class Scheduler:
                 admitted: list[Request] = []
                 start = time.monotonic()
                 try:
-                    self._step(admitted)
+                    with self.step_lock:
+                        self._step(admitted)
                 except Exception as exc:  # a failed forward (a bug, out of memory) must not kill the node
                     log.exception("%s: decode step failed", self.name)
                     self._fail_all(admitted, exc)
