@@ -16,8 +16,9 @@ starts on `large` when that count is at or above the crossover, else on `small`;
 while the other has room gives way to it, and a side that refuses (Overloaded) passes the request to the
 other before the refusal reaches the caller. Rows never migrate: a request stays where it started.
 
-The crossover is measured at warm-up, not assumed: each engine decodes bursts of 1, 2, 4, 8 ... rows (its
-own scheduler's measured step times, graph/engine/admission.py), and the crossover is the batch size where
+The crossover is measured at warm-up, not assumed: each engine decodes bursts of 1, 2, 4, 8 ... rows, twice,
+the sides alternating (the median of its own scheduler's measured step times, graph/engine/admission.py), and
+the crossover is the batch size where
 the large engine's step becomes shorter than the small one's (more tokens/s at the same rows), interpolated
 between the two measured sizes around it. `crossover_rows` (config) fixes it instead.
 
@@ -50,7 +51,8 @@ Side = Literal["small", "large"]
 # Rows per warm-up burst (powers of two: each is one bucket of the scheduler's step times), up to the node's
 # max_batch_size; the small engine stops being measured once the large one is faster.
 BURSTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-BURST_TOKENS = 6  # new tokens per warm-up row: 6 steps per burst, their median taken
+BURST_TOKENS = 6  # new tokens per warm-up row: 6 steps per burst
+BURST_REPEATS = 2  # bursts per side and size, alternating sides; the median of all their steps is taken
 BURST_PROMPT = 8  # prompt tokens per warm-up row (below the prefix cache's block: nothing is kept)
 
 
@@ -202,8 +204,10 @@ class HybridEngine:
     async def _measure(self, sizes: list[int]) -> int:
         before: tuple[int, float] | None = None  # (rows, large ms - small ms) at the last size small won
         for rows in sizes:
-            small_s = await self._burst(self.small, rows)
-            large_s = await self._burst(self.large, rows)
+            small_s = large_s = 0.0
+            for _ in range(BURST_REPEATS):  # interleaved: a neighbour's load falls on both sides alike
+                small_s = await self._burst(self.small, rows)
+                large_s = await self._burst(self.large, rows)
             self.measured[rows] = (round(small_s * 1000, 2), round(large_s * 1000, 2))
             gap = large_s - small_s
             if gap < 0:  # large's step is shorter at the same rows: more tokens/s
@@ -216,7 +220,8 @@ class HybridEngine:
         return self.max_batch_size + 1
 
     async def _burst(self, engine: GenerationEngine, rows: int) -> float:
-        """Median step seconds of `engine` decoding `rows` rows together (its scheduler's measurement)."""
+        """Median step seconds of `engine` decoding `rows` rows together: its scheduler's measurement, the
+        median of the recent steps at that batch size (this burst's and the earlier ones')."""
         sched = engine._scheduler
         vocab = len(engine.tokenizer)
         mask = {int(t): -100.0 for t in sched.eos_ids if 0 <= int(t) < vocab}
