@@ -120,7 +120,8 @@ class HybridEngine:
     ) -> None:
         """`small`, `large`: engines over the same model and tokenizer (not started). `crossover_rows`: node
         rows from which new requests start on `large`; None = measured at warm-up. `serialize_steps`: the two
-        engines' steps take turns (one TurnLock); False lets them run at once (measured slower: docs/runtimes.md).
+        engines' steps take turns (one TurnLock); False lets one side's sampling overlap the other's forward
+        (scripts/bench_node.py measures both: hybrid, hybrid-concurrent).
         Both sides take the tighter prompt limit: the prompts of up to `max_new_tokens_limit` new tokens that one
         side admits, the other does too (a request is a 400 or not whatever the load). `on_close`: called after
         both engines are closed (graph/models/node_engine.py stops their shared compute thread there)."""
