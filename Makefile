@@ -16,7 +16,7 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 # Evaluated when a recipe runs (after `make jemalloc`); empty, so glibc, where it is missing.
 PRELOAD = LD_PRELOAD=$$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -n 1)
 
-.PHONY: lint docs install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-policies bench-steps soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp k8s bento-nodes podman base-image image image-nodes test-image
+.PHONY: lint docs install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-hybrid bench-policies bench-steps soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp k8s bento-nodes podman base-image image image-nodes test-image
 
 install: $(STAMPS)/install
 
@@ -96,6 +96,11 @@ bench-node: prepare llama-cpp jemalloc
 .PHONY: bench-spec
 bench-spec: prepare jemalloc
 	$(PRELOAD) $(BIN)/python scripts/bench_spec.py --threads 2 --drafts 8a,4a,4
+
+# The hybrid node (llama.cpp for few rows, torch bfloat16 for many) beside each of its sides (issue 31 item 3).
+bench-hybrid: prepare jemalloc
+	$(PRELOAD) $(BIN)/python scripts/bench_node.py --threads 2 --models smollm2-135m-instruct \
+	  --runtimes hybrid,llamacpp,bfloat16 --concurrency 1,64
 
 # The engine against plain model.generate (the earlier node benchmark).
 bench-engine: prepare jemalloc

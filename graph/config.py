@@ -161,13 +161,31 @@ class RuntimeConfig(_Strict):
         description="latency = fastest single stream; "
         "throughput = most tokens/s at 16-64 rows: what quantize: auto picks (graph/models/runtimes.py).",
     )
-    backend: Literal["torch", "onnx", "llamacpp", "auto"] = Field(
+    backend: Literal["torch", "onnx", "llamacpp", "auto", "hybrid"] = Field(
         default="torch",
         description="torch = the project's engine on transformers; onnx = the same scheduler and sampler over an "
         "ONNX Runtime model converted once by onnxruntime-genai's builder (docs/runtimes.md); llamacpp = the same "
         "over llama.cpp (ggml) on the model's GGUF file as it ships (embedded generators, or a model.path folder "
         "with one .gguf file); auto = per CPU kind "
-        "and model from graph/models/runtimes.py (then dtype/quantize come from the table too).",
+        "and model from graph/models/runtimes.py (then dtype/quantize come from the table too); hybrid = two "
+        "engines, `small` and `large`, each new request starting on the one faster at the batch it joins "
+        "(graph/engine/hybrid.py).",
+    )
+    small: RuntimeConfig | None = Field(
+        default=None,
+        description="backend hybrid: the runtime for few rows (fastest single stream), e.g. {backend: llamacpp}.",
+    )
+    large: RuntimeConfig | None = Field(
+        default=None,
+        description="backend hybrid: the runtime for many rows (most tokens/s in a full batch), e.g. "
+        "{backend: torch, dtype: bfloat16}.",
+    )
+    crossover_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="backend hybrid: node rows (running + queued + the new request's) from which new requests start "
+        "on `large`. None = measured at warm-up: the batch size where large's decode tokens/s passes small's.",
     )
     onnx_precision: Literal["int4", "int8", "fp32"] = Field(
         default="int8",
@@ -184,11 +202,51 @@ class RuntimeConfig(_Strict):
     def _int8_is_float32(self) -> RuntimeConfig:
         if self.quantize == "int8" and self.dtype == "bfloat16":
             raise ValueError("quantize: int8 needs dtype float32 (or auto)")
-        if self.backend in ("onnx", "llamacpp") and self.compile:
+        if self.backend in ("onnx", "llamacpp", "hybrid") and self.compile:
             raise ValueError(
                 f"compile: true is a torch backend option; backend {self.backend} runs its own compiled kernels"
+                + (
+                    " (set it on a torch side: large: {backend: torch, compile: true})"
+                    if self.backend == "hybrid"
+                    else ""
+                )
             )
         return self
+
+    @model_validator(mode="after")
+    def _hybrid_sides(self) -> RuntimeConfig:
+        sides = {"small": self.small, "large": self.large}
+        if self.backend != "hybrid":
+            given = [k for k, v in sides.items() if v is not None]
+            if self.crossover_rows is not None:
+                given.append("crossover_rows")
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with backend hybrid (backend is {self.backend})")
+            return self
+        side_only = [
+            f
+            for f in ("dtype", "quantize", "group_size", "optimize", "onnx_precision", "onnx_accuracy_level")
+            if getattr(self, f) != RuntimeConfig.model_fields[f].default
+        ]
+        if side_only:
+            raise ValueError(
+                f"{', '.join(side_only)}: with backend hybrid, set these on a side (small or large), not on the hybrid"
+            )
+        for key, side in sides.items():
+            if side is None:
+                raise ValueError(f"backend hybrid needs `{key}`: a runtime, e.g. {_HYBRID_EXAMPLE}")
+            if side.backend in ("hybrid", "auto"):
+                raise ValueError(
+                    f"{key}.backend: {side.backend} is not allowed on a hybrid side; name torch, onnx or llamacpp"
+                )
+            if side.threads is not None:
+                raise ValueError(f"{key}.threads: set threads on the hybrid runtime itself; both sides share them")
+            if side.quantize == "auto":
+                raise ValueError(f"{key}.quantize: auto is not allowed on a hybrid side; name the quantization")
+        return self
+
+
+_HYBRID_EXAMPLE = "{backend: hybrid, small: {backend: llamacpp}, large: {backend: torch, dtype: bfloat16}}"
 
 
 class Resources(_Strict):

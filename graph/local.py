@@ -50,8 +50,8 @@ class LocalGenerator:
     async def count_tokens(self, prompt: str, template: bool = True) -> int:
         return int(self.engine.count_tokens(prompt, template))
 
-    async def stats(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.engine.stats().items()}
+    async def stats(self) -> dict[str, float | str]:
+        return {k: v if isinstance(v, str) else float(v) for k, v in self.engine.stats().items()}
 
 
 class LocalClassifier:

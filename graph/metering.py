@@ -57,5 +57,5 @@ class Metered:
     async def count_tokens(self, prompt: str, template: bool = True) -> int:
         return await self.client.count_tokens(prompt, template)
 
-    async def stats(self) -> dict[str, float]:
+    async def stats(self) -> dict[str, float | str]:
         return await self.client.stats()

@@ -37,7 +37,7 @@ class GeneratorClient(Protocol):
 
     async def count_tokens(self, prompt: str, template: bool = True) -> int: ...
 
-    async def stats(self) -> dict[str, float]: ...
+    async def stats(self) -> dict[str, float | str]: ...  # numbers; a hybrid node adds its runtimes' names
 
 
 class ClassifierClient(Protocol):

@@ -1,12 +1,14 @@
 """Per-node speed and quality of every runtime option, beside llama.cpp on the same GGUF files.
 
     .venv/bin/python scripts/bench_node.py [--models smollm2-135m-instruct,gemma-3-270m] [--threads 2]
-        [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int4,onnx-int8,llamacpp]
+        [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int4,onnx-int8,llamacpp,
+                    hybrid,hybrid-concurrent]
 
 For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile, or
 backend onnx with its precision: onnx-int4, onnx-int4-acc1 (int4 weights, float32 activations),
 onnx-int8, onnx-fp32; converted once into the BentoML store like `make prepare` does; or backend
-llamacpp on the model's GGUF file), one
+llamacpp on the model's GGUF file; or hybrid: llamacpp for few rows and torch bfloat16 for many, built as a
+node builds it, its crossover measured at warm-up; hybrid-concurrent without its step lock), one
 engine (graph/engine) runs greedy, prompts of exactly --prompt-tokens tokens, --new-tokens new
 tokens each, and prints: ms/token of a single stream, tokens/s at 1, 16 and 64 streams (generated
 tokens over wall time, prefill included), start-up (load + warm-up) seconds, perplexity on
@@ -70,6 +72,15 @@ RUNTIMES = {
     "onnx-fp32": RuntimeConfig(backend="onnx", onnx_precision="fp32"),
     # backend llamacpp (graph/engine/runners/llamacpp_runner.py): the project's engine over llama.cpp on the GGUF file
     "llamacpp": RuntimeConfig(backend="llamacpp"),
+    # backend hybrid (graph/engine/hybrid.py): llamacpp for few rows, torch bfloat16 for many, the crossover
+    # measured at warm-up; -concurrent: the same without the step lock (one side's sampling and bookkeeping
+    # overlap the other's forward; the forwards still take turns on the node's one compute thread)
+    "hybrid": RuntimeConfig(
+        backend="hybrid", small=RuntimeConfig(backend="llamacpp"), large=RuntimeConfig(dtype="bfloat16")
+    ),
+    "hybrid-concurrent": RuntimeConfig(
+        backend="hybrid", small=RuntimeConfig(backend="llamacpp"), large=RuntimeConfig(dtype="bfloat16")
+    ),
 }
 
 
@@ -153,9 +164,11 @@ async def concurrent(engine, texts: list[str], new_tokens: int) -> float:
     return sum(r[0].completion_tokens for r in results) / (time.perf_counter() - t0)
 
 
-def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids) -> dict:
+def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids, label: str = "") -> dict:
     from graph.models.loading import load_causal_lm
 
+    if runtime.backend == "hybrid":
+        return measure_hybrid(name, runtime, args, ref_ids, concurrent_steps=label.endswith("-concurrent"))
     t0 = time.perf_counter()
     if runtime.backend == "onnx":
         from graph.models.onnx_model import load
@@ -201,22 +214,86 @@ def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids) -> dict
     engine.warmup(timeout=900)
     startup = loaded + time.perf_counter() - t1
     warm_compiles = getattr(engine._runner, "compiles", None)
-    texts = fixed_prompts(tok, max(args.levels), args.prompt_tokens)
     out: dict = {"startup_s": startup, "ppl": ppl}
-
-    async def run(engine: GenerationEngine) -> None:
-        out["greedy"] = await greedy_ids(engine, AGREE_PROMPTS, 32)
-        await concurrent(engine, texts[:4], 8)  # warm the batched paths
-        out["ms"] = statistics.median([await single_stream(engine, texts[0], args.new_tokens) for _ in range(2)])
-        for c in args.levels:
-            out[c] = await concurrent(engine, texts[:c], args.new_tokens)
-
-    asyncio.run(run(engine))
+    asyncio.run(drive(engine, tok, args, out))
     runner = engine._runner
     out["compiles_after_warmup"] = None if warm_compiles is None else runner.compiles - warm_compiles
     engine.close()
     out["agree"] = agreement(out["greedy"], ref_ids) if ref_ids is not None else 1.0
     del engine, model
+    gc.collect()
+    return out
+
+
+async def drive(engine, tok, args, out: dict) -> None:
+    """Greedy agreement prompts, the single stream (ms/token) and tokens/s at each level, into `out`."""
+    texts = fixed_prompts(tok, max(args.levels), args.prompt_tokens)
+    out["greedy"] = await greedy_ids(engine, AGREE_PROMPTS, 32)
+    await concurrent(engine, texts[:4], 8)  # warm the batched paths
+    out["ms"] = statistics.median([await single_stream(engine, texts[0], args.new_tokens) for _ in range(2)])
+    for c in args.levels:
+        out[c] = await concurrent(engine, texts[:c], args.new_tokens)
+
+
+def measure_hybrid(name: str, runtime: RuntimeConfig, args, ref_ids, *, concurrent_steps: bool = False) -> dict:
+    """backend hybrid as a node builds it (graph/models/node_engine.py): both sides loaded, the crossover
+    measured at warm-up (its time is in the start-up seconds). Perplexity: the worse of the two sides.
+    `concurrent_steps`: the two engines' steps without the step lock (the alternative to taking turns)."""
+    from contextlib import nullcontext
+
+    from graph.config import GeneratorNode
+    from graph.models.node_engine import engine_for_node
+    from services.store import embedded_lookup, onnx_lookup, store_lookup
+
+    node = GeneratorNode(
+        model=ModelRef(path=name) if Path(name).is_dir() else ModelRef(embedded=name),
+        runtime=runtime.model_copy(update={"threads": args.threads}),
+        scheduler={"max_batch_size": max(args.levels), "max_queue": 1024},
+        max_prompt_tokens=128,
+        max_new_tokens_limit=max(64, args.new_tokens),
+    )
+    t0 = time.perf_counter()
+    engine = engine_for_node(
+        name,
+        node,
+        threads=args.threads,
+        store_lookup=store_lookup,
+        embedded_lookup=embedded_lookup,
+        onnx_lookup=onnx_lookup,
+    )
+    assert not isinstance(engine, GenerationEngine)
+    tok = engine.tokenizer
+    compute = engine.large._runner.compute  # the node's compute thread: the sides' forwards run there
+    small, large = engine.small._runner.inner, engine.large._runner.inner
+
+    def small_ppl() -> float:  # in a one-sequence context of its own: the node's rows hold only 256 positions
+        from graph.engine.runners.llamacpp_runner import LlamaCppRunner
+
+        alone = LlamaCppRunner(small.gguf, threads=args.threads, n_seq=1, n_ctx_seq=512)
+        try:
+            return perplexity(alone, tok)
+        finally:
+            alone.close()
+
+    t_ppl = time.perf_counter()
+    ppl = max(compute.call(small_ppl), compute.call(lambda: perplexity(large.model, tok)))
+    t0 += time.perf_counter() - t_ppl  # start-up without the perplexity runs, as for the other runtimes
+    if concurrent_steps:
+        for side in (engine.small, engine.large):
+            side._scheduler.step_lock = nullcontext()
+    engine.warmup(timeout=900)
+    startup = time.perf_counter() - t0
+    print(f"  {engine.runtime_name}; step ms by rows (small, large): {engine.measured}", flush=True)
+    out: dict = {"startup_s": startup, "ppl": ppl, "compiles_after_warmup": None}
+    asyncio.run(drive(engine, tok, args, out))
+    stats = engine.stats()
+    print(
+        f"  requests started small / large: {stats['small_requests_total']:.0f} / {stats['large_requests_total']:.0f}"
+    )
+    engine.close()
+    torch.set_num_threads(args.threads)  # the hybrid's engines left this thread's torch at one thread
+    out["agree"] = agreement(out["greedy"], ref_ids) if ref_ids is not None else 1.0
+    del engine
     gc.collect()
     return out
 
@@ -241,12 +318,65 @@ def llama_cpp_python(gguf: Path, args) -> dict:
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
         best = min(best, time.perf_counter() - t0)
     llm.close()
-    return {"tg1": args.new_tokens / best, "ms": best / args.new_tokens * 1000, "source": "llama-cpp-python Llama"}
+    out = {"tg1": args.new_tokens / best, "ms": best / args.new_tokens * 1000, "source": "llama-cpp-python Llama"}
+    for c in args.levels:
+        if c > 1:
+            out[c] = llama_cpp_batched(gguf, args, c)
+    return out
+
+
+def llama_cpp_batched(gguf: Path, args, streams: int) -> float:
+    """llama.cpp's own batched decode through llama-cpp-python's low-level API, where llama-batched-bench is
+    not built: `streams` sequences (kv_unified off) of --prompt-tokens prompt tokens each, prefilled, then
+    --new-tokens greedy steps of one `llama_decode` holding every sequence's token; B x new tokens over the
+    whole run's time, llama-batched-bench's measure (issue 31 measured such a loop at 291 tokens/s for 64
+    sequences on Zen 4 where llama-batched-bench gave 288)."""
+    import llama_cpp.llama_cpp as L
+    import numpy as np
+
+    model = L.llama_model_load_from_file(str(gguf).encode(), L.llama_model_default_params())
+    per_seq = -(-(args.prompt_tokens + args.new_tokens + 1) // 256) * 256
+    cp = L.llama_context_default_params()
+    cp.n_ctx, cp.n_seq_max, cp.kv_unified = streams * per_seq, streams, False
+    cp.n_batch = cp.n_ubatch = max(512, streams)
+    cp.n_threads = cp.n_threads_batch = args.threads
+    ctx = L.llama_init_from_model(model, cp)
+    n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
+    batch = L.llama_batch_init(cp.n_batch, 0, 1)
+
+    def decode(entries: list[tuple[int, int, int, bool]]) -> list[int]:
+        """(seq, pos, token, wants logits) -> the greedy next token of each entry that wants logits."""
+        nxt = []
+        for start in range(0, len(entries), cp.n_batch):
+            chunk = entries[start : start + cp.n_batch]
+            for j, (seq, pos, tok, want) in enumerate(chunk):
+                batch.token[j], batch.pos[j], batch.n_seq_id[j] = tok, pos, 1
+                batch.seq_id[j][0], batch.logits[j] = seq, want
+            batch.n_tokens = len(chunk)
+            if L.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+            for j, (*_, want) in enumerate(chunk):
+                if want:
+                    logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, j), shape=(n_vocab,))
+                    nxt.append(int(logits.argmax()))
+        return nxt
+
+    p = args.prompt_tokens
+    t0 = time.perf_counter()
+    toks = decode([(s, i, 10 + (s * p + i) % 1000, i == p - 1) for s in range(streams) for i in range(p)])
+    for step in range(args.new_tokens - 1):
+        toks = decode([(s, p + step, toks[s], True) for s in range(streams)])
+    elapsed = time.perf_counter() - t0
+    L.llama_batch_free(batch)
+    L.llama_free(ctx)
+    L.llama_model_free(model)
+    return streams * args.new_tokens / elapsed
 
 
 def llama_cpp(gguf: Path, args) -> dict:
     """llama.cpp's tokens/s at 1 stream (llama-bench tg) and at each level (llama-batched-bench);
-    without the bench tools, one stream through llama-cpp-python's high-level API."""
+    without the bench tools, one stream through llama-cpp-python's high-level API and the other levels
+    through its low-level batched decode (llama_cpp_batched)."""
     bench, batched = LLAMA_CPP / "llama-bench", LLAMA_CPP / "llama-batched-bench"
     res: dict = {}
     if not (bench.exists() and batched.exists()):
@@ -339,7 +469,7 @@ def main() -> None:
         ref_ids = None
         for rt in args.runtimes.split(","):
             print(f"  measuring {rt} ...", flush=True)
-            rows[rt] = measure(path, name, RUNTIMES[rt], args, ref_ids)
+            rows[rt] = measure(path, name, RUNTIMES[rt], args, ref_ids, label=rt)
             if rt == "float32":
                 ref_ids = rows[rt]["greedy"]
         theirs = {} if args.no_llama_cpp or gguf_file(name) is None else llama_cpp(gguf_file(name), args)
@@ -356,7 +486,7 @@ def main() -> None:
                 + f"{r['ppl']:>8.2f}{d:>7}{flag}{r['agree']:>7.0%}{recompiles:>9}"
             )
         if theirs:
-            label = "llama.cpp (Llama API)" if theirs.get("source") else "llama.cpp (GGUF)"
+            label = "llama.cpp (Python API)" if theirs.get("source") else "llama.cpp (GGUF)"
             print(
                 f"{label:<22}{'':>8}{theirs.get('ms', float('nan')):>8.1f}"
                 + "".join(f"{theirs.get(c, theirs.get('tg1') if c == 1 else float('nan')):>9.1f}" for c in args.levels)

@@ -34,8 +34,10 @@ def prepare_onnx(config_path: str, *, every_cpu_kind: bool = False) -> int:
     logging.getLogger("graph.models.loading").setLevel(logging.ERROR)  # the node logs the choice at start-up
     ready = 0
     for gname, node in load_config(config_path).generators.items():
-        runtime = resolve_runtime(node.runtime, name=gname, model=node.model)
-        variants = [(runtime.onnx_precision, runtime.onnx_accuracy_level)] if runtime.backend == "onnx" else []
+        runtime = node.runtime
+        sides = [runtime.small, runtime.large] if runtime.backend == "hybrid" else [runtime]  # hybrid: both engines
+        resolved = [resolve_runtime(side, name=gname, model=node.model) for side in sides]
+        variants = [(r.onnx_precision, r.onnx_accuracy_level) for r in resolved if r.backend == "onnx"]
         if every_cpu_kind:
             variants = list(dict.fromkeys(variants + onnx_variants(node.runtime, node.model)))
         if not variants:

@@ -205,7 +205,7 @@ class GeneratorNodeClient:
         )
         return int(count)
 
-    async def stats(self) -> dict[str, float]:
+    async def stats(self) -> dict[str, float | str]:
         await remote_nodes.connected(self.dep)
         return dict(await self.dep.to_async.stats())
 

@@ -179,9 +179,10 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
             return self.engine.count_tokens(prompt, template)
 
         @bentoml.api
-        async def stats(self) -> dict[str, float]:
-            """Counters of this node's engine: generated tokens, requests, active rows, queue."""
-            return {k: float(v) for k, v in self.engine.stats().items()}
+        async def stats(self) -> dict[str, float | str]:
+            """Counters of this node's engine: generated tokens, requests, active rows, queue (a hybrid node adds
+            its runtimes' names)."""
+            return {k: v if isinstance(v, str) else float(v) for k, v in self.engine.stats().items()}
 
     # The ONNX conversions this node may load (on this CPU or another kind), as BentoML model attributes:
     # a Bento built from the service carries them, so its image on an AVX2-only host does not convert.

@@ -29,6 +29,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Hashable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -237,6 +238,9 @@ class Scheduler:
         self._prefill_s = 0.0  # prefill seconds since then (admission counts them apart)
         self.length_ratio = 1.0  # moving average of completion tokens / max_new_tokens of finished rows
         self.lock = threading.RLock()
+        # Held around each step (warm-up included): a hybrid node's two engines share one (graph/engine/hybrid.py)
+        # so their steps take turns on the cores instead of oversubscribing them.
+        self.step_lock: AbstractContextManager[Any] = nullcontext()
         self._wake = threading.Condition(self.lock)
         self._waiting: deque[Request] = deque()
         self._by_id: dict[str, list[Request]] = {}
@@ -473,7 +477,8 @@ class Scheduler:
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         with torch.inference_mode():
-            self._warmup()
+            with self.step_lock:
+                self._warmup()
             trimmed = True
             while True:
                 trim = False
@@ -494,7 +499,8 @@ class Scheduler:
                 admitted: list[Request] = []
                 start = time.monotonic()
                 try:
-                    self._step(admitted)
+                    with self.step_lock:
+                        self._step(admitted)
                 except Exception as exc:  # a failed forward (a bug, out of memory) must not kill the node
                     log.exception("%s: decode step failed", self.name)
                     self._fail_all(admitted, exc)

@@ -190,6 +190,8 @@ def onnx_variants(runtime: RuntimeConfig | None, model: ModelRef) -> list[tuple[
     own with backend onnx; with backend auto, what the runtime table picks on each CPU kind where it
     picks onnx (so a Bento built on one CPU kind carries what another kind's hosts load); none on torch."""
     runtime = runtime or RuntimeConfig()
+    if runtime.backend == "hybrid":  # what either side loads
+        return list(dict.fromkeys(v for side in (runtime.small, runtime.large) for v in onnx_variants(side, model)))
     if runtime.backend == "onnx":
         return [(runtime.onnx_precision, runtime.onnx_accuracy_level)]
     if runtime.backend != "auto":

@@ -6,18 +6,76 @@ on graph/engine/runners/: the dependency runs one way).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from graph.engine.generation import GenerationEngine
+from graph.engine.generation import GenerationEngine, planned_prompt
+from graph.engine.hybrid import HybridEngine
+from graph.engine.runners.base import Runner
+from graph.engine.runners.torch_runner import ModelRunner
 from graph.engine.spec.verify import Speculation
 
+if TYPE_CHECKING:
+    from graph.engine.runners.pinned_runner import ComputeThread
 
-def engine_for_node(name: str, node: Any, *, threads: int | None = None, **lookups: Any) -> GenerationEngine:
+
+def engine_for_node(
+    name: str, node: Any, *, threads: int | None = None, **lookups: Any
+) -> GenerationEngine | HybridEngine:
     """The engine of generator node `name` (a graph.config.GeneratorNode), model loaded, not
-    started. `lookups` go to graph.models.loading.load_causal_lm (store_lookup, embedded_lookup)."""
-    from graph.models.loading import load_causal_lm, resolve_runtime
+    started. `lookups` go to graph.models.loading.load_causal_lm (store_lookup, embedded_lookup).
+    `runtime: {backend: hybrid}` gives a HybridEngine over one engine per side (graph/engine/hybrid.py)."""
+    from graph.models.loading import resolve_runtime
 
-    runtime = resolve_runtime(node.runtime, name=name, model=node.model)
+    runtime = node.runtime
+    if runtime.backend != "hybrid":
+        return _engine(name, node, resolve_runtime(runtime, name=name, model=node.model), threads, **lookups)
+    from graph.engine.runners.pinned_runner import ComputeThread
+    from graph.memory import default_kv_budget
+
+    sched = node.scheduler
+    # The node's memory is split between the sides: half the KV budget (and of the kept prompts) each.
+    kv_mb = (sched.max_kv_mb or default_kv_budget() / 2**20) / 2
+    keep_mb = None if sched.prefix_cache_mb is None else sched.prefix_cache_mb / 2
+    # Every forward of both sides runs on one thread with `threads` threads (one OpenMP pool); each side's
+    # decode thread keeps its own torch work (sampling) on one thread (graph/engine/runners/pinned_runner.py).
+    compute = ComputeThread(threads, name=f"compute-{name}")
+    sides = {}
+    try:
+        for key in ("small", "large"):
+            side = resolve_runtime(getattr(runtime, key), name=f"{name}.{key}", model=node.model)
+            sides[key] = _engine(
+                name, node, side, threads, torch_threads=1, kv_mb=kv_mb, keep_mb=keep_mb, compute=compute, **lookups
+            )
+    except BaseException:
+        compute.close()
+        raise
+    return HybridEngine(
+        sides["small"],
+        sides["large"],
+        name=name,
+        crossover_rows=runtime.crossover_rows,
+        max_new_tokens_limit=node.max_new_tokens_limit,
+        on_close=compute.close,
+    )
+
+
+def _engine(
+    name: str,
+    node: Any,
+    runtime: Any,
+    threads: int | None,
+    *,
+    torch_threads: int | None = None,
+    kv_mb: float | None = None,
+    keep_mb: float | None = None,
+    compute: ComputeThread | None = None,
+    **lookups: Any,
+) -> GenerationEngine:
+    """One engine on one resolved runtime: `threads` for the backend's kernels, `torch_threads` for the
+    engine's own torch work (default: `threads`); `kv_mb`/`keep_mb` override the node's scheduler budgets;
+    with `compute`, the runner's forward passes run on that thread."""
+    from graph.models.loading import load_causal_lm
+
     if runtime.backend == "onnx":
         from graph.models.onnx_model import load
 
@@ -40,6 +98,18 @@ def engine_for_node(name: str, node: Any, *, threads: int | None = None, **looku
         model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
     sched = node.scheduler
     spec = sched.speculative
+    if compute is not None:
+        from graph.engine.runners.pinned_runner import PinnedRunner
+
+        if not isinstance(model, Runner):  # a transformers model: the runner GenerationEngine would make
+            if runtime.compile:
+                from graph.engine.runners.torch_compiled import CompiledRunner
+
+                limit = planned_prompt(node.max_prompt_tokens)
+                model = CompiledRunner(model, max_batch_size=sched.max_batch_size, max_length=limit)
+            else:
+                model = ModelRunner(model)
+        model = PinnedRunner(model, compute)
     engine = GenerationEngine(
         model,
         tokenizer,
@@ -47,12 +117,12 @@ def engine_for_node(name: str, node: Any, *, threads: int | None = None, **looku
         max_batch_size=sched.max_batch_size,
         max_queue=sched.max_queue,
         max_prompt_tokens=node.max_prompt_tokens,
-        threads=threads,
+        threads=threads if torch_threads is None else torch_threads,
         chat_template=node.chat_template,
         max_request_share=sched.max_request_share,
         max_wait_s=sched.max_wait_s,
-        max_kv_mb=sched.max_kv_mb,
-        prefix_cache_mb=sched.prefix_cache_mb,
+        max_kv_mb=sched.max_kv_mb if kv_mb is None else kv_mb,
+        prefix_cache_mb=sched.prefix_cache_mb if keep_mb is None else keep_mb,
         compile=runtime.compile,
         speculation=None
         if spec is None
