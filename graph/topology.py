@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from graph.config import GraphConfig
 from graph.params import GenerationParams
 from graph.policies.config import BestOf, Cascade
+from graph.policies.diagram import DiagramNode, diagram
 from graph.policies.schemas import Kind
 
 CLASSIFIER = "classifier"  # the scoring node's name in the graph (also its service name)
@@ -67,6 +68,7 @@ class NamedGraphInfo(_Frozen):
     branches: dict[str, str] = Field(
         default_factory=dict, description="A composite (switch, split, ...): its config key -> branch (node or graph)."
     )
+    diagram: DiagramNode = Field(description="The graph as a tree, nested graphs nested (the playground draws it).")
 
 
 class GraphInfo(_Frozen):
@@ -76,7 +78,7 @@ class GraphInfo(_Frozen):
     generators: list[GeneratorInfo]
     classifier: ClassifierInfo
     edges: list[Edge]
-    graphs: list[NamedGraphInfo] = Field(default_factory=list, description="Named graphs (best_of, cascade).")
+    graphs: list[NamedGraphInfo] = Field(default_factory=list, description="Named graphs (every kind).")
     refresh_ms: int = Field(description="How often a page should poll the nodes' state (config playground.refresh_ms).")
 
 
@@ -116,6 +118,7 @@ def describe(config: GraphConfig) -> GraphInfo:
             if isinstance(g, Cascade)
             else config.policies.nodes_of(name),
             branches={} if isinstance(g, BestOf | Cascade) else g.branches(),
+            diagram=diagram(config.policies, name),
         )
         for name, g in config.policies.graphs.items()
     ]
