@@ -1,14 +1,18 @@
 """Named graphs (`graph:<name>`) on the OpenAI face: the decided answer as one choice, and the stream.
 
-A stream sends what is final as soon as it is final: the winner's text once the policy has decided
-(best_of: after every candidate is scored; cascade: when a stage passes its gate). Until then the
-policy's progress (candidates started, each candidate's end, scores, pruning rounds, gates, the
-decision) goes out as SSE comments (`: policy {...}`), which OpenAI clients skip; the answer's chunk
-carries `model`, `score`, `label` and `candidate` fields, and usage counts every candidate's tokens.
+A stream sends what is final as soon as it is final, as the graph's kinds declare it
+(graph/policies/config.py `Policies.streaming`): a `tokens` graph (a switch or split over nodes, a
+sequence whose last step is a node...) streams its answer's tokens as they are generated; a `decided`
+one sends the winner's text once the policy has decided (best_of: after every candidate is scored;
+cascade: when a stage passes its gate); a `held` one once its guard has passed the output. Meanwhile the
+policy's progress (candidates started, each candidate's end, scores, pruning rounds, gates, steps, the
+decision) goes out as SSE comments (`: policy {...}`), which OpenAI clients skip; the answer's last chunk
+carries `model`, `score`, `label`, `candidate` and `path` fields, and usage counts every candidate's tokens.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
@@ -19,9 +23,10 @@ from graph.context import RequestContext
 from graph.faces.openai_shapes import Scored, with_extras
 from graph.policies.schemas import DecisionEvent, PolicyResponse, path_text
 from graph.results import Classification, GenerationResult
-from graph.schemas import ErrorEvent, TokenEvent
+from graph.schemas import ErrorEvent, FinalEvent, TokenEvent
 from graph.tasks import background
 
+log = logging.getLogger("graph")
 Finish = Callable[[str], Literal["stop", "length"]]
 
 
@@ -58,10 +63,17 @@ def decision_stream(
     as a chunk when decided, usage (with stream_options.include_usage), [DONE]. Every candidate's
     tokens are charged to `ctx` as they are generated."""
     events = graph.stream(ctx, prompt, None, req.overrides(), score=True, graph=name)
+    # a `tokens` graph's token events are its answer's (one branch runs; earlier sequence steps send none)
+    live = graph.config.policies.streaming(name)[0] == "tokens"
+    sent: list[str] = []
 
     async def body() -> AsyncIterator[str]:
         try:
             async for ev in events:
+                if live and isinstance(ev, TokenEvent | FinalEvent) and ev.text:
+                    sent.append(ev.text)
+                    for chunk in chunks.parts(0, ev.text, None, {}, final=False):
+                        yield sse(chunk)
                 if isinstance(ev, ErrorEvent):
                     for chunk in chunks.of(ev):
                         yield sse(chunk)
@@ -71,7 +83,11 @@ def decision_stream(
                     a = out.answer
                     path = path_text(out.path)
                     extras = {"model": a.model, "score": a.score, "label": a.label, "candidate": a.id, "path": path}
-                    for chunk in chunks.parts(0, a.completion, finish(out.finish_reason), extras, final=True):
+                    streamed = "".join(sent)
+                    if not a.completion.startswith(streamed):  # a broken promise of Policies.streaming
+                        log.error("graph %s streamed text that is not its answer's", name)
+                    rest = a.completion[len(streamed) :] if a.completion.startswith(streamed) else ""
+                    for chunk in chunks.parts(0, rest, finish(out.finish_reason), extras, final=True):
                         yield sse(chunk)
                     chunks.prompt_tokens = {"graph": out.usage.prompt_tokens}
                     chunks.completion_tokens = out.usage.completion_tokens

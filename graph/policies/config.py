@@ -96,6 +96,8 @@ class Cascade(_Strict):
 
 
 BRANCH = "a generator node or another named graph"
+StreamMode = Literal["tokens", "decided", "held"]
+_HOLD = {"tokens": 0, "decided": 1, "held": 2}  # how much of a stream a mode holds back
 
 
 class ZeroShot(_Strict):
@@ -271,6 +273,11 @@ class Policies(_Strict):
         default=ALL, description="Graph used when a request names none; `all` = every node, all returned."
     )
     graphs: dict[str, NamedGraph] = Field(default_factory=dict, description="name -> policy and its settings.")
+    stream_tokens: list[str] = Field(
+        default_factory=list,
+        description="Graphs whose answer must stream token by token on every face's stream (their clients need "
+        "it); start-up refuses one whose steps hold the answer back, naming the key that does.",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> Policies:
@@ -346,6 +353,15 @@ class Policies(_Strict):
             cycle = self._cycle(name, [])
             if cycle:
                 raise ValueError(f"policies.graphs.{name}: a cycle: {' -> '.join(cycle)}; a graph cannot reach itself")
+        for i, name in enumerate(self.stream_tokens):
+            if name != ALL and name not in self.graphs:
+                raise ValueError(f"policies.stream_tokens[{i}]: unknown graph {name!r}; graphs: {self.names()}")
+            mode, key, why = self.streaming(name)
+            if mode != "tokens":
+                raise ValueError(
+                    f"policies.stream_tokens[{i}]: graph {name!r} cannot stream its answer token by token: {key}: "
+                    f"{why}; take it out of stream_tokens, or change that step"
+                )
 
     def _cycle(self, name: str, path: list[str]) -> list[str] | None:
         if name in path:
@@ -358,6 +374,40 @@ class Policies(_Strict):
             if found:
                 return found
         return None
+
+    def streaming(self, name: str) -> tuple[StreamMode, str, str]:
+        """How graph `name`'s answer reaches a stream (the start-up check and the faces read this), the config
+        key that decides it and why. The kinds, over the modes tokens < decided < held:
+
+        - a node: `tokens`, as it generates them;
+        - best_of, cascade: `decided`: the answer is known once the candidates are scored (a cascade: once
+          a stage passes its gate), and comes at once then; their candidates stream as progress;
+        - fallback: `decided` at least: a branch may fail halfway and another one serve;
+        - switch, split, a guard that checks only the prompt: the most any branch holds back (one branch runs,
+          and which one is known before it starts);
+        - sequence: its last step's (the earlier steps are progress, as step events);
+        - guard checking the output: `held`: nothing of its branch streams before the check has passed."""
+        g = self.graphs.get(name)
+        if g is None:  # a node (or `all`: every node)
+            return "tokens", name, "a node streams as it generates"
+        key = f"policies.graphs.{name}"
+        if isinstance(g, Guard) and "output" in g.check:
+            return "held", f"{key}.check", "a guard holds the answer back until it has checked the output"
+        if isinstance(g, Sequence):
+            return self.streaming(g.steps[-1].run)
+        own: tuple[StreamMode, str, str] = ("tokens", key, "")
+        if isinstance(g, BestOf):
+            own = ("decided", f"{key}.policy", "best_of answers once every candidate is scored")
+        elif isinstance(g, Cascade):
+            return "decided", f"{key}.gate", "a cascade answers once a stage passes its gate"
+        elif isinstance(g, Fallback):
+            own = ("decided", f"{key}.order", "a fallback's branch may fail halfway and the next one serve")
+        for branch in g.node_names() if isinstance(g, BestOf) else g.branches().values():
+            if branch in self.graphs:
+                sub = self.streaming(branch)
+                if _HOLD[sub[0]] > _HOLD[own[0]]:
+                    own = sub
+        return own
 
     def holds_output(self, name: str) -> str | None:
         """The first guard on output graph `name` runs through (its answer's tokens are held back until the
