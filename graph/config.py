@@ -1,4 +1,7 @@
-"""The graph config: one typed model describing nodes, models and defaults, loaded from YAML."""
+"""The graph config: one typed model describing nodes, models and defaults, loaded from YAML.
+
+Top level: both processes load it (the entry the whole graph, each node its own section); it holds the
+entry's sections (auth, limits, policies) as their own models."""
 
 from __future__ import annotations
 

@@ -181,8 +181,8 @@ def _enum(op: dict[str, Any], field: str, values: list[str], description: str) -
 
 
 def _graph_rules(op: dict[str, Any], named: list[str], sampling: list[str], default: str) -> None:
-    """The rules of a named graph (graph/policies/run.py): it sets its candidates (num_return_sequences 1), chooses
-    its nodes (no `model`), and one that samples several candidates on a node cannot be made greedy."""
+    """The rules of a named graph (graph/policies/run.py): it sets its candidates (num_return_sequences 1),
+    chooses its nodes (no `model`), and one that samples several candidates on a node cannot be made greedy."""
     body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
     if "graph" not in body.get("properties", {}):
         return
