@@ -7,7 +7,8 @@ generated text; `GenerateStreamed` sends fragments no more often than `intermedi
 (0: the config's grpc.stream_interval_ms), the last one at once, and they concatenate to that same text.
 Which generator answers: the `x-model` metadata, else the config's grpc.default_node (else the first);
 `x-graph` metadata names a graph of the config's policies instead, whose decided answer comes back
-(streamed: as one fragment, once decided).
+(streamed: as the graph declares, graph/policies/config.py `Policies.streaming`: a `tokens` graph's
+fragments as generated, any other's as one fragment once decided; the path in the trailers either way).
 `x-seed` metadata (an integer) fixes sampling, so a streamed call can repeat a `Generate` exactly.
 """
 
@@ -25,7 +26,7 @@ from graph.errors import ErrorBody, InvalidRequest, error_from_body
 from graph.faces.grpc_context import path_trailers, request_context
 from graph.faces.grpc_errors import stream_errors, unary_errors, validated
 from graph.params import GenerationOverrides
-from graph.policies.schemas import path_text
+from graph.policies.schemas import DecisionEvent, PolicyResponse, path_text
 from graph.schemas import ErrorEvent, FinalEvent, GraphEvent, TokenEvent
 from graph.tasks import background
 from protos import text_generator_pb2 as pb
@@ -121,20 +122,29 @@ class TextGeneratorServicer(pb_grpc.TextGeneratorServicer):
         call = seed_call(request, context)
         node, overrides = await self._plan(call)
         ctx = request_context(context)
-        if call.graph is not None:  # a named graph's text is final once it has decided: one fragment
+        live = call.graph is not None and self.graph.config.policies.streaming(call.graph)[0] == "tokens"
+        if call.graph is not None and not live:  # a named graph's text is final once it has decided: one fragment
             out = await self.graph.decide(ctx, call.text, overrides, call.graph)
             path_trailers(context, path_text(out.path))
             yield pb.GenerateStreamedResponse(text_fragment=call.text + out.answer.completion)
             return
         interval_ms = call.intermediate_result_interval_ms or self.stream_interval_ms
-        events = await self.graph.open_stream(ctx, call.text, node, overrides, interval_ms=interval_ms)
+        decided: list[PolicyResponse] = []
+        if call.graph is not None:  # a `tokens` graph: its token events are its answer's, as generated
+            events = self.graph.stream(ctx, call.text, None, overrides, score=True, graph=call.graph)
+            source = answer_texts(events, decided)
+        else:
+            events = await self.graph.open_stream(ctx, call.text, node, overrides, interval_ms=interval_ms)
+            source = texts(events, node)  # pyright: ignore[reportArgumentType]  score=False: no policy events
         prefix = call.text  # the first fragment carries the prompt: fragments add up to Generate's text
         try:
-            async for fragment in paced(texts(events, node), interval_ms / 1000.0):  # pyright: ignore[reportArgumentType]  score=False: no policy events
+            async for fragment in paced(source, interval_ms / 1000.0):
                 yield pb.GenerateStreamedResponse(text_fragment=prefix + fragment)
                 prefix = ""
             if prefix:  # nothing was generated: the text is the prompt alone
                 yield pb.GenerateStreamedResponse(text_fragment=prefix)
+            if decided:
+                path_trailers(context, path_text(decided[0].path))
         finally:  # cancelled or deadline passed: close the graph stream, which cancels the node's work
             background(events.aclose())
 
@@ -145,6 +155,18 @@ async def texts(events: AsyncIterator[GraphEvent], node: str) -> AsyncIterator[s
         if isinstance(ev, ErrorEvent):
             raise error_from_body(ErrorBody.model_validate(ev.model_dump()), ev.node or node)
         if isinstance(ev, (TokenEvent, FinalEvent)) and ev.text:
+            yield ev.text
+
+
+async def answer_texts(events: AsyncIterator[Any], decided: list[PolicyResponse]) -> AsyncIterator[str]:
+    """A `tokens` graph's answer as its token events come (one branch runs: they are the answer's); its
+    decision is appended to `decided`; an error event is raised as the GraphError it was."""
+    async for ev in events:
+        if isinstance(ev, ErrorEvent):
+            raise error_from_body(ErrorBody.model_validate(ev.model_dump()), ev.node or "graph")
+        if isinstance(ev, DecisionEvent):
+            decided.append(ev.result)
+        elif isinstance(ev, (TokenEvent, FinalEvent)) and ev.text:
             yield ev.text
 
 

@@ -593,3 +593,43 @@ def test_openai_stream_sends_a_decided_or_held_answer_once_decided(graph, name):
     texts, before, finished = openai_stream(graph, name)
     assert before == 0 and texts  # nothing of the answer before the decision (held: before the guard passed)
     assert finished["finish_reason"] in ("stop", "length") and finished["path"].startswith(name)
+
+
+def seed_stream(graph: Graph, name: str) -> tuple[list[str], dict[str, str]]:
+    """GenerateStreamed of the seed's TextGenerator with `x-graph: name`, on a real gRPC server in this process
+    (fragments at most 1 ms apart): the fragments and the trailing metadata."""
+    import grpc
+
+    from graph.config import GrpcConfig
+    from graph.faces.grpc_server import GrpcFaces
+    from protos import text_generator_pb2 as tg
+    from protos import text_generator_pb2_grpc as tg_grpc
+    from tests.server import free_port
+
+    async def call() -> tuple[list[str], dict[str, str]]:
+        faces = GrpcFaces(graph, GrpcConfig(host="127.0.0.1", port=free_port()))
+        assert await faces.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{faces.port}") as channel:
+                request = tg.GenerateStreamedRequest(text=PROMPT, max_length=24, intermediate_result_interval_ms=1)
+                rpc = tg_grpc.TextGeneratorStub(channel).GenerateStreamed(
+                    request, metadata=[("x-graph", name), ("x-seed", "7")], timeout=120
+                )
+                fragments = [r.text_fragment async for r in rpc]
+                return fragments, {k: str(v) for k, v in await rpc.trailing_metadata()}
+        finally:
+            await faces.stop(0)
+
+    return asyncio.run(call())
+
+
+def test_grpc_stream_sends_a_tokens_graphs_answer_as_it_is_generated(graph):
+    fragments, trailers = seed_stream(graph, "refine")
+    assert len(fragments) > 1 and fragments[0].startswith(PROMPT)  # fragments as the last step generates
+    assert trailers["x-graph-path"].startswith("refine[sequence]:tiny_a")
+
+
+def test_grpc_stream_sends_a_decided_answer_as_one_fragment(graph):
+    fragments, trailers = seed_stream(graph, "best")
+    assert len(fragments) == 1 and fragments[0].startswith(PROMPT) and len(fragments[0]) > len(PROMPT)
+    assert trailers["x-graph-path"].startswith("best[best_of]")
