@@ -63,7 +63,7 @@ for f in $files; do
   NAMES="$NAMES" perl -pi -e '
     my $n = $ENV{NAMES};
     s{(?<![\w./-])graph\.($n)\b(?!\()}{graph.entry.$1}g;
-    s{(?<![\w./-])graph/($n)(?=\.py\b|/)}{graph/entry/$1}g;
+    s{(?<![\w./-])graph/($n)(?=\.py\b|/|[\s`\x27"),;:]|$)}{graph/entry/$1}g;
     s{\bfrom graph import ($n)\b}{from graph.entry import $1}g;
   ' "$f"
   count=$((count + 1))
