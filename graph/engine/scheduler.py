@@ -90,7 +90,7 @@ class Request:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         now = time.monotonic()
-        self.submitted = now  # the times a trace reports (graph/tracing.py): queue wait, first token
+        self.submitted = now  # the times a trace reports (graph/entry/tracing.py): queue wait, first token
         self.admitted: float | None = None
         self.first_token: float | None = None
         # max_time_ms counts from submission: time spent waiting in the queue is part of the budget.

@@ -12,20 +12,20 @@ from collections import Counter
 import pytest
 import yaml
 
-from graph.compose import Graph
 from graph.config import ROOT, parse_config
-from graph.context import RequestContext
+from graph.entry.compose import Graph
+from graph.entry.context import RequestContext
+from graph.entry.faces.openai_face import OpenAIFace
+from graph.entry.faces.openai_requests import ChatCompletionRequest, parse_request
+from graph.entry.local import build_local_graph
+from graph.entry.policies import labels, metrics
+from graph.entry.policies.config import Split, ZeroShot
+from graph.entry.policies.diagram import DiagramNode, diagram
+from graph.entry.policies.schemas import DecisionEvent, PolicyResponse, StepEvent, path_text
+from graph.entry.policies.steps import pick
+from graph.entry.schemas import FinalEvent, TokenEvent
 from graph.errors import ConfigError, InvalidRequest, Refused
-from graph.faces.openai_face import OpenAIFace
-from graph.faces.openai_requests import ChatCompletionRequest, parse_request
-from graph.local import build_local_graph
 from graph.params import GenerationOverrides
-from graph.policies import labels, metrics
-from graph.policies.config import Split, ZeroShot
-from graph.policies.diagram import DiagramNode, diagram
-from graph.policies.schemas import DecisionEvent, PolicyResponse, StepEvent, path_text
-from graph.policies.steps import pick
-from graph.schemas import FinalEvent, TokenEvent
 from tests.graph.test_policies import tiny_config
 
 TOPICS = {"greeting": "hello there, good morning to you", "sums": "add seven and five then multiply by two"}
@@ -408,7 +408,7 @@ def test_a_span_per_step_nested_as_the_graph(graph, monkeypatch):
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from graph import tracing
+    from graph.entry import tracing
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -427,7 +427,7 @@ def test_a_span_per_step_nested_as_the_graph(graph, monkeypatch):
     assert node_spans and all(s.parent is not None and s.parent.span_id == best.context.span_id for s in node_spans)
 
 
-# ---- the diagram the playground draws (graph/policies/diagram.py) ------------------------------------------
+# ---- the diagram the playground draws (graph/entry/policies/diagram.py) ------------------------------------------
 
 
 def walk(tree: DiagramNode, cid: str, model: str) -> list[str]:
@@ -601,7 +601,7 @@ def seed_stream(graph: Graph, name: str) -> tuple[list[str], dict[str, str]]:
     import grpc
 
     from graph.config import GrpcConfig
-    from graph.faces.grpc_server import GrpcFaces
+    from graph.entry.faces.grpc_server import GrpcFaces
     from protos import text_generator_pb2 as tg
     from protos import text_generator_pb2_grpc as tg_grpc
     from tests.server import free_port

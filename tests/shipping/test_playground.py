@@ -19,7 +19,7 @@ import jsonschema_rs
 import pytest
 
 from graph.config import load_config
-from graph.topology import GraphInfo, describe
+from graph.entry.topology import GraphInfo, describe
 from tests.server import ARTIFACTS, Server
 
 SCREENSHOTS = ARTIFACTS / "screenshots"
