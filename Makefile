@@ -73,12 +73,16 @@ test: install tiny-models browser postgres jemalloc
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml
 	$(BIN)/python -m pytest -q tests
 
-# Both modes: the graph against the tutorial-style baseline (c = 1, 4, 16, 32), then one generator
-# node alone against plain model.generate (1 and 64 streams, ms/token). About 15 minutes on 2 cores.
+# Both modes: the graph against its two baselines (below), then one generator node alone against every
+# runtime and llama.cpp's own tools (1, 16 and 64 streams, ms/token).
 bench: bench-graph bench-node
 
-bench-graph: prepare jemalloc
+# The graph against the tutorial-style baseline (c = 1, 4, 16, 32; about 15 minutes on 2 cores), then against
+# the graph built from two llama-server processes on the same GGUF files (c = 1, 8, 32, 32 new tokens; about
+# 5 minutes; llama-server built once by `make llama-cpp`, ~25 min).
+bench-graph: prepare jemalloc llama-cpp
 	$(PRELOAD) $(BIN)/python scripts/bench_graph.py
+	$(PRELOAD) $(BIN)/python scripts/bench_graph.py --baseline llama-server --levels 1,8,32 --max-new-tokens 32
 
 # Every runtime option of a generator node (float32, bfloat16, dynamic int8, weight-only int8/int4,
 # compiled) for SmolLM2 and Gemma 3: speed at 1/16/64 streams, perplexity, greedy agreement, and

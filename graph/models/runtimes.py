@@ -57,6 +57,35 @@ _AMX = Choice(
     "measured on Intel with AMX (make bench-engine): bfloat16 32 ms/token single stream, "
     "436 tokens/s at 64 streams; weight-only int4 not measured there yet",
 )
+# Intel with AMX, re-measured with the llamacpp runner (issue 31): `scripts/bench_node.py --models
+# smollm2-135m-instruct,gemma-3-270m --runtimes llamacpp,onnx-int8,bfloat16 --threads 2 --concurrency 1,16,64` on a
+# 2-core Intel Xeon (Sapphire Rapids) KVM guest, 32-token prompts, 64 new tokens, greedy (docs/performance.md,
+# "Intel with AMX"; SmolLM2 from a second run after a lint process had overlapped the first one's llamacpp row).
+# ms/token at one stream, tokens/s at 1 / 16 / 64 streams, perplexity on bench/heldout.txt:
+#   SmolLM2  onnx int8 10.7 ms, 87.2 / 257.3 / 321.5, 20.88 | llamacpp 11.8 ms, 77.6 / 123.6 / 135.3, 20.81 |
+#            torch bfloat16 42.8 ms, 25.0 / 266.3 / 511.8, 20.60                     (float32 on the EPYC: 20.63)
+#   Gemma 3  onnx int8 17.9 ms, 50.7 / 199.7 / 172.8, 19.03 | llamacpp 29.2 ms, 32.1 / 82.2 / 93.5, 18.97 |
+#            torch bfloat16 56.6 ms, 16.3 / 189.9 / 346.0, 18.95                (float32 on the AVX2 EPYC: 18.89)
+# Every perplexity is within the bound. latency = the fastest single stream (ms/token): onnx int8 on both models;
+# throughput = the most tokens/s at 64 streams: torch bfloat16 on both. The llamacpp runner wins neither here.
+_AMX_RUN = "measured on Intel Xeon with AMX (scripts/bench_node.py, 2 threads, issue 31)"
+_ONNX_INT8_AMX = Choice(
+    "float32",
+    "none",
+    False,
+    f"{_AMX_RUN}: onnx int8 the fastest single stream on both models, SmolLM2 10.7 ms/token (llamacpp 11.8, "
+    "torch bfloat16 42.8), Gemma 3 17.9 (llamacpp 29.2, bfloat16 56.6); perplexity +1.2% / +0.7% vs float32",
+    frozenset({"smollm2-135m-instruct", "gemma-3-270m"}),
+    backend="onnx",
+    onnx_precision="int8",
+)
+_BFLOAT16_AMX = Choice(
+    "bfloat16",
+    "none",
+    False,
+    f"{_AMX_RUN}: torch bfloat16 the most tokens/s at 64 streams on both models, SmolLM2 512 (onnx int8 322, "
+    "llamacpp 135), Gemma 3 346 (onnx int8 173, llamacpp 94); perplexity -0.1% / +0.3% vs float32",
+)
 _FLOAT32_AVX2 = Choice(
     "float32",
     "none",
@@ -104,7 +133,8 @@ _LLAMACPP_ZEN4 = Choice(
 )
 # kind -> goal -> choices, fastest first; the first whose `models` admits the node's model is taken.
 TABLE: dict[str, dict[Goal, tuple[Choice, ...]]] = {
-    "amx": {"latency": (_AMX,), "throughput": (_AMX,)},
+    # Other models (onnx not measured for them on this kind) keep torch bfloat16 for latency (_AMX, not re-measured).
+    "amx": {"latency": (_ONNX_INT8_AMX, _AMX), "throughput": (_BFLOAT16_AMX,)},
     "avx512_bf16": {
         "latency": (
             _LLAMACPP_ZEN4,

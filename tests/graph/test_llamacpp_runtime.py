@@ -288,6 +288,10 @@ def test_auto_picks_llamacpp_only_where_the_figures_say_and_only_for_gguf_models
     assert runtimes.choose(zen4, "my-model", "latency", every)[1].backend == "torch"  # no GGUF file
     assert runtimes.choose(zen4, "smollm2-135m-instruct", "latency", ("torch",))[1].backend == "torch"
     amx = {"avx512f", "avx512_bf16", "amx_bf16"}
-    assert runtimes.choose(amx, "smollm2-135m-instruct", "latency", every)[1].backend == "torch"  # not measured
+    # AMX, measured (scripts/bench_node.py, issue 31): onnx int8 beat llamacpp at one stream, torch bfloat16 at 64
+    for model in ("smollm2-135m-instruct", "gemma-3-270m"):
+        assert runtimes.choose(amx, model, "latency", every)[1].backend == "onnx"
+        assert runtimes.choose(amx, model, "throughput", every)[1].backend == "torch"
+    assert runtimes.choose(amx, "my-model", "latency", every)[1].backend == "torch"  # not measured on onnx
     # A Bento still carries the onnx int8 conversion AVX2-only hosts load.
     assert onnx_variants(RuntimeConfig(backend="auto"), ModelRef(embedded="smollm2-135m-instruct")) == [("int8", None)]

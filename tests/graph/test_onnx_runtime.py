@@ -168,8 +168,16 @@ def test_auto_backend_picks_onnx_on_avx2_for_measured_models_only():
     assert other.backend == "torch"  # never measured: the torch choice
     _, torch_only = runtimes.choose({"avx2"}, "smollm2-135m-instruct", backends=("torch",))
     assert torch_only.backend == "torch"  # quantize: auto on backend torch stays on torch
-    _, amx = runtimes.choose({"amx_bf16", "avx512f"}, "smollm2-135m-instruct", backends=("onnx", "torch"))
-    assert amx.backend == "torch"  # kinds not measured with onnx keep their torch choice
+    amx = {"amx_bf16", "avx512f"}  # measured (issue 31): onnx int8 the fastest single stream, bfloat16 at 64
+    for model in ("smollm2-135m-instruct", "gemma-3-270m"):
+        _, one = runtimes.choose(amx, model, "latency", backends=("onnx", "torch"))
+        assert (one.backend, one.onnx_precision) == ("onnx", "int8")
+        _, busy = runtimes.choose(amx, model, "throughput", backends=("onnx", "torch"))
+        assert (busy.backend, busy.dtype) == ("torch", "bfloat16")
+    _, other = runtimes.choose(amx, "my-model", backends=("onnx", "torch"))
+    assert other.backend == "torch"  # never measured on onnx there
+    _, avx512 = runtimes.choose({"avx512f"}, "smollm2-135m-instruct", backends=("onnx", "torch"))
+    assert avx512.backend == "torch"  # kinds not measured with onnx keep their torch choice
 
 
 def test_node_on_onnx_names_its_runtime(onnx_source, onnx_dir):

@@ -146,7 +146,12 @@ def test_auto_picks_from_the_table_by_cpu_kind(tmp_path, caplog):
     # a busy node: plain bfloat16 beats the weight-only kernels with 16-64 rows in the batch
     busy = runtimes.choose({"avx512_bf16"}, "smollm2-135m-instruct", goal="throughput")[1]
     assert (busy.dtype, busy.quantize) == ("bfloat16", "none")
-    for kind_flags in ({"avx2"}, {"avx512f"}, {"avx512f", "avx512_bf16", "amx_bf16"}):  # every kind has both goals
+    # AMX (issue 31's bench_node run): quantize auto on torch gives bfloat16 for both goals
+    amx = {"avx512f", "avx512_bf16", "amx_bf16"}
+    for goal in ("latency", "throughput"):
+        picked = runtimes.choose(amx, "smollm2-135m-instruct", goal=goal)[1]
+        assert (picked.backend, picked.dtype, picked.quantize) == ("torch", "bfloat16", "none")
+    for kind_flags in ({"avx2"}, {"avx512f"}, amx):  # every kind has both goals
         for goal in ("latency", "throughput"):
             assert runtimes.choose(kind_flags, "any-model", goal=goal)[1].why
     kind, busy = runtimes.choose(goal="throughput")
