@@ -171,10 +171,10 @@ bento-gpu: install
 	$(BIN)/python scripts/prepare_models.py --config configs/default.yaml --every-cpu-kind
 	$(BIN)/bentoml build -f bentofile.gpu.yaml
 
-# One Bento per node of CONFIG (bentofile.node.yaml), the images graph/k8s.py's Deployments name.
+# One Bento per node of CONFIG (bentofile.node.yaml), the images graph/entry/k8s.py's Deployments name.
 bento-nodes: install
 	$(BIN)/python scripts/prepare_models.py --config configs/$(CONFIG).yaml --every-cpu-kind
-	for node in $$($(BIN)/python -m graph.k8s --config configs/$(CONFIG).yaml --list-nodes); do \
+	for node in $$($(BIN)/python -m graph.entry.k8s --config configs/$(CONFIG).yaml --list-nodes); do \
 	  name=$$( [ $$node = classifier ] && echo classifier || echo generator_$$node ); \
 	  $(BIN)/bentoml build -f bentofile.node.yaml --name $$name --arg config=configs/$(CONFIG).yaml --arg node=$$node || exit 1; \
 	done
@@ -184,7 +184,7 @@ K8S_OUT  ?= artifacts/k8s/$(CONFIG)
 REGISTRY ?=
 TAG      ?= latest
 k8s: install
-	$(BIN)/python -m graph.k8s --config configs/$(CONFIG).yaml --out $(K8S_OUT) --registry "$(REGISTRY)" --tag $(TAG)
+	$(BIN)/python -m graph.entry.k8s --config configs/$(CONFIG).yaml --out $(K8S_OUT) --registry "$(REGISTRY)" --tag $(TAG)
 
 # Needs a container engine (docker); see docs/deployment.md, "Containerize".
 containerize: bento
@@ -207,7 +207,7 @@ image: bento base-image
 	ENGINE=$(ENGINE) BASE_IMAGE=$(BASE_IMAGE) BIN=$(BIN) sh deploy/image/build_image.sh inference_graph:latest inference_graph:latest
 
 image-nodes: bento-nodes base-image
-	for node in $$($(BIN)/python -m graph.k8s --config configs/$(CONFIG).yaml --list-nodes); do \
+	for node in $$($(BIN)/python -m graph.entry.k8s --config configs/$(CONFIG).yaml --list-nodes); do \
 	  name=$$( [ $$node = classifier ] && echo classifier || echo generator_$$node ); \
 	  ENGINE=$(ENGINE) BASE_IMAGE=$(BASE_IMAGE) BIN=$(BIN) sh deploy/image/build_image.sh $$name:latest $$name:latest || exit 1; \
 	done

@@ -32,9 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.llama_tools import llama_server_path
 from graph.config import GeneratorNode
+from graph.entry.schemas import DEFAULT_PROMPT, ScoredCompletion
 from graph.models.gguf_model import embedded_gguf
 from graph.results import Classification
-from graph.schemas import DEFAULT_PROMPT, ScoredCompletion
 from services.classifier import make_classifier_service
 from services.common import graph_config, keep_sessions_open
 

@@ -24,10 +24,10 @@ from pydantic import TypeAdapter, ValidationError
 from telegram import Update
 from telegram.ext import Application, ApplicationBuilder, CommandHandler, ContextTypes, MessageHandler, filters
 
-from graph.chat.schemas import ChatReply, Forgotten
-from graph.context import new_request_id
+from graph.entry.chat.schemas import ChatReply, Forgotten
+from graph.entry.context import new_request_id
+from graph.entry.schemas import ScoredCompletion
 from graph.errors import ErrorBody
-from graph.schemas import ScoredCompletion
 
 log = logging.getLogger("graph.telegram_bot")
 TELEGRAM_LIMIT = 4096  # characters in one Telegram message

@@ -19,7 +19,9 @@ With tools (`params.tools`), a template that knows tools gets them and the messa
 results in Hugging Face's shape; any other prompt gets graph/tools.py's generic format.
 When the prompt is over the token budget, the oldest messages go first (whole turns: the kept part
 always starts at a user message); leading system messages and the last message always stay.
-"""
+
+
+Top level: the node renders prompts with it; the entry counts and scores the same text."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The graph config: one typed model describing nodes, models and defaults, loaded from YAML."""
+"""The graph config: one typed model describing nodes, models and defaults, loaded from YAML.
+
+Top level: both processes load it (the entry the whole graph, each node its own section); it holds the
+entry's sections (auth, limits, policies) as their own models."""
 
 from __future__ import annotations
 
@@ -10,12 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from graph.auth import AuthConfig
+from graph.entry.auth import AuthConfig
+from graph.entry.limits import RequestBudget
+from graph.entry.policies.config import Policies
 from graph.errors import ConfigError
 from graph.field_errors import describe, field_errors
-from graph.limits import RequestBudget
 from graph.params import MAX_NEW_TOKENS, GenerationParams
-from graph.policies.config import Policies
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
@@ -261,8 +264,8 @@ class Resources(_Strict):
 
 
 class DeployConfig(_Strict):
-    """`deploy:` of a node (or of the graph, for the entry): its Kubernetes pods (graph/k8s.py renders
-    them). Every field left out takes the measured default of the node's role (graph/k8s.py ROLE_DEFAULTS)."""
+    """`deploy:` of a node (or of the graph, for the entry): its Kubernetes pods (graph/entry/k8s.py renders
+    them). Every field left out takes the measured default of the node's role (graph/entry/k8s.py ROLE_DEFAULTS)."""
 
     cpu: str | None = Field(default=None, description="CPU request per pod (Kubernetes quantity, e.g. '2' or '500m').")
     cpu_limit: str | None = Field(default=None, description="CPU limit per pod; None = no limit (no CFS throttling).")

@@ -3,7 +3,9 @@
 `graph/` raises these; each face turns them into its protocol in one place (HTTP JSON:
 services/common.py `error_response`). A node's error crosses to the entry as an `ErrorBody` and is
 rebuilt with `error_from_body`, so the entry raises the same kind the node raised.
-"""
+
+
+Top level: both sides raise these; a node's error crosses to the entry as its typed payload."""
 
 from __future__ import annotations
 

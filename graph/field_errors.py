@@ -4,7 +4,9 @@ The config loader, the training config, GenerationParams, the OpenAI and gRPC fa
 edge all name a bad field the same way: its dotted path (or the face's own path syntax), then
 pydantic's message without its "Value error, " prefix. A cross-field rule (a model validator, no
 location) names its field first ("temperature: ..."), so that name becomes the field.
-"""
+
+
+Top level: the config, the parameters and the entry's faces word their validation errors with it."""
 
 from __future__ import annotations
 

@@ -10,7 +10,10 @@ batch never empty, 180 s; KV cache 50-80 MB throughout), RSS at the end of the l
 - jemalloc, cache bounded to 16: 876 MB after 15 s, 1000-1120 MB from then on, and 10% more requests
   served than with glibc (489 against 440-451 in 180 s).
 So the node bounds the cache itself (before torch makes its first primitive) and `make serve` preloads
-jemalloc where it is installed; on glibc the idle trim stays."""
+jemalloc where it is installed; on glibc the idle trim stays.
+
+Top level: the node side's (engine/scheduler.py, services/generator.py); the memory issue arranges the
+node side's folders."""
 
 from __future__ import annotations
 

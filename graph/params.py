@@ -1,4 +1,6 @@
-"""Generation parameters: one validated model, node defaults merged with request overrides."""
+"""Generation parameters: one validated model, node defaults merged with request overrides.
+
+Top level: both sides use it: the entry validates a request's parameters once, the node samples with them."""
 
 from __future__ import annotations
 

@@ -8,7 +8,9 @@ llguidance grammar that the engine's sampler enforces token by token (graph/engi
 A schema llguidance cannot compile is refused here, with the library's reason, before any node works.
 `strict` is accepted either way: the output is always held to the schema (a completion cut by
 max_new_tokens is the only way to get invalid JSON, and it says finish_reason "length").
-"""
+
+
+Top level: part of the parameters both sides use (params.py); the node compiles its grammar."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""What a generator node returns: completions, per-token log-probabilities and stream events."""
+"""What a generator node returns: completions, per-token log-probabilities and stream events.
+
+Top level: the node returns these and the entry reads them (the node boundary's types)."""
 
 from __future__ import annotations
 

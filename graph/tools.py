@@ -39,7 +39,10 @@ Hugging Face shape. Any other model gets the generic format: `tool_prompt(callin
 message (what to write and each tool as JSON), an assistant's calls as the blocks above in its
 content, and a tool result as a user message `<tool_response>\n...\n</tool_response>` (a "Tool:"
 line in the plain transcript).
-"""
+
+
+Top level: the parameters (params.py) and prompts (chat_format.py) both sides use carry tools; the
+entry's faces parse the calls."""
 
 from __future__ import annotations
 

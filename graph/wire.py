@@ -1,6 +1,8 @@
 """The one codec of the node boundary: a node's stream crosses BentoML as raw text chunks, so each
 item travels as one JSON line (a `StreamEvent`, or the node's `ErrorBody`), and `StreamDecoder`
-turns chunks back into typed events at the entry, raising the node's error as a GraphError."""
+turns chunks back into typed events at the entry, raising the node's error as a GraphError.
+
+Top level: the codec of the node boundary: the node encodes with it, the entry decodes."""
 
 from __future__ import annotations
 

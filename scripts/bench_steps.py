@@ -1,6 +1,6 @@
 """`make bench-steps`: the graph layer's own time per step of each named-graph kind, beside node and classifier time.
 
-In-process (graph/local.py) on a config's first two generators (default: configs/tiny.yaml), one client, greedy,
+In-process (graph/entry/local.py) on a config's first two generators (default: configs/tiny.yaml), one client, greedy,
 the same prompt: every request runs each kind (node alone, switch, split, fallback, sequence, guard, and a
 fallback of a switch), and every node and classifier call is timed where the graph makes it. Per kind it prints
 the p50 of: the whole request, the time inside node calls, inside classifier calls, and the rest (entry-side:
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from graph.config import parse_config  # noqa: E402
-from graph.context import RequestContext  # noqa: E402
-from graph.local import build_local_graph  # noqa: E402
+from graph.entry.context import RequestContext  # noqa: E402
+from graph.entry.local import build_local_graph  # noqa: E402
 from graph.params import GenerationOverrides  # noqa: E402
 
 PROMPT = "Hi! How are you today?"

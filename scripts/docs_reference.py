@@ -119,7 +119,7 @@ def configuration_page() -> str:
     from graph.training.config import TrainConfig
 
     lines = [
-        HEADER.format(source="graph/config.py, graph/policies/config.py, graph/training/config.py"),
+        HEADER.format(source="graph/config.py, graph/entry/policies/config.py, graph/training/config.py"),
         "# Configuration reference\n",
         "Every key of a graph config (`configs/*.yaml`, given to `bentoml serve --arg-file`) and of a",
         "training config (`configs/training/*.yaml`, given to `make train`). Unknown keys are refused",

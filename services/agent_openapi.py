@@ -1,6 +1,6 @@
 """OpenAPI entries of the Messages and Responses faces (mounted under /v1, which BentoML's spec leaves out).
 
-Request bodies are the faces' own pydantic models (graph/faces/anthropic_shapes.py, responses_shapes.py),
+Request bodies are the faces' own pydantic models (graph/entry/faces/anthropic_shapes.py, responses_shapes.py),
 with the neutral values of the fields they refuse otherwise; replies are documented by the fields every
 client reads (the `anthropic` and `openai` SDK types carry the rest). Errors are each API's own shape.
 """
@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from graph.faces import anthropic_shapes, responses_shapes
-from graph.faces.anthropic_shapes import CountTokensRequest, MessagesRequest
-from graph.faces.responses_shapes import ResponsesRequest
+from graph.entry.faces import anthropic_shapes, responses_shapes
+from graph.entry.faces.anthropic_shapes import CountTokensRequest, MessagesRequest
+from graph.entry.faces.responses_shapes import ResponsesRequest
 
 ANTHROPIC_ERROR = {
     "type": "object",

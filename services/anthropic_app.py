@@ -1,8 +1,8 @@
 """The Anthropic Messages face: routes the entry adds to its /v1 app (POST /v1/messages, /v1/messages/count_tokens).
 
-A thin shell over graph/faces/anthropic_face.py: read the JSON body, call the face, answer JSON or SSE.
+A thin shell over graph/entry/faces/anthropic_face.py: read the JSON body, call the face, answer JSON or SSE.
 Every error is a GraphError answered in Anthropic's error shape by `anthropic_response` (the one
-mapping, graph/faces/anthropic_shapes.py); an unexpected exception is logged and answered as a 500 of
+mapping, graph/entry/faces/anthropic_shapes.py); an unexpected exception is logged and answered as a 500 of
 the same shape. The edge's refusals under /v1/messages (401, 415, 429) use it too (services/graph.py FACES).
 """
 
@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from graph.entry.faces.anthropic_face import AnthropicFace
+from graph.entry.faces.anthropic_shapes import CountTokensRequest, MessagesRequest, anthropic_error, parse_messages
 from graph.errors import GraphError, Overloaded
-from graph.faces.anthropic_face import AnthropicFace
-from graph.faces.anthropic_shapes import CountTokensRequest, MessagesRequest, anthropic_error, parse_messages
 from services.common import context_of, json_body, sse_response
 from services.openai_app import face
 

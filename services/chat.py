@@ -1,5 +1,5 @@
 """The chat endpoints of the entry service (/infer, /chat, /chat_stream, /chat_history, /chat_delete):
-a mixin of InferenceGraph that adapts HTTP JSON to graph/chat `ChatSessions`."""
+a mixin of InferenceGraph that adapts HTTP JSON to graph/entry/chat `ChatSessions`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from typing import Any
 
 import bentoml
 
-from graph.chat.schemas import ChatReply, ChatRequest, Forgotten, History, InferReply, InferRequest, UserRequest
-from graph.chat.session import ChatSessions
-from graph.chat.store import ChatStore
-from graph.compose import Graph, sse
-from graph.tasks import background
+from graph.entry.chat.schemas import ChatReply, ChatRequest, Forgotten, History, InferReply, InferRequest, UserRequest
+from graph.entry.chat.session import ChatSessions
+from graph.entry.chat.store import ChatStore
+from graph.entry.compose import Graph, sse
+from graph.entry.tasks import background
 from services.common import http_errors, request_context, sse_response
 
 

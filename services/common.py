@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from graph.config import GraphConfig, config_from_arguments
-from graph.context import RequestContext
+from graph.entry.context import RequestContext
 from graph.errors import GraphError, InvalidRequest, Overloaded
 
 P = ParamSpec("P")

@@ -2,7 +2,7 @@
 
 Refusals answer through `error_response` (services/common.py), so each has the graph's ErrorBody.
 Order, outermost first (services/graph.py adds them): RequestContexts, Draining, ReadyProbe, DocsContract,
-KeyCheck, JsonOnly, ValidationErrors. RequestContexts makes each request's `RequestContext` (graph/context.py)
+KeyCheck, JsonOnly, ValidationErrors. RequestContexts makes each request's `RequestContext` (graph/entry/context.py)
 once, KeyCheck fills in its caller, and the endpoints of every face read it with `context_of`.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
-from graph.auth import ApiKeys, Unauthorized
-from graph.context import REQUEST_ID_HEADER, RequestContext, request_id_from
+from graph.entry.auth import ApiKeys, Unauthorized
+from graph.entry.context import REQUEST_ID_HEADER, RequestContext, request_id_from
 from graph.errors import GraphError, InvalidRequest
 from graph.field_errors import describe, field_errors
 from services.common import context_of, error_response
@@ -137,7 +137,7 @@ class ReadyProbe:
 
 
 class KeyCheck:
-    """API keys (graph/auth.py): a request to a path that is not open needs `Authorization: Bearer
+    """API keys (graph/entry/auth.py): a request to a path that is not open needs `Authorization: Bearer
     <key>` (or `x-api-key: <key>`, as Anthropic's clients send it; 401 otherwise) and must be within its
     key's rates (429). The request's context then
     names the caller, and its generated tokens are charged to the key (by the graph)."""

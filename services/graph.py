@@ -5,11 +5,11 @@ The DAG, for every request:
     prompt --+--> generator node 1 --+
              +--> generator node 2 --+--> classifier node (one batched call) --> scored completions
              +--> ...              --+
-             (asyncio.gather in graph/compose.py `Graph`; one node failing cancels the others)
+             (asyncio.gather in graph/entry/compose.py `Graph`; one node failing cancels the others)
 
 Each node is its own BentoML service (own worker) from the graph config, or a running Bento at the
 node's `url:`. This shell only adapts HTTP JSON to `Graph` calls; errors become HTTP in one place
-(services/common.py `http_errors`). The gRPC faces (graph/faces/grpc_server.py) run in this worker too.
+(services/common.py `http_errors`). The gRPC faces (graph/entry/faces/grpc_server.py) run in this worker too.
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Any
 
 import bentoml
 
-from graph.auth import ApiKeys
-from graph.chat.responses import ResponseStore
-from graph.compose import Graph, Timeline, sse
-from graph.faces.embeddings import EmbedRequest, EmbedResponse
-from graph.faces.grpc_server import GrpcFaces
-from graph.faces.responses_face import ResponsesFace
-from graph.policies import metrics as branch_metrics
-from graph.policies.schemas import PolicyResponse
-from graph.schemas import (
+from graph.entry.auth import ApiKeys
+from graph.entry.chat.responses import ResponseStore
+from graph.entry.compose import Graph, Timeline, sse
+from graph.entry.faces.embeddings import EmbedRequest, EmbedResponse
+from graph.entry.faces.grpc_server import GrpcFaces
+from graph.entry.faces.responses_face import ResponsesFace
+from graph.entry.policies import metrics as branch_metrics
+from graph.entry.policies.schemas import PolicyResponse
+from graph.entry.schemas import (
     Classification,
     ClassifyRequest,
     GenerateItem,
@@ -41,7 +41,7 @@ from graph.schemas import (
     ScoreStreamRequest,
     StreamRequest,
 )
-from graph.tasks import background
+from graph.entry.tasks import background
 from services.anthropic_app import anthropic_response, anthropic_routes
 from services.chat import ChatEndpoints, open_chat
 from services.classifier import make_classifier_service
@@ -122,7 +122,7 @@ class InferenceGraph(ChatEndpoints):
 
     def __init__(self) -> None:
         setup_logging()
-        use_bentoml_tracing()  # node-call spans (graph/tracing.py) go where BentoML's `tracing:` config says
+        use_bentoml_tracing()  # node-call spans (graph/entry/tracing.py) go where BentoML's `tracing:` config says
         generators = {
             name: GeneratorNodeClient(dep.__get__(self, type(self)), name, CONFIG.node_retries)
             for name, dep in GENERATORS.items()

@@ -1,7 +1,7 @@
 """The OpenAI-compatible HTTP face: a Starlette app the entry service mounts at /v1 (@bentoml.asgi_app).
 
-A thin shell over graph/faces/openai_face.py: read the JSON body, call the face, answer JSON or SSE.
-Every error is a GraphError turned into OpenAI's error object by graph/faces/openai_errors.py
+A thin shell over graph/entry/faces/openai_face.py: read the JSON body, call the face, answer JSON or SSE.
+Every error is a GraphError turned into OpenAI's error object by graph/entry/faces/openai_errors.py
 `openai_error` (the one mapping); an unexpected exception is logged and answered as a 500 of the same
 shape, never as a bare stack trace.
 """
@@ -19,12 +19,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from graph.context import RequestContext
+from graph.entry.context import RequestContext
+from graph.entry.faces.embeddings import EmbeddingRequest, parse_embedding_request
+from graph.entry.faces.openai_errors import openai_error
+from graph.entry.faces.openai_face import OpenAIFace
+from graph.entry.faces.openai_requests import ChatCompletionRequest, CompletionRequest, parse_request
 from graph.errors import GraphError, InvalidRequest
-from graph.faces.embeddings import EmbeddingRequest, parse_embedding_request
-from graph.faces.openai_errors import openai_error
-from graph.faces.openai_face import OpenAIFace
-from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest, parse_request
 from services.common import context_of, sse_response
 
 log = logging.getLogger("graph")

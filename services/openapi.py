@@ -181,8 +181,8 @@ def _enum(op: dict[str, Any], field: str, values: list[str], description: str) -
 
 
 def _graph_rules(op: dict[str, Any], named: list[str], sampling: list[str], default: str) -> None:
-    """The rules of a named graph (graph/policies/run.py): it sets its candidates (num_return_sequences 1), chooses
-    its nodes (no `model`), and one that samples several candidates on a node cannot be made greedy."""
+    """The rules of a named graph (graph/entry/policies/run.py): it sets its candidates (num_return_sequences 1),
+    chooses its nodes (no `model`), and one that samples several candidates on a node cannot be made greedy."""
     body = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
     if "graph" not in body.get("properties", {}):
         return
@@ -223,7 +223,7 @@ def _list_or_decision(op: dict[str, Any], schemas: dict[str, Any]) -> None:
 
     BentoML documents the list only.
     """
-    from graph.policies.schemas import PolicyResponse
+    from graph.entry.policies.schemas import PolicyResponse
 
     schema = PolicyResponse.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(schema.pop("$defs", {}))
@@ -234,8 +234,8 @@ def _list_or_decision(op: dict[str, Any], schemas: dict[str, Any]) -> None:
 
 
 def _add_event_schemas(schemas: dict[str, Any]) -> None:
-    from graph import schemas as api
-    from graph.policies import schemas as policy_events
+    from graph.entry import schemas as api
+    from graph.entry.policies import schemas as policy_events
 
     for name in (*STREAM_SCHEMAS, *POLICY_EVENT_SCHEMAS):
         model = getattr(api, name, None) or getattr(policy_events, name)

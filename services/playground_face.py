@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from graph.config import GraphConfig
-from graph.topology import describe
+from graph.entry.topology import describe
 
 STATIC = Path(__file__).resolve().parent / "playground"
 NO_CACHE = {"Cache-Control": "no-cache"}  # a rebuilt Bento's page is picked up at once

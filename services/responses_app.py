@@ -1,7 +1,7 @@
 """The OpenAI Responses face: routes the entry adds to its /v1 app (POST /v1/responses, GET and DELETE
 /v1/responses/{id}).
 
-A thin shell over graph/faces/responses_face.py; errors answer in OpenAI's error shape through the OpenAI
+A thin shell over graph/entry/faces/responses_face.py; errors answer in OpenAI's error shape through the OpenAI
 face's one mapping (services/openai_app.py `openai_response`). The entry binds the face at start-up
 (`app.state.responses`), over the chat database its chat sessions use.
 """
@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from graph.entry.faces.responses_face import ResponsesFace
+from graph.entry.faces.responses_shapes import NAMES, parse_responses
 from graph.errors import GraphError
-from graph.faces.responses_face import ResponsesFace
-from graph.faces.responses_shapes import NAMES, parse_responses
 from services.common import context_of, json_body, sse_response
 from services.openai_app import openai_response
 

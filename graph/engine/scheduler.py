@@ -96,7 +96,7 @@ class Request:
         self.queue: asyncio.Queue = asyncio.Queue()
         now = time.monotonic()
         self.promise: float | None = None  # when admission expects it answered at the latest (max_wait_s)
-        self.submitted = now  # the times a trace reports (graph/tracing.py): queue wait, first token
+        self.submitted = now  # the times a trace reports (graph/entry/tracing.py): queue wait, first token
         self.admitted: float | None = None
         self.first_token: float | None = None
         # max_time_ms counts from submission: time spent waiting in the queue is part of the budget.

@@ -232,6 +232,7 @@ function buildForm() {
   }
   $("#graph-select").addEventListener("change", () => {  // a named graph picks its own nodes
     $("#model").disabled = Boolean($("#graph-select").value);
+    drawDiagram($("#graph-select").value);
     if ($("#model").disabled) $("#model").value = "";
   });
   showDefaults();
@@ -279,6 +280,7 @@ function onPolicy(ev) {
     policyLine(`candidates: ${ev.candidates.map((c) => `${c.id} on ${c.model}${c.seed != null ? ` (seed ${c.seed})` : ""}`).join(", ")}`, "candidates");
     // a nested graph's ids carry its prefix (s1.c0, best.c2): the column index is the number after the last "c"
     for (const c of ev.candidates) completion(c.model, Number(c.id.split(".").pop().slice(1))).dataset.candidate = c.id;
+    ev.candidates.forEach(lightCandidate);
   } else if (ev.type === "prune") {
     policyLine(`prune round ${ev.round}: leader ${ev.leader}; pruned ${ev.cancelled.join(", ") || "none"}`, "prune");
     for (const id of ev.cancelled) document.querySelector(`.completion[data-candidate="${id}"]`)?.classList.add("pruned");
@@ -289,8 +291,11 @@ function onPolicy(ev) {
     const li = policyLine(`${"· ".repeat(ev.depth)}${ev.graph} (${ev.kind}) → ${ev.branch}: ${ev.outcome}` +
       (ev.why ? ` · ${ev.why}` : ""), `step ${ev.outcome}`);
     li.dataset.graph = ev.graph;
+    lightStep(ev);
   } else if (ev.type === "decision") {
     const r = ev.result, t = r.trace;
+    (r.path || []).forEach(lightStep);  // the leaf steps (best_of, cascade, a node) light up with the decision
+    $("#diagram").dataset.done = "true";
     if (r.path && r.path.length > 1) {  // the path taken through a nested graph, lit step by step
       const path = el("li", { class: "path" });
       r.path.forEach((p, i) => {
@@ -305,6 +310,79 @@ function onPolicy(ev) {
       `${r.usage.candidates} candidates, ${r.usage.completion_tokens} tokens · ${Math.round(t.elapsed_ms)} ms${budget}`, "decision");
     document.querySelector(`.completion[data-candidate="${r.answer.id}"]`)?.classList.add("winner");
   }
+}
+
+// ---- a named graph's diagram (GET /graph's `diagram` tree), lit as the request takes its path -------------
+const TAKEN = new Set(["served", "passed"]);  // the other outcomes (failed, refused, hit) mark a branch red
+
+function drawDiagram(name) {
+  const box = $("#diagram");
+  const g = state.info.graphs.find((x) => x.name === name);
+  box.replaceChildren();
+  box.hidden = !g;
+  delete box.dataset.done;
+  if (g) box.append(diagramBox(g.diagram, 0));
+}
+
+function diagramBox(d, depth) {
+  const leaf = d.kind === "node";
+  const b = el("div", { class: `gbox ${leaf ? "gleaf" : "ggraph"}`, "data-name": d.name, "data-kind": d.kind,
+    "data-depth": depth });
+  if (d.key) b.dataset.key = d.key;
+  if (d.scope) b.dataset.scope = d.scope;
+  const head = el("div", { class: "ghead" });
+  if (d.key) head.append(el("span", { class: "gkey", text: d.note ? `${d.key} · ${d.note}` : d.key }));
+  head.append(el("span", { class: "gname", text: d.name }), el("span", { class: "gkind", text: d.kind }));
+  b.append(head);
+  if (d.detail) b.append(el("div", { class: "gdetail", text: d.detail }));
+  if (d.children.length) {
+    const row = el("div", { class: `gbranches ${d.kind}` });
+    d.children.forEach((c, i) => {
+      if (i && d.kind === "sequence") row.append(el("span", { class: "garrow", text: "→" }));
+      row.append(diagramBox(c, depth + 1));
+    });
+    b.append(row);
+  }
+  b.append(el("div", { class: "gstate" }));
+  return b;
+}
+
+const kids = (box) => [...box.querySelectorAll(":scope > .gbranches > .gbox")];
+
+// A step of the path (a live step event, or one of the decision's path): its graph's box at its depth
+// (the one inside the lit path, when the same graph is drawn twice) lights up, and so does the branch it chose.
+function lightStep(p) {
+  const boxes = [...document.querySelectorAll(`#diagram .gbox[data-depth="${p.depth}"]`)]
+    .filter((b) => b.dataset.name === p.graph);
+  const box = boxes.find((b) => p.depth === 0 || b.parentElement.closest(".gbox")?.classList.contains("lit")) || boxes[0];
+  if (!box) return;
+  box.classList.add("lit");
+  box.classList.remove("failed");
+  if (!p.branch || p.kind === "node") return;
+  $(":scope > .gstate", box).textContent = `→ ${p.branch}: ${p.outcome}${p.why ? ` · ${p.why}` : ""}`;
+  const same = kids(box).filter((k) => k.dataset.name === p.branch);
+  const kid = same.find((k) => !k.dataset.outcome) || same[0];  // a sequence may run one branch twice
+  if (!kid) return;  // a guard's prompt check: no branch of its own, its state line says it
+  kid.dataset.outcome = p.outcome;
+  kid.classList.toggle("lit", TAKEN.has(p.outcome));
+  kid.classList.toggle("failed", !TAKEN.has(p.outcome));
+}
+
+// A candidate as it starts: its id's prefixes (f0., s1., b2., a branch's name...) lead to its branch's box,
+// which shows as running (dashed) until a step lights it; its node inside a best_of or cascade too.
+function lightCandidate(c) {
+  let box = $("#diagram > .gbox");
+  if (!box) return;
+  box.classList.add("running");
+  const segments = c.id.split(".");
+  segments.pop();  // cN: the candidate's own number
+  for (const seg of segments) {
+    const kid = kids(box).find((k) => k.dataset.scope && new RegExp(`^(?:${k.dataset.scope})$`).test(seg));
+    if (!kid) return;
+    kid.classList.add("running");
+    box = kid;
+  }
+  if (box.dataset.kind !== "node") kids(box).find((k) => k.dataset.name === c.model)?.classList.add("running");
 }
 
 // ---- running a prompt: one column per model, filled as the SSE events arrive -----------------------
@@ -378,6 +456,7 @@ async function run(event) {
   if ($("#deadline_ms").value !== "") body.deadline_ms = Number($("#deadline_ms").value);
   $("#policy").replaceChildren();
   $("#policy").hidden = !body.graph;
+  drawDiagram(body.graph);  // drawn afresh: nothing lit yet
   const interval = $("#intermediate_result_interval_ms").value;
   if (interval !== "") body.intermediate_result_interval_ms = Number(interval);
   $("#columns").replaceChildren();

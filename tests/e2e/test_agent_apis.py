@@ -21,8 +21,8 @@ import yaml
 from openai.types.responses import Response
 from sqlalchemy import select
 
-from graph.chat.responses import ResponseStore
-from graph.chat.store import ChatStore, responses
+from graph.entry.chat.responses import ResponseStore
+from graph.entry.chat.store import ChatStore, responses
 from tests.server import ROOT, Server
 
 KEY = "agents-test-key-0123456789"

@@ -13,8 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from graph.chat.store import ChatStore
 from graph.chat_format import clean_reply
+from graph.entry.chat.store import ChatStore
 from tests.postgres import PostgresServer, postgres_bin
 from tests.server import ROOT, Server, sse_events
 

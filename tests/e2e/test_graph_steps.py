@@ -46,8 +46,8 @@ def test_http_switch_names_its_path_and_counts_it(server: Server) -> None:
 
 def test_http_split_sticks_to_the_user(server: Server) -> None:
     from graph.config import load_config
-    from graph.policies.config import Split
-    from graph.policies.steps import pick
+    from graph.entry.policies.config import Split
+    from graph.entry.policies.steps import pick
 
     canary = load_config("configs/default.yaml").policies.graphs["canary"]
     assert isinstance(canary, Split)

@@ -1,4 +1,4 @@
-"""The Kubernetes topology (graph/k8s.py) as processes: each node its own `bentoml serve` on its own port,
+"""The Kubernetes topology (graph/entry/k8s.py) as processes: each node its own `bentoml serve` on its own port,
 the entry reaching them by the URLs the manifests give; one node killed and restarted under traffic."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from graph.config import load_config
-from graph.k8s import Renderer
+from graph.entry.k8s import Renderer
 from tests.server import ROOT, Server, free_port
 
 

@@ -9,21 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from graph.auth import Caller
-from graph.chat.responses import ResponseStore
-from graph.chat.store import ChatStore
 from graph.config import load_config
-from graph.context import RequestContext
-from graph.faces.anthropic_face import AnthropicFace
-from graph.faces.anthropic_shapes import MessagesRequest, parse_messages
-from graph.faces.openai_face import OpenAIFace
-from graph.faces.responses_face import ResponsesFace
-from graph.faces.responses_shapes import parse_responses
-from graph.local import build_local_graph
+from graph.entry.auth import Caller
+from graph.entry.chat.responses import ResponseStore
+from graph.entry.chat.store import ChatStore
+from graph.entry.context import RequestContext
+from graph.entry.faces.anthropic_face import AnthropicFace
+from graph.entry.faces.anthropic_shapes import MessagesRequest, parse_messages
+from graph.entry.faces.openai_face import OpenAIFace
+from graph.entry.faces.responses_face import ResponsesFace
+from graph.entry.faces.responses_shapes import parse_responses
+from graph.entry.local import build_local_graph
 
 
 class Ledger:
-    """A meter (graph/context.py `Meter`) that keeps what each key was charged."""
+    """A meter (graph/entry/context.py `Meter`) that keeps what each key was charged."""
 
     def __init__(self) -> None:
         self.charged: dict[str | None, int] = {}

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from graph.chat.schemas import InferRequest
-from graph.chat.session import ChatSessions
-from graph.chat.store import SCHEMA_VERSION, ChatStore
 from graph.config import load_config
-from graph.context import RequestContext
+from graph.entry.chat.schemas import InferRequest
+from graph.entry.chat.session import ChatSessions
+from graph.entry.chat.store import SCHEMA_VERSION, ChatStore
+from graph.entry.context import RequestContext
+from graph.entry.local import build_local_graph
 from graph.errors import GraphError
-from graph.local import build_local_graph
 
 
 def test_failed_node_rolls_the_turn_back_and_schema_is_versioned(tiny_dir: Path, tmp_path: Path) -> None:

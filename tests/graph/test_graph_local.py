@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from graph.compose import Timeline
 from graph.config import load_config
-from graph.context import RequestContext
+from graph.entry.compose import Timeline
+from graph.entry.context import RequestContext
+from graph.entry.local import LocalGenerator, build_local_graph
 from graph.errors import InvalidRequest, NodeFailure, NodeTimeout
-from graph.local import LocalGenerator, build_local_graph
 
 
 def run(coro):
@@ -70,7 +70,7 @@ class HungGenerator(LocalGenerator):
 
 
 def with_nodes(graph, **replace):
-    from graph.compose import Graph
+    from graph.entry.compose import Graph
 
     return Graph(graph.config, {**graph.generators, **replace}, graph.classifier)
 
@@ -131,7 +131,7 @@ def test_failing_node_is_named_and_siblings_are_cancelled(graph, engines):
 
 def test_hung_node_times_out(graph, engines):
     cfg = graph.config.model_copy(update={"graph_timeout_s": 1})
-    from graph.compose import Graph
+    from graph.entry.compose import Graph
 
     g = Graph(cfg, {**graph.generators, "tiny_b": HungGenerator(engines["tiny_b"])}, graph.classifier)
     t0 = time.time()

@@ -4,21 +4,28 @@ the path every answer names, the tokens charged, the deadline, streams and start
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections import Counter
 
 import pytest
+import yaml
 
-from graph.compose import Graph
-from graph.context import RequestContext
+from graph.config import ROOT, parse_config
+from graph.entry.compose import Graph
+from graph.entry.context import RequestContext
+from graph.entry.faces.openai_face import OpenAIFace
+from graph.entry.faces.openai_requests import ChatCompletionRequest, parse_request
+from graph.entry.local import build_local_graph
+from graph.entry.policies import labels, metrics
+from graph.entry.policies.config import Split, ZeroShot
+from graph.entry.policies.diagram import DiagramNode, diagram
+from graph.entry.policies.schemas import DecisionEvent, PolicyResponse, StepEvent, path_text
+from graph.entry.policies.steps import pick
+from graph.entry.schemas import FinalEvent, TokenEvent
 from graph.errors import ConfigError, InvalidRequest, Refused
-from graph.local import build_local_graph
 from graph.params import GenerationOverrides
-from graph.policies import labels, metrics
-from graph.policies.config import Split, ZeroShot
-from graph.policies.schemas import DecisionEvent, PolicyResponse, StepEvent, path_text
-from graph.policies.steps import pick
-from graph.schemas import FinalEvent, TokenEvent
 from tests.graph.test_policies import tiny_config
 
 TOPICS = {"greeting": "hello there, good morning to you", "sums": "add seven and five then multiply by two"}
@@ -401,7 +408,7 @@ def test_a_span_per_step_nested_as_the_graph(graph, monkeypatch):
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from graph import tracing
+    from graph.entry import tracing
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -418,3 +425,211 @@ def test_a_span_per_step_nested_as_the_graph(graph, monkeypatch):
     assert (router.attributes or {})["graph.branch"] == "best" and (best.attributes or {})["graph.depth"] == 2
     node_spans = [s for s in exporter.get_finished_spans() if s.name.startswith("node tiny_")]
     assert node_spans and all(s.parent is not None and s.parent.span_id == best.context.span_id for s in node_spans)
+
+
+# ---- the diagram the playground draws (graph/entry/policies/diagram.py) ------------------------------------------
+
+
+def walk(tree: DiagramNode, cid: str, model: str) -> list[str]:
+    """Candidate `cid` of `model` led through the diagram by its id's prefixes, as the playground's page does
+    (each segment matches one branch's `scope`): the boxes it passes, down to the node that ran it."""
+    *segments, own = cid.split(".")
+    assert re.fullmatch(r"c\d+", own), cid
+    box, names = tree, [tree.name]
+    for seg in segments:
+        kid = next((k for k in box.children if k.scope is not None and re.fullmatch(k.scope, seg)), None)
+        assert kid is not None, f"{cid}: no branch of {box.name} ({box.kind}) has the scope of {seg!r}"
+        box = kid
+        names.append(kid.name)
+    if box.kind == "node":
+        assert box.name == model, (cid, box.name, model)
+    else:  # a best_of or cascade over nodes: the candidate's node is one of its boxes
+        assert model in [k.name for k in box.children], (cid, box.name, model)
+        names.append(model)
+    return names
+
+
+@pytest.mark.parametrize(
+    ("name", "prompt"),
+    [("best_refine", PROMPT), ("nested", TOPICS["sums"]), ("prompt_guard", PROMPT), ("failover", PROMPT)],
+)
+def test_every_candidate_id_leads_through_the_diagram(graph, name, prompt):
+    """The diagram's scopes are the prefixes steps.py really gives candidates: every candidate of a real run
+    of a nested graph walks from the root to the node that generated it, along the path the answer names."""
+    tree = diagram(graph.config.policies, name)
+    out = decide(graph, name, prompt=prompt)
+    walked = [walk(tree, c.id, c.model) for c in [out.answer, *out.candidates]]
+    assert walked[0][-1] == out.answer.model
+    taken = {p.graph for p in out.path} | {p.branch for p in out.path if p.branch}
+    assert set(walked[0]) <= taken, (walked[0], path_text(out.path))
+
+
+def test_diagram_draws_nested_graphs_nested():
+    tree = diagram(config().policies, "best_refine")
+    assert (tree.kind, tree.detail) == ("best_of", "every candidate scored")
+    refine, tiny_a = tree.children
+    assert (refine.name, refine.kind, refine.key, refine.scope, refine.note) == (
+        "refine",
+        "sequence",
+        "nodes.refine",
+        "b0|b1",
+        "×2",
+    )
+    assert (tiny_a.name, tiny_a.kind, tiny_a.scope) == ("tiny_a", "node", "b2")
+    assert [(s.name, s.key, s.scope) for s in refine.children] == [
+        ("tiny_a", "steps[0].run", "s0"),
+        ("tiny_b", "steps[1].run", "s1"),
+    ]
+    guard = diagram(config().policies, "prompt_guard")
+    assert guard.detail == "checks prompt; on a hit: route"
+    assert [(k.name, k.key, k.kind) for k in guard.children] == [
+        ("best", "run", "best_of"),
+        ("tiny_b", "route_to", "node"),
+    ]
+    assert diagram(config().policies, "tiny_a") == DiagramNode(name="tiny_a", kind="node")
+
+
+# ---- how each kind streams (Policies.streaming), the start-up check, the faces as declared -----------------
+
+
+def test_each_kind_declares_how_its_answer_streams():
+    policies = config().policies
+    modes = {name: policies.streaming(name) for name in GRAPHS}
+    assert {n: m for n, (m, _, _) in modes.items()} == {
+        "best": "decided",
+        "cheap_first": "decided",
+        "router": "decided",  # one of its cases is `best`
+        "by_tier": "decided",
+        "ab": "tokens",  # a split over nodes: one node runs, known before it starts
+        "failover": "decided",
+        "refine": "tokens",  # its last step is a node; the draft is a step event
+        "best_refine": "decided",
+        "always_refuse": "held",
+        "prompt_guard": "decided",  # checks the prompt only; its branch is a best_of
+        "nested": "decided",
+        "safe_out": "held",
+    }
+    assert modes["router"][1] == "policies.graphs.best.policy"  # the key that holds it back
+    assert modes["safe_out"][1] == "policies.graphs.safe_out.check"
+    assert policies.streaming("tiny_a")[0] == "tokens"
+
+
+def stream_config(stream_tokens: list[str], graphs=GRAPHS):
+    data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    data["policies"] = {"graphs": graphs, "stream_tokens": stream_tokens}
+    return parse_config(data, source="test")
+
+
+@pytest.mark.parametrize(
+    ("wanted", "words"),
+    [
+        (
+            ["ab", "safe_out"],
+            "policies.stream_tokens[1]: graph 'safe_out' cannot stream its answer token by token: "
+            "policies.graphs.safe_out.check: a guard holds the answer back until it has checked the output",
+        ),
+        (
+            ["nested"],
+            "policies.stream_tokens[0]: graph 'nested' cannot stream its answer token by token: "
+            "policies.graphs.nested.order: a fallback's branch may fail halfway and the next one serve",
+        ),
+        (["nope"], "policies.stream_tokens[0]: unknown graph 'nope'"),
+    ],
+)
+def test_start_up_refuses_a_graph_that_cannot_stream_where_it_must(wanted, words):
+    with pytest.raises(ConfigError) as err:
+        stream_config(wanted)
+    assert words in str(err.value), str(err.value)
+
+
+def test_graphs_that_can_stream_tokens_pass_the_start_up_check():
+    assert stream_config(["ab", "refine", "all"]).policies.stream_tokens == ["ab", "refine", "all"]
+
+
+def openai_stream(graph: Graph, name: str) -> tuple[list[str], int, dict]:
+    """The OpenAI chat stream of graph `name`: its content deltas, how many came before the decision, the last
+    chunk with a finish_reason."""
+    req = parse_request(
+        ChatCompletionRequest,
+        {
+            "model": f"graph:{name}",
+            "messages": [{"role": "user", "content": PROMPT}],
+            "stream": True,
+            "max_tokens": 16,
+            "seed": 7,
+            "temperature": 1.0,
+        },
+    )
+
+    async def lines() -> list[str]:
+        return [line async for line in await OpenAIFace(graph).chat(ctx(f"oa-{name}"), req)]
+
+    texts: list[str] = []
+    before = -1
+    finished: dict = {}
+    for line in asyncio.run(lines()):
+        if line.startswith(": decision"):
+            before = len(texts)
+        if not line.startswith("data: {"):
+            continue
+        chunk = json.loads(line[len("data: ") :])
+        for choice in chunk["choices"]:
+            if choice["delta"].get("content"):
+                texts.append(choice["delta"]["content"])
+            if choice["finish_reason"] is not None:
+                finished = choice
+    return texts, before, finished
+
+
+def test_openai_stream_sends_a_tokens_graphs_answer_as_it_is_generated(graph):
+    texts, before, finished = openai_stream(graph, "refine")
+    assert before == len(texts) > 1  # every token came before the decision, one delta at a time
+    assert finished["finish_reason"] in ("stop", "length") and finished["path"].startswith("refine[sequence]")
+    assert finished["model"] == "tiny_b"
+
+
+@pytest.mark.parametrize("name", ["best", "safe_out"])
+def test_openai_stream_sends_a_decided_or_held_answer_once_decided(graph, name):
+    texts, before, finished = openai_stream(graph, name)
+    assert before == 0 and texts  # nothing of the answer before the decision (held: before the guard passed)
+    assert finished["finish_reason"] in ("stop", "length") and finished["path"].startswith(name)
+
+
+def seed_stream(graph: Graph, name: str) -> tuple[list[str], dict[str, str]]:
+    """GenerateStreamed of the seed's TextGenerator with `x-graph: name`, on a real gRPC server in this process
+    (fragments at most 1 ms apart): the fragments and the trailing metadata."""
+    import grpc
+
+    from graph.config import GrpcConfig
+    from graph.entry.faces.grpc_server import GrpcFaces
+    from protos import text_generator_pb2 as tg
+    from protos import text_generator_pb2_grpc as tg_grpc
+    from tests.server import free_port
+
+    async def call() -> tuple[list[str], dict[str, str]]:
+        faces = GrpcFaces(graph, GrpcConfig(host="127.0.0.1", port=free_port()))
+        assert await faces.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{faces.port}") as channel:
+                request = tg.GenerateStreamedRequest(text=PROMPT, max_length=24, intermediate_result_interval_ms=1)
+                rpc = tg_grpc.TextGeneratorStub(channel).GenerateStreamed(
+                    request, metadata=[("x-graph", name), ("x-seed", "7")], timeout=120
+                )
+                fragments = [r.text_fragment async for r in rpc]
+                return fragments, {k: str(v) for k, v in await rpc.trailing_metadata()}
+        finally:
+            await faces.stop(0)
+
+    return asyncio.run(call())
+
+
+def test_grpc_stream_sends_a_tokens_graphs_answer_as_it_is_generated(graph):
+    fragments, trailers = seed_stream(graph, "refine")
+    assert len(fragments) > 1 and fragments[0].startswith(PROMPT)  # fragments as the last step generates
+    assert trailers["x-graph-path"].startswith("refine[sequence]:tiny_a")
+
+
+def test_grpc_stream_sends_a_decided_answer_as_one_fragment(graph):
+    fragments, trailers = seed_stream(graph, "best")
+    assert len(fragments) == 1 and fragments[0].startswith(PROMPT) and len(fragments[0]) > len(PROMPT)
+    assert trailers["x-graph-path"].startswith("best[best_of]")

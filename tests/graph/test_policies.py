@@ -8,14 +8,14 @@ import math
 import pytest
 import yaml
 
-from graph.compose import Graph
 from graph.config import ROOT, parse_config
-from graph.context import RequestContext
+from graph.entry.compose import Graph
+from graph.entry.context import RequestContext
+from graph.entry.local import build_local_graph
+from graph.entry.policies.registry import graph_names
+from graph.entry.policies.schemas import PolicyResponse
 from graph.errors import InvalidRequest
-from graph.local import build_local_graph
 from graph.params import GenerationOverrides
-from graph.policies.registry import graph_names
-from graph.policies.schemas import PolicyResponse
 
 NODES = {"tiny_a": 2, "tiny_b": 2}
 GRAPHS = {
@@ -192,7 +192,7 @@ def test_stream_of_a_named_graph_refuses_model(graph):
 
 
 class Ledger:
-    """Where a request's tokens are charged (graph/auth.py ApiKeys in the server): it keeps them."""
+    """Where a request's tokens are charged (graph/entry/auth.py ApiKeys in the server): it keeps them."""
 
     def __init__(self) -> None:
         self.charged: list[tuple[str | None, int]] = []
@@ -204,7 +204,7 @@ class Ledger:
 def test_the_graph_charges_every_candidate_pruned_ones_included(graph):
     """The request's account gets every token its candidates generated: a named graph's pruned candidates
     (charged for what they made before the cut) and `all`'s completions, to the caller's key."""
-    from graph.auth import Caller
+    from graph.entry.auth import Caller
 
     ledger = Ledger()
     ctx = RequestContext.make(timeout_s=120, caller=Caller(key_id="k1"), meter=ledger)

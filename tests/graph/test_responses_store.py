@@ -1,4 +1,4 @@
-"""Stored responses (graph/chat/responses.py) in a real SQLite database: per-key lookups, deletes, and a
+"""Stored responses (graph/entry/chat/responses.py) in a real SQLite database: per-key lookups, deletes, and a
 writer killed with SIGKILL while storing leaves every response whole or absent."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from graph.chat.responses import ResponseStore, StoredResponse
-from graph.chat.store import ChatStore
 from graph.chat_format import ChatMessage
+from graph.entry.chat.responses import ResponseStore, StoredResponse
+from graph.entry.chat.store import ChatStore
 from graph.tools import ToolCall
 from tests.server import ROOT
 
@@ -62,8 +62,8 @@ WRITER = """
 import asyncio, sys
 sys.path.insert(0, {root!r})
 from tests.graph.test_responses_store import BIG, item
-from graph.chat.responses import ResponseStore
-from graph.chat.store import ChatStore
+from graph.entry.chat.responses import ResponseStore
+from graph.entry.chat.store import ChatStore
 
 async def main():
     store = ResponseStore(ChatStore({url!r}))
@@ -97,7 +97,7 @@ def test_sigkill_while_storing_leaves_each_response_whole_or_absent(tmp_path: Pa
             async with chat.engine.connect() as conn:
                 from sqlalchemy import select
 
-                from graph.chat.store import responses
+                from graph.entry.chat.store import responses
 
                 ids = [r[0] for r in await conn.execute(select(responses.c.id))]
             for rid in ids:

@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from graph.context import RequestContext
-from graph.local import build_local_graph
+from graph.entry.context import RequestContext
+from graph.entry.local import build_local_graph
+from graph.entry.policies.schemas import PolicyResponse
 from graph.params import GenerationOverrides
-from graph.policies.schemas import PolicyResponse
 from graph.tools import ToolCalling, made_call
 from tests.graph.test_policies import tiny_config
 

@@ -3,7 +3,7 @@
 The graph's image (`make image`): `podman run` to /readyz (timed), the README's first request, the
 openai SDK, the seed's gRPC client, memory at idle and under load, `podman stop` with a request in
 flight. Then one container per node (`make image-nodes`) wired as the Kubernetes manifests wire them
-(graph/k8s.py: the ConfigMap's graph.yaml mounted over the Bento's config, each node reached at its
+(graph/entry/k8s.py: the ConfigMap's graph.yaml mounted over the Bento's config, each node reached at its
 Service name, here a network alias on one podman network), a node's container killed under traffic:
 503 naming it, then recovery. Every step prints its time.
 """
@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from graph.config import load_config
-from graph.k8s import Renderer
+from graph.entry.k8s import Renderer
 from tests.grpc_client import seed_client_script
 from tests.server import ROOT, free_port
 

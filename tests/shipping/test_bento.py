@@ -120,7 +120,7 @@ def test_bento_carries_code_and_configs_only(bento: Any) -> None:
         "protos/inference_graph.proto",
         "protos/text_generator_pb2_grpc.py",
         "protos/inference_graph_pb2_grpc.py",
-        "graph/faces/grpc_server.py",
+        "graph/entry/faces/grpc_server.py",
     ]:
         assert (src / rel).is_file(), f"{rel} missing from the Bento"
     assert not list(src.rglob("__pycache__")) and not list(src.rglob("*.pyc"))

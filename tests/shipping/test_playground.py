@@ -19,7 +19,7 @@ import jsonschema_rs
 import pytest
 
 from graph.config import load_config
-from graph.topology import GraphInfo, describe
+from graph.entry.topology import GraphInfo, describe
 from tests.server import ARTIFACTS, Server
 
 SCREENSHOTS = ARTIFACTS / "screenshots"
@@ -280,6 +280,65 @@ def test_named_graph_runs_and_shows_its_decisions(server: Server, page: Any) -> 
     assert page.locator(".completion.winner").count() == 1
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "playground-named-graph.png"), full_page=True)
+
+
+def boxes(tree: Any) -> int:
+    return 1 + sum(boxes(k) for k in tree.children)
+
+
+def test_nested_graph_is_drawn_and_its_path_lights_up_live(server: Server, page: Any) -> None:
+    """Selecting a nested graph (routed: a fallback over the cascade cheap_first, then tiny_b) draws its
+    diagram from GET /graph, the cascade's box inside the fallback's; a run lights the path: the branch its
+    first candidate starts on shows as running before the decision arrives, then the path the answer names
+    (routed → cheap_first → the node that answered) is lit and the branch not taken is not."""
+    routed = next(g for g in describe(CONFIG).graphs if g.name == "routed")
+    page.select_option("#graph-select", "routed")
+    root = page.locator('#diagram > .gbox[data-name="routed"]')
+    assert root.is_visible() and root.get_attribute("data-kind") == "fallback"
+    assert page.locator("#diagram .gbox").count() == boxes(routed.diagram) == 5
+    branches = root.locator(":scope > .gbranches > .gbox")
+    assert [branches.nth(i).get_attribute("data-name") for i in range(2)] == ["cheap_first", "tiny_b"]
+    cascade, second = branches.nth(0), branches.nth(1)
+    assert cascade.get_attribute("data-kind") == "cascade" and cascade.get_attribute("data-key") == "order[0]"
+    stages = cascade.locator(":scope > .gbranches > .gbox")
+    assert [stages.nth(i).get_attribute("data-name") for i in range(2)] == ["tiny_b", "tiny_a"]  # nested inside
+    assert "gate: P(positive) ≥ 0.5" in cascade.inner_text()
+    assert not page.locator("#diagram .gbox.lit, #diagram .gbox.running").count()
+
+    # when each box changes, and when the decision's line shows (page time, ms)
+    page.evaluate(
+        """() => {
+        window.seen = []; window.decidedAt = null;
+        new MutationObserver((ms) => ms.forEach((m) => window.seen.push(
+            [m.target.dataset.name, m.target.dataset.depth, m.target.className, performance.now()])))
+          .observe(document.querySelector('#diagram'), {subtree: true, attributes: true, attributeFilter: ['class']});
+        const decided = () => document.querySelector('#policy li.decision') && (window.decidedAt ??= performance.now());
+        new MutationObserver(decided)
+          .observe(document.querySelector('#policy'), {childList: true});
+        }"""
+    )
+    page.fill("#prompt", LONG_PROMPT)
+    page.fill("#p-max_new_tokens", "40")
+    page.click("#run-button")
+    page.wait_for_selector("#diagram[data-done=true]", timeout=120_000)
+    seen, decided_at = page.evaluate("[window.seen, window.decidedAt]")
+    running = [t for name, depth, cls, t in seen if name == "cheap_first" and depth == "1" and "running" in cls]
+    assert running and decided_at is not None and running[0] < decided_at, (seen, decided_at)  # lit live
+
+    answered = page.locator(".column:has(.completion.winner)").get_attribute("data-model")
+    lit = page.locator("#diagram .gbox.lit")
+    assert [
+        (lit.nth(i).get_attribute("data-name"), lit.nth(i).get_attribute("data-depth")) for i in range(lit.count())
+    ] == [
+        ("routed", "0"),
+        ("cheap_first", "1"),
+        (answered, "2"),
+    ]
+    assert cascade.get_attribute("data-outcome") == "served"
+    assert "→ cheap_first: served · first choice" in root.locator(":scope > .gstate").inner_text()
+    assert "lit" not in (second.get_attribute("class") or "") and "running" not in (second.get_attribute("class") or "")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "playground-diagram.png"), full_page=True)
 
 
 WEATHER = {

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from graph.chat_format import ChatMessage
+from graph.entry.faces.anthropic_shapes import CountTokensRequest, MessagesRequest, anthropic_error, parse_messages
+from graph.entry.faces.responses_shapes import ResponseNotFound, check_id, parse_responses
 from graph.errors import InvalidRequest, NodeFailure, Overloaded
-from graph.faces.anthropic_shapes import CountTokensRequest, MessagesRequest, anthropic_error, parse_messages
-from graph.faces.responses_shapes import ResponseNotFound, check_id, parse_responses
 
 TOOL = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
 

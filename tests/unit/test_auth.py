@@ -1,10 +1,10 @@
-"""Unit tests of graph/auth.py: key sources, Bearer parsing, key ids, per-key rates."""
+"""Unit tests of graph/entry/auth.py: key sources, Bearer parsing, key ids, per-key rates."""
 
 from __future__ import annotations
 
 import pytest
 
-from graph.auth import ApiKeys, AuthConfig, Caller, RateLimited, Unauthorized
+from graph.entry.auth import ApiKeys, AuthConfig, Caller, RateLimited, Unauthorized
 from graph.errors import ConfigError
 
 ALICE, BOB = "alice-secret-0123456789", "b0b-secret-0123456789xyz"

@@ -1,11 +1,11 @@
-"""The request context (graph/context.py): request ids, the token account, the deadline."""
+"""The request context (graph/entry/context.py): request ids, the token account, the deadline."""
 
 from __future__ import annotations
 
 import time
 
-from graph.auth import Caller
-from graph.context import RequestContext, new_request_id, request_id_from
+from graph.entry.auth import Caller
+from graph.entry.context import RequestContext, new_request_id, request_id_from
 
 
 def test_a_callers_request_id_is_kept_only_when_sane() -> None:

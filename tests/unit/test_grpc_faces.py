@@ -13,9 +13,9 @@ import grpc
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 
+from graph.entry.faces.grpc_errors import status_of
+from graph.entry.faces.grpc_text_generator import paced
 from graph.errors import InvalidRequest, NodeFailure, NodeTimeout, Overloaded
-from graph.faces.grpc_errors import status_of
-from graph.faces.grpc_text_generator import paced
 from graph.params import GenerationParams
 from protos import inference_graph_pb2, text_generator_pb2
 
@@ -131,7 +131,7 @@ def test_paced_joins_fragments_and_sends_the_last_at_once() -> None:
 def test_sampling_fields_and_tools_cross_grpc_as_generation_params() -> None:
     from google.protobuf import json_format
 
-    from graph.faces.grpc_graph import fields_of
+    from graph.entry.faces.grpc_graph import fields_of
 
     params = {
         "logit_bias": {"5": -100},

@@ -1,4 +1,4 @@
-"""graph/k8s.py: the manifests of configs/default.yaml validate strictly against Kubernetes 1.37's schemas,
+"""graph/entry/k8s.py: the manifests of configs/default.yaml validate strictly against Kubernetes 1.37's schemas,
 and every node and the entry has what a cluster needs (probes, Service, requests, HPA per generator)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from graph.config import load_config
-from graph.k8s import KEYS_SECRET_KEY, render
+from graph.entry.k8s import KEYS_SECRET_KEY, render
 
 K8S_VERSION = "1.37.0"  # the newest schemas kubernetes-validate==1.37.0 bundles
 

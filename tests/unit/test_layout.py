@@ -1,4 +1,5 @@
-"""The architecture holds: no import cycle in graph/, graph/ never imports bentoml, a module has one job."""
+"""The architecture holds: no import cycle in graph/, graph/ never imports bentoml, a module has one job, the folder
+tree shows the processes (graph/entry/ the entry's, graph/engine/ and graph/models/ the node's)."""
 
 from __future__ import annotations
 
@@ -56,13 +57,16 @@ def test_no_import_cycle_in_graph():
 
 
 def package_of(module: str) -> str:
-    """The package a module belongs to: graph.engine for graph.engine.runners.base, graph.config for itself."""
-    return ".".join(module.split(".")[:2])
+    """The package a module belongs to: graph.engine for graph.engine.runners.base, graph.config for itself;
+    in graph.entry, its sub-packages and modules (graph.entry.policies, graph.entry.auth): the config reads
+    some of them (its auth, limits and policies sections) and the rest of the entry reads the config."""
+    parts = module.split(".")
+    return ".".join(parts[:3] if parts[:2] == ["graph", "entry"] else parts[:2])
 
 
 def test_no_import_cycle_between_packages():
     """Packages depend one way: graph.models builds runners on graph.engine and never the reverse, the
-    policies read the config through a protocol (graph.policies.config.WithPolicies), and so on."""
+    policies read the config through a protocol (graph.entry.policies.config.WithPolicies), and so on."""
     edges: dict[str, dict[str, tuple[str, str]]] = {}
     for module, ds in graph_modules().items():
         for dep in ds:
@@ -85,6 +89,38 @@ def test_no_import_cycle_between_packages():
     for package in sorted(edges):
         visit(package, [])
     assert "graph.engine" in edges and "graph.models" in edges
+
+
+ENTRY = "graph.entry"
+NODE_SIDE = ("graph.engine", "graph.models")
+# The one shared module that reads the entry's code: the config model holds the entry's sections.
+SHARED_READS_ENTRY = {"graph.config": "the config holds the entry's sections (auth, limits, policies)"}
+
+
+def test_graph_top_level_is_packages_and_shared_modules_that_say_why():
+    """graph/'s top level: the entry (graph/entry/), the node side (engine/, models/), training/, and modules
+    both sides import, each saying why it sits there in a docstring paragraph starting `Top level:`."""
+    packages = sorted(p.name for p in GRAPH.iterdir() if (p / "__init__.py").is_file())
+    assert {"entry", "engine", "models"} <= set(packages), packages
+    unexplained = [
+        p.name
+        for p in sorted(GRAPH.glob("*.py"))
+        if p.name != "__init__.py" and "\nTop level: " not in "\n" + (ast.get_docstring(ast.parse(p.read_text())) or "")
+    ]
+    assert unexplained == [], f"loose modules at graph/'s top level without a `Top level:` reason: {unexplained}"
+
+
+def test_the_node_side_never_imports_the_entry():
+    """The node process (graph/engine, graph/models) and the shared modules never import graph/entry/ (but the
+    config, for the entry's sections): a node does not load the faces, the policies or the composition."""
+    offenders = []
+    for module, deps in graph_modules().items():
+        node_side = module.startswith(NODE_SIDE)
+        shared = module.count(".") == 1 and module not in (ENTRY, *NODE_SIDE) and module not in SHARED_READS_ENTRY
+        if node_side or shared:
+            offenders += [f"{module} imports {d}" for d in sorted(deps) if d == ENTRY or d.startswith(ENTRY + ".")]
+    assert offenders == []
+    assert "graph.entry.compose" in graph_modules() and "graph.entry.policies.steps" in graph_modules()
 
 
 def test_graph_never_imports_bentoml():

@@ -6,9 +6,9 @@ import pytest
 from openai.types.shared import ErrorObject
 
 from graph.chat_format import ChatMessage, ChatPrompt, score_text
+from graph.entry.faces.openai_errors import UnknownModel, openai_error
+from graph.entry.faces.openai_requests import ChatCompletionRequest, CompletionRequest, parse_request
 from graph.errors import InvalidRequest, NodeFailure, NodeTimeout, Overloaded
-from graph.faces.openai_errors import UnknownModel, openai_error
-from graph.faces.openai_requests import ChatCompletionRequest, CompletionRequest, parse_request
 from graph.params import GenerationParams, merge_params
 
 USER = [{"role": "user", "content": "Hi"}]
@@ -199,8 +199,8 @@ def test_error_names_become_the_requests() -> None:
 def test_stream_chunks_index_nodes_and_carry_errors_and_usage() -> None:
     import json
 
-    from graph.faces.openai_face import _Chunks
-    from graph.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent, Usage
+    from graph.entry.faces.openai_face import _Chunks
+    from graph.entry.schemas import ErrorEvent, FinalEvent, ScoreEvent, TokenEvent, Usage
 
     req = chat(model="graph", n=2, stream=True, stream_options={"include_usage": True}, max_tokens=5)
     chunks = _Chunks(req, "r1", ["a", "b"], chat=True, echo=False)

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from graph.config import ROOT, load_config, parse_config
+from graph.entry.policies.deadline import Deadline, Latencies
+from graph.entry.policies.registry import graph_names, resolve
 from graph.errors import ConfigError, InvalidRequest
-from graph.policies.deadline import Deadline, Latencies
-from graph.policies.registry import graph_names, resolve
 
 
 def tiny_config(graphs, default="all"):

@@ -1,4 +1,4 @@
-"""graph/streams.py: a stream is read up to its admission marker before a face answers."""
+"""graph/entry/streams.py: a stream is read up to its admission marker before a face answers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
+from graph.entry.streams import ADMITTED, Admitted, admitted_first, opened
 from graph.errors import Overloaded
-from graph.streams import ADMITTED, Admitted, admitted_first, opened
 
 
 async def source(items: list[object], closed: list[bool]) -> AsyncGenerator[object, None]:

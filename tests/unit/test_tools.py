@@ -181,7 +181,7 @@ def test_any_other_prompt_gets_the_generic_format() -> None:
 
 
 def test_made_call_and_call_required() -> None:
-    from graph.policies.config import Gate
+    from graph.entry.policies.config import Gate
     from graph.tools import call_required, made_call
 
     assert made_call(CALL, "stop", calling())

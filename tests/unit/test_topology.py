@@ -1,12 +1,12 @@
-"""Unit tests of graph/topology.py (what GET /graph answers) and the config's `playground` section."""
+"""Unit tests of graph/entry/topology.py (what GET /graph answers) and the config's `playground` section."""
 
 from __future__ import annotations
 
 import pytest
 
 from graph.config import load_config, parse_config
+from graph.entry.topology import CLASSIFIER, OUTPUT, PROMPT, GraphInfo, describe
 from graph.errors import ConfigError
-from graph.topology import CLASSIFIER, OUTPUT, PROMPT, GraphInfo, describe
 
 
 def test_default_graph_described_in_config_order() -> None:
