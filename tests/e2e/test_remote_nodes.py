@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from graph.config import load_config
-from graph.k8s import Renderer
+from graph.entry.k8s import Renderer
 from tests.server import ROOT, Server, free_port
 
 NODE_TIMEOUT_S = 8  # tiny_a's resources.timeout_s in the entry's config: its client timeout (x1.01)
