@@ -2,13 +2,14 @@
 
     .venv/bin/python scripts/bench_node.py [--models smollm2-135m-instruct,gemma-3-270m] [--threads 2]
         [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int4,onnx-int8,llamacpp,
-                    hybrid,hybrid-concurrent]
+                    hybrid,hybrid-concurrent,hybrid-onnx]
 
 For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile, or
 backend onnx with its precision: onnx-int4, onnx-int4-acc1 (int4 weights, float32 activations),
 onnx-int8, onnx-fp32; converted once into the BentoML store like `make prepare` does; or backend
 llamacpp on the model's GGUF file; or hybrid: llamacpp for few rows and torch bfloat16 for many, built as a
-node builds it, its crossover measured at warm-up; hybrid-concurrent without its step lock), one
+node builds it, its crossover measured at warm-up; hybrid-concurrent without its step lock; hybrid-onnx with
+onnx int8 for few rows, the single-stream winner on Intel AMX), one
 engine (graph/engine) runs greedy, prompts of exactly --prompt-tokens tokens, --new-tokens new
 tokens each, and prints: ms/token of a single stream, tokens/s at 1, 16 and 64 streams (generated
 tokens over wall time, prefill included), start-up (load + warm-up) seconds, perplexity on
@@ -80,6 +81,12 @@ RUNTIMES = {
     ),
     "hybrid-concurrent": RuntimeConfig(
         backend="hybrid", small=RuntimeConfig(backend="llamacpp"), large=RuntimeConfig(dtype="bfloat16")
+    ),
+    # onnx int8 for few rows: the fastest single stream on Intel AMX (docs/performance.md)
+    "hybrid-onnx": RuntimeConfig(
+        backend="hybrid",
+        small=RuntimeConfig(backend="onnx", onnx_precision="int8"),
+        large=RuntimeConfig(dtype="bfloat16"),
     ),
 }
 
@@ -266,9 +273,11 @@ def measure_hybrid(name: str, runtime: RuntimeConfig, args, ref_ids, *, concurre
     compute = engine.large._runner.compute  # the node's compute thread: the sides' forwards run there
     small, large = engine.small._runner.inner, engine.large._runner.inner
 
-    def small_ppl() -> float:  # in a one-sequence context of its own: the node's rows hold only 256 positions
+    def small_ppl() -> float:  # llama.cpp: in a one-sequence context of its own (the node's rows hold 256 positions)
         from graph.engine.runners.llamacpp_runner import LlamaCppRunner
 
+        if not isinstance(small, LlamaCppRunner):  # onnx: its runner scores a whole sequence itself
+            return perplexity(small, tok)
         alone = LlamaCppRunner(small.gguf, threads=args.threads, n_seq=1, n_ctx_seq=512)
         try:
             return perplexity(alone, tok)
