@@ -128,6 +128,15 @@ class SchedulerConfig(_Strict):
         description="Memory (MiB) for prompts kept for reuse: a prompt that starts with a kept one (of the same "
         "API key) prefills only the rest. None = a quarter of the KV budget; 0 = off.",
     )
+    prefill_step_share: float | None = Field(
+        default=0.5,  # graph/engine/chunk_budget.py PREFILL_STEP_SHARE
+        gt=0.0,
+        le=100.0,
+        description="Long prompts beside running streams: while rows decode, a long prompt's next prefill chunk is "
+        "sized to take about this share of their decode step's measured time (at least 16 tokens), so their gap "
+        "between tokens stays near (1 + share) x their gap alone; the prompt's first token comes later. With no "
+        "rows decoding, chunks are 512 tokens. None = always 512-token chunks.",
+    )
     speculative: SpeculativeConfig | None = Field(
         default_factory=SpeculativeConfig,
         description="Speculative decoding with prompt-lookup drafts, on runtimes that verify drafts in the batch "

@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 import torch
 
 from graph.chat_format import ChatMessage, ChatPrompt, FittedChat, fit_chat
+from graph.engine.chunk_budget import PREFILL_STEP_SHARE
 from graph.engine.detok import make_decoder
 from graph.engine.grammar import Grammars
 from graph.engine.runners.base import Runner
@@ -83,13 +84,15 @@ class GenerationEngine:
         max_kv_mb: float | None = None,
         prefix_cache_mb: float | None = None,
         speculation: Speculation | None = None,
+        prefill_step_share: float | None = PREFILL_STEP_SHARE,
     ) -> None:
         """`model`: a causal LM in eval mode; `tokenizer`: its fast tokenizer. `threads` sets torch's
         (process-wide) thread count. Prompts are tokenized with the tokenizer's special tokens (BOS
         where it adds one), as `pipeline("text-generation")` does; with `chat_template`, a prompt is
         sent as one user message through the tokenizer's chat template (for instruct models).
-        `max_request_share`, `max_wait_s`, `max_kv_mb`: see graph.config.SchedulerConfig; `speculation`:
-        prompt-lookup drafts verified in the batch (graph/engine/spec/), on runners with multi_token_decode. With
+        `max_request_share`, `max_wait_s`, `max_kv_mb`, `prefill_step_share`: see graph.config.SchedulerConfig;
+        `speculation`: prompt-lookup drafts verified in the batch (graph/engine/spec/), on runners with
+        multi_token_decode. With
         `compile`, decode steps run compiled on shape buckets (graph/engine/runners/torch_compiled.py), compiled
         during warm-up."""
         # A ready runner (graph/engine/runners/), or a transformers model for the torch runner.
@@ -138,6 +141,7 @@ class GenerationEngine:
             kv_bytes_per_token=runner.kv_bytes_per_token(),
             prefix_cache_mb=prefix_cache_mb,
             speculation=speculation,
+            prefill_step_share=prefill_step_share,
         )
 
     # -- lifecycle -----------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from graph.engine.admission import PrefillTimes, StepTimes, Work, alone_s, plan
+from graph.engine.chunk_budget import PREFILL_STEP_SHARE, ChunkSizer
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
 from graph.engine.grammar import RowGrammar
 from graph.engine.kv.prefix_cache import Hit, PrefixCache
@@ -151,14 +152,20 @@ class Row:
 
 
 class Chunked:
-    """A long prompt being prefilled a chunk per step: its prompt tokens done so far and their cache."""
+    """A long prompt being prefilled a chunk per step: its prompt tokens done so far and their cache, and
+    the requests with the identical prompt (same scope) that join its prefill as extra rows (best_of, `n`)."""
 
-    __slots__ = ("req", "done", "cache")
+    __slots__ = ("req", "done", "cache", "followers")
 
     def __init__(self, req: Request) -> None:
         self.req = req
         self.done = 0
         self.cache: RowCache | None = None
+        self.followers: list[Request] = []
+
+    @property
+    def reqs(self) -> list[Request]:
+        return [self.req, *self.followers]
 
 
 class Outbox:
@@ -206,6 +213,7 @@ class Scheduler:
         kv_bytes_per_token: int = 0,
         prefix_cache_mb: float | None = None,
         speculation: Speculation | None = None,
+        prefill_step_share: float | None = PREFILL_STEP_SHARE,
     ) -> None:
         self.runner = runner
         # Drafts verified in the batch (graph/engine/spec/): on runners that decode several tokens per row.
@@ -218,7 +226,9 @@ class Scheduler:
         self.max_queue = max_queue
         self.max_prompt_tokens = max_prompt_tokens
         self.threads = threads
-        self.chunk_tokens = CHUNK_TOKENS  # longer prompts are prefilled this many tokens per step
+        self.chunk_tokens = CHUNK_TOKENS  # longer prompts are prefilled this many tokens per step at most
+        # while rows decode, a chunk takes about prefill_step_share x their step's time (graph/engine/chunk_budget.py)
+        self.chunk_sizer = ChunkSizer(prefill_step_share)
         # Rows one request id may hold (its first request is always admissible).
         self.row_cap = max(1, math.floor(max_batch_size * max_request_share))
         self.max_wait_s = max_wait_s
@@ -292,7 +302,7 @@ class Scheduler:
             waiting, self._waiting = list(self._waiting), deque()
             self._by_id.clear()
         out = Outbox()
-        for req in waiting + list({r.req: None for r in self.rows}) + [c.req for c in self._chunking]:
+        for req in waiting + list({r.req: None for r in self.rows}) + [q for c in self._chunking for q in c.reqs]:
             out.put(req, NodeFailure(f"{self.name}: the generation engine was closed", node=self.name))
         self.rows, self._cache, self._sampler = [], None, None
         self._chunking.clear()
@@ -412,7 +422,7 @@ class Scheduler:
         for r in list(self.rows):  # the decode thread's list: a snapshot of it
             by_req[r.req] = max(by_req.get(r.req, 0), len(r.tokens))
         running = [self._work(q, done) for q, done in by_req.items()]
-        waiting = [self._work(c.req, prefilled=c.done) for c in list(self._chunking)]
+        waiting = [self._work(q, prefilled=c.done) for c in list(self._chunking) for q in c.reqs]
         waiting += [self._work(w) for w in self._waiting]
         new = self._work(req)
 
@@ -531,7 +541,7 @@ class Scheduler:
 
     def _fail_all(self, admitted: list[Request], exc: Exception) -> None:
         reqs = {r.req: None for r in self.rows}
-        reqs.update({c.req: None for c in self._chunking})
+        reqs.update({q: None for c in self._chunking for q in c.reqs})
         reqs.update({r: None for r in admitted})
         out = Outbox()
         for req in reqs:
@@ -557,7 +567,9 @@ class Scheduler:
         self._drop(gone)
         admitted.extend(self._admit(now, out))
         whole = [r for r in admitted if not self._chunked(r)]
-        self._chunking.extend(Chunked(r) for r in admitted if self._chunked(r))
+        for r in admitted:
+            if self._chunked(r):
+                self._start_chunked(r)
         if whole:
             self._prefill(whole, out)
             out.send()  # first tokens go out before the next forward
@@ -572,10 +584,11 @@ class Scheduler:
         """Waiting requests to prefill now: round-robin over request ids (oldest first), FIFO within
         an id, an id at its row cap skipped (it waits while others go); a request that does not fit
         in the free rows (or the KV budget) stops admission, so nobody overtakes it."""
-        chunking = sum(c.req.params.num_return_sequences for c in self._chunking)
+        chunking = sum(q.params.num_return_sequences for c in self._chunking for q in c.reqs)
         free = self.max_batch_size - len(self.rows) - chunking  # rows of prompts still being prefilled are taken
         held = Counter(r.req.id for r in self.rows)
-        held.update({c.req.id: c.req.params.num_return_sequences for c in self._chunking})
+        for q in (q for c in self._chunking for q in c.reqs):
+            held[q.id] += q.params.num_return_sequences
         span = max((len(r.req.prompt_ids) + r.req.params.max_new_tokens for r in self.rows), default=0)
         taken: list[Request] = []
         longest = 0
@@ -669,17 +682,34 @@ class Scheduler:
             req.hit = self.prefixes.lookup(req.scope, req.prompt_ids) if self.prefixes is not None else None
         return req.hit is not None or len(req.prompt_ids) > self.chunk_tokens
 
+    def _start_chunked(self, req: Request) -> None:
+        """Prefill `req` a chunk per step; a prompt identical (same scope) to one being chunked joins that
+        prefill as extra rows instead (best_of candidates, `n`, a repeated call): prefilled once."""
+        for c in self._chunking:
+            if c.req.scope == req.scope and c.req.prompt_ids == req.prompt_ids:
+                req.hit = None  # the kept prompt it found may be evicted now
+                c.followers.append(req)
+                return
+        self._chunking.append(Chunked(req))
+
     def _prefill_chunk(self, now: float, out: Outbox) -> None:
-        """Chunks of the long (or partly kept) prompts being prefilled, oldest first, up to chunk_tokens
-        tokens in all (one chunk at least); a prompt's rows join the batch after its last chunk."""
-        budget = self.chunk_tokens
+        """Chunks of the long (or partly kept) prompts being prefilled, oldest first, up to one chunk's
+        tokens in all (one chunk at least): `chunk_tokens`, or while rows decode what fits the step budget
+        in time (graph/engine/chunk_budget.py). A prompt's rows join the batch after its last chunk."""
+        budget = self.chunk_sizer.size(self.chunk_tokens, len(self.rows))
         while self._chunking and budget > 0:
             c = self._chunking[0]
+            for q in c.reqs:  # cancelled or out of time: its rows finish; a follower takes over the prefill
+                if q.cancelled or (q.deadline is not None and now >= q.deadline):
+                    for row in q.rows:
+                        self._finish(row, "cancelled" if q.cancelled else "time", out)
+                    if q is c.req:
+                        c.req = c.followers.pop(0) if c.followers else q
+                    if q in c.followers:
+                        c.followers.remove(q)
             req = c.req
             if req.cancelled or (req.deadline is not None and now >= req.deadline):
                 self._chunking.popleft()
-                for row in req.rows:
-                    self._finish(row, "cancelled" if req.cancelled else "time", out)
                 continue
             total = len(req.prompt_ids)
             if c.cache is None and req.hit is not None:  # start from the kept prefix: prefill only the rest
@@ -690,11 +720,12 @@ class Scheduler:
                     self.counters["prefix_hit_tokens_total"] += c.done
                 except Exception:  # prefilled from the start instead
                     log.exception("%s: resuming a kept prefix of %d tokens failed", self.name, hit.tokens)
-            chunk = req.prompt_ids[c.done : c.done + min(budget, self.chunk_tokens)]
+            chunk = req.prompt_ids[c.done : c.done + budget]
             t0 = time.perf_counter()
             logits, cache = self.runner.prefill_chunk(torch.tensor([chunk], dtype=torch.long), c.cache, total)
             took = time.perf_counter() - t0
             self.prefill_times.record(len(chunk), took)
+            self.chunk_sizer.chunked(len(chunk), took)
             self._prefill_s += took
             c.cache = cache
             c.done += len(chunk)
@@ -705,7 +736,7 @@ class Scheduler:
                 return
             self._chunking.popleft()
             self._keep(req.scope, req.prompt_ids, cache, 0)
-            self._join([req], logits, cache, out, [0])
+            self._join(c.reqs, logits, cache, out, [0] * len(c.reqs))
 
     def _join(self, reqs: list[Request], logits: torch.Tensor, cache: RowCache, out: Outbox, of_req: list[int]) -> None:
         """First tokens of prefilled prompts `reqs` (a prefill's logits and cache; request i's prompt
@@ -762,6 +793,7 @@ class Scheduler:
         # A row's time per token: from the last step's end (the loop, admission, deliveries, a thread
         # waiting for a core or the GIL on a busy machine) to this one's, less the prefills between.
         end = time.perf_counter()
+        self.chunk_sizer.decoded(end - t0)  # a prefill chunk beside these rows gets a share of it
         last = self._last_step_end
         self.step_times.record(stepped, end - t0 if last is None else max(end - t0, end - last - self._prefill_s))
         self._last_step_end = end if self.rows else None  # idle next: the gap until work comes is no step

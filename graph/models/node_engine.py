@@ -124,6 +124,7 @@ def _engine(
         max_kv_mb=sched.max_kv_mb if kv_mb is None else kv_mb,
         prefix_cache_mb=sched.prefix_cache_mb if keep_mb is None else keep_mb,
         compile=runtime.compile,
+        prefill_step_share=sched.prefill_step_share,
         speculation=None
         if spec is None
         else Speculation(spec.ngram, spec.min_ngram, spec.draft_tokens, spec.max_rows, spec.adaptive),

@@ -107,3 +107,80 @@ def test_running_streams_keep_decoding_while_a_long_prompt_is_prefilled(engine):
 async def _count(engine, seen: list[int]) -> None:
     async for ev in engine.stream("Hello world, this is", GP(max_new_tokens=900)):
         seen.append(ev.tokens or 0)
+
+
+def _during_a_stream(engine, work):
+    """Run coroutine function `work` while a greedy stream decodes; returns (its result, decode steps meanwhile)."""
+    sched = engine._scheduler
+
+    async def go():
+        seen: list[int] = []
+        short = asyncio.ensure_future(_count(engine, seen))
+        while not seen:  # the short stream is decoding
+            await asyncio.sleep(0.001)
+        steps = sched.counters["batch_steps_total"]
+        try:
+            result = await work()
+        finally:
+            short.cancel()
+        return result, sched.counters["batch_steps_total"] - steps
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("share, chunks", [(1e-9, 25), (100.0, 4)])
+def test_chunks_beside_a_running_stream_follow_the_step_budget(engine, share, chunks):
+    """With a stream decoding, a long prompt's chunks are sized by the time budget: a budget below one token's
+    cost gives the floor (16 tokens: 25 chunks for 400), a large one the node's chunk size (the first chunk,
+    before any is measured, is the floor: 16 + 3 x 128). The stream gets a decode step between chunks, and the
+    prompt's greedy tokens are those of one prefill."""
+    sched = engine._scheduler
+    long_ids = prompt_of(engine, 400)
+    params = GP(max_new_tokens=12)
+    sched.chunk_tokens = 10_000
+    try:
+        whole = generate(engine, long_ids, params)
+        sched.chunk_tokens = 128
+        sched.chunk_sizer.share = share
+        sched.chunk_sizer.per_token_s = None  # nothing measured: the first chunk is the floor
+
+        async def work():
+            before = sched.counters["prefill_steps_total"]
+            (r,) = await engine.generate(long_ids, params)
+            return [r.text, r.completion_tokens, r.prompt_tokens], sched.counters["prefill_steps_total"] - before
+
+        (beside, prefills), during = _during_a_stream(engine, work)
+    finally:
+        sched.chunk_tokens = 512
+        sched.chunk_sizer.share = 0.5
+    assert beside == whole
+    assert prefills == chunks  # the stream was admitted before (its 900 tokens outlast the prompt)
+    assert during >= chunks - 1
+
+
+def test_identical_prompts_join_the_one_being_chunked(engine):
+    """best_of: three identical long prompts (same scope), the later two sent while the first is being chunked,
+    are prefilled once (the counters) and give its greedy tokens; the prefix cache is off on this engine."""
+    sched = engine._scheduler
+    ids = prompt_of(engine, 300)
+    params = GP(max_new_tokens=10)
+    alone = generate(engine, ids, params)
+    sched.chunk_tokens = 64
+    sched.chunk_sizer.share = 1e-9  # 16-token chunks beside the stream: 19 steps to join during
+    try:
+
+        async def work():
+            before = sched.counters["prompt_tokens_total"]
+            first = asyncio.ensure_future(engine.generate(ids, params))
+            while not (sched._chunking and sched._chunking[0].done):  # the first one's prefill has begun
+                await asyncio.sleep(0.001)
+            rest = [engine.generate(ids, params) for _ in range(2)]
+            results = await asyncio.gather(first, *rest)
+            return results, sched.counters["prompt_tokens_total"] - before
+
+        (results, prefilled), _ = _during_a_stream(engine, work)
+    finally:
+        sched.chunk_tokens = 512
+        sched.chunk_sizer.share = 0.5
+    assert [[r.text, r.completion_tokens, r.prompt_tokens] for (r,) in results] == [alone] * 3
+    assert prefilled == len(ids)  # once, not three times
