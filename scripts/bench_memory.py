@@ -1,7 +1,7 @@
 """Long prompts, prefix reuse and shared prefills on one generator node of a config, in-process (issue #32).
 
     .venv/bin/python scripts/bench_memory.py [--config configs/default.yaml] [--node smollm2]
-        [--long-tokens 8000] [--streams 8] [--turns 8]
+        [--long-tokens 8000] [--streams 8] [--turns 8] [--chunk-tokens 512] [--prefill-step-share 0.5] [--long-only]
 
 Prints, for the node's engine (its config's runtime, scheduler and prefix cache; greedy), in this order:
 - chat: time to first token of each of --turns turns of one conversation through the node's chat template
@@ -10,7 +10,8 @@ Prints, for the node's engine (its config's runtime, scheduler and prefix cache;
 - best_of 3: three identical prompts sent at once, prompt tokens prefilled (target: the prompt once);
 - long prompt (unless --long-tokens 0): a prompt of --long-tokens tokens is answered (or the error it got), its
   time to first token, and the p95 gap between tokens of --streams other streams alone and while it is
-  prefilled (ratio: target <= 2).
+  prefilled (ratio: target <= 2), with the chunks it was read in (their count and mean size: beside running
+  streams they are sized by scheduler.prefill_step_share, graph/engine/chunk_budget.py).
 Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
 This script asserts nothing.
 """
@@ -70,6 +71,8 @@ async def long_prompt(engine, args) -> None:
     ]
     await asyncio.sleep(2.0)
     ids = prompt_ids(engine, args.long_tokens)
+    sched = engine._scheduler
+    steps_before, tokens_before = sched.counters["prefill_steps_total"], sched.counters["prompt_tokens_total"]
     start = time.monotonic()
     try:
         (r,) = await engine.generate(ids, GenerationParams(max_new_tokens=8))
@@ -78,6 +81,8 @@ async def long_prompt(engine, args) -> None:
     except Exception as exc:  # printed, not raised: this is a report
         status, first = f"failed: {type(exc).__name__}: {exc}", float("nan")
     end = time.monotonic()
+    steps = sched.counters["prefill_steps_total"] - steps_before
+    tokens = sched.counters["prompt_tokens_total"] - tokens_before
     for s in streams:
         s.cancel()
     await asyncio.gather(*streams, return_exceptions=True)
@@ -85,6 +90,10 @@ async def long_prompt(engine, args) -> None:
     a, d = p95([g for _, g in alone]) * 1000, (p95(window) * 1000 if window else float("nan"))
     print(f"long prompt {args.long_tokens} tokens: {status}; first token {first / 1000:.2f} s")
     print(f"  {args.streams} streams' gap p95: alone {a:.1f} ms, during its prefill {d:.1f} ms ({d / a:.2f}x)")
+    print(
+        f"  prefill steps meanwhile: {steps} for {tokens} prompt tokens (the streams' own prompts included), "
+        f"mean {tokens / max(1, steps):.0f} tokens; step share {sched.chunk_sizer.share}"
+    )
 
 
 def text_of(engine, tokens: int, salt: str = "") -> str:
@@ -124,7 +133,12 @@ async def main(args) -> None:
     sched = engine._scheduler
     if args.chunk_tokens:
         sched.chunk_tokens = args.chunk_tokens
+    if args.prefill_step_share is not None:
+        sched.chunk_sizer.share = args.prefill_step_share if args.prefill_step_share > 0 else None
     try:
+        if args.long_only:
+            await long_prompt(engine, args)
+            return
         # a first prompt of a chat turn's size pays the kernels' one-time setup, so turn 1 is not cold
         await engine.generate(prompt_ids(engine, 230, salt="warm-up"), GenerationParams(max_new_tokens=4), scope="w")
         on = await chat(engine, args, "chat-on")
@@ -163,4 +177,11 @@ if __name__ == "__main__":
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--chunk-tokens", type=int, default=None, help="prompt tokens prefilled per step (512)")
+    parser.add_argument(
+        "--prefill-step-share",
+        type=float,
+        default=None,
+        help="a chunk's share of the decode step beside running streams (the config's; 0: off, fixed-size chunks)",
+    )
+    parser.add_argument("--long-only", action="store_true", help="only the long prompt beside the streams")
     asyncio.run(main(parser.parse_args()))
