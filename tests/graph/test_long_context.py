@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from graph.engine.chunk_budget import MIN_TOKENS
 from graph.errors import InvalidRequest
 from graph.params import GenerationParams as GP
 from tests.graph.backends import BACKENDS, build
@@ -105,7 +106,9 @@ def test_running_streams_keep_decoding_while_a_long_prompt_is_prefilled(engine):
 
 
 async def _count(engine, seen: list[int]) -> None:
-    async for ev in engine.stream("Hello world, this is", GP(max_new_tokens=900)):
+    """A greedy stream that never ends early: its end-of-sequence tokens are banned (a random model may pick one)."""
+    no_eos = {int(t): -100.0 for t in engine._scheduler.eos_ids}
+    async for ev in engine.stream("Hello world, this is", GP(max_new_tokens=900, logit_bias=no_eos)):
         seen.append(ev.tokens or 0)
 
 
@@ -128,12 +131,18 @@ def _during_a_stream(engine, work):
     return asyncio.run(go())
 
 
-@pytest.mark.parametrize("share, chunks", [(1e-9, 25), (100.0, 4)])
+@pytest.mark.parametrize(
+    "share, chunks",
+    [
+        (1e-9, -(-400 // MIN_TOKENS)),  # every chunk at the floor
+        (100.0, 1 + -(-(400 - MIN_TOKENS) // 128)),  # the first at the floor (nothing measured), then 128 each
+    ],
+)
 def test_chunks_beside_a_running_stream_follow_the_step_budget(engine, share, chunks):
     """With a stream decoding, a long prompt's chunks are sized by the time budget: a budget below one token's
-    cost gives the floor (16 tokens: 25 chunks for 400), a large one the node's chunk size (the first chunk,
-    before any is measured, is the floor: 16 + 3 x 128). The stream gets a decode step between chunks, and the
-    prompt's greedy tokens are those of one prefill."""
+    cost gives the floor, a large one the node's chunk size (the first chunk, before any is measured, is the
+    floor). The stream gets a decode step between chunks, and the prompt's greedy tokens are those of one
+    prefill."""
     sched = engine._scheduler
     long_ids = prompt_of(engine, 400)
     params = GP(max_new_tokens=12)
@@ -166,7 +175,7 @@ def test_identical_prompts_join_the_one_being_chunked(engine):
     params = GP(max_new_tokens=10)
     alone = generate(engine, ids, params)
     sched.chunk_tokens = 64
-    sched.chunk_sizer.share = 1e-9  # 16-token chunks beside the stream: 19 steps to join during
+    sched.chunk_sizer.share = 1e-9  # floor-sized chunks beside the stream: many steps to join during
     try:
 
         async def work():
