@@ -8,7 +8,8 @@ Prints, for the node's engine (its config's runtime, scheduler and prefix cache;
   (each turn: the whole history, the last reply and a new ~40-token message), kept prompts and replies on
   and off (ratio turn N / turn 1: target <= 1.3), and the prompt tokens each turn prefilled;
 - best_of 3: three identical prompts sent at once, prompt tokens prefilled (target: the prompt once);
-- long prompt (unless --long-tokens 0): a prompt of --long-tokens tokens is answered (or the error it got), its
+- long prompt (unless --long-tokens 0): a prompt of --long-tokens tokens is answered (or the error it got; if
+  admission refuses it, that is printed and it is sent again with shedding off, to measure the gaps), its
   time to first token, and the p95 gap between tokens of --streams other streams alone and while it is
   prefilled (ratio: target <= 2), with the chunks it was read in (their count and mean size: beside running
   streams they are sized by scheduler.prefill_step_share, graph/engine/chunk_budget.py).
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from graph.chat_format import ChatMessage, ChatPrompt, clean_reply
 from graph.config import load_config
+from graph.errors import Overloaded
 from graph.models.node_engine import engine_for_node
 from graph.models.runtimes import cpu_description
 from graph.params import GenerationParams
@@ -74,12 +76,23 @@ async def long_prompt(engine, args) -> None:
     sched = engine._scheduler
     steps_before, tokens_before = sched.counters["prefill_steps_total"], sched.counters["prompt_tokens_total"]
     start = time.monotonic()
+    refused = ""
     try:
-        (r,) = await engine.generate(ids, GenerationParams(max_new_tokens=8))
-        status = f"answered ({r.prompt_tokens} prompt tokens, {r.completion_tokens} new)"
+        try:
+            (r,) = await engine.generate(ids, GenerationParams(max_new_tokens=8))
+        except Overloaded as exc:  # admission's answer is printed; the gaps are measured with shedding off
+            refused = f"refused with shedding on ({exc}); "
+            bound, sched.max_wait_s = sched.max_wait_s, None
+            steps_before, tokens_before = sched.counters["prefill_steps_total"], sched.counters["prompt_tokens_total"]
+            start = time.monotonic()
+            try:
+                (r,) = await engine.generate(ids, GenerationParams(max_new_tokens=8))
+            finally:
+                sched.max_wait_s = bound
+        status = refused + f"answered ({r.prompt_tokens} prompt tokens, {r.completion_tokens} new)"
         first = r.first_token_ms or 0.0
     except Exception as exc:  # printed, not raised: this is a report
-        status, first = f"failed: {type(exc).__name__}: {exc}", float("nan")
+        status, first = refused + f"failed: {type(exc).__name__}: {exc}", float("nan")
     end = time.monotonic()
     steps = sched.counters["prefill_steps_total"] - steps_before
     tokens = sched.counters["prompt_tokens_total"] - tokens_before
