@@ -11,8 +11,9 @@ Prints, for the node's engine (its config's runtime, scheduler and prefix cache;
 - long prompt (unless --long-tokens 0): a prompt of --long-tokens tokens is answered (or the error it got; if
   admission refuses it, that is printed and it is sent again with shedding off, to measure the gaps), its
   time to first token, and the p95 gap between tokens of --streams other streams alone and while it is
-  prefilled (ratio: target <= 2), with the chunks it was read in (their count and mean size: beside running
-  streams they are sized by scheduler.prefill_step_share, graph/engine/chunk_budget.py).
+  prefilled, until its first token (ratio: target <= 2); their gap after it, while its long row decodes in
+  their batch; and the chunks it was read in (their count and mean size: beside running streams they are
+  sized by scheduler.prefill_step_share, graph/engine/chunk_budget.py).
 Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
 This script asserts nothing.
 """
@@ -99,10 +100,15 @@ async def long_prompt(engine, args) -> None:
     for s in streams:
         s.cancel()
     await asyncio.gather(*streams, return_exceptions=True)
-    window = [g for t, g in during if start <= t <= end]
+    read = start + first / 1000 if first == first else end  # its first token: the prefill is over
+    window = [g for t, g in during if start <= t <= read]
+    after = [g for t, g in during if read < t <= end]  # its own tokens, its long row in the batch
     a, d = p95([g for _, g in alone]) * 1000, (p95(window) * 1000 if window else float("nan"))
     print(f"long prompt {args.long_tokens} tokens: {status}; first token {first / 1000:.2f} s")
     print(f"  {args.streams} streams' gap p95: alone {a:.1f} ms, during its prefill {d:.1f} ms ({d / a:.2f}x)")
+    if after:
+        late = statistics.median(after) * 1000
+        print(f"  their gap median after its first token (its long row in their batch): {late:.1f} ms")
     print(
         f"  prefill steps meanwhile: {steps} for {tokens} prompt tokens (the streams' own prompts included), "
         f"mean {tokens / max(1, steps):.0f} tokens; step share {sched.chunk_sizer.share}"
