@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench_memory.py [--config configs/default.yaml] [--node smollm2]
         [--long-tokens 8000] [--streams 8] [--turns 8] [--chunk-tokens 512] [--prefill-step-share 0.5] [--long-only]
+        [--long-timeout S] [--backend torch --dtype bfloat16]
 
 Prints, for the node's engine (its config's runtime, scheduler and prefix cache; greedy), in this order:
 - chat: time to first token of each of --turns turns of one conversation through the node's chat template
@@ -78,20 +79,28 @@ async def long_prompt(engine, args) -> None:
     steps_before, tokens_before = sched.counters["prefill_steps_total"], sched.counters["prompt_tokens_total"]
     start = time.monotonic()
     refused = ""
+
+    async def send():
+        return await asyncio.wait_for(engine.generate(ids, GenerationParams(max_new_tokens=8)), args.long_timeout)
+
     try:
         try:
-            (r,) = await engine.generate(ids, GenerationParams(max_new_tokens=8))
+            (r,) = await send()
         except Overloaded as exc:  # admission's answer is printed; the gaps are measured with shedding off
             refused = f"refused with shedding on ({exc}); "
             bound, sched.max_wait_s = sched.max_wait_s, None
             steps_before, tokens_before = sched.counters["prefill_steps_total"], sched.counters["prompt_tokens_total"]
             start = time.monotonic()
             try:
-                (r,) = await engine.generate(ids, GenerationParams(max_new_tokens=8))
+                (r,) = await send()
             finally:
                 sched.max_wait_s = bound
         status = refused + f"answered ({r.prompt_tokens} prompt tokens, {r.completion_tokens} new)"
         first = r.first_token_ms or 0.0
+    except TimeoutError:  # cancelled: the gaps so far are still measured
+        read = sched.counters["prompt_tokens_total"] - tokens_before
+        status = refused + f"not answered within --long-timeout {args.long_timeout:g} s (about {read} tokens read)"
+        first = float("nan")
     except Exception as exc:  # printed, not raised: this is a report
         status, first = refused + f"failed: {type(exc).__name__}: {exc}", float("nan")
     end = time.monotonic()
@@ -141,6 +150,9 @@ async def chat(engine, args, scope: str) -> tuple[list[float], list[int], int]:
 async def main(args) -> None:
     cfg = load_config(args.config)
     node = cfg.generators[args.node]
+    update = {k: v for k, v in (("backend", args.backend), ("dtype", args.dtype)) if v}
+    if update:  # e.g. --backend torch --dtype bfloat16
+        node = node.model_copy(update={"runtime": node.runtime.model_copy(update=update)})
     from services.store import embedded_lookup, onnx_lookup, store_lookup
 
     lookups = dict(store_lookup=store_lookup, embedded_lookup=embedded_lookup, onnx_lookup=onnx_lookup)
@@ -203,4 +215,7 @@ if __name__ == "__main__":
         help="a chunk's share of the decode step beside running streams (the config's; 0: off, fixed-size chunks)",
     )
     parser.add_argument("--long-only", action="store_true", help="only the long prompt beside the streams")
+    parser.add_argument("--long-timeout", type=float, default=None, help="seconds; the long prompt is then cancelled")
+    parser.add_argument("--backend", default=None, help="the node's runtime backend instead of the config's")
+    parser.add_argument("--dtype", default=None, help="the node's runtime dtype instead of the config's")
     asyncio.run(main(parser.parse_args()))
