@@ -133,7 +133,7 @@ class SchedulerConfig(_Strict):
         gt=0.0,
         le=100.0,
         description="Long prompts beside running streams: while rows decode, a long prompt's next prefill chunk is "
-        "sized to take about this share of their decode step's measured time (at least 16 tokens), so their gap "
+        "sized to take about this share of their decode step's measured time (at least 4 tokens), so their gap "
         "between tokens stays near (1 + share) x their gap alone; the prompt's first token comes later. With no "
         "rows decoding, chunks are 512 tokens. None = always 512-token chunks.",
     )
