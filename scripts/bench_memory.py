@@ -12,7 +12,8 @@ Prints, for the node's engine (its config's runtime, scheduler and prefix cache;
 - long prompt (unless --long-tokens 0): a prompt of --long-tokens tokens is answered (or the error it got; if
   admission refuses it, that is printed and it is sent again with shedding off, to measure the gaps), its
   time to first token, and the p95 gap between tokens of --streams other streams alone and while it is
-  prefilled, until its first token (ratio: target <= 2); their gap after it, while its long row decodes in
+  prefilled, until its first token (ratio: target <= 2), with the number of gaps that makes and the streams
+  admission refused (sent again); their gap after it, while its long row decodes in
   their batch; and the chunks it was read in (their count and mean size: beside running streams they are
   sized by scheduler.prefill_step_share, graph/engine/chunk_budget.py).
 Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
@@ -44,6 +45,9 @@ TEXT = (
 )
 
 
+REFUSED = [0]  # streams admission refused (the long prompt's prefill counted against them)
+
+
 def p95(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=20)[-1] if len(xs) >= 20 else max(xs)
 
@@ -57,11 +61,16 @@ async def stream_gaps(engine, prompt: str, new: int, gaps: list[tuple[float, flo
     """One stream's (time, gap since its last event) pairs; with `again`, a new stream whenever one ends."""
     while True:
         last = None
-        async for _ in engine.stream(prompt, GenerationParams(max_new_tokens=new)):
-            now = time.monotonic()
-            if last is not None:
-                gaps.append((now, now - last))
-            last = now
+        try:
+            async for _ in engine.stream(prompt, GenerationParams(max_new_tokens=new)):
+                now = time.monotonic()
+                if last is not None:
+                    gaps.append((now, now - last))
+                last = now
+        except Overloaded:  # admission refused a new stream: counted, and sent again shortly
+            REFUSED[0] += 1
+            await asyncio.sleep(0.05)
+            continue
         if not again:
             return
 
@@ -117,6 +126,7 @@ async def long_prompt(engine, args) -> None:
     a, d = p95([g for _, g in alone]) * 1000, (p95(window) * 1000 if window else float("nan"))
     print(f"long prompt {args.long_tokens} tokens: {status}; first token {first / 1000:.2f} s")
     print(f"  {args.streams} streams' gap p95: alone {a:.1f} ms, during its prefill {d:.1f} ms ({d / a:.2f}x)")
+    print(f"  gaps during its prefill: {len(window)}; streams refused by admission and sent again: {REFUSED[0]}")
     if after:
         late = statistics.median(after) * 1000
         print(f"  their gap median after its first token (its long row in their batch): {late:.1f} ms")
