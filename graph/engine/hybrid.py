@@ -20,7 +20,9 @@ The crossover is measured at warm-up, not assumed: each engine decodes bursts of
 the sides alternating (the median of its own scheduler's measured step times, graph/engine/admission.py), and
 the crossover is the batch size where
 the large engine's step becomes shorter than the small one's (more tokens/s at the same rows), interpolated
-between the two measured sizes around it. `crossover_rows` (config) fixes it instead.
+between the two measured sizes around it. `crossover_rows` (config) fixes it instead, and so does `runtime: {backend:
+auto}` where graph/models/runtimes.py's table picks a hybrid (its crossover from the graph benchmark: the short
+bursts misrank sides whose step grows differently with the context, onnx int8 against torch bfloat16 on AMX).
 
 Sharing the cores: the two engines' decode steps take turns under one FIFO lock (the scheduler's
 `step_lock`), so each step has every core to itself and, with both sides busy, they alternate. Their forward
