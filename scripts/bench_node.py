@@ -46,7 +46,7 @@ import torch
 
 from graph.config import ModelRef, RuntimeConfig
 from graph.engine import GenerationEngine
-from graph.models.runtimes import QUALITY_BOUND, choose, cpu_description, cpu_kind
+from graph.models.runtimes import AUTO_BACKENDS, QUALITY_BOUND, choose, cpu_description, cpu_kind
 from graph.params import GenerationParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -514,7 +514,7 @@ def main() -> None:
                 "latency": min(passing, key=lambda rt: passing[rt]["ms"]),
                 "throughput": max(passing, key=lambda rt: passing[rt][busiest]),
             }
-            picks = {goal: choose(model=name, goal=goal, backends=("llamacpp", "onnx", "torch"))[1] for goal in fastest}
+            picks = {goal: choose(model=name, goal=goal, backends=AUTO_BACKENDS)[1] for goal in fastest}
             print(
                 f"fastest within the bound: latency (ms/tok) {fastest['latency']}, throughput ({busiest} str) "
                 f"{fastest['throughput']}; backend: auto picks on this CPU: "
@@ -523,6 +523,8 @@ def main() -> None:
 
 
 def _label(c) -> str:
+    if c.backend == "hybrid":
+        return f"hybrid ({_label(c.small)} below {c.crossover_rows} rows, {_label(c.large)} from {c.crossover_rows})"
     if c.backend == "llamacpp":
         return "llamacpp"
     if c.backend == "onnx":

@@ -34,7 +34,7 @@ def prepare_onnx(config_path: str, *, every_cpu_kind: bool = False) -> int:
     logging.getLogger("graph.models.loading").setLevel(logging.ERROR)  # the node logs the choice at start-up
     ready = 0
     for gname, node in load_config(config_path).generators.items():
-        runtime = node.runtime
+        runtime = resolve_runtime(node.runtime, name=gname, model=node.model)  # auto may resolve to hybrid
         sides = [runtime.small, runtime.large] if runtime.backend == "hybrid" else [runtime]  # hybrid: both engines
         resolved = [resolve_runtime(side, name=gname, model=node.model) for side in sides]
         variants = [(r.onnx_precision, r.onnx_accuracy_level) for r in resolved if r.backend == "onnx"]

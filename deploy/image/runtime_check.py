@@ -1,6 +1,6 @@
 """Inside the image: for every generator of the Bento's config and every CPU kind of graph/models/runtimes.py's
-table, the runtime `backend: auto` picks there, and whether what it loads is in the image (no conversion, no
-download at start). Exit code 1 when something a kind needs is missing. tests/image runs it:
+table, the runtime `backend: auto` picks there (each side of a hybrid), and whether what it loads is in the image
+(no conversion, no download at start). Exit code 1 when something a kind needs is missing. tests/image runs it:
 
     podman run --rm -v $PWD/deploy/image/runtime_check.py:/tmp/runtime_check.py:ro --entrypoint python3.11 \\
         localhost/inference_graph:latest /tmp/runtime_check.py
@@ -41,7 +41,7 @@ def main() -> int:
     from graph.config import load_config
     from graph.models import embedded
     from graph.models.loading import _table_key, resolve_model_dir
-    from graph.models.runtimes import TABLE, choose_for_kind
+    from graph.models.runtimes import AUTO_BACKENDS, TABLE, choose_for_kind
     from services.store import find_onnx, find_prepared, store_lookup
 
     def prepared(name: str) -> str:  # the store's copy only: never convert here
@@ -57,8 +57,11 @@ def main() -> int:
     rows = []
     for name, node in config.generators.items():
         runtime = node.runtime
-        for kind in TABLE:
-            choice = choose_for_kind(kind, _table_key(node.model), runtime.optimize, ("llamacpp", "onnx", "torch"))
+        key = _table_key(node.model)
+        picks = [(kind, choose_for_kind(kind, key, runtime.optimize, AUTO_BACKENDS)) for kind in TABLE]
+        # a hybrid (graph/engine/hybrid.py) loads both its sides: each gets its row
+        sides = [(k, s) for k, c in picks for s in ((c.small, c.large) if c.backend == "hybrid" else (c,)) if s]
+        for kind, choice in sides:
             try:
                 hf_dir = Path(resolve_model_dir(node.model, store_lookup=store_lookup, embedded_lookup=prepared))
                 if choice.backend == "torch":

@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import torch
 
 from graph.chat_format import ChatMessage, ChatPrompt, FittedChat, fit_chat
+from graph.engine.api import NodeEngine
 from graph.engine.chunk_budget import PREFILL_STEP_SHARE
 from graph.engine.detok import make_decoder
 from graph.engine.grammar import Grammars
@@ -64,8 +65,9 @@ class RequestStream:
             self._release()
 
 
-class GenerationEngine:
-    """Continuous-batching text generation over one transformers causal LM on CPU."""
+class GenerationEngine(NodeEngine):
+    """Continuous-batching text generation over one causal LM on CPU (one runtime: torch, onnx or llama.cpp);
+    `stream` comes from NodeEngine (graph/engine/api.py), over `open_stream`."""
 
     def __init__(
         self,
@@ -105,7 +107,7 @@ class GenerationEngine:
         else:
             runner = ModelRunner(model)
         self._runner = runner
-        self.runtime_name: str = runner.runtime_name
+        self._runtime_name: str = runner.runtime_name
         self.tokenizer = tokenizer
         self.name = name
         self.max_batch_size = max_batch_size
@@ -143,6 +145,15 @@ class GenerationEngine:
             speculation=speculation,
             prefill_step_share=prefill_step_share,
         )
+
+    @property
+    def runtime_name(self) -> str:
+        """The runner's runtime, e.g. "onnx int8 (onnxruntime 1.32.0)" (graph/models/node_engine.py may say more)."""
+        return self._runtime_name
+
+    @runtime_name.setter
+    def runtime_name(self, value: str) -> None:
+        self._runtime_name = value
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -188,26 +199,6 @@ class GenerationEngine:
             if req.results_seen < total:  # cancelled task or error: free the rows
                 self._scheduler.cancel(req)
         return [r for r in results if r is not None]
-
-    async def stream(
-        self,
-        prompt: str | list[int] | ChatPrompt,
-        params: GenerationParams,
-        *,
-        request_id: str | None = None,
-        interval_ms: int = 0,
-        scope: str = "",
-    ) -> AsyncIterator[StreamEvent]:
-        """Text fragments per sequence index, at most one event per `interval_ms` per sequence;
-        a sequence's final event (carrying its result) is sent at once. Fragments of a sequence
-        concatenate to its final text and never run past a stop string. Closing the iterator
-        early (aclose, or cancelling the consuming task) cancels the request and frees its rows."""
-        events = self.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope)
-        try:
-            async for ev in events:
-                yield ev
-        finally:
-            await events.aclose()
 
     def open_stream(
         self,

@@ -20,7 +20,9 @@ The crossover is measured at warm-up, not assumed: each engine decodes bursts of
 the sides alternating (the median of its own scheduler's measured step times, graph/engine/admission.py), and
 the crossover is the batch size where
 the large engine's step becomes shorter than the small one's (more tokens/s at the same rows), interpolated
-between the two measured sizes around it. `crossover_rows` (config) fixes it instead.
+between the two measured sizes around it. `crossover_rows` (config) fixes it instead, and so does `runtime: {backend:
+auto}` where graph/models/runtimes.py's table picks a hybrid (its crossover from the graph benchmark: the short
+bursts misrank sides whose step grows differently with the context, onnx int8 against torch bfloat16 on AMX).
 
 Sharing the cores: the two engines' decode steps take turns under one FIFO lock (the scheduler's
 `step_lock`), so each step has every core to itself and, with both sides busy, they alternate. Their forward
@@ -32,14 +34,16 @@ torch work (sampling) on one thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from graph.chat_format import ChatMessage, ChatPrompt, FittedChat
 from graph.engine.admission import bucket
+from graph.engine.api import NodeEngine
 from graph.engine.generation import GenerationEngine, RequestStream
 from graph.errors import Overloaded
 from graph.params import GenerationParams
@@ -104,8 +108,9 @@ class SideStream:
                 self._left = 0
 
 
-class HybridEngine:
-    """Two GenerationEngines of one model behind one engine's API, routing each new request by load."""
+class HybridEngine(NodeEngine):
+    """Two GenerationEngines of one model behind one engine's API (graph/engine/api.py), routing each new
+    request by load."""
 
     def __init__(
         self,
@@ -114,12 +119,14 @@ class HybridEngine:
         *,
         name: str,
         crossover_rows: int | None = None,
+        crossover_source: str | None = None,
         serialize_steps: bool = True,
         max_new_tokens_limit: int = 0,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         """`small`, `large`: engines over the same model and tokenizer (not started). `crossover_rows`: node
-        rows from which new requests start on `large`; None = measured at warm-up. `serialize_steps`: the two
+        rows from which new requests start on `large`; None = measured at warm-up. `crossover_source`: where a given
+        crossover comes from, as the start-up line says it (default "config"). `serialize_steps`: the two
         engines' steps take turns (one TurnLock); False lets one side's sampling overlap the other's forward
         (scripts/bench_node.py measures both: hybrid, hybrid-concurrent).
         Both sides take the tighter prompt limit: the prompts of up to `max_new_tokens_limit` new tokens that one
@@ -136,7 +143,7 @@ class HybridEngine:
         for engine in (small, large):
             engine.max_prompt_tokens = engine._scheduler.max_prompt_tokens = self.max_prompt_tokens
         self.crossover_rows: int | None = crossover_rows
-        self.crossover_source = "config" if crossover_rows is not None else "not measured yet"
+        self.crossover_source = "not measured yet" if crossover_rows is None else crossover_source or "config"
         # batch rows -> (small's step ms, large's step ms) measured at warm-up
         self.measured: dict[int, tuple[float, float]] = {}
         self.serialize_steps = serialize_steps
@@ -283,42 +290,21 @@ class HybridEngine:
         scope: str = "",
     ) -> list[GenerationResult]:
         """GenerationEngine.generate on the side the request starts on (routed at the end of this event-loop
-        turn, with the other requests sent in it)."""
+        turn, with the other requests sent in it); a side's refusal passes it to the other, both sides' refusal
+        raises the first side's."""
         n = params.num_return_sequences
         await self._same_turn(n)
-        first, other = self.route(n)
-        side = first
-        self._add(side, n)
-        try:
+        refused: Overloaded | None = None
+        for side in self.route(n):
+            self._add(side, n)
             try:
-                return await self.sides[first].generate(prompt, params, request_id=request_id, scope=scope)
-            except Overloaded as refused:  # raised at submission, before anything was queued
-                self._done(first, n)
-                side = other
-                self._add(side, n)
-                try:
-                    return await self.sides[other].generate(prompt, params, request_id=request_id, scope=scope)
-                except Overloaded:
-                    raise refused from None
-        finally:
-            self._done(side, n)
-
-    async def stream(
-        self,
-        prompt: str | list[int] | ChatPrompt,
-        params: GenerationParams,
-        *,
-        request_id: str | None = None,
-        interval_ms: int = 0,
-        scope: str = "",
-    ) -> AsyncIterator[StreamEvent]:
-        """GenerationEngine.stream on the side the request starts on."""
-        events = self.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope)
-        try:
-            async for ev in events:
-                yield ev
-        finally:
-            await events.aclose()
+                return await self.sides[side].generate(prompt, params, request_id=request_id, scope=scope)
+            except Overloaded as refusal:  # raised at submission, before anything was queued
+                refused = refused or refusal
+            finally:
+                self._done(side, n)
+        assert refused is not None
+        raise refused
 
     def open_stream(
         self,
@@ -329,19 +315,22 @@ class HybridEngine:
         interval_ms: int = 0,
         scope: str = "",
     ) -> SideStream:
-        """GenerationEngine.open_stream on the side the request starts on: a refusal by both sides raises here."""
+        """GenerationEngine.open_stream on the side the request starts on: a refusal by both sides raises here
+        (the first side's)."""
         n = params.num_return_sequences
-        first, other = self.route(n)
-        kwargs: dict[str, Any] = dict(request_id=request_id, interval_ms=interval_ms, scope=scope)
-        try:
-            inner, side = self.sides[first].open_stream(prompt, params, **kwargs), first
-        except Overloaded as refused:
+        refused: Overloaded | None = None
+        for side in self.route(n):
             try:
-                inner, side = self.sides[other].open_stream(prompt, params, **kwargs), other
-            except Overloaded:
-                raise refused from None
-        self._add(side, n)
-        return SideStream(inner, n, lambda k: self._done(side, k))
+                inner = self.sides[side].open_stream(
+                    prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope
+                )
+            except Overloaded as refusal:
+                refused = refused or refusal
+                continue
+            self._add(side, n)
+            return SideStream(inner, n, functools.partial(self._done, side))
+        assert refused is not None
+        raise refused
 
     def cancel(self, request_id: str) -> bool:
         """Cancel the request's rows on whichever side holds them."""
@@ -370,6 +359,7 @@ class HybridEngine:
             for key in ("active_rows", "queued_requests", "requests_total", "generated_tokens_total", "step_ms"):
                 out[f"{side}_{key}"] = stats.get(key, 0)
         out["hybrid_crossover_rows"] = self.crossover_rows or 0
+        out["hybrid_crossover_source"] = self.crossover_source
         out["runtime"] = "hybrid"
         out["small_runtime"] = self.small.runtime_name
         out["large_runtime"] = self.large.runtime_name

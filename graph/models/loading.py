@@ -138,46 +138,67 @@ def resolve_runtime(
 ) -> RuntimeConfig:
     """A runtime with nothing left on auto: backend auto (and quantize auto on the torch backend)
     from graph.models.runtimes' table (logged with the reason; `compile: true` is kept), dtype auto
-    from native_dtype()."""
+    from native_dtype(). Backend auto may resolve to backend hybrid (both sides named, its crossover
+    from the table: `crossover_rows` set)."""
     runtime = runtime or RuntimeConfig()
     updates: dict[str, Any] = {}
     if runtime.backend == "auto" or (runtime.backend == "torch" and runtime.quantize == "auto"):
-        from graph.models.runtimes import choose, cpu_description
+        from graph.models.runtimes import AUTO_BACKENDS, choose, cpu_description
 
         key = _table_key(model)
-        backends = ("llamacpp", "onnx", "torch") if runtime.backend == "auto" else ("torch",)
+        backends = AUTO_BACKENDS if runtime.backend == "auto" else ("torch",)
         kind, choice = choose(model=key, goal=runtime.optimize, backends=backends)
-        if choice.backend == "llamacpp":
-            updates = dict(backend="llamacpp", compile=False)
-            what = "backend llamacpp (the model's GGUF file on llama.cpp)"
-        elif choice.backend == "onnx":
-            updates = dict(
-                backend="onnx",
-                compile=False,
-                onnx_precision=choice.onnx_precision,
-                onnx_accuracy_level=choice.onnx_accuracy_level,
-            )
-            what = f"backend onnx, precision {choice.onnx_precision}, accuracy_level {choice.onnx_accuracy_level}"
-        else:
-            updates = dict(
-                backend="torch",
-                dtype=choice.dtype,
-                quantize=choice.quantize,
-                compile=runtime.compile or choice.compile,
-            )
-            what = f"backend torch, dtype {choice.dtype}, quantize {choice.quantize}, compile {updates['compile']}"
         log.warning(
             "%s: runtime auto for %s on %s (CPU kind %s): %s -- %s",
             name,
             runtime.optimize,
             cpu_description(),
             kind,
-            what,
+            _describe(choice),
             choice.why,
         )
+        if choice.backend == "hybrid":
+            assert choice.small is not None and choice.large is not None, "a hybrid choice names both sides"
+            return RuntimeConfig(
+                backend="hybrid",
+                threads=runtime.threads,
+                small=RuntimeConfig(**_choice_fields(choice.small, compile=False)),
+                large=RuntimeConfig(**_choice_fields(choice.large, compile=runtime.compile)),
+                crossover_rows=choice.crossover_rows,
+            )
+        updates = _choice_fields(choice, compile=runtime.compile)
     elif runtime.dtype == "auto":
         updates["dtype"] = "float32" if runtime.quantize == "int8" else native_dtype()
     return runtime.model_copy(update=updates) if updates else runtime
+
+
+def _choice_fields(choice: Any, *, compile: bool) -> dict[str, Any]:
+    """The RuntimeConfig fields of one (non-hybrid) choice of graph.models.runtimes' table; `compile`:
+    the configured compile flag (kept on torch, where the table may also ask for it)."""
+    if choice.backend == "llamacpp":
+        return dict(backend="llamacpp", compile=False)
+    if choice.backend == "onnx":
+        return dict(
+            backend="onnx",
+            compile=False,
+            onnx_precision=choice.onnx_precision,
+            onnx_accuracy_level=choice.onnx_accuracy_level,
+        )
+    return dict(backend="torch", dtype=choice.dtype, quantize=choice.quantize, compile=compile or choice.compile)
+
+
+def _describe(choice: Any) -> str:
+    """A table choice as the start-up log names it."""
+    if choice.backend == "hybrid":
+        return (
+            f"backend hybrid (small: {_describe(choice.small)}; large: {_describe(choice.large)}; "
+            f"crossover {choice.crossover_rows} rows)"
+        )
+    if choice.backend == "llamacpp":
+        return "backend llamacpp (the model's GGUF file on llama.cpp)"
+    if choice.backend == "onnx":
+        return f"backend onnx, precision {choice.onnx_precision}, accuracy_level {choice.onnx_accuracy_level}"
+    return f"backend torch, dtype {choice.dtype}, quantize {choice.quantize}, compile {choice.compile}"
 
 
 def _table_key(model: ModelRef | None) -> str:
@@ -196,12 +217,11 @@ def onnx_variants(runtime: RuntimeConfig | None, model: ModelRef) -> list[tuple[
         return [(runtime.onnx_precision, runtime.onnx_accuracy_level)]
     if runtime.backend != "auto":
         return []
-    from graph.models.runtimes import TABLE, choose_for_kind
+    from graph.models.runtimes import AUTO_BACKENDS, TABLE, choose_for_kind
 
-    choices = [
-        choose_for_kind(kind, _table_key(model), runtime.optimize, ("llamacpp", "onnx", "torch")) for kind in TABLE
-    ]
-    return list(dict.fromkeys((c.onnx_precision, c.onnx_accuracy_level) for c in choices if c.backend == "onnx"))
+    choices = [choose_for_kind(kind, _table_key(model), runtime.optimize, AUTO_BACKENDS) for kind in TABLE]
+    sides = [s for c in choices for s in ((c.small, c.large) if c.backend == "hybrid" else (c,)) if s is not None]
+    return list(dict.fromkeys((c.onnx_precision, c.onnx_accuracy_level) for c in sides if c.backend == "onnx"))
 
 
 def load_causal_lm(ref: ModelRef, runtime: RuntimeConfig | None = None, **lookups: Any) -> tuple[Any, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from graph.engine.api import NodeEngine
 from graph.engine.generation import GenerationEngine, planned_prompt
 from graph.engine.hybrid import HybridEngine
 from graph.engine.runners.base import Runner
@@ -18,17 +19,16 @@ if TYPE_CHECKING:
     from graph.engine.runners.pinned_runner import ComputeThread
 
 
-def engine_for_node(
-    name: str, node: Any, *, threads: int | None = None, **lookups: Any
-) -> GenerationEngine | HybridEngine:
+def engine_for_node(name: str, node: Any, *, threads: int | None = None, **lookups: Any) -> NodeEngine:
     """The engine of generator node `name` (a graph.config.GeneratorNode), model loaded, not
     started. `lookups` go to graph.models.loading.load_causal_lm (store_lookup, embedded_lookup).
-    `runtime: {backend: hybrid}` gives a HybridEngine over one engine per side (graph/engine/hybrid.py)."""
+    `runtime: {backend: hybrid}`, or `auto` where graph/models/runtimes.py's table picks a hybrid for this CPU
+    kind and model, gives a HybridEngine over one engine per side (graph/engine/hybrid.py)."""
     from graph.models.loading import resolve_runtime
 
-    runtime = node.runtime
+    runtime = resolve_runtime(node.runtime, name=name, model=node.model)  # backend auto may resolve to hybrid
     if runtime.backend != "hybrid":
-        return _engine(name, node, resolve_runtime(runtime, name=name, model=node.model), threads, **lookups)
+        return _engine(name, node, runtime, threads, **lookups)
     from graph.engine.runners.pinned_runner import ComputeThread
     from graph.memory import default_kv_budget
 
@@ -54,6 +54,7 @@ def engine_for_node(
         sides["large"],
         name=name,
         crossover_rows=runtime.crossover_rows,
+        crossover_source="runtime auto: measured, graph/models/runtimes.py" if node.runtime.backend == "auto" else None,
         max_new_tokens_limit=node.max_new_tokens_limit,
         on_close=compute.close,
     )

@@ -28,12 +28,19 @@ class Choice:
     compile: bool
     why: str
     models: frozenset[str] | None = None  # measured within the bound for these models only; None = any
-    backend: str = "torch"  # torch | onnx (runners/onnx_runner.py) | llamacpp (runners/llamacpp_runner.py)
+    backend: str = "torch"  # torch | onnx (runners/onnx_runner.py) | llamacpp (runners/llamacpp_runner.py) | hybrid
     onnx_precision: str = "int4"  # backend onnx: int4 | int8 | fp32
     onnx_accuracy_level: int | None = None  # backend onnx: the builder's accuracy_level (None = its default)
+    # backend hybrid (graph/engine/hybrid.py): the choice for few rows, the one for many, and the node rows from
+    # which new requests start on `large`; the `why` names the measurement the crossover comes from.
+    small: Choice | None = None
+    large: Choice | None = None
+    crossover_rows: int | None = None
 
 
 Goal = Literal["latency", "throughput"]
+# What `runtime: {backend: auto}` may resolve to (a hybrid: one node on two of the others).
+AUTO_BACKENDS = ("hybrid", "llamacpp", "onnx", "torch")
 
 # Measured with `make bench-node` (SmolLM2-135M-Instruct and Gemma 3 270M, 2 threads); see
 # docs/performance.md. Dynamic int8 (`quantize: int8`) is never entered: its perplexity on
@@ -86,6 +93,35 @@ _BFLOAT16_AMX = Choice(
     f"{_AMX_RUN}: torch bfloat16 the most tokens/s at 64 streams on both models, SmolLM2 512 (onnx int8 322, "
     "llamacpp 135), Gemma 3 346 (onnx int8 173, llamacpp 94); perplexity -0.1% / +0.3% vs float32",
 )
+# backend hybrid on AMX, for latency (issue 31): neither side alone wins at both loads here (onnx int8 is the
+# fastest single stream, torch bfloat16 the most tokens/s at 64 streams), and the graph benchmark against a graph
+# of llama-server processes measured one node on both, each new request starting on onnx int8 below 12 node rows
+# and on torch bfloat16 from 12, past either alone at 1, 8 and 32 clients:
+#   `scripts/bench_graph.py --baseline llama-server --levels 1,8,32 --max-new-tokens 32`, both generators of
+#   configs/default.yaml, quiet, requests/s ours / llama-server's: onnx int8 1.22x / 1.83x / 1.88x (1.19 / 1.96 /
+#   1.99 again), torch bfloat16 0.47x / 1.33x / 2.60x, hybrid (crossover 12) 1.32x / 2.08x / 2.01x.
+#   Again with this entry in the table (the default config on the hybrid), four quiet runs: 1.23-1.32x / 1.99-2.24x /
+#   2.42, 2.03, 1.79, 1.81x; onnx int8 alone between them 1.30, 1.38x / 2.13, 2.17x / 1.85, 1.92x. The graph's own
+#   requests/s at 32 clients: 3.44-3.83 on the hybrid, 3.32-3.53 on onnx int8 alone (a few percent; at 1 and 8
+#   clients every request starts on onnx int8, as before).
+# 12 rows, not a crossover measured at warm-up: the warm-up's 6-token bursts ranked onnx int8's 64-row step
+# shorter than bfloat16's (131.7 vs 162.2 ms), while at the lengths of real traffic bfloat16 makes 1.5x onnx's
+# tokens/s at 64 streams (434 vs 282, the same run of scripts/bench_node.py); so no crossover ever came.
+# The per-node single stream stays onnx int8's (every request below 12 rows starts there).
+_HYBRID_AMX = Choice(
+    "float32",
+    "none",
+    False,
+    f"{_AMX_RUN}; scripts/bench_graph.py --baseline llama-server (both default generators, quiet): onnx int8 for "
+    "fewer than 12 node rows, torch bfloat16 from 12 gave 1.23-1.32x / 1.99-2.24x / 1.79-2.42x llama-server's "
+    "requests/s at 1 / 8 / 32 clients in four runs (3.44-3.83 requests/s at 32 against 3.32-3.53 on onnx int8 alone "
+    "in the same window), and bfloat16 alone 0.47x at 1 client",
+    frozenset({"smollm2-135m-instruct", "gemma-3-270m"}),
+    backend="hybrid",
+    small=_ONNX_INT8_AMX,
+    large=_BFLOAT16_AMX,
+    crossover_rows=12,
+)
 _FLOAT32_AVX2 = Choice(
     "float32",
     "none",
@@ -134,7 +170,8 @@ _LLAMACPP_ZEN4 = Choice(
 # kind -> goal -> choices, fastest first; the first whose `models` admits the node's model is taken.
 TABLE: dict[str, dict[Goal, tuple[Choice, ...]]] = {
     # Other models (onnx not measured for them on this kind) keep torch bfloat16 for latency (_AMX, not re-measured).
-    "amx": {"latency": (_ONNX_INT8_AMX, _AMX), "throughput": (_BFLOAT16_AMX,)},
+    # `backend: auto` takes the hybrid for the measured models; the torch backend's `quantize: auto` skips to _AMX.
+    "amx": {"latency": (_HYBRID_AMX, _ONNX_INT8_AMX, _AMX), "throughput": (_BFLOAT16_AMX,)},
     "avx512_bf16": {
         "latency": (
             _LLAMACPP_ZEN4,
@@ -222,7 +259,7 @@ def choose(
 ) -> tuple[str, Choice]:
     """(CPU kind, the first choice for it and `goal` on one of `backends` measured within the bound
     for `model`: an embedded model's name or a store tag's name; unknown models get the choices
-    measured on every model). `runtime: {backend: auto}` passes ("onnx", "torch"); `quantize: auto` on
+    measured on every model). `runtime: {backend: auto}` passes AUTO_BACKENDS; `quantize: auto` on
     the torch backend passes ("torch",)."""
     kind = cpu_kind(flags)
     return kind, choose_for_kind(kind, model, goal, backends)

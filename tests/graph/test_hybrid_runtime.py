@@ -233,6 +233,97 @@ def test_both_sides_take_the_tighter_prompt_limit(gguf_source):
         engine.close()
 
 
+def test_auto_builds_the_hybrid_its_table_names_with_the_tables_crossover(gguf_source, monkeypatch):
+    """`backend: auto` on a CPU kind whose table entry for the model is a hybrid gives a HybridEngine: both sides
+    built from the entry, its crossover used (no warm-up bursts), the start-up line and /node_stats saying where
+    the crossover comes from. The kind's table is injected (the tiny model is measured on no real kind)."""
+    from graph.models import runtimes
+    from graph.models.node_engine import engine_for_node
+
+    key = str(gguf_source)  # the table admits a local folder by its path
+    hybrid = runtimes.Choice(
+        "float32",
+        "none",
+        False,
+        "injected for the test: llamacpp for few rows, torch float32 from 3",
+        frozenset({key}),
+        backend="hybrid",
+        small=runtimes.Choice("float32", "none", False, "few rows", backend="llamacpp"),
+        large=runtimes.Choice("float32", "none", False, "many rows"),
+        crossover_rows=3,
+    )
+    torch_only = runtimes.Choice("float32", "none", False, "the rest")
+    monkeypatch.setitem(runtimes.TABLE, "amx", {"latency": (hybrid, torch_only), "throughput": (torch_only,)})
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": {"avx512f", "avx512_bf16", "amx_bf16"})
+    auto = GeneratorNode(
+        model={"path": key}, runtime={"backend": "auto", "threads": 2}, scheduler={"max_batch_size": 8}
+    )
+    engine = engine_for_node("tiny", auto)
+    try:
+        assert engine.warmup()
+        assert engine.crossover_rows == 3 and engine.measured == {}  # the table's, not measured
+        name = engine.runtime_name
+        assert name.startswith("hybrid (small: llamacpp") and "large: torch float32" in name
+        assert "crossover 3 rows, runtime auto: measured, graph/models/runtimes.py" in name
+        assert engine.route(2)[0] == "small" and engine.route(3)[0] == "large"
+        texts(engine, PROMPTS[:1], GP(max_new_tokens=4))
+        texts(engine, PROMPTS[:3], GP(max_new_tokens=4))
+        assert started_on(engine) == {"small": 1, "large": 3}
+        stats = engine.stats()
+        assert stats["hybrid_crossover_rows"] == 3 and stats["runtime"] == "hybrid"
+        assert stats["hybrid_crossover_source"] == "runtime auto: measured, graph/models/runtimes.py"
+    finally:
+        engine.close()
+    # the same node on a kind whose table names one runtime: one engine, as before
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": {"avx2"})
+    single = engine_for_node("tiny", auto)
+    try:
+        assert not hasattr(single, "sides") and not single.runtime_name.startswith("hybrid")
+    finally:
+        single.close()
+
+
+def test_both_sides_refusing_raises_the_first_sides_refusal(gguf_source):
+    """Tiny limits (1 row, 1 waiting request per side) and no step taken meanwhile (the test holds the sides'
+    step lock): each side takes two requests; the second request finds the small side full and starts large;
+    a request the small side refuses passes to the large one; a request both refuse raises Overloaded (429 +
+    Retry-After upstream), from open_stream and from generate alike, each refusal counted on its side. The
+    load the router counts returns to zero once the streams are closed, and the node serves again."""
+    from graph.errors import Overloaded
+
+    engine = build(gguf_source, {"crossover_rows": NEVER}, scheduler={"max_batch_size": 1, "max_queue": 1})
+    long = GP(max_new_tokens=200)
+
+    async def run():
+        streams, refusals = [], []
+        with engine.small._scheduler.step_lock:  # no step runs: nothing finishes, nothing frees a slot
+            for _ in range(5):
+                try:
+                    streams.append(engine.open_stream(PROMPTS[0], long))
+                except Overloaded as refused:
+                    refusals.append(refused)
+            loads = dict(engine._rows)
+            with pytest.raises(Overloaded, match="tiny: .* retry later") as err:
+                await engine.generate(PROMPTS[1], long)
+        for s in streams:
+            await s.aclose()
+        return len(streams), refusals, loads, err.value
+
+    try:
+        accepted, refusals, loads, refused = asyncio.run(run())
+        assert accepted == 4 and len(refusals) == 1 and loads == {"small": 2, "large": 2}
+        assert refusals[0].retry_after_s >= 1 and refused.retry_after_s >= 1
+        stats = engine.stats()
+        assert stats["small_requests_total"] == 2 and stats["large_requests_total"] == 2
+        # small refused the 4th request (passed on), the 5th and the generate; large the 5th and the generate
+        assert (engine.small.stats()["rejected_total"], engine.large.stats()["rejected_total"]) == (3, 2)
+        assert stats["rejected_total"] == 5
+        assert engine._rows == {"small": 0, "large": 0}
+        assert len(asyncio.run(engine.generate(PROMPTS[0], GP(max_new_tokens=4)))) == 1
+    finally:
+        engine.close()
+
+
 # -- configuration -----------------------------------------------------------------------------------
 
 

@@ -196,3 +196,46 @@ def test_compiled_step_equals_eager_and_recompiles_nothing_after_warm_up(tiny_di
     finally:
         engine.close()
     assert alone == float32_texts and batched == alone
+
+
+AMX_FLAGS = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "amx_int8"}
+
+
+def test_auto_resolves_to_the_hybrid_where_the_table_says_it_wins_at_both_loads(monkeypatch, caplog):
+    """On Intel with AMX the table's latency entry for the default models is a hybrid (onnx int8 below 12 node
+    rows, torch bfloat16 from 12, measured by the graph benchmark): `backend: auto` resolves to it, both sides
+    named, the crossover set; the torch backend's `quantize: auto`, `optimize: throughput`, unmeasured models and
+    other kinds keep one runtime. The kind is injected as the flags /proc/cpuinfo would give."""
+    from graph.models import runtimes
+    from graph.models.loading import onnx_variants, resolve_runtime
+
+    smol = ModelRef(embedded="smollm2-135m-instruct")
+    picked = runtimes.choose(AMX_FLAGS, "smollm2-135m-instruct", backends=runtimes.AUTO_BACKENDS)[1]
+    assert picked.backend == "hybrid" and picked.crossover_rows == 12 and picked.small and picked.large
+    assert (picked.small.backend, picked.small.onnx_precision) == ("onnx", "int8")
+    assert (picked.large.backend, picked.large.dtype, picked.large.quantize) == ("torch", "bfloat16", "none")
+    assert "bench_graph.py --baseline llama-server" in picked.why and "12" in picked.why
+
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": set(AMX_FLAGS))
+    with caplog.at_level("WARNING", logger="graph.models.loading"):
+        resolved = resolve_runtime(RuntimeConfig(backend="auto", quantize="auto", threads=1), name="g", model=smol)
+    assert resolved.backend == "hybrid" and resolved.crossover_rows == 12 and resolved.threads == 1
+    assert resolved.small == RuntimeConfig(backend="onnx", onnx_precision="int8")
+    assert resolved.large == RuntimeConfig(backend="torch", dtype="bfloat16", quantize="none")
+    RuntimeConfig.model_validate(resolved.model_dump())  # a valid hybrid runtime, as if configured
+    assert "backend hybrid (small: backend onnx, precision int8" in caplog.text and "crossover 12 rows" in caplog.text
+    # a Bento carries the onnx side's conversion
+    assert onnx_variants(RuntimeConfig(backend="auto"), smol) == [("int8", None)]
+
+    gemma = ModelRef(embedded="gemma-3-270m")
+    assert resolve_runtime(RuntimeConfig(backend="auto"), model=gemma).backend == "hybrid"
+    busy = resolve_runtime(RuntimeConfig(backend="auto", optimize="throughput"), model=smol)
+    assert (busy.backend, busy.dtype) == ("torch", "bfloat16")
+    torch_auto = resolve_runtime(RuntimeConfig(quantize="auto"), model=smol)  # the torch backend: no hybrid
+    assert (torch_auto.backend, torch_auto.dtype) == ("torch", "bfloat16")
+    other = resolve_runtime(RuntimeConfig(backend="auto"), model=ModelRef(path="artifacts/some-model"))
+    assert other.backend == "torch"  # not measured on this kind: as before
+
+    monkeypatch.setattr(runtimes, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": {"avx2", "fma"})
+    kept = resolve_runtime(RuntimeConfig(backend="auto"), model=smol)  # no hybrid measured on AVX2: as before
+    assert (kept.backend, kept.onnx_precision) == ("onnx", "int8")
