@@ -105,16 +105,22 @@ def main() -> None:
             tokens = torch.tensor([[x] for x in toks], dtype=torch.long)
             pos += 1
             clock("next ids tensor", t)
-        # The sampler's parts, on the same logits: greedy argmax in float32 vs bfloat16.
+        # The greedy step's alternatives on the same hidden states: the full logits, their float32 copy
+        # and max (the sampler's greedy path), against the packed head's chunked argmax (decode_split).
+        last = hidden[:, -1, :]
         for _ in range(args.steps):
             t = time.perf_counter()
             f32.max(dim=-1)
-            t = clock("  argmax on float32 logits", t)
-            raw.max(dim=-1)
-            clock("  argmax on bfloat16 logits", t)
+            t = clock("  sampler's greedy max on float32 logits", t)
+            if runner.head is not None:
+                runner.head.argmax(last)
+                t = clock("  packed head: chunked argmax (whole)", t)
+            model.lm_head(last).float().max(dim=-1)
+            clock("  lm_head + float32 copy + max", t)
     total = 0.0
     print(
-        f"{args.model} {args.dtype}, {n} rows, {args.threads} threads, vocab {runner.vocab_size}; "
+        f"{args.model} {args.dtype}, {n} rows, {args.threads} threads, vocab {runner.vocab_size}, "
+        f"packed for oneDNN: {runner.head is not None}; "
         f"median ms per decode step over {args.steps} steps"
     )
     for name, vals in times.items():
