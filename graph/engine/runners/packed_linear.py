@@ -13,12 +13,13 @@ chunk (`PackedHead.argmax`) without writing the full logits, their float32 copy 
 them back: 153 -> 64 ms of CPU time per Gemma 3 step at 64 rows (matmul, copy and max; one thread,
 shared machine).
 
-Only on CPUs with AMX (graph/models/runtimes.py:cpu_kind): the one kind measured. Elsewhere the model
+Only on CPUs with AMX: the one kind measured. Elsewhere the model
 keeps its Linear layers. A packed model is for inference only (no autograd through the packed op).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -33,13 +34,22 @@ PACK_ROWS = 64  # the batch the packed layout is tuned for (it works, and measur
 
 def packing_available() -> bool:
     """oneDNN with bfloat16 matmul, on a CPU with AMX (the kind this was measured on)."""
-    from graph.models.runtimes import cpu_kind
-
     try:
         supported = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     except (AttributeError, RuntimeError):
         return False
-    return bool(supported) and cpu_kind() == "amx"
+    return bool(supported) and _has_amx()
+
+
+@functools.cache
+def _has_amx(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """The CPU flags AMX bfloat16 tiles (graph/models/runtimes.py:cpu_kind "amx"; read here, as the
+    node side's engine never imports graph.models)."""
+    try:
+        with open(cpuinfo) as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
 
 
 def _pack(weight: torch.Tensor) -> torch.Tensor:
