@@ -152,25 +152,19 @@ class BatchSampler:
 
         # Rows that need nothing but the argmax of the model's scores (greedy; no logprobs, bias,
         # penalties or grammar): the scheduler takes their token from the runner's decode_split, and
-        # `rest()` samples the others alone (graph/engine/runners/base.py).
+        # samples the others (`rest_rows`) with a sampler of their own, made once (`rest`): with the
+        # split step it alone keeps their state (seen tokens, penalties, grammar).
         self.rows = list(rows)
         self.plain_rows = [i for i, r in enumerate(rows) if _plain(r)]
         plain = set(self.plain_rows)
         self.rest_rows = [i for i in range(n) if i not in plain]
-        self._rest: BatchSampler | None = None
+        self.rest: BatchSampler | None = None
 
         lp_rows = [i for i, p in enumerate(params) if p.logprobs]
         self.lp_idx = torch.tensor(lp_rows, dtype=torch.long) if lp_rows else None
         self.lp_rows = lp_rows
         self.top_n = {i: params[i].top_logprobs for i in lp_rows}
         self.top_n_max = min(vocab_size, max(self.top_n.values(), default=0))
-
-    def rest(self) -> BatchSampler:
-        """A sampler of the rows that are not plain greedy (`rest_rows`, in that order), made once:
-        with the split step it alone keeps their state (seen tokens, penalties, grammar)."""
-        if self._rest is None:
-            self._rest = BatchSampler([self.rows[i] for i in self.rest_rows], self.vocab_size)
-        return self._rest
 
     def step(self, logits: torch.Tensor) -> StepOutput:
         """Choose one token per row from `logits` [rows, vocab] (float32; modified in place)."""

@@ -765,19 +765,22 @@ class Scheduler:
         self, sampler: BatchSampler, ids: torch.Tensor, positions: torch.Tensor, out: Outbox
     ) -> StepOutput:
         """A decode step through Runner.decode_split: the plain greedy rows' tokens are the argmax of
-        their scores (as the sampler's greedy path takes it), the other rows go to `sampler.rest()`."""
+        their scores (as the sampler's greedy path takes it), the other rows go to `sampler.rest`."""
         assert self._cache is not None
         rest = sampler.rest_rows
         full = torch.tensor(rest, dtype=torch.long)
         tokens, bad, logits = self.runner.decode_split(ids, positions, self._cache, RIGHT_ROOM, full)
         step = StepOutput(tokens=tokens.clamp_(0, self.runner.vocab_size - 1).tolist(), logprobs={})
         if rest:
-            sub = self._choose(sampler.rest(), [self.rows[i] for i in rest], logits, out)
+            rows = [self.rows[i] for i in rest]
+            if sampler.rest is None:
+                sampler.rest = BatchSampler([sampler.rows[i] for i in rest], self.runner.vocab_size)
+            sub = self._choose(sampler.rest, rows, logits, out)
             for j, i in enumerate(rest):
                 step.tokens[i] = sub.tokens[j]
                 if j in sub.logprobs:
                     step.logprobs[i] = sub.logprobs[j]
-        for i in sampler.plain_rows:
+        for i in sampler.plain_rows if bool(bad.any()) else ():
             if bool(bad[i]):
                 self._fail_row(self.rows[i], "the model's scores for this row were not finite (NaN or inf)", out)
         return step
