@@ -3,18 +3,16 @@
 Why: `F.linear` on a bfloat16 weight runs oneDNN's AMX matmul, but on the weight as stored (row-major),
 so every call re-blocks the weight for the tiles. `torch.ops.mkldnn._reorder_linear_weight` packs it
 once into the blocked layout the kernel reads and `torch.ops.mkldnn._linear_pointwise` multiplies with
-it: the same kernel and accumulation, bitwise the same outputs (tests/unit/test_packed_linear.py),
-measured on the 2-core Intel Xeon (Sapphire Rapids) at 64 rows: Gemma 3's output projection (640 x
-262,144) 99 -> 68 ms, its MLP projections 0.51 -> 0.38 ms each (one thread, shared machine).
+it: the same kernel and accumulation, bitwise the same outputs (tests/unit/test_packed_linear.py).
 
 The output projection is packed in chunks of the vocabulary (`PackedHead`): its logits for 64 rows
 are 32 MB of bfloat16, and a chunk's 2 MB stay in cache, so a greedy step takes its argmax chunk by
 chunk (`PackedHead.argmax`) without writing the full logits, their float32 copy (67 MB) or reading
-them back: 153 -> 64 ms of CPU time per Gemma 3 step at 64 rows (matmul, copy and max; one thread,
-shared machine).
+them back. Gemma 3 at 64 rows, 2 threads, quiet (scripts/profile_decode.py, docs/performance.md):
+layers 62.8 -> 56.2 ms per step, the greedy output side (projection, float32 copy, max) 81.7 -> 41.3 ms.
 
-Only on CPUs with AMX: the one kind measured. Elsewhere the model
-keeps its Linear layers. A packed model is for inference only (no autograd through the packed op).
+Only on CPUs with AMX: the one kind measured. Elsewhere the model keeps its Linear layers. A packed
+model is for inference only (no autograd through the packed op).
 """
 
 from __future__ import annotations
