@@ -150,6 +150,16 @@ class BatchSampler:
             k_max = max(p.top_k for p in tp)
             self.k = min(vocab_size, max(k_max, CANDIDATES if bool(self.nucleus_only.any()) else 0))
 
+        # Rows that need nothing but the argmax of the model's scores (greedy; no logprobs, bias,
+        # penalties or grammar): the scheduler takes their token from the runner's decode_split, and
+        # samples the others (`rest_rows`) with a sampler of their own, made once (`rest`): with the
+        # split step it alone keeps their state (seen tokens, penalties, grammar).
+        self.rows = list(rows)
+        self.plain_rows = [i for i, r in enumerate(rows) if _plain(r)]
+        plain = set(self.plain_rows)
+        self.rest_rows = [i for i in range(n) if i not in plain]
+        self.rest: BatchSampler | None = None
+
         lp_rows = [i for i, p in enumerate(params) if p.logprobs]
         self.lp_idx = torch.tensor(lp_rows, dtype=torch.long) if lp_rows else None
         self.lp_rows = lp_rows
@@ -296,6 +306,20 @@ class BatchSampler:
             n = self.top_n[row]
             out[row] = (chosen[j], top_ids[j][:n], top_vals[j][:n]) if n else (chosen[j], [], [])
         return out
+
+
+def _plain(row: RowSampling) -> bool:
+    """Greedy with nothing that changes or reports the scores: its token is the argmax of the model's."""
+    p = row.params
+    return (
+        not p.do_sample
+        and not p.logprobs
+        and p.repetition_penalty == 1.0
+        and not p.logit_bias
+        and not p.frequency_penalty
+        and not p.presence_penalty
+        and row.grammar is None
+    )
 
 
 def _truncate(

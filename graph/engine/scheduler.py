@@ -774,11 +774,14 @@ class Scheduler:
             return
         ids = torch.tensor([[r.tokens[-1]] for r in self.rows], dtype=torch.long)
         positions = torch.tensor([[r.position] for r in self.rows], dtype=torch.long)
-        logits = self.runner.decode(ids, positions, self._cache, RIGHT_ROOM)
-        self.counters["batch_steps_total"] += 1
         if self._sampler is None:
-            self._sampler = BatchSampler([r.sampling() for r in self.rows], logits.shape[-1])
-        step = self._choose(self._sampler, self.rows, logits, out)
+            self._sampler = BatchSampler([r.sampling() for r in self.rows], self.runner.vocab_size)
+        if self._sampler.plain_rows and self.speculation is None:  # greedy rows: argmax; the sampler: the rest
+            step = self._decode_split(self._sampler, ids, positions, out)
+        else:
+            logits = self.runner.decode(ids, positions, self._cache, RIGHT_ROOM)
+            step = self._choose(self._sampler, self.rows, logits, out)
+        self.counters["batch_steps_total"] += 1
         now = time.monotonic()
         gone = []
         for i, row in enumerate(self.rows):
@@ -788,6 +791,30 @@ class Scheduler:
                 gone.append(i)
         self._drop(gone)
         self._record_step(t0, stepped)
+
+    def _decode_split(
+        self, sampler: BatchSampler, ids: torch.Tensor, positions: torch.Tensor, out: Outbox
+    ) -> StepOutput:
+        """A decode step through Runner.decode_split: the plain greedy rows' tokens are the argmax of
+        their scores (as the sampler's greedy path takes it), the other rows go to `sampler.rest`."""
+        assert self._cache is not None
+        rest = sampler.rest_rows
+        full = torch.tensor(rest, dtype=torch.long)
+        tokens, bad, logits = self.runner.decode_split(ids, positions, self._cache, RIGHT_ROOM, full)
+        step = StepOutput(tokens=tokens.clamp_(0, self.runner.vocab_size - 1).tolist(), logprobs={})
+        if rest:
+            rows = [self.rows[i] for i in rest]
+            if sampler.rest is None:
+                sampler.rest = BatchSampler([sampler.rows[i] for i in rest], self.runner.vocab_size)
+            sub = self._choose(sampler.rest, rows, logits, out)
+            for j, i in enumerate(rest):
+                step.tokens[i] = sub.tokens[j]
+                if j in sub.logprobs:
+                    step.logprobs[i] = sub.logprobs[j]
+        for i in sampler.plain_rows if bool(bad.any()) else ():
+            if bool(bad[i]):
+                self._fail_row(self.rows[i], "the model's scores for this row were not finite (NaN or inf)", out)
+        return step
 
     def _record_step(self, t0: float, stepped: int) -> None:
         # A row's time per token: from the last step's end (the loop, admission, deliveries, a thread

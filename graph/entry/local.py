@@ -73,9 +73,11 @@ def build_local_graph(config: Any, **lookups: Any) -> tuple[Any, dict[str, Any]]
     Engines are started; close them when done. `lookups` are passed to the loaders (store_lookup,
     embedded_lookup) for BentoML-store and embedded model references."""
     from graph.entry.compose import Graph
+    from graph.models.gguf_model import prepare_backend
     from graph.models.loading import load_classifier
     from graph.models.node_engine import engine_for_node
 
+    prepare_backend(config.generators, **lookups)  # one ggml CPU variant that every GGUF node's file runs on
     engines = {}
     for name, node in config.generators.items():
         engines[name] = engine_for_node(name, node, threads=config.generator_threads(name), **lookups)

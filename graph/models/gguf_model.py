@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,25 @@ def load(
         )
     log.warning("%s: llama.cpp runs %s (%s)", ref.describe(), gguf, runner.runtime_name)
     return runner, tokenizer
+
+
+def prepare_backend(nodes: Mapping[str, Any], **lookups: Any) -> str | None:
+    """Load ggml's CPU variant once for every GGUF file that the generator nodes `nodes` (name ->
+    GeneratorNode) run on llama.cpp, hybrid sides included: the best variant all of the files pass
+    (llamacpp_runner.load_backend), so a process that serves several models never loads a variant that
+    one of them crashes on. Returns the variant, or None when no node runs llama.cpp."""
+    from graph.models.loading import resolve_runtime
+
+    lookups.pop("onnx_lookup", None)
+    files: list[Path] = []
+    for name, node in nodes.items():
+        runtimes = [node.runtime.small, node.runtime.large] if node.runtime.backend == "hybrid" else [node.runtime]
+        if not any(resolve_runtime(r, name=name, model=node.model).backend == "llamacpp" for r in runtimes):
+            continue
+        source = "" if node.model.embedded else resolve_model_dir(node.model, **lookups)
+        files.append(find_gguf(node.model, source))
+    if not files:
+        return None
+    from graph.engine.runners.llamacpp_runner import load_backend
+
+    return load_backend(files[0], also=files[1:])

@@ -109,6 +109,18 @@ class Runner(ABC, Generic[C]):
         """One token per live row of `cache` (`ids`, `positions`: [rows, 1]) -> logits [rows, vocab]
         (float32); the cache keeps room for `right_room` more tokens per row."""
 
+    def decode_split(
+        self, ids: torch.Tensor, positions: torch.Tensor, cache: C, right_room: int, full_rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A decode step (as `decode`) for a batch whose rows other than `full_rows` (row indices,
+        ascending) are plain greedy -> (the index of each row's first largest logit [rows], whether
+        that logit is NaN [rows], float32 logits [len(full_rows), vocab] of the rows `full_rows`).
+        Entries of the first two at `full_rows` are unspecified. This default takes both from
+        `decode`; a runner may compute the greedy rows' argmax without their full float32 logits."""
+        logits = self.decode(ids, positions, cache, right_room)
+        best = logits.max(dim=-1)
+        return best.indices, best.values.isnan(), logits.index_select(0, full_rows)
+
     # Whether `prefill_chunk` works: the scheduler then prefills long prompts a chunk per step.
     chunked_prefill: bool = False
 

@@ -52,6 +52,8 @@ PROBE_CACHE = (
 )
 _backend_lock = threading.Lock()
 _backend: str | None = None  # the CPU variant loaded in this process
+_backend_path: Path | None = None  # its module, when chosen by probes (not forced, not built in)
+_checked: set[Path] = set()  # GGUF files known to decode on the loaded variant
 _log_callback: Any = None  # kept alive: llama.cpp holds a pointer to it
 
 
@@ -146,15 +148,36 @@ def _load_variant(path: Path) -> None:
     L.llama_backend_init()
 
 
-def load_backend(gguf: str | Path | None = None) -> str:
+def load_backend(gguf: str | Path | None = None, also: Sequence[str | Path] = ()) -> str:
     """Load ggml's CPU backend once per process; returns the variant's name (e.g. sapphirerapids).
 
     A build without loadable backends (ggml linked in) needs nothing: returns "built-in". The choice
-    is the best-scoring variant that passed a probe decode of `gguf` in a child process (remembered
-    in PROBE_CACHE per CPU and build); LLAMACPP_CPU_VARIANT forces a variant without a probe."""
-    global _backend
+    is the best-scoring variant that passed a probe decode of `gguf` and of every file in `also` (the
+    other GGUF files this process will load), each in a child process; results are remembered in
+    PROBE_CACHE per CPU, build, file and variant. One variant serves the whole process: a later call
+    with another file probes that file on the loaded variant and raises a RuntimeError if it fails
+    (ggml would die of SIGILL or SIGSEGV in this process), naming LLAMACPP_CPU_VARIANT and `also` as
+    the ways out. LLAMACPP_CPU_VARIANT forces a variant without a probe."""
+    global _backend, _backend_path
+    files = list(dict.fromkeys(Path(g).resolve() for g in (gguf, *also) if g is not None))
     with _backend_lock:
         if _backend is not None:
+            if _backend_path is not None and any(f not in _checked for f in files):
+                cached = _read_probe_cache()
+                try:
+                    for f in files:
+                        if f not in _checked and not _passes(cached, _backend, _backend_path, f):
+                            raise RuntimeError(
+                                f"llama.cpp: ggml's CPU variant {_backend}, loaded in this process for "
+                                f"{sorted(str(c) for c in _checked) or 'its first model'}, fails its probe on {f} "
+                                "(it would crash this process). One variant serves a process: load the models "
+                                f"together (load_backend(first, also=[the others]) picks one all of them pass) or "
+                                f"set {VARIANT_ENV} to a variant that runs every model (by score: "
+                                f"{', '.join(v[0] for v in cpu_variants() if v[1] > 0)})"
+                            )
+                        _checked.add(f)
+                finally:
+                    _write_probe_cache(cached)
             return _backend
         _quiet_logs()
         variants = cpu_variants()
@@ -175,29 +198,55 @@ def load_backend(gguf: str | Path | None = None) -> str:
             _backend = forced
             return _backend
         usable = [v for v in variants if v[1] > 0]
-        key = _cpu_key() + (f"|{Path(gguf).resolve()}:{Path(gguf).stat().st_size}" if gguf else "")
+        cached = _read_probe_cache()
         try:
-            cached = json.loads(PROBE_CACHE.read_text())
-        except (OSError, ValueError):
-            cached = {}
-        chosen = next((v for v in usable if v[0] == cached.get(key)), None)
+            chosen = next((v for v in usable if all(_passes(cached, v[0], v[2], f) for f in files)), None)
+        finally:
+            _write_probe_cache(cached)
         if chosen is None:
-            for v in usable:
-                if gguf is None or _probe(str(v[2]), str(gguf)) == 0:
-                    chosen = v
-                    break
-            if chosen is None:
-                raise RuntimeError("llama.cpp: no CPU variant of this build decodes on this CPU")
-            if gguf is not None:
-                cached[key] = chosen[0]
-                try:
-                    PROBE_CACHE.parent.mkdir(parents=True, exist_ok=True)
-                    PROBE_CACHE.write_text(json.dumps(cached))
-                except OSError:
-                    pass
+            raise RuntimeError(f"llama.cpp: no CPU variant of this build decodes {[str(f) for f in files]} on this CPU")
         _load_variant(chosen[2])
-        _backend = chosen[0]
+        _backend, _backend_path = chosen[0], chosen[2]
+        _checked.update(files)
         return _backend
+
+
+def _file_key(gguf: Path) -> str:
+    return _cpu_key() + f"|{gguf}:{gguf.stat().st_size}"
+
+
+def _passes(cached: dict[str, str], variant: str, path: Path, gguf: Path) -> bool:
+    """Whether CPU variant `variant` (module `path`) decodes `gguf`: from PROBE_CACHE, else probed in
+    a child process and remembered ("<file key>|<variant>": pass or fail; an entry "<file key>" alone,
+    as earlier versions wrote it, names the best variant that passed that file)."""
+    key = _file_key(gguf)
+    seen = cached.get(f"{key}|{variant}")
+    if seen is not None:
+        return seen == "pass"
+    if cached.get(key) == variant:
+        return True
+    ok = _probe(str(path), str(gguf)) == 0
+    cached[f"{key}|{variant}"] = "pass" if ok else "fail"
+    return ok
+
+
+def _read_probe_cache() -> dict[str, str]:
+    try:
+        data = json.loads(PROBE_CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_probe_cache(cached: dict[str, str]) -> None:
+    try:
+        PROBE_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        on_disk = _read_probe_cache()  # another process may have added entries meanwhile
+        tmp = PROBE_CACHE.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**on_disk, **cached}))
+        tmp.replace(PROBE_CACHE)
+    except OSError:
+        pass
 
 
 def _quiet_logs() -> None:

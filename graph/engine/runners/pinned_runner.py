@@ -82,6 +82,11 @@ class PinnedRunner(Runner[RowCache]):
     def decode(self, ids: torch.Tensor, positions: torch.Tensor, cache: RowCache, right_room: int) -> torch.Tensor:
         return self.compute.call(lambda: self.inner.decode(ids, positions, cache, right_room))
 
+    def decode_split(
+        self, ids: torch.Tensor, positions: torch.Tensor, cache: RowCache, right_room: int, full_rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.compute.call(lambda: self.inner.decode_split(ids, positions, cache, right_room, full_rows))
+
     def decode_drafts(self, ids: Sequence[Sequence[int]], cache: RowCache, right_room: int) -> torch.Tensor:
         return self.compute.call(lambda: self.inner.decode_drafts(ids, cache, right_room))
 

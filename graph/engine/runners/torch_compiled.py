@@ -100,6 +100,8 @@ def bucket(n: int, buckets: Sequence[int]) -> int | None:
 class CompiledRunner(ModelRunner):
     """ModelRunner whose decode step runs compiled on (row, length) buckets; prefill stays eager."""
 
+    pack_weights = False  # inductor packs the weights it compiles
+
     def __init__(
         self, model, *, max_batch_size: int, max_length: int = 512, cache_dir: str | Path | None = None
     ) -> None:

@@ -11,15 +11,18 @@ from __future__ import annotations
 import ctypes
 import inspect
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from graph.engine.runners.base import Runner, as_id_set
+from graph.engine.runners.packed_linear import PackedHead, pack_model
 from graph.engine.runners.torch_cache import BatchKVCache, kv_bytes_per_token
 
 Mask = Any  # a 4-D tensor, or a dict of them keyed by layer type
+PACK_ENV = "INFERENCE_GRAPH_PACKED_LINEAR"  # "0": keep the model's nn.Linear layers (A/B measurements)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,13 @@ class ModelRunner(Runner[BatchKVCache]):
         self._eager = model.config._attn_implementation == "eager"
         self._windows = _attention_windows(cfg)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        # bfloat16 on AMX: Linear weights packed once for oneDNN, the output projection in vocabulary
+        # chunks whose argmax serves greedy rows (graph/engine/runners/packed_linear.py).
+        self.head: PackedHead | None = None
+        if self.pack_weights and os.environ.get(PACK_ENV, "1") != "0":
+            self.head = pack_model(model)
+
+    pack_weights = True  # CompiledRunner: False (inductor packs its own)
 
     def new_cache(self, row_capacity: int, capacity: int, left_room: int = 0) -> BatchKVCache:
         return BatchKVCache(self.num_layers, row_capacity, capacity, left_room)
@@ -106,6 +116,39 @@ class ModelRunner(Runner[BatchKVCache]):
         logits = self._forward(ids, self._decode_mask(cache), positions, cache)
         cache.advance(1)
         return logits
+
+    def decode_split(
+        self, ids: torch.Tensor, positions: torch.Tensor, cache: BatchKVCache, right_room: int, full_rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As Runner.decode_split; with a packed head, the greedy rows' argmax is taken chunk by chunk
+        of the vocabulary (PackedHead.argmax) and only `full_rows` get float32 logits."""
+        if self.head is None:
+            return super().decode_split(ids, positions, cache, right_room, full_rows)
+        cache.reserve(1, right_room)
+        cache.mask[: cache.rows, cache.end] = True
+        body = getattr(self.model, self.model.base_model_prefix)
+        hidden = body(
+            input_ids=ids,
+            attention_mask=self._decode_mask(cache),
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state[:, -1, :]
+        cache.advance(1)
+        rows = hidden.shape[0]
+        tokens = torch.zeros(rows, dtype=torch.long)
+        bad = torch.zeros(rows, dtype=torch.bool)
+        greedy = torch.ones(rows, dtype=torch.bool)
+        greedy[full_rows] = False
+        if bool(greedy.all()):
+            tokens, bad = self.head.argmax(hidden)
+        elif bool(greedy.any()):
+            idx = greedy.nonzero().squeeze(1)
+            tokens[idx], bad[idx] = self.head.argmax(hidden.index_select(0, idx))
+        if not full_rows.numel():
+            return tokens, bad, torch.empty(0, self.vocab_size)
+        logits = self.head.capped(self.head(hidden.index_select(0, full_rows))).float()
+        return tokens, bad, logits
 
     def _forward(self, ids, mask: Mask, positions, cache: BatchKVCache) -> torch.Tensor:
         kwargs: dict[str, Any] = dict(
