@@ -10,6 +10,7 @@ llama in float32 (the runner's default decode_split) and bfloat16 (packed for on
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 import torch
@@ -30,9 +31,22 @@ def engine(request, tiny_dir):
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, request.param)).eval()
     eng = GenerationEngine(model, tok, name="split", max_batch_size=16)
+    eng._scheduler.step_lock = threading.Lock()  # held by `together` while a batch is submitted
     eng.start()
     yield eng
     eng.close()
+
+
+async def together(engine, *calls):
+    """The results of `calls` (engine.generate coroutines) admitted in one step: the test holds the decode
+    thread's step lock until every call has submitted, so the batch's composition does not depend on the
+    machine's load (in bfloat16 it changes the rounding)."""
+    lock = engine._scheduler.step_lock
+    with lock:
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        while engine._scheduler.queued() < len(tasks):
+            await asyncio.sleep(0.01)
+    return [r[0] for r in await asyncio.gather(*tasks)]
 
 
 def ids_of(result) -> list[str]:
@@ -41,14 +55,14 @@ def ids_of(result) -> list[str]:
 
 def test_plain_greedy_equals_the_samplers_greedy(engine):
     async def go():
-        plain = await asyncio.gather(*(engine.generate(p, GP(max_new_tokens=24)) for p in PROMPTS))
-        full = await asyncio.gather(*(engine.generate(p, GP(max_new_tokens=24, logprobs=True)) for p in PROMPTS))
+        plain = await together(engine, *(engine.generate(p, GP(max_new_tokens=24)) for p in PROMPTS))
+        full = await together(engine, *(engine.generate(p, GP(max_new_tokens=24, logprobs=True)) for p in PROMPTS))
         return plain, full
 
     plain, full = asyncio.run(go())
     for a, b in zip(plain, full):
-        assert a[0].text == b[0].text
-        assert a[0].completion_tokens == b[0].completion_tokens
+        assert a.text == b.text
+        assert a.completion_tokens == b.completion_tokens
 
 
 SAMPLED = GP(max_new_tokens=20, do_sample=True, temperature=0.9, top_k=40, seed=7)
@@ -58,13 +72,13 @@ WITH_LP = GP(max_new_tokens=20, logprobs=True, top_logprobs=2)
 
 def test_mixed_batch_equals_the_same_batch_through_the_sampler(engine):
     async def batch(plain: GP):
-        together = await asyncio.gather(
+        return await together(
+            engine,
             engine.generate(PROMPTS[0], SAMPLED),
             engine.generate(PROMPTS[1], PENALISED),
             engine.generate(PROMPTS[2], WITH_LP),
             *(engine.generate(p, plain) for p in PROMPTS),
         )
-        return [r[0] for r in together]
 
     fast = asyncio.run(batch(GP(max_new_tokens=20)))
     full = asyncio.run(batch(GP(max_new_tokens=20, logprobs=True)))  # no plain row: all through the sampler
@@ -87,17 +101,18 @@ def test_mixed_batch_rows_equal_their_solo_runs(engine):
             (await engine.generate(PROMPTS[2], with_lp))[0],
             (await engine.generate(PROMPTS[3], plain))[0],
         ]
-        together = await asyncio.gather(
+        batch = await together(
+            engine,
             engine.generate(PROMPTS[0], sampled),
             engine.generate(PROMPTS[1], penalised),
             engine.generate(PROMPTS[2], with_lp),
             engine.generate(PROMPTS[3], plain),
             *(engine.generate(p, plain) for p in PROMPTS),  # more plain rows around them
         )
-        return solo, [r[0] for r in together]
+        return solo, batch
 
-    solo, together = asyncio.run(go())
-    for a, b in zip(solo, together[:4]):
+    solo, batch = asyncio.run(go())
+    for a, b in zip(solo, batch[:4]):
         assert a.text == b.text
-    assert ids_of(solo[2]) == ids_of(together[2])
-    assert [t.logprob for t in solo[2].logprobs] == pytest.approx([t.logprob for t in together[2].logprobs], abs=1e-4)
+    assert ids_of(solo[2]) == ids_of(batch[2])
+    assert [t.logprob for t in solo[2].logprobs] == pytest.approx([t.logprob for t in batch[2].logprobs], abs=1e-4)
