@@ -76,7 +76,7 @@ def test_int8_conversion_has_no_float32_table_and_gathers_the_lm_head_weights(on
         opset_imports=list(full.opset_import),
     )
     session = ort.InferenceSession(lookup.SerializeToString(), providers=["CPUExecutionProvider"])
-    rows = session.run(None, {"input_ids": np.arange(vocab, dtype=np.int64)[None, :]})[0][0]
+    rows = np.asarray(session.run(None, {"input_ids": np.arange(vocab, dtype=np.int64)[None, :]})[0])[0]
     scales = numpy_helper.to_array(next(t for t in g.initializer if t.name == head.input[2]))
     step = np.repeat(scales.reshape(vocab, -1), 32, axis=1)
     table = load_file(str(onnx_source / "model.safetensors"))["model.embed_tokens.weight"]
