@@ -15,10 +15,10 @@ What it does, in order:
 3. One graph change: an input `logits_index` (int64, one flat row*seq index per row) gathers the
    final hidden states before the vocabulary projection, so logits are [rows, 1, vocab] for a
    prefill as for a decode step (graph/engine/runners/onnx_runner.py feeds it).
-4. Tied embeddings shared (`share_embedding`): where the model ties its input embedding to the vocabulary
-   projection (SmolLM2, Gemma 3) and the builder quantized the projection (int4, int8) but left the
-   embedding table float32 (its int8 export has no quantized Gather), the token lookup reads the
-   projection's quantized weights (com.microsoft GatherBlockQuantized) and the float32 table is dropped:
+4. Tied embeddings shared (`share_embedding`, int8 conversions): where the model ties its input embedding
+   to the vocabulary projection (SmolLM2, Gemma 3), the builder quantizes the projection to int8 but keeps
+   the embedding table float32 (its int8 export has no quantized Gather); the token lookup now reads the
+   projection's int8 weights (com.microsoft GatherBlockQuantized) and the float32 table is dropped:
    Gemma 3's 262k x 640 table is 671 MB of its 1.04 GB. The rows it gives are the projection's own
    rows dequantized, within half a quantization step of the float32 ones (a whole one where the top
    code clips; checked before the swap).
@@ -198,20 +198,18 @@ def share_embedding(model_path: Path, *, check_rows: int = 4096) -> str:
     attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
     table, weight, scales = inits[gather.input[0]], inits[head.input[1]], inits[head.input[2]]
     bits, block, k, n = int(attrs["bits"]), int(attrs["block_size"]), int(attrs["K"]), int(attrs["N"])
-    if table.data_type != TensorProto.FLOAT or list(table.dims) != [n, k] or k % block or bits not in (4, 8):
+    # int8 only: the int4 conversions (never picked by `auto`: outside the perplexity bound) keep their table.
+    if table.data_type != TensorProto.FLOAT or list(table.dims) != [n, k] or k % block or bits != 8:
         return f"embedding not shared: table {list(table.dims)} vs lm_head N={n} K={k} block {block} bits {bits}"
 
     base = model_path.parent
     data_name = next((e.value for e in weight.external_data if e.key == "location"), model_path.name + ".data")
     onnx.load_external_data_for_model(model, str(base))
     emb = numpy_helper.to_array(table)
-    q = numpy_helper.to_array(weight).reshape(n, k * bits // 8)
+    q = numpy_helper.to_array(weight).reshape(n, k)
     sc = numpy_helper.to_array(scales).reshape(n, k // block).astype(np.float32)
     rows = np.unique(np.linspace(0, n - 1, min(check_rows, n)).astype(np.int64))
-    if bits == 8:
-        codes = q[rows].astype(np.int32)
-    else:  # two 4-bit codes per byte, low nibble first
-        codes = np.stack([q[rows] & 0x0F, q[rows] >> 4], axis=-1).reshape(len(rows), k).astype(np.int32)
+    codes = q[rows].astype(np.int32)
     zero = 1 << (bits - 1)  # MatMulNBits' default zero point when none is given (symmetric)
     step = np.repeat(sc[rows], block, axis=1)
     deq = (codes - zero) * step
