@@ -35,7 +35,7 @@ $BIN/python deploy/image/context.py "$BENTO" "$ctx"
 cp -al "$wheels" "$ctx/wheels" 2>/dev/null || cp -a "$wheels" "$ctx/wheels"
 mkdir -p "$ctx/setup"
 cp "$bento_dir"/env/docker/script__* "$ctx/setup/" 2>/dev/null || true
-cp deploy/image/Containerfile deploy/image/init.sh "$ctx/"
+cp deploy/image/Containerfile deploy/image/init.sh deploy/image/dedupe_libs.py "$ctx/"
 build_start=$(date +%s)
 if [ "$ENGINE" = podman ]; then
   # docker format: OCI images have no HEALTHCHECK.

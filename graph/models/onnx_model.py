@@ -15,7 +15,16 @@ What it does, in order:
 3. One graph change: an input `logits_index` (int64, one flat row*seq index per row) gathers the
    final hidden states before the vocabulary projection, so logits are [rows, 1, vocab] for a
    prefill as for a decode step (graph/engine/runners/onnx_runner.py feeds it).
-4. A `graph-onnx.json` marker (source fingerprint, precision, builder version): `find` trusts a
+4. Tied embeddings shared (`share_embedding`, int8 conversions): where the model ties its input embedding
+   to the vocabulary projection (SmolLM2, Gemma 3), the builder quantizes the projection to int8 but keeps
+   the embedding table float32 (its int8 export has no quantized Gather); the token lookup now reads the
+   projection's int8 weights (com.microsoft GatherBlockQuantized) and the float32 table is dropped:
+   Gemma 3's 262k x 640 table is 671 MB of its 1.04 GB. The rows it gives are the projection's own
+   rows dequantized, within half a quantization step of the float32 ones (a whole one where the top
+   code clips; checked before the swap).
+5. The tokenizer files the builder copies beside the model are removed: the runner loads the tokenizer
+   from the transformers folder (the same files).
+6. A `graph-onnx.json` marker (source fingerprint, precision, builder version): `find` trusts a
    folder only when the marker matches.
 """
 
@@ -32,9 +41,10 @@ from pathlib import Path
 
 from graph.errors import ConfigError
 
-CONVERTER_VERSION = "1"  # bump when convert() writes something different
+CONVERTER_VERSION = "2"  # bump when convert() writes something different (2: tied embeddings shared, no tokenizer copy)
 MARKER = "graph-onnx.json"
 PRECISIONS = ("int4", "int8", "fp32")
+BUILDER_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")
 
 
 def source_fingerprint(hf_dir: str | Path) -> str:
@@ -164,6 +174,95 @@ def add_logits_index(model_path: Path) -> None:
     onnx.save(model, str(model_path))
 
 
+def share_embedding(model_path: Path, *, check_rows: int = 4096) -> str:
+    """Swap the float32 token-embedding Gather for a GatherBlockQuantized over the vocabulary projection's
+    quantized weights (MatMulNBits) when the two are the same matrix (tied), and drop the float32 table.
+    Rewrites `model_path` and its external data file; returns what it did (or why not), for the log.
+
+    Tied is checked, not assumed: `check_rows` rows spread over the vocabulary, dequantized, must lie within
+    half a quantization step of the float32 table's rows (a whole step at the top code, which clips)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    gather = next(
+        (n for n in g.node if n.op_type == "Gather" and n.input[0] in inits and n.name.endswith("embed_tokens/Gather")),
+        None,
+    )
+    head = next((n for n in g.node if n.name.startswith("/lm_head/") and n.op_type == "MatMulNBits"), None)
+    if gather is None or head is None or len(head.input) > 3 and head.input[3]:
+        return "embedding not shared: no float32 embedding Gather, or no symmetric quantized lm_head"
+    attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    table, weight, scales = inits[gather.input[0]], inits[head.input[1]], inits[head.input[2]]
+    bits, block, k, n = int(attrs["bits"]), int(attrs["block_size"]), int(attrs["K"]), int(attrs["N"])
+    # int8 only: the int4 conversions (never picked by `auto`: outside the perplexity bound) keep their table.
+    if table.data_type != TensorProto.FLOAT or list(table.dims) != [n, k] or k % block or bits != 8:
+        return f"embedding not shared: table {list(table.dims)} vs lm_head N={n} K={k} block {block} bits {bits}"
+
+    base = model_path.parent
+    data_name = next((e.value for e in weight.external_data if e.key == "location"), model_path.name + ".data")
+    onnx.load_external_data_for_model(model, str(base))
+    emb = numpy_helper.to_array(table)
+    q = numpy_helper.to_array(weight).reshape(n, k)
+    sc = numpy_helper.to_array(scales).reshape(n, k // block).astype(np.float32)
+    rows = np.unique(np.linspace(0, n - 1, min(check_rows, n)).astype(np.int64))
+    codes = q[rows].astype(np.int32)
+    zero = 1 << (bits - 1)  # MatMulNBits' default zero point when none is given (symmetric)
+    step = np.repeat(sc[rows], block, axis=1)
+    deq = (codes - zero) * step
+    err = np.abs(deq - emb[rows])
+    # Round to nearest, except the top code: the quantizer's scale is amax / 2^(bits-1), so +amax clips one step.
+    bound = np.where(codes == (1 << bits) - 1, 1.0, 0.5) * np.abs(step) * 1.001 + 1e-6 * np.abs(emb[rows]) + 1e-7
+    if not np.all(err <= bound):
+        return f"embedding not shared: lm_head rows differ from the embedding table (max error {err.max():.3g})"
+
+    name = gather.name
+    swap = [
+        helper.make_node(
+            "Reshape", [head.input[1], f"{name}/shared_shape"], [f"{name}/shared_weight"], name=f"{name}/Reshape"
+        )
+    ]
+    g.initializer.append(helper.make_tensor(f"{name}/shared_shape", TensorProto.INT64, [2], [n, k * bits // 8]))
+    scales_in = head.input[2]
+    if len(scales.dims) != 2:  # MatMulNBits also takes them flat; GatherBlockQuantized wants [N, K / block]
+        g.initializer.append(helper.make_tensor(f"{name}/scales_shape", TensorProto.INT64, [2], [n, k // block]))
+        swap.append(
+            helper.make_node(
+                "Reshape", [scales_in, f"{name}/scales_shape"], [f"{name}/scales"], name=f"{name}/ReshapeScales"
+            )
+        )
+        scales_in = f"{name}/scales"
+    swap.append(
+        helper.make_node(
+            "GatherBlockQuantized",
+            [f"{name}/shared_weight", gather.input[1], scales_in],
+            list(gather.output),
+            name=f"{name}/GatherBlockQuantized",
+            domain="com.microsoft",
+            bits=bits,
+            block_size=block,
+            gather_axis=0,
+            quantize_axis=1,
+        )
+    )
+    at = list(g.node).index(gather)
+    g.node.remove(gather)
+    for i, node in enumerate(swap):
+        g.node.insert(at + i, node)
+    g.initializer.remove(table)
+    if not any(op.domain == "com.microsoft" for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    # Every tensor is in memory now: the data file is written anew (onnx appends to an existing one).
+    (base / data_name).unlink(missing_ok=True)
+    onnx.save_model(
+        model, str(model_path), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name
+    )
+    return f"embedding shared with the lm_head's int{bits} weights: {emb.nbytes / 1e6:.1f} MB of float32 table dropped"
+
+
 def _hidden_size(model_path: Path) -> int:
     return int(json.loads((model_path.parent / "genai_config.json").read_text())["model"]["decoder"]["hidden_size"])
 
@@ -203,6 +302,10 @@ def convert(
             )
     progress(f"[onnx] built in {time.perf_counter() - start:.1f} s; adding the logits_index input")
     add_logits_index(out_dir / "model.onnx")
+    progress(f"[onnx] {share_embedding(out_dir / 'model.onnx')}")
+    # The tokenizer files the builder copies (Gemma 3's tokenizer.json is 33 MB): the runner reads the source folder's.
+    for name in BUILDER_TOKENIZER_FILES:
+        (out_dir / name).unlink(missing_ok=True)
     (out_dir / MARKER).write_text(json.dumps(_marker(hf_dir, precision, accuracy_level)))
     progress(f"[onnx] ready: {out_dir} ({time.perf_counter() - start:.1f} s)")
     return out_dir
