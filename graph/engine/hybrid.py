@@ -130,7 +130,8 @@ class HybridEngine(NodeEngine):
         engines' steps take turns (one TurnLock); False lets one side's sampling overlap the other's forward
         (scripts/bench_node.py measures both: hybrid, hybrid-concurrent).
         Both sides take the tighter prompt limit: the prompts of up to `max_new_tokens_limit` new tokens that one
-        side admits, the other does too (a request is a 400 or not whatever the load). `on_close`: called after
+        side admits, the other does too (a request is a 400 or not whatever the load); with one context on both
+        sides, a request's limit is that context less its own max_new_tokens, as on one engine. `on_close`: called after
         both engines are closed (graph/models/node_engine.py stops their shared compute thread there)."""
         self.small, self.large = small, large
         self.sides: dict[Side, GenerationEngine] = {"small": small, "large": large}
@@ -138,8 +139,12 @@ class HybridEngine(NodeEngine):
         self.tokenizer = small.tokenizer
         self.chat_template = small.chat_template
         self.max_batch_size = small.max_batch_size
-        contexts = [c - max_new_tokens_limit for c in (small._runner.max_positions, large._runner.max_positions) if c]
-        self.max_prompt_tokens = max(1, min(small.max_prompt_tokens, large.max_prompt_tokens, *contexts))
+        contexts = {c for c in (small._runner.max_positions, large._runner.max_positions) if c}
+        # One context on both sides (the same model): each side's own checks (the context less the request's
+        # max_new_tokens) decide alike, so the prompt limit stays the whole context's. Two contexts: the tighter
+        # less `max_new_tokens_limit`, so no prompt one side admits is refused by the other.
+        caps = [min(contexts) - max_new_tokens_limit] if len(contexts) > 1 else []
+        self.max_prompt_tokens = max(1, min(small.max_prompt_tokens, large.max_prompt_tokens, *caps))
         for engine in (small, large):
             engine.max_prompt_tokens = engine._scheduler.max_prompt_tokens = self.max_prompt_tokens
         self.crossover_rows: int | None = crossover_rows

@@ -422,3 +422,21 @@ test_max_new_tokens_gives_length = te.test_max_new_tokens_gives_length
 test_every_row_of_a_sampled_request_is_schema_valid = ts.test_every_row_of_a_sampled_request_is_schema_valid
 test_greedy_constrained_and_free_rows_share_a_batch = ts.test_greedy_constrained_and_free_rows_share_a_batch
 test_json_object_starts_an_object = ts.test_json_object_starts_an_object
+
+
+def test_one_context_on_both_sides_keeps_the_whole_context(gguf_source):
+    """Both sides on torch (one context): a request's prompt limit is the context less its own max_new_tokens, as
+    on one engine, not less the node's max_new_tokens_limit (the default config's hybrid took 256 tokens off
+    SmolLM2's 8,192 that way, and refused an 8,000-token prompt). A prompt at that limit is answered."""
+    engine = build(gguf_source, {"crossover_rows": NEVER, "small": {"backend": "torch"}, "large": {"backend": "torch"}})
+    try:
+        context = engine.small._runner.max_positions
+        assert context and context == engine.large._runner.max_positions
+        limit = engine.prompt_limit(GP(max_new_tokens=4))
+        assert limit == min(engine.small.max_prompt_tokens, context - 4)
+        assert limit > context - 1000  # max_new_tokens_limit (1000) is not taken off
+        ids = engine.tokenizer(" ".join(PROMPTS) * 200, add_special_tokens=False)["input_ids"][:limit]
+        (r,) = asyncio.run(engine.generate(ids, GP(max_new_tokens=4)))
+        assert r.prompt_tokens == limit and r.completion_tokens >= 1
+    finally:
+        engine.close()
