@@ -75,6 +75,16 @@ async def stream_gaps(engine, prompt: str, new: int, gaps: list[tuple[float, flo
             return
 
 
+def side_of(engine):
+    """The engine whose scheduler serves this script's rows: a hybrid node (what `auto` picks on Intel with AMX)
+    starts fewer rows than its crossover (12 on the default models; here at most --streams + 1) on its small
+    side, so its counters, chunk size and prefix cache are the small side's."""
+    small = getattr(engine, "small", None)
+    if small is not None and getattr(engine, "crossover_rows", None) is not None:
+        return small
+    return engine
+
+
 async def long_prompt(engine, args) -> None:
     alone: list[tuple[float, float]] = []
     # once to warm the kernels for these batch shapes (torch's first steps at a shape are slow), then measured
@@ -86,7 +96,7 @@ async def long_prompt(engine, args) -> None:
     ]
     await asyncio.sleep(2.0)
     ids = prompt_ids(engine, args.long_tokens)
-    sched = engine._scheduler
+    sched = side_of(engine)._scheduler
     steps_before, tokens_before = sched.counters["prefill_steps_total"], sched.counters["prompt_tokens_total"]
     start = time.monotonic()
     refused = ""
@@ -172,8 +182,11 @@ async def main(args) -> None:
     engine.warmup()
     print(f"{cpu_description()}; node {args.node} ({engine.runtime_name}), {os.cpu_count()} cores (shared)")
     limit = engine.prompt_limit(GenerationParams(max_new_tokens=8))
-    print(f"context {engine._runner.max_positions}, prompt limit at 8 new tokens: {limit}")
-    sched = engine._scheduler
+    side = side_of(engine)
+    if side is not engine:
+        print(f"hybrid node: these rows start on its small side ({side.runtime_name}); its scheduler is measured")
+    print(f"context {side._runner.max_positions}, prompt limit at 8 new tokens: {limit}")
+    sched = side._scheduler
     if args.chunk_tokens:
         sched.chunk_tokens = args.chunk_tokens
     if args.prefill_step_share is not None:
