@@ -25,6 +25,18 @@ def safetensors_dtypes(path: Path) -> list[str]:
     return sorted({v["dtype"] for k, v in header.items() if k != "__metadata__"})
 
 
+def written_from_gguf(hf_dir: Path) -> str:
+    """Where a folder's weights are kept as their GGUF and a recipe (deploy/image/gguf_weights.py), write them
+    as the container's start does (sha256-checked), so the row below reads the file the node will load."""
+    if not (hf_dir / "weights-from-gguf.json").is_file():
+        return ""
+    sys.path.insert(0, "/usr/local/lib/graph-image")
+    import gguf_weights
+
+    line = gguf_weights.rebuild_one(hf_dir)
+    return ", written at start from its GGUF: " + line.split(": ", 1)[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bento", default=os.environ.get("BENTO_PATH", "/home/bentoml/bento"))
@@ -67,8 +79,9 @@ def main() -> int:
                 if choice.backend == "torch":
                     weights = sorted(hf_dir.glob("*.safetensors"))
                     what = f"torch {choice.dtype} {choice.quantize}"
+                    made = written_from_gguf(hf_dir)
                     have = f"{hf_dir.parent.name}: " + ", ".join(
-                        f"{w.name} ({'/'.join(safetensors_dtypes(w))})" for w in weights
+                        f"{w.name} ({'/'.join(safetensors_dtypes(w))}{made})" for w in weights
                     )
                     ok = bool(weights)
                 elif choice.backend == "onnx":
