@@ -26,15 +26,11 @@ def safetensors_dtypes(path: Path) -> list[str]:
 
 
 def written_from_gguf(hf_dir: Path) -> str:
-    """Where a folder's weights are kept as their GGUF and a recipe (deploy/image/gguf_weights.py), write them
-    as the container's start does (sha256-checked), so the row below reads the file the node will load."""
-    if not (hf_dir / "weights-from-gguf.json").is_file():
+    """Where a folder's weights are kept as their GGUF and a recipe (deploy/image/gguf_weights.py): say so."""
+    recipe = hf_dir / "weights-from-gguf.json"
+    if not recipe.is_file():
         return ""
-    sys.path.insert(0, "/usr/local/lib/graph-image")
-    import gguf_weights
-
-    line = gguf_weights.rebuild_one(hf_dir)
-    return ", written at start from its GGUF: " + line.split(": ", 1)[1]
+    return f", written at start from {json.loads(recipe.read_text())['source']['file']}"
 
 
 def main() -> int:
@@ -49,6 +45,15 @@ def main() -> int:
     from bentoml._internal.models.model import ModelStore
 
     BentoMLContainer.model_store.set(ModelStore(str(Path(args.bento) / "models")))  # as `bentoml serve` does
+    # the generators' weights kept as their GGUF: written first, as the container's start does (init.sh), so
+    # each row below reads the files a node loads (the ONNX lookups fingerprint the torch folder's weights too)
+    gguf_dir = Path("/usr/local/lib/graph-image")
+    if (gguf_dir / "gguf_weights.py").is_file():
+        sys.path.insert(0, str(gguf_dir))
+        import gguf_weights
+
+        for line in gguf_weights.rebuild(Path(args.bento) / "models"):
+            print(f"graph-weights: {line}")
 
     from graph.config import load_config
     from graph.models import embedded
