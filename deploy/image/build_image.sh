@@ -35,7 +35,18 @@ $BIN/python deploy/image/context.py "$BENTO" "$ctx"
 cp -al "$wheels" "$ctx/wheels" 2>/dev/null || cp -a "$wheels" "$ctx/wheels"
 mkdir -p "$ctx/setup"
 cp "$bento_dir"/env/docker/script__* "$ctx/setup/" 2>/dev/null || true
-cp deploy/image/Containerfile deploy/image/init.sh deploy/image/dedupe_libs.py "$ctx/"
+cp deploy/image/Containerfile deploy/image/init.sh deploy/image/dedupe_libs.py deploy/image/gguf_weights.py "$ctx/"
+# Debian's binutils (strip, for the build stage; the image is Debian 12 as this host): downloaded once into
+# $OUT/debs with apt-get where there is one; without them the libraries keep their symbol tables.
+debs="$OUT/debs"
+if [ ! -f "$debs/.complete" ] && command -v apt-get >/dev/null 2>&1; then
+  mkdir -p "$debs"
+  (cd "$debs" && apt-get download -q binutils binutils-common binutils-x86-64-linux-gnu libbinutils \
+      libctf-nobfd0 libctf0 libgprofng0 libjansson4 >/dev/null 2>&1 && touch .complete) ||
+    echo "make image: apt-get download binutils failed: the image's libraries keep their symbol tables" >&2
+fi
+mkdir -p "$ctx/debs"
+if [ -f "$debs/.complete" ]; then cp "$debs"/*.deb "$ctx/debs/"; fi
 build_start=$(date +%s)
 if [ "$ENGINE" = podman ]; then
   # docker format: OCI images have no HEALTHCHECK.

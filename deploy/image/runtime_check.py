@@ -25,6 +25,14 @@ def safetensors_dtypes(path: Path) -> list[str]:
     return sorted({v["dtype"] for k, v in header.items() if k != "__metadata__"})
 
 
+def written_from_gguf(hf_dir: Path) -> str:
+    """Where a folder's weights are kept as their GGUF and a recipe (deploy/image/gguf_weights.py): say so."""
+    recipe = hf_dir / "weights-from-gguf.json"
+    if not recipe.is_file():
+        return ""
+    return f", written at start from {json.loads(recipe.read_text())['source']['file']}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bento", default=os.environ.get("BENTO_PATH", "/home/bentoml/bento"))
@@ -37,6 +45,15 @@ def main() -> int:
     from bentoml._internal.models.model import ModelStore
 
     BentoMLContainer.model_store.set(ModelStore(str(Path(args.bento) / "models")))  # as `bentoml serve` does
+    # the generators' weights kept as their GGUF: written first, as the container's start does (init.sh), so
+    # each row below reads the files a node loads (the ONNX lookups fingerprint the torch folder's weights too)
+    gguf_dir = Path("/usr/local/lib/graph-image")
+    if (gguf_dir / "gguf_weights.py").is_file():
+        sys.path.insert(0, str(gguf_dir))
+        import gguf_weights
+
+        for line in gguf_weights.rebuild(Path(args.bento) / "models"):
+            print(f"graph-weights: {line}")
 
     from graph.config import load_config
     from graph.models import embedded
@@ -67,8 +84,9 @@ def main() -> int:
                 if choice.backend == "torch":
                     weights = sorted(hf_dir.glob("*.safetensors"))
                     what = f"torch {choice.dtype} {choice.quantize}"
+                    made = written_from_gguf(hf_dir)
                     have = f"{hf_dir.parent.name}: " + ", ".join(
-                        f"{w.name} ({'/'.join(safetensors_dtypes(w))})" for w in weights
+                        f"{w.name} ({'/'.join(safetensors_dtypes(w))}{made})" for w in weights
                     )
                     ok = bool(weights)
                 elif choice.backend == "onnx":

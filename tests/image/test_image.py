@@ -173,6 +173,20 @@ def test_ready_with_packed_models_and_healthy(graph: dict[str, Any]) -> None:
     log = logs(graph["name"])
     assert "[onnx] converting" not in log, "the image converted a model at start-up"
     assert "huggingface.co" not in log
+    # the generators' bfloat16 weights written from their GGUF at start (deploy/image/gguf_weights.py)
+    written = [line for line in log.splitlines() if line.startswith("graph-weights:")]
+    print("\n[image] " + "\n[image] ".join(written))
+    assert any("2 model(s) ready" in line for line in written), log[-4000:]
+    assert sum("sha256 as built" in line for line in written) == 2, written
+    # what `runtime: {backend: auto}` resolved to on this CPU, each generator's start-up line
+    from graph.models.runtimes import cpu_kind
+
+    for name in ("smollm2", "gemma3"):
+        lines = [line for line in log.splitlines() if f"{name}: runtime auto for latency" in line]
+        assert lines, f"no start-up line of {name}'s runtime:\n{log[-4000:]}"
+        print(f"[image] {lines[0].strip()[:300]}")
+        if cpu_kind() == "amx":  # the hybrid: onnx int8 for few rows, torch bfloat16 for many
+            assert "hybrid" in lines[0] and "CPU kind amx" in lines[0], lines[0]
     with step("podman healthcheck run"):
         assert engine("healthcheck", "run", graph["name"], check=False).returncode == 0
     r = httpx.get(graph["url"] + "/readyz", timeout=5)
