@@ -12,7 +12,8 @@ Prints, for the node's engine (its config's runtime, scheduler and prefix cache;
 - long prompt (unless --long-tokens 0): a prompt of --long-tokens tokens is answered (or the error it got; if
   admission refuses it, that is printed and it is sent again with shedding off, to measure the gaps), its
   time to first token, and the p95 gap between tokens of --streams other streams alone and while it is
-  prefilled, until its first token (ratio: target <= 2), with the number of gaps that makes and the streams
+  prefilled, until its first token (ratio: target <= 2), their p99 and longest gap, with the number of gaps that
+  makes, the longest time no stream got a token (they ran beside the whole prefill) and the streams
   admission refused (sent again); their gap after it, while its long row decodes in
   their batch; and the chunks it was read in (their count and mean size: beside running streams they are
   sized by scheduler.prefill_step_share, graph/engine/chunk_budget.py).
@@ -98,6 +99,7 @@ async def long_prompt(engine, args) -> None:
     ids = prompt_ids(engine, args.long_tokens)
     sched = side_of(engine)._scheduler
     steps_before, tokens_before = sched.counters["prefill_steps_total"], sched.counters["prompt_tokens_total"]
+    routed = dict(getattr(engine, "_routed", {}))  # a hybrid: requests started on each side
     start = time.monotonic()
     refused = ""
 
@@ -127,6 +129,9 @@ async def long_prompt(engine, args) -> None:
     end = time.monotonic()
     steps = sched.counters["prefill_steps_total"] - steps_before
     tokens = sched.counters["prompt_tokens_total"] - tokens_before
+    if routed:  # a side that refuses passes the request to the other: which side served the long prompt and streams
+        moved = {side: n - routed[side] for side, n in engine._routed.items()}
+        print(f"  hybrid: requests started meanwhile (the long prompt and the streams sent again) per side: {moved}")
     for s in streams:
         s.cancel()
     await asyncio.gather(*streams, return_exceptions=True)
@@ -136,7 +141,14 @@ async def long_prompt(engine, args) -> None:
     a, d = p95([g for _, g in alone]) * 1000, (p95(window) * 1000 if window else float("nan"))
     print(f"long prompt {args.long_tokens} tokens: {status}; first token {first / 1000:.2f} s")
     print(f"  {args.streams} streams' gap p95: alone {a:.1f} ms, during its prefill {d:.1f} ms ({d / a:.2f}x)")
+    if window:
+        q = statistics.quantiles(window, n=100) if len(window) >= 100 else [max(window)] * 99
+        print(f"  during its prefill: gap p99 {q[98] * 1000:.1f} ms, max {max(window) * 1000:.1f} ms")
+    # the streams ran beside the whole prefill (not only its start): the longest time no stream got a token
+    ticks = [start, *sorted(t for t, _ in during if start <= t <= read), read]
+    idle = max(b - a for a, b in zip(ticks, ticks[1:]))
     print(f"  gaps during its prefill: {len(window)}; streams refused by admission and sent again: {REFUSED[0]}")
+    print(f"  longest time without any stream's token during its prefill: {idle:.2f} s")
     if after:
         late = statistics.median(after) * 1000
         print(f"  their gap median after its first token (its long row in their batch): {late:.1f} ms")
@@ -185,8 +197,8 @@ async def main(args) -> None:
     side = side_of(engine)
     if side is not engine:
         print(f"hybrid node: these rows start on its small side ({side.runtime_name}); its scheduler is measured")
-    print(f"context {side._runner.max_positions}, prompt limit at 8 new tokens: {limit}")
-    sched = side._scheduler
+    print(f"context {side._runner.max_positions}, prompt limit at 8 new tokens: {limit}")  # pyright: ignore[reportAttributeAccessIssue]
+    sched = side._scheduler  # pyright: ignore[reportAttributeAccessIssue]
     if args.chunk_tokens:
         sched.chunk_tokens = args.chunk_tokens
     if args.prefill_step_share is not None:
@@ -225,7 +237,7 @@ async def main(args) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--config", default="configs/default.yaml")
     parser.add_argument("--node", default="smollm2")
     parser.add_argument("--long-tokens", type=int, default=8000, help="0: skip the long prompt (it runs last)")

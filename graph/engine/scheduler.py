@@ -155,13 +155,15 @@ class Chunked:
     """A long prompt being prefilled a chunk per step: its prompt tokens done so far and their cache, and
     the requests with the identical prompt (same scope) that join its prefill as extra rows (best_of, `n`)."""
 
-    __slots__ = ("req", "done", "cache", "followers")
+    __slots__ = ("req", "done", "cache", "followers", "short")
 
-    def __init__(self, req: Request) -> None:
+    def __init__(self, req: Request, short: bool = False) -> None:
         self.req = req
         self.done = 0
         self.cache: RowCache | None = None
         self.followers: list[Request] = []
+        # at most one chunk to prefill on top of a kept prefix (a chat turn): prefilled whole, before long prompts
+        self.short = short
 
     @property
     def reqs(self) -> list[Request]:
@@ -690,14 +692,21 @@ class Scheduler:
                 req.hit = None  # the kept prompt it found may be evicted now
                 c.followers.append(req)
                 return
-        self._chunking.append(Chunked(req))
+        hit = req.hit
+        short = hit is not None and len(req.prompt_ids) - hit.tokens <= self.chunk_tokens
+        self._chunking.append(Chunked(req, short))
 
     def _prefill_chunk(self, now: float, out: Outbox) -> None:
         """Chunks of the long (or partly kept) prompts being prefilled, oldest first, up to one chunk's
         tokens in all (one chunk at least): `chunk_tokens`, or while rows decode what fits the step budget
-        in time (graph/engine/chunk_budget.py). A prompt's rows join the batch after its last chunk."""
+        in time (graph/engine/chunk_budget.py). A prompt's rows join the batch after its last chunk.
+        Prompts with at most `chunk_tokens` left on top of a kept prefix (a chat turn, a repeated stream) go
+        first and whole, as a short uncached prompt is prefilled whole: queued behind a long prompt they
+        would wait for all its chunks, and the streams measured beside it would stop."""
         budget = self.chunk_sizer.size(self.chunk_tokens, len(self.rows))
-        while self._chunking and budget > 0:
+        if any(c.short for c in self._chunking):  # short ones first: behind a long prompt they would wait for all of it
+            self._chunking = deque(sorted(self._chunking, key=lambda c: not c.short))
+        while self._chunking and (budget > 0 or self._chunking[0].short):
             c = self._chunking[0]
             for q in c.reqs:  # cancelled or out of time: its rows finish; a follower takes over the prefill
                 if q.cancelled or (q.deadline is not None and now >= q.deadline):
@@ -718,9 +727,10 @@ class Scheduler:
                     c.cache = hit.kept.cache.resume(hit.tokens, total)
                     c.done = hit.tokens
                     self.counters["prefix_hit_tokens_total"] += c.done
-                except Exception:  # prefilled from the start instead
+                except Exception:  # prefilled from the start instead, in chunks
+                    c.short = False
                     log.exception("%s: resuming a kept prefix of %d tokens failed", self.name, hit.tokens)
-            chunk = req.prompt_ids[c.done : c.done + budget]
+            chunk = req.prompt_ids[c.done : total if c.short else c.done + budget]
             t0 = time.perf_counter()
             logits, cache = self.runner.prefill_chunk(torch.tensor([chunk], dtype=torch.long), c.cache, total)
             took = time.perf_counter() - t0
@@ -729,7 +739,7 @@ class Scheduler:
             self._prefill_s += took
             c.cache = cache
             c.done += len(chunk)
-            budget -= len(chunk)
+            budget -= 0 if c.short else len(chunk)
             self.counters["prefill_steps_total"] += 1
             self.counters["prompt_tokens_total"] += len(chunk)
             if c.done < total:

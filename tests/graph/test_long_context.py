@@ -193,3 +193,44 @@ def test_identical_prompts_join_the_one_being_chunked(engine):
         sched.chunk_sizer.share = 0.5
     assert [[r.text, r.completion_tokens, r.prompt_tokens] for (r,) in results] == [alone] * 3
     assert prefilled == len(ids)  # once, not three times
+
+
+def test_a_kept_short_prompt_is_not_queued_behind_a_long_one(engine):
+    """A prompt with little left on top of a kept prefix (a chat turn, a repeated stream) is prefilled whole
+    before the chunks of a long prompt that came first: it is answered while the long one is still being
+    chunked (it used to wait for all its chunks, and a stream starting again stopped beside a long prefill),
+    and both give the greedy tokens of one prefill."""
+    from graph.engine.kv.prefix_cache import PrefixCache
+
+    sched = engine._scheduler
+    ids = prompt_of(engine, 440)
+    long_ids, short_ids = ids[:400], ids[400:]  # different tokens: the long one finds nothing kept
+    params = GP(max_new_tokens=8)
+    sched.chunk_tokens = 10_000
+    whole = generate(engine, long_ids, params)
+    alone = generate(engine, short_ids, params)
+    sched.prefixes = PrefixCache(16 * 2**20, engine._runner.kv_bytes_per_token())
+    try:
+        generate(engine, short_ids, params)  # kept: 32 of its 40 tokens (whole blocks)
+        sched.chunk_tokens = 64
+        sched.chunk_sizer.share = 1e-9  # floor-sized chunks beside the stream: 100 steps for the long prompt
+
+        async def work():
+            hits = sched.counters["prefix_hit_tokens_total"]
+            first = asyncio.ensure_future(engine.generate(long_ids, params))
+            while not (sched._chunking and sched._chunking[0].done):  # the long prompt's prefill has begun
+                await asyncio.sleep(0.001)
+            (short,) = await engine.generate(short_ids, params)
+            left = [len(c.req.prompt_ids) - c.done for c in sched._chunking]
+            (long,) = await first
+            return short, long, left, sched.counters["prefix_hit_tokens_total"] - hits
+
+        (short, long, left, hits), _ = _during_a_stream(engine, work)
+    finally:
+        sched.prefixes = None
+        sched.chunk_tokens = 512
+        sched.chunk_sizer.share = 0.5
+    assert hits == 32  # the short prompt resumed its kept prefix
+    assert left and left[0] > 0  # answered while the long prompt still had tokens to prefill
+    assert [short.text, short.completion_tokens, short.prompt_tokens] == alone
+    assert [long.text, long.completion_tokens, long.prompt_tokens] == whole
