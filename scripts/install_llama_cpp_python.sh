@@ -50,7 +50,9 @@ if [ -z "$wheel" ]; then
     grep -v "^WARNING: Location" || true
   tar -xzf "$work"/llama_cpp_python-"$VERSION".tar.gz -C "$work"
   $SELECT --patch "$work/llama_cpp_python-$VERSION" $VARIANTS
-  # A local folder: pip caches no wheel of it. The wheel goes to our own cache, named by the variants.
+  # The wheel goes to our own cache, named by the variants. pip 26 (make install upgrades pip first) keeps
+  # no wheel of a local folder in its own cache; pip 23 keeps one under the folder's temporary path, which
+  # no later install asks for (pip's cache of the build tools, scikit-build-core, stays in use).
   "$PIP" wheel -v --no-deps -w "$work/wheel" "$work/llama_cpp_python-$VERSION" 2>&1 | progress
   mkdir -p "$wheels"
   mv "$work"/wheel/llama_cpp_python-"$VERSION"-*.whl "$wheels"/
