@@ -5,8 +5,8 @@
 #   LLAMA_CPP_VARIANTS=host (default): only the variants this CPU uses (scripts/llama_cpp_variants.py: the
 #     best one it runs, and the best without AMX after an AMX one): minutes instead of ~46 min on 2 cores.
 #     The wheel is kept in ~/.cache/inference-graph/wheels/llama-cpp-python-VERSION/VARIANTS/ (LLAMA_CPP_WHEELS
-#     for another folder than ~/.cache/inference-graph/wheels), never in
-#     pip's cache (keyed by the sdist alone: an all-variants install would pick up a host-only wheel).
+#     for another folder than ~/.cache/inference-graph/wheels), never under the sdist's key in pip's cache
+#     (pip keys a built wheel by the sdist alone: an all-variants install would pick up a host-only wheel).
 #   LLAMA_CPP_VARIANTS=all: every x86 variant (GGML_CPU_ALL_VARIANTS), a build that runs on any x86-64 CPU
 #     (wheels/llama-cpp-python-VERSION/all/). Bentos and images always carry this one (deploy/image/Containerfile).
 #   LLAMA_CPP_VARIANTS="zen4 haswell": those.
@@ -54,6 +54,8 @@ if [ -z "$wheel" ]; then
   # no wheel of a local folder in its own cache; pip 23 keeps one under the folder's temporary path, which
   # no later install asks for (pip's cache of the build tools, scikit-build-core, stays in use).
   "$PIP" wheel -v --no-deps -w "$work/wheel" "$work/llama_cpp_python-$VERSION" 2>&1 | progress
+  ls "$work"/wheel/llama_cpp_python-"$VERSION"-*.whl >/dev/null 2>&1 ||
+    { echo "llama-cpp-python $VERSION: the build failed (its errors are above)" >&2; exit 1; }
   mkdir -p "$wheels"
   mv "$work"/wheel/llama_cpp_python-"$VERSION"-*.whl "$wheels"/
   wheel=$(ls "$wheels"/llama_cpp_python-"$VERSION"-*.whl | head -n 1)
