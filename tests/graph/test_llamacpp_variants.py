@@ -1,7 +1,10 @@
 """ggml's CPU variant is chosen once per process (graph/engine/runners/llamacpp_runner.py:load_backend):
 a process that loads the tiny float32 GGUF first and a real quantized one (SmolLM2's Q4_1) after must
 never load a variant the second one crashes on. On the Intel AMX VM these tests were written on, the
-`sapphirerapids` variant passes the tiny file and dies of SIGILL on the Q4_1 file.
+`sapphirerapids` variant passes the tiny file and dies of SIGILL on the Q4_1 file. A local build carries
+this CPU's variants only (`make install`, scripts/llama_cpp_variants.py): there `sapphirerapids` and
+`zen4`, so the refusal runs as it did with every variant; on a CPU whose best variant decodes both files
+(Zen 4: `zen4` alone; AVX2: `haswell`) the first test takes its other branch, the file decoded.
 
 Each scenario runs in a child process (a SIGILL there cannot kill pytest), with its own empty probe
 cache (XDG_CACHE_HOME), so the probes really run: about 10-20 s per probe on a 2-core machine.

@@ -17,8 +17,9 @@ does) and restores it into a free sequence, cut to the matched tokens: a cross-s
 (kv_unified = false) copies a whole stream and only whole sequences, and a kept prefix parked in a spare
 sequence would hold `n_ctx_seq` cells whatever its length. Long prompts are prefilled a chunk per step.
 
-CPU kernels: llama-cpp-python is built with every x86-64 variant of ggml's CPU backend as a loadable
-module (`make install`, scripts/install_llama_cpp_python.sh). `load_backend` picks the best variant this
+CPU kernels: llama-cpp-python is built with ggml's CPU backend as loadable modules, one per x86-64 variant:
+`make install` builds this CPU's (scripts/install_llama_cpp_python.sh, scripts/llama_cpp_variants.py), a
+Bento or image every one. `load_backend` picks the best variant this
 CPU runs (ggml's own score), after checking in a child process that it decodes without crashing:
 on an Intel AMX KVM guest a natively built ggml died at `ldtilecfg` (MODELS.md); a variant that
 crashes is skipped for the next best. `LLAMACPP_CPU_VARIANT=<name>` forces one (e.g. `icelake`).
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -405,7 +407,8 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         self._mem: Any = L.llama_get_memory(self._ctx)
         self._batch_cap = max(n_batch, n_seq)
         self._batch = L.llama_batch_init(self._batch_cap, 0, 1)
-        self._free: list[int] = list(range(n_seq - 1, -1, -1))  # a stack: lowest ids first
+        # A heap: take_seq gives the lowest free id, so the rows' sequences stay few runs of consecutive ids (_run)
+        self._free: list[int] = list(range(n_seq))
         self._to_release: list[list[int]] = []
         self._eos = [int(t) for t in eos_ids] if eos_ids else [int(L.llama_vocab_eos(self._vocab))]
         self.kv_heads: int = L.llama_model_n_head_kv(self._model)
@@ -554,6 +557,10 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         batch = self._batch
         n_vocab = self.vocab_size
         view = out.numpy()
+        # In ascending sequence order: with kv_unified = false llama.cpp splits a batch into one ubatch (one
+        # pass over the weights) per run of consecutive sequence ids in batch order, so rows whose sequences
+        # came back from free_seqs in another order cost a forward each (64 rows: 1.4 s a step against 0.27).
+        entries = sorted(entries, key=lambda e: (e[0], e[1]))
         for start in range(0, len(entries), self._batch_cap):
             chunk = entries[start : start + self._batch_cap]
             want = []
@@ -578,7 +585,7 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
             self._reclaim()
         if not self._free:
             raise RuntimeError(f"llama.cpp: all {self.n_seq} sequences are in use")
-        return self._free.pop()
+        return heapq.heappop(self._free)
 
     def trim_seq(self, seq: int, length: int) -> None:
         """Clear sequence `seq`'s cells from position `length` on."""
@@ -591,7 +598,7 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         """Clear these sequences' cells and return them to the pool."""
         for seq in seqs:
             self._L.llama_memory_seq_rm(self._mem, seq, -1, -1)
-            self._free.append(seq)
+            heapq.heappush(self._free, seq)
 
     def release_later(self, seqs: list[int]) -> None:
         """A dropped cache's finalizer (any thread): its sequences are freed at the next call."""
