@@ -406,10 +406,11 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         self._mem: Any = L.llama_get_memory(self._ctx)
         self._batch_cap = max(n_batch, n_seq)
         self._batch = L.llama_batch_init(self._batch_cap, 0, 1)
-        # A stack, lowest ids first. Not a heap (lowest free id always), though that keeps the rows' sequences
-        # in fewer runs of consecutive ids (_run): with it a prompt chunked onto a sequence that had held a
-        # 512-token prefill gave log-probabilities 1e-2 away from its one-shot prefill on the tiny model
-        # (tests/graph/test_long_context.py, step budget), not understood yet.
+        # A stack, lowest ids first. Not yet a heap (lowest free id always), though that keeps the rows'
+        # sequences in fewer runs of consecutive ids (_run): with it, test_long_context's step-budget test
+        # flipped a near-tie token on llamacpp. The cause is not the heap: with flash attention (llama.cpp's
+        # auto: on) a chunked prefill's log-probabilities differ from a one-shot prefill's by up to 1.3e-2 on
+        # the tiny GGUF, on any sequence; with flash_attn_type disabled they are equal bit for bit.
         self._free: list[int] = list(range(n_seq - 1, -1, -1))
         self._to_release: list[list[int]] = []
         self._eos = [int(t) for t in eos_ids] if eos_ids else [int(L.llama_vocab_eos(self._vocab))]
