@@ -137,6 +137,14 @@ class SchedulerConfig(_Strict):
         "between tokens stays near (1 + share) x their gap alone; the prompt's first token comes later. With no "
         "rows decoding, chunks are 512 tokens. None = always 512-token chunks.",
     )
+    prefill_lane: bool = Field(
+        default=True,
+        description="Long prompts beside running streams, on runtimes that can (onnx): each 512-token chunk runs on "
+        "one core of its own while the streams decode on the node's other threads, instead of small chunks between "
+        "their steps. The streams' steps slow by the core they give up; the long prompt's first token comes much "
+        "sooner. Needs 2 cores; the first such prompt makes a second ONNX Runtime session (one more copy of the "
+        "weights in memory). false = chunks between decode steps, sized by prefill_step_share.",
+    )
     speculative: SpeculativeConfig | None = Field(
         default_factory=SpeculativeConfig,
         description="Speculative decoding with prompt-lookup drafts, on runtimes that verify drafts in the batch "

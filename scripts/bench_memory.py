@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_memory.py [--config configs/default.yaml] [--node smollm2]
         [--long-tokens 8000] [--streams 8] [--turns 8] [--chunk-tokens 512] [--prefill-step-share 0.5] [--long-only]
-        [--long-timeout S] [--backend torch --dtype bfloat16]
+        [--long-timeout S] [--no-prefill-lane] [--backend torch --dtype bfloat16]
 
 Prints, for the node's engine (its config's runtime, scheduler and prefix cache; greedy), in this order:
 - chat: time to first token of each of --turns turns of one conversation through the node's chat template
@@ -16,7 +16,8 @@ Prints, for the node's engine (its config's runtime, scheduler and prefix cache;
   makes, the longest time no stream got a token (they ran beside the whole prefill) and the streams
   admission refused (sent again); their gap after it, while its long row decodes in
   their batch; and the chunks it was read in (their count and mean size: beside running streams they are
-  sized by scheduler.prefill_step_share, graph/engine/chunk_budget.py).
+  sized by scheduler.prefill_step_share, graph/engine/chunk_budget.py; on runtimes with a prefill lane, whole
+  chunks run beside the decode steps instead, scheduler.prefill_lane).
 Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
 This script asserts nothing.
 """
@@ -99,6 +100,7 @@ async def long_prompt(engine, args) -> None:
     ids = prompt_ids(engine, args.long_tokens)
     sched = side_of(engine)._scheduler
     steps_before, tokens_before = sched.counters["prefill_steps_total"], sched.counters["prompt_tokens_total"]
+    lane_before = sched.counters["prefill_lane_chunks_total"]
     routed = dict(getattr(engine, "_routed", {}))  # a hybrid: requests started on each side
     start = time.monotonic()
     refused = ""
@@ -154,7 +156,9 @@ async def long_prompt(engine, args) -> None:
         print(f"  their gap median after its first token (its long row in their batch): {late:.1f} ms")
     print(
         f"  prefill steps meanwhile: {steps} for {tokens} prompt tokens (the streams' own prompts included), "
-        f"mean {tokens / max(1, steps):.0f} tokens; step share {sched.chunk_sizer.share}"
+        f"mean {tokens / max(1, steps):.0f} tokens; step share {sched.chunk_sizer.share}; prefill lane "
+        f"{'on' if sched.prefill_lane else 'off'} ({sched.counters['prefill_lane_chunks_total'] - lane_before} chunks "
+        "on it, beside the decode steps)"
     )
 
 
@@ -201,6 +205,8 @@ async def main(args) -> None:
     sched = side._scheduler  # pyright: ignore[reportAttributeAccessIssue]
     if args.chunk_tokens:
         sched.chunk_tokens = args.chunk_tokens
+    if args.no_prefill_lane:
+        sched.prefill_lane = False
     if args.prefill_step_share is not None:
         sched.chunk_sizer.share = args.prefill_step_share if args.prefill_step_share > 0 else None
     try:
@@ -250,6 +256,9 @@ if __name__ == "__main__":
         type=float,
         default=None,
         help="a chunk's share of the decode step beside running streams (the config's; 0: off, fixed-size chunks)",
+    )
+    parser.add_argument(
+        "--no-prefill-lane", action="store_true", help="chunks between the decode steps (scheduler.prefill_lane: false)"
     )
     parser.add_argument("--long-only", action="store_true", help="only the long prompt beside the streams")
     parser.add_argument("--long-timeout", type=float, default=None, help="seconds; the long prompt is then cancelled")

@@ -38,6 +38,8 @@ ENGINE_COUNTERS = {
     "failed_rows_total": "Rows that failed alone (their sampling failed); the rest of the batch went on.",
     "spec_draft_tokens_total": "Draft tokens proposed by speculative decoding (scheduler.speculative).",
     "spec_accepted_tokens_total": "Draft tokens the model agreed with (each one a token without its own step).",
+    "prefill_lane_chunks_total": "Long prompts' chunks prefilled on the prefill lane, beside the decode steps "
+    "(scheduler.prefill_lane).",
 }
 ENGINE_GAUGES = {
     "active_rows": "Rows in this node's decode batch now.",

@@ -87,12 +87,14 @@ class GenerationEngine(NodeEngine):
         prefix_cache_mb: float | None = None,
         speculation: Speculation | None = None,
         prefill_step_share: float | None = PREFILL_STEP_SHARE,
+        prefill_lane: bool = True,
     ) -> None:
         """`model`: a causal LM in eval mode; `tokenizer`: its fast tokenizer. `threads` sets torch's
         (process-wide) thread count. Prompts are tokenized with the tokenizer's special tokens (BOS
         where it adds one), as `pipeline("text-generation")` does; with `chat_template`, a prompt is
         sent as one user message through the tokenizer's chat template (for instruct models).
-        `max_request_share`, `max_wait_s`, `max_kv_mb`, `prefill_step_share`: see graph.config.SchedulerConfig;
+        `max_request_share`, `max_wait_s`, `max_kv_mb`, `prefill_step_share`, `prefill_lane`: see
+        graph.config.SchedulerConfig;
         `speculation`: prompt-lookup drafts verified in the batch (graph/engine/spec/), on runners with
         multi_token_decode. With
         `compile`, decode steps run compiled on shape buckets (graph/engine/runners/torch_compiled.py), compiled
@@ -144,6 +146,7 @@ class GenerationEngine(NodeEngine):
             prefix_cache_mb=prefix_cache_mb,
             speculation=speculation,
             prefill_step_share=prefill_step_share,
+            prefill_lane=prefill_lane,
         )
 
     @property

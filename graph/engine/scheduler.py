@@ -29,6 +29,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -216,6 +217,7 @@ class Scheduler:
         prefix_cache_mb: float | None = None,
         speculation: Speculation | None = None,
         prefill_step_share: float | None = PREFILL_STEP_SHARE,
+        prefill_lane: bool = True,
     ) -> None:
         self.runner = runner
         # Drafts verified in the batch (graph/engine/spec/): on runners that decode several tokens per row.
@@ -231,6 +233,12 @@ class Scheduler:
         self.chunk_tokens = CHUNK_TOKENS  # longer prompts are prefilled this many tokens per step at most
         # while rows decode, a chunk takes about prefill_step_share x their step's time (graph/engine/chunk_budget.py)
         self.chunk_sizer = ChunkSizer(prefill_step_share)
+        # The prefill lane: on runners that can (concurrent_chunks), a long prompt's chunks run on a thread of their
+        # own beside the decode steps instead of between them, whole chunks on one core while the rows decode on
+        # the rest (the chunk sizer then has nothing to size); `_lane_job` is the chunk running there now.
+        self.prefill_lane = prefill_lane and runner.concurrent_chunks
+        self._lane_pool: ThreadPoolExecutor | None = None
+        self._lane_job: tuple[Chunked, Future, int] | None = None
         # Rows one request id may hold (its first request is always admissible).
         self.row_cap = max(1, math.floor(max_batch_size * max_request_share))
         self.max_wait_s = max_wait_s
@@ -280,6 +288,7 @@ class Scheduler:
             malloc_trims_total=0,
             spec_draft_tokens_total=0,
             spec_accepted_tokens_total=0,
+            prefill_lane_chunks_total=0,
         )
 
     # -- control (any thread) ----------------------------------------------------------------------
@@ -308,6 +317,9 @@ class Scheduler:
             out.put(req, NodeFailure(f"{self.name}: the generation engine was closed", node=self.name))
         self.rows, self._cache, self._sampler = [], None, None
         self._chunking.clear()
+        self._lane_job = None
+        if self._lane_pool is not None:
+            self._lane_pool.shutdown(wait=False)
         out.send()
 
     def submit(self, req: Request) -> None:
@@ -553,6 +565,7 @@ class Scheduler:
         self.rows, self._cache, self._sampler = [], None, None
         self._last_step_end = None
         self._chunking.clear()
+        self._lane_job = None
         out.send()
 
     def _step(self, admitted: list[Request]) -> None:
@@ -703,11 +716,20 @@ class Scheduler:
         Prompts with at most `chunk_tokens` left on top of a kept prefix (a chat turn, a repeated stream) go
         first and whole, as a short uncached prompt is prefilled whole: queued behind a long prompt they
         would wait for all its chunks, and the streams measured beside it would stop."""
+        if self._lane_job is not None:
+            c, running, n = self._lane_job
+            if running.done() or not self.rows:  # with no rows decoding, nothing to run beside: wait for it
+                self._lane_job = None
+                logits, cache = running.result()  # its exception fails the step, as a chunk run here would
+                self.counters["prefill_lane_chunks_total"] += 1
+                self._chunk_done(c, n, logits, cache, out)
         budget = self.chunk_sizer.size(self.chunk_tokens, len(self.rows))
         if any(c.short for c in self._chunking):  # short ones first: behind a long prompt they would wait for all of it
             self._chunking = deque(sorted(self._chunking, key=lambda c: not c.short))
         while self._chunking and (budget > 0 or self._chunking[0].short):
             c = self._chunking[0]
+            if self._lane_job is not None and not c.short:
+                return  # a chunk runs on the lane: the long prompts wait for it, the rows decode meanwhile
             for q in c.reqs:  # cancelled or out of time: its rows finish; a follower takes over the prefill
                 if q.cancelled or (q.deadline is not None and now >= q.deadline):
                     for row in q.rows:
@@ -730,6 +752,13 @@ class Scheduler:
                 except Exception:  # prefilled from the start instead, in chunks
                     c.short = False
                     log.exception("%s: resuming a kept prefix of %d tokens failed", self.name, hit.tokens)
+            if self.prefill_lane and self.rows and not c.short:  # beside the decode steps, a whole chunk at a time
+                chunk = req.prompt_ids[c.done : c.done + self.chunk_tokens]
+                if self._lane_pool is None:
+                    self._lane_pool = ThreadPoolExecutor(1, thread_name_prefix=f"lane-{self.name}")
+                ids = torch.tensor([chunk], dtype=torch.long)
+                self._lane_job = (c, self._lane_pool.submit(self._lane_chunk, ids, c.cache, total), len(chunk))
+                return
             chunk = req.prompt_ids[c.done : total if c.short else c.done + budget]
             t0 = time.perf_counter()
             logits, cache = self.runner.prefill_chunk(torch.tensor([chunk], dtype=torch.long), c.cache, total)
@@ -737,16 +766,29 @@ class Scheduler:
             self.prefill_times.record(len(chunk), took)
             self.chunk_sizer.chunked(len(chunk), took)
             self._prefill_s += took
-            c.cache = cache
-            c.done += len(chunk)
             budget -= 0 if c.short else len(chunk)
-            self.counters["prefill_steps_total"] += 1
-            self.counters["prompt_tokens_total"] += len(chunk)
-            if c.done < total:
+            if not self._chunk_done(c, len(chunk), logits, cache, out):
                 return
-            self._chunking.popleft()
-            self._keep(req.scope, req.prompt_ids, cache, 0)
-            self._join(c.reqs, logits, cache, out, [0] * len(c.reqs))
+
+    def _lane_chunk(self, ids: torch.Tensor, cache: RowCache | None, total: int) -> tuple[torch.Tensor, RowCache]:
+        """One chunk on the prefill lane's thread (torch's inference mode is per thread)."""
+        with torch.inference_mode():
+            return self.runner.prefill_chunk_beside(ids, cache, total)
+
+    def _chunk_done(self, c: Chunked, n: int, logits: torch.Tensor, cache: RowCache, out: Outbox) -> bool:
+        """`n` more tokens of `c`'s prompt were prefilled into `cache`: once the prompt is done, it is kept for
+        reuse and its rows join the batch (True)."""
+        req = c.req
+        c.cache = cache
+        c.done += n
+        self.counters["prefill_steps_total"] += 1
+        self.counters["prompt_tokens_total"] += n
+        if c.done < len(req.prompt_ids):
+            return False
+        self._chunking.remove(c)
+        self._keep(req.scope, req.prompt_ids, cache, 0)
+        self._join(c.reqs, logits, cache, out, [0] * len(c.reqs))
+        return True
 
     def _join(self, reqs: list[Request], logits: torch.Tensor, cache: RowCache, out: Outbox, of_req: list[int]) -> None:
         """First tokens of prefilled prompts `reqs` (a prefill's logits and cache; request i's prompt

@@ -126,6 +126,7 @@ def _engine(
         prefix_cache_mb=sched.prefix_cache_mb if keep_mb is None else keep_mb,
         compile=runtime.compile,
         prefill_step_share=sched.prefill_step_share,
+        prefill_lane=sched.prefill_lane,
         speculation=None
         if spec is None
         else Speculation(spec.ngram, spec.min_ngram, spec.draft_tokens, spec.max_rows, spec.adaptive),

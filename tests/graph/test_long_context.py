@@ -147,6 +147,7 @@ def test_chunks_beside_a_running_stream_follow_the_step_budget(engine, share, ch
     long_ids = prompt_of(engine, 400)
     params = GP(max_new_tokens=12)
     sched.chunk_tokens = 10_000
+    lane, sched.prefill_lane = sched.prefill_lane, False  # chunks between the decode steps (the lane's test: below)
     try:
         whole = generate(engine, long_ids, params)
         sched.chunk_tokens = 128
@@ -162,9 +163,43 @@ def test_chunks_beside_a_running_stream_follow_the_step_budget(engine, share, ch
     finally:
         sched.chunk_tokens = 512
         sched.chunk_sizer.share = 0.5
+        sched.prefill_lane = lane
     assert beside == whole
     assert prefills == chunks  # the stream was admitted before (its 900 tokens outlast the prompt)
     assert during >= chunks - 1
+
+
+def test_the_prefill_lane_runs_whole_chunks_beside_the_decode_steps(engine):
+    """On runners with concurrent_chunks (onnx), a long prompt beside a running stream is prefilled in whole
+    chunks on the lane's thread while the stream keeps decoding (several steps per chunk, not one), with the
+    greedy tokens of one prefill; other runners keep the chunks between the steps (the lane stays unused)."""
+    sched = engine._scheduler
+    long_ids = prompt_of(engine, 400)
+    params = GP(max_new_tokens=12)
+    sched.chunk_tokens = 10_000
+    try:
+        whole = generate(engine, long_ids, params)
+        sched.chunk_tokens = 100
+
+        async def work():
+            before = dict(sched.counters)
+            (r,) = await engine.generate(long_ids, params)
+            after = sched.counters
+            return [r.text, r.completion_tokens, r.prompt_tokens], {
+                k: after[k] - before[k] for k in ("prefill_steps_total", "prefill_lane_chunks_total")
+            }
+
+        (beside, counts), during = _during_a_stream(engine, work)
+    finally:
+        sched.chunk_tokens = 512
+    assert beside == whole
+    if engine._runner.concurrent_chunks:
+        assert sched.prefill_lane
+        assert counts == {"prefill_steps_total": 4, "prefill_lane_chunks_total": 4}  # 400 tokens, 100 a chunk
+        assert during >= 4
+    else:
+        assert not sched.prefill_lane
+        assert counts["prefill_lane_chunks_total"] == 0
 
 
 def test_identical_prompts_join_the_one_being_chunked(engine):
@@ -214,6 +249,7 @@ def test_a_kept_short_prompt_is_not_queued_behind_a_long_one(engine):
         generate(engine, short_ids, params)  # kept: 32 of its 40 tokens (whole blocks)
         sched.chunk_tokens = 64
         sched.chunk_sizer.share = 1e-9  # floor-sized chunks beside the stream: 100 steps for the long prompt
+        sched.prefill_lane = False  # (on the lane, 64-token chunks of a tiny model could all be done first)
 
         async def work():
             hits = sched.counters["prefix_hit_tokens_total"]
@@ -230,6 +266,7 @@ def test_a_kept_short_prompt_is_not_queued_behind_a_long_one(engine):
         sched.prefixes = None
         sched.chunk_tokens = 512
         sched.chunk_sizer.share = 0.5
+        sched.prefill_lane = engine._runner.concurrent_chunks
     assert hits == 32  # the short prompt resumed its kept prefix
     assert left and left[0] > 0  # answered while the long prompt still had tokens to prefill
     assert [short.text, short.completion_tokens, short.prompt_tokens] == alone

@@ -131,6 +131,16 @@ class Runner(ABC, Generic[C]):
         Backends that cannot set `chunked_prefill` False: their prompts are prefilled in one go."""
         raise NotImplementedError(f"{type(self).__name__} prefills prompts in one go")
 
+    # Whether `prefill_chunk_beside` works: the scheduler then prefills a long prompt's chunks on a second
+    # thread while the running rows' decode steps go on (its prefill lane, graph/engine/scheduler.py).
+    concurrent_chunks: bool = False
+
+    def prefill_chunk_beside(self, ids: torch.Tensor, cache: C | None, total: int) -> tuple[torch.Tensor, C]:
+        """`prefill_chunk`, called on another thread than the decode steps and running at the same time as
+        them: the runner splits the cores between the two (while it runs, `decode` uses fewer threads).
+        Backends that cannot set `concurrent_chunks` False: their chunks run between decode steps."""
+        raise NotImplementedError(f"{type(self).__name__} cannot prefill beside its decode steps")
+
     # Whether `decode_drafts` works: the scheduler then verifies speculative drafts in the batch.
     multi_token_decode: bool = False
 

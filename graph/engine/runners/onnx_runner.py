@@ -18,17 +18,24 @@ projection for every prompt token (Gemma's 262k-entry vocabulary costs more than
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from graph.engine.runners.base import CopiedRow, KeptRow, RowCache, Runner, as_id_set, swap_remove
 
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
 log = logging.getLogger(__name__)
 
 LOGITS_INDEX = "logits_index"  # the input graph/models/onnx_model.py adds: flat row*seq index per row
+LANE_THREADS = 1  # threads of a long prompt's chunks beside the decode steps (prefill_chunk_beside)
 
 
 class OnnxKVCache(RowCache):
@@ -169,12 +176,19 @@ class OnnxRunner(Runner[OnnxKVCache]):
         self.vocab_size: int = cfg["vocab_size"]
         # Sliding-window layers (Gemma 3) need KV buffers of at least the window, prefill included.
         self.min_capacity: int = int((dec.get("sliding_window") or {}).get("window_size") or 0)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_dir / dec["filename"]), opts, providers=["CPUExecutionProvider"])
+        self._model_file = str(model_dir / dec["filename"])
+        self.session = self._session(threads)
+        # The prefill lane (prefill_chunk_beside): a long prompt's chunk on one core while the running rows decode
+        # on the others, each on a session of its own thread count (made at the first such chunk: each is another
+        # copy of the weights in memory). Needs two cores at least.
+        cores = len(os.sched_getaffinity(0))
+        self.threads = threads or cores
+        self.concurrent_chunks = cores >= 2
+        self._narrow_threads = self.threads if self.threads < cores else max(1, self.threads - LANE_THREADS)
+        self._lane: InferenceSession | None = None
+        self._narrow: InferenceSession | None = None
+        self._lane_lock = threading.Lock()
+        self._beside = 0  # lane chunks running now: decode steps meanwhile run on the narrow session
         names = {i.name for i in self.session.get_inputs()}
         if LOGITS_INDEX not in names:
             raise ValueError(f"{model_dir}: not converted by graph/models/onnx_model.py (no {LOGITS_INDEX} input)")
@@ -187,6 +201,16 @@ class OnnxRunner(Runner[OnnxKVCache]):
         kv_type = next(i.type for i in self.session.get_inputs() if i.name == self._past[0][0])
         self.kv_dtype = np.float16 if "float16" in kv_type else np.float32
         self._has_positions = "position_ids" in names
+
+    def _session(self, threads: int | None) -> InferenceSession:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(self._model_file, opts, providers=["CPUExecutionProvider"])
 
     def new_cache(self, row_capacity: int, capacity: int, left_room: int = 0) -> OnnxKVCache:
         return OnnxKVCache(self.num_layers, row_capacity, max(capacity, self.min_capacity), left_room)
@@ -236,6 +260,33 @@ class OnnxRunner(Runner[OnnxKVCache]):
     ) -> tuple[torch.Tensor, OnnxKVCache]:
         """The next `k` tokens of one prompt on top of what its earlier chunks (or a kept prefix) cached:
         GroupQueryAttention reads the row's past from the mask's length and writes the new columns after it."""
+        return self._prefill_chunk(ids, cache, total, self.session)
+
+    def prefill_chunk_beside(
+        self, ids: torch.Tensor, cache: OnnxKVCache | None, total: int
+    ) -> tuple[torch.Tensor, OnnxKVCache]:
+        """A chunk on the lane's one-thread session, while decode steps run on the narrow session (the node's
+        threads less the lane's), so the two together use the node's cores and neither waits for the other.
+        ONNX Runtime runs two sessions (or two calls of one) on two threads at once."""
+        with self._lane_lock:
+            if self._lane is None:
+                self._lane = self._session(LANE_THREADS)
+                same = self._narrow_threads == LANE_THREADS
+                self._narrow = self._lane if same else self._session(self._narrow_threads)
+                log.info("onnx: prefill lane sessions made (%d + %d threads)", LANE_THREADS, self._narrow_threads)
+            self._beside += 1
+        try:
+            return self._prefill_chunk(ids, cache, total, self._lane)
+        finally:
+            with self._lane_lock:
+                self._beside -= 1
+
+    def _decode_session(self) -> InferenceSession:
+        return self._narrow if self._beside and self._narrow is not None else self.session
+
+    def _prefill_chunk(
+        self, ids: torch.Tensor, cache: OnnxKVCache | None, total: int, session: InferenceSession
+    ) -> tuple[torch.Tensor, OnnxKVCache]:
         k = ids.shape[1]
         if cache is None:
             cache = OnnxKVCache(self.num_layers, 1, max(total, self.min_capacity))
@@ -251,7 +302,7 @@ class OnnxRunner(Runner[OnnxKVCache]):
         }
         if self._has_positions:
             feed["position_ids"] = np.arange(past, past + k, dtype=np.int64)[None]
-        logits = self._run(feed, cache, 1)
+        logits = self._run(feed, cache, 1, session=session)
         cache.lens[0] += k
         return logits, cache
 
@@ -295,19 +346,25 @@ class OnnxRunner(Runner[OnnxKVCache]):
         }
         if self._has_positions:
             feed["position_ids"] = lens.reshape(b, 1).copy()
-        logits = self._run(feed, cache, b)
+        logits = self._run(feed, cache, b, session=self._decode_session())
         cache.lens[:b] += 1
         return logits
 
     def _run(
-        self, feed: dict[str, np.ndarray], cache: OnnxKVCache, b: int, logits_rows: int | None = None
+        self,
+        feed: dict[str, np.ndarray],
+        cache: OnnxKVCache,
+        b: int,
+        logits_rows: int | None = None,
+        session: InferenceSession | None = None,
     ) -> torch.Tensor:
         """One forward with each layer's past and present bound to the same rows [0, b) of the
         cache's buffers (GroupQueryAttention's shared-buffer mode: it writes the new columns in
         place). Returns logits [logits_rows or b, vocab] (float32)."""
         import onnxruntime as ort
 
-        io = self.session.io_binding()
+        session = session or self.session
+        io = session.io_binding()
         for name, value in feed.items():
             io.bind_cpu_input(name, value)
         shape = [b, self.kv_heads, cache.capacity, self.head_dim]
@@ -319,5 +376,5 @@ class OnnxRunner(Runner[OnnxKVCache]):
         n = logits_rows or b
         logits = np.empty((n, 1, self.vocab_size), dtype=np.float32)
         io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-        self.session.run_with_iobinding(io, ort.RunOptions())
+        session.run_with_iobinding(io, ort.RunOptions())
         return torch.from_numpy(logits.reshape(n, -1))

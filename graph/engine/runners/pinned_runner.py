@@ -72,6 +72,7 @@ class PinnedRunner(Runner[RowCache]):
         self.vocab_size = inner.vocab_size
         self.chunked_prefill = inner.chunked_prefill
         self.multi_token_decode = inner.multi_token_decode  # speculative decoding on a llamacpp side
+        self.concurrent_chunks = inner.concurrent_chunks  # the prefill lane: not on the compute thread
 
     def new_cache(self, row_capacity: int, capacity: int, left_room: int = 0) -> RowCache:
         return self.inner.new_cache(row_capacity, capacity, left_room)
@@ -92,6 +93,12 @@ class PinnedRunner(Runner[RowCache]):
 
     def prefill_chunk(self, ids: torch.Tensor, cache: RowCache | None, total: int) -> tuple[torch.Tensor, RowCache]:
         return self.compute.call(lambda: self.inner.prefill_chunk(ids, cache, total))
+
+    def prefill_chunk_beside(
+        self, ids: torch.Tensor, cache: RowCache | None, total: int
+    ) -> tuple[torch.Tensor, RowCache]:
+        # On the caller's thread (the scheduler's prefill lane), not queued behind the decode steps.
+        return self.inner.prefill_chunk_beside(ids, cache, total)
 
     def kv_bytes_per_token(self) -> int:
         return self.inner.kv_bytes_per_token()
