@@ -1,12 +1,13 @@
-"""One stream on a llamacpp node: speculative decoding (prompt-lookup drafts) on vs off vs llama.cpp's own decode.
+"""One stream on a llamacpp or onnx node: speculative decoding (prompt-lookup drafts) on vs off vs llama.cpp's decode.
 
     .venv/bin/python scripts/bench_spec.py [--model smollm2-135m-instruct] [--threads 2] [--new-tokens 128]
-        [--drafts 4a,4] [--repeats 2]
+        [--drafts 4a,4] [--repeats 2] [--backend llamacpp|onnx]
 
 The node is the default config's SmolLM2 node on `runtime: {backend: llamacpp}` (its packaged Q4_1
-GGUF, chat template on), greedy, one request at a time. Two kinds of prompts: ones whose answers
-repeat their prompt (quote a text, correct a text, answer from a passage: drafts hit) and free
-writing (drafts rarely hit). For each prompt, decode tokens/s (tokens after the first over the time
+GGUF, chat template on), or with --backend onnx on `{backend: onnx, onnx_precision: int8}`, greedy, one
+request at a time; the baseline is always llama.cpp's own decode of the packaged GGUF. Two kinds of
+prompts: ones whose answers repeat their prompt (quote a text, correct a text, answer from a passage:
+drafts hit) and free writing (drafts rarely hit). For each prompt, decode tokens/s (tokens after the first over the time
 from the first streamed token to the last; prefill excluded): speculation off; on, for each --drafts
 value (draft_tokens; a trailing "a" = adaptive: true); and llama.cpp's own one-token-at-a-time greedy
 decode of the same prompt ids for the same number of tokens (llama-cpp-python's high-level `Llama`,
@@ -51,19 +52,18 @@ MISS = {
 }
 
 
-def node_engine(model: str, threads: int, spec: dict | None):
+def node_engine(model: str, threads: int, spec: dict | None, backend: str = "llamacpp"):
     from graph.config import GeneratorNode
     from graph.models.node_engine import engine_for_node
-    from services.store import embedded_lookup
+    from services.store import embedded_lookup, onnx_lookup, store_lookup
 
     sched = {"max_batch_size": 4, "speculative": spec}  # None = off
-    node = GeneratorNode(
-        model={"embedded": model},
-        chat_template=True,
-        runtime={"backend": "llamacpp", "threads": threads},
-        scheduler=sched,
-    )
-    engine = engine_for_node(model, node, embedded_lookup=embedded_lookup)
+    runtime: dict = {"backend": backend, "threads": threads}
+    if backend == "onnx":
+        runtime["onnx_precision"] = "int8"
+    node = GeneratorNode(model={"embedded": model}, chat_template=True, runtime=runtime, scheduler=sched)
+    lookups = dict(embedded_lookup=embedded_lookup, store_lookup=store_lookup, onnx_lookup=onnx_lookup)
+    engine = engine_for_node(model, node, **lookups)
     engine.start()
     engine.warmup(timeout=300)
     return engine
@@ -115,18 +115,22 @@ def main() -> None:
     ap.add_argument("--min-ngram", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--prompts", default="hit,miss")
+    ap.add_argument(
+        "--backend", default="llamacpp", choices=["llamacpp", "onnx"], help="the node's runtime (onnx: int8)"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     from graph.models.gguf_model import embedded_gguf
     from graph.models.runtimes import cpu_description
 
-    print(f"CPU: {cpu_description()}; threads {args.threads}; {args.model} GGUF on llamacpp; greedy, one stream")
+    on = "GGUF on llamacpp" if args.backend == "llamacpp" else "on onnx int8"
+    print(f"CPU: {cpu_description()}; threads {args.threads}; {args.model} {on}; greedy, one stream")
     prompts = {**(HIT if "hit" in args.prompts else {}), **(MISS if "miss" in args.prompts else {})}
     configs: dict[str, dict | None] = {"off": None}
     for d in (d for d in args.drafts.split(",") if d):
         spec = {"ngram": args.ngram, "min_ngram": args.min_ngram, "draft_tokens": int(d.rstrip("a"))}
         configs[f"on k={d}"] = {**spec, "adaptive": d.endswith("a")}
-    engines = {name: node_engine(args.model, args.threads, spec) for name, spec in configs.items()}
+    engines = {name: node_engine(args.model, args.threads, spec, args.backend) for name, spec in configs.items()}
     plain = engines["off"]
     ids = {name: plain._encode(text) for name, text in prompts.items()}
     llm = llama_own(embedded_gguf(args.model), args.threads)

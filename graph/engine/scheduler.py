@@ -23,6 +23,7 @@ Reliability (issue #13):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import threading
@@ -222,6 +223,9 @@ class Scheduler:
         self.runner = runner
         # Drafts verified in the batch (graph/engine/spec/): on runners that decode several tokens per row.
         self.speculation = speculation if runner.multi_token_decode else None
+        cap = runner.max_draft_rows
+        if self.speculation is not None and cap is not None and self.speculation.max_rows > cap:
+            self.speculation = dataclasses.replace(self.speculation, max_rows=cap)
         self.tokenizer = tokenizer
         self.name = name
         self.eos_ids = eos_ids

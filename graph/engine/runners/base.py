@@ -143,6 +143,7 @@ class Runner(ABC, Generic[C]):
 
     # Whether `decode_drafts` works: the scheduler then verifies speculative drafts in the batch.
     multi_token_decode: bool = False
+    max_draft_rows: int | None = None  # the most rows `decode_drafts` takes at once (None: any)
 
     def decode_drafts(self, ids: Sequence[Sequence[int]], cache: C, right_room: int) -> torch.Tensor:
         """Row i of `cache` is fed the tokens `ids[i]` (its last token, then its draft tokens, at its

@@ -13,6 +13,13 @@ shared-buffer mode, as ORT GenAI itself runs it), bound by pointer with an IOBin
 writes one column per row and copies nothing. The converted graph computes logits only at one
 position per row (`logits_index`, added at conversion), so a prefill does not pay the vocabulary
 projection for every prompt token (Gemma's 262k-entry vocabulary costs more than its layers).
+
+The prefill lane (`prefill_chunk_beside`, issue #32): a long prompt's chunks can run on another thread while
+the running rows decode. The chunk runs on a one-thread session and the decode steps meanwhile on a session
+with the node's threads less one (on 2 cores both are the same one-thread session: ONNX Runtime runs two calls
+of one session on two threads at once), so the two share the cores instead of oversubscribing them. Small
+chunks between the decode steps cannot do this: on 2 AMX cores a forward's fixed cost alone is about a
+decode step of 8 rows.
 """
 
 from __future__ import annotations
@@ -123,6 +130,10 @@ class OnnxKVCache(RowCache):
         else:
             kept, nbytes = self.copy_row(row, n, n), per_token * n
         return CopiedRow(kept, n, nbytes, lambda m, capacity: kept.copy_row(0, m, capacity))
+
+    def truncate_row(self, row: int, length: int) -> None:
+        """Keep row `row`'s first `length` columns (rejected drafts' columns are written over later)."""
+        self.lens[row] = min(int(self.lens[row]), length)
 
     def remove_rows(self, rows: Sequence[int]) -> list[int]:
         """Drop `rows`; each is replaced by the current last row. Returns, for each remaining
@@ -348,6 +359,34 @@ class OnnxRunner(Runner[OnnxKVCache]):
             feed["position_ids"] = lens.reshape(b, 1).copy()
         logits = self._run(feed, cache, b, session=self._decode_session())
         cache.lens[:b] += 1
+        return logits
+
+    multi_token_decode = True
+    # GroupQueryAttention takes several new tokens on top of a past for one row only ("batch_size must be 1
+    # when sequence_length > 1 and past context is given"): drafts are verified while the node runs one row
+    # (speculation's own default, scheduler.speculative.max_rows, is 1 as well).
+    max_draft_rows = 1
+
+    def decode_drafts(self, ids: Sequence[Sequence[int]], cache: OnnxKVCache, right_room: int) -> torch.Tensor:
+        """Row i's tokens `ids[i]` (its last token, then its drafts) at its next positions, in one forward ->
+        logits [sum of len(ids[i]), vocab] (float32), row 0's positions first (one row: `max_draft_rows`).
+        Written for rows of different counts (padded on the right with their last token: a padding position
+        only writes a column past the row's length, written over later), should ONNX Runtime lift its limit."""
+        b, k = len(ids), max(len(t) for t in ids)
+        cache.reserve(k, right_room)
+        lens = cache.lens[:b].copy()
+        counts = np.array([len(t) for t in ids], dtype=np.int64)
+        tokens = np.array([[*t, *([t[-1]] * (k - len(t)))] for t in ids], dtype=np.int64)
+        total = int(lens.max()) + k
+        feed: dict[str, np.ndarray] = {
+            "input_ids": tokens,
+            "attention_mask": (np.arange(total)[None, :] < (lens + k)[:, None]).astype(np.int64),
+            LOGITS_INDEX: np.concatenate([i * k + np.arange(n, dtype=np.int64) for i, n in enumerate(counts)]),
+        }
+        if self._has_positions:
+            feed["position_ids"] = lens[:, None] + np.arange(k, dtype=np.int64)[None, :]
+        logits = self._run(feed, cache, b, logits_rows=int(counts.sum()), session=self._decode_session())
+        cache.lens[:b] = lens + counts
         return logits
 
     def _run(

@@ -72,6 +72,7 @@ class PinnedRunner(Runner[RowCache]):
         self.vocab_size = inner.vocab_size
         self.chunked_prefill = inner.chunked_prefill
         self.multi_token_decode = inner.multi_token_decode  # speculative decoding on a llamacpp side
+        self.max_draft_rows = inner.max_draft_rows
         self.concurrent_chunks = inner.concurrent_chunks  # the prefill lane: not on the compute thread
 
     def new_cache(self, row_capacity: int, capacity: int, left_room: int = 0) -> RowCache:
