@@ -148,8 +148,9 @@ class SchedulerConfig(_Strict):
     speculative: SpeculativeConfig | None = Field(
         default_factory=SpeculativeConfig,
         description="Speculative decoding with prompt-lookup drafts, on runtimes that verify drafts in the batch "
-        "(llamacpp); greedy rows only. On by default (measured faster at one stream on every prompt tried, "
-        "docs/performance.md); null = off.",
+        "(llamacpp; onnx one row at a time); greedy rows only. On by default on llamacpp (measured faster at one "
+        "stream on every prompt tried, docs/performance.md); on onnx only when this key is set (it changed greedy "
+        "text on free writing there); null = off.",
     )
 
 

@@ -145,7 +145,12 @@ async def long_prompt(engine, args) -> None:
     print(f"  {args.streams} streams' gap p95: alone {a:.1f} ms, during its prefill {d:.1f} ms ({d / a:.2f}x)")
     if window:
         q = statistics.quantiles(window, n=100) if len(window) >= 100 else [max(window)] * 99
-        print(f"  during its prefill: gap p99 {q[98] * 1000:.1f} ms, max {max(window) * 1000:.1f} ms")
+        med = statistics.median(window) * 1000
+        print(f"  during its prefill: gap median {med:.1f} ms, p99 {q[98] * 1000:.1f} ms, max {max(window) * 1000:.1f} ms")
+        span = (read - start) / 4  # does the gap grow with the context read so far?
+        parts = [[g for t, g in during if start + i * span <= t < start + (i + 1) * span] for i in range(4)]
+        quarters = ", ".join(f"{p95(xs) * 1000:.1f}" if xs else "-" for xs in parts)
+        print(f"  gap p95 per quarter of its prefill (ms): {quarters}")
     # the streams ran beside the whole prefill (not only its start): the longest time no stream got a token
     ticks = [start, *sorted(t for t, _ in during if start <= t <= read), read]
     idle = max(b - a for a, b in zip(ticks, ticks[1:]))

@@ -99,6 +99,10 @@ def _engine(
         model, tokenizer = load_causal_lm(node.model, runtime, **lookups)
     sched = node.scheduler
     spec = sched.speculative
+    if runtime.backend == "onnx" and "speculative" not in sched.model_fields_set:
+        # On onnx, speculation is on only when the config asks for it: it changed greedy text on free writing
+        # (its multi-position forward rounds differently) and slowed it (docs/performance.md).
+        spec = None
     if compute is not None:
         from graph.engine.runners.pinned_runner import PinnedRunner
 

@@ -271,7 +271,7 @@ class OnnxRunner(Runner[OnnxKVCache]):
     ) -> tuple[torch.Tensor, OnnxKVCache]:
         """The next `k` tokens of one prompt on top of what its earlier chunks (or a kept prefix) cached:
         GroupQueryAttention reads the row's past from the mask's length and writes the new columns after it."""
-        return self._prefill_chunk(ids, cache, total, self.session)
+        return self._prefill_chunk(ids, cache, total, self._decode_session())
 
     def prefill_chunk_beside(
         self, ids: torch.Tensor, cache: OnnxKVCache | None, total: int
@@ -293,6 +293,8 @@ class OnnxRunner(Runner[OnnxKVCache]):
                 self._beside -= 1
 
     def _decode_session(self) -> InferenceSession:
+        """The session of the forwards on the decode thread (decode steps, whole prompts, chunks between steps):
+        the narrow one while a lane chunk runs, so the node never runs more threads than its own."""
         return self._narrow if self._beside and self._narrow is not None else self.session
 
     def _prefill_chunk(
@@ -326,7 +328,7 @@ class OnnxRunner(Runner[OnnxKVCache]):
         }
         if self._has_positions:
             feed["position_ids"] = np.broadcast_to(np.arange(p, dtype=np.int64), (rows, p)).copy()
-        return self._run(feed, cache, rows)
+        return self._run(feed, cache, rows, session=self._decode_session())
 
     def sequence_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits [p, vocab] at every position of one sequence `ids` [1, p] (for perplexity)."""
