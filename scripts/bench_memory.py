@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_memory.py [--config configs/default.yaml] [--node smollm2]
         [--long-tokens 8000] [--streams 8] [--turns 8] [--chunk-tokens 512] [--prefill-step-share 0.5] [--long-only]
-        [--long-timeout S] [--no-prefill-lane] [--backend torch --dtype bfloat16]
+        [--long-timeout S] [--alone-s 10] [--no-prefill-lane] [--backend torch --dtype bfloat16]
 
 Prints, for the node's engine (its config's runtime, scheduler and prefix cache; greedy), in this order:
 - chat: time to first token of each of --turns turns of one conversation through the node's chat template
@@ -10,14 +10,15 @@ Prints, for the node's engine (its config's runtime, scheduler and prefix cache;
   and off (ratio turn N / turn 1: target <= 1.3), and the prompt tokens each turn prefilled;
 - best_of 3: three identical prompts sent at once, prompt tokens prefilled (target: the prompt once);
 - long prompt (unless --long-tokens 0): a prompt of --long-tokens tokens is answered (or the error it got; if
-  admission refuses it, that is printed and it is sent again with shedding off, to measure the gaps), its
-  time to first token, and the p95 gap between tokens of --streams other streams alone and while it is
-  prefilled, until its first token (ratio: target <= 2), their p99 and longest gap, with the number of gaps that
-  makes, the longest time no stream got a token (they ran beside the whole prefill) and the streams
-  admission refused (sent again); their gap after it, while its long row decodes in
-  their batch; and the chunks it was read in (their count and mean size: beside running streams they are
-  sized by scheduler.prefill_step_share, graph/engine/chunk_budget.py; on runtimes with a prefill lane, whole
-  chunks run beside the decode steps instead, scheduler.prefill_lane).
+  admission refuses it, that is printed and it is sent again with shedding off, to measure the gaps), its time
+  to first token, and the p95 gap between tokens of --streams other streams alone and while it is prefilled,
+  until its first token (ratio: target <= 2; alone = the same streams, each sent again when it ends, for
+  --alone-s seconds before the long prompt, so both sides hold their restarts' prefills), their p99 and
+  longest gap, with the number of gaps that makes, the longest time no stream got a token (they ran beside the
+  whole prefill) and the streams admission refused (sent again); their gap after it, while its long row
+  decodes in their batch; and the chunks it was read in (their count and mean size: beside running streams
+  they are sized by scheduler.prefill_step_share, graph/engine/chunk_budget.py; on runtimes with a prefill
+  lane, whole chunks run beside the decode steps instead, scheduler.prefill_lane).
 Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
 This script asserts nothing.
 """
@@ -96,7 +97,12 @@ async def long_prompt(engine, args) -> None:
     streams = [
         asyncio.ensure_future(stream_gaps(engine, f"Tale {i}:", 256, during, again=True)) for i in range(args.streams)
     ]
+    # The same streams (each sent again when it ends: their restarts' prefills are in their gaps) alone for
+    # --alone-s seconds: the baseline of the ratio, like for like.
     await asyncio.sleep(2.0)
+    t_alone = time.monotonic()
+    await asyncio.sleep(args.alone_s)
+    same_alone = [g for t, g in during if t >= t_alone]
     ids = prompt_ids(engine, args.long_tokens)
     sched = side_of(engine)._scheduler
     steps_before, tokens_before = sched.counters["prefill_steps_total"], sched.counters["prompt_tokens_total"]
@@ -140,9 +146,14 @@ async def long_prompt(engine, args) -> None:
     read = start + first / 1000 if first == first else end  # its first token: the prefill is over
     window = [g for t, g in during if start <= t <= read]
     after = [g for t, g in during if read < t <= end]  # its own tokens, its long row in the batch
-    a, d = p95([g for _, g in alone]) * 1000, (p95(window) * 1000 if window else float("nan"))
+    once = p95([g for _, g in alone]) * 1000
+    a, d = p95(same_alone) * 1000, (p95(window) * 1000 if window else float("nan"))
     print(f"long prompt {args.long_tokens} tokens: {status}; first token {first / 1000:.2f} s")
-    print(f"  {args.streams} streams' gap p95: alone {a:.1f} ms, during its prefill {d:.1f} ms ({d / a:.2f}x)")
+    print(
+        f"  {args.streams} streams' gap p95: alone {a:.1f} ms (the same streams, sent again as they end, for "
+        f"{args.alone_s:g} s: {len(same_alone)} gaps), during its prefill {d:.1f} ms ({d / a:.2f}x)"
+    )
+    print(f"  (alone, each stream once for 48 tokens, no restarts: gap p95 {once:.1f} ms; ratio {d / once:.2f}x)")
     if window:
         q = statistics.quantiles(window, n=100) if len(window) >= 100 else [max(window)] * 99
         med, top = statistics.median(window) * 1000, max(window) * 1000
@@ -264,6 +275,9 @@ if __name__ == "__main__":
     )
     parser.add_argument(
         "--no-prefill-lane", action="store_true", help="chunks between the decode steps (scheduler.prefill_lane: false)"
+    )
+    parser.add_argument(
+        "--alone-s", type=float, default=10.0, help="seconds the streams run alone before the long prompt (baseline)"
     )
     parser.add_argument("--long-only", action="store_true", help="only the long prompt beside the streams")
     parser.add_argument("--long-timeout", type=float, default=None, help="seconds; the long prompt is then cancelled")
