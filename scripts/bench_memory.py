@@ -18,7 +18,9 @@ Prints, for the node's engine (its config's runtime, scheduler and prefix cache;
   whole prefill) and the streams admission refused (sent again); their gap after it, while its long row
   decodes in their batch; and the chunks it was read in (their count and mean size: beside running streams
   they are sized by scheduler.prefill_step_share, graph/engine/chunk_budget.py; on runtimes with a prefill
-  lane, whole chunks run beside the decode steps instead, scheduler.prefill_lane).
+  lane, whole chunks run beside the decode steps instead, scheduler.prefill_lane); the peak of /node_stats'
+  kv_mb (the live rows' part) and kv_buffer_mb (the batch buffers as reserved) while it ran, beside
+  kv_budget_mb (each side of a hybrid apart).
 Timings vary from machine to machine and run to run (2 shared cores): read ratios within one run.
 This script asserts nothing.
 """
@@ -114,6 +116,19 @@ async def long_prompt(engine, args) -> None:
     async def send():
         return await asyncio.wait_for(engine.generate(ids, GenerationParams(max_new_tokens=8)), args.long_timeout)
 
+    # /node_stats' kv_mb, kv_buffer_mb, kv_budget_mb, sampled per engine (a hybrid's two sides apart)
+    sides = {"small": engine.small, "large": engine.large} if routed else {"node": engine}
+    gauges: dict[str, list[tuple[float, float, float]]] = {name: [] for name in sides}
+
+    async def sample() -> None:
+        while True:
+            for name, side in sides.items():
+                s = side.stats()
+                gauges[name].append((s["kv_mb"], s["kv_buffer_mb"], s["kv_budget_mb"]))
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.ensure_future(sample())
+
     try:
         try:
             (r,) = await send()
@@ -135,6 +150,8 @@ async def long_prompt(engine, args) -> None:
     except Exception as exc:  # printed, not raised: this is a report
         status, first = refused + f"failed: {type(exc).__name__}: {exc}", float("nan")
     end = time.monotonic()
+    sampler.cancel()
+    await asyncio.gather(sampler, return_exceptions=True)
     steps = sched.counters["prefill_steps_total"] - steps_before
     tokens = sched.counters["prompt_tokens_total"] - tokens_before
     if routed:  # a side that refuses passes the request to the other: which side served the long prompt and streams
@@ -176,6 +193,12 @@ async def long_prompt(engine, args) -> None:
         f"{'on' if sched.prefill_lane else 'off'} ({sched.counters['prefill_lane_chunks_total'] - lane_before} chunks "
         "on it, beside the decode steps)"
     )
+    for name, seen in gauges.items():
+        if seen:
+            print(
+                f"  KV gauges while it ran ({name}, peak): kv_mb {max(g[0] for g in seen):.0f} MB, "
+                f"kv_buffer_mb {max(g[1] for g in seen):.0f} MB (reserved), kv_budget_mb {seen[-1][2]:.0f} MB"
+            )
 
 
 def text_of(engine, tokens: int, salt: str = "") -> str:

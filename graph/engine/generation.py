@@ -283,14 +283,14 @@ class GenerationEngine(NodeEngine):
         rejected_total (Overloaded), shed_total (of those, refused for max_wait_s), failed_rows_total
         (rows failed alone), malloc_trims_total, spec_draft_tokens_total and spec_accepted_tokens_total
         (speculative decoding: drafts proposed, drafts accepted); gauges: active_rows, queued_requests, step_ms
-        (moving average), kv_mb (the live rows' part of the KV cache), kv_buffer_mb (the KV buffers as
-        allocated: every row slot x the buffer's columns; untouched pages of it cost no RSS), kv_budget_mb
-        (what admission may build up: scheduler.max_kv_mb, else a quarter of the machine's memory),
+        (moving average), kv_mb (the live rows' part of the KV cache), kv_buffer_mb (the batch's KV buffers
+        as reserved: the rows they hold, the live ones rounded up, x their columns; untouched pages cost no
+        RSS), kv_budget_mb (what admission may build up: scheduler.max_kv_mb, else a quarter of the machine's memory),
         chunked_prefills (long prompts being prefilled a chunk per step)."""
         s = self._scheduler
         cache = s._cache
         kv = s.kv_bytes(len(s.rows), cache.length) if cache is not None else 0
-        buffer = s.kv_bytes(cache.row_capacity, cache.capacity) if cache is not None else 0
+        buffer = s.kv_bytes(cache.reserved_rows, cache.capacity) if cache is not None else 0
         return {
             **s.counters,
             "active_rows": len(s.rows),

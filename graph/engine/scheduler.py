@@ -608,7 +608,9 @@ class Scheduler:
         held = Counter(r.req.id for r in self.rows)
         for q in (q for c in self._chunking for q in c.reqs):
             held[q.id] += q.params.num_return_sequences
-        span = max((len(r.req.prompt_ids) + r.req.params.max_new_tokens for r in self.rows), default=0)
+        # the KV span: the running rows' and the prompts' being prefilled (they join the batch when read)
+        joining = [r.req for r in self.rows] + [q for c in self._chunking for q in c.reqs]
+        span = max((len(q.prompt_ids) + q.params.max_new_tokens for q in joining), default=0)
         taken: list[Request] = []
         longest = 0
         with self.lock:
@@ -816,6 +818,7 @@ class Scheduler:
         if batch_cache is None:
             room = min(self.max_prompt_tokens, PLANNED_PROMPT)  # not the whole context: longer prompts grow it
             batch_cache = self._cache = self.runner.new_cache(self.max_batch_size, room + RIGHT_ROOM, left_room=room)
+            batch_cache.max_bytes = self.kv_budget  # its buffers' room beyond the live rows stays within it
         batch_cache.add_rows(cache, [src[j] for j in keep], RIGHT_ROOM)
         self.rows.extend(rows[j] for j in keep)
         self._sampler = None

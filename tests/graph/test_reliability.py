@@ -245,18 +245,21 @@ def test_idle_engine_trims_the_heap(eng):
 
 
 def test_kv_gauges_show_the_live_part_and_the_whole_buffer(eng):
-    """kv_mb is the live rows' part; kv_buffer_mb the buffers as allocated (every row slot x the buffer's
-    columns): what a busy node's RSS converges to above its idle size (docs/operations.md, Soak). Both 0 when idle."""
+    """kv_mb is the live rows' part; kv_buffer_mb the buffers as reserved (the rows they hold x their columns:
+    one stream holds one row, not max_batch_size): what a busy node's RSS converges to above its idle size
+    (docs/operations.md, Soak). Both 0 when idle."""
 
     async def during():
         seen = None
         async for _ in eng.stream(LONG, GP(max_new_tokens=40)):
             if seen is None and eng.stats()["active_rows"]:
                 s = eng._scheduler
-                seen = (eng.stats(), round(s.kv_bytes(s.max_batch_size, s._cache.capacity) / 2**20, 3))
+                rows = s._cache.reserved_rows
+                seen = (eng.stats(), rows, round(s.kv_bytes(rows, s._cache.capacity) / 2**20, 3))
         return seen
 
-    stats, whole = run(during())
+    stats, rows, whole = run(during())
+    assert rows == 1 < eng._scheduler.max_batch_size
     assert 0 < stats["kv_mb"] < stats["kv_buffer_mb"] == whole
     deadline = time.time() + 5
     while eng.stats()["kv_buffer_mb"] and time.time() < deadline:

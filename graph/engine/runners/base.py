@@ -28,8 +28,17 @@ class RowCache(ABC):
     """The running batch's KV memory: rows [0, rows) are live, each holding one sequence's cache."""
 
     rows: int  # live rows
-    row_capacity: int  # rows the buffers hold
+    row_capacity: int  # the most rows the batch takes (the node's max_batch_size)
     capacity: int  # positions (columns) the buffers hold per row
+    # Bytes the buffers may reserve beyond what the live rows need (the scheduler sets its KV budget): caches
+    # that size their buffers to the live rows cut their room to it. None: no bound.
+    max_bytes: int | None = None
+
+    @property
+    def reserved_rows(self) -> int:
+        """Rows the buffers hold now: reserved memory is reserved_rows x capacity positions. Caches that
+        allocate every row slot up front (llama.cpp's context) hold row_capacity."""
+        return self.row_capacity
 
     @property
     @abstractmethod

@@ -48,15 +48,28 @@ LANE_THREADS = 1  # threads of a long prompt's chunks beside the decode steps (p
 class OnnxKVCache(RowCache):
     """KV cache of a batch of left-aligned rows: row i holds its `lens[i]` tokens in columns [0, lens[i]).
 
-    Per layer, keys and values are numpy buffers of shape [row_capacity, kv_heads, capacity,
+    Per layer, keys and values are numpy buffers of shape [reserved_rows, kv_heads, capacity,
     head_dim]; rows [0, rows) are live. The first `rows` rows of a buffer are contiguous, which is
     what lets one buffer be bound as both a layer's past and present.
+
+    The buffers hold the live rows plus room, not `row_capacity` (the most rows the batch takes): rows
+    are reserved by powers of two, and whenever the buffers move (a row joins past the reserved rows,
+    or a row outgrows the columns) they are sized anew for the live rows, so a batch reserves about
+    what it uses (rows x columns) however long a row that has left was. Moving copies the live rows,
+    which happens after a geometric growth only: a decode step copies nothing while it fits. With
+    `max_bytes` set (the scheduler's KV budget), the room beyond the live rows and columns is cut to
+    fit it.
     """
 
-    def __init__(self, num_layers: int, row_capacity: int, capacity: int, left_room: int = 0) -> None:
+    def __init__(
+        self, num_layers: int, row_capacity: int, capacity: int, left_room: int = 0, *, min_capacity: int = 0
+    ) -> None:
         self.num_layers = num_layers
         self.row_capacity = row_capacity
-        self.capacity = capacity
+        self.capacity = max(capacity, min_capacity)
+        self.planned = self.capacity  # columns a fresh batch buffer starts with (the scheduler's planned prompt)
+        self.min_capacity = min_capacity  # never fewer columns (sliding-window layers need the window)
+        self.max_bytes: int | None = None  # what the buffers may reserve beyond the live rows' need
         self.rows = 0
         self.lens = np.zeros(row_capacity, dtype=np.int64)
         self.keys: list[np.ndarray] = []
@@ -67,15 +80,37 @@ class OnnxKVCache(RowCache):
         """Columns in use by the longest row (what the KV gauges report)."""
         return int(self.lens[: self.rows].max()) if self.rows else 0
 
-    def _allocate(self, kv_heads: int, head_dim: int, dtype) -> None:
-        shape = (self.row_capacity, kv_heads, self.capacity, head_dim)
+    @property
+    def reserved_rows(self) -> int:
+        """Rows the buffers hold now (0 before the first rows join)."""
+        return self.keys[0].shape[0] if self.keys else 0
+
+    def _allocate(self, kv_heads: int, head_dim: int, dtype, rows: int | None = None) -> None:
+        shape = (self.row_capacity if rows is None else rows, kv_heads, self.capacity, head_dim)
         self.keys = [np.empty(shape, dtype=dtype) for _ in range(self.num_layers)]
         self.values = [np.empty(shape, dtype=dtype) for _ in range(self.num_layers)]
 
+    def _token_bytes(self) -> int:
+        k = self.keys[0]
+        return 2 * self.num_layers * k.shape[1] * k.shape[3] * k.itemsize
+
+    def _fit(self, rows: int, columns: int, right_room: int, per_token: int) -> tuple[int, int]:
+        """Buffer rows and columns for `rows` live rows of up to `columns` positions (`per_token` bytes each):
+        the columns with `right_room` to grow (at least the planned ones while `max_bytes` allows), the rows
+        rounded up to a power of two (at most row_capacity, and within `max_bytes` where the room allows it)."""
+        cols = max(columns + right_room, self.min_capacity)
+        if self.planned > cols:
+            fit = self.max_bytes // (rows * per_token) if self.max_bytes else self.planned
+            cols = max(cols, min(self.planned, fit))
+        room = min(self.row_capacity, 1 << (max(rows, 1) - 1).bit_length())
+        if self.max_bytes:
+            room = min(room, max(rows, self.max_bytes // (cols * per_token)))
+        return room, cols
+
     def reserve(self, n: int, right_room: int) -> None:
-        """Make sure every row can take `n` more columns; otherwise move into a larger buffer."""
+        """Make sure every row can take `n` more columns; otherwise move into larger buffers."""
         if self.length + n > self.capacity:
-            self._grow(self.length + n + right_room)
+            self._move(*self._fit(self.rows, self.length + n, right_room, self._token_bytes()))
 
     def add_rows(self, prefill: OnnxKVCache, src_rows: Sequence[int], right_room: int) -> None:
         """Append rows `src_rows` of a finished prefill cache (an index may repeat: the samples of
@@ -86,10 +121,10 @@ class OnnxKVCache(RowCache):
         p = int(prefill.lens[list(src_rows)].max())
         if not self.keys:
             k = prefill.keys[0]
-            self.capacity = max(self.capacity, p + 1 + right_room)
-            self._allocate(k.shape[1], k.shape[3], k.dtype)
-        elif p + 1 > self.capacity:
-            self._grow(max(p, self.length) + 1 + right_room)
+            rows, self.capacity = self._fit(n, p + 1, right_room, prefill._token_bytes())
+            self._allocate(k.shape[1], k.shape[3], k.dtype, rows=rows)
+        elif p + 1 > self.capacity or self.rows + n > self.reserved_rows:
+            self._move(*self._fit(self.rows + n, max(p, self.length) + 1, right_room, self._token_bytes()))
         b = self.rows
         idx = np.asarray(src_rows, dtype=np.int64)
         for dst, src in ((self.keys, prefill.keys), (self.values, prefill.values)):
@@ -98,15 +133,19 @@ class OnnxKVCache(RowCache):
         self.lens[b : b + n] = prefill.lens[idx]
         self.rows += n
 
-    def _grow(self, capacity: int) -> None:
-        """Move into buffers of `capacity` columns (keeps the live rows)."""
+    def _move(self, rows: int, capacity: int) -> None:
+        """Move into buffers of `rows` rows and `capacity` columns (keeps the live rows)."""
         used, b = self.length, self.rows
         for bufs in (self.keys, self.values):
             for i, old in enumerate(bufs):
-                new = np.empty((self.row_capacity, old.shape[1], capacity, old.shape[3]), dtype=old.dtype)
+                new = np.empty((rows, old.shape[1], capacity, old.shape[3]), dtype=old.dtype)
                 new[:b, :, :used] = old[:b, :, :used]
                 bufs[i] = new
         self.capacity = capacity
+
+    def _grow(self, capacity: int) -> None:
+        """Move into buffers of `capacity` columns, as many rows as now (a prefill's one-row cache)."""
+        self._move(self.reserved_rows, capacity)
 
     def copy_row(self, row: int, n: int, capacity: int) -> OnnxKVCache:
         """Row `row`'s first `n` columns as a new one-row cache with room for `capacity` columns."""
@@ -123,8 +162,7 @@ class OnnxKVCache(RowCache):
     def keep_row(self, row: int, n: int) -> KeptRow:
         """Row `row`'s first `n` tokens as a kept one-row cache. A one-row cache (a prefill's) is kept
         as it is, not copied: the engine never writes to a prefill's cache once its rows joined."""
-        k = self.keys[0]
-        per_token = 2 * self.num_layers * k.shape[1] * k.shape[3] * k.itemsize
+        per_token = self._token_bytes()
         if self.row_capacity == 1 and int(self.lens[0]) >= n:
             kept, nbytes = self, per_token * self.capacity
         else:
@@ -224,7 +262,7 @@ class OnnxRunner(Runner[OnnxKVCache]):
         return ort.InferenceSession(self._model_file, opts, providers=["CPUExecutionProvider"])
 
     def new_cache(self, row_capacity: int, capacity: int, left_room: int = 0) -> OnnxKVCache:
-        return OnnxKVCache(self.num_layers, row_capacity, max(capacity, self.min_capacity), left_room)
+        return OnnxKVCache(self.num_layers, row_capacity, capacity, left_room, min_capacity=self.min_capacity)
 
     def eos_ids(self) -> frozenset[int]:
         return as_id_set(self.generation_config.eos_token_id)

@@ -12,8 +12,13 @@ every step, and index_selects all of it whenever a row leaves):
 - a joining row copies its own prefill cache (and zeroes its own padding);
 - a leaving row is replaced by the last row (one row copied), and leading columns that are padding
   for every row are dropped by moving `start`;
-- only reaching the right end of the buffer moves the batch (to a larger buffer).
-Buffers are allocated with `torch.empty`, so untouched columns cost no physical memory.
+- only reaching the right end of the buffer moves the batch (to a larger buffer);
+- the buffers hold the live rows rounded up to a power of two, not every row slot (`row_capacity`): a row
+  joining past them moves the batch into twice the rows, and any move sizes the rows anew for the live
+  ones (within `max_bytes`, the scheduler's KV budget, where the room allows), so what is reserved
+  follows what is used (moves are geometric: a decode step copies nothing while it fits).
+Buffers are allocated with `torch.empty`, so untouched columns cost no physical memory (but count as
+reserved: `kv_buffer_mb`, and commit on hosts with strict overcommit).
 
 It plugs into transformers 5 models as a `Cache` whose layers are `DynamicLayer` subclasses:
 models only call `update(key, value, layer_idx)`, because the engine passes explicit position ids
@@ -87,6 +92,28 @@ class BatchKVCache(Cache, RowCache):
         """Columns in use (what attention reads)."""
         return self.end - self.start
 
+    @property
+    def reserved_rows(self) -> int:
+        """Rows the buffers hold now (0 before the first rows join)."""
+        kbuf = self.slabs[0].kbuf if self.slabs else None
+        return 0 if kbuf is None else kbuf.shape[0]
+
+    def _room(self, rows: int, capacity: int, per_token: int) -> int:
+        """Buffer rows for `rows` live rows of `capacity` columns: a power of two, at most row_capacity,
+        cut to what fits `max_bytes` (never below `rows`)."""
+        room = min(self.row_capacity, 1 << (max(rows, 1) - 1).bit_length())
+        if self.max_bytes:
+            room = min(room, max(rows, self.max_bytes // max(1, capacity * per_token)))
+        return room
+
+    def _token_bytes(self) -> int:
+        return sum(2 * layer.kbuf[0, :, 0].numel() * layer.kbuf.element_size() for layer in self.slabs)
+
+    def reserve_rows(self, rows: int) -> None:
+        """Make the buffers hold at least `rows` rows (a compiled step pads the batch to its row bucket)."""
+        if self.reserved_rows and rows > self.reserved_rows:
+            self._relocate(self.capacity, max(rows, self._room(rows, self.capacity, self._token_bytes())))
+
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
 
@@ -105,15 +132,18 @@ class BatchKVCache(Cache, RowCache):
         """The last forward wrote `n` columns (their mask must already be set)."""
         self.end += n
 
-    def _relocate(self, capacity: int) -> None:
+    def _relocate(self, capacity: int, rows: int | None = None) -> None:
+        """Move the batch into buffers of `capacity` columns and `rows` rows (None: sized for the live rows)."""
         start, end, b = self.start, self.end, self.rows
         new_start = self.left_room
         new_end = new_start + (end - start)
+        if rows is None and self.reserved_rows:
+            rows = self._room(b, capacity, self._token_bytes())
         for layer in self.slabs:
             if layer.kbuf is None:
                 continue
-            k = layer.kbuf.new_empty(self.row_capacity, layer.kbuf.shape[1], capacity, layer.kbuf.shape[-1])
-            v = layer.vbuf.new_empty(self.row_capacity, layer.vbuf.shape[1], capacity, layer.vbuf.shape[-1])
+            k = layer.kbuf.new_empty(rows or self.row_capacity, layer.kbuf.shape[1], capacity, layer.kbuf.shape[-1])
+            v = layer.vbuf.new_empty(rows or self.row_capacity, layer.vbuf.shape[1], capacity, layer.vbuf.shape[-1])
             k[:b, :, new_start:new_end] = layer.kbuf[:b, :, start:end]
             v[:b, :, new_start:new_end] = layer.vbuf[:b, :, start:end]
             layer.kbuf, layer.vbuf = k, v
@@ -133,16 +163,20 @@ class BatchKVCache(Cache, RowCache):
             self.start = self.end = self.left_room
         if p > self.left_room:  # a prompt longer than planned for: more room on the left
             self.left_room = p
-        if self.end - p < 0 or self.end + 1 > self.capacity:
-            self._relocate(self.left_room + self.length + 1 + right_room)
+        more_columns = self.end - p < 0 or self.end + 1 > self.capacity
+        if more_columns or (self.reserved_rows and self.rows + n > self.reserved_rows):  # past the reserved rows: x2
+            capacity = self.left_room + self.length + 1 + right_room if more_columns else self.capacity
+            rows = self._room(self.rows + n, capacity, self._token_bytes()) if self.reserved_rows else None
+            self._relocate(capacity, rows)
+        room = self._room(self.rows + n, self.capacity, prefill._token_bytes())  # for buffers made below
         b, start, end = self.rows, self.start, self.end
         new_start = min(start, end - p)
         idx = torch.tensor(list(src_rows), dtype=torch.long)
         same = list(src_rows) == list(range(prefill.rows))
         for dst, src in zip(self.slabs, prefill.slabs):
             if dst.kbuf is None:
-                dst.kbuf = src.kbuf.new_empty(self.row_capacity, src.kbuf.shape[1], self.capacity, src.kbuf.shape[-1])
-                dst.vbuf = src.vbuf.new_empty(self.row_capacity, src.vbuf.shape[1], self.capacity, src.vbuf.shape[-1])
+                dst.kbuf = src.kbuf.new_empty(room, src.kbuf.shape[1], self.capacity, src.kbuf.shape[-1])
+                dst.vbuf = src.vbuf.new_empty(room, src.vbuf.shape[1], self.capacity, src.vbuf.shape[-1])
                 dst.dtype, dst.device, dst.is_initialized = src.dtype, src.device, True
             ks = src.kbuf[: prefill.rows, :, prefill.start : prefill.end]
             vs = src.vbuf[: prefill.rows, :, prefill.start : prefill.end]

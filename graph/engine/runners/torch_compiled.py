@@ -142,6 +142,7 @@ class CompiledRunner(ModelRunner):
         if b is None or length is None or b > cache.row_capacity or cache.slabs[0].kbuf is None:
             self.eager_steps += 1
             return super().decode(ids, positions, cache, right_room)
+        cache.reserve_rows(b)  # the padding rows up to the bucket are read too
         end, start, lo = cache.end, cache.start, cache.end - length
         cache.mask[:rows, end] = True
         for layer in cache.slabs:  # finite numbers in every column the step reads
