@@ -52,6 +52,11 @@ def buffer_bytes(cache) -> int:
     return sum(a.nbytes for a in (*cache.keys, *cache.values))
 
 
+def buffer_address(cache) -> int:
+    """Where the first layer's keys live (a move makes new buffers)."""
+    return cache.slabs[0].kbuf.data_ptr() if hasattr(cache, "slabs") else cache.keys[0].ctypes.data
+
+
 def prompt(runner, n: int, seed: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, runner.vocab_size, (n,), generator=g).tolist()
@@ -105,6 +110,11 @@ def test_a_long_row_among_short_ones_reserves_rows_in_use_not_every_slot(runner)
     # the columns: the long row plus the right room (torch's right-aligned layout adds its left room)
     assert c.length >= 301 and c.capacity <= 2 * (301 + RIGHT_ROOM + PLANNED)
     assert buffer_bytes(c) * 8 <= ROW_CAPACITY * c.capacity * per_token  # what every row slot would reserve
+    # decode steps within the columns copy nothing: the same buffers, written in place
+    before = [buffer_address(c), c.capacity, c.reserved_rows]
+    for _ in range(RIGHT_ROOM // 2):
+        b.step()
+    assert [buffer_address(c), c.capacity, c.reserved_rows] == before
 
 
 def test_onnx_buffers_fit_again_after_a_long_row_leaves(onnx_runner):
@@ -155,6 +165,35 @@ def test_rows_joining_past_the_first_allocation_give_the_tokens_of_one_large_all
     assert reserved[:8] == [1, 2, 4, 4, 8, 8, 8, 8]  # it grew (and moved) past its first allocation
     assert set(reserved_large) == {ROW_CAPACITY}  # the reference never did
     assert grown == large
+
+
+def test_short_rows_joining_a_long_row_give_the_tokens_of_one_large_allocation(runner):
+    """A long row first (alone: the buffers are sized for it) decodes into its right room, then short rows
+    join past the reserved rows (a move that keeps the columns), and the columns grow: the same greedy tokens
+    as one large allocation."""
+
+    def script(b: Batch, first=None) -> list[list[int]]:
+        b.join(prompt(runner, 150, 7))
+        if first is not None:
+            first(b.cache)
+        tokens = [b.step() for _ in range(RIGHT_ROOM - 16)]
+        for i in range(5):
+            b.join(prompt(runner, 3 + i, 30 + i))
+            tokens.append(b.step())
+        for _ in range(24):  # past the right room: the columns grow once
+            tokens.append(b.step())
+        return tokens
+
+    def every_slot(cache) -> None:
+        if hasattr(cache, "slabs"):
+            cache._relocate(2048, cache.row_capacity, cache.start)
+        else:
+            cache._move(cache.row_capacity, 2048)
+
+    grown = new_batch(runner)
+    tokens = script(grown)
+    assert grown.cache.reserved_rows == 8 and grown.cache.capacity < 2048
+    assert tokens == script(new_batch(runner), every_slot)
 
 
 def test_max_bytes_cuts_the_room_not_the_live_rows(runner):

@@ -112,7 +112,7 @@ class BatchKVCache(Cache, RowCache):
     def reserve_rows(self, rows: int) -> None:
         """Make the buffers hold at least `rows` rows (a compiled step pads the batch to its row bucket)."""
         if self.reserved_rows and rows > self.reserved_rows:
-            self._relocate(self.capacity, max(rows, self._room(rows, self.capacity, self._token_bytes())))
+            self._relocate(self.capacity, max(rows, self._room(rows, self.capacity, self._token_bytes())), self.start)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
@@ -132,10 +132,11 @@ class BatchKVCache(Cache, RowCache):
         """The last forward wrote `n` columns (their mask must already be set)."""
         self.end += n
 
-    def _relocate(self, capacity: int, rows: int | None = None) -> None:
-        """Move the batch into buffers of `capacity` columns and `rows` rows (None: sized for the live rows)."""
+    def _relocate(self, capacity: int, rows: int | None = None, new_start: int | None = None) -> None:
+        """Move the batch into buffers of `capacity` columns and `rows` rows (None: sized for the live rows),
+        its columns from `new_start` (None: left_room)."""
         start, end, b = self.start, self.end, self.rows
-        new_start = self.left_room
+        new_start = self.left_room if new_start is None else new_start
         new_end = new_start + (end - start)
         if rows is None and self.reserved_rows:
             rows = self._room(b, capacity, self._token_bytes())
@@ -161,13 +162,15 @@ class BatchKVCache(Cache, RowCache):
             raise ValueError("batch is full")
         if self.rows == 0:
             self.start = self.end = self.left_room
-        if p > self.left_room:  # a prompt longer than planned for: more room on the left
-            self.left_room = p
-        more_columns = self.end - p < 0 or self.end + 1 > self.capacity
-        if more_columns or (self.reserved_rows and self.rows + n > self.reserved_rows):  # past the reserved rows: x2
-            capacity = self.left_room + self.length + 1 + right_room if more_columns else self.capacity
+        if self.end - p < 0 or self.end + 1 > self.capacity:
+            # a prompt longer than the room on the left (it gets what it needs, once: later moves put the
+            # batch at the planned left_room again), or the right end reached
+            left = max(self.left_room, p - self.length)
+            capacity = left + self.length + 1 + right_room
             rows = self._room(self.rows + n, capacity, self._token_bytes()) if self.reserved_rows else None
-            self._relocate(capacity, rows)
+            self._relocate(capacity, rows, left)
+        elif self.reserved_rows and self.rows + n > self.reserved_rows:  # past the reserved rows: x2, same columns
+            self._relocate(self.capacity, self._room(self.rows + n, self.capacity, self._token_bytes()), self.start)
         room = self._room(self.rows + n, self.capacity, prefill._token_bytes())  # for buffers made below
         b, start, end = self.rows, self.start, self.end
         new_start = min(start, end - p)
