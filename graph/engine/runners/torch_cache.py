@@ -1,10 +1,11 @@
 """The torch runner's KV cache (a RowCache): preallocated per-layer buffers that rows join and leave in place.
 
-Layout: each layer holds keys/values of shape [row_capacity, kv_heads, capacity, head_dim]. Rows
-[0, rows) are live; columns [start, end) are in use, and every row's tokens are right-aligned so
-that its last token sits at column end - 1 (shorter rows are left-padded). `mask` marks the real
-tokens. Columns left of `start` are spare room for longer prompts that join later; a fresh buffer
-puts `start` at `left_room` so any admissible prompt fits without moving the batch.
+Layout: each layer holds keys/values of shape [reserved_rows, kv_heads, capacity, head_dim] (`mask`:
+[row_capacity, capacity]). Rows [0, rows) are live; columns [start, end) are in use, and every row's tokens
+are right-aligned so that its last token sits at column end - 1 (shorter rows are left-padded). `mask`
+marks the real tokens. Columns left of `start` are spare room for longer prompts that join later; a fresh
+buffer, and every move past the right end, puts `start` at `left_room` (the scheduler's planned prompt) so
+such prompts fit without moving the batch; a longer prompt moves it once, with the room on the left it needs.
 
 Costs, which is the point of this class (transformers' DynamicCache concatenates the whole cache on
 every step, and index_selects all of it whenever a row leaves):
