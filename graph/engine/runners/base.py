@@ -30,8 +30,9 @@ class RowCache(ABC):
     rows: int  # live rows
     row_capacity: int  # the most rows the batch takes (the node's max_batch_size)
     capacity: int  # positions (columns) the buffers hold per row
-    # Bytes the buffers may reserve beyond what the live rows need (the scheduler sets its KV budget): caches
-    # that size their buffers to the live rows cut their room to it. None: no bound.
+    # The most bytes the buffers reserve unless the live rows need more (the scheduler sets its KV budget):
+    # caches that size their buffers to the live rows cut their room (spare rows, planned columns) to it.
+    # None: no bound.
     max_bytes: int | None = None
 
     @property

@@ -69,7 +69,7 @@ class OnnxKVCache(RowCache):
         self.capacity = max(capacity, min_capacity)
         self.planned = self.capacity  # columns a fresh batch buffer starts with (the scheduler's planned prompt)
         self.min_capacity = min_capacity  # never fewer columns (sliding-window layers need the window)
-        self.max_bytes: int | None = None  # what the buffers may reserve beyond the live rows' need
+        self.max_bytes: int | None = None  # the most the buffers reserve unless the live rows need more
         self.rows = 0
         self.lens = np.zeros(row_capacity, dtype=np.int64)
         self.keys: list[np.ndarray] = []
