@@ -290,7 +290,7 @@ class GenerationEngine(NodeEngine):
         s = self._scheduler
         cache = s._cache
         kv = s.kv_bytes(len(s.rows), cache.length) if cache is not None else 0
-        buffer = s.kv_bytes(cache.reserved_rows, cache.capacity) if cache is not None else 0
+        buffer = s.kv_bytes(1, cache.reserved_positions()) if cache is not None else 0
         return {
             **s.counters,
             "active_rows": len(s.rows),

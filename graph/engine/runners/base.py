@@ -41,6 +41,11 @@ class RowCache(ABC):
         allocate every row slot up front (llama.cpp's context) hold row_capacity."""
         return self.row_capacity
 
+    def reserved_positions(self) -> int:
+        """reserved_rows x capacity, read from one buffer's shape (another thread, /node_stats, may read it while
+        the decode thread moves the buffers: two separate reads could pair new rows with old columns)."""
+        return self.reserved_rows * self.capacity
+
     @property
     @abstractmethod
     def length(self) -> int:

@@ -85,6 +85,13 @@ class OnnxKVCache(RowCache):
         """Rows the buffers hold now (0 before the first rows join)."""
         return self.keys[0].shape[0] if self.keys else 0
 
+    def reserved_positions(self) -> int:
+        keys = self.keys
+        if not keys:
+            return 0
+        shape = keys[0].shape  # one array: its rows and columns belong together
+        return shape[0] * shape[2]
+
     def _allocate(self, kv_heads: int, head_dim: int, dtype, rows: int | None = None) -> None:
         shape = (self.row_capacity if rows is None else rows, kv_heads, self.capacity, head_dim)
         self.keys = [np.empty(shape, dtype=dtype) for _ in range(self.num_layers)]

@@ -99,6 +99,10 @@ class BatchKVCache(Cache, RowCache):
         kbuf = self.slabs[0].kbuf if self.slabs else None
         return 0 if kbuf is None else kbuf.shape[0]
 
+    def reserved_positions(self) -> int:
+        kbuf = self.slabs[0].kbuf if self.slabs else None
+        return 0 if kbuf is None else kbuf.shape[0] * kbuf.shape[2]  # one tensor: rows and columns together
+
     def _room(self, rows: int, capacity: int, per_token: int) -> int:
         """Buffer rows for `rows` live rows of `capacity` columns: a power of two, at most row_capacity,
         cut to what fits `max_bytes` (never below `rows`)."""
