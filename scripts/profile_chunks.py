@@ -1,9 +1,10 @@
 """Where a prefill chunk's time goes at long context, on one generator node's runner (issue #32).
 
     .venv/bin/python scripts/profile_chunks.py [--config configs/default.yaml] [--node smollm2]
-        [--backend onnx|torch|llamacpp] [--dtype bfloat16] [--contexts 0,2000,4000,7500] [--chunks 16,64,128,512]
+        [--backend onnx|torch|llamacpp] [--dtype bfloat16] [--flash-attn auto|on|off]
+        [--contexts 0,2000,4000,7500] [--chunks 16,64,128,512]
 
-Prints, for the node's runner (its config's runtime unless --backend/--dtype override it):
+Prints, for the node's runner (its config's runtime unless --backend/--dtype/--flash-attn override it):
 - one prefill chunk's time (median of --repeats) of each size in --chunks on top of each context in
   --contexts (the row's cache already holding that many prompt tokens), and its time per token;
 - a decode step of --rows short rows (the running streams' step), alone and with one row of the
@@ -33,12 +34,12 @@ from graph.models.runtimes import cpu_description
 
 def rewind(cache: RowCache, n: int) -> None:
     """Roll a one-row prefill cache back to its first `n` positions (what the timed chunk wrote is dropped)."""
-    if hasattr(cache, "lens"):  # onnx: the row's length
+    if hasattr(cache, "seqs"):  # llama.cpp: its sequence's cells from n on are cleared (it has lens too)
+        cache.truncate_row(0, n)
+    elif hasattr(cache, "lens"):  # onnx: the row's length
         cache.lens[0] = n  # pyright: ignore[reportAttributeAccessIssue]
     elif hasattr(cache, "end"):  # torch: right-aligned from column 0
         cache.end = n  # pyright: ignore[reportAttributeAccessIssue]
-    else:  # llama.cpp
-        cache.truncate_row(0, n)
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -69,7 +70,7 @@ def chunk_at(runner: Runner, ids: torch.Tensor, cache: RowCache | None, ctx: int
 def main(args) -> None:
     cfg = load_config(args.config)
     node = cfg.generators[args.node]
-    update = {k: v for k, v in (("backend", args.backend), ("dtype", args.dtype)) if v}
+    update = {k: v for k, v in (("backend", args.backend), ("dtype", args.dtype), ("flash_attn", args.flash_attn)) if v}
     if update:
         node = node.model_copy(update={"runtime": node.runtime.model_copy(update=update)})
     from services.store import embedded_lookup, onnx_lookup, store_lookup
@@ -141,6 +142,7 @@ if __name__ == "__main__":
     parser.add_argument("--node", default="smollm2")
     parser.add_argument("--backend", default=None)
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--flash-attn", default=None, choices=["auto", "on", "off"], help="backend llamacpp")
     parser.add_argument("--contexts", default="0,2000,4000,7500")
     parser.add_argument("--chunks", default="16,64,128,512")
     parser.add_argument("--rows", type=int, default=8)

@@ -38,7 +38,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,12 @@ import torch
 from graph.engine.runners.base import KeptRow, RowCache, Runner, as_id_set, swap_remove
 
 log = logging.getLogger(__name__)
+
+FlashAttn = Literal["auto", "on", "off"]
+# llama.cpp's flash attention (runtime.flash_attn, graph/config.py). With it on, a prompt prefilled in chunks
+# gets log-probabilities up to 1.3e-2 away from the same prompt prefilled at once (tiny GGUF); off, they are
+# equal bit for bit (tests/graph/test_llamacpp_flash_attn.py). Speed of each: docs/performance.md.
+FLASH_ATTN_DEFAULT: FlashAttn = "auto"
 
 VARIANT_ENV = "LLAMACPP_CPU_VARIANT"
 PROBE_CACHE = (
@@ -365,11 +371,13 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         n_batch: int = 512,
         eos_ids: Sequence[int] | None = None,
         check_backend: bool = True,
+        flash_attn: FlashAttn = FLASH_ATTN_DEFAULT,
     ) -> None:
         """`gguf`: the model file, loaded as it is (mmap); `n_seq`: sequences the context holds (the
         node's batch rows plus one prefill's prompts share them); `n_ctx_seq`: positions per sequence
         (prompt + completion); `threads`: ggml's threads (None = all cores); `n_batch`: tokens per
-        `llama_decode` call in a prefill."""
+        `llama_decode` call in a prefill; `flash_attn`: llama.cpp's flash attention (`flash_attn_type`:
+        auto = llama.cpp decides, on for ggml's CPU backend; see FLASH_ATTN_DEFAULT)."""
         import importlib.metadata
 
         import llama_cpp.llama_cpp as L
@@ -400,6 +408,12 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         cparams.n_threads_batch = threads
         cparams.kv_unified = False
         cparams.no_perf = True
+        cparams.flash_attn_type = {
+            "auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[flash_attn]
+        self.flash_attn = flash_attn
         self._ctx: Any = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise ValueError(f"llama.cpp could not make a context for {self.gguf} ({n_seq} x {n_ctx_seq} positions)")
@@ -424,7 +438,10 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         L.llama_model_desc(self._model, desc, 128)
         self.description = desc.value.decode(errors="replace")
         version = importlib.metadata.version("llama-cpp-python")
-        self.runtime_name = f"llamacpp {self.description} (llama-cpp-python {version}, ggml CPU variant {variant})"
+        self.runtime_name = (
+            f"llamacpp {self.description} (llama-cpp-python {version}, ggml CPU variant {variant}, "
+            f"flash attention {flash_attn})"
+        )
         self._closed = False
 
     def meta(self, key: str) -> str | None:
