@@ -211,7 +211,7 @@ class RuntimeConfig(_Strict):
     )
 
     flash_attn: Literal["auto", "on", "off"] = Field(
-        default="auto",
+        default="off",
         description="backend llamacpp: llama.cpp's flash attention (auto = llama.cpp decides: on, on its CPU "
         "backend). Off, a prompt prefilled in chunks gets the same log-probabilities as prefilled at once; on, "
         "up to 7e-2 apart on the tiny test model (docs/runtimes.md).",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -48,10 +49,10 @@ from graph.engine.runners.base import KeptRow, RowCache, Runner, as_id_set, swap
 log = logging.getLogger(__name__)
 
 FlashAttn = Literal["auto", "on", "off"]
-# llama.cpp's flash attention (runtime.flash_attn, graph/config.py). With it on, a prompt prefilled in chunks
-# gets log-probabilities up to 1.3e-2 away from the same prompt prefilled at once (tiny GGUF); off, they are
-# equal bit for bit (tests/graph/test_llamacpp_flash_attn.py). Speed of each: docs/performance.md.
-FLASH_ATTN_DEFAULT: FlashAttn = "auto"
+# llama.cpp's flash attention (runtime.flash_attn, graph/config.py, whose default this is). With it on, a prompt
+# prefilled in chunks gets log-probabilities up to 7e-2 away from the same prompt prefilled at once (tiny GGUF);
+# off, they are equal bit for bit (tests/graph/test_llamacpp_flash_attn.py). Speed of each: docs/performance.md.
+FLASH_ATTN_DEFAULT: FlashAttn = "off"
 
 VARIANT_ENV = "LLAMACPP_CPU_VARIANT"
 PROBE_CACHE = (
@@ -420,12 +421,10 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         self._mem: Any = L.llama_get_memory(self._ctx)
         self._batch_cap = max(n_batch, n_seq)
         self._batch = L.llama_batch_init(self._batch_cap, 0, 1)
-        # A stack, lowest ids first. Not yet a heap (lowest free id always), though that keeps the rows'
-        # sequences in fewer runs of consecutive ids (_run): with it, test_long_context's step-budget test
-        # flipped a near-tie token on llamacpp. The cause is not the heap: with flash attention (llama.cpp's
-        # auto: on) a chunked prefill's log-probabilities differ from a one-shot prefill's by up to 1.3e-2 on
-        # the tiny GGUF, on any sequence; with flash_attn_type disabled they are equal bit for bit.
-        self._free: list[int] = list(range(n_seq - 1, -1, -1))
+        # A heap: take_seq gives the lowest free id, so the rows' sequences stay few runs of consecutive ids
+        # (_run: one ubatch, one pass over the weights, per run). With it, test_long_context's step-budget test
+        # once flipped a near-tie token: flash attention's chunked-prefill rounding (FLASH_ATTN_DEFAULT), not it.
+        self._free: list[int] = list(range(n_seq))
         self._to_release: list[list[int]] = []
         self._eos = [int(t) for t in eos_ids] if eos_ids else [int(L.llama_vocab_eos(self._vocab))]
         self.kv_heads: int = L.llama_model_n_head_kv(self._model)
@@ -600,12 +599,12 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
                 view[row] = np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, j), shape=(n_vocab,))
 
     def take_seq(self) -> int:
-        """A free sequence id (its cells are empty)."""
+        """The lowest free sequence id (its cells are empty)."""
         if not self._free:
             self._reclaim()
         if not self._free:
             raise RuntimeError(f"llama.cpp: all {self.n_seq} sequences are in use")
-        return self._free.pop()
+        return heapq.heappop(self._free)
 
     def trim_seq(self, seq: int, length: int) -> None:
         """Clear sequence `seq`'s cells from position `length` on."""
@@ -618,7 +617,7 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         """Clear these sequences' cells and return them to the pool."""
         for seq in seqs:
             self._L.llama_memory_seq_rm(self._mem, seq, -1, -1)
-            self._free.append(seq)
+            heapq.heappush(self._free, seq)
 
     def release_later(self, seqs: list[int]) -> None:
         """A dropped cache's finalizer (any thread): its sequences are freed at the next call."""
