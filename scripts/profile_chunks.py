@@ -73,6 +73,15 @@ def main(args) -> None:
     update = {k: v for k, v in (("backend", args.backend), ("dtype", args.dtype), ("flash_attn", args.flash_attn)) if v}
     if update:
         node = node.model_copy(update={"runtime": node.runtime.model_copy(update=update)})
+    contexts = [int(x) for x in args.contexts.split(",")]
+    chunks = [int(x) for x in args.chunks.split(",")]
+    total = max(contexts) + max(chunks)
+    if node.runtime.backend == "llamacpp":
+        # llama.cpp allocates every sequence's positions up front (max_batch_size + 1 sequences of the node's
+        # prompt + completion limit; 2048 with max_prompt_tokens unset): rows enough for the decode step below,
+        # each long enough for the longest context
+        scheduler = node.scheduler.model_copy(update={"max_batch_size": args.rows + 1})
+        node = node.model_copy(update={"max_prompt_tokens": total, "scheduler": scheduler})
     from services.store import embedded_lookup, onnx_lookup, store_lookup
 
     engine = engine_for_node(
@@ -86,9 +95,6 @@ def main(args) -> None:
     runner: Runner = engine._runner  # pyright: ignore[reportAttributeAccessIssue]
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     print(f"{cpu_description()}; node {args.node} ({runner.runtime_name}), {os.cpu_count()} cores (shared)")
-    contexts = [int(x) for x in args.contexts.split(",")]
-    chunks = [int(x) for x in args.chunks.split(",")]
-    total = max(contexts) + max(chunks)
     ids = torch.randint(100, 20000, (1, total), dtype=torch.long)
     with torch.inference_mode():
         cache = None
