@@ -211,10 +211,11 @@ class RuntimeConfig(_Strict):
     )
 
     flash_attn: Literal["auto", "on", "off"] = Field(
-        default="off",
+        default="auto",
         description="backend llamacpp: llama.cpp's flash attention (auto = llama.cpp decides: on, on its CPU "
-        "backend). Off, a prompt prefilled in chunks gets the same log-probabilities as prefilled at once; on, "
-        "up to 7e-2 apart on the tiny test model (docs/runtimes.md).",
+        "backend). On measured 1.1-1.2x off's tokens/s on Intel AMX (docs/performance.md); off, a prompt "
+        "prefilled in chunks gets the same log-probabilities as prefilled at once, on up to 7e-2 apart on the "
+        "tiny test model (docs/runtimes.md).",
     )
 
     @model_validator(mode="after")

@@ -1,9 +1,11 @@
 """A prompt prefilled in chunks against the same prompt prefilled at once, on the llamacpp runner with llama.cpp's
 flash attention on and off (runtime.flash_attn; graph/engine/runners/llamacpp_runner.py), on the tiny GGUF.
 
-Measured on this file (a 450-token prompt, then 16 greedy steps): with flash attention off, the chunked prefill's
-log-probabilities (4-, 64- and 100-token chunks) equal the one-shot prefill's bit for bit at every step; on, they
-differ by up to 7.1e-2 (any vocabulary entry; 128-token chunks happened to be equal), with the same greedy tokens.
+Measured on this file (a 450-token prompt, then 16 greedy steps; this Intel AMX VM, ggml's zen4 variant): with flash
+attention off, the chunked prefill's log-probabilities (4-, 64- and 100-token chunks) equal the one-shot prefill's bit
+for bit at every step; on (the default: auto), they differ by up to 7.1e-2 over the vocabulary and 3.3e-2 on the
+greedy tokens (128-token chunks happened to be equal), with the same greedy tokens. The tolerance for "on" is
+tests/graph/backends.py's NEAR_TIE (0.1), the one the cross-backend tests allow a near tie by.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from graph.config import GeneratorNode, RuntimeConfig
+from tests.graph.backends import NEAR_TIE
 from tests.graph.test_llamacpp_runtime import gguf_source, llamacpp_runner  # noqa: F401  gguf_source: a fixture
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make install`")
@@ -60,8 +63,11 @@ def test_chunked_prefill_gives_the_greedy_tokens_of_one_prefill(runner, chunk):
     whole, whole_lp = greedy(runner, ids, PROMPT_TOKENS)
     chunked, chunked_lp = greedy(runner, ids, chunk)
     assert chunked == whole
+    apart = float((chunked_lp - whole_lp).abs().max())
     if runner.flash_attn == "off":  # and the same log-probabilities, bit for bit
-        assert torch.equal(chunked_lp, whole_lp), float((chunked_lp - whole_lp).abs().max())
+        assert torch.equal(chunked_lp, whole_lp), apart
+    else:
+        assert apart <= NEAR_TIE
 
 
 def test_flash_attn_reaches_the_runner_and_its_name(request):

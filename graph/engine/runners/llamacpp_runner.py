@@ -49,10 +49,11 @@ from graph.engine.runners.base import KeptRow, RowCache, Runner, as_id_set, swap
 log = logging.getLogger(__name__)
 
 FlashAttn = Literal["auto", "on", "off"]
-# llama.cpp's flash attention (runtime.flash_attn, graph/config.py, whose default this is). With it on, a prompt
-# prefilled in chunks gets log-probabilities up to 7e-2 away from the same prompt prefilled at once (tiny GGUF);
-# off, they are equal bit for bit (tests/graph/test_llamacpp_flash_attn.py). Speed of each: docs/performance.md.
-FLASH_ATTN_DEFAULT: FlashAttn = "off"
+# llama.cpp's flash attention (runtime.flash_attn, graph/config.py, whose default this is): auto, which is on for
+# ggml's CPU backend. Off measured 0.85-0.91x on's decode tokens/s (docs/performance.md, Intel AMX), so it stays
+# on, though a prompt prefilled in chunks then gets log-probabilities up to 7e-2 away from the same prompt
+# prefilled at once on the tiny GGUF (off: equal bit for bit; tests/graph/test_llamacpp_flash_attn.py).
+FLASH_ATTN_DEFAULT: FlashAttn = "auto"
 
 VARIANT_ENV = "LLAMACPP_CPU_VARIANT"
 PROBE_CACHE = (
