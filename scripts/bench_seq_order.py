@@ -1,7 +1,7 @@
 """A partial batch's decode step on the llamacpp runner, its rows on scattered sequence ids against consecutive ones.
 
     .venv/bin/python scripts/bench_seq_order.py [--models smollm2-135m-instruct,gemma-3-270m] [--rows 16]
-        [--n-seq 65] [--steps 20] [--threads 2] [--flash-attn off]
+        [--n-seq 65] [--steps 20] [--threads 2] [--flash-attn auto]
 
 With `kv_unified = false` llama.cpp splits a batch into one ubatch (one pass over the weights) per run of
 consecutive sequence ids, so where a node's rows sit among the context's sequences decides how many forwards
@@ -86,5 +86,5 @@ if __name__ == "__main__":
     parser.add_argument("--n-seq", type=int, default=65)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--flash-attn", default="off", choices=["auto", "on", "off"])
+    parser.add_argument("--flash-attn", default="auto", choices=["auto", "on", "off"])
     main(parser.parse_args())
