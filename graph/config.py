@@ -219,6 +219,14 @@ class RuntimeConfig(_Strict):
         "4 = int8 activations); None = the builder's default (4 on CPU).",
     )
 
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="backend llamacpp: llama.cpp's flash attention (auto = llama.cpp decides: on, on its CPU "
+        "backend). On measured 1.1-1.2x off's tokens/s on Intel AMX (docs/performance.md); off, a prompt "
+        "prefilled in chunks gets the same log-probabilities as prefilled at once, on up to 7e-2 apart on the "
+        "tiny test model (docs/runtimes.md).",
+    )
+
     @model_validator(mode="after")
     def _int8_is_float32(self) -> RuntimeConfig:
         if self.quantize == "int8" and self.dtype == "bfloat16":
@@ -237,6 +245,15 @@ class RuntimeConfig(_Strict):
     @model_validator(mode="after")
     def _hybrid_sides(self) -> RuntimeConfig:
         sides = {"small": self.small, "large": self.large}
+        if "flash_attn" in self.model_fields_set and self.backend != "llamacpp":
+            raise ValueError(
+                f"flash_attn: a backend llamacpp option; backend is {self.backend}"
+                + (
+                    " (set it on the llamacpp side, e.g. small: {backend: llamacpp, flash_attn: off})"
+                    if self.backend == "hybrid"
+                    else ""
+                )
+            )
         if self.backend != "hybrid":
             given = [k for k, v in sides.items() if v is not None]
             if self.crossover_rows is not None:

@@ -2,12 +2,13 @@
 
     .venv/bin/python scripts/bench_node.py [--models smollm2-135m-instruct,gemma-3-270m] [--threads 2]
         [--runtimes float32,bfloat16,int8,int8_weight,int4_weight,int8_weight+compile,onnx-int4,onnx-int8,llamacpp,
-                    hybrid,hybrid-concurrent,hybrid-onnx]
+                    llamacpp-fa-on,llamacpp-fa-off,hybrid,hybrid-concurrent,hybrid-onnx]
 
 For each model and runtime option (a generator node's `runtime`: dtype/quantize/compile, or
 backend onnx with its precision: onnx-int4, onnx-int4-acc1 (int4 weights, float32 activations),
 onnx-int8, onnx-fp32; converted once into the BentoML store like `make prepare` does; or backend
-llamacpp on the model's GGUF file; or hybrid: llamacpp for few rows and torch bfloat16 for many, built as a
+llamacpp on the model's GGUF file, llamacpp-fa-on / llamacpp-fa-off with llama.cpp's flash attention
+on / off; or hybrid: llamacpp for few rows and torch bfloat16 for many, built as a
 node builds it, its crossover measured at warm-up; hybrid-concurrent without its step lock; hybrid-onnx with
 onnx int8 for few rows, the single-stream winner on Intel AMX), one
 engine (graph/engine) runs greedy, prompts of exactly --prompt-tokens tokens, --new-tokens new
@@ -73,6 +74,9 @@ RUNTIMES = {
     "onnx-fp32": RuntimeConfig(backend="onnx", onnx_precision="fp32"),
     # backend llamacpp (graph/engine/runners/llamacpp_runner.py): the project's engine over llama.cpp on the GGUF file
     "llamacpp": RuntimeConfig(backend="llamacpp"),
+    # the same with llama.cpp's flash attention named (runtime.flash_attn; llamacpp alone takes the default)
+    "llamacpp-fa-on": RuntimeConfig(backend="llamacpp", flash_attn="on"),
+    "llamacpp-fa-off": RuntimeConfig(backend="llamacpp", flash_attn="off"),
     # backend hybrid (graph/engine/hybrid.py): llamacpp for few rows, torch bfloat16 for many, the crossover
     # measured at warm-up; -concurrent: the same without the step lock (one side's sampling and bookkeeping
     # overlap the other's forward; the forwards still take turns on the node's one compute thread)
@@ -197,6 +201,7 @@ def measure(path: str, name: str, runtime: RuntimeConfig, args, ref_ids, label: 
             n_seq=max(args.levels) + 1,
             n_ctx_seq=max(512, 128 + args.new_tokens + 64),
             eos_ids=[gen] if isinstance(gen, int) else gen,
+            flash_attn=runtime.flash_attn,
         )
     else:
         model, tok = load_causal_lm(ModelRef(path=path), runtime)

@@ -1,9 +1,10 @@
 """Where a prefill chunk's time goes at long context, on one generator node's runner (issue #32).
 
     .venv/bin/python scripts/profile_chunks.py [--config configs/default.yaml] [--node smollm2]
-        [--backend onnx|torch|llamacpp] [--dtype bfloat16] [--contexts 0,2000,4000,7500] [--chunks 16,64,128,512]
+        [--backend onnx|torch|llamacpp] [--dtype bfloat16] [--flash-attn auto|on|off]
+        [--contexts 0,2000,4000,7500] [--chunks 16,64,128,512]
 
-Prints, for the node's runner (its config's runtime unless --backend/--dtype override it):
+Prints, for the node's runner (its config's runtime unless --backend/--dtype/--flash-attn override it):
 - one prefill chunk's time (median of --repeats) of each size in --chunks on top of each context in
   --contexts (the row's cache already holding that many prompt tokens), and its time per token;
 - a decode step of --rows short rows (the running streams' step), alone and with one row of the
@@ -33,12 +34,12 @@ from graph.models.runtimes import cpu_description
 
 def rewind(cache: RowCache, n: int) -> None:
     """Roll a one-row prefill cache back to its first `n` positions (what the timed chunk wrote is dropped)."""
-    if hasattr(cache, "lens"):  # onnx: the row's length
+    if hasattr(cache, "seqs"):  # llama.cpp: its sequence's cells from n on are cleared (it has lens too)
+        cache.truncate_row(0, n)
+    elif hasattr(cache, "lens"):  # onnx: the row's length
         cache.lens[0] = n  # pyright: ignore[reportAttributeAccessIssue]
     elif hasattr(cache, "end"):  # torch: right-aligned from column 0
         cache.end = n  # pyright: ignore[reportAttributeAccessIssue]
-    else:  # llama.cpp
-        cache.truncate_row(0, n)
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -69,9 +70,18 @@ def chunk_at(runner: Runner, ids: torch.Tensor, cache: RowCache | None, ctx: int
 def main(args) -> None:
     cfg = load_config(args.config)
     node = cfg.generators[args.node]
-    update = {k: v for k, v in (("backend", args.backend), ("dtype", args.dtype)) if v}
+    update = {k: v for k, v in (("backend", args.backend), ("dtype", args.dtype), ("flash_attn", args.flash_attn)) if v}
     if update:
         node = node.model_copy(update={"runtime": node.runtime.model_copy(update=update)})
+    contexts = [int(x) for x in args.contexts.split(",")]
+    chunks = [int(x) for x in args.chunks.split(",")]
+    total = max(contexts) + max(chunks)
+    if node.runtime.backend == "llamacpp":
+        # llama.cpp allocates every sequence's positions up front (max_batch_size + 1 sequences of the node's
+        # prompt + completion limit; 2048 with max_prompt_tokens unset): rows enough for the decode step below,
+        # each long enough for the longest context
+        scheduler = node.scheduler.model_copy(update={"max_batch_size": args.rows + 1})
+        node = node.model_copy(update={"max_prompt_tokens": total, "scheduler": scheduler})
     from services.store import embedded_lookup, onnx_lookup, store_lookup
 
     engine = engine_for_node(
@@ -85,9 +95,6 @@ def main(args) -> None:
     runner: Runner = engine._runner  # pyright: ignore[reportAttributeAccessIssue]
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     print(f"{cpu_description()}; node {args.node} ({runner.runtime_name}), {os.cpu_count()} cores (shared)")
-    contexts = [int(x) for x in args.contexts.split(",")]
-    chunks = [int(x) for x in args.chunks.split(",")]
-    total = max(contexts) + max(chunks)
     ids = torch.randint(100, 20000, (1, total), dtype=torch.long)
     with torch.inference_mode():
         cache = None
@@ -141,6 +148,7 @@ if __name__ == "__main__":
     parser.add_argument("--node", default="smollm2")
     parser.add_argument("--backend", default=None)
     parser.add_argument("--dtype", default=None)
+    parser.add_argument("--flash-attn", default=None, choices=["auto", "on", "off"], help="backend llamacpp")
     parser.add_argument("--contexts", default="0,2000,4000,7500")
     parser.add_argument("--chunks", default="16,64,128,512")
     parser.add_argument("--rows", type=int, default=8)

@@ -86,6 +86,7 @@ def load(
         n_seq=min(MAX_SEQUENCES, max_batch_size + 1),
         n_ctx_seq=max_positions,
         eos_ids=eos,
+        flash_attn=runtime.flash_attn,
     )
     if len(tokenizer) > runner.vocab_size:
         raise ConfigError(

@@ -1,5 +1,5 @@
-"""The llamacpp runner hands llama.cpp its rows in ascending sequence order
-(graph/engine/runners/llamacpp_runner.py: `_run`).
+"""The llamacpp runner hands llama.cpp its rows in ascending sequence order, from the lowest free ids
+(graph/engine/runners/llamacpp_runner.py: `_run`, `take_seq`).
 
 With `kv_unified = false` llama.cpp splits a batch into one ubatch per run of consecutive sequence ids in
 batch order (llama-batch.cpp, split_equal with `sequential`): a 64-row step whose sequences had come back
@@ -52,6 +52,14 @@ def prefill(runner, prompts: list[list[int]]):
 
 
 PROMPTS = [[1, 5, 9, 13, 17], [1, 22, 7], [1, 30, 31, 32, 33, 34], [1, 11, 12, 40]]
+
+
+def test_freed_sequences_come_back_lowest_first(runner) -> None:
+    taken = [runner.take_seq() for _ in range(6)]
+    assert taken == [0, 1, 2, 3, 4, 5]
+    runner.free_seqs([4, 1, 3])
+    assert [runner.take_seq() for _ in range(3)] == [1, 3, 4]
+    runner.free_seqs(taken)
 
 
 def test_rows_reach_llama_decode_in_ascending_sequence_order(runner) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,6 +47,13 @@ import torch
 from graph.engine.runners.base import KeptRow, RowCache, Runner, as_id_set, swap_remove
 
 log = logging.getLogger(__name__)
+
+FlashAttn = Literal["auto", "on", "off"]
+# llama.cpp's flash attention (runtime.flash_attn, graph/config.py, whose default this is): auto, which is on for
+# ggml's CPU backend. Off measured 0.85-0.91x on's decode tokens/s (docs/performance.md, Intel AMX), so it stays
+# on, though a prompt prefilled in chunks then gets log-probabilities up to 7e-2 away from the same prompt
+# prefilled at once on the tiny GGUF (off: equal bit for bit; tests/graph/test_llamacpp_flash_attn.py).
+FLASH_ATTN_DEFAULT: FlashAttn = "auto"
 
 VARIANT_ENV = "LLAMACPP_CPU_VARIANT"
 PROBE_CACHE = (
@@ -365,11 +373,13 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         n_batch: int = 512,
         eos_ids: Sequence[int] | None = None,
         check_backend: bool = True,
+        flash_attn: FlashAttn = FLASH_ATTN_DEFAULT,
     ) -> None:
         """`gguf`: the model file, loaded as it is (mmap); `n_seq`: sequences the context holds (the
         node's batch rows plus one prefill's prompts share them); `n_ctx_seq`: positions per sequence
         (prompt + completion); `threads`: ggml's threads (None = all cores); `n_batch`: tokens per
-        `llama_decode` call in a prefill."""
+        `llama_decode` call in a prefill; `flash_attn`: llama.cpp's flash attention (`flash_attn_type`:
+        auto = llama.cpp decides, on for ggml's CPU backend; see FLASH_ATTN_DEFAULT)."""
         import importlib.metadata
 
         import llama_cpp.llama_cpp as L
@@ -400,18 +410,22 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         cparams.n_threads_batch = threads
         cparams.kv_unified = False
         cparams.no_perf = True
+        cparams.flash_attn_type = {
+            "auto": L.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            "on": L.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            "off": L.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[flash_attn]
+        self.flash_attn = flash_attn
         self._ctx: Any = L.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise ValueError(f"llama.cpp could not make a context for {self.gguf} ({n_seq} x {n_ctx_seq} positions)")
         self._mem: Any = L.llama_get_memory(self._ctx)
         self._batch_cap = max(n_batch, n_seq)
         self._batch = L.llama_batch_init(self._batch_cap, 0, 1)
-        # A stack, lowest ids first. Not yet a heap (lowest free id always), though that keeps the rows'
-        # sequences in fewer runs of consecutive ids (_run): with it, test_long_context's step-budget test
-        # flipped a near-tie token on llamacpp. The cause is not the heap: with flash attention (llama.cpp's
-        # auto: on) a chunked prefill's log-probabilities differ from a one-shot prefill's by up to 1.3e-2 on
-        # the tiny GGUF, on any sequence; with flash_attn_type disabled they are equal bit for bit.
-        self._free: list[int] = list(range(n_seq - 1, -1, -1))
+        # A heap: take_seq gives the lowest free id, so the rows' sequences stay few runs of consecutive ids
+        # (_run: one ubatch, one pass over the weights, per run). With it, test_long_context's step-budget test
+        # once flipped a near-tie token: flash attention's chunked-prefill rounding (FLASH_ATTN_DEFAULT), not it.
+        self._free: list[int] = list(range(n_seq))
         self._to_release: list[list[int]] = []
         self._eos = [int(t) for t in eos_ids] if eos_ids else [int(L.llama_vocab_eos(self._vocab))]
         self.kv_heads: int = L.llama_model_n_head_kv(self._model)
@@ -424,7 +438,10 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         L.llama_model_desc(self._model, desc, 128)
         self.description = desc.value.decode(errors="replace")
         version = importlib.metadata.version("llama-cpp-python")
-        self.runtime_name = f"llamacpp {self.description} (llama-cpp-python {version}, ggml CPU variant {variant})"
+        self.runtime_name = (
+            f"llamacpp {self.description} (llama-cpp-python {version}, ggml CPU variant {variant}, "
+            f"flash attention {flash_attn})"
+        )
         self._closed = False
 
     def meta(self, key: str) -> str | None:
@@ -583,12 +600,12 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
                 view[row] = np.ctypeslib.as_array(L.llama_get_logits_ith(self._ctx, j), shape=(n_vocab,))
 
     def take_seq(self) -> int:
-        """A free sequence id (its cells are empty)."""
+        """The lowest free sequence id (its cells are empty)."""
         if not self._free:
             self._reclaim()
         if not self._free:
             raise RuntimeError(f"llama.cpp: all {self.n_seq} sequences are in use")
-        return self._free.pop()
+        return heapq.heappop(self._free)
 
     def trim_seq(self, seq: int, length: int) -> None:
         """Clear sequence `seq`'s cells from position `length` on."""
@@ -601,7 +618,7 @@ class LlamaCppRunner(Runner[LlamaCppCache]):
         """Clear these sequences' cells and return them to the pool."""
         for seq in seqs:
             self._L.llama_memory_seq_rm(self._mem, seq, -1, -1)
-            self._free.append(seq)
+            heapq.heappush(self._free, seq)
 
     def release_later(self, seqs: list[int]) -> None:
         """A dropped cache's finalizer (any thread): its sequences are freed at the next call."""
