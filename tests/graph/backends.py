@@ -80,3 +80,9 @@ def assert_same_greedy(engine, got, want) -> None:
         )
         return
     assert (got.text, got.completion_tokens) == (want.text, want.completion_tokens)
+
+
+def spec_counts(engine) -> tuple[int, int]:
+    """Speculative decoding's counters of an engine: (drafts proposed, drafts accepted)."""
+    s = engine.stats()
+    return int(s["spec_draft_tokens_total"]), int(s["spec_accepted_tokens_total"])

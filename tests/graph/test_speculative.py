@@ -15,6 +15,7 @@ import pytest
 
 from graph.params import GenerationParams as GP
 from tests.graph import test_engine as te
+from tests.graph.backends import spec_counts as counts
 from tests.graph.test_llamacpp_runtime import llamacpp_engine, llamacpp_runner
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is built by `make install`")
@@ -49,11 +50,6 @@ def llama(gguf_source):
     eng = spec_engine(gguf_source)
     yield eng
     eng.close()
-
-
-def counts(engine) -> tuple[int, int]:
-    s = engine.stats()
-    return int(s["spec_draft_tokens_total"]), int(s["spec_accepted_tokens_total"])
 
 
 def rows_of(engine, cases):

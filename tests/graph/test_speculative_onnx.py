@@ -16,6 +16,7 @@ import pytest
 from graph.params import GenerationParams as GP
 from tests.graph import test_engine as te
 from tests.graph.backends import build
+from tests.graph.backends import spec_counts as counts
 
 QUOTE = "Repeat after me: the quick brown fox jumps over the lazy dog. the quick brown fox jumps over"
 
@@ -34,11 +35,6 @@ def spec(tiny_dir):
     eng = build("onnx", tiny_dir, speculation=Speculation(max_n=3, draft_tokens=4, max_rows=16))
     yield eng
     eng.close()
-
-
-def counts(engine) -> tuple[int, int]:
-    s = engine.stats()
-    return int(s["spec_draft_tokens_total"]), int(s["spec_accepted_tokens_total"])
 
 
 def test_greedy_tokens_identical_and_batches_do_not_draft(spec, plain):
