@@ -140,7 +140,8 @@ class SchedulerConfig(_Strict):
     prefill_lane: bool = Field(
         default=True,
         description="Long prompts beside running streams, on runtimes that can (onnx): each 512-token chunk runs on "
-        "one core of its own while the streams decode on the node's other threads, instead of small chunks between "
+        "one core of its own while the streams decode on the node's other threads (a node with fewer threads than the "
+        "machine's cores keeps them, and the lane takes one more core), instead of small chunks between "
         "their steps. The streams' steps slow by the core they give up; the long prompt's first token comes much "
         "sooner. Needs 2 cores; the first such prompt makes a second ONNX Runtime session (one more copy of the "
         "weights in memory). false = chunks between decode steps, sized by prefill_step_share.",

@@ -16,8 +16,10 @@ projection for every prompt token (Gemma's 262k-entry vocabulary costs more than
 
 The prefill lane (`prefill_chunk_beside`, issue #32): a long prompt's chunks can run on another thread while
 the running rows decode. The chunk runs on a one-thread session and the decode steps meanwhile on a session
-with the node's threads less one (on 2 cores both are the same one-thread session: ONNX Runtime runs two calls
-of one session on two threads at once), so the two share the cores instead of oversubscribing them. Small
+with the node's threads less one when the node has every core (on 2 cores both are the same one-thread
+session: ONNX Runtime runs two calls of one session on two threads at once), so the two share the cores instead
+of oversubscribing them; a node with fewer threads than cores (the served default splits the cores over its
+generators) keeps its threads and the lane takes one more core. Small
 chunks between the decode steps cannot do this: on 2 AMX cores a forward's fixed cost alone is about a
 decode step of 8 rows.
 """
@@ -339,7 +341,9 @@ class OnnxRunner(Runner[OnnxKVCache]):
 
     def _decode_session(self) -> InferenceSession:
         """The session of the forwards on the decode thread (decode steps, whole prompts, chunks between steps):
-        the narrow one while a lane chunk runs, so the node never runs more threads than its own."""
+        the narrow one while a lane chunk runs, so a node that has every core never runs more threads than cores
+        (a node with fewer threads than cores, as each of the served default's two generators on 2 cores, keeps
+        its threads: the lane takes a core it was not using)."""
         return self._narrow if self._beside and self._narrow is not None else self.session
 
     def _prefill_chunk(
