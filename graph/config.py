@@ -246,7 +246,8 @@ class RuntimeConfig(_Strict):
     @model_validator(mode="after")
     def _hybrid_sides(self) -> RuntimeConfig:
         sides = {"small": self.small, "large": self.large}
-        if "flash_attn" in self.model_fields_set and self.backend != "llamacpp":
+        # `auto` (the default) is accepted anywhere: a dumped config carries it on every runtime and must validate again
+        if self.flash_attn != "auto" and self.backend != "llamacpp":
             raise ValueError(
                 f"flash_attn: a backend llamacpp option; backend is {self.backend}"
                 + (
