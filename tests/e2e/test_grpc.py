@@ -118,7 +118,15 @@ def trailers(err: grpc.RpcError) -> dict[str, str]:
 
 
 def test_health_serving_only_after_nodes_load(booted: Booted) -> None:
-    assert booted.seen[0] == health_pb2.HealthCheckResponse.NOT_SERVING, booted.seen
+    log = booted.server.log()
+    listening = log.find("gRPC faces on")
+    assert listening >= 0, log[-3000:]
+    if all(0 <= log.find(line) < listening for line in NODES_LOADED):
+        # Every node had loaded before the gRPC face was listening (the tiny models can beat the entry's
+        # start): its first probe answers at once, so a client may never see NOT_SERVING.
+        assert booted.seen[0] in (health_pb2.HealthCheckResponse.NOT_SERVING, SERVING), booted.seen
+    else:
+        assert booted.seen[0] == health_pb2.HealthCheckResponse.NOT_SERVING, booted.seen
     assert booted.seen[-1] == SERVING
     assert booted.loaded_when_serving == list(NODES_LOADED), "SERVING before every node had loaded"
     stub = health_pb2_grpc.HealthStub(booted.channel)
