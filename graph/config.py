@@ -113,6 +113,16 @@ class SchedulerConfig(_Strict):
         "alone (its wait for rows and KV memory, then its tokens at the step time of the batch it runs, measured at "
         "start-up per batch size), or would push a request admitted earlier past this bound. None = off.",
     )
+    admission_margin: float = Field(
+        default=1.3,
+        ge=1.0,
+        le=4.0,
+        description="max_wait_s shedding plans each request's finish at this many times the measured step and "
+        "prefill times: the start-up table is measured with the node's cores to itself, and served it shares "
+        "them with the entry, the classifier and the other nodes (a 64 x 2 /generate_score burst on the "
+        "default graph ran its steps 1.2-1.3x slower than the table, docs/performance.md). 1.0 = the table as "
+        "measured (a node on cores of its own).",
+    )
     max_kv_mb: float | None = Field(
         default=None,
         gt=0.0,

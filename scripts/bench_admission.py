@@ -154,7 +154,18 @@ async def run(args, server: Server, max_wait_s: float) -> None:
         stats = (await client.post("/node_stats", json={})).json()
         for name, s in stats.items():
             if isinstance(s, dict) and "shed_total" in s:
-                print(f"  node {name}: shed_total {s['shed_total']}, rejected_total {s['rejected_total']}")
+                sides = "".join(
+                    f"; {side}: {s[f'{side}_requests_total']} requests, {s[f'{side}_admitted_late_total']} late, "
+                    f"plan_ratio {s[f'{side}_plan_ratio']}"
+                    for side in ("small", "large")
+                    if f"{side}_plan_ratio" in s
+                )
+                print(
+                    f"  node {name}: shed_total {s['shed_total']}, rejected_total {s['rejected_total']}, "
+                    f"admitted_late_total {s['admitted_late_total']} "
+                    f"({s['admitted_late_ms_total'] / 1000:.1f}s in all), "
+                    f"plan_ratio {s['plan_ratio']} (answered / planned){sides}"
+                )
 
 
 def tables(config: str) -> None:

@@ -160,10 +160,12 @@ class GeneratorNodeClient:
         self.dep, self.node, self.retries = dep, node, retries
 
     async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = ""
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = "", reserve_s: float = 0.0
     ) -> list[list[GenerationResult]]:
         out = await _retrying(
-            lambda: self.dep.to_async.generate(prompts=prompts, params=params, request_id=request_id, scope=scope),
+            lambda: self.dep.to_async.generate(
+                prompts=prompts, params=params, request_id=request_id, scope=scope, reserve_s=reserve_s
+            ),
             self.node,
             request_id,
             self.dep,
@@ -179,11 +181,17 @@ class GeneratorNodeClient:
         interval_ms: int,
         on_admitted: Callable[[], None] | None = None,
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> AsyncIterator[StreamEvent]:
         async def chunks() -> AsyncIterator[str | bytes]:
             await remote_nodes.connected(self.dep)
             async for chunk in self.dep.to_async.generate_stream(
-                prompt=prompt, params=params, request_id=request_id, interval_ms=interval_ms, scope=scope
+                prompt=prompt,
+                params=params,
+                request_id=request_id,
+                interval_ms=interval_ms,
+                scope=scope,
+                reserve_s=reserve_s,
             ):
                 yield chunk
 

@@ -40,12 +40,14 @@ ENGINE_COUNTERS = {
     "spec_accepted_tokens_total": "Draft tokens the model agreed with (each one a token without its own step).",
     "prefill_lane_chunks_total": "Long prompts' chunks prefilled on the prefill lane, beside the decode steps "
     "(scheduler.prefill_lane).",
+    "admitted_late_total": "Requests admitted under max_wait_s and answered after the time promised then.",
 }
 ENGINE_GAUGES = {
     "active_rows": "Rows in this node's decode batch now.",
     "queued_requests": "Requests waiting for batch rows now (the queue depth an autoscaler can follow).",
     "step_ms": "Moving average of one batched decode step (ms).",
     "kv_mb": "MiB of KV cache the live rows use.",
+    "plan_ratio": "Median answered / planned seconds of admission's recent plans (above 1: its estimates run short).",
 }
 _GAUGES = {
     key: bentoml.metrics.Gauge(
@@ -122,12 +124,20 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
         @bentoml.api
         @http_errors
         async def generate(
-            self, prompts: list[Prompt], params: GenerationParams, request_id: str = "", scope: str = ""
+            self,
+            prompts: list[Prompt],
+            params: GenerationParams,
+            request_id: str = "",
+            scope: str = "",
+            reserve_s: float = 0.0,
         ) -> list[list[GenerationResult]]:
             """Generate for each prompt (text, or a chat this node fits); one list of results per prompt.
             `scope`: whose kept prompts these may start from (the caller's API key id)."""
             outs = await asyncio.gather(
-                *[self.engine.generate(p, params, request_id=request_id or None, scope=scope) for p in prompts]
+                *[
+                    self.engine.generate(p, params, request_id=request_id or None, scope=scope, reserve_s=reserve_s)
+                    for p in prompts
+                ]
             )
             log.info("request_id=%s node=%s prompts=%d", request_id, name, len(prompts))
             for prompt, rows in zip(prompts, outs):
@@ -150,12 +160,18 @@ def make_generator_service(name: str, node: GeneratorNode, threads: int | None =
             request_id: str = "",
             interval_ms: int = 0,
             scope: str = "",
+            reserve_s: float = 0.0,
         ) -> AsyncGenerator[str, None]:
             """Stream events as JSON lines (graph/wire.py): first an `admitted` line once the scheduler
             has queued the request (or its refusal as an `error` line), then the events."""
             try:
                 events = self.engine.open_stream(
-                    prompt, params, request_id=request_id or None, interval_ms=interval_ms, scope=scope
+                    prompt,
+                    params,
+                    request_id=request_id or None,
+                    interval_ms=interval_ms,
+                    scope=scope,
+                    reserve_s=reserve_s,
                 )
             except GraphError as err:
                 yield encode_error(err)

@@ -14,7 +14,8 @@ plan, against its alone time (its prefill, then its tokens one row at a time), i
 alone it would be answered if admitted now. The scheduler refuses it (429 + Retry-After) when that is
 above max_wait_s, or when it would push a request admitted earlier past the bound that one was promised.
 So "admitted => answered within max_wait_s of its alone time, refused => it could not have been" holds as
-far as the measured times do.
+far as the measured times do. `plan_lanes` runs several engines whose steps take turns (a hybrid node's two
+sides) in one plan; the scheduler multiplies the plan's times by its admission_margin (shared cores).
 """
 
 from __future__ import annotations
@@ -162,6 +163,20 @@ class Work:
 Fits = Callable[[int, int], bool]
 
 
+@dataclass
+class Lane:
+    """One engine's part of a plan: its rows running and requests waiting (in the order it admits them), its
+    batch limit, KV budget and measured times. A hybrid node (graph/engine/hybrid.py) plans two lanes whose
+    steps take turns."""
+
+    running: Sequence[Work]
+    waiting: Sequence[Work]
+    max_rows: int
+    fits: Fits
+    steps: Curve
+    prefills: Curve
+
+
 def plan(
     running: Sequence[Work],
     waiting: Sequence[Work],
@@ -170,56 +185,78 @@ def plan(
     fits: Fits,
     steps: Curve,
     prefills: Curve,
+    beside: Sequence[Lane] = (),
 ) -> dict[Hashable, float]:
     """Seconds from now until each request's last row finishes, if the node runs `running` and then
     admits `waiting` in order as rows and KV memory free up (an empty batch admits anything: a request
     too big for the budget alone was refused at submit). A join costs the prefill of its prompt tokens;
-    each decode step the step time of the batch it runs. Requests that never fit are left out."""
-    t = 0.0
-    clock = 0  # decode steps run so far
-    seq = 0
-    heap: list[tuple[int, int, Hashable, int, int]] = []  # (finishing step, order, key, rows, span)
-    rows = 0
-    spans: Counter[int] = Counter()
-    finish: dict[Hashable, float] = {}
-    queue = deque(waiting)
+    each decode step the step time of the batch it runs. Requests that never fit are left out.
+    `beside`: other engines whose steps take turns with this one's (a hybrid node's other side): each round
+    of steps costs every busy lane's step at its own batch, and their requests are in the result too."""
+    return plan_lanes([Lane(running, waiting, max_rows, fits, steps, prefills), *beside])
 
-    def push(w: Work, left: int) -> None:
-        nonlocal seq, rows
-        heapq.heappush(heap, (clock + max(0, left), seq, w.key, w.rows, w.span))
-        seq += 1
-        rows += w.rows
-        spans[w.span] += w.rows
 
-    def admit() -> None:
-        nonlocal t
+class _LaneRun:
+    """A lane's state while the plan runs forward."""
+
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+        self.heap: list[tuple[int, int, Hashable, int, int]] = []  # (finishing round, order, key, rows, span)
+        self.rows = 0
+        self.spans: Counter[int] = Counter()
+        self.queue = deque(lane.waiting)
+        self.seq = 0
+
+    def push(self, w: Work, at: int) -> None:
+        heapq.heappush(self.heap, (at, self.seq, w.key, w.rows, w.span))
+        self.seq += 1
+        self.rows += w.rows
+        self.spans[w.span] += w.rows
+
+    def admit(self, clock: int) -> float:
+        """Join the waiting requests that fit now; the seconds of their prefill."""
         tokens = 0
-        while queue:
-            w = queue[0]
-            span = max(w.span, max(spans) if spans else 0)
-            if rows and (rows + w.rows > max_rows or not fits(rows + w.rows, span)):
+        while self.queue:
+            w = self.queue[0]
+            span = max(w.span, max(self.spans) if self.spans else 0)
+            if self.rows and (self.rows + w.rows > self.lane.max_rows or not self.lane.fits(self.rows + w.rows, span)):
                 break
-            queue.popleft()
-            push(w, w.tokens - 1)  # the prefill gives the first token
+            self.queue.popleft()
+            self.push(w, clock + max(0, w.tokens - 1))  # the prefill gives the first token
             tokens += w.prompt
-        if tokens:
-            t += prefills.at(tokens)
+        return self.lane.prefills.at(tokens) if tokens else 0.0
 
-    for w in running:
-        push(w, w.tokens)
-    admit()
-    while heap:
-        at = heap[0][0]
-        t += (at - clock) * steps.at(rows)
+    def finish(self, clock: int, t: float, out: dict[Hashable, float]) -> None:
+        while self.heap and self.heap[0][0] == clock:
+            _, _, key, n, span = heapq.heappop(self.heap)
+            out[key] = max(out.get(key, 0.0), t)
+            self.rows -= n
+            self.spans[span] -= n
+            if not self.spans[span]:
+                del self.spans[span]
+
+
+def plan_lanes(lanes: Sequence[Lane]) -> dict[Hashable, float]:
+    """`plan` over engines whose decode steps take turns (one after the other, each on the whole machine): in
+    each round every lane with rows runs one step of its batch, so a round costs the sum of their step
+    times, and each lane admits its own waiting requests as its rows and KV memory free up (a join costs that
+    lane's prefill). Seconds from now until each request of every lane finishes."""
+    runs = [_LaneRun(lane) for lane in lanes]
+    t = 0.0
+    clock = 0  # rounds of steps run so far
+    finish: dict[Hashable, float] = {}
+    for r in runs:
+        for w in r.lane.running:
+            r.push(w, max(0, w.tokens))
+        t += r.admit(clock)
+    while any(r.heap for r in runs):
+        at = min(r.heap[0][0] for r in runs if r.heap)
+        t += (at - clock) * sum(r.lane.steps.at(r.rows) for r in runs if r.rows)
         clock = at
-        while heap and heap[0][0] == clock:
-            _, _, key, n, span = heapq.heappop(heap)
-            finish[key] = max(finish.get(key, 0.0), t)
-            rows -= n
-            spans[span] -= n
-            if not spans[span]:
-                del spans[span]
-        admit()
+        for r in runs:
+            r.finish(clock, t, finish)
+        for r in runs:
+            t += r.admit(clock)
     return finish
 
 

@@ -59,7 +59,13 @@ class NodeEngine(ABC):
     # -- requests ------------------------------------------------------------------------------------
     @abstractmethod
     async def generate(
-        self, prompt: Prompt, params: GenerationParams, *, request_id: str | None = None, scope: str = ""
+        self,
+        prompt: Prompt,
+        params: GenerationParams,
+        *,
+        request_id: str | None = None,
+        scope: str = "",
+        reserve_s: float = 0.0,
     ) -> list[GenerationResult]:
         """All `params.num_return_sequences` completions of `prompt`, in index order."""
 
@@ -72,6 +78,7 @@ class NodeEngine(ABC):
         request_id: str | None = None,
         interval_ms: int = 0,
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> EventStream:
         """`stream` with the request submitted now: a refusal (Overloaded, InvalidRequest) raises here, before
         the caller has sent anything; the stream's aclose() cancels the request, iterated or not."""
@@ -84,12 +91,15 @@ class NodeEngine(ABC):
         request_id: str | None = None,
         interval_ms: int = 0,
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> AsyncIterator[StreamEvent]:
         """Text fragments per sequence index, at most one event per `interval_ms` per sequence;
         a sequence's final event (carrying its result) is sent at once. Fragments of a sequence
         concatenate to its final text and never run past a stop string. Closing the iterator
         early (aclose, or cancelling the consuming task) cancels the request and frees its rows."""
-        events = self.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope)
+        events = self.open_stream(
+            prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope, reserve_s=reserve_s
+        )
         try:
             async for ev in events:
                 yield ev

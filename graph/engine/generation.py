@@ -14,6 +14,7 @@ sampling.py chooses tokens, detok.py makes text (all in this package).
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -83,6 +84,7 @@ class GenerationEngine(NodeEngine):
         compile: bool = False,
         max_request_share: float = 1.0,
         max_wait_s: float | None = None,
+        admission_margin: float = 1.0,
         max_kv_mb: float | None = None,
         prefix_cache_mb: float | None = None,
         speculation: Speculation | None = None,
@@ -93,8 +95,8 @@ class GenerationEngine(NodeEngine):
         (process-wide) thread count. Prompts are tokenized with the tokenizer's special tokens (BOS
         where it adds one), as `pipeline("text-generation")` does; with `chat_template`, a prompt is
         sent as one user message through the tokenizer's chat template (for instruct models).
-        `max_request_share`, `max_wait_s`, `max_kv_mb`, `prefill_step_share`, `prefill_lane`: see
-        graph.config.SchedulerConfig;
+        `max_request_share`, `max_wait_s`, `admission_margin` (default here 1.0: the table as measured),
+        `max_kv_mb`, `prefill_step_share`, `prefill_lane`: see graph.config.SchedulerConfig;
         `speculation`: prompt-lookup drafts verified in the batch (graph/engine/spec/), on runners with
         multi_token_decode. With
         `compile`, decode steps run compiled on shape buckets (graph/engine/runners/torch_compiled.py), compiled
@@ -141,6 +143,7 @@ class GenerationEngine(NodeEngine):
             threads=threads,
             max_request_share=max_request_share,
             max_wait_s=max_wait_s,
+            admission_margin=admission_margin,
             max_kv_mb=max_kv_mb,
             kv_bytes_per_token=runner.kv_bytes_per_token(),
             prefix_cache_mb=prefix_cache_mb,
@@ -181,12 +184,15 @@ class GenerationEngine(NodeEngine):
         *,
         request_id: str | None = None,
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> list[GenerationResult]:
         """All `params.num_return_sequences` completions of `prompt`, in index order. A prompt given
         as token ids (e.g. from `fit_chat`) is used as it is: no chat template, no special tokens;
         a ChatPrompt is fitted here (`fit_chat`)."""
         prompt, params, kept = self._fit(prompt, params)
-        req = self._submit(prompt, params, request_id, streaming=False, prompt_messages=kept, scope=scope)
+        req = self._submit(
+            prompt, params, request_id, streaming=False, prompt_messages=kept, scope=scope, reserve_s=reserve_s
+        )
         total = params.num_return_sequences
         results: list[GenerationResult | None] = [None] * total
         try:
@@ -211,12 +217,15 @@ class GenerationEngine(NodeEngine):
         request_id: str | None = None,
         interval_ms: int = 0,
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> RequestStream:
         """`stream`, with the request submitted now: a refusal (Overloaded, InvalidRequest) raises here,
         before the caller has sent anything. The returned stream's aclose() cancels the request,
         whether it was iterated or not."""
         prompt, params, kept = self._fit(prompt, params)
-        req = self._submit(prompt, params, request_id, streaming=True, prompt_messages=kept, scope=scope)
+        req = self._submit(
+            prompt, params, request_id, streaming=True, prompt_messages=kept, scope=scope, reserve_s=reserve_s
+        )
         return RequestStream(self._events(req, interval_ms), lambda: self._release(req))
 
     def _release(self, req: Request) -> None:
@@ -286,7 +295,10 @@ class GenerationEngine(NodeEngine):
         (moving average), kv_mb (the live rows' part of the KV cache), kv_buffer_mb (the batch's KV buffers
         as reserved: the rows they hold, the live ones rounded up, x their columns; untouched pages cost no
         RSS), kv_budget_mb (what admission may build up: scheduler.max_kv_mb, else a quarter of the machine's memory),
-        chunked_prefills (long prompts being prefilled a chunk per step)."""
+        chunked_prefills (long prompts being prefilled a chunk per step); admitted_late_total and
+        admitted_late_ms_total (requests admitted under max_wait_s and answered after the time promised then,
+        and by how much), plan_ratio (the median of answered / planned seconds over admission's recent plans;
+        0 before any)."""
         s = self._scheduler
         cache = s._cache
         kv = s.kv_bytes(len(s.rows), cache.length) if cache is not None else 0
@@ -300,6 +312,7 @@ class GenerationEngine(NodeEngine):
             "kv_buffer_mb": round(buffer / 2**20, 3),
             "kv_budget_mb": round((s.kv_budget or 0) / 2**20, 3),
             "chunked_prefills": len(s._chunking),
+            "plan_ratio": round(statistics.median(s.plan_errors), 3) if s.plan_errors else 0.0,
         }
 
     def _fit(
@@ -351,6 +364,7 @@ class GenerationEngine(NodeEngine):
         streaming: bool,
         prompt_messages: int | None = None,
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> Request:
         ids = list(prompt) if isinstance(prompt, list) else self._encode(prompt)
         if not ids:
@@ -399,6 +413,7 @@ class GenerationEngine(NodeEngine):
             prompt_messages=prompt_messages,
             grammars=self._grammars.matchers(params, params.num_return_sequences),
             scope=scope,
+            reserve_s=reserve_s,
         )
         self._scheduler.submit(req)
         return req

@@ -29,6 +29,10 @@ Sharing the cores: the two engines' decode steps take turns under one FIFO lock 
 passes also run on one compute thread (graph/engine/runners/pinned_runner.py, built by
 graph/models/node_engine.py), so torch and ggml share one OpenMP pool; each decode thread keeps its own
 torch work (sampling) on one thread.
+
+Admission. Because the sides take turns, each side admits by one plan of both (its scheduler's `beside` is the
+other side's `lane_now`, graph/engine/admission.py `plan_lanes`): a request on one side is refused if it would
+finish past its bound or push a request admitted on either side past the time promised to it.
 """
 
 from __future__ import annotations
@@ -156,6 +160,9 @@ class HybridEngine(NodeEngine):
             lock = TurnLock()
             small._scheduler.step_lock = lock
             large._scheduler.step_lock = lock
+            # each side's admission plans its steps with the other's in between (they take turns)
+            small._scheduler.beside = large._scheduler.lane_now
+            large._scheduler.beside = small._scheduler.lane_now
         self._rows: dict[Side, int] = {"small": 0, "large": 0}  # rows submitted to each side and not done
         self._routed: dict[Side, int] = {"small": 0, "large": 0}  # requests started on each side
         self._load_lock = threading.Lock()
@@ -293,6 +300,7 @@ class HybridEngine(NodeEngine):
         *,
         request_id: str | None = None,
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> list[GenerationResult]:
         """GenerationEngine.generate on the side the request starts on (routed at the end of this event-loop
         turn, with the other requests sent in it); a side's refusal passes it to the other, both sides' refusal
@@ -303,7 +311,9 @@ class HybridEngine(NodeEngine):
         for side in self.route(n):
             self._add(side, n)
             try:
-                return await self.sides[side].generate(prompt, params, request_id=request_id, scope=scope)
+                return await self.sides[side].generate(
+                    prompt, params, request_id=request_id, scope=scope, reserve_s=reserve_s
+                )
             except Overloaded as refusal:  # raised at submission, before anything was queued
                 refused = refused or refusal
             finally:
@@ -319,6 +329,7 @@ class HybridEngine(NodeEngine):
         request_id: str | None = None,
         interval_ms: int = 0,
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> SideStream:
         """GenerationEngine.open_stream on the side the request starts on: a refusal by both sides raises here
         (the first side's)."""
@@ -327,7 +338,7 @@ class HybridEngine(NodeEngine):
         for side in self.route(n):
             try:
                 inner = self.sides[side].open_stream(
-                    prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope
+                    prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope, reserve_s=reserve_s
                 )
             except Overloaded as refusal:
                 refused = refused or refusal
@@ -354,14 +365,23 @@ class HybridEngine(NodeEngine):
         return tight.fit_chat(messages, params)
 
     def stats(self) -> dict[str, int | float | str]:
-        """Both engines' counters and gauges added up (step_ms: the longer of the two, as each waits for the
-        other's turn), plus `small_*`/`large_*` per side, `hybrid_crossover_rows` and the runtimes."""
+        """Both engines' counters and gauges added up (step_ms and plan_ratio: the larger of the two, as each
+        waits for the other's turn), plus `small_*`/`large_*` per side, `hybrid_crossover_rows` and the runtimes."""
         each = {side: engine.stats() for side, engine in self.sides.items()}
         small, large = each["small"], each["large"]
         out: dict[str, int | float | str] = {k: small[k] + large[k] for k in small if k in large}
         out["step_ms"] = max(small.get("step_ms", 0.0), large.get("step_ms", 0.0))
+        out["plan_ratio"] = max(small.get("plan_ratio", 0.0), large.get("plan_ratio", 0.0))
         for side, stats in each.items():
-            for key in ("active_rows", "queued_requests", "requests_total", "generated_tokens_total", "step_ms"):
+            for key in (
+                "active_rows",
+                "queued_requests",
+                "requests_total",
+                "generated_tokens_total",
+                "step_ms",
+                "admitted_late_total",
+                "plan_ratio",
+            ):
                 out[f"{side}_{key}"] = stats.get(key, 0)
         out["hybrid_crossover_rows"] = self.crossover_rows or 0
         out["hybrid_crossover_source"] = self.crossover_source

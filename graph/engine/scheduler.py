@@ -29,14 +29,14 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 
-from graph.engine.admission import PrefillTimes, StepTimes, Work, alone_s, plan
+from graph.engine.admission import Lane, PrefillTimes, StepTimes, Work, alone_s, plan
 from graph.engine.chunk_budget import PREFILL_STEP_SHARE, ChunkSizer
 from graph.engine.detok import IncrementalDetokenizer, StopMatcher
 from graph.engine.grammar import RowGrammar
@@ -86,9 +86,12 @@ class Request:
         prompt_messages: int | None = None,
         grammars: Sequence[RowGrammar | None] = (),
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> None:
         self.id = rid
         self.scope = scope  # whose kept prompts this one may start from (the caller's API key)
+        # seconds of the caller's own work after this node answers (the entry's scoring): taken out of max_wait_s
+        self.reserve_s = max(0.0, reserve_s)
         self.looked_up = False  # the kept prompts were searched for its prefix
         self.hit: Hit | None = None
         self.prompt_ids = prompt_ids
@@ -99,6 +102,7 @@ class Request:
         self.queue: asyncio.Queue = asyncio.Queue()
         now = time.monotonic()
         self.promise: float | None = None  # when admission expects it answered at the latest (max_wait_s)
+        self.planned: float | None = None  # when admission's plan expected it answered
         self.submitted = now  # the times a trace reports (graph/entry/tracing.py): queue wait, first token
         self.admitted: float | None = None
         self.first_token: float | None = None
@@ -213,6 +217,7 @@ class Scheduler:
         threads: int | None,
         max_request_share: float = 1.0,
         max_wait_s: float | None = None,
+        admission_margin: float = 1.0,
         max_kv_mb: float | None = None,
         kv_bytes_per_token: int = 0,
         prefix_cache_mb: float | None = None,
@@ -246,6 +251,7 @@ class Scheduler:
         # Rows one request id may hold (its first request is always admissible).
         self.row_cap = max(1, math.floor(max_batch_size * max_request_share))
         self.max_wait_s = max_wait_s
+        self.admission_margin = max(1.0, admission_margin)  # the plan's times x this (shared cores)
         # KV bytes admission may build up: the config's max_kv_mb, else a share of the machine's memory
         self.kv_budget: int | None = int(max_kv_mb * 2**20) if max_kv_mb else default_kv_budget()
         self.kv_bytes_per_token = kv_bytes_per_token  # one row, one position, all layers, keys + values
@@ -260,7 +266,14 @@ class Scheduler:
         self.warmup_table: Table | None = None  # what the warm-up measured for them
         self._last_step_end: float | None = None  # when the last decode step ended, while rows kept running
         self._prefill_s = 0.0  # prefill seconds since then (admission counts them apart)
+        self._lock_wait_s = 0.0  # seconds since then waiting for step_lock (the other side's turn, counted apart)
+        # A hybrid node's other side (graph/engine/hybrid.py): its lane_now(), whose steps take turns with ours
+        self.beside: Callable[[], Lane] | None = None
         self.length_ratio = 1.0  # moving average of completion tokens / max_new_tokens of finished rows
+        # admission plans each row's length at the 90th percentile of the recent ratios (a mean plans a burst of
+        # rows that all run to max_new_tokens 30% short after traffic that stopped early)
+        self.length_ratios: deque[float] = deque(maxlen=64)
+        self.plan_length_ratio = 1.0
         self.lock = threading.RLock()
         # Held around each step (warm-up included): a hybrid node's two engines share one (graph/engine/hybrid.py)
         # so their steps take turns on the cores instead of oversubscribing them.
@@ -293,7 +306,11 @@ class Scheduler:
             spec_draft_tokens_total=0,
             spec_accepted_tokens_total=0,
             prefill_lane_chunks_total=0,
+            admitted_late_total=0,  # admitted under max_wait_s and answered after the time promised then
+            admitted_late_ms_total=0,  # by how much, added up
         )
+        # answered / planned seconds of the recent requests admission planned (how far its plan was off)
+        self.plan_errors: deque[float] = deque(maxlen=64)
 
     # -- control (any thread) ----------------------------------------------------------------------
     def start(self) -> None:
@@ -347,7 +364,7 @@ class Scheduler:
             if self.closed:
                 raise NodeFailure(f"{self.name}: the generation engine is closed", node=self.name)
             if self.max_wait_s is not None and req.id not in self._by_id:
-                refusal = self._refusal(req, self.max_wait_s)
+                refusal = self._refusal(req, max(0.0, self.max_wait_s - req.reserve_s))
                 if refusal is not None:
                     self.counters["rejected_total"] += 1
                     self.counters["shed_total"] += 1
@@ -424,10 +441,10 @@ class Scheduler:
         return self.step_s * (1 + (running + ahead_work) / self.max_batch_size)
 
     def _work(self, req: Request, done: int = 0, prefilled: int = 0) -> Work:
-        """`req` in admission's plan: its expected new tokens (max_new_tokens x the measured completion
-        ratio) less `done`, its prompt less `prefilled`, the KV positions its rows reserve."""
+        """`req` in admission's plan: its expected new tokens (max_new_tokens x the 90th percentile of the
+        recent rows' completion ratios) less `done`, its prompt less `prefilled`, the KV positions its rows reserve."""
         p = req.params
-        expected = max(1, min(p.max_new_tokens, math.ceil(p.max_new_tokens * self.length_ratio)))
+        expected = max(1, min(p.max_new_tokens, math.ceil(p.max_new_tokens * self.plan_length_ratio)))
         span = len(req.prompt_ids) + p.max_new_tokens
         return Work(req, p.num_return_sequences, len(req.prompt_ids) - prefilled, max(1, expected - done), span)
 
@@ -444,6 +461,8 @@ class Scheduler:
         waiting += [self._work(w) for w in self._waiting]
         new = self._work(req)
 
+        beside = [self.beside()] if self.beside is not None else []
+
         def forward(queue: list[Work]) -> dict[Hashable, float]:
             return plan(
                 running,
@@ -452,10 +471,15 @@ class Scheduler:
                 fits=self._fits,
                 steps=self.step_times,
                 prefills=self.prefill_times,
+                beside=beside,
             )
 
-        finish = forward([*waiting, new])
+        m = self.admission_margin
+        finish = {k: m * at for k, at in forward([*waiting, new]).items()}
         alone = alone_s(new, steps=self.step_times, prefills=self.prefill_times)
+        limit = f"max_wait_s={self.max_wait_s:g}" if self.max_wait_s is not None else f"{bound:g}s"
+        if req.reserve_s:
+            limit += f" less the {req.reserve_s:.1f}s its caller keeps for its own work after this node (scoring)"
         late = finish.get(req, math.inf) - alone
         if late > bound:
             ahead = [*running, *waiting]
@@ -468,7 +492,9 @@ class Scheduler:
                 if kv
                 else "its wait for rows, then a slower batch"
             )
-            return f"expected to finish {late:.1f}s later than alone ({wait}), above max_wait_s={bound:g}", late - bound
+            if m != 1.0:
+                wait += f"; planned at {m:g}x the measured times, scheduler.admission_margin"
+            return f"expected to finish {late:.1f}s later than alone ({wait}), above {limit}", late - bound
         now = time.monotonic()
         pushed = [
             (w, w.promise)
@@ -476,17 +502,36 @@ class Scheduler:
             if isinstance(w, Request) and w is not req and w.promise is not None and now + at > w.promise
         ]
         if pushed:  # past their promise with `req`: refused if they were not already without it
-            before = forward(waiting)
+            before = {k: m * at for k, at in forward(waiting).items()}
             harmed = [w for w, promise in pushed if now + before.get(w, math.inf) <= promise]
             if harmed:
                 over = max(now + finish[w] - promise for w, promise in pushed if w in harmed)
                 return (
                     f"admitting it would make {len(harmed)} request(s) admitted earlier finish {over:.1f}s past "
-                    f"max_wait_s={bound:g} later than alone",
+                    "the time promised them (max_wait_s later than alone)",
                     max(over, min(finish[w] for w in harmed)),
                 )
         req.promise = now + alone + bound
+        req.planned = now + finish[req]
         return None
+
+    def lane_now(self) -> Lane:
+        """This engine's rows running and requests waiting now, as a lane of admission's plan: what a hybrid
+        node's other side plans beside its own (its `beside`), as their steps take turns. Reads snapshots
+        without the lock: the other side calls it holding its own."""
+        done: dict[Request, int] = {}
+        for r in list(self.rows):
+            done[r.req] = max(done.get(r.req, 0), len(r.tokens))
+        waiting = [self._work(q, prefilled=c.done) for c in list(self._chunking) for q in c.reqs]
+        waiting += [self._work(w) for w in list(self._waiting)]
+        return Lane(
+            [self._work(q, n) for q, n in done.items()],
+            waiting,
+            self.max_batch_size,
+            self._fits,
+            self.step_times,
+            self.prefill_times,
+        )
 
     def _fits(self, rows: int, span: int) -> bool:
         """Whether `rows` rows whose longest reserves `span` positions fit the KV budget."""
@@ -527,7 +572,9 @@ class Scheduler:
                 admitted: list[Request] = []
                 start = time.monotonic()
                 try:
+                    asked = time.perf_counter()
                     with self.step_lock:
+                        self._lock_wait_s += time.perf_counter() - asked  # the other side's turn (a hybrid)
                         self._step(admitted)
                 except Exception as exc:  # a failed forward (a bug, out of memory) must not kill the node
                     log.exception("%s: decode step failed", self.name)
@@ -881,9 +928,10 @@ class Scheduler:
         end = time.perf_counter()
         self.chunk_sizer.decoded(end - t0)  # a prefill chunk beside these rows gets a share of it
         last = self._last_step_end
-        self.step_times.record(stepped, end - t0 if last is None else max(end - t0, end - last - self._prefill_s))
+        since = end - last - self._prefill_s - self._lock_wait_s if last is not None else 0.0
+        self.step_times.record(stepped, max(end - t0, since))
         self._last_step_end = end if self.rows else None  # idle next: the gap until work comes is no step
-        self._prefill_s = 0.0
+        self._prefill_s = self._lock_wait_s = 0.0
 
     def _decode_drafts(self, drafts: list[list[int]], out: Outbox) -> None:
         """A decode step whose rows carry draft tokens after their last token (graph/engine/spec/verify.py)."""
@@ -1012,6 +1060,20 @@ class Scheduler:
         elif row.req.deadline is not None and now >= row.req.deadline:
             self._finish(row, "time", out)
 
+    def _answered(self, req: Request) -> None:
+        """Admission's plan against what happened: a request admitted under max_wait_s and answered after its
+        promise counts as late (admitted_late_total, admitted_late_ms_total); answered / planned seconds go
+        to plan_errors (/node_stats' plan_ratio)."""
+        if req.promise is None or req.planned is None or req.cancelled or req.failed:
+            return
+        now = time.monotonic()
+        if now > req.promise:
+            self.counters["admitted_late_total"] += 1
+            self.counters["admitted_late_ms_total"] += round((now - req.promise) * 1000)
+        planned = req.planned - req.submitted
+        if planned > 0:
+            self.plan_errors.append((now - req.submitted) / planned)
+
     def _finish(
         self, row: Row, reason: FinishReason, out: Outbox, *, sent_now: str = "", stopped: bool = False
     ) -> None:
@@ -1031,6 +1093,9 @@ class Scheduler:
         elif row.tokens:  # how much of max_new_tokens rows really use, for expected waits
             ratio = min(1.0, len(row.tokens) / row.req.params.max_new_tokens)
             self.length_ratio += 0.05 * (ratio - self.length_ratio)
+            self.length_ratios.append(ratio)
+            ordered = sorted(self.length_ratios)
+            self.plan_length_ratio = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
         result = GenerationResult(
             index=row.index,
             text=row.stop.text,
@@ -1046,3 +1111,4 @@ class Scheduler:
         row.req.open_rows -= 1
         if row.req.open_rows == 0:
             self._unregister(row.req)
+            self._answered(row.req)

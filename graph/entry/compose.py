@@ -65,6 +65,7 @@ class Graph:
         self.generators = generators
         self.classifier = classifier
         self.latencies = Latencies()  # recent classifier calls: the deadline splitter sizes scoring from them
+        self.scoring_texts = 0  # completions of scored requests in flight, not scored yet (admission's reserve)
         self.inflight: dict[str, set[str]] = {}  # request id -> nodes working on it (for shutdown)
         self.label_vectors = LabelVectors()  # switch / guard label descriptions, embedded once
 
@@ -143,8 +144,10 @@ class Graph:
         overrides: BaseModel | None,
         *,
         timeline: Timeline | None = None,
+        reserve_s: float = 0.0,
     ) -> dict[str, list[list[GenerationResult]]]:
-        """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}."""
+        """Run every selected node on all prompts concurrently; {node: [[result per sequence] per prompt]}.
+        `reserve_s`: seconds of work after the nodes answer (scoring), taken out of each node's max_wait_s."""
         for i, p in enumerate(prompts):
             self.check_prompt(p, "prompt" if len(prompts) == 1 else f"prompts[{i}]")
         plan = self.plan(self.select(model), overrides, len(prompts))
@@ -154,7 +157,12 @@ class Graph:
             async with asyncio.TaskGroup() as group:  # one node failing cancels the others' calls
                 tasks = {
                     n: group.create_task(
-                        self._call(n, self.node(ctx, n).generate(list(prompts), plan[n], request_id), timeline, ctx)
+                        self._call(
+                            n,
+                            self.node(ctx, n).generate(list(prompts), plan[n], request_id, reserve_s=reserve_s),
+                            timeline,
+                            ctx,
+                        )
                     )
                     for n in plan
                 }
@@ -179,7 +187,7 @@ class Graph:
             return []
         start = time.monotonic()
         out = await self._call("classifier", self.classifier.classify(texts), None, None)
-        self.latencies.record((time.monotonic() - start) * 1000.0)
+        self.latencies.record((time.monotonic() - start) * 1000.0, len(texts))
         if len(out) != len(texts):
             raise NodeFailure(f"classifier returned {len(out)} results for {len(texts)} texts", node="classifier")
         return out
@@ -219,12 +227,19 @@ class Graph:
         if chosen is not None:  # a named graph (best_of, cascade) decides
             return await policies.execute(*chosen)
         overrides = Deadline.capped(deadline, overrides)  # generators: the deadline less scoring, as max_time_ms
-        per_node = await self.generate(ctx, [sentence], None, overrides, timeline=timeline)
-        if deadline is not None:
-            deadline.generated()
-        flat = [(node, r) for node, rows in per_node.items() for r in rows[0]]
-        # One batched classifier call for every completion of the request.
-        scores = await self.classify([sentence + r.text for _, r in flat])
+        # The nodes admit it knowing the scoring still to come, behind the other scored requests in flight.
+        texts = len(self.generators) * (getattr(overrides, "num_return_sequences", None) or 1)
+        reserve_s = self.latencies.scoring_reserve_s(self.scoring_texts)
+        self.scoring_texts += texts
+        try:
+            per_node = await self.generate(ctx, [sentence], None, overrides, timeline=timeline, reserve_s=reserve_s)
+            if deadline is not None:
+                deadline.generated()
+            flat = [(node, r) for node, rows in per_node.items() for r in rows[0]]
+            # One batched classifier call for every completion of the request.
+            scores = await self.classify([sentence + r.text for _, r in flat])
+        finally:
+            self.scoring_texts -= texts
         return [ScoredCompletion.of(node, sentence, r, c) for (node, r), c in zip(flat, scores)]
 
     # ---- streaming -------------------------------------------------------------------------
@@ -299,6 +314,10 @@ class Graph:
         outstanding = len(plan)  # producers (node pumps, scorers) that have not said "done" yet
         tasks: list[asyncio.Task[None]] = []
         waiting = set(plan)  # nodes that have not accepted the request yet
+        # scored: the nodes admit it knowing the scoring after each completion, behind the others in flight
+        texts = sum(p.num_return_sequences for p in plan.values()) if score else 0
+        reserve_s = self.latencies.scoring_reserve_s(self.scoring_texts) if score else 0.0
+        self.scoring_texts += texts
 
         def admit(node: str) -> None:
             if node in waiting:
@@ -312,7 +331,7 @@ class Graph:
                 with tracing.node_span(node) as span:
                     results = []
                     async for ev in self.node(ctx, node).stream(
-                        prompt, plan[node], request_id, interval_ms, lambda: admit(node)
+                        prompt, plan[node], request_id, interval_ms, lambda: admit(node), reserve_s=reserve_s
                     ):
                         await queue.put(stream_event(node, ev))
                         if ev.result is not None:
@@ -368,6 +387,7 @@ class Graph:
                     yield item
             completed = True
         finally:
+            self.scoring_texts -= texts
             self.inflight.pop(request_id, None)
             for t in tasks:
                 t.cancel()

@@ -18,11 +18,14 @@ class LocalGenerator:
         self.engine = engine
 
     async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = ""
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = "", reserve_s: float = 0.0
     ) -> list[list[GenerationResult]]:
         return list(
             await asyncio.gather(
-                *[self.engine.generate(p, params, request_id=request_id, scope=scope) for p in prompts]
+                *[
+                    self.engine.generate(p, params, request_id=request_id, scope=scope, reserve_s=reserve_s)
+                    for p in prompts
+                ]
             )
         )
 
@@ -34,8 +37,11 @@ class LocalGenerator:
         interval_ms: int,
         on_admitted: Callable[[], None] | None = None,
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> AsyncIterator[StreamEvent]:
-        events = self.engine.open_stream(prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope)
+        events = self.engine.open_stream(
+            prompt, params, request_id=request_id, interval_ms=interval_ms, scope=scope, reserve_s=reserve_s
+        )
         try:
             if on_admitted is not None:
                 on_admitted()

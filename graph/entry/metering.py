@@ -26,9 +26,9 @@ class Metered:
         self.scope = ctx.key_id or ""
 
     async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = ""
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = "", reserve_s: float = 0.0
     ) -> list[list[GenerationResult]]:
-        out = await self.client.generate(prompts, params, request_id, scope=scope or self.scope)
+        out = await self.client.generate(prompts, params, request_id, scope=scope or self.scope, reserve_s=reserve_s)
         self.ctx.charge(sum(r.completion_tokens for rows in out for r in rows))
         return out
 
@@ -40,10 +40,17 @@ class Metered:
         interval_ms: int,
         on_admitted: Callable[[], None] | None = None,
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> AsyncIterator[StreamEvent]:
         seen: dict[int, int] = {}  # sequence index -> tokens charged so far
         async for ev in self.client.stream(
-            prompt, params, request_id, interval_ms, on_admitted=on_admitted, scope=scope or self.scope
+            prompt,
+            params,
+            request_id,
+            interval_ms,
+            on_admitted=on_admitted,
+            scope=scope or self.scope,
+            reserve_s=reserve_s,
         ):
             now = ev.result.completion_tokens if ev.result is not None else ev.tokens
             if now is not None and now > seen.get(ev.index, 0):

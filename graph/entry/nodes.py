@@ -15,7 +15,7 @@ class GeneratorClient(Protocol):
     """What the graph needs from a generator node (a local engine or a BentoML dependency)."""
 
     async def generate(
-        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = ""
+        self, prompts: list[Prompt], params: GenerationParams, request_id: str, scope: str = "", reserve_s: float = 0.0
     ) -> list[list[GenerationResult]]:
         """Results per prompt; `scope` (the caller's API key id): whose kept prompts these may start from."""
         ...
@@ -28,6 +28,7 @@ class GeneratorClient(Protocol):
         interval_ms: int,
         on_admitted: Callable[[], None] | None = None,
         scope: str = "",
+        reserve_s: float = 0.0,
     ) -> AsyncIterator[StreamEvent]:
         """The request's events; `on_admitted()` is called once the node has accepted the request
         (before its first event; a refusal is raised instead, before any event)."""

@@ -126,6 +126,7 @@ def _engine(
         chat_template=node.chat_template,
         max_request_share=sched.max_request_share,
         max_wait_s=sched.max_wait_s,
+        admission_margin=sched.admission_margin,
         max_kv_mb=sched.max_kv_mb if kv_mb is None else kv_mb,
         prefix_cache_mb=sched.prefix_cache_mb if keep_mb is None else keep_mb,
         compile=runtime.compile,

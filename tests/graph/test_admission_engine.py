@@ -221,3 +221,38 @@ def test_an_overload_it_cannot_finish_in_time_is_refused_before_the_first_byte(t
         free.close()
     in_time = sum(1 for what, _ in unbounded if what == "answered")
     assert in_time <= len(answered) + 2 * 4, (len(answered), in_time, alone, alone_free)
+
+
+def test_a_callers_reserve_comes_out_of_max_wait_s_and_the_plan_is_checked_against_what_happened(tiny_dir):
+    """The entry scores a request's completions after its generators answer: it sends `reserve_s`, the
+    scoring's expected time beyond alone, and the node admits the request only if it finishes within
+    max_wait_s less that (so the whole request keeps the bound). One row busy with a long request: a second
+    one waits about its alone time, within a bound of 3x alone, but not within 3x alone less 2.9x alone.
+    Each admitted request's answer is compared with the plan (admitted_late_total, plan_ratio)."""
+    tokens = 200
+    e = make_engine(tiny_dir / "causal_lm", max_batch_size=1, max_wait_s=3600)
+    try:
+        assert e.warmup(timeout=120)
+        alone = alone_s(e, tokens)
+        e._scheduler.max_wait_s = 3 * alone
+
+        async def scenario():
+            first = asyncio.ensure_future(e.generate(LONG, GP(max_new_tokens=tokens), request_id="first"))
+            await asyncio.sleep(0)
+            while not e._scheduler.rows:  # the long request is running
+                await asyncio.sleep(0.001)
+            with pytest.raises(Overloaded) as refused:
+                await e.generate(LONG, GP(max_new_tokens=tokens), request_id="reserved", reserve_s=2.9 * alone)
+            second = await e.generate(LONG, GP(max_new_tokens=tokens), request_id="plain")  # no reserve: it waits
+            await first
+            return refused.value, second
+
+        refusal, second = run(scenario())
+        assert "less the" in str(refusal) and "scoring" in str(refusal), refusal
+        assert refusal.retry_after_s >= 1
+        assert len(second) == 1 and second[0].completion_tokens > 0
+        stats = e.stats()
+        assert stats["admitted_late_total"] == 0, stats  # 3x alone: the plan kept its promise on an idle machine
+        assert stats["plan_ratio"] > 0, stats  # answered / planned, measured
+    finally:
+        e.close()

@@ -59,13 +59,13 @@ class FailingGenerator(LocalGenerator):
         super().__init__(engine)
         self.after_s, self.exc = after_s, exc or RuntimeError("CUDA fell off the bus")
 
-    async def generate(self, prompts, params, request_id, scope=""):
+    async def generate(self, prompts, params, request_id, scope="", reserve_s=0.0):
         await asyncio.sleep(self.after_s)
         raise self.exc
 
 
 class HungGenerator(LocalGenerator):
-    async def generate(self, prompts, params, request_id, scope=""):
+    async def generate(self, prompts, params, request_id, scope="", reserve_s=0.0):
         await asyncio.Event().wait()
 
 

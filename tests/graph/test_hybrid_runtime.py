@@ -195,6 +195,31 @@ def test_steps_take_turns_and_both_sides_decode_at_once(gguf_source):
         engine.close()
 
 
+def test_each_sides_admission_plans_the_other_sides_rows_beside_its_own(gguf_source):
+    """The sides take turns, so a request's plan on one side counts the other side's steps: each side's
+    `beside` is the other's lane (its rows running, its measured times), and an admitted request's stats say
+    how its plan compared with its answer."""
+    engine = build(gguf_source, {"crossover_rows": 2}, scheduler={"max_batch_size": 16, "max_wait_s": 600})
+    try:
+        small, large = engine.small._scheduler, engine.large._scheduler
+        assert small.beside is not None and large.beside is not None
+        assert small.beside().steps is large.step_times and large.beside().steps is small.step_times
+
+        async def one_running_then_look():
+            task = asyncio.ensure_future(engine.generate(te.LONG, GP(max_new_tokens=300)))
+            while not small.rows:
+                await asyncio.sleep(0.001)
+            lane = large.beside()  # what the large side sees of the small side's work now
+            await task
+            return lane
+
+        lane = asyncio.run(one_running_then_look())
+        assert [w.rows for w in lane.running] == [1] and 0 < lane.running[0].tokens <= 300
+        assert engine.stats()["small_plan_ratio"] > 0  # the admitted request: answered / planned, measured
+    finally:
+        engine.close()
+
+
 def test_stats_and_runtime_name_say_hybrid_and_both_runtimes(gguf_source):
     engine = build(gguf_source, {"crossover_rows": 5})
     try:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from graph.engine.admission import Curve, PrefillTimes, StepTimes, Work, alone_s, bucket, extra_latency_s, plan
+from graph.engine.admission import (
+    Curve,
+    Lane,
+    PrefillTimes,
+    StepTimes,
+    Work,
+    alone_s,
+    bucket,
+    extra_latency_s,
+    plan,
+)
 
 
 def test_buckets_are_powers_of_two() -> None:
@@ -106,3 +116,19 @@ def test_the_batch_step_time_is_the_one_of_the_batch_running() -> None:
     # 10 steps with 3 rows, then 10 alone
     assert done["new"] == pytest.approx(10 * 0.03 + 10 * 0.01)
     assert alone_s(new, steps=steps, prefills=prefills) == pytest.approx(20 * 0.01)
+
+
+def test_a_hybrid_nodes_two_lanes_take_turns_and_each_sees_the_other() -> None:
+    """Two engines whose steps alternate (a hybrid node's sides): a round costs both lanes' steps while both
+    have rows; a lane alone runs at its own step time; each lane's requests are in the result."""
+    steps, prefills = flat(0.01, 0.2)
+    other_steps, other_prefills = flat(0.05, 0.0)
+    new = Work("new", 1, 4, 21, 30)
+    other = Lane([Work("o", 1, 0, 8, 30)], [], 4, lambda r, s: True, other_steps, other_prefills)
+    done = plan([], [new], max_rows=4, fits=lambda r, s: True, steps=steps, prefills=prefills, beside=[other])
+    # its prefill, then 20 steps: the first 8 rounds with the other lane's step in each, 12 alone
+    assert done["new"] == pytest.approx(0.2 + 20 * 0.01 + 8 * 0.05)
+    assert done["o"] == pytest.approx(0.2 + 8 * (0.01 + 0.05))  # the other lane pays this one's turns too
+    idle = Lane([], [], 4, lambda r, s: True, other_steps, other_prefills)
+    alone = plan([], [new], max_rows=4, fits=lambda r, s: True, steps=steps, prefills=prefills, beside=[idle])
+    assert alone["new"] == pytest.approx(alone_s(new, steps=steps, prefills=prefills))  # an idle lane adds nothing

@@ -37,8 +37,11 @@ class Latencies:
     window: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     overruns: deque[float] = field(default_factory=lambda: deque(maxlen=32))
 
-    def record(self, ms: float) -> None:
+    texts: deque[int] = field(default_factory=lambda: deque(maxlen=64))  # texts of each call in `window`
+
+    def record(self, ms: float, texts: int = 1) -> None:
         self.window.append(ms)
+        self.texts.append(max(1, texts))
 
     def record_overrun(self, ms: float) -> None:
         self.overruns.append(max(0.0, ms))
@@ -48,6 +51,19 @@ class Latencies:
 
     def overrun_ms(self) -> float:
         return _quantile(self.overruns, 0.75, DEFAULT_OVERRUN_MS)
+
+    def scoring_reserve_s(self, ahead_texts: int = 0) -> float:
+        """Seconds a scored request's scoring may take beyond its alone time: what its generators keep out of
+        their max_wait_s, so it is answered within max_wait_s of its alone time, scoring included. The larger of
+        what scoring calls take now beyond the fastest (the 90th percentile of the recent calls less their
+        minimum) and the `ahead_texts` completions of the scored requests in flight scored first, at the
+        lowest time per text a recent call measured (they may all finish at once: a burst's do). 0 before any
+        call."""
+        if not self.window:
+            return 0.0
+        loaded = _quantile(self.window, 0.9, DEFAULT_SCORE_MS) - min(self.window)
+        per_text = min(ms / n for ms, n in zip(self.window, self.texts))
+        return max(0.0, loaded, ahead_texts * per_text) / 1000.0
 
 
 @dataclass
