@@ -13,6 +13,9 @@ Prints the CPU and its flags, then, on one fresh start of the config:
 - --clients clients x 2 `/generate_score` (64 new tokens): statuses (no 5xx), 429s answered in under 2 s,
   the p95 of the 200s against max_wait_s + alone.
 Each line ends with `target: met` or `target: NOT met`. Timings depend on the machine and its load.
+With --no-shedding: the same run on a copy of the config with max_wait_s off on every generator, the bounds
+printed still the config's: how many requests a node that admits everything answers within them (the other
+direction of the target: a request refused could not have been).
 With --tables: only each generator node's admission table, loaded in-process one node at a time (what the
 warm-up measures and what it adds to a node's start-up), no server.
 """
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -140,8 +144,10 @@ async def run(args, server: Server, max_wait_s: float) -> None:
             return f"{f(xs):.2f}s" if xs else "none"
 
         ok = not fives and (not refused or refused[-1] < 2.0) and (not served or p95(served) <= bound)
+        within = sum(1 for s in served if s <= bound)
         print(
             f"{args.clients} clients x 2 /generate_score (64 new tokens) in {took:.1f}s: {codes(results)}; "
+            f"answered within max_wait_s + alone: {within} of {len(results)}; "
             f"200 p95 {secs(served, p95)} max {secs(served, max)} (max_wait_s + alone {bound:.1f}s); "
             f"429 p95 {secs(refused, p95)} max {secs(refused, max)} (Retry-After {sorted(set(retry))}); "
             f"5xx {len(fives)}; {verdict(ok)}"
@@ -195,6 +201,12 @@ def main() -> None:
     parser.add_argument("--node", default="smollm2")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--tables", action="store_true", help="only each node's admission table, in-process")
+    parser.add_argument(
+        "--no-shedding",
+        action="store_true",
+        help="serve a copy of the config with every generator's max_wait_s off (the bounds printed stay the "
+        "config's): how many requests an unbounded node answers within them, against what admission admitted",
+    )
     args = parser.parse_args()
     flags = cpu_flags()
     print(f"CPU: {cpu_description(flags)}; {os.cpu_count()} cores; flags: {' '.join(f for f in FLAGS if f in flags)}")
@@ -205,9 +217,19 @@ def main() -> None:
     max_wait_s = node.scheduler.max_wait_s
     if max_wait_s is None:
         raise SystemExit(f"generators.{args.node}.scheduler.max_wait_s is not set in {args.config}")
+    config = args.config
+    if args.no_shedding:
+        raw = yaml.safe_load(Path(args.config).read_text())
+        for gen in raw["generators"].values():
+            gen.setdefault("scheduler", {})["max_wait_s"] = None
+        copy = Path("artifacts") / "bench-admission-no-shedding.yaml"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(yaml.safe_dump(raw, sort_keys=False))
+        config = str(copy)
+        print(f"--no-shedding: {config} (max_wait_s off on every generator; bounds below from {args.config})")
     t0 = time.perf_counter()
-    with Server(config=args.config, name="bench-admission") as server:
-        print(f"fresh start of {args.config}: ready in {time.perf_counter() - t0:.1f}s; max_wait_s {max_wait_s:g}")
+    with Server(config=config, name="bench-admission") as server:
+        print(f"fresh start of {config}: ready in {time.perf_counter() - t0:.1f}s; max_wait_s {max_wait_s:g}")
         for line in server.log().splitlines():
             m = re.search(r"(\w+): admission table (.*)", line)
             if m:

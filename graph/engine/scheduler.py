@@ -269,6 +269,9 @@ class Scheduler:
         self._lock_wait_s = 0.0  # seconds since then waiting for step_lock (the other side's turn, counted apart)
         # A hybrid node's other side (graph/engine/hybrid.py): its lane_now(), whose steps take turns with ours
         self.beside: Callable[[], Lane] | None = None
+        # the requests this step took from the queue: between there and their first token (a prefill of a
+        # burst takes a second) they are neither waiting nor rows, and admission must still plan them
+        self._admitting: list[Request] = []
         self.length_ratio = 1.0  # moving average of completion tokens / max_new_tokens of finished rows
         # admission plans each row's length at the 90th percentile of the recent ratios (a mean plans a burst of
         # rows that all run to max_new_tokens 30% short after traffic that stopped early)
@@ -448,6 +451,15 @@ class Scheduler:
         span = len(req.prompt_ids) + p.max_new_tokens
         return Work(req, p.num_return_sequences, len(req.prompt_ids) - prefilled, max(1, expected - done), span)
 
+    def _ahead(self, running: Sequence[Request]) -> list[Work]:
+        """The work admission plans after the rows running: requests being prefilled now (taken from the queue
+        by this step and not rows yet), the long prompts being prefilled a chunk at a time, then the queue."""
+        chunks = [q for c in list(self._chunking) for q in c.reqs]
+        seen = set(running) | set(chunks)
+        out = [self._work(q) for q in list(self._admitting) if q not in seen and q.open_rows and not q.cancelled]
+        out += [self._work(q, prefilled=c.done) for c in list(self._chunking) for q in c.reqs]
+        return out + [self._work(w) for w in list(self._waiting)]
+
     def _refusal(self, req: Request, bound: float) -> tuple[str, float] | None:
         """Why `req` is refused and when to retry, or None when admitting it keeps every bound (call with
         the lock held). The plan (graph/engine/admission.py) runs the rows already running, the prompts
@@ -457,8 +469,7 @@ class Scheduler:
         for r in list(self.rows):  # the decode thread's list: a snapshot of it
             by_req[r.req] = max(by_req.get(r.req, 0), len(r.tokens))
         running = [self._work(q, done) for q, done in by_req.items()]
-        waiting = [self._work(q, prefilled=c.done) for c in list(self._chunking) for q in c.reqs]
-        waiting += [self._work(w) for w in self._waiting]
+        waiting = self._ahead(list(by_req))
         new = self._work(req)
 
         beside = [self.beside()] if self.beside is not None else []
@@ -476,7 +487,8 @@ class Scheduler:
 
         m = self.admission_margin
         finish = {k: m * at for k, at in forward([*waiting, new]).items()}
-        alone = alone_s(new, steps=self.step_times, prefills=self.prefill_times)
+        # alone: on an idle node, on the faster of its engines (a hybrid starts it on its small side)
+        alone = min(alone_s(new, steps=lane.steps, prefills=lane.prefills) for lane in [*beside, self._lane([], [])])
         limit = f"max_wait_s={self.max_wait_s:g}" if self.max_wait_s is not None else f"{bound:g}s"
         if req.reserve_s:
             limit += f" less the {req.reserve_s:.1f}s its caller keeps for its own work after this node (scoring)"
@@ -522,16 +534,10 @@ class Scheduler:
         done: dict[Request, int] = {}
         for r in list(self.rows):
             done[r.req] = max(done.get(r.req, 0), len(r.tokens))
-        waiting = [self._work(q, prefilled=c.done) for c in list(self._chunking) for q in c.reqs]
-        waiting += [self._work(w) for w in list(self._waiting)]
-        return Lane(
-            [self._work(q, n) for q, n in done.items()],
-            waiting,
-            self.max_batch_size,
-            self._fits,
-            self.step_times,
-            self.prefill_times,
-        )
+        return self._lane([self._work(q, n) for q, n in done.items()], self._ahead(list(done)))
+
+    def _lane(self, running: list[Work], waiting: list[Work]) -> Lane:
+        return Lane(running, waiting, self.max_batch_size, self._fits, self.step_times, self.prefill_times)
 
     def _fits(self, rows: int, span: int) -> bool:
         """Whether `rows` rows whose longest reserves `span` positions fit the KV budget."""
@@ -573,12 +579,14 @@ class Scheduler:
                 start = time.monotonic()
                 try:
                     asked = time.perf_counter()
+                    self._admitting = admitted  # taken from the queue, being prefilled: admission still counts them
                     with self.step_lock:
                         self._lock_wait_s += time.perf_counter() - asked  # the other side's turn (a hybrid)
                         self._step(admitted)
                 except Exception as exc:  # a failed forward (a bug, out of memory) must not kill the node
                     log.exception("%s: decode step failed", self.name)
                     self._fail_all(admitted, exc)
+                self._admitting = []
                 took = time.monotonic() - start
                 self.step_s = took if not self.step_s else self.step_s + 0.2 * (took - self.step_s)
 
