@@ -154,6 +154,10 @@ async def run(args, server: Server, max_wait_s: float) -> None:
         )
         if fives:
             print("  first 5xx:", fives[0])
+        if refused:  # what the nodes said, numbers left out
+            why = [re.sub(r"[0-9.]+", "N", json.loads(t).get("message", "")) for c, _, t in results if c == 429]
+            for text, n in sorted(((w, why.count(w)) for w in set(why)), key=lambda x: -x[1])[:3]:
+                print(f"  429 x {n}: {text[:240]}")
         other = [(c, t[:300]) for c, _, t in [*streams, *burst, *results] if c not in (200, 429)]
         if other:
             print("  first answer neither 200 nor 429:", other[0])

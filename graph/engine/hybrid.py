@@ -32,7 +32,8 @@ torch work (sampling) on one thread.
 
 Admission. Because the sides take turns, each side admits by one plan of both (its scheduler's `beside` is the
 other side's `lane_now`, graph/engine/admission.py `plan_lanes`): a request on one side is refused if it would
-finish past its bound or push a request admitted on either side past the time promised to it.
+finish past its bound or push a request admitted on its side past the time promised to it; its alone time is
+the faster side's.
 """
 
 from __future__ import annotations

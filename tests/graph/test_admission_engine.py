@@ -256,3 +256,41 @@ def test_a_callers_reserve_comes_out_of_max_wait_s_and_the_plan_is_checked_again
         assert stats["plan_ratio"] > 0, stats  # answered / planned, measured
     finally:
         e.close()
+
+
+def test_requests_being_prefilled_are_still_planned(tiny_dir):
+    """A step takes a burst from the queue and prefills it (a second for a real model's burst); until their
+    first tokens those requests are neither queued nor rows. Admission must still plan them: before, a request
+    arriving then was planned as if the node were idle, and a burst's later half was admitted on that."""
+    import threading
+
+    e = make_engine(tiny_dir / "causal_lm", max_batch_size=8, max_wait_s=3600)
+    try:
+        assert e.warmup(timeout=120)
+        s = e._scheduler
+        gate, inside = threading.Event(), threading.Event()
+        real = s.runner.prefill
+
+        def held(*args, **kwargs):
+            inside.set()
+            gate.wait(60)
+            return real(*args, **kwargs)
+
+        s.runner.prefill = held  # pyright: ignore[reportAttributeAccessIssue]
+
+        async def scenario():
+            burst = [asyncio.ensure_future(e.generate(LONG, GP(max_new_tokens=8))) for _ in range(4)]
+            while not inside.is_set() or len(s._waiting) + len(s._admitting) < 4:
+                await asyncio.sleep(0.001)
+            with s.lock:
+                seen = (len(s._admitting), len(s.rows), [w.rows for w in s._ahead([])])
+            gate.set()
+            await asyncio.gather(*burst)
+            return seen
+
+        prefilling, rows, ahead = run(scenario())
+        assert prefilling >= 1 and rows == 0  # taken from the queue, held in their prefill, not rows yet
+        assert ahead == [1, 1, 1, 1]  # admission plans all four: those being prefilled and those queued
+        assert s._ahead([]) == []  # answered: nothing left
+    finally:
+        e.close()
