@@ -150,13 +150,15 @@ def extra_latency_s(wait_s: float, new_tokens: float, steps: Curve, join_rows: i
 @dataclass(frozen=True)
 class Work:
     """One request in the plan: `rows` rows, `prompt` tokens still to prefill (0 once running), `tokens`
-    new tokens still to decode (the first comes from the prefill), `span` KV positions its rows reserve."""
+    new tokens still to decode (the first comes from the prefill), `span` KV positions its rows reserve,
+    `aside` prompt tokens prefilled beside the batch (the prefill lane: they delay this request only)."""
 
     key: Hashable
     rows: int
     prompt: int
     tokens: int
     span: int
+    aside: int = 0
 
 
 # (rows, longest span) -> whether that batch's KV cache fits the node's budget
@@ -206,6 +208,7 @@ class _LaneRun:
         self.spans: Counter[int] = Counter()
         self.queue = deque(lane.waiting)
         self.seq = 0
+        self.aside: dict[Hashable, float] = {}  # key -> seconds of its prompt prefilled beside the batch
 
     def push(self, w: Work, at: int) -> None:
         heapq.heappush(self.heap, (at, self.seq, w.key, w.rows, w.span))
@@ -224,12 +227,14 @@ class _LaneRun:
             self.queue.popleft()
             self.push(w, clock + max(0, w.tokens - 1))  # the prefill gives the first token
             tokens += w.prompt
+            if w.aside:
+                self.aside[w.key] = self.lane.prefills.at(w.aside)
         return self.lane.prefills.at(tokens) if tokens else 0.0
 
     def finish(self, clock: int, t: float, out: dict[Hashable, float]) -> None:
         while self.heap and self.heap[0][0] == clock:
             _, _, key, n, span = heapq.heappop(self.heap)
-            out[key] = max(out.get(key, 0.0), t)
+            out[key] = max(out.get(key, 0.0), t + self.aside.get(key, 0.0))
             self.rows -= n
             self.spans[span] -= n
             if not self.spans[span]:
@@ -262,4 +267,4 @@ def plan_lanes(lanes: Sequence[Lane]) -> dict[Hashable, float]:
 
 def alone_s(w: Work, *, steps: Curve, prefills: Curve) -> float:
     """Seconds `w` takes on an idle node: its prefill, then its tokens after the first at its own batch size."""
-    return prefills.at(w.prompt) + max(0, w.tokens - 1) * steps.at(w.rows)
+    return prefills.at(w.prompt + w.aside) + max(0, w.tokens - 1) * steps.at(w.rows)

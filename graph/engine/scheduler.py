@@ -449,7 +449,10 @@ class Scheduler:
         p = req.params
         expected = max(1, min(p.max_new_tokens, math.ceil(p.max_new_tokens * self.plan_length_ratio)))
         span = len(req.prompt_ids) + p.max_new_tokens
-        return Work(req, p.num_return_sequences, len(req.prompt_ids) - prefilled, max(1, expected - done), span)
+        left = len(req.prompt_ids) - prefilled
+        # a long prompt beside decoding rows goes to the prefill lane: it delays itself, not the rows
+        aside = left if self.prefill_lane and left > self.chunk_tokens else 0
+        return Work(req, p.num_return_sequences, left - aside, max(1, expected - done), span, aside)
 
     def _ahead(self, running: Sequence[Request]) -> list[Work]:
         """The work admission plans after the rows running: requests being prefilled now (taken from the queue

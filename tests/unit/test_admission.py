@@ -132,3 +132,16 @@ def test_a_hybrid_nodes_two_lanes_take_turns_and_each_sees_the_other() -> None:
     idle = Lane([], [], 4, lambda r, s: True, other_steps, other_prefills)
     alone = plan([], [new], max_rows=4, fits=lambda r, s: True, steps=steps, prefills=prefills, beside=[idle])
     assert alone["new"] == pytest.approx(alone_s(new, steps=steps, prefills=prefills))  # an idle lane adds nothing
+
+
+def test_a_prompt_on_the_prefill_lane_delays_itself_not_the_rows_running() -> None:
+    """A long prompt read beside the decode steps (the prefill lane) costs the rows running nothing in the
+    plan; its own finish is its prefill later. Read between the steps, it holds every row up as long."""
+    running = [Work("a", 1, 0, 10, 50)]
+    lane = run(running, [Work("long", 1, 0, 5, 8100, aside=8000)], prefill_s=2.0)
+    assert lane["a"] == pytest.approx(10 * 0.01)
+    assert lane["long"] == pytest.approx(2.0 + 4 * 0.01)
+    between = run(running, [Work("long", 1, 8000, 5, 8100)], prefill_s=2.0)
+    assert between["a"] == pytest.approx(2.0 + 10 * 0.01)
+    steps, prefills = flat(0.01, 2.0)
+    assert alone_s(Work("long", 1, 0, 5, 8100, aside=8000), steps=steps, prefills=prefills) == pytest.approx(2.04)
