@@ -96,6 +96,7 @@ async def run(args, server: Server, text: str) -> None:
         t_alone = time.monotonic()
         await asyncio.sleep(args.alone_s)
         alone = [g for t, g in gaps if t >= t_alone]
+        before = (await client.post("/node_stats", json={})).json()[args.node]
         start = time.monotonic()
         status, first, tokens = 0, None, None
         body = {"prompt": text, "model": args.node, "params": {"max_new_tokens": 8}}
@@ -111,6 +112,7 @@ async def run(args, server: Server, text: str) -> None:
         took = time.monotonic() - start
         stop.set()
         await asyncio.gather(*streams, return_exceptions=True)
+        after = (await client.post("/node_stats", json={})).json()[args.node]
         during = [g for t, g in gaps if start <= t <= start + (first or took)]
         ratio = p95(during) / p95(alone) if during and alone else float("nan")
         print(
@@ -118,6 +120,9 @@ async def run(args, server: Server, text: str) -> None:
             f"{first if first is None else round(first, 1)} s, answered in {took:.1f} s; target (200): "
             f"{'met' if status == 200 else 'NOT met'}"
         )
+        keys = ["small_requests_total", "large_requests_total", "prefill_lane_chunks_total", "shed_total"]
+        moved = {k: after[k] - before[k] for k in keys if k in after and k in before}
+        print(f"  {args.node} meanwhile: {moved}")
         print(
             f"{args.streams} streams' gap p95 alone {p95(alone) * 1000:.1f} ms ({len(alone)} gaps), during its prefill "
             f"{p95(during) * 1000 if during else float('nan'):.1f} ms ({len(during)} gaps, longest "

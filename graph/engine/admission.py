@@ -40,7 +40,9 @@ def bucket(rows: int) -> int:
 class Curve:
     """Seconds by size (batch rows for decode steps, prompt tokens for prefills): a table measured at
     warm-up, interpolated linearly, scaled per bucket by what traffic measured (the decode thread
-    records, submitters read)."""
+    records, submitters read). `reach`: how many buckets away a traffic ratio still applies (None: any)."""
+
+    reach: int | None = None
 
     def __init__(self) -> None:
         self._table: dict[int, float] = {}  # size -> seconds, measured at warm-up
@@ -83,7 +85,7 @@ class Curve:
         b = bucket(size)
         with self._lock:
             if self._table:
-                return _interpolate(self._table, size) * _nearest(self._ratio, b, 1.0)
+                return _interpolate(self._table, size) * _nearest(self._ratio, b, 1.0, self.reach)
             known = dict(self._seen)
         if b in known:
             return known[b]
@@ -107,7 +109,12 @@ class StepTimes(Curve):
 
 
 class PrefillTimes(Curve):
-    """Seconds of one prefill by prompt tokens (all prompts of the step together)."""
+    """Seconds of one prefill by prompt tokens (all prompts of the step together). A traffic ratio applies two
+    buckets either side at most: what short prompts measured under load (their fixed costs) does not scale an
+    8,000-token prefill (measured: a served node's onnx side refused one, scaled by its short prompts' ratio,
+    and its torch side read it between the steps)."""
+
+    reach = 2
 
 
 def _interpolate(table: dict[int, float], size: int) -> float:
@@ -129,12 +136,13 @@ def _interpolate(table: dict[int, float], size: int) -> float:
     return table[last] + slope * (size - last)
 
 
-def _nearest(values: dict[int, float], b: int, default: float) -> float:
+def _nearest(values: dict[int, float], b: int, default: float, reach: int | None = None) -> float:
     if b in values:
         return values[b]
-    if not values:
+    near = {k: v for k, v in values.items() if reach is None or abs(math.log2(k) - math.log2(b)) <= reach}
+    if not near:
         return default
-    return values[min(values, key=lambda k: (abs(math.log2(k) - math.log2(b)), -k))]
+    return near[min(near, key=lambda k: (abs(math.log2(k) - math.log2(b)), -k))]
 
 
 def extra_latency_s(wait_s: float, new_tokens: float, steps: Curve, join_rows: int, own_rows: int) -> float:

@@ -317,6 +317,7 @@ class HybridEngine(NodeEngine):
                 )
             except Overloaded as refusal:  # raised at submission, before anything was queued
                 refused = refused or refusal
+                log.info("%s: the %s side refused a request (%s); the other side is asked", self.name, side, refusal)
             finally:
                 self._done(side, n)
         assert refused is not None
@@ -343,6 +344,7 @@ class HybridEngine(NodeEngine):
                 )
             except Overloaded as refusal:
                 refused = refused or refusal
+                log.info("%s: the %s side refused a stream (%s); the other side is asked", self.name, side, refusal)
                 continue
             self._add(side, n)
             return SideStream(inner, n, functools.partial(self._done, side))

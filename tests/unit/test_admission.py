@@ -145,3 +145,17 @@ def test_a_prompt_on_the_prefill_lane_delays_itself_not_the_rows_running() -> No
     assert between["a"] == pytest.approx(2.0 + 10 * 0.01)
     steps, prefills = flat(0.01, 2.0)
     assert alone_s(Work("long", 1, 0, 5, 8100, aside=8000), steps=steps, prefills=prefills) == pytest.approx(2.04)
+
+
+def test_a_prefill_ratio_from_short_prompts_does_not_scale_a_long_one() -> None:
+    prefills = PrefillTimes()
+    prefills.seed({16: 0.05, 512: 0.3})
+    for _ in range(5):
+        prefills.record(32, 0.5)  # short prompts under load: several times their table time
+    assert prefills.at(32) == pytest.approx(0.5)  # its bucket: as measured
+    assert prefills.at(8000) == pytest.approx(0.3 + 0.25 / 496 * (8000 - 512))  # 8 buckets away: the table's own
+    steps = StepTimes()
+    steps.seed({1: 0.01, 64: 0.1})
+    for _ in range(5):
+        steps.record(1, 0.02)
+    assert steps.at(64) == pytest.approx(0.2)  # a step ratio applies at any distance (contention)
