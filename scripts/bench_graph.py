@@ -234,8 +234,11 @@ async def bench_server(
     for c in levels:
         n = n_for(c)
         print(f"[{target.name}] concurrency {c}: {n} requests", flush=True)
+        before = await node_counters(target, base_url)
         res = await run_level(target, base_url, c, n, max_new_tokens, timeout_s)
         results.append(res)
+        for line in node_lines(before, await node_counters(target, base_url)):
+            print(f"  [{target.name} c={c}] {line}", flush=True)
         print(
             f"[{target.name}] c={c}: {res.requests_per_s:.3f} req/s, {res.tokens_per_s:.1f} tok/s, "
             f"p50 {res.p50_s:.2f} s, p95 {res.p95_s:.2f} s, errors {res.errors} {res.error_kinds or ''}",
@@ -244,6 +247,39 @@ async def bench_server(
         if res.errors and c != levels[-1]:
             await settle(target, base_url, max_new_tokens, timeout_s)
     return results
+
+
+async def node_counters(target: Target, base_url: str) -> dict[str, dict[str, Any]]:
+    """The graph's /node_stats (each generator node's counters), or {} for a server without it."""
+    if target.name != "graph":
+        return {}
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            r = await client.post(base_url + "/node_stats", json={})
+        return r.json() if r.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def node_lines(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> list[str]:
+    """Per node, what the level added: requests and tokens on each side of a hybrid, decode steps, 429s."""
+    lines = []
+    for name, now in after.items():
+        was = before.get(name, {})
+
+        def delta(key: str, now: dict[str, Any] = now, was: dict[str, Any] = was) -> float:
+            return float(now.get(key, 0) or 0) - float(was.get(key, 0) or 0)
+
+        parts = [f"requests {delta('requests_total'):.0f}", f"decode steps {delta('batch_steps_total'):.0f}"]
+        if now.get("runtime") == "hybrid":
+            for side in ("small", "large"):
+                parts.append(
+                    f"{side} ({now.get(f'{side}_runtime', '?')}): {delta(f'{side}_requests_total'):.0f} requests, "
+                    f"{delta(f'{side}_generated_tokens_total'):.0f} tokens"
+                )
+        parts.append(f"refused {delta('rejected_total'):.0f}")
+        lines.append(f"node {name}: " + ", ".join(parts))
+    return lines
 
 
 def run_target(target: Target, **kw: Any) -> list[LevelResult]:
