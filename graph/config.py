@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 NODE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+# backend hybrid: how long new requests keep starting on the large side after the node was at its crossover (s)
+HYBRID_HOLD_S = 8.0
 
 
 class _Strict(BaseModel):
@@ -219,6 +221,13 @@ class RuntimeConfig(_Strict):
         description="backend hybrid: node rows (running + queued + the new request's) from which new requests start "
         "on `large`. None = measured at warm-up: the batch size where large's decode tokens/s passes small's.",
     )
+    crossover_hold_s: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=600.0,
+        description="backend hybrid: new requests keep starting on `large` for this many seconds after the node's rows "
+        f"were last at or above the crossover (load that comes in waves stays on `large`). None = {HYBRID_HOLD_S:g} s.",
+    )
     onnx_precision: Literal["int4", "int8", "fp32"] = Field(
         default="int8",
         description="backend onnx: weight precision of the conversion (MatMulNBits int4/int8, or float32). int8 "
@@ -268,8 +277,7 @@ class RuntimeConfig(_Strict):
             )
         if self.backend != "hybrid":
             given = [k for k, v in sides.items() if v is not None]
-            if self.crossover_rows is not None:
-                given.append("crossover_rows")
+            given += [k for k in ("crossover_rows", "crossover_hold_s") if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"{', '.join(given)}: only with backend hybrid (backend is {self.backend})")
             return self

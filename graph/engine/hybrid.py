@@ -12,9 +12,13 @@ stream, open_stream, cancel, stats, admission's Overloaded) is the same as one G
 
 Routing. The node's rows are those of both engines: running, queued, and the new request's (with the other
 generate() calls of the same event-loop turn: a burst is routed as a whole). A request
-starts on `large` when that count is at or above the crossover, else on `small`; a side whose batch is full
-while the other has room gives way to it, and a side that refuses (Overloaded) passes the request to the
-other before the refusal reaches the caller. Rows never migrate: a request stays where it started.
+starts on `large` when that count is at or above the crossover, or was within the last `hold_s` seconds, else on
+`small`; a side whose batch is full while the other has room gives way to it, and a side that refuses (Overloaded)
+passes the request to the other before the refusal reaches the caller. Rows never migrate: a request stays where it
+started. The hold is for sustained load arriving in waves (clients that send again when answered): between two waves
+the node's rows drop to none for the time the entry takes to score and answer, and without it the next wave's first
+rows started on `small` again and the two sides took turns for the whole wave (a third of the requests on onnx int8
+at 32 clients; torch bfloat16 alone made 1.3-1.5x the hybrid's requests/s there, docs/performance.md).
 
 The crossover is measured at warm-up, not assumed: each engine decodes bursts of 1, 2, 4, 8 ... rows, twice,
 the sides alternating (the median of its own scheduler's measured step times, graph/engine/admission.py), and
@@ -43,6 +47,7 @@ import functools
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Literal
 
@@ -128,6 +133,7 @@ class HybridEngine(NodeEngine):
         serialize_steps: bool = True,
         max_new_tokens_limit: int = 0,
         on_close: Callable[[], None] | None = None,
+        hold_s: float = 0.0,
     ) -> None:
         """`small`, `large`: engines over the same model and tokenizer (not started). `crossover_rows`: node
         rows from which new requests start on `large`; None = measured at warm-up. `crossover_source`: where a given
@@ -137,7 +143,8 @@ class HybridEngine(NodeEngine):
         Both sides take the tighter prompt limit: the prompts of up to `max_new_tokens_limit` new tokens that one
         side admits, the other does too (a request is a 400 or not whatever the load); with one context on both
         sides, a request's limit is that context less its own max_new_tokens, as on one engine. `on_close`: called after
-        both engines are closed (graph/models/node_engine.py stops their shared compute thread there)."""
+        both engines are closed (graph/models/node_engine.py stops their shared compute thread there). `hold_s`: new
+        requests keep starting on `large` for this long after the node's rows were last at or above the crossover."""
         self.small, self.large = small, large
         self.sides: dict[Side, GenerationEngine] = {"small": small, "large": large}
         self.name = name
@@ -168,6 +175,8 @@ class HybridEngine(NodeEngine):
         self._routed: dict[Side, int] = {"small": 0, "large": 0}  # requests started on each side
         self._load_lock = threading.Lock()
         self._pending = 0  # rows of generate() calls waiting for the end of their event-loop turn
+        self.hold_s = hold_s
+        self._high_at = -math.inf  # time.monotonic() when the node's rows were last at or above the crossover
         self._turn: asyncio.Future[None] | None = None
         self._on_close = on_close
 
@@ -257,11 +266,13 @@ class HybridEngine(NodeEngine):
     def route(self, rows: int) -> tuple[Side, Side]:
         """(first choice, fallback) for a request of `rows` rows, from the node's rows now (both sides' running
         and queued rows, and those of requests sent in the same event-loop turn) and the crossover."""
+        cross = self._cross()
         with self._load_lock:
             load = dict(self._rows)
             pending = self._pending
-        cross = self.crossover_rows if self.crossover_rows is not None else self.max_batch_size + 1
-        first: Side = "large" if load["small"] + load["large"] + pending + rows >= cross else "small"
+            high_at = self._high_at
+        held = time.monotonic() - high_at < self.hold_s
+        first: Side = "large" if load["small"] + load["large"] + pending + rows >= cross or held else "small"
         other: Side = "small" if first == "large" else "large"
         if load[first] + rows > self.max_batch_size >= load[other] + rows:
             first, other = other, first  # its batch is full and the other has room: start there now
@@ -284,13 +295,20 @@ class HybridEngine(NodeEngine):
             with self._load_lock:
                 self._pending -= rows
 
+    def _cross(self) -> int:
+        return self.crossover_rows if self.crossover_rows is not None else self.max_batch_size + 1
+
     def _add(self, side: Side, rows: int) -> None:
         with self._load_lock:
             self._rows[side] += rows
             self._routed[side] += 1
+            if self._rows["small"] + self._rows["large"] >= self._cross():
+                self._high_at = time.monotonic()
 
     def _done(self, side: Side, rows: int) -> None:
         with self._load_lock:
+            if self._rows["small"] + self._rows["large"] >= self._cross():
+                self._high_at = time.monotonic()  # the last moment at the crossover: the hold counts from here
             self._rows[side] -= rows
 
     # -- requests (the API of GenerationEngine) --------------------------------------------------------
@@ -387,6 +405,7 @@ class HybridEngine(NodeEngine):
             ):
                 out[f"{side}_{key}"] = stats.get(key, 0)
         out["hybrid_crossover_rows"] = self.crossover_rows or 0
+        out["hybrid_hold_s"] = self.hold_s
         out["hybrid_crossover_source"] = self.crossover_source
         out["runtime"] = "hybrid"
         out["small_runtime"] = self.small.runtime_name

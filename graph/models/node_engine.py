@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from graph.config import HYBRID_HOLD_S
 from graph.engine.api import NodeEngine
 from graph.engine.generation import GenerationEngine, planned_prompt
 from graph.engine.hybrid import HybridEngine
@@ -70,6 +71,7 @@ def engine_for_node(name: str, node: Any, *, threads: int | None = None, **looku
         crossover_source="runtime auto: measured, graph/models/runtimes.py" if node.runtime.backend == "auto" else None,
         max_new_tokens_limit=node.max_new_tokens_limit,
         on_close=compute.close,
+        hold_s=HYBRID_HOLD_S if runtime.crossover_hold_s is None else runtime.crossover_hold_s,
     )
 
 

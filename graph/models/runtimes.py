@@ -104,6 +104,9 @@ _BFLOAT16_AMX = Choice(
 #   2.42, 2.03, 1.79, 1.81x; onnx int8 alone between them 1.30, 1.38x / 2.13, 2.17x / 1.85, 1.92x. The graph's own
 #   requests/s at 32 clients: 3.44-3.83 on the hybrid, 3.32-3.53 on onnx int8 alone (a few percent; at 1 and 8
 #   clients every request starts on onnx int8, as before).
+#   With the hold (graph/engine/hybrid.py, `crossover_hold_s`, default 8 s: a busy node keeps starting requests on
+#   bfloat16 between waves of load), three quiet runs in the evening: 1.30-1.37x / 2.01-2.19x / 2.83-3.07x, the graph
+#   at 4.04-4.93 requests/s at 32 (without it, four runs just before: 1.29-1.54x / 1.92-2.24x / 1.84-3.07x, 2.75-3.93).
 # 12 rows, not a crossover measured at warm-up: the warm-up's 6-token bursts ranked onnx int8's 64-row step
 # shorter than bfloat16's (131.7 vs 162.2 ms), while at the lengths of real traffic bfloat16 makes 1.5x onnx's
 # tokens/s at 64 streams (434 vs 282, the same run of scripts/bench_node.py); so no crossover ever came.
@@ -115,7 +118,7 @@ _HYBRID_AMX = Choice(
     f"{_AMX_RUN}; scripts/bench_graph.py --baseline llama-server (both default generators, quiet): onnx int8 for "
     "fewer than 12 node rows, torch bfloat16 from 12 gave 1.23-1.32x / 1.99-2.24x / 1.79-2.42x llama-server's "
     "requests/s at 1 / 8 / 32 clients in four runs (3.44-3.83 requests/s at 32 against 3.32-3.53 on onnx int8 alone "
-    "in the same window), and bfloat16 alone 0.47x at 1 client",
+    "in the same window), and bfloat16 alone 0.47x at 1 client; with the 8 s hold 2.83-3.07x at 32 in three runs",
     frozenset({"smollm2-135m-instruct", "gemma-3-270m"}),
     backend="hybrid",
     small=_ONNX_INT8_AMX,

@@ -11,11 +11,12 @@ each side.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from pydantic import ValidationError
 
-from graph.config import GeneratorNode, RuntimeConfig
+from graph.config import HYBRID_HOLD_S, GeneratorNode, RuntimeConfig
 from graph.params import GenerationParams as GP
 from tests.graph import test_engine as te
 from tests.graph import test_structured as ts
@@ -64,8 +65,8 @@ def texts(engine, prompts, params) -> list[str]:
 
 def test_one_request_starts_small_and_a_burst_starts_large(gguf_source):
     """Crossover 4: a lone request starts on the small side; a burst of 8 sent at once is 8 node rows, past
-    the crossover, so all of it starts on the large side; alone again, small."""
-    engine = build(gguf_source, {"crossover_rows": 4})
+    the crossover, so all of it starts on the large side; alone again, small (no hold here: see below)."""
+    engine = build(gguf_source, {"crossover_rows": 4, "crossover_hold_s": 0})
     try:
         assert engine.crossover_rows == 4 and "crossover 4 rows, config" in engine.runtime_name
         asyncio.run(engine.generate(PROMPTS[0], GP(max_new_tokens=4)))
@@ -75,6 +76,24 @@ def test_one_request_starts_small_and_a_burst_starts_large(gguf_source):
         asyncio.run(engine.generate(PROMPTS[0], GP(max_new_tokens=4)))
         assert started_on(engine) == {"small": 2, "large": 8}
         assert engine.stats()["requests_total"] == 10
+    finally:
+        engine.close()
+
+
+def test_after_a_burst_new_requests_start_large_for_the_hold(gguf_source):
+    """Crossover 4, hold 2 s: once the node was at its crossover, a lone request sent right after the burst
+    still starts on the large side (load that comes in waves stays there); after the hold, small again."""
+    engine = build(gguf_source, {"crossover_rows": 4, "crossover_hold_s": 2.0})
+    try:
+        assert engine.stats()["hybrid_hold_s"] == 2.0
+        asyncio.run(engine.generate(PROMPTS[0], GP(max_new_tokens=4)))
+        assert started_on(engine) == {"small": 1, "large": 0}  # never at the crossover yet: no hold
+        texts(engine, PROMPTS * 2, GP(max_new_tokens=8))
+        asyncio.run(engine.generate(PROMPTS[0], GP(max_new_tokens=4)))
+        assert started_on(engine) == {"small": 1, "large": 9}
+        time.sleep(2.1)
+        asyncio.run(engine.generate(PROMPTS[0], GP(max_new_tokens=4)))
+        assert started_on(engine) == {"small": 2, "large": 9}
     finally:
         engine.close()
 
@@ -107,7 +126,7 @@ def test_rows_already_running_count_toward_the_crossover(gguf_source):
 
 def test_rows_of_one_request_count_toward_the_crossover(gguf_source):
     """num_return_sequences rows are the batch a request joins: 4 samples at crossover 4 start large."""
-    engine = build(gguf_source, {"crossover_rows": 4})
+    engine = build(gguf_source, {"crossover_rows": 4, "crossover_hold_s": 0})
     try:
         rows = asyncio.run(engine.generate(PROMPTS[1], GP(max_new_tokens=4, num_return_sequences=4, do_sample=True)))
         assert len(rows) == 4 and started_on(engine) == {"small": 0, "large": 1}
@@ -183,7 +202,7 @@ def test_the_crossover_is_measured_at_warm_up_and_drives_the_rule(gguf_source):
 
 def test_steps_take_turns_and_both_sides_decode_at_once(gguf_source):
     """Both sides busy together (one request each) share one step lock and both finish with their own text."""
-    engine = build(gguf_source, {"crossover_rows": 2})
+    engine = build(gguf_source, {"crossover_rows": 2, "crossover_hold_s": 0})
     try:
         assert engine.small._scheduler.step_lock is engine.large._scheduler.step_lock
         long, short = GP(max_new_tokens=300), GP(max_new_tokens=16)
@@ -227,6 +246,7 @@ def test_stats_and_runtime_name_say_hybrid_and_both_runtimes(gguf_source):
         assert name.startswith("hybrid (small: llamacpp") and "large: torch float32" in name
         stats = engine.stats()
         assert stats["runtime"] == "hybrid" and stats["hybrid_crossover_rows"] == 5
+        assert stats["hybrid_hold_s"] == HYBRID_HOLD_S > 0  # the default hold
         assert str(stats["small_runtime"]).startswith("llamacpp") and stats["large_runtime"] == "torch float32"
         for key in ("active_rows", "queued_requests", "generated_tokens_total", "kv_mb", "step_ms"):
             assert key in stats
@@ -359,6 +379,11 @@ def test_both_sides_refusing_raises_the_first_sides_refusal(gguf_source):
         ({"backend": "hybrid", "small": {"backend": "llamacpp"}}, "backend hybrid needs `large`"),
         ({"backend": "torch", "small": {"backend": "llamacpp"}}, "small: only with backend hybrid"),
         ({"backend": "llamacpp", "crossover_rows": 4}, "crossover_rows: only with backend hybrid"),
+        ({"backend": "onnx", "crossover_hold_s": 1}, "crossover_hold_s: only with backend hybrid"),
+        (
+            {"backend": "hybrid", "small": {"backend": "llamacpp"}, "large": {}, "crossover_hold_s": -1},
+            "crossover_hold_s",
+        ),
         (
             {"backend": "hybrid", "small": {"backend": "hybrid", "small": {}, "large": {}}, "large": {}},
             "small.backend: hybrid is not allowed",
