@@ -34,3 +34,19 @@ def tiny_dir() -> Path:
     from tests.tiny_models import build_all
 
     return build_all(ROOT / "artifacts" / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One `bentoml serve` of configs/tiny.yaml, shared by the modules that only send it requests (each compares
+    counters as differences and finds its own lines by request id): a start costs about 20 s on 2 cores. Started
+    at first use, stopped at the session's end. A module that changes a server (keys, kills, env) starts its own.
+
+    Its own BENTOML_HOME (its models are paths, not the store): every `bentoml serve` empties
+    $BENTOML_HOME/prometheus_multiproc_dir as it starts, so a server started beside this one under the same home
+    would wipe its /metrics."""
+    from tests.server import Server
+
+    home = tmp_path_factory.mktemp("tiny-shared-bentoml-home")
+    with Server(config="configs/tiny.yaml", name="tiny-shared", env={"BENTOML_HOME": str(home)}) as srv:
+        yield srv

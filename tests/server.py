@@ -61,8 +61,11 @@ class Server:
         name: str = "server",
         port: int | None = None,
         ready_path: str = "/readyz",
+        env: dict[str, str] | None = None,
     ) -> None:
+        """`env`: set for the server's processes, over this process's environment."""
         self.target, self.config, self.name = target, config, name
+        self.extra_env = dict(env or {})
         self.fixed_port = port is not None
         self.port = port or free_port()
         self.ready_path = ready_path
@@ -166,6 +169,7 @@ class Server:
             "BENTOML_DO_NOT_TRACK": "true",
             "TOKENIZERS_PARALLELISM": "false",
             "TESTS_SERVER_MARKER": self.marker,
+            **self.extra_env,
         }
         self.proc = subprocess.Popen(
             cmd,

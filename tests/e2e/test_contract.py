@@ -14,9 +14,8 @@ SCHEMATHESIS = ROOT / ".venv" / "bin" / "schemathesis"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir):
-    with Server(config=ROOT / "configs" / "tiny.yaml", name="contract") as srv:
-        yield srv
+def server(tiny_server: Server) -> Server:
+    return tiny_server  # tests/conftest.py: one configs/tiny.yaml server for the session
 
 
 def test_spec_documents_errors_and_sse(server):

@@ -19,9 +19,8 @@ HI = [{"role": "system", "content": "You are terse."}, {"role": "user", "content
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir):
-    with Server(config="configs/tiny.yaml", name="openai") as srv:
-        yield srv
+def server(tiny_server: Server) -> Server:
+    return tiny_server  # tests/conftest.py: one configs/tiny.yaml server for the session
 
 
 @pytest.fixture(scope="module")

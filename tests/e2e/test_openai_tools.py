@@ -29,9 +29,8 @@ ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir):
-    with Server(config="configs/tiny.yaml", name="openai-tools") as srv:
-        yield srv
+def server(tiny_server: Server) -> Server:
+    return tiny_server  # tests/conftest.py: one configs/tiny.yaml server for the session
 
 
 @pytest.fixture(scope="module")

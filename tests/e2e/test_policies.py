@@ -16,9 +16,8 @@ SAMPLED = {"do_sample": True, "seed": 7, "max_new_tokens": 48}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir):
-    with Server(config="configs/tiny.yaml", name="tiny-policies") as srv:
-        yield srv
+def server(tiny_server: Server) -> Server:
+    return tiny_server  # tests/conftest.py: one configs/tiny.yaml server for the session
 
 
 def post(server: Server, body: dict, timeout: float = 60) -> httpx.Response:

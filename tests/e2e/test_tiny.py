@@ -15,9 +15,8 @@ from tests.server import Server, assert_dropped_stream_stops, sse_events
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir):
-    with Server(config="configs/tiny.yaml", name="tiny") as srv:
-        yield srv
+def server(tiny_server: Server) -> Server:
+    return tiny_server  # tests/conftest.py: one configs/tiny.yaml server for the session
 
 
 def post(server: Server, path: str, body: dict, timeout: float = 60) -> httpx.Response:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -21,9 +20,8 @@ GRAPH_ENDPOINTS = ["/generate_score", "/generate", "/classify", "/generate_strea
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir: Path) -> Iterator[Server]:
-    with Server(config="configs/tiny.yaml", name="browser") as srv:
-        yield srv
+def server(tiny_server: Server) -> Server:
+    return tiny_server  # tests/conftest.py: one configs/tiny.yaml server for the session
 
 
 @pytest.fixture

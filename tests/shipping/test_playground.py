@@ -28,9 +28,8 @@ CONFIG = load_config("configs/tiny.yaml")
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir: Path) -> Iterator[Server]:
-    with Server(config="configs/tiny.yaml", name="playground") as srv:
-        yield srv
+def server(tiny_server: Server) -> Server:
+    return tiny_server  # tests/conftest.py: one configs/tiny.yaml server for the session
 
 
 @pytest.fixture
